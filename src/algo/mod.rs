@@ -301,6 +301,9 @@ pub trait Protocol: Clone + fmt::Debug + Eq + std::hash::Hash {
     /// Which algorithm this is.
     const ALGORITHM: Algorithm;
 
+    /// The state of a node that has just started: no requests, no locks, clock 0.
+    fn fresh(me: NodeId, n: usize) -> Self;
+
     /// This node wants to enter `lock`'s critical section.
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<Self::Msg>>);
     /// This node leaves `lock`'s critical section.
@@ -323,8 +326,8 @@ pub trait Protocol: Clone + fmt::Debug + Eq + std::hash::Hash {
     fn clock(&self) -> LamportTs;
     /// What this node knows about `lock`.
     fn view(&self, lock: &str) -> LockView;
-    /// Whether this protocol can make progress for a request while `down` peers are unreachable
-    /// (used to answer 503 promptly).
+    /// Whether a request for `lock` from this node needs `peer` to be reachable to make progress
+    /// (used to answer 503 promptly instead of waiting out a timeout).
     fn needs_peer(&self, lock: &str, peer: NodeId) -> bool;
 }
 
@@ -336,6 +339,12 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// A cluster of `n` nodes seen from `me` where every node is already known at incarnation 0
+    /// (a cluster formed at time zero: unit tests, simulation, model checking).
+    pub fn formed(me: NodeId, n: usize) -> Self {
+        Peers { me, incarnations: vec![Some(Incarnation(0)); n] }
+    }
+
     /// A cluster of `n` nodes seen from `me`, no peer heard yet.
     pub fn new(me: NodeId, n: usize, my_incarnation: Incarnation) -> Self {
         let mut incarnations = vec![None; n];
