@@ -1,0 +1,194 @@
+//! The HTTP API (axum, JSON). Handlers validate input and talk to the node loop through [`NodeHandle`];
+//! they hold no lock state themselves.
+//!
+//! Errors are always `{"error":{"code","message"}}` with a proper status: 400 bad input, 408 timeout,
+//! 409 unknown/expired lease, 413 body too large, 503 unavailable or shutting down.
+
+use crate::algo::Algorithm;
+use crate::error::ApiError;
+use crate::node::{AcquireRequest, NodeHandle};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest lock name (bytes).
+pub const MAX_LOCK_NAME: usize = 256;
+/// Longest acquire timeout a client may ask for.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body())).into_response()
+    }
+}
+
+/// Extra read-only endpoints contributed by other parts of the program (e.g. the built-in workload).
+pub type Extension = Router<AppState>;
+
+/// State of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: NodeHandle,
+    /// The built-in workload's status, if one is configured.
+    pub workload: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+}
+
+/// The router. Tests mount it on a listener they bound themselves.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/locks/{name}", get(lock_info))
+        .route("/v1/locks/{name}/acquire", post(acquire))
+        .route("/v1/locks/{name}/release", post(release))
+        .route("/v1/leases/{lease}/keepalive", post(keepalive))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/stats", get(stats))
+        .route("/v1/workload", get(workload))
+        .fallback(|| async { ApiError::BadRequest("no such endpoint".into()).into_response_with(404) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+trait WithStatus {
+    fn into_response_with(self, status: u16) -> Response;
+}
+
+impl WithStatus for ApiError {
+    fn into_response_with(self, status: u16) -> Response {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+        let body = crate::error::ErrorBody {
+            error: crate::error::ErrorDetail { code: "not_found", message: self.to_string() },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let r = s.node.shared.readiness();
+    let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(r)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.node.shared.metrics.render()).into_response()
+}
+
+/// Checks a lock name: 1–256 bytes of UTF-8 without control characters.
+pub fn validate_lock_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_LOCK_NAME {
+        return Err(ApiError::BadRequest(format!("lock name must be 1 to {MAX_LOCK_NAME} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("lock name must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge } else { ApiError::BadRequest(e.body_text()) }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    timeout_ms: Option<u64>,
+    ttl_ms: Option<u64>,
+    algorithm: Option<String>,
+}
+
+async fn acquire(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_lock_name(&name)?;
+    let b: AcquireBody = parse_body(body)?;
+    let algorithm = b
+        .algorithm
+        .as_deref()
+        .map(|a| a.parse::<Algorithm>())
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    if b.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+        return Err(ApiError::BadRequest(format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
+    }
+    if b.ttl_ms == Some(0) {
+        return Err(ApiError::BadRequest("ttl_ms must be positive".into()));
+    }
+    let grant = s
+        .node
+        .acquire(AcquireRequest {
+            lock: name,
+            algorithm,
+            timeout: b.timeout_ms.map(Duration::from_millis),
+            ttl: b.ttl_ms.map(Duration::from_millis),
+        })
+        .await?;
+    Ok(Json(grant).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    lease: Option<String>,
+}
+
+async fn release(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_lock_name(&name)?;
+    let b: ReleaseBody = parse_body(body)?;
+    let lease = b.lease.ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
+    s.node.release(&name, &lease).await?;
+    Ok(Json(serde_json::json!({"released": true, "name": name, "lease": lease})).into_response())
+}
+
+async fn keepalive(State(s): State<AppState>, Path(lease): Path<String>) -> Result<Response, ApiError> {
+    let ttl = s.node.keepalive(&lease).await?;
+    Ok(Json(serde_json::json!({"lease": lease, "ttl_ms": ttl.as_millis() as u64})).into_response())
+}
+
+async fn lock_info(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    validate_lock_name(&name)?;
+    Ok(Json(s.node.lock_info(&name).await?).into_response())
+}
+
+async fn cluster(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(s.node.cluster().await?).into_response())
+}
+
+async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(s.node.stats().await?).into_response())
+}
+
+async fn workload(State(s): State<AppState>) -> Response {
+    match &s.workload {
+        Some(f) => Json(f()).into_response(),
+        None => ApiError::BadRequest("no workload is configured on this node".into()).into_response_with(404),
+    }
+}
