@@ -155,7 +155,11 @@ impl FromStr for AlgorithmChoice {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("all") { Ok(AlgorithmChoice::All) } else { s.parse().map(AlgorithmChoice::One) }
+        if s.eq_ignore_ascii_case("all") {
+            Ok(AlgorithmChoice::All)
+        } else {
+            s.parse().map(AlgorithmChoice::One)
+        }
     }
 }
 
@@ -183,7 +187,7 @@ pub struct ClusterArgs {
     /// Algorithm to run, or "all" to run each in turn.
     #[arg(long, default_value = "all", value_name = "A|all")]
     pub algorithm: AlgorithmChoice,
-    /// First three octets of the loopback addresses: node i listens on <subnet>.<i+1>.
+    /// First three octets of the loopback addresses: node i listens on SUBNET.(i+1).
     #[arg(long, default_value = "127.0.0", value_name = "A.B.C")]
     pub subnet: String,
     /// Peer port of every node.
@@ -233,7 +237,8 @@ mod tests {
 
     #[test]
     fn node_flags_become_overrides() {
-        let Command::Node(n) = parse(&["node", "--node-id", "2", "--peers", "a:1,b:1,c:1", "--log", "debug"]) else {
+        let Command::Node(n) = parse(&["node", "--node-id", "2", "--peers", "a:1,b:1,c:1", "--log", "debug"])
+        else {
             panic!("not node")
         };
         let o = n.overrides();
@@ -293,7 +298,8 @@ mod tests {
         assert_eq!(c.algorithm.algorithms(), Algorithm::ALL.to_vec());
         assert_eq!(c.subnet, "127.0.0");
         assert!(c.sweep.is_empty() && !c.keep && c.out.is_none() && c.cs_ms.is_none());
-        let Command::Cluster(c) = parse(&["cluster", "--algorithm", "po", "--sweep", "3,5,7", "--keep"]) else {
+        let Command::Cluster(c) = parse(&["cluster", "--algorithm", "po", "--sweep", "3,5,7", "--keep"])
+        else {
             panic!("not cluster")
         };
         assert_eq!(c.algorithm, AlgorithmChoice::One(Algorithm::ProbableOwner));

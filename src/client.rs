@@ -183,7 +183,8 @@ impl NodeClient {
     /// A client for `endpoint` (`http://host:port`, optionally with a path prefix; `host:port` alone means
     /// http).
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
-        let invalid = |reason: String| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason };
+        let invalid =
+            |reason: String| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason };
         let text = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
         let base = Url::parse(&text).map_err(|e| invalid(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() || base.host().is_none() {
@@ -221,9 +222,11 @@ impl NodeClient {
         if let Some(limit) = limit {
             req = req.timeout(limit);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let resp =
+            req.send().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let bytes =
+            resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -253,7 +256,11 @@ impl NodeClient {
     /// Releases `name` held under `lease`.
     pub async fn release(&self, name: &str, lease: &ApiId, limit: Duration) -> Result<(), ClientError> {
         let _: serde_json::Value = self
-            .post(self.url(&["v1", "locks", name, "release"])?, &serde_json::json!({ "lease": lease }), Some(limit))
+            .post(
+                self.url(&["v1", "locks", name, "release"])?,
+                &serde_json::json!({ "lease": lease }),
+                Some(limit),
+            )
             .await?;
         Ok(())
     }
@@ -279,11 +286,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
         Err(_) => {
             let text = String::from_utf8_lossy(body);
             let text: String = text.trim().chars().take(200).collect();
-            let message = if text.is_empty() {
-                status.canonical_reason().unwrap_or("error").to_string()
-            } else {
-                text
-            };
+            let message =
+                if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
             ClientError::Api { status: status.as_u16(), code: format!("http_{}", status.as_u16()), message }
         }
     }
@@ -349,7 +353,9 @@ async fn keep_alive(
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("no answer within {}", humantime::format_duration(limit)),
                     };
-                    eprintln!("dmutex lock: keepalive failed ({why}); retrying until the lease's TTL runs out");
+                    eprintln!(
+                        "dmutex lock: keepalive failed ({why}); retrying until the lease's TTL runs out"
+                    );
                     failing = true;
                 }
                 let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -378,8 +384,8 @@ pub async fn run_lock(args: &LockArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     let req = AcquireRequest {
-        timeout_ms: args.timeout.map(|d| millis(d)),
-        ttl_ms: args.ttl.map(|d| millis(d)),
+        timeout_ms: args.timeout.map(millis),
+        ttl_ms: args.ttl.map(millis),
         algorithm: args.algorithm,
     };
     let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
@@ -423,7 +429,11 @@ pub async fn run_lock(args: &LockArgs) -> anyhow::Result<i32> {
         Err(e) => {
             eprintln!("dmutex lock: cannot run {program:?}: {e}");
             release(&client, name, &grant.lease, args.verbose).await;
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXECUTE });
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_EXECUTE
+            });
         }
     };
     let pid = child.id();
@@ -432,7 +442,8 @@ pub async fn run_lock(args: &LockArgs) -> anyhow::Result<i32> {
     let ttl = known_ttl.unwrap_or(ASSUMED_TTL);
     let first = if known_ttl.is_some() { granted_at + ttl / 3 } else { granted_at };
     let (lost_tx, mut lost_rx) = oneshot::channel();
-    let keeper = tokio::spawn(keep_alive(client.clone(), grant.lease.clone(), ttl, granted_at, first, lost_tx));
+    let keeper =
+        tokio::spawn(keep_alive(client.clone(), grant.lease.clone(), ttl, granted_at, first, lost_tx));
 
     enum Outcome {
         Exited(ExitStatus),
@@ -542,7 +553,8 @@ mod tests {
     #[test]
     fn acquire_body_omits_absent_fields() {
         assert_eq!(serde_json::to_string(&AcquireRequest::default()).unwrap(), "{}");
-        let r = AcquireRequest { timeout_ms: Some(5), ttl_ms: None, algorithm: Some(Algorithm::RicartAgrawala) };
+        let r =
+            AcquireRequest { timeout_ms: Some(5), ttl_ms: None, algorithm: Some(Algorithm::RicartAgrawala) };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"timeout_ms":5,"algorithm":"ricart-agrawala"}"#);
     }
 
@@ -561,7 +573,8 @@ mod tests {
 
     #[test]
     fn api_errors_decode_or_fall_back() {
-        let e = api_error(StatusCode::REQUEST_TIMEOUT, br#"{"error":{"code":"timeout","message":"waited 1s"}}"#);
+        let e =
+            api_error(StatusCode::REQUEST_TIMEOUT, br#"{"error":{"code":"timeout","message":"waited 1s"}}"#);
         assert!(e.is_status(408));
         assert_eq!(e.to_string(), "waited 1s (HTTP 408, timeout)");
         let e = api_error(StatusCode::BAD_GATEWAY, b"upstream down");

@@ -247,9 +247,7 @@ impl FromStr for PeerAddr {
             return Err("port 0 is not allowed".into());
         }
         let host = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            inner
-                .parse::<Ipv6Addr>()
-                .map_err(|_| format!("{inner:?} is not an IPv6 address"))?;
+            inner.parse::<Ipv6Addr>().map_err(|_| format!("{inner:?} is not an IPv6 address"))?;
             inner
         } else {
             if host.is_empty() {
@@ -258,7 +256,9 @@ impl FromStr for PeerAddr {
             if host.contains(':') {
                 return Err("an IPv6 address needs brackets: [addr]:port".into());
             }
-            if let Some(c) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))) {
+            if let Some(c) =
+                host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+            {
                 return Err(format!("character {c:?} is not allowed in a host name"));
             }
             host
@@ -294,7 +294,8 @@ impl FromStr for Discovery {
         let (scheme, rest) = s.split_once(':').ok_or_else(|| format!("{s:?} is not scheme:…"))?;
         match scheme {
             "dns" => {
-                let addr: PeerAddr = rest.parse().map_err(|e| format!("{s:?}: {e} (expected dns:NAME:PORT)"))?;
+                let addr: PeerAddr =
+                    rest.parse().map_err(|e| format!("{s:?}: {e} (expected dns:NAME:PORT)"))?;
                 Ok(Discovery::Dns { name: addr.host, port: addr.port })
             }
             other => Err(format!("unknown discovery scheme {other:?} (expected dns:NAME:PORT)")),
@@ -395,20 +396,29 @@ pub struct ConfigSources {
 
 impl ConfigSources {
     /// Reads the process environment (`DMUTEX_*` only) and the host name.
-    pub fn from_process(config_file: Option<&Path>, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+    pub fn from_process(
+        config_file: Option<&Path>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut env = BTreeMap::new();
         for (k, v) in std::env::vars_os() {
             let Some(k) = k.to_str() else { continue };
             if !k.starts_with("DMUTEX_") {
                 continue;
             }
-            let v = v
-                .into_string()
-                .map_err(|_| ConfigError::Invalid { key: k.to_string(), message: "is not valid UTF-8".into() })?;
+            let v = v.into_string().map_err(|_| ConfigError::Invalid {
+                key: k.to_string(),
+                message: "is not valid UTF-8".into(),
+            })?;
             env.insert(k.to_string(), v);
         }
         let host_name = hostname::get().ok().and_then(|h| h.into_string().ok());
-        Ok(ConfigSources { env, host_name, config_file: config_file.map(Path::to_path_buf), overrides: overrides.clone() })
+        Ok(ConfigSources {
+            env,
+            host_name,
+            config_file: config_file.map(Path::to_path_buf),
+            overrides: overrides.clone(),
+        })
     }
 }
 
@@ -461,10 +471,8 @@ impl Raw {
     fn socket_addr(&self, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
         match self.string(key)? {
             None => Ok(None),
-            Some(s) => s.trim().parse().map(Some).map_err(|e: std::net::AddrParseError| ConfigError::BadSocketAddr {
-                key: env_name(key),
-                value: s,
-                reason: e.to_string(),
+            Some(s) => s.trim().parse().map(Some).map_err(|e: std::net::AddrParseError| {
+                ConfigError::BadSocketAddr { key: env_name(key), value: s, reason: e.to_string() }
             }),
         }
     }
@@ -478,11 +486,11 @@ impl Raw {
         let entries: Vec<String> = match self.value("peers") {
             None => return Ok(Vec::new()),
             Some(v) => match v.kind {
-                config::ValueKind::Array(items) => items
-                    .into_iter()
-                    .map(|item| item.into_string())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| ConfigError::invalid("peers", "every list item must be a \"host:port\" string"))?,
+                config::ValueKind::Array(items) => {
+                    items.into_iter().map(|item| item.into_string()).collect::<Result<_, _>>().map_err(
+                        |_| ConfigError::invalid("peers", "every list item must be a \"host:port\" string"),
+                    )?
+                }
                 _ => {
                     let s = v
                         .into_string()
@@ -543,8 +551,9 @@ impl NodeConfig {
             }
             (Some(s), None) => Some(Secret::new(s)),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::invalid("cluster_secret_file", format!("cannot read {path:?}: {e}")))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::invalid("cluster_secret_file", format!("cannot read {path:?}: {e}"))
+                })?;
                 // A file written by `echo` or a Kubernetes secret often ends in a newline that is not part of
                 // the secret.
                 Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
@@ -664,7 +673,8 @@ pub fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<
         .iter()
         .enumerate()
         .filter(|(_, p)| {
-            p.host.eq_ignore_ascii_case(host) || p.host.split('.').next().is_some_and(|l| l.eq_ignore_ascii_case(label))
+            p.host.eq_ignore_ascii_case(host)
+                || p.host.split('.').next().is_some_and(|l| l.eq_ignore_ascii_case(label))
         })
         .map(|(i, _)| i)
         .collect();
@@ -682,9 +692,7 @@ pub fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<
 fn merge(sources: &ConfigSources) -> Result<Raw, ConfigError> {
     let mut builder = config::Config::builder();
     for (key, value) in DEFAULTS {
-        builder = builder
-            .set_default(*key, *value)
-            .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+        builder = builder.set_default(*key, *value).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     }
     let file = sources
         .config_file
@@ -694,7 +702,8 @@ fn merge(sources: &ConfigSources) -> Result<Raw, ConfigError> {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
         let source = File::from_str(&text, FileFormat::Toml);
-        let keys = source.collect().map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+        let keys =
+            source.collect().map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
         // Sorted so that the error names the same key every run.
         let mut keys: Vec<&String> = keys.keys().collect();
         keys.sort();
@@ -705,10 +714,7 @@ fn merge(sources: &ConfigSources) -> Result<Raw, ConfigError> {
     }
     let env: config::Map<String, String> = sources.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .ignore_empty(true)
-            .source(Some(env)),
+        Environment::with_prefix(ENV_PREFIX).prefix_separator("_").ignore_empty(true).source(Some(env)),
     );
     for (key, value) in &sources.overrides {
         if !KEYS.contains(&key.as_str()) {
@@ -718,7 +724,9 @@ fn merge(sources: &ConfigSources) -> Result<Raw, ConfigError> {
             .set_override(key.as_str(), value.as_str())
             .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     }
-    let cfg = builder.build().map_err(|e| ConfigError::Invalid { key: ENV_PREFIX.into(), message: e.to_string() })?;
+    let cfg = builder
+        .build()
+        .map_err(|e| ConfigError::Invalid { key: ENV_PREFIX.into(), message: e.to_string() })?;
     Ok(Raw(cfg))
 }
 
@@ -945,8 +953,12 @@ mod tests {
     fn error_node_id_out_of_range() {
         let e = load(&[("DMUTEX_PEERS", "a:1,b:1,c:1"), ("DMUTEX_NODE_ID", "7")]).unwrap_err();
         assert_eq!(e.to_string(), "DMUTEX_NODE_ID: 7 is out of range for 3 peers");
-        let e = load(&[("DMUTEX_DISCOVERY", "dns:svc:7070"), ("DMUTEX_CLUSTER_SIZE", "3"), ("DMUTEX_NODE_ID", "3")])
-            .unwrap_err();
+        let e = load(&[
+            ("DMUTEX_DISCOVERY", "dns:svc:7070"),
+            ("DMUTEX_CLUSTER_SIZE", "3"),
+            ("DMUTEX_NODE_ID", "3"),
+        ])
+        .unwrap_err();
         assert_eq!(e, ConfigError::NodeIdOutOfRange { id: 3, peers: 3 });
     }
 
@@ -1047,7 +1059,8 @@ mod tests {
 
         let e = load(&with(&[("DMUTEX_CLUSTER_SECRET_FILE", "/nonexistent/secret")])).unwrap_err();
         assert_eq!(e.key(), "DMUTEX_CLUSTER_SECRET_FILE");
-        let e = load(&with(&[("DMUTEX_CLUSTER_SECRET_FILE", &path), ("DMUTEX_CLUSTER_SECRET", "x")])).unwrap_err();
+        let e = load(&with(&[("DMUTEX_CLUSTER_SECRET_FILE", &path), ("DMUTEX_CLUSTER_SECRET", "x")]))
+            .unwrap_err();
         assert_eq!(e.key(), "DMUTEX_CLUSTER_SECRET_FILE");
         let empty = TempFile::new("empty-secret", "\n");
         let path = empty.0.to_str().unwrap().to_string();

@@ -23,7 +23,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => runtime.block_on(dmutex::client::run_health(&args)),
-        Command::Node(args) => match NodeConfig::from_env_and_args(args.config.as_deref(), &args.overrides()) {
+        Command::Node(args) => match NodeConfig::from_env_and_args(args.config.as_deref(), &args.overrides())
+        {
             Ok(cfg) => {
                 eprintln!("dmutex node: configuration OK (the node itself is not wired in yet): {cfg:#?}");
                 1
