@@ -422,6 +422,23 @@ impl ConfigSources {
     }
 }
 
+impl ConfigSources {
+    /// `DMUTEX_*` variables that are neither configuration keys nor known to other commands (typos, most
+    /// likely), sorted. They are ignored; the node should log a warning for each.
+    pub fn unknown_env_vars(&self) -> Vec<String> {
+        /// Variables other parts of dmutex read or set: `--config`'s, the client commands', and those
+        /// `dmutex lock` gives its child.
+        const OTHERS: &[&str] =
+            &[CONFIG_FILE_ENV, "DMUTEX_ENDPOINT", "DMUTEX_LOCK", "DMUTEX_FENCING_TOKEN", "DMUTEX_LEASE"];
+        self.env
+            .keys()
+            .filter(|k| k.starts_with("DMUTEX_") && !OTHERS.contains(&k.as_str()))
+            .filter(|k| !KEYS.iter().any(|key| env_name(key) == **k))
+            .cloned()
+            .collect()
+    }
+}
+
 /// The merged layers, before parsing.
 struct Raw(config::Config);
 
@@ -1073,6 +1090,13 @@ mod tests {
         let mut s = sources(&three());
         s.overrides.insert("nodeid".into(), "1".into());
         assert_eq!(NodeConfig::load(&s).unwrap_err().key(), "DMUTEX_NODEID");
+    }
+
+    #[test]
+    fn unknown_env_vars_are_reported() {
+        let s =
+            sources(&[("DMUTEX_NODEID", "1"), ("DMUTEX_PEERS", "a:1"), ("DMUTEX_LEASE", "7"), ("HOME", "/")]);
+        assert_eq!(s.unknown_env_vars(), ["DMUTEX_NODEID"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use dmutex::cli::{Cli, Command};
-use dmutex::config::NodeConfig;
+use dmutex::config::{ConfigSources, NodeConfig};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -23,17 +23,27 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => runtime.block_on(dmutex::client::run_health(&args)),
-        Command::Node(args) => match NodeConfig::from_env_and_args(args.config.as_deref(), &args.overrides())
-        {
-            Ok(cfg) => {
-                eprintln!("dmutex node: configuration OK (the node itself is not wired in yet): {cfg:#?}");
-                1
+        Command::Node(args) => {
+            let loaded =
+                ConfigSources::from_process(args.config.as_deref(), &args.overrides()).and_then(|sources| {
+                    for var in sources.unknown_env_vars() {
+                        eprintln!("dmutex node: warning: ignoring unknown variable {var}");
+                    }
+                    NodeConfig::load(&sources)
+                });
+            match loaded {
+                Ok(cfg) => {
+                    eprintln!(
+                        "dmutex node: configuration OK (the node itself is not wired in yet): {cfg:#?}"
+                    );
+                    1
+                }
+                Err(e) => {
+                    eprintln!("dmutex node: {e}");
+                    e.exit_code()
+                }
             }
-            Err(e) => {
-                eprintln!("dmutex node: {e}");
-                e.exit_code()
-            }
-        },
+        }
         Command::Cluster(_) => {
             eprintln!("dmutex cluster: not wired in yet");
             1
