@@ -11,3 +11,6 @@
 //! only place that executes their actions; `http` talks to `node` through a command channel.
 
 pub mod algo;
+pub mod cli;
+pub mod client;
+pub mod config;
