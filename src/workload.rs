@@ -193,9 +193,7 @@ async fn write_counter(path: &Path, node: u16, value: u64) -> Result<(), String>
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{node}-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, value.to_string())
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    tokio::fs::write(&tmp, value.to_string()).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     tokio::fs::rename(&tmp, path)
         .await
         .map_err(|e| format!("renaming {} over {}: {e}", tmp.display(), path.display()))
@@ -278,7 +276,8 @@ async fn one_entry<S: LockService>(
     let exit_ms = unix_ms();
 
     // Release even when the section failed: a workload must not leave the lock held.
-    let released = svc.release(&cfg.lock, &grant.lease).await.map_err(|e| format!("release {:?}: {e}", cfg.lock));
+    let released =
+        svc.release(&cfg.lock, &grant.lease).await.map_err(|e| format!("release {:?}: {e}", cfg.lock));
     let (counter_read, counter_written) = section?;
     released?;
     Ok(CsEntry {
@@ -313,7 +312,12 @@ mod tests {
     }
 
     impl LockService for FakeLocks {
-        async fn acquire(&self, _lock: &str, algorithm: Algorithm, timeout: Duration) -> Result<Grant, String> {
+        async fn acquire(
+            &self,
+            _lock: &str,
+            algorithm: Algorithm,
+            timeout: Duration,
+        ) -> Result<Grant, String> {
             let guard = tokio::time::timeout(timeout, self.lock.clone().lock_owned())
                 .await
                 .map_err(|_| "timed out".to_string())?;
