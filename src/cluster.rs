@@ -203,9 +203,7 @@ pub fn analyze(reports: &[WorkloadReport], nodes: usize, iterations: u32, shared
     let mut overlaps = Vec::new();
     let mut open: Option<&CsEntry> = None;
     for e in &entries {
-        if let Some(prev) = open
-            && e.enter_ms < prev.exit_ms
-        {
+        if let Some(prev) = open.filter(|p| e.enter_ms < p.exit_ms) {
             let overlap_ms = prev.exit_ms.min(e.exit_ms) - e.enter_ms;
             overlaps.push(Overlap { first: prev.into(), second: e.into(), overlap_ms });
         }
@@ -452,7 +450,8 @@ pub async fn run_cluster(args: &ClusterArgs) -> anyhow::Result<bool> {
         None => std::env::current_exe().context("finding this executable")?,
     };
     let algorithms: Vec<Algorithm> = args.algorithm.map_or(Algorithm::ALL.to_vec(), |a| vec![a]);
-    let run_id = format!("{}-{}", std::process::id(), unix_ms() as u64);
+    // Unique even for two runs started in the same millisecond by one process (as the tests do).
+    let run_id = format!("{}-{}-{:08x}", std::process::id(), unix_ms() as u64, rand::random::<u32>());
     let root = std::env::temp_dir().join(format!("dmutex-cluster-{run_id}"));
     let client = reqwest::Client::builder().no_proxy().timeout(HTTP_TIMEOUT).build()?;
     if let Some(out) = &args.out {
@@ -602,8 +601,9 @@ impl Cluster {
         args: &ClusterArgs,
         algorithm: Algorithm,
     ) -> anyhow::Result<(Vec<WorkloadReport>, Vec<NodeStats>)> {
+        let mut progress = Progress::new(algorithm);
         self.wait_ready(client, args).await?;
-        let reports = self.poll_workload(client, args, algorithm).await?;
+        let reports = self.poll_workload(client, args, &mut progress).await?;
         let mut stats = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let s: NodeStats = get_json(client, &node.url("/v1/stats"))
@@ -668,7 +668,7 @@ impl Cluster {
         &mut self,
         client: &reqwest::Client,
         args: &ClusterArgs,
-        algorithm: Algorithm,
+        progress: &mut Progress,
     ) -> anyhow::Result<Vec<WorkloadReport>> {
         let n = self.nodes.len();
         // Polling competes with the nodes for the CPU: poll large clusters less often.
@@ -677,7 +677,6 @@ impl Cluster {
         let stall_limit = Duration::from_secs(60).max(Duration::from_millis(args.cs_ms * n as u64 * 3));
         let mut statuses: Vec<WorkloadStatus> = vec![WorkloadStatus::waiting(args.iterations); n];
         let mut reports: Vec<Option<WorkloadReport>> = vec![None; n];
-        let mut progress = Progress::new(algorithm);
         let mut last_done = 0u32;
         let mut last_change = Instant::now();
         loop {
@@ -763,6 +762,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url:
 struct Progress {
     algorithm: Algorithm,
     tty: bool,
+    /// When the nodes were started: the rate shown includes their start-up (results.json's does not).
     started: Instant,
     last_line: Option<Instant>,
 }
