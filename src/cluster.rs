@@ -674,7 +674,8 @@ impl Cluster {
         // Polling competes with the nodes for the CPU: poll large clusters less often.
         let interval = Duration::from_millis((n as u64 * 10).max(250));
         // The whole cluster makes at least one entry per N critical sections' time unless it is stuck.
-        let stall_limit = Duration::from_secs(60).max(Duration::from_millis(args.cs_ms * n as u64 * 3));
+        let stall_limit =
+            Duration::from_secs(60).max(Duration::from_millis(args.cs_ms.saturating_mul(n as u64 * 3)));
         let mut statuses: Vec<WorkloadStatus> = vec![WorkloadStatus::waiting(args.iterations); n];
         let mut reports: Vec<Option<WorkloadReport>> = vec![None; n];
         let mut last_done = 0u32;
