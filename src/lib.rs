@@ -13,4 +13,6 @@
 pub mod algo;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod workload;
