@@ -474,8 +474,9 @@ impl Counters {
 enum LinkCmd<T> {
     /// Enqueue a message.
     Send(Envelope<T>),
-    /// The peer has this newer incarnation (learnt from its Hello on our listener).
-    PeerRestarted(Incarnation),
+    /// The peer's newest incarnation changed to this one (first contact or restart), learnt by either
+    /// handshake. Its place in the channel separates messages addressed to the old incarnation from the rest.
+    PeerIncarnation(Incarnation),
     /// The peer (this incarnation) said Bye on its connection to us.
     PeerBye(Incarnation),
 }
@@ -511,9 +512,11 @@ impl<T> Inner<T> {
             p.known = Some(incarnation);
             if change == PeerChange::Restarted {
                 info!(%peer, incarnation = incarnation.0, "peer restarted");
-                if let Some(Some(link)) = self.links.get(usize::from(peer.0)) {
-                    let _ = link.send(LinkCmd::PeerRestarted(incarnation));
-                }
+            }
+            // The link hears of it before the node does, so whatever the node sends after handling the Hello
+            // is queued behind this marker.
+            if let Some(Some(link)) = self.links.get(usize::from(peer.0)) {
+                let _ = link.send(LinkCmd::PeerIncarnation(incarnation));
             }
             self.emit(Inbound::Hello { peer, incarnation, clock });
         }
@@ -925,13 +928,12 @@ impl LinkState {
             LinkCmd::Send(env) => {
                 self.enqueue(env, inner, peer);
             }
-            LinkCmd::PeerRestarted(i) => {
-                if self.peer_inc.is_some_and(|k| i > k) {
-                    self.reset_for(i, inner, peer);
-                } else if self.peer_inc.is_none() {
-                    self.peer_inc = Some(i);
-                }
-            }
+            LinkCmd::PeerIncarnation(i) => match self.peer_inc {
+                // First contact: what was queued before was meant for whoever answers.
+                None => self.peer_inc = Some(i),
+                Some(k) if i > k => self.reset_for(i, inner, peer),
+                Some(_) => {}
+            },
             LinkCmd::PeerBye(_) => {}
         }
     }
@@ -1235,10 +1237,21 @@ where
         }
         inner.set_connected(&mut sh, peer, true);
     }
-    match st.peer_inc {
-        Some(k) if incarnation > k => st.reset_for(incarnation, inner, peer),
-        None => st.peer_inc = Some(incarnation),
-        _ => {}
+    // A new incarnation in the Welcome: `observe` (ours just now, or the listener's earlier) queued the
+    // `PeerIncarnation` marker behind every message meant for the old one. Consume the queue up to it, so those
+    // messages are discarded and the ones after it are numbered for the new incarnation.
+    while st.peer_inc.is_none_or(|k| k < incarnation) {
+        match cmds.try_recv() {
+            Ok(cmd) => st.apply_offline(cmd, inner, peer),
+            Err(_) => {
+                // Not reachable while `observe` queues a marker for every change; stay safe anyway.
+                st.reset_for(incarnation, inner, peer);
+            }
+        }
+    }
+    if st.peer_inc != Some(incarnation) {
+        // The peer restarted again meanwhile: this connection leads to an old process.
+        return false;
     }
     if received >= st.next_seq {
         // Only a protocol violation can get here: the peer claims frames we never numbered.
@@ -1317,7 +1330,7 @@ where
                                 Counters::bump(&inner.counters.frames_sent);
                             }
                         }
-                        LinkCmd::PeerRestarted(i) => {
+                        LinkCmd::PeerIncarnation(i) => {
                             if i > incarnation {
                                 // We are talking to a dead process's connection: start over with the new one.
                                 st.reset_for(i, inner, peer);
@@ -1423,10 +1436,10 @@ mod tests {
         assert_eq!(st.unacked.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
         st.ack(3);
         assert_eq!(st.unacked.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5]);
-        st.apply_offline::<u32>(LinkCmd::PeerRestarted(Incarnation(2)), &inner, NodeId(1));
+        st.apply_offline::<u32>(LinkCmd::PeerIncarnation(Incarnation(2)), &inner, NodeId(1));
         assert_eq!(st.peer_inc, Some(Incarnation(2)), "first incarnation learnt: nothing discarded");
         assert_eq!(st.unacked.len(), 2);
-        st.apply_offline::<u32>(LinkCmd::PeerRestarted(Incarnation(3)), &inner, NodeId(1));
+        st.apply_offline::<u32>(LinkCmd::PeerIncarnation(Incarnation(3)), &inner, NodeId(1));
         assert!(st.unacked.is_empty());
         assert_eq!(st.next_seq, 1);
         assert_eq!(inner.counters.discarded_on_restart.load(Relaxed), 2);
