@@ -34,6 +34,9 @@
 //! received on either connection marks the peer disconnected at once and stops expecting data from that
 //! incarnation (a later Hello from it is refused with `ShuttingDown`).
 //!
+//! Liveness: while data is unacked, acks must make progress within `2 × handshake_timeout`, or the link
+//! presumes the connection dead and redials (no extra frame type is needed; an idle link is not probed).
+//!
 //! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
 //! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
 //! `handshake_timeout`; nothing busy-loops. Peer addresses are resolved with `lookup_host` at every connect.
@@ -1280,12 +1283,22 @@ where
         return false;
     }
 
+    // Liveness: TCP alone may take many minutes to notice a vanished peer. While frames are unacked, the
+    // acks must make progress within `ack_timeout`, or the connection is presumed dead and redialed (the
+    // resend and duplicate filter make a false alarm harmless).
+    let ack_timeout = inner.cfg.handshake_timeout * 2;
+    let mut progress = Instant::now();
     loop {
+        let waiting = !st.unacked.is_empty();
         tokio::select! {
             biased;
             _ = stopped(stop) => {
                 graceful_close(inner, peer, st, cmds, &mut writer, &mut events).await;
                 return true;
+            }
+            _ = tokio::time::sleep_until(progress + ack_timeout), if waiting => {
+                warn!(%peer, unacked = st.unacked.len(), timeout = ?ack_timeout, "no ack progress; reconnecting");
+                return false;
             }
             ev = events.recv() => match ev {
                 Some(LinkEvent::Ack(seq)) => {
@@ -1294,6 +1307,7 @@ where
                         return false;
                     }
                     st.ack(seq);
+                    progress = Instant::now();
                     Counters::bump(&inner.counters.frames_received);
                     inner.touch(peer);
                 }
@@ -1315,6 +1329,9 @@ where
             },
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { return false };
+                if st.unacked.is_empty() {
+                    progress = Instant::now();
+                }
                 // Batch: take whatever else is queued, then flush once.
                 let mut next = Some(cmd);
                 let mut budget = 512;
