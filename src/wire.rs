@@ -1,0 +1,617 @@
+//! The peer wire protocol: frames, framing and the authenticated handshake.
+//!
+//! A frame on a TCP stream is a 4-byte big-endian body length followed by the body, a [`Frame`] encoded with
+//! bincode 2 (serde, `config::standard()`). The length is checked against a maximum (default
+//! [`DEFAULT_MAX_FRAME`], 1 MiB) *before* anything is allocated, and the body must decode to exactly its length.
+//! Nothing here panics on any input bytes: every malformed input is a [`WireError`].
+//!
+//! Handshake (the dialer connects; the acceptor speaks first):
+//!
+//! ```text
+//!  dialer                                   acceptor
+//!    │ ◄──────────── Challenge{nonce_a} ────── │
+//!    │ ── Hello{version, cluster, node, incarnation, clock, nonce_d, mac_d} ──► │  checks, or Refuse{reason}
+//!    │ ◄── Welcome{node, incarnation, clock, received, mac_a} ──────────────── │
+//!    │ ── Data{seq, env} … ──►   ◄── Ack{seq} (cumulative) …                    │
+//!    │ ── Bye ──►  (graceful shutdown; either side may send it)                  │
+//! ```
+//!
+//! With a cluster secret, `mac_d = HMAC-SHA256(secret, hello transcript)` and `mac_a = HMAC-SHA256(secret,
+//! welcome transcript)`. Each transcript is domain-separated (a different label per direction), encodes every
+//! field with a fixed width or a length prefix (no ambiguity), and includes the *other* side's fresh nonce, so a
+//! recorded handshake cannot be replayed and a Hello MAC can never pass as a Welcome MAC. Both sides verify in
+//! constant time ([`verify_mac`]). Without a secret the MACs are empty and not checked.
+//!
+//! Invariants: a frame never exceeds the configured maximum on the way out either (the encoder refuses);
+//! bincode's own decode limit ([`DECODE_LIMIT`]) bounds what a length field *inside* a body can make the decoder
+//! allocate, so a 1 MiB frame cannot claim a 4 GiB string.
+
+use crate::algo::{Incarnation, LamportTs, NodeId};
+use bytes::{Buf, BytesMut};
+use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::fmt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+/// The protocol version spoken by this build. A Hello with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default maximum body length of one frame (1 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// The largest maximum frame size a transport accepts; larger configured values are clamped to it so that
+/// [`DECODE_LIMIT`] always covers a legitimate frame.
+pub const MAX_FRAME_CEILING: usize = 16 << 20;
+
+/// bincode's decode limit: the most a single body may make the decoder claim (containers claim
+/// `len × size_of::<T>()` before reading their elements, so this is larger than any frame).
+pub const DECODE_LIMIT: usize = 8 * MAX_FRAME_CEILING;
+
+/// Length of a handshake nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// A fresh random handshake nonce.
+pub type Nonce = [u8; NONCE_LEN];
+
+const LEN_PREFIX: usize = 4;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// A message from one node to another, as the transport carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// The sender's Lamport clock when it sent the message.
+    pub ts: LamportTs,
+    /// Trace context (W3C `traceparent`, `tracestate`, …); empty when tracing is off.
+    pub trace: BTreeMap<String, String>,
+    /// The payload (the node's enum of algorithm messages).
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    /// An envelope without trace context.
+    pub fn new(ts: LamportTs, body: T) -> Self {
+        Envelope { ts, trace: BTreeMap::new(), body }
+    }
+}
+
+/// Why a connection was refused during the handshake.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The Hello's protocol version is not [`PROTOCOL_VERSION`].
+    BadVersion,
+    /// The Hello names another cluster.
+    WrongCluster,
+    /// The node id is not in the peer list (or the peer at this address is another node).
+    UnknownNode,
+    /// The dialer claims to be the acceptor itself.
+    SelfId,
+    /// A cluster secret is configured and the MAC is missing or wrong.
+    BadSecret,
+    /// Not a frame, not the expected frame, or a connection closed mid-frame.
+    Malformed,
+    /// A length prefix above the maximum frame size.
+    Oversized,
+    /// The Hello comes from an older incarnation than one already seen for that node.
+    StaleIncarnation,
+    /// The handshake did not complete within the handshake timeout.
+    Timeout,
+    /// The node is shutting down, or the dialer's incarnation already said Bye.
+    ShuttingDown,
+}
+
+impl RefuseReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [RefuseReason; 10] = [
+        RefuseReason::BadVersion,
+        RefuseReason::WrongCluster,
+        RefuseReason::UnknownNode,
+        RefuseReason::SelfId,
+        RefuseReason::BadSecret,
+        RefuseReason::Malformed,
+        RefuseReason::Oversized,
+        RefuseReason::StaleIncarnation,
+        RefuseReason::Timeout,
+        RefuseReason::ShuttingDown,
+    ];
+
+    /// A short snake_case name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::BadVersion => "bad_version",
+            RefuseReason::WrongCluster => "wrong_cluster",
+            RefuseReason::UnknownNode => "unknown_node",
+            RefuseReason::SelfId => "self_id",
+            RefuseReason::BadSecret => "bad_secret",
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::Oversized => "oversized",
+            RefuseReason::StaleIncarnation => "stale_incarnation",
+            RefuseReason::Timeout => "timeout",
+            RefuseReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One frame on a peer connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame<T> {
+    /// Acceptor → dialer, first: the nonce the dialer's Hello MAC must cover.
+    Challenge {
+        /// Fresh random bytes.
+        nonce: Nonce,
+    },
+    /// Dialer → acceptor: who is calling.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the dialer.
+        version: u16,
+        /// The cluster name; must match.
+        cluster: String,
+        /// The dialer's node id.
+        node: NodeId,
+        /// The dialer's incarnation.
+        incarnation: Incarnation,
+        /// The dialer's Lamport clock.
+        clock: LamportTs,
+        /// The dialer's fresh nonce, covered by the Welcome MAC.
+        nonce: Nonce,
+        /// HMAC over [`hello_transcript`]; empty without a secret.
+        mac: Vec<u8>,
+    },
+    /// Acceptor → dialer: handshake accepted.
+    Welcome {
+        /// The acceptor's node id.
+        node: NodeId,
+        /// The acceptor's incarnation.
+        incarnation: Incarnation,
+        /// The acceptor's Lamport clock.
+        clock: LamportTs,
+        /// The highest data sequence number delivered from this dialer incarnation (0: none); the dialer
+        /// resends everything after it.
+        received: u64,
+        /// HMAC over [`welcome_transcript`]; empty without a secret.
+        mac: Vec<u8>,
+    },
+    /// The handshake failed; the connection closes.
+    Refuse {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Dialer → acceptor: one message.
+    Data {
+        /// 1, 2, 3, … per (dialer incarnation, acceptor incarnation).
+        seq: u64,
+        /// The message.
+        env: Envelope<T>,
+    },
+    /// Acceptor → dialer: every data frame up to `seq` was delivered (cumulative).
+    Ack {
+        /// Highest delivered sequence number.
+        seq: u64,
+    },
+    /// Graceful shutdown: no more data will come from this incarnation.
+    Bye,
+}
+
+impl<T> Frame<T> {
+    /// The frame type's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Challenge { .. } => "challenge",
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Refuse { .. } => "refuse",
+            Frame::Data { .. } => "data",
+            Frame::Ack { .. } => "ack",
+            Frame::Bye => "bye",
+        }
+    }
+}
+
+/// A framing or encoding failure.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A length prefix (or an outgoing frame) exceeds the maximum frame size.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    Oversized {
+        /// The announced or encoded length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The body is not a valid frame.
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    /// The body decoded but did not use all its bytes.
+    #[error("malformed frame: {0} trailing bytes")]
+    Trailing(usize),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame ({0} bytes buffered)")]
+    Truncated(usize),
+    /// A value could not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+impl WireError {
+    /// The refusal reason a handshake failing with this error gets, if the peer should be told.
+    pub fn refuse_reason(&self) -> Option<RefuseReason> {
+        match self {
+            WireError::Io(_) | WireError::Encode(_) => None,
+            WireError::Oversized { .. } => Some(RefuseReason::Oversized),
+            WireError::Decode(_) | WireError::Trailing(_) | WireError::Truncated(_) => {
+                Some(RefuseReason::Malformed)
+            }
+        }
+    }
+}
+
+/// Encodes `frame` with its length prefix. Fails if the body is longer than `max_frame`.
+pub fn encode_frame<T: Serialize>(frame: &Frame<T>, max_frame: usize) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0u8; LEN_PREFIX];
+    let body =
+        bincode::serde::encode_to_vec(frame, config()).map_err(|e| WireError::Encode(e.to_string()))?;
+    let max = max_frame.min(u32::MAX as usize);
+    if body.len() > max {
+        return Err(WireError::Oversized { len: body.len(), max: max_frame });
+    }
+    out[..LEN_PREFIX].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Parses one frame from the start of `buf`: `Ok(None)` if more bytes are needed, otherwise the frame and the
+/// number of bytes it used. The length is checked against `max_frame` as soon as the prefix is complete.
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    max_frame: usize,
+) -> Result<Option<(Frame<T>, usize)>, WireError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let mut len_bytes = [0u8; LEN_PREFIX];
+    len_bytes.copy_from_slice(prefix);
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > max_frame {
+        return Err(WireError::Oversized { len, max: max_frame });
+    }
+    let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
+        return Ok(None);
+    };
+    let (frame, used): (Frame<T>, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != len {
+        return Err(WireError::Trailing(len - used));
+    }
+    Ok(Some((frame, LEN_PREFIX + len)))
+}
+
+/// The read half of a framed connection (after mini-redis's `Connection`): buffers bytes until a whole frame
+/// is there. `read_frame` is cancel-safe: a frame is either returned or still buffered.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a byte stream.
+    pub fn new(inner: R, max_frame: usize) -> Self {
+        FrameReader { inner, buf: BytesMut::with_capacity(8 * 1024), max_frame }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream (between frames), an error on a partial frame.
+    pub async fn read_frame<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>, WireError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(WireError::Truncated(self.buf.len()))
+                };
+            }
+        }
+    }
+
+    /// Whether a complete frame (valid or not) is already buffered, so reading it will not wait.
+    pub fn has_buffered_frame(&self) -> bool {
+        match self.buf.get(..LEN_PREFIX) {
+            None => false,
+            Some(p) => {
+                let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                len > self.max_frame || self.buf.len() >= LEN_PREFIX + len
+            }
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>, WireError> {
+        match decode_frame(&self.buf, self.max_frame)? {
+            Some((frame, used)) => {
+                self.buf.advance(used);
+                Ok(Some(frame))
+            }
+            None => {
+                // Reserve for the announced body (already checked against the maximum), so a large frame is
+                // read without repeated small reallocations.
+                if let Some(p) = self.buf.get(..LEN_PREFIX) {
+                    let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                    self.buf.reserve((LEN_PREFIX + len).saturating_sub(self.buf.len()));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The write half of a framed connection, buffered: call [`FrameWriter::flush`] to push frames out.
+#[derive(Debug)]
+pub struct FrameWriter<W: AsyncWrite> {
+    inner: BufWriter<W>,
+    max_frame: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a byte sink.
+    pub fn new(inner: W, max_frame: usize) -> Self {
+        FrameWriter { inner: BufWriter::with_capacity(64 * 1024, inner), max_frame }
+    }
+
+    /// Encodes and buffers one frame.
+    pub async fn write_frame<T: Serialize>(&mut self, frame: &Frame<T>) -> Result<(), WireError> {
+        let bytes = encode_frame(frame, self.max_frame)?;
+        self.write_encoded(&bytes).await
+    }
+
+    /// Buffers one frame already encoded by [`encode_frame`].
+    pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.inner.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Sends everything buffered.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Flushes and closes the write direction (FIN).
+    pub async fn close(&mut self) -> Result<(), WireError> {
+        self.inner.flush().await?;
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// A fresh random nonce.
+pub fn fresh_nonce() -> Nonce {
+    rand::random()
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The bytes the dialer's Hello MAC covers: label, version, cluster, node, incarnation, clock, the acceptor's
+/// challenge nonce and the dialer's own nonce.
+#[allow(clippy::too_many_arguments)]
+pub fn hello_transcript(
+    version: u16,
+    cluster: &str,
+    node: NodeId,
+    incarnation: Incarnation,
+    clock: LamportTs,
+    challenge: &Nonce,
+    nonce: &Nonce,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + cluster.len());
+    put_str(&mut out, "dmutex/v1 hello (dialer -> acceptor)");
+    out.extend_from_slice(&version.to_be_bytes());
+    put_str(&mut out, cluster);
+    out.extend_from_slice(&node.0.to_be_bytes());
+    out.extend_from_slice(&incarnation.0.to_be_bytes());
+    out.extend_from_slice(&clock.0.to_be_bytes());
+    out.extend_from_slice(challenge);
+    out.extend_from_slice(nonce);
+    out
+}
+
+/// The bytes the acceptor's Welcome MAC covers: label, version, cluster, the acceptor's node, incarnation,
+/// clock and `received`, the dialer's Hello nonce, the acceptor's own challenge nonce, and the dialer's id.
+#[allow(clippy::too_many_arguments)]
+pub fn welcome_transcript(
+    version: u16,
+    cluster: &str,
+    node: NodeId,
+    incarnation: Incarnation,
+    clock: LamportTs,
+    received: u64,
+    dialer: NodeId,
+    hello_nonce: &Nonce,
+    challenge: &Nonce,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + cluster.len());
+    put_str(&mut out, "dmutex/v1 welcome (acceptor -> dialer)");
+    out.extend_from_slice(&version.to_be_bytes());
+    put_str(&mut out, cluster);
+    out.extend_from_slice(&node.0.to_be_bytes());
+    out.extend_from_slice(&incarnation.0.to_be_bytes());
+    out.extend_from_slice(&clock.0.to_be_bytes());
+    out.extend_from_slice(&received.to_be_bytes());
+    out.extend_from_slice(&dialer.0.to_be_bytes());
+    out.extend_from_slice(hello_nonce);
+    out.extend_from_slice(challenge);
+    out
+}
+
+/// `HMAC-SHA256(secret, transcript)`, or an empty MAC without a secret.
+pub fn mac(secret: Option<&[u8]>, transcript: &[u8]) -> Vec<u8> {
+    let Some(secret) = secret else {
+        return Vec::new();
+    };
+    // HMAC accepts keys of any length, so this cannot fail.
+    match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mut m) => {
+            m.update(transcript);
+            m.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether `tag` is the MAC of `transcript` (constant time). Without a secret every tag passes.
+pub fn verify_mac(secret: Option<&[u8]>, transcript: &[u8], tag: &[u8]) -> bool {
+    let Some(secret) = secret else {
+        return true;
+    };
+    match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mut m) => {
+            m.update(transcript);
+            m.verify_slice(tag).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<Frame<String>> {
+        let mut trace = BTreeMap::new();
+        trace.insert("traceparent".to_string(), "00-abc-def-01".to_string());
+        vec![
+            Frame::Challenge { nonce: [7; 32] },
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                cluster: "c".into(),
+                node: NodeId(2),
+                incarnation: Incarnation(9),
+                clock: LamportTs(11),
+                nonce: [1; 32],
+                mac: vec![1, 2, 3],
+            },
+            Frame::Welcome {
+                node: NodeId(1),
+                incarnation: Incarnation(3),
+                clock: LamportTs(4),
+                received: 77,
+                mac: vec![],
+            },
+            Frame::Refuse { reason: RefuseReason::BadSecret },
+            Frame::Data { seq: 5, env: Envelope { ts: LamportTs(3), trace, body: "hi".into() } },
+            Frame::Ack { seq: u64::MAX },
+            Frame::Bye,
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let mut stream = Vec::new();
+        for f in sample() {
+            stream.extend(encode_frame(&f, DEFAULT_MAX_FRAME).unwrap());
+        }
+        // Every prefix shorter than the first frame needs more bytes; the whole stream decodes in order.
+        let first = encode_frame(&sample()[0], DEFAULT_MAX_FRAME).unwrap().len();
+        for cut in 0..first {
+            assert!(decode_frame::<String>(&stream[..cut], DEFAULT_MAX_FRAME).unwrap().is_none());
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((f, used)) = decode_frame::<String>(&stream[at..], DEFAULT_MAX_FRAME).unwrap() {
+            got.push(f);
+            at += used;
+        }
+        assert_eq!(got, sample());
+        assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let err = decode_frame::<String>(&[0, 0x10, 0, 1], DEFAULT_MAX_FRAME).unwrap_err();
+        assert!(matches!(err, WireError::Oversized { len, .. } if len == (1 << 20) + 1));
+        assert_eq!(err.refuse_reason(), Some(RefuseReason::Oversized));
+        let big = Frame::<String>::Data { seq: 1, env: Envelope::new(LamportTs(0), "x".repeat(200)) };
+        assert!(matches!(encode_frame(&big, 100), Err(WireError::Oversized { .. })));
+    }
+
+    #[test]
+    fn a_body_claiming_a_huge_string_is_an_error_not_an_allocation() {
+        // Hello variant (index 1), version 1, then a string length of u64::MAX (varint 253 + 8 bytes).
+        let mut body = vec![1u8, 1, 253];
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+        buf.extend(body);
+        let err = decode_frame::<String>(&buf, DEFAULT_MAX_FRAME).unwrap_err();
+        assert_eq!(err.refuse_reason(), Some(RefuseReason::Malformed));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut f = encode_frame(&Frame::<String>::Bye, DEFAULT_MAX_FRAME).unwrap();
+        f[3] += 1;
+        f.push(0);
+        assert!(matches!(decode_frame::<String>(&f, DEFAULT_MAX_FRAME), Err(WireError::Trailing(1))));
+    }
+
+    #[test]
+    fn macs_bind_the_transcript_and_the_direction() {
+        let s = Some(&b"secret"[..]);
+        let t = hello_transcript(1, "c", NodeId(1), Incarnation(2), LamportTs(3), &[1; 32], &[2; 32]);
+        let tag = mac(s, &t);
+        assert_eq!(tag.len(), 32);
+        assert!(verify_mac(s, &t, &tag));
+        assert!(!verify_mac(Some(&b"other"[..]), &t, &tag));
+        assert!(!verify_mac(s, &t, &[]));
+        let t2 = hello_transcript(1, "c", NodeId(1), Incarnation(2), LamportTs(3), &[9; 32], &[2; 32]);
+        assert!(!verify_mac(s, &t2, &tag), "another challenge nonce must not verify (replay)");
+        let w = welcome_transcript(
+            1,
+            "c",
+            NodeId(1),
+            Incarnation(2),
+            LamportTs(3),
+            0,
+            NodeId(0),
+            &[2; 32],
+            &[1; 32],
+        );
+        assert_ne!(mac(s, &w), tag);
+        assert!(mac(None, &t).is_empty());
+        assert!(verify_mac(None, &t, &[]));
+    }
+
+    #[test]
+    fn refuse_reasons_have_distinct_labels() {
+        let labels: std::collections::BTreeSet<_> = RefuseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RefuseReason::ALL.len());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame::<String>(&bytes, 256);
+            let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+            framed.extend(&bytes);
+            let _ = decode_frame::<Vec<u64>>(&framed, 1024);
+        }
+    }
+}

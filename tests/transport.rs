@@ -1,0 +1,475 @@
+//! Black-box tests of the peer transport over real loopback TCP.
+//!
+//! Each test binds its own 127.0.0.x addresses (port 0), so tests run in parallel without colliding. What is
+//! checked is what Lamport 1978 assumes of the network: every message arrives exactly once and in order per
+//! pair, across dropped connections; plus restart detection (Hello before data) and handshake refusals.
+
+use dmutex::algo::{Incarnation, LamportTs, NodeId};
+use dmutex::transport::{ClockFn, Inbound, Transport, TransportConfig, TransportHandle};
+use dmutex::wire::{self, Envelope, Frame, FrameReader, Nonce, PROTOCOL_VERSION, RefuseReason};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, copy_bidirectional};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+type Rx = mpsc::UnboundedReceiver<Inbound<u64>>;
+type Handle = TransportHandle<u64>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn bind(ip: &str) -> TcpListener {
+    // `RUST_LOG=dmutex=debug cargo test --test transport -- --nocapture` shows the transport's logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    TcpListener::bind((ip, 0)).await.expect("bind loopback address")
+}
+
+fn clock() -> ClockFn {
+    Arc::new(|| LamportTs(1))
+}
+
+fn config(me: u16, incarnation: u64, peers: &[SocketAddr]) -> TransportConfig {
+    let mut cfg = TransportConfig::new(
+        NodeId(me),
+        Incarnation(incarnation),
+        "test",
+        peers.iter().map(|a| a.to_string()).collect(),
+    );
+    cfg.backoff_min = Duration::from_millis(10);
+    cfg.backoff_max = Duration::from_millis(200);
+    cfg.handshake_timeout = Duration::from_secs(2);
+    cfg
+}
+
+fn env(n: u64) -> Envelope<u64> {
+    Envelope::new(LamportTs(n), n)
+}
+
+/// Everything one transport emitted, in order, so tests can wait on conditions over the whole history.
+struct Log {
+    rx: Rx,
+    seen: Vec<Inbound<u64>>,
+}
+
+impl Log {
+    fn new(rx: Rx) -> Self {
+        Log { rx, seen: Vec::new() }
+    }
+
+    /// Waits until `done(history)` holds.
+    async fn until(&mut self, what: &str, done: impl Fn(&[Inbound<u64>]) -> bool) {
+        let r = timeout(WAIT, async {
+            while !done(&self.seen) {
+                let ev = self.rx.recv().await.expect("transport stopped");
+                self.seen.push(ev);
+            }
+        })
+        .await;
+        if r.is_err() {
+            panic!(
+                "timed out waiting for {what}; saw {} events, last {:?}",
+                self.seen.len(),
+                self.seen.last()
+            );
+        }
+    }
+
+    /// Waits for `count` messages from `from` (any incarnation) and returns all of them.
+    async fn messages(&mut self, from: u16, count: usize) -> Vec<u64> {
+        self.until(&format!("{count} messages from {from}"), |s| messages_from(s, from).len() >= count).await;
+        messages_from(&self.seen, from)
+    }
+
+    /// Drains what is already queued.
+    fn drain(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            self.seen.push(ev);
+        }
+    }
+
+    /// Every message was preceded by a Hello from its sender's incarnation.
+    fn assert_hello_first(&self) {
+        for (i, ev) in self.seen.iter().enumerate() {
+            if let Inbound::Message { from, incarnation, .. } = ev {
+                let hello = self.seen[..i].iter().any(|e| {
+                    matches!(e, Inbound::Hello { peer, incarnation: inc, .. } if peer == from && inc == incarnation)
+                });
+                assert!(hello, "message {i} from {from} ({incarnation:?}) before its Hello");
+            }
+        }
+    }
+}
+
+fn messages_from(seen: &[Inbound<u64>], node: u16) -> Vec<u64> {
+    seen.iter()
+        .filter_map(|e| match e {
+            Inbound::Message { from, env, .. } if *from == NodeId(node) => Some(env.body),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(seen: &[Inbound<u64>], f: impl Fn(&Inbound<u64>) -> bool) -> bool {
+    seen.iter().any(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_everything_in_order_exactly_once() {
+    let listeners = [bind("127.0.0.11").await, bind("127.0.0.12").await, bind("127.0.0.13").await];
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut nodes: Vec<(Handle, Log)> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let (h, rx) = Transport::start(config(i as u16, 1, &addrs), l, clock());
+        nodes.push((h, Log::new(rx)));
+    }
+    const N: u64 = 500;
+    for n in 0..N {
+        for (i, (h, _)) in nodes.iter().enumerate() {
+            for j in 0..3u16 {
+                if usize::from(j) != i {
+                    h.send(NodeId(j), env(n)).unwrap();
+                }
+            }
+        }
+    }
+    for (i, (_, log)) in nodes.iter_mut().enumerate() {
+        for j in (0..3u16).filter(|j| usize::from(*j) != i) {
+            let got = log.messages(j, N as usize).await;
+            assert_eq!(got, (0..N).collect::<Vec<_>>(), "node {i} from node {j}");
+        }
+    }
+    // Nothing extra arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (i, (h, log)) in nodes.iter_mut().enumerate() {
+        log.drain();
+        for j in (0..3u16).filter(|j| usize::from(*j) != i) {
+            assert_eq!(messages_from(&log.seen, j).len(), N as usize);
+            let hellos = log.seen.iter().filter(|e| matches!(e, Inbound::Hello { peer, .. } if peer.0 == j));
+            assert_eq!(hellos.count(), 1, "one Hello per peer incarnation");
+        }
+        log.assert_hello_first();
+        let status = h.status();
+        assert_eq!(status.len(), 2);
+        assert!(status.iter().all(|p| p.connected && p.incarnation == Some(Incarnation(1))), "{status:?}");
+        assert_eq!(h.counters().duplicates_dropped, 0);
+        assert!(h.send(NodeId(9), env(0)).is_err());
+        assert!(h.send(NodeId(i as u16), env(0)).is_err());
+    }
+    for (h, _) in &nodes {
+        h.shutdown().await;
+    }
+}
+
+/// A TCP proxy that can drop every connection at once and refuse new ones for a while.
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<u64>,
+    blocked: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(ip: &str, upstream: SocketAddr) -> Proxy {
+        let listener = bind(ip).await;
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = watch::channel(0u64);
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (cut2, blocked2) = (cut.clone(), blocked.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if blocked2.load(Ordering::SeqCst) {
+                    continue; // dropped: the dialer sees a closed connection
+                }
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut_rx.changed() => {} // both sockets dropped mid-stream
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut, blocked }
+    }
+
+    fn cut(&self, block: bool) {
+        self.blocked.store(block, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.blocked.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_loses_and_duplicates_nothing() {
+    let (la, lb) = (bind("127.0.0.21").await, bind("127.0.0.22").await);
+    let (a_addr, b_addr) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let proxy = Proxy::start("127.0.0.23", b_addr).await;
+    // A reaches B only through the proxy; B dials A directly.
+    let (a, _a_rx) = Transport::start::<u64>(config(0, 1, &[a_addr, proxy.addr]), la, clock());
+    let (b, mut b_rx) = Transport::start::<u64>(config(1, 1, &[a_addr, b_addr]), lb, clock());
+
+    const N: u64 = 6000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for n in 0..N {
+                a.send(NodeId(1), env(n)).unwrap();
+                if n % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let mut cuts = 0;
+    timeout(WAIT, async {
+        while got.len() < N as usize {
+            if let Inbound::Message { from, env, .. } = b_rx.recv().await.unwrap() {
+                assert_eq!(from, NodeId(0));
+                got.push(env.body);
+                if (got.len() == 1500 || got.len() == 3500) && cuts < 2 {
+                    cuts += 1;
+                    proxy.cut(cuts == 1);
+                    if cuts == 1 {
+                        let p = proxy.blocked.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                            p.store(false, Ordering::SeqCst);
+                        });
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {} messages", got.len()));
+    proxy.restore();
+    sender.await.unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every message exactly once, in order");
+    // The last cut may have landed after everything was through; the link still comes back.
+    let relinked = timeout(WAIT, async {
+        while !a.status().first().is_some_and(|p| p.connected && p.reconnects >= 2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(relinked.await.is_ok(), "the link reconnected after each cut: {:?}", a.status());
+    eprintln!("after cuts: {:?}", a.counters());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Ok(ev) = b_rx.try_recv() {
+        assert!(!matches!(ev, Inbound::Message { .. }), "unexpected extra {ev:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_says_hello_with_its_new_incarnation_first() {
+    let (la, lb) = (bind("127.0.0.31").await, bind("127.0.0.32").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    b.send(NodeId(0), env(1)).unwrap();
+    assert_eq!(a_log.messages(1, 1).await, vec![1]);
+    a.send(NodeId(1), env(2)).unwrap();
+    assert_eq!(b_log.messages(0, 1).await, vec![2]);
+    a_log.until("connected", |s| has(s, |e| matches!(e, Inbound::Connected { peer: NodeId(1) }))).await;
+
+    // Graceful stop: A hears Bye and marks B disconnected promptly.
+    let t0 = tokio::time::Instant::now();
+    b.shutdown().await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NodeId(1) }))).await;
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(!a.status()[0].connected);
+
+    // Sent to the old incarnation while it is down: must not reach the new one.
+    a.send(NodeId(1), env(99)).unwrap();
+
+    let lb2 = TcpListener::bind(addrs[1]).await.expect("rebind the same address");
+    let (b2, b2_rx) = Transport::start::<u64>(config(1, 2, &addrs), lb2, clock());
+    let mut b2_log = Log::new(b2_rx);
+    b2.send(NodeId(0), env(10)).unwrap();
+    b2.send(NodeId(0), env(11)).unwrap();
+    assert_eq!(a_log.messages(1, 3).await, vec![1, 10, 11]);
+    a_log.assert_hello_first();
+    let hellos: Vec<_> = a_log.seen.iter().filter(|e| matches!(e, Inbound::Hello { .. })).collect();
+    assert!(
+        matches!(
+            hellos[..],
+            [
+                Inbound::Hello { peer: NodeId(1), incarnation: Incarnation(1), .. },
+                Inbound::Hello { peer: NodeId(1), incarnation: Incarnation(2), .. }
+            ]
+        ),
+        "{hellos:?}"
+    );
+
+    // After seeing the new incarnation, A's messages go to it, numbered afresh.
+    a.send(NodeId(1), env(3)).unwrap();
+    assert_eq!(b2_log.messages(0, 1).await, vec![3], "the message for the old incarnation was discarded");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b2_log.drain();
+    assert_eq!(messages_from(&b2_log.seen, 0), vec![3]);
+    assert!(a.counters().discarded_on_restart >= 1);
+    assert_eq!(a.status()[0].incarnation, Some(Incarnation(2)));
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+/// Connects, reads the Challenge, sends what `make` builds from its nonce, and returns the answer.
+async fn raw_exchange(addr: SocketAddr, make: impl FnOnce(Nonce) -> Vec<u8>) -> Option<Frame<u64>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut reader = FrameReader::new(r, wire::DEFAULT_MAX_FRAME);
+    let Some(Frame::Challenge { nonce }) = reader.read_frame::<u64>().await.unwrap() else {
+        panic!("the acceptor must speak first with a Challenge");
+    };
+    let bytes = make(nonce);
+    if !bytes.is_empty() {
+        w.write_all(&bytes).await.unwrap();
+    }
+    timeout(WAIT, reader.read_frame::<u64>()).await.expect("no answer").ok().flatten()
+}
+
+struct HelloSpec<'a> {
+    version: u16,
+    cluster: &'a str,
+    node: u16,
+    secret: Option<&'a str>,
+}
+
+fn hello(spec: HelloSpec<'_>) -> impl FnOnce(Nonce) -> Vec<u8> + '_ {
+    move |challenge| {
+        let nonce = wire::fresh_nonce();
+        let (node, inc, clock) = (NodeId(spec.node), Incarnation(5), LamportTs(1));
+        let t = wire::hello_transcript(spec.version, spec.cluster, node, inc, clock, &challenge, &nonce);
+        let frame: Frame<u64> = Frame::Hello {
+            version: spec.version,
+            cluster: spec.cluster.to_string(),
+            node,
+            incarnation: inc,
+            clock,
+            nonce,
+            mac: wire::mac(spec.secret.map(str::as_bytes), &t),
+        };
+        wire::encode_frame(&frame, wire::DEFAULT_MAX_FRAME).unwrap()
+    }
+}
+
+fn refused(reason: RefuseReason) -> Option<Frame<u64>> {
+    Some(Frame::Refuse { reason })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_handshakes_are_refused_and_counted_and_a_good_peer_still_works() {
+    let (la, lb) = (bind("127.0.0.41").await, bind("127.0.0.42").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let mut cfg = config(0, 1, &addrs);
+    cfg.handshake_timeout = Duration::from_millis(300);
+    let (a, a_rx) = Transport::start::<u64>(cfg, la, clock());
+    let mut a_log = Log::new(a_rx);
+    let at = addrs[0];
+    let ok = |node| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node, secret: None };
+
+    // Garbage with a plausible length prefix.
+    let garbage =
+        raw_exchange(at, |_| vec![0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff]).await;
+    assert_eq!(garbage, refused(RefuseReason::Malformed));
+    // HTTP on the peer port: its first four bytes read as a 1.2 GB length.
+    assert_eq!(
+        raw_exchange(at, |_| b"GET / HTTP/1.1\r\n\r\n".to_vec()).await,
+        refused(RefuseReason::Oversized)
+    );
+    assert_eq!(
+        raw_exchange(at, hello(HelloSpec { version: 99, ..ok(1) })).await,
+        refused(RefuseReason::BadVersion)
+    );
+    assert_eq!(
+        raw_exchange(at, hello(HelloSpec { cluster: "other", ..ok(1) })).await,
+        refused(RefuseReason::WrongCluster)
+    );
+    assert_eq!(raw_exchange(at, hello(ok(7))).await, refused(RefuseReason::UnknownNode));
+    assert_eq!(raw_exchange(at, hello(ok(0))).await, refused(RefuseReason::SelfId));
+    // Another frame instead of Hello.
+    let ack = |_| wire::encode_frame(&Frame::<u64>::Ack { seq: 1 }, 1024).unwrap();
+    assert_eq!(raw_exchange(at, ack).await, refused(RefuseReason::Malformed));
+    // Silence.
+    assert_eq!(raw_exchange(at, |_| Vec::new()).await, refused(RefuseReason::Timeout));
+
+    let c = a.counters();
+    let expect: BTreeMap<&str, u64> = [
+        ("malformed", 2),
+        ("oversized", 1),
+        ("bad_version", 1),
+        ("wrong_cluster", 1),
+        ("unknown_node", 1),
+        ("self_id", 1),
+        ("timeout", 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(c.refused, expect);
+    a_log.drain();
+    let first = a_log.seen.iter().find(|e| matches!(e, Inbound::Refused { .. }));
+    assert!(matches!(first, Some(Inbound::Refused { reason: RefuseReason::Malformed, .. })), "{first:?}");
+
+    // A good peer still works, both ways.
+    let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
+    let mut b_log = Log::new(b_rx);
+    b.send(NodeId(0), env(7)).unwrap();
+    a.send(NodeId(1), env(8)).unwrap();
+    assert_eq!(a_log.messages(1, 1).await, vec![7]);
+    assert_eq!(b_log.messages(0, 1).await, vec![8]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_must_match() {
+    let (la, lb, lc) = (bind("127.0.0.51").await, bind("127.0.0.52").await, bind("127.0.0.53").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap(), lc.local_addr().unwrap()];
+    let with_secret = |me, s: &str| {
+        let mut cfg = config(me, 1, &addrs);
+        cfg.secret = Some(s.to_string());
+        cfg
+    };
+    let (a, a_rx) = Transport::start::<u64>(with_secret(0, "right"), la, clock());
+    let mut a_log = Log::new(a_rx);
+    let at = addrs[0];
+    let spec = |secret| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node: 1, secret };
+    assert_eq!(raw_exchange(at, hello(spec(None))).await, refused(RefuseReason::BadSecret));
+    assert_eq!(raw_exchange(at, hello(spec(Some("wrong")))).await, refused(RefuseReason::BadSecret));
+    assert_eq!(a.counters().refused.get("bad_secret"), Some(&2));
+
+    // A node with the right secret links up; one with a wrong secret never does.
+    let (b, b_rx) = Transport::start::<u64>(with_secret(1, "right"), lb, clock());
+    let mut b_log = Log::new(b_rx);
+    let (c, _c_rx) = Transport::start::<u64>(with_secret(2, "wrong"), lc, clock());
+    b.send(NodeId(0), env(1)).unwrap();
+    a.send(NodeId(1), env(2)).unwrap();
+    c.send(NodeId(0), env(3)).unwrap();
+    assert_eq!(a_log.messages(1, 1).await, vec![1]);
+    assert_eq!(b_log.messages(0, 1).await, vec![2]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a_log.drain();
+    assert!(!has(&a_log.seen, |e| matches!(
+        e,
+        Inbound::Message { from: NodeId(2), .. } | Inbound::Hello { peer: NodeId(2), .. }
+    )));
+    assert!(a.counters().refused.get("bad_secret").copied().unwrap_or(0) >= 3);
+    assert!(!c.status()[0].connected);
+    assert!(c.counters().refused_by_peer.get("bad_secret").copied().unwrap_or(0) >= 1);
+    for h in [&a, &b, &c] {
+        h.shutdown().await;
+    }
+}
