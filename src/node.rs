@@ -14,7 +14,7 @@ use crate::algo::{
     Action, Algorithm, CoreError, Engine, Event, FencingToken, Incarnation, LamportTs, LockView, Millis, NodeId,
     Peers, Protocol, ProtocolMessage, RejectReason, RequestId, TimerId,
     lamport::{Lamport, LamportMsg},
-    probable_owner::{PoMsg, ProbableOwner},
+    probable_owner::{PoMsg, ProbableOwner, RepOutcome},
     ricart_agrawala::{RaMsg, RicartAgrawala},
 };
 use crate::error::ApiError;
@@ -356,7 +356,6 @@ struct Lease {
 struct PeerState {
     connected: bool,
     down_since: Option<Instant>,
-    said_bye: bool,
     incarnation: Option<Incarnation>,
     last_seen: Option<Instant>,
 }
@@ -601,7 +600,7 @@ impl Node {
     }
 
     fn peer_down(&self, p: &PeerState) -> bool {
-        p.said_bye || (!p.connected && p.down_since.is_none_or(|t| t.elapsed() >= self.settings.peer_down_after))
+        !p.connected && p.down_since.is_none_or(|t| t.elapsed() >= self.settings.peer_down_after)
     }
 
     fn on_inbound(&mut self, input: Inbound<PeerMsg>) {
@@ -609,7 +608,6 @@ impl Node {
             Inbound::Hello { peer, incarnation, clock } => {
                 if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
                     p.incarnation = Some(incarnation);
-                    p.said_bye = false;
                     p.last_seen = Some(Instant::now());
                 }
                 for algorithm in Algorithm::ALL {
@@ -631,12 +629,8 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(usize::from(from.0)) {
                     p.last_seen = Some(Instant::now());
                 }
-                if kind == "LOCK_REP" {
-                    if let PeerMsg::ProbableOwner(m) = &env.body {
-                        if m.is_redirect() {
-                            self.shared.metrics.inc("dmutex_redirects_total", vec![], 1);
-                        }
-                    }
+                if let PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Redirect { .. }, .. }) = &env.body {
+                    self.shared.metrics.inc("dmutex_redirects_total", vec![], 1);
                 }
                 self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }));
             }
@@ -644,23 +638,21 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
                     p.connected = true;
                     p.down_since = None;
-                    p.said_bye = false;
                 }
             }
-            Inbound::Disconnected { peer, bye } => {
+            Inbound::Disconnected { peer } => {
                 if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
                     if p.connected || p.down_since.is_none() {
                         p.down_since = Some(Instant::now());
                     }
                     p.connected = false;
-                    p.said_bye |= bye;
                 }
             }
             Inbound::Refused { remote, reason } => {
                 tracing::warn!(%remote, reason = reason.as_str(), "refused peer connection");
             }
-            Inbound::BadFrame { peer, reason } => {
-                tracing::warn!(?peer, %reason, "bad frame from peer");
+            Inbound::BadFrame { remote, peer, error } => {
+                tracing::warn!(%remote, ?peer, %error, "bad frame from peer");
                 self.shared.metrics.inc("dmutex_bad_frames_total", vec![("reason", "frame".into())], 1);
             }
         }
@@ -728,7 +720,9 @@ impl Node {
                     1,
                 );
                 let ts = msg.timestamp().unwrap_or_else(|| self.engine_clock(algorithm));
-                self.transport.send(to, Envelope { ts, trace: BTreeMap::new(), body: msg });
+                if let Err(e) = self.transport.send(to, Envelope { ts, trace: BTreeMap::new(), body: msg }) {
+                    tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
+                }
             }
             Action::Granted { req, lock, token } => {
                 let Some(mut p) = self.pending.remove(&req) else {
@@ -1071,4 +1065,39 @@ fn step<P: Protocol>(
         Action::CancelTimer { timer } => Action::CancelTimer { timer },
     }));
     result
+}
+
+impl crate::workload::LockService for NodeHandle {
+    async fn acquire(
+        &self,
+        lock: &str,
+        algorithm: Algorithm,
+        timeout: Duration,
+    ) -> Result<crate::workload::Grant, String> {
+        let g = NodeHandle::acquire(
+            self,
+            AcquireRequest { lock: lock.to_string(), algorithm: Some(algorithm), timeout: Some(timeout), ttl: None },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(crate::workload::Grant {
+            lease: g.lease,
+            fencing_token: g.fencing_token,
+            algorithm: g.algorithm,
+            node_id: g.node_id,
+            waited_ms: g.waited_ms,
+        })
+    }
+
+    async fn release(&self, lock: &str, lease: &str) -> Result<(), String> {
+        NodeHandle::release(self, lock, lease).await.map_err(|e| e.to_string())
+    }
+
+    async fn ready(&self) -> bool {
+        self.shared.readiness().ready
+    }
+
+    fn lamport_clock(&self) -> u64 {
+        self.shared.clock().0
+    }
 }
