@@ -178,8 +178,9 @@ pub async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
 
 /// Reads the counter. An empty file reads as 0 (a creator that has not written yet).
 pub async fn read_counter(path: &Path) -> Result<u64, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
+    // Plain blocking calls: microseconds on a local file, where tokio::fs would add a thread hand-off per call
+    // to every critical section.
+    let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading counter file {}: {e}", path.display()))?;
     let text = text.trim();
     if text.is_empty() {
@@ -193,9 +194,8 @@ async fn write_counter(path: &Path, node: u16, value: u64) -> Result<(), String>
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{node}-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, value.to_string()).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path)
-        .await
+    std::fs::write(&tmp, value.to_string()).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
         .map_err(|e| format!("renaming {} over {}: {e}", tmp.display(), path.display()))
 }
 
