@@ -1,0 +1,425 @@
+//! The seeds' experiment as a workload that runs inside one `dmutex node` process.
+//!
+//! Every node of a `dmutex cluster` run executes the same loop, `iterations` times: acquire `lock` through the
+//! node's own lock service (in-process, no HTTP), then run the critical section — a read-modify-write of one
+//! shared counter file (read the integer, sleep `cs_ms`, write the value + 1) — then release. With mutual
+//! exclusion the file ends at `nodes × iterations`; a violation shows as a lost update (two nodes read the same
+//! value) and as overlapping `[enter, exit]` intervals in the report, which `dmutex cluster` checks.
+//!
+//! Assumptions: every node of the run shares one host clock, so the wall-clock timestamps of different
+//! processes (UNIX milliseconds, µs precision) can be compared to detect overlaps. The counter is written
+//! through a private temporary file renamed over the counter, without fsync: a reader never sees a half-written
+//! value, so a violation shows as a clean lost update rather than as an unreadable file.
+//!
+//! Must never: hold the lock across an error path (release is attempted after every entered critical section),
+//! or panic on the counter file's content (it is parsed and a bad value is reported as an error).
+
+use crate::algo::Algorithm;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How often [`run_workload`] asks [`LockService::ready`] while it waits for the node to join.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// What one node's workload does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    /// Critical-section entries to make.
+    pub iterations: u32,
+    /// Time spent inside the critical section, between reading and writing the counter (ms).
+    pub cs_ms: u64,
+    /// The lock every node of the run contends for.
+    pub lock: String,
+    /// The shared counter file (one for the whole run).
+    pub counter_file: PathBuf,
+    /// The algorithm that serves the acquires.
+    pub algorithm: Algorithm,
+    /// How long one acquire may wait before the workload gives up.
+    pub acquire_timeout: Duration,
+}
+
+/// A granted acquire, as the lock service reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Names the grant for [`LockService::release`].
+    pub lease: String,
+    /// The grant's fencing token (strictly increasing per lock, cluster-wide, in grant order).
+    pub fencing_token: u64,
+    /// The algorithm that granted it.
+    pub algorithm: Algorithm,
+    /// The node that holds the grant.
+    pub node_id: u16,
+    /// How long the acquire waited (ms).
+    pub waited_ms: u64,
+}
+
+/// The node's lock service as the workload sees it. The node runtime implements it in-process.
+pub trait LockService: Clone + Send + Sync + 'static {
+    /// Waits for `lock` under `algorithm`, at most `timeout`.
+    fn acquire(
+        &self,
+        lock: &str,
+        algorithm: Algorithm,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Grant, String>> + Send;
+    /// Leaves the critical section of the grant `lease` of `lock`.
+    fn release(&self, lock: &str, lease: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether the node has joined its cluster and can serve acquires.
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+    /// The node's Lamport clock now (for the algorithm the workload uses).
+    fn lamport_clock(&self) -> u64;
+}
+
+/// One critical-section entry, as the node that made it saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CsEntry {
+    /// The node.
+    pub node: u16,
+    /// The lock.
+    pub lock: String,
+    /// Which of the node's iterations (0-based).
+    pub iteration: u32,
+    /// The grant's fencing token.
+    pub fencing_token: u64,
+    /// The node's Lamport clock right after the grant.
+    pub lamport_clock_at_enter: u64,
+    /// When the acquire was sent (UNIX ms, µs precision).
+    pub request_ms: f64,
+    /// When the grant arrived: the critical section starts (UNIX ms).
+    pub enter_ms: f64,
+    /// When the counter was written: the critical section ends, just before the release (UNIX ms).
+    pub exit_ms: f64,
+    /// The counter value read on entry.
+    pub counter_read: u64,
+    /// The counter value written on exit.
+    pub counter_written: u64,
+}
+
+/// Where a workload is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadState {
+    /// Waiting for the node to join its cluster.
+    Waiting,
+    /// Making entries.
+    Running,
+    /// Every iteration done.
+    Done,
+    /// Stopped early on an error (see [`WorkloadReport::errors`]).
+    Failed,
+}
+
+/// A workload's progress, published while it runs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    /// Where it is.
+    pub state: WorkloadState,
+    /// Entries completed.
+    pub done: u32,
+    /// Entries to make.
+    pub total: u32,
+}
+
+impl WorkloadStatus {
+    /// The status before anything ran.
+    pub fn waiting(total: u32) -> Self {
+        WorkloadStatus { state: WorkloadState::Waiting, done: 0, total }
+    }
+
+    /// Whether the workload has stopped (done or failed).
+    pub fn finished(&self) -> bool {
+        matches!(self.state, WorkloadState::Done | WorkloadState::Failed)
+    }
+}
+
+/// What one node's workload did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    /// The node.
+    pub node: u16,
+    /// The algorithm used.
+    pub algorithm: Algorithm,
+    /// Entries it was asked to make.
+    pub iterations: u32,
+    /// Entries made, in order.
+    pub entries: Vec<CsEntry>,
+    /// What went wrong (empty on success). The workload stops at the first error.
+    pub errors: Vec<String>,
+    /// When the first iteration started, after the node became ready (UNIX ms).
+    pub started_ms: f64,
+    /// When the workload stopped (UNIX ms).
+    pub finished_ms: f64,
+}
+
+/// Wall-clock now in UNIX milliseconds with microsecond precision.
+pub fn unix_ms() -> f64 {
+    // A clock before 1970 is a broken host, not a reason to panic: report 0.
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    micros as f64 / 1000.0
+}
+
+/// Creates the counter file holding `0` unless it exists. Safe when several processes race to create it.
+pub async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
+    let created = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await;
+    match created {
+        Ok(mut file) => {
+            use tokio::io::AsyncWriteExt;
+            file.write_all(b"0").await?;
+            file.flush().await
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the counter. An empty file reads as 0 (a creator that has not written yet).
+pub async fn read_counter(path: &Path) -> Result<u64, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("reading counter file {}: {e}", path.display()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse().map_err(|e| format!("counter file {} holds {text:?}: {e}", path.display()))
+}
+
+/// Writes the counter through a private temporary file renamed over it, so readers never see a torn value.
+async fn write_counter(path: &Path, node: u16, value: u64) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{node}-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    tokio::fs::write(&tmp, value.to_string()).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("renaming {} over {}: {e}", tmp.display(), path.display()))
+}
+
+/// Runs the workload on `svc` as node `node_id`, publishing progress on `progress`, and returns its report.
+///
+/// Waits until the service is ready, then makes `cfg.iterations` entries. Stops at the first error (the
+/// report's `errors` says which); the lock is released after every entered critical section, even when the
+/// counter file could not be read or written.
+pub async fn run_workload<S: LockService>(
+    svc: S,
+    node_id: u16,
+    cfg: WorkloadConfig,
+    progress: watch::Sender<WorkloadStatus>,
+) -> WorkloadReport {
+    let total = cfg.iterations;
+    progress.send_replace(WorkloadStatus::waiting(total));
+    while !svc.ready().await {
+        tokio::time::sleep(READY_POLL).await;
+    }
+
+    let mut report = WorkloadReport {
+        node: node_id,
+        algorithm: cfg.algorithm,
+        iterations: total,
+        entries: Vec::with_capacity(total as usize),
+        errors: Vec::new(),
+        started_ms: unix_ms(),
+        finished_ms: 0.0,
+    };
+    progress.send_replace(WorkloadStatus { state: WorkloadState::Running, done: 0, total });
+
+    if let Err(e) = ensure_counter_file(&cfg.counter_file).await {
+        report.errors.push(format!("creating counter file {}: {e}", cfg.counter_file.display()));
+    }
+    for iteration in 0..total {
+        if !report.errors.is_empty() {
+            break;
+        }
+        match one_entry(&svc, node_id, iteration, &cfg).await {
+            Ok(entry) => report.entries.push(entry),
+            Err(e) => report.errors.push(format!("iteration {iteration}: {e}")),
+        }
+        let done = report.entries.len() as u32;
+        progress.send_replace(WorkloadStatus { state: WorkloadState::Running, done, total });
+    }
+
+    report.finished_ms = unix_ms();
+    let state = if report.errors.is_empty() { WorkloadState::Done } else { WorkloadState::Failed };
+    progress.send_replace(WorkloadStatus { state, done: report.entries.len() as u32, total });
+    report
+}
+
+/// One acquire – read, sleep, write – release.
+async fn one_entry<S: LockService>(
+    svc: &S,
+    node: u16,
+    iteration: u32,
+    cfg: &WorkloadConfig,
+) -> Result<CsEntry, String> {
+    let request_ms = unix_ms();
+    let grant = svc
+        .acquire(&cfg.lock, cfg.algorithm, cfg.acquire_timeout)
+        .await
+        .map_err(|e| format!("acquire {:?}: {e}", cfg.lock))?;
+    let enter_ms = unix_ms();
+    let lamport_clock_at_enter = svc.lamport_clock();
+
+    let section = async {
+        let read = read_counter(&cfg.counter_file).await?;
+        if cfg.cs_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(cfg.cs_ms)).await;
+        }
+        let written = read.saturating_add(1);
+        write_counter(&cfg.counter_file, node, written).await?;
+        Ok::<_, String>((read, written))
+    }
+    .await;
+    let exit_ms = unix_ms();
+
+    // Release even when the section failed: a workload must not leave the lock held.
+    let released =
+        svc.release(&cfg.lock, &grant.lease).await.map_err(|e| format!("release {:?}: {e}", cfg.lock));
+    let (counter_read, counter_written) = section?;
+    released?;
+    Ok(CsEntry {
+        node,
+        lock: cfg.lock.clone(),
+        iteration,
+        fencing_token: grant.fencing_token,
+        lamport_clock_at_enter,
+        request_ms,
+        enter_ms,
+        exit_ms,
+        counter_read,
+        counter_written,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::{Mutex, OwnedMutexGuard};
+
+    /// A lock service that is one tokio mutex: exclusive by construction, tokens counted up.
+    #[derive(Clone, Default)]
+    struct FakeLocks {
+        lock: Arc<Mutex<()>>,
+        held: Arc<std::sync::Mutex<BTreeMap<String, OwnedMutexGuard<()>>>>,
+        tokens: Arc<AtomicU64>,
+        fail_release: bool,
+    }
+
+    impl LockService for FakeLocks {
+        async fn acquire(
+            &self,
+            _lock: &str,
+            algorithm: Algorithm,
+            timeout: Duration,
+        ) -> Result<Grant, String> {
+            let guard = tokio::time::timeout(timeout, self.lock.clone().lock_owned())
+                .await
+                .map_err(|_| "timed out".to_string())?;
+            let token = self.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+            let lease = format!("lease-{token}");
+            self.held.lock().map_err(|e| e.to_string())?.insert(lease.clone(), guard);
+            Ok(Grant { lease, fencing_token: token, algorithm, node_id: 0, waited_ms: 0 })
+        }
+
+        async fn release(&self, _lock: &str, lease: &str) -> Result<(), String> {
+            let guard = self.held.lock().map_err(|e| e.to_string())?.remove(lease);
+            match guard {
+                Some(_) if self.fail_release => Err("refused".into()),
+                Some(_) => Ok(()),
+                None => Err(format!("unknown lease {lease}")),
+            }
+        }
+
+        async fn ready(&self) -> bool {
+            true
+        }
+
+        fn lamport_clock(&self) -> u64 {
+            self.tokens.load(Ordering::SeqCst) * 3
+        }
+    }
+
+    fn config(dir: &Path, iterations: u32) -> WorkloadConfig {
+        WorkloadConfig {
+            iterations,
+            cs_ms: 1,
+            lock: "counter".into(),
+            counter_file: dir.join("counter"),
+            algorithm: Algorithm::Lamport,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_nodes_increment_the_counter_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = FakeLocks::default();
+        let mut tasks = Vec::new();
+        let mut watchers = Vec::new();
+        for node in 0..3u16 {
+            let (tx, rx) = watch::channel(WorkloadStatus::waiting(0));
+            watchers.push(rx);
+            tasks.push(tokio::spawn(run_workload(svc.clone(), node, config(dir.path(), 4), tx)));
+        }
+        let mut entries = Vec::new();
+        for (node, task) in tasks.into_iter().enumerate() {
+            let report = task.await.unwrap();
+            assert_eq!(report.node, node as u16);
+            assert_eq!(report.algorithm, Algorithm::Lamport);
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            assert_eq!(report.entries.len(), 4);
+            assert!(report.started_ms <= report.finished_ms);
+            for (i, e) in report.entries.iter().enumerate() {
+                assert_eq!(e.iteration, i as u32);
+                assert_eq!(e.node, node as u16);
+                assert_eq!(e.counter_written, e.counter_read + 1);
+                assert!(e.request_ms <= e.enter_ms && e.enter_ms <= e.exit_ms);
+                assert!(e.exit_ms - e.enter_ms >= 1.0, "the section sleeps cs_ms");
+                assert!(e.lamport_clock_at_enter > 0);
+            }
+            entries.extend(report.entries);
+        }
+        for rx in &watchers {
+            assert_eq!(*rx.borrow(), WorkloadStatus { state: WorkloadState::Done, done: 4, total: 4 });
+        }
+        assert_eq!(read_counter(&dir.path().join("counter")).await.unwrap(), 12);
+        // The fake is exclusive: in entry order, each entry read what the previous one wrote.
+        entries.sort_by(|a, b| a.enter_ms.total_cmp(&b.enter_ms));
+        let reads: Vec<u64> = entries.iter().map(|e| e.counter_read).collect();
+        assert_eq!(reads, (0..12).collect::<Vec<_>>());
+        let tokens: Vec<u64> = entries.iter().map(|e| e.fencing_token).collect();
+        assert_eq!(tokens, (1..=12).collect::<Vec<_>>());
+        let json = serde_json::to_value(*watchers[0].borrow()).unwrap();
+        assert_eq!(json, serde_json::json!({"state": "done", "done": 4, "total": 4}));
+    }
+
+    #[tokio::test]
+    async fn a_failed_release_stops_the_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = FakeLocks { fail_release: true, ..FakeLocks::default() };
+        let (tx, rx) = watch::channel(WorkloadStatus::waiting(0));
+        let report = run_workload(svc, 2, config(dir.path(), 3), tx).await;
+        assert!(report.entries.is_empty());
+        assert_eq!(report.errors.len(), 1);
+        assert!(report.errors[0].contains("release"), "{:?}", report.errors);
+        assert_eq!(rx.borrow().state, WorkloadState::Failed);
+    }
+
+    #[tokio::test]
+    async fn counter_file_creation_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        ensure_counter_file(&path).await.unwrap();
+        tokio::fs::write(&path, "41\n").await.unwrap();
+        ensure_counter_file(&path).await.unwrap();
+        assert_eq!(read_counter(&path).await.unwrap(), 41);
+        tokio::fs::write(&path, "x").await.unwrap();
+        assert!(read_counter(&path).await.is_err());
+    }
+}
