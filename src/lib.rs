@@ -11,5 +11,6 @@
 //! only place that executes their actions; `http` talks to `node` through a command channel.
 
 pub mod algo;
+pub mod charts;
 pub mod cluster;
 pub mod workload;
