@@ -18,8 +18,9 @@
 //! * Never panics on its input (which comes from the network): non-finite times are skipped, empty inputs give an
 //!   empty but valid chart, and drawing errors are returned as [`ChartError`].
 //! * Deterministic output: everything is ordered by `BTreeMap`/sorting, colours come from fixed palettes by rank.
-//! * Data bars are drawn with opacity [`BAR_OPACITY`] and legend swatches fully opaque, so a reader (or a test)
-//!   can count the data bars of one colour in the SVG: `<rect fill=COLOUR opacity="0.9">`.
+//! * Data bars and markers are drawn with opacity [`DATA_OPACITY`] and legend swatches fully opaque, so a reader
+//!   (or a test) can count the data bars of one colour in the SVG: `<rect fill=COLOUR opacity="0.9">`. Legend
+//!   swatches are never `<polyline>`s, so each data line is exactly one `<polyline>` of its colour.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -39,8 +40,8 @@ pub const WIDTH: u32 = 960;
 pub const HEIGHT: u32 = 480;
 /// Width of the legend panel on the right of each chart, in pixels.
 const LEGEND_WIDTH: u32 = 215;
-/// Opacity of data bars (legend swatches are opaque): makes data bars countable in the SVG.
-pub const BAR_OPACITY: f64 = 0.9;
+/// Opacity of data bars and markers (legend swatches are opaque): makes them countable in the SVG.
+pub const DATA_OPACITY: f64 = 0.9;
 /// Colour of critical sections that overlap another one on the same lock (`#d62728`).
 pub const WARNING_COLOUR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 /// Colour of the request→enter waiting line in the Gantt chart.
@@ -415,7 +416,7 @@ pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
                 } else {
                     palette(rank.get(&e.node).copied().unwrap_or(0))
                 };
-                Rectangle::new([(start, y - 0.32), (end, y + 0.32)], colour.mix(BAR_OPACITY).filled())
+                Rectangle::new([(start, y - 0.32), (end, y + 0.32)], colour.mix(DATA_OPACITY).filled())
             }))
             .map_err(draw_err)?;
         let mut items: Vec<(String, Swatch)> =
@@ -470,7 +471,7 @@ pub fn latency(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
             for (x0, x1, v, c) in [(x - 0.38, x - 0.02, s.mean_ms, MEAN), (x + 0.02, x + 0.38, s.p99_ms, P99)]
             {
                 chart
-                    .draw_series([Rectangle::new([(x0, 0.0), (x1, v)], c.mix(BAR_OPACITY).filled())])
+                    .draw_series([Rectangle::new([(x0, 0.0), (x1, v)], c.mix(DATA_OPACITY).filled())])
                     .map_err(draw_err)?;
                 chart
                     .draw_series([Text::new(format!("{v:.1}"), ((x0 + x1) / 2.0, v), value_style.clone())])
@@ -538,7 +539,7 @@ pub fn messages(per_node: &BTreeMap<u16, BTreeMap<String, u64>>, title: &str) ->
                 chart
                     .draw_series([Rectangle::new(
                         [(x - 0.35, base), (x + 0.35, top)],
-                        palette(t).mix(BAR_OPACITY).filled(),
+                        palette(t).mix(DATA_OPACITY).filled(),
                     )])
                     .map_err(draw_err)?;
                 base = top;
@@ -654,7 +655,9 @@ pub fn sweep(points: &[SweepPoint], metric: SweepMetric, title: &str) -> Result<
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
                 .map_err(draw_err)?;
-            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, colour.filled()))).map_err(draw_err)?;
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 4, colour.mix(DATA_OPACITY).filled())))
+                .map_err(draw_err)?;
         }
         let mut items: Vec<(String, Swatch)> = series
             .iter()
@@ -692,4 +695,299 @@ pub fn sweep_csv(points: &[SweepPoint]) -> String {
 /// Quotes a CSV field when it needs it (RFC 4180).
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A critical section of `node` on `lock`, times in ms from an arbitrary UNIX origin.
+    fn cs(node: u16, lock: &str, request: f64, enter: f64, exit: f64) -> CsEntry {
+        let base = 1_700_000_000_000.0;
+        CsEntry {
+            node,
+            lock: lock.into(),
+            iteration: 0,
+            fencing_token: 0,
+            lamport_clock_at_enter: 0,
+            request_ms: base + request,
+            enter_ms: base + enter,
+            exit_ms: base + exit,
+            counter_read: 0,
+            counter_written: 1,
+        }
+    }
+
+    /// Three nodes taking turns on one lock, five sections each, never overlapping.
+    fn serial_history() -> Vec<CsEntry> {
+        (0..15u32)
+            .map(|k| {
+                let start = f64::from(k) * 30.0;
+                cs(1 + (k % 3) as u16, "counter", start - 12.0, start, start + 20.0)
+            })
+            .collect()
+    }
+
+    /// plotters writes colours as upper-case `#RRGGBB`.
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    /// Parses the SVG (panics with the parser's message if it is not well-formed XML).
+    fn parse(svg: &str) -> roxmltree::Document<'_> {
+        roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("not well-formed XML: {e}"))
+    }
+
+    /// Data bars (or markers) of colour `c`: elements `tag` with that fill and [`DATA_OPACITY`].
+    fn data_marks(doc: &roxmltree::Document<'_>, tag: &str, c: RGBColor) -> usize {
+        let fill = hex(c);
+        doc.descendants()
+            .filter(|n| n.has_tag_name(tag))
+            .filter(|n| n.attribute("fill").is_some_and(|f| f.eq_ignore_ascii_case(&fill)))
+            .filter(|n| n.attribute("opacity") == Some(DATA_OPACITY.to_string().as_str()))
+            .count()
+    }
+
+    /// Polylines stroked in colour `c`.
+    fn polylines(doc: &roxmltree::Document<'_>, c: RGBColor) -> usize {
+        let stroke = hex(c);
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .filter(|n| n.attribute("stroke").is_some_and(|s| s.eq_ignore_ascii_case(&stroke)))
+            .count()
+    }
+
+    /// All the text of the SVG's `<text>` elements.
+    fn texts(doc: &roxmltree::Document<'_>) -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .map(|n| n.text().unwrap_or_default().trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn gantt_draws_one_bar_per_entry_in_its_nodes_colour() {
+        let entries = serial_history();
+        let svg = gantt(&entries, "serial").unwrap();
+        let doc = parse(&svg);
+        for (rank, node) in [1u16, 2, 3].into_iter().enumerate() {
+            let expected = entries.iter().filter(|e| e.node == node).count();
+            assert_eq!(data_marks(&doc, "rect", palette(rank)), expected, "node {node}");
+        }
+        let all: usize = PALETTE.iter().map(|c| data_marks(&doc, "rect", *c)).sum();
+        assert_eq!(all, entries.len());
+        assert_eq!(data_marks(&doc, "rect", WARNING_COLOUR), 0);
+        assert!(texts(&doc).iter().all(|t| !t.contains("OVERLAP")));
+        // One waiting line per entry (each requested before it entered).
+        assert_eq!(polylines(&doc, WAIT_COLOUR), entries.len());
+    }
+
+    #[test]
+    fn gantt_marks_overlapping_sections_of_the_same_lock_in_red() {
+        let mut entries = serial_history();
+        // Node 2 enters while node 1 (first entry, 0..20) still holds the lock.
+        entries.push(cs(2, "counter", 0.0, 10.0, 15.0));
+        // The same times on another lock are no violation.
+        entries.push(cs(3, "other", 0.0, 5.0, 12.0));
+        let svg = gantt(&entries, "broken").unwrap();
+        let doc = parse(&svg);
+        assert_eq!(data_marks(&doc, "rect", WARNING_COLOUR), 2);
+        let coloured: usize = PALETTE.iter().map(|c| data_marks(&doc, "rect", *c)).sum();
+        assert_eq!(coloured + 2, entries.len(), "still one bar per entry");
+        let texts = texts(&doc);
+        assert!(texts.iter().any(|t| t == "broken — OVERLAP!"), "{texts:?}");
+    }
+
+    #[test]
+    fn gantt_gives_a_zero_length_section_a_visible_width() {
+        let svg = gantt(&[cs(1, "l", 0.0, 50.0, 50.0), cs(2, "l", 0.0, 60.0, 100.0)], "t").unwrap();
+        let doc = parse(&svg);
+        let fill = hex(palette(0));
+        let bar = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name("rect")
+                    && n.attribute("fill") == Some(fill.as_str())
+                    && n.attribute("opacity") == Some(DATA_OPACITY.to_string().as_str())
+            })
+            .unwrap();
+        let width: i32 = bar.attribute("width").unwrap().parse().unwrap();
+        assert!(width >= 1, "width {width}");
+    }
+
+    #[test]
+    fn overlap_needs_shared_time_on_the_same_lock() {
+        let touching = [cs(1, "l", 0.0, 0.0, 10.0), cs(2, "l", 0.0, 10.0, 20.0)];
+        assert_eq!(overlaps(&touching), vec![false, false]);
+        // A long section containing two short ones overlaps both, the short ones not each other.
+        let nested = [cs(1, "l", 0.0, 0.0, 100.0), cs(2, "l", 0.0, 10.0, 20.0), cs(3, "l", 0.0, 50.0, 60.0)];
+        assert_eq!(overlaps(&nested), vec![true, true, true]);
+        let chain = [cs(1, "l", 0.0, 0.0, 10.0), cs(2, "l", 0.0, 20.0, 30.0), cs(3, "l", 0.0, 25.0, 40.0)];
+        assert_eq!(overlaps(&chain), vec![false, true, true]);
+        // A zero-length section strictly inside another overlaps it; at its start it does not.
+        let point = [cs(1, "l", 0.0, 0.0, 10.0), cs(2, "l", 0.0, 5.0, 5.0), cs(3, "l", 0.0, 0.0, 0.0)];
+        assert_eq!(overlaps(&point), vec![true, true, false]);
+        let other_lock = [cs(1, "a", 0.0, 0.0, 10.0), cs(2, "b", 0.0, 5.0, 15.0)];
+        assert_eq!(overlaps(&other_lock), vec![false, false]);
+        let nan = [cs(1, "l", 0.0, 0.0, 10.0), cs(2, "l", 0.0, f64::NAN, 5.0)];
+        assert_eq!(overlaps(&nan), vec![false, false]);
+    }
+
+    #[test]
+    fn latency_draws_mean_and_p99_per_node() {
+        let entries = serial_history();
+        let doc_text = latency(&entries, "latency").unwrap();
+        let doc = parse(&doc_text);
+        assert_eq!(data_marks(&doc, "rect", PALETTE[0]), 3, "one mean bar per node");
+        assert_eq!(data_marks(&doc, "rect", PALETTE[1]), 3, "one p99 bar per node");
+    }
+
+    #[test]
+    fn latency_stats_use_the_nearest_rank_p99() {
+        let entries: Vec<CsEntry> =
+            (1..=100).map(|w| cs(7, "l", 0.0, f64::from(w), f64::from(w) + 1.0)).collect();
+        let stats = latency_stats(&entries);
+        let s = stats[&7];
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.max_ms, 100.0);
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        let one = latency_stats(&[cs(1, "l", 0.0, 3.0, 4.0)]);
+        assert_eq!(one[&1].p99_ms, 3.0);
+    }
+
+    #[test]
+    fn messages_stack_one_segment_per_node_and_type() {
+        let mut per_node: BTreeMap<u16, BTreeMap<String, u64>> = BTreeMap::new();
+        for node in 1..=3u16 {
+            let counts = per_node.entry(node).or_default();
+            counts.insert("request".into(), 10 * u64::from(node));
+            counts.insert("reply".into(), 10);
+            // A zero count draws nothing.
+            counts.insert("release".into(), if node == 2 { 0 } else { 5 });
+        }
+        let svg = messages(&per_node, "messages").unwrap();
+        let doc = parse(&svg);
+        // Types in name order: release, reply, request.
+        assert_eq!(data_marks(&doc, "rect", palette(0)), 2);
+        assert_eq!(data_marks(&doc, "rect", palette(1)), 3);
+        assert_eq!(data_marks(&doc, "rect", palette(2)), 3);
+        let texts = texts(&doc);
+        for label in ["release", "reply", "request", "node 1", "node 3", "45"] {
+            assert!(texts.iter().any(|t| t == label), "{label} missing in {texts:?}");
+        }
+    }
+
+    fn sweep_points() -> Vec<SweepPoint> {
+        let mut points = Vec::new();
+        for (algorithm, per_entry) in [("lamport", 3u64), ("ricart-agrawala", 2), ("probable-owner", 1)] {
+            for nodes in [3u32, 5, 7] {
+                let entries = u64::from(nodes) * 10;
+                let messages = entries * per_entry * u64::from(nodes - 1);
+                points.push(SweepPoint {
+                    algorithm: algorithm.into(),
+                    nodes,
+                    entries,
+                    messages,
+                    execution_ms: 1e3,
+                });
+            }
+        }
+        // A repeated run is averaged into the same point.
+        points.push(SweepPoint {
+            algorithm: "lamport".into(),
+            nodes: 3,
+            entries: 30,
+            messages: 180,
+            execution_ms: 2e3,
+        });
+        points
+    }
+
+    #[test]
+    fn sweep_draws_one_line_per_algorithm_and_the_reference_lines() {
+        let svg = sweep(&sweep_points(), SweepMetric::MessagesPerEntry, "messages per entry").unwrap();
+        let doc = parse(&svg);
+        // Algorithms in name order: lamport, probable-owner, ricart-agrawala.
+        for rank in 0..3 {
+            assert_eq!(polylines(&doc, palette(rank)), 1, "algorithm {rank}");
+            assert_eq!(data_marks(&doc, "circle", palette(rank)), 3, "one marker per N, algorithm {rank}");
+        }
+        // Dashed: each reference line is drawn as several dashes, all of its colour.
+        assert!(polylines(&doc, LAMPORT_REF_COLOUR) >= 2);
+        assert!(polylines(&doc, RA_REF_COLOUR) >= 2);
+        let labels = texts(&doc);
+        for label in
+            ["lamport", "probable-owner", "ricart-agrawala", "Lamport 3(N−1)", "Ricart–Agrawala 2(N−1)"]
+        {
+            assert!(labels.iter().any(|t| t == label), "{label} missing in {labels:?}");
+        }
+
+        let svg = sweep(&sweep_points(), SweepMetric::ExecutionTime, "time").unwrap();
+        let doc = parse(&svg);
+        for rank in 0..3 {
+            assert_eq!(polylines(&doc, palette(rank)), 1);
+        }
+        assert_eq!(polylines(&doc, LAMPORT_REF_COLOUR) + polylines(&doc, RA_REF_COLOUR), 0);
+        assert!(texts(&doc).iter().any(|t| t == "execution time (s)"));
+    }
+
+    #[test]
+    fn sweep_csv_has_the_header_and_derived_columns() {
+        let points = [
+            SweepPoint {
+                algorithm: "lamport".into(),
+                nodes: 3,
+                entries: 30,
+                messages: 180,
+                execution_ms: 1500.0,
+            },
+            SweepPoint { algorithm: "a,\"b\"".into(), nodes: 2, entries: 0, messages: 4, execution_ms: 0.0 },
+        ];
+        let csv = sweep_csv(&points);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "algorithm,nodes,entries,messages,messages_per_entry,execution_ms,entries_per_s"
+        );
+        assert_eq!(lines[1], "lamport,3,30,180,6.000,1500.000,20.000");
+        assert_eq!(lines[2], "\"a,\"\"b\"\"\",2,0,4,,0.000,");
+        assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn empty_inputs_give_valid_charts_saying_no_data() {
+        let charts = [
+            gantt(&[], "g").unwrap(),
+            latency(&[], "l").unwrap(),
+            messages(&BTreeMap::new(), "m").unwrap(),
+            sweep(&[], SweepMetric::MessagesPerEntry, "s").unwrap(),
+        ];
+        for svg in &charts {
+            let doc = parse(svg);
+            assert!(texts(&doc).iter().any(|t| t == "no data"));
+        }
+    }
+
+    #[test]
+    fn titles_are_escaped_and_sizes_fixed() {
+        let svg = gantt(&serial_history(), "a <b> & \"c\"").unwrap();
+        let doc = parse(&svg);
+        let root = doc.root_element();
+        assert_eq!(root.attribute("width"), Some(WIDTH.to_string().as_str()));
+        assert_eq!(root.attribute("height"), Some(HEIGHT.to_string().as_str()));
+        assert!(texts(&doc).iter().any(|t| t == "a <b> & \"c\""));
+    }
+
+    #[test]
+    fn write_svg_writes_the_file() {
+        let dir = std::env::temp_dir().join(format!("dmutex-charts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.svg");
+        let svg = gantt(&serial_history(), "g").unwrap();
+        write_svg(&path, &svg).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), svg);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(write_svg(dir.join("missing/x.svg"), &svg), Err(ChartError::Write { .. })));
+    }
 }
