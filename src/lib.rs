@@ -11,6 +11,7 @@
 //! only place that executes their actions; `http` talks to `node` through a command channel.
 
 pub mod algo;
+pub mod charts;
 pub mod cli;
 pub mod client;
 pub mod cluster;
