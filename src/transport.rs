@@ -61,6 +61,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -618,10 +619,18 @@ where
     let accepted = match hs {
         Ok(Ok(a)) => a,
         Ok(Err(AcceptFail::Refuse(reason, detail))) => {
-            return refuse(&inner, &mut writer, remote, reason, &detail).await;
+            return refuse(&inner, &mut reader, &mut writer, remote, reason, &detail).await;
         }
         Err(_) => {
-            return refuse(&inner, &mut writer, remote, RefuseReason::Timeout, "handshake timed out").await;
+            return refuse(
+                &inner,
+                &mut reader,
+                &mut writer,
+                remote,
+                RefuseReason::Timeout,
+                "handshake timed out",
+            )
+            .await;
         }
         Ok(Err(AcceptFail::Silent(detail))) => {
             debug!(%remote, %detail, "incoming connection closed during handshake");
@@ -634,6 +643,7 @@ where
 
 async fn refuse<T: Serialize>(
     inner: &Inner<T>,
+    reader: &mut FrameReader<OwnedReadHalf>,
     writer: &mut FrameWriter<OwnedWriteHalf>,
     remote: SocketAddr,
     reason: RefuseReason,
@@ -651,6 +661,19 @@ async fn refuse<T: Serialize>(
         Counters::bump(&inner.counters.frames_sent);
     }
     inner.emit(Inbound::Refused { remote, reason });
+    // Closing a socket with unread input makes the kernel send RST, which can destroy the Refuse frame before
+    // the dialer reads it. Linger briefly, discarding what it still sends, so it can read why.
+    let _ = timeout(Duration::from_millis(250), async {
+        let mut scratch = [0u8; 4096];
+        let mut budget: usize = 64 * 1024;
+        while budget > 0 {
+            match reader.get_mut().read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 async fn accept_handshake<T>(

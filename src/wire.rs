@@ -330,6 +330,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The underlying stream (bytes already buffered here are not seen through it).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Whether a complete frame (valid or not) is already buffered, so reading it will not wait.
     pub fn has_buffered_frame(&self) -> bool {
         match self.buf.get(..LEN_PREFIX) {
@@ -603,6 +608,17 @@ mod tests {
     fn refuse_reasons_have_distinct_labels() {
         let labels: std::collections::BTreeSet<_> = RefuseReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), RefuseReason::ALL.len());
+    }
+
+    #[tokio::test]
+    async fn reader_returns_none_on_clean_eof_and_an_error_on_a_half_frame() {
+        let mut bytes = encode_frame(&Frame::<String>::Ack { seq: 3 }, DEFAULT_MAX_FRAME).unwrap();
+        let mut r = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME);
+        assert_eq!(r.read_frame::<String>().await.unwrap(), Some(Frame::Ack { seq: 3 }));
+        assert_eq!(r.read_frame::<String>().await.unwrap(), None);
+        bytes.pop();
+        let mut r = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME);
+        assert!(matches!(r.read_frame::<String>().await, Err(WireError::Truncated(_))));
     }
 
     proptest! {
