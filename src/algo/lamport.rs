@@ -27,9 +27,12 @@
 //! Restarts: a restarted peer knows nothing, so [`Protocol::peer_restarted`] drops its entries, forgets its
 //! `latest`, and re-sends this node's live requests to it: a pending request with its original timestamp,
 //! and a request already *entered* with timestamp 0, so that the new incarnation queues it first whatever
-//! its own (possibly lower) timestamps are (an entered request precedes every live request anyway). This
-//! relies on the transport delivering a message only to the peer incarnation its sender's core knew when it
-//! sent it (messages produced before the core processed a restart must not reach the new incarnation).
+//! its own (possibly lower) timestamps are (an entered request precedes every live request anyway). The
+//! re-sends go out in timestamp order, so that rule 5 at the peer may still read any message as proof for
+//! everything stamped below it. This relies on the transport delivering a message only to the peer
+//! incarnation its sender's core knew when it sent it (messages produced before the core processed a restart
+//! must not reach the new incarnation). Fencing tokens keep growing across a restart only if the peers'
+//! handshakes to the new incarnation carry clocks read after their cores processed the restart.
 //!
 //! Invariants: at most one queue entry per node per lock; `(T, me)` is in the queue exactly while this node
 //! requests or holds the lock; per-lock state that becomes empty is removed. Fault-free cost: 3(N−1)
@@ -80,17 +83,17 @@ impl ProtocolMessage for LamportMsg {
 
     fn lock(&self) -> &str {
         match self {
-            LamportMsg::Request { lock, .. } | LamportMsg::Reply { lock, .. } | LamportMsg::Release { lock, .. } => {
-                lock
-            }
+            LamportMsg::Request { lock, .. }
+            | LamportMsg::Reply { lock, .. }
+            | LamportMsg::Release { lock, .. } => lock,
         }
     }
 
     fn timestamp(&self) -> Option<LamportTs> {
         match self {
-            LamportMsg::Request { ts, .. } | LamportMsg::Reply { ts, .. } | LamportMsg::Release { ts, .. } => {
-                Some(*ts)
-            }
+            LamportMsg::Request { ts, .. }
+            | LamportMsg::Reply { ts, .. }
+            | LamportMsg::Release { ts, .. } => Some(*ts),
         }
     }
 }
@@ -191,8 +194,7 @@ impl Lamport {
             if st.in_cs || st.queue.first() != Some(&(t, me)) {
                 continue;
             }
-            let all_later =
-                latest.iter().enumerate().all(|(k, &seen)| k == usize::from(me.0) || seen > t.0);
+            let all_later = latest.iter().enumerate().all(|(k, &seen)| k == usize::from(me.0) || seen > t.0);
             if all_later {
                 st.in_cs = true;
                 let token = FencingToken::from_ts(t, me);
@@ -517,11 +519,6 @@ pub(crate) mod testnet {
             self.handle(node, Event::Release { req: RequestId(req) })
         }
 
-        /// Messages waiting on the link `from -> to`.
-        pub fn pending(&self, from: usize, to: usize) -> usize {
-            self.links.get(&(from, to)).map_or(0, VecDeque::len)
-        }
-
         /// The protocol messages waiting on `from -> to`, oldest first.
         pub fn in_flight(&self, from: usize, to: usize) -> Vec<P::Msg> {
             self.links
@@ -767,7 +764,11 @@ mod tests {
         Output::Send { to: NodeId(to), msg }
     }
     fn granted(req: u64, lock: &str, ts: u64, node: u16) -> Action<LamportMsg> {
-        Action::Granted { req: RequestId(req), lock: lock.into(), token: FencingToken::from_ts(LamportTs(ts), NodeId(node)) }
+        Action::Granted {
+            req: RequestId(req),
+            lock: lock.into(),
+            token: FencingToken::from_ts(LamportTs(ts), NodeId(node)),
+        }
     }
     fn entered(lock: &str, ts: u64, node: u16) -> Output<LamportMsg> {
         Output::Entered { lock: lock.into(), token: FencingToken::from_ts(LamportTs(ts), NodeId(node)) }
@@ -785,7 +786,11 @@ mod tests {
         let r = p.on_message(NodeId(from), msg, &mut peers, &mut out);
         (out, r)
     }
-    fn call(p: &mut Lamport, f: fn(&mut Lamport, &str, &Peers, &mut Vec<Output<LamportMsg>>), lock: &str) -> Vec<Output<LamportMsg>> {
+    fn call(
+        p: &mut Lamport,
+        f: fn(&mut Lamport, &str, &Peers, &mut Vec<Output<LamportMsg>>),
+        lock: &str,
+    ) -> Vec<Output<LamportMsg>> {
         let peers = Peers::formed(p.me, p.n());
         let mut out = Vec::new();
         f(p, lock, &peers, &mut out);
@@ -821,7 +826,7 @@ mod tests {
     #[test]
     fn lamport_ir2_clock_advances_on_every_receipt_and_handshake() {
         let mut p = lamport(NodeId(0), 3);
-        recv(&mut p, 1, req("a", 5));
+        let _ = recv(&mut p, 1, req("a", 5));
         assert_eq!(p.clock(), LamportTs(7));
         // REPLY (even a late one, for no request of ours) and RELEASE both apply IR2.
         assert_eq!(recv(&mut p, 2, rep("x", 10)), (vec![], Ok(())));
@@ -833,7 +838,7 @@ mod tests {
         p.observe_clock(LamportTs(20));
         assert_eq!(p.clock(), LamportTs(21));
         // A smaller timestamp still advances the clock by one.
-        recv(&mut p, 2, rep("x", 1));
+        let _ = recv(&mut p, 2, rep("x", 1));
         assert_eq!(p.clock(), LamportTs(22));
         assert_eq!(p.latest_from(NodeId(2)), LamportTs(10), "latest never goes back");
     }
@@ -857,7 +862,10 @@ mod tests {
     #[test]
     fn lamport_rule5_a_later_request_counts_as_much_as_a_reply() {
         let mut p = lamport(NodeId(0), 3);
-        assert_eq!(call(&mut p, Lamport::request, "a"), vec![out_send(1, req("a", 1)), out_send(2, req("a", 1))]);
+        assert_eq!(
+            call(&mut p, Lamport::request, "a"),
+            vec![out_send(1, req("a", 1)), out_send(2, req("a", 1))]
+        );
         let (out, _) = recv(&mut p, 1, req("b", 2));
         assert_eq!(out, vec![out_send(1, rep("b", 4))], "node 2 not heard yet: no entry");
         let (out, _) = recv(&mut p, 2, rep("a", 2));
@@ -888,7 +896,10 @@ mod tests {
         // What a reply counter would have concluded at this point:
         let replies_since_request = 1;
         let head_is_own = queue(net.engines[0].protocol(), "a").first() == Some(&(5, 0));
-        assert!(replies_since_request == 2 - 1 && head_is_own, "the counter's condition holds: it would enter");
+        assert!(
+            replies_since_request == 2 - 1 && head_is_own,
+            "the counter's condition holds: it would enter"
+        );
 
         net.deliver_all();
         assert_eq!(net.holders("a"), vec![1], "node 1's (4, 1) precedes node 0's (5, 0)");
@@ -976,7 +987,10 @@ mod tests {
         assert_eq!(net.holders("a"), vec![1]);
         assert_eq!(
             net.grants.iter().map(|g| g.3).collect::<Vec<_>>(),
-            vec![FencingToken::from_ts(LamportTs(1), NodeId(0)), FencingToken::from_ts(LamportTs(1), NodeId(1))]
+            vec![
+                FencingToken::from_ts(LamportTs(1), NodeId(0)),
+                FencingToken::from_ts(LamportTs(1), NodeId(1))
+            ]
         );
     }
 
@@ -986,11 +1000,14 @@ mod tests {
     fn lamport_peer_restart_drops_its_state_and_resends_own_requests() {
         let mut p = lamport(NodeId(0), 3);
         call(&mut p, Lamport::request, "a"); // (1, 0)
-        recv(&mut p, 1, rep("a", 5));
+        let _ = recv(&mut p, 1, rep("a", 5));
         let (out, _) = recv(&mut p, 2, rep("a", 5));
         assert_eq!(out, vec![entered("a", 1, 0)]);
-        assert_eq!(call(&mut p, Lamport::request, "b"), vec![out_send(1, req("b", 8)), out_send(2, req("b", 8))]);
-        recv(&mut p, 1, req("c", 3)); // (3, 1) queued for c; REPLY 10
+        assert_eq!(
+            call(&mut p, Lamport::request, "b"),
+            vec![out_send(1, req("b", 8)), out_send(2, req("b", 8))]
+        );
+        let _ = recv(&mut p, 1, req("c", 3)); // (3, 1) queued for c; REPLY 10
         let peers = Peers::formed(NodeId(0), 3);
         let mut out = Vec::new();
         p.peer_restarted(NodeId(1), &peers, &mut out);
@@ -1019,6 +1036,46 @@ mod tests {
         assert_eq!(net.holders("a"), vec![0]);
         assert_eq!(queue(net.engines[1].protocol(), "a")[0], (0, 0), "the held request sorts first");
         net.release(0, 1);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![1]);
+    }
+
+    /// Why an *entered* request is re-sent to a restarted peer with timestamp 0 rather than its own `T`.
+    /// If peers answer a restarted node's handshake before their cores have processed the restart (or the
+    /// handshake otherwise carries a clock older than a request), the new incarnation can timestamp its
+    /// requests *below* a request that is already in the critical section: here node 0 enters "a" with
+    /// (3, 0), on the strength of messages the old node 1 sent before it crashed, while node 1's new
+    /// incarnation joined with node 0's clock 0 and asks with (2, 1). Re-sent as (3, 0), node 0's request
+    /// would sort after (2, 1), and its timestamp 3 > 2 would satisfy rule 5 at node 1: two holders.
+    /// Re-sent as (0, 0), it heads node 1's queue until node 0's RELEASE.
+    #[test]
+    fn lamport_restart_entered_request_is_resent_first_even_after_an_early_handshake() {
+        let mut net = Net::new(2, lamport);
+        net.early_hello = true;
+        net.check_tokens = false;
+        // The old node 1 pushes its clock up with messages still in flight when it crashes.
+        for r in 0..5 {
+            net.acquire(1, r, "c");
+            net.handle(1, Event::Cancel { req: RequestId(r) });
+        }
+        net.restart(1);
+        net.deliver(0, 1); // node 0's handshake, clock 0
+        assert!(net.engines[1].joined());
+        assert_eq!(net.acquire(1, 10, "a"), vec![send(0, req("a", 2))]);
+        net.acquire(0, 20, "x"); // sent to the old incarnation: lost
+        net.handle(0, Event::Cancel { req: RequestId(20) });
+        net.acquire(0, 21, "a");
+        for _ in 0..10 {
+            net.deliver(1, 0); // the old incarnation's messages, stamped up to 10
+        }
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.engines[0].view("a").own_request, Some(LamportTs(3)));
+        // Node 0 learns of the restart: the held request goes out with timestamp 0.
+        assert_eq!(net.deliver(1, 0), vec![send(1, req("a", 0))]);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0], "node 1 waits behind (0, 0)");
+        assert_eq!(queue(net.engines[1].protocol(), "a"), vec![(0, 0), (2, 1)]);
+        net.release(0, 21);
         net.deliver_all();
         assert_eq!(net.holders("a"), vec![1]);
     }
@@ -1115,14 +1172,14 @@ mod tests {
         assert_eq!(recv(&mut p, 7, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId(7))));
         assert_eq!(recv(&mut p, 0, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId(0))));
         // A huge timestamp saturates instead of overflowing.
-        recv(&mut p, 1, rep("a", u64::MAX));
+        let _ = recv(&mut p, 1, rep("a", u64::MAX));
         assert_eq!(p.clock(), LamportTs(u64::MAX));
     }
 
     #[test]
     fn lamport_view_and_needs_peer() {
         let mut p = lamport(NodeId(1), 3);
-        recv(&mut p, 0, req("a", 1));
+        let _ = recv(&mut p, 0, req("a", 1));
         call(&mut p, Lamport::request, "a");
         let v = p.view("a");
         assert_eq!(v.own_request, Some(LamportTs(4)));
@@ -1139,10 +1196,20 @@ mod tests {
     #[test]
     fn lamport_engine_serves_local_waiters_fifo_and_handles_deadline_timers() {
         let mut net = Net::new(2, lamport);
-        let dl = |req: u64, at: u64| Event::Acquire { req: RequestId(req), lock: "a".into(), deadline: Some(Millis(at)) };
+        let dl = |req: u64, at: u64| Event::Acquire {
+            req: RequestId(req),
+            lock: "a".into(),
+            deadline: Some(Millis(at)),
+        };
         assert_eq!(net.acquire(0, 1, "a"), vec![send(1, req("a", 1))]);
-        assert_eq!(net.handle(0, dl(2, 100)), vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(100) }]);
-        assert_eq!(net.handle(0, dl(3, 100)), vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(3)), at: Millis(100) }]);
+        assert_eq!(
+            net.handle(0, dl(2, 100)),
+            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(100) }]
+        );
+        assert_eq!(
+            net.handle(0, dl(3, 100)),
+            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(3)), at: Millis(100) }]
+        );
         assert_eq!(net.acquire(0, 4, "a"), vec![]);
         assert_eq!(net.acquire(1, 5, "a"), vec![send(0, req("a", 1))]); // (1, 1) sorts after (1, 0)
         assert_eq!(net.deliver(1, 0), vec![send(1, rep("a", 3))]);
@@ -1184,12 +1251,18 @@ mod tests {
         let acquire = Event::Acquire { req: RequestId(2), lock: "a".into(), deadline: Some(Millis(50)) };
         assert_eq!(
             net.handle(0, acquire),
-            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(50) }, send(1, req("a", 4))]
+            vec![
+                Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(50) },
+                send(1, req("a", 4))
+            ]
         );
         net.now = Millis(50);
         assert_eq!(
             net.handle(0, Event::Timer { timer: TimerId::Deadline(RequestId(2)) }),
-            vec![Action::Rejected { req: RequestId(2), reason: RejectReason::TimedOut }, send(1, rel("a", 5))]
+            vec![
+                Action::Rejected { req: RequestId(2), reason: RejectReason::TimedOut },
+                send(1, rel("a", 5))
+            ]
         );
         net.deliver_all();
         net.release(1, 1);

@@ -156,7 +156,8 @@ impl Protocol for RicartAgrawala {
         for &to in &awaiting {
             out.push(Output::Send { to, msg: RaMsg::Request { lock: lock.to_owned(), ts: t } });
         }
-        self.locks.insert(lock.to_owned(), RaLock { own: t, in_cs: false, awaiting, deferred: BTreeMap::new() });
+        self.locks
+            .insert(lock.to_owned(), RaLock { own: t, in_cs: false, awaiting, deferred: BTreeMap::new() });
         // A one-node cluster enters at once.
         self.maybe_enter(lock, out);
     }
@@ -317,7 +318,10 @@ mod tests {
     #[test]
     fn ra_priority_by_timestamp_then_node_id() {
         let mut p = ra(NodeId(1), 3);
-        assert_eq!(call(&mut p, RicartAgrawala::request, "a"), vec![send(0, req("a", 1)), send(2, req("a", 1))]);
+        assert_eq!(
+            call(&mut p, RicartAgrawala::request, "a"),
+            vec![send(0, req("a", 1)), send(2, req("a", 1))]
+        );
         // (1, 0) < (1, 1): node 0 goes first, answered at once.
         assert_eq!(recv(&mut p, 0, req("a", 1)), vec![send(0, rep("a", 3, 1))]);
         // (1, 1) < (1, 2): deferred.
@@ -448,11 +452,16 @@ mod tests {
         let mut p = ra(NodeId(0), 2);
         let mut peers = Peers::formed(NodeId(0), 2);
         let mut out = Vec::new();
-        assert_eq!(p.on_message(NodeId(5), req("a", 1), &mut peers, &mut out), Err(CoreError::UnknownPeer(NodeId(5))));
+        assert_eq!(
+            p.on_message(NodeId(5), req("a", 1), &mut peers, &mut out),
+            Err(CoreError::UnknownPeer(NodeId(5)))
+        );
         assert_eq!(p.on_message(NodeId(1), rep("a", u64::MAX, 0), &mut peers, &mut out), Ok(()));
         assert_eq!(p.clock(), LamportTs(u64::MAX));
         assert!(out.is_empty());
-        assert!(p.needs_peer("a", NodeId(1)) && !p.needs_peer("a", NodeId(0)) && !p.needs_peer("a", NodeId(2)));
+        assert!(
+            p.needs_peer("a", NodeId(1)) && !p.needs_peer("a", NodeId(0)) && !p.needs_peer("a", NodeId(2))
+        );
     }
 
     #[test]
