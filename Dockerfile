@@ -32,7 +32,7 @@ RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --target "$TARGET" \
     && cp "target/$TARGET/release/dmutex" /dmutex \
     && strip --strip-debug /dmutex \
-    && mkdir -p /rootfs/etc \
+    && mkdir -p /rootfs/etc /rootfs/data \
     && echo 'dmutex:x:10001:10001:dmutex:/:/sbin/nologin' > /rootfs/etc/passwd \
     && echo 'dmutex:x:10001:' > /rootfs/etc/group
 
@@ -48,6 +48,8 @@ LABEL org.opencontainers.image.title="dmutex" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
 COPY --from=build /rootfs/etc/passwd /rootfs/etc/group /etc/
+# /data owned by the runtime user: a named volume mounted there (the workload counter) inherits the owner.
+COPY --from=build --chown=10001:10001 /rootfs/data /data
 COPY --from=build /dmutex /dmutex
 USER 10001:10001
 EXPOSE 7070 8080

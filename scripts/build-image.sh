@@ -35,6 +35,7 @@ cp "$BIN" "$CONTEXT/dmutex"
 strip --strip-debug "$CONTEXT/dmutex" 2>/dev/null || true
 echo 'dmutex:x:10001:10001:dmutex:/:/sbin/nologin' > "$CONTEXT/passwd"
 echo 'dmutex:x:10001:' > "$CONTEXT/group"
+mkdir "$CONTEXT/data"
 cp docker/Dockerfile.scratch "$CONTEXT/Dockerfile"
 
 VERSION="$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)"
