@@ -159,7 +159,8 @@ fn compose_node_service_can_scale() {
             "{port}: publish the container port on a random host port"
         );
     }
-    let env: Vec<&str> = node["environment"].as_vec().expect("environment list").iter().filter_map(Yaml::as_str).collect();
+    let env: Vec<&str> =
+        node["environment"].as_vec().expect("environment list").iter().filter_map(Yaml::as_str).collect();
     assert!(env.contains(&"DMUTEX_DISCOVERY=dns:node:7070"), "{env:?}");
     assert!(env.contains(&"DMUTEX_CLUSTER_SIZE=${DMUTEX_CLUSTER_SIZE:-5}"), "{env:?}");
     assert!(!node["healthcheck"].is_badvalue(), "a healthcheck");
