@@ -24,11 +24,13 @@
 //! node wait for the same, complete set.
 //!
 //! **Scaling later.** Membership is fixed when the nodes start: a node never re-runs discovery, and a
-//! replica added by a later `--scale node=M` waits for `DMUTEX_CLUSTER_SIZE` replicas, or settles on a set the
-//! running nodes do not know, and never becomes ready; a removed replica is simply a peer that is down (requests
-//! that need it answer 503). There is no live join or leave. A scale change is a cluster restart with the new
-//! size: `DMUTEX_CLUSTER_SIZE=M docker compose up -d --scale node=M --force-recreate` (locks held at that moment
-//! are lost; clients see their leases end).
+//! replica added by a later `--scale node=M` sees more addresses than `DMUTEX_CLUSTER_SIZE`, never settles and
+//! exits with [`DiscoveryError::Timeout`]; a removed replica is simply a peer that is down (requests that need it
+//! answer 503). There is no live join or leave. A scale change is a restart of the whole cluster with the new
+//! size: stop every node first, then start them all,
+//! `docker compose stop node && DMUTEX_CLUSTER_SIZE=M docker compose up -d --scale node=M --force-recreate`.
+//! Stopping first matters: a new node that starts while old ones still run could settle on a mixed set. Locks
+//! held at that moment are lost (clients see their leases end).
 //!
 //! This module never decides anything from a partial answer: it returns a membership only once the answer has
 //! settled, and fails with [`DiscoveryError::Timeout`] (saying what it last saw) rather than guessing.
