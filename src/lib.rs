@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod metrics;

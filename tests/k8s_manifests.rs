@@ -1,0 +1,167 @@
+//! The deployment files agree with each other: the Kubernetes peer list has exactly `replicas` entries in ordinal
+//! order and names the StatefulSet's pods behind its headless Service in the kustomize namespace;
+//! `scripts/k8s-scale.sh` keeps that true; the compose service can be scaled (no fixed names or host ports).
+//! Schema validation is `scripts/validate-k8s.sh`; this test checks what a schema cannot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every document of a YAML file.
+fn load(path: &Path) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The one document of `kind` named `name` among the files of a kustomization directory.
+fn find<'a>(docs: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn str_of<'a>(y: &'a Yaml, what: &str) -> &'a str {
+    y.as_str().unwrap_or_else(|| panic!("{what} is not a string: {y:?}"))
+}
+
+/// The kustomization's namespace and every document of its resources.
+fn kustomization(dir: &Path) -> (String, Vec<Yaml>) {
+    let k = load(&dir.join("kustomization.yaml")).remove(0);
+    let namespace = str_of(&k["namespace"], "namespace").to_string();
+    let resources = k["resources"].as_vec().expect("resources");
+    let docs = resources.iter().flat_map(|r| load(&dir.join(str_of(r, "resource")))).collect();
+    (namespace, docs)
+}
+
+/// Checks the whole k8s directory and returns the replica count.
+fn check_k8s(dir: &Path) -> usize {
+    let (ns, docs) = kustomization(dir);
+    let sts = docs.iter().find(|d| d["kind"].as_str() == Some("StatefulSet")).expect("a StatefulSet");
+    let sts_name = str_of(&sts["metadata"]["name"], "StatefulSet name");
+    let spec = &sts["spec"];
+    let replicas = usize::try_from(spec["replicas"].as_i64().expect("replicas")).expect("replicas >= 0");
+    let service_name = str_of(&spec["serviceName"], "serviceName");
+    assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"));
+
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let port = |name: &str| {
+        container["ports"]
+            .as_vec()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_i64())
+            .unwrap_or_else(|| panic!("no container port {name}"))
+    };
+    let peer_port = port("peer");
+    assert_eq!(port("http"), 8080);
+
+    // The ConfigMap the pods read their peers from.
+    let cm_name = container["envFrom"]
+        .as_vec()
+        .expect("envFrom")
+        .iter()
+        .find_map(|e| e["configMapRef"]["name"].as_str())
+        .expect("envFrom configMapRef");
+    let data = &find(&docs, "ConfigMap", cm_name)["data"];
+    let peers: Vec<&str> = str_of(&data["DMUTEX_PEERS"], "DMUTEX_PEERS").split(',').collect();
+    assert_eq!(peers.len(), replicas, "DMUTEX_PEERS must have one entry per replica");
+    for (i, peer) in peers.iter().enumerate() {
+        // Entry i is pod ordinal i, which is node id i (the node reads the ordinal from its host name).
+        assert_eq!(*peer, format!("{sts_name}-{i}.{service_name}.{ns}.svc.cluster.local:{peer_port}"));
+    }
+    assert_eq!(str_of(&data["DMUTEX_CLUSTER_SIZE"], "DMUTEX_CLUSTER_SIZE"), replicas.to_string());
+
+    // The headless Service behind the names: resolvable before readiness, selecting these pods.
+    let headless = &find(&docs, "Service", service_name)["spec"];
+    assert_eq!(headless["clusterIP"].as_str(), Some("None"));
+    assert_eq!(headless["publishNotReadyAddresses"].as_bool(), Some(true));
+    let labels = &spec["template"]["metadata"]["labels"];
+    for (k, v) in headless["selector"].as_hash().expect("selector") {
+        assert_eq!(&labels[str_of(k, "label")], v, "Service selector must match the pod labels");
+    }
+    for (k, v) in spec["selector"]["matchLabels"].as_hash().expect("matchLabels") {
+        assert_eq!(&labels[str_of(k, "label")], v, "StatefulSet selector must match the pod labels");
+    }
+    assert!(
+        headless["ports"].as_vec().expect("ports").iter().any(|p| p["port"].as_i64() == Some(peer_port)),
+        "the headless Service must carry the peer port"
+    );
+
+    // The client Service and the disruption budget.
+    let client = &find(&docs, "Service", sts_name)["spec"];
+    assert_eq!(client["ports"][0]["port"].as_i64(), Some(8080));
+    let pdb = docs.iter().find(|d| d["kind"].as_str() == Some("PodDisruptionBudget")).expect("a PDB");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1));
+
+    // Hardening a schema does not require.
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    replicas
+}
+
+#[test]
+fn k8s_peer_list_matches_the_statefulset() {
+    let replicas = check_k8s(&root().join("k8s"));
+    assert!(replicas >= 1);
+}
+
+#[test]
+fn k8s_scale_script_keeps_the_manifests_consistent() {
+    // Run the script on a copy: it rewrites k8s/ next to its own scripts/ directory.
+    let tmp = std::env::temp_dir().join(format!("dmutex-k8s-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("scripts")).unwrap();
+    std::fs::create_dir_all(tmp.join("k8s")).unwrap();
+    std::fs::copy(root().join("scripts/k8s-scale.sh"), tmp.join("scripts/k8s-scale.sh")).unwrap();
+    for entry in std::fs::read_dir(root().join("k8s")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.join("k8s").join(path.file_name().unwrap())).unwrap();
+    }
+    for n in [5, 1, 7, 3] {
+        let out = Command::new("bash")
+            .arg(tmp.join("scripts/k8s-scale.sh"))
+            .args([n.to_string().as_str(), "--no-apply"])
+            .output()
+            .expect("bash");
+        assert!(out.status.success(), "k8s-scale.sh {n}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(check_k8s(&tmp.join("k8s")), n);
+    }
+    for bad in ["0", "x", "-1"] {
+        let out = Command::new("bash").arg(tmp.join("scripts/k8s-scale.sh")).arg(bad).output().expect("bash");
+        assert!(!out.status.success(), "k8s-scale.sh {bad} must fail");
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn compose_node_service_can_scale() {
+    let compose = load(&root().join("docker-compose.yml")).remove(0);
+    let node = &compose["services"]["node"];
+    assert_eq!(node["image"].as_str(), Some("dmutex:latest"));
+    // A fixed container name or host port would clash between replicas.
+    assert!(node["container_name"].is_badvalue(), "no container_name on a scaled service");
+    for port in node["ports"].as_vec().into_iter().flatten() {
+        let port = str_of(port, "port");
+        let parts: Vec<&str> = port.split(':').collect();
+        assert!(
+            parts.len() == 1 || parts[parts.len() - 2].is_empty(),
+            "{port}: publish the container port on a random host port"
+        );
+    }
+    let env: Vec<&str> =
+        node["environment"].as_vec().expect("environment list").iter().filter_map(Yaml::as_str).collect();
+    assert!(env.contains(&"DMUTEX_DISCOVERY=dns:node:7070"), "{env:?}");
+    assert!(env.contains(&"DMUTEX_CLUSTER_SIZE=${DMUTEX_CLUSTER_SIZE:-5}"), "{env:?}");
+    assert!(!node["healthcheck"].is_badvalue(), "a healthcheck");
+}
