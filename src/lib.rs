@@ -15,4 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod flow;
+pub mod metrics;
+pub mod telemetry;
 pub mod workload;
