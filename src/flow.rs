@@ -407,7 +407,7 @@ sequenceDiagram
         r.detail = Some("x;\n#<b>&\"".into());
         assert_eq!(
             mermaid(&[r.clone()]),
-            "sequenceDiagram\n    participant N3\n    Note over N3: EXIT x#59;  #35;<b>&\"\n"
+            "sequenceDiagram\n    participant N3\n    Note over N3: EXIT x#59; #35;<b>&\"\n"
         );
         let doc = svg(&[r]);
         assert!(roxmltree::Document::parse(&doc).is_ok(), "{doc}");

@@ -31,9 +31,12 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(pos) = expr[i..].find("dmutex_") {
         let start = i + pos;
-        let preceded_by_ident = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded_by_ident =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':')
+        {
             end += 1;
         }
         if !preceded_by_ident {
@@ -50,7 +53,9 @@ fn exported(name: &str) -> bool {
         METRICS.iter().any(|(m, kind, _)| *m == n && (!histogram_only || *kind == "histogram"))
     };
     known(name, false)
-        || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s).is_some_and(|base| known(base, true)))
+        || ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(|base| known(base, true)))
 }
 
 fn dashboard() -> Value {
@@ -92,7 +97,10 @@ fn every_promql_expression_names_exported_metrics_only() {
 
 #[test]
 fn the_checker_itself_rejects_unknown_names() {
-    assert_eq!(metric_names("sum(rate(dmutex_x_total{a=\"dmutex_y\"}[1m]))"), vec!["dmutex_x_total", "dmutex_y"]);
+    assert_eq!(
+        metric_names("sum(rate(dmutex_x_total{a=\"dmutex_y\"}[1m]))"),
+        vec!["dmutex_x_total", "dmutex_y"]
+    );
     assert!(exported("dmutex_acquire_duration_seconds_bucket"));
     assert!(!exported("dmutex_grants_total_bucket"), "only histograms have buckets");
     assert!(!exported("dmutex_no_such_metric"));
@@ -119,7 +127,11 @@ fn panels_are_well_formed_and_use_provisioned_data_sources() {
             jaeger += 1;
         }
         for t in p["targets"].as_array().into_iter().flatten() {
-            assert_eq!(t["datasource"]["uid"], p["datasource"]["uid"], "target data source of {}", p["title"]);
+            assert_eq!(
+                t["datasource"]["uid"], p["datasource"]["uid"],
+                "target data source of {}",
+                p["title"]
+            );
         }
     }
     assert!(jaeger >= 1, "a traces panel on the Jaeger data source");
