@@ -55,10 +55,18 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("dmutex_build_info", "gauge", "Build information (always 1)."),
     ("dmutex_messages_sent_total", "counter", "Peer messages sent, by algorithm, type and peer."),
     ("dmutex_messages_received_total", "counter", "Peer messages received, by algorithm, type and peer."),
-    ("dmutex_acquire_duration_seconds", "histogram", "Time from acquire request to outcome, by algorithm and outcome."),
+    (
+        "dmutex_acquire_duration_seconds",
+        "histogram",
+        "Time from acquire request to outcome, by algorithm and outcome.",
+    ),
     ("dmutex_hold_duration_seconds", "histogram", "Time a lease held its lock, by algorithm."),
     ("dmutex_grants_total", "counter", "Locks granted to local clients, by algorithm."),
-    ("dmutex_acquire_outcomes_total", "counter", "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown) by algorithm."),
+    (
+        "dmutex_acquire_outcomes_total",
+        "counter",
+        "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown) by algorithm.",
+    ),
     ("dmutex_lease_expiries_total", "counter", "Leases released because their TTL passed without keepalive."),
     ("dmutex_redirects_total", "counter", "Probable-owner LOCK_REP redirects received."),
     ("dmutex_waiting_requests", "gauge", "Local acquire requests waiting, by algorithm."),
@@ -164,9 +172,14 @@ impl Metrics {
                                 let le = fmt_f64(*b);
                                 let _ = writeln!(out, "{name}_bucket{} {c}", fmt_labels(labels, Some(&le)));
                             }
+                            let _ = writeln!(
+                                out,
+                                "{name}_bucket{} {}",
+                                fmt_labels(labels, Some("+Inf")),
+                                h.count
+                            );
                             let _ =
-                                writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
-                            let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), fmt_f64(h.sum));
+                                writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), fmt_f64(h.sum));
                             let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
                         }
                     }
@@ -223,8 +236,12 @@ mod tests {
         let text = m.render();
         assert!(text.contains("dmutex_messages_sent_total{algorithm=\"lamport\",type=\"REQUEST\"} 3"));
         assert!(text.contains("dmutex_ready 1"));
-        assert!(text.contains("dmutex_acquire_duration_seconds_bucket{algorithm=\"lamport\",le=\"0.0025\"} 0"));
-        assert!(text.contains("dmutex_acquire_duration_seconds_bucket{algorithm=\"lamport\",le=\"0.005\"} 1"));
+        assert!(
+            text.contains("dmutex_acquire_duration_seconds_bucket{algorithm=\"lamport\",le=\"0.0025\"} 0")
+        );
+        assert!(
+            text.contains("dmutex_acquire_duration_seconds_bucket{algorithm=\"lamport\",le=\"0.005\"} 1")
+        );
         assert!(text.contains("dmutex_acquire_duration_seconds_bucket{algorithm=\"lamport\",le=\"+Inf\"} 1"));
         assert_eq!(m.counter_sum("dmutex_messages_sent_total", &[("algorithm", "lamport")]), 3);
         assert_eq!(m.counter_sum("dmutex_messages_sent_total", &[("algorithm", "ricart-agrawala")]), 0);

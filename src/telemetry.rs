@@ -1,0 +1,744 @@
+//! Telemetry: logs (tracing-subscriber, text or JSON) and, when configured, OpenTelemetry traces over OTLP.
+//!
+//! Traces are exported only when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
+//! otherwise no OpenTelemetry layer is installed at all, so spans cost what plain `tracing` spans cost. The
+//! standard environment is honoured:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full URL, used as is (HTTP: must include `/v1/traces`) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL; for HTTP `/v1/traces` is appended |
+//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
+//! | `OTEL_SERVICE_NAME` | `service.name`, default `dmutex` (beats `service.name` in the attributes) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (percent-encoded values) |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_*` (default `parentbased_always_on`) |
+//!
+//! `service.instance.id` is always the node id. Headers, timeout, compression and `OTEL_BSP_*` are read by the
+//! OpenTelemetry crates themselves.
+//!
+//! Invariants:
+//! - Exporting never blocks the caller: finished spans go to the SDK's batch processor, a bounded queue
+//!   (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2,048) drained by its own thread; when the queue is full the span is
+//!   dropped, never waited for. An unreachable collector therefore costs lost spans, not latency.
+//! - The SDK keeps its own count of queue-full drops private (it only logs the total at shutdown), so
+//!   [`SpanCounters`] counts what it can see: spans ended, spans exported, spans whose export failed. Their
+//!   difference is "queued or dropped"; after [`TelemetryGuard::shutdown`] it is exactly the spans lost.
+//! - [`TelemetryGuard::shutdown`] flushes the queue from a blocking thread and gives up after
+//!   [`SHUTDOWN_TIMEOUT`], so SIGTERM neither loses buffered spans nor hangs on a dead collector.
+//! - The log filter and the OpenTelemetry filter are separate per-layer filters: a quiet log level (`warn`)
+//!   must not silence the trace pipeline, and the exporter's own HTTP/2 stack (tonic, hyper, h2, reqwest) is
+//!   never traced, which would feed back into itself.
+//!
+//! W3C trace context travels in peer messages as a `BTreeMap<String, String>` (`traceparent`, `tracestate`):
+//! [`inject`] on the sending side, [`set_parent`] (or [`extract`]) on the receiving side.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer, Registry};
+
+/// How long [`TelemetryGuard::shutdown`] waits for the last spans to reach the collector.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Default `service.name`.
+pub const DEFAULT_SERVICE_NAME: &str = "dmutex";
+
+/// The instrumentation scope name of the tracer.
+const TRACER_NAME: &str = "dmutex";
+
+/// What [`init`] needs from the node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Log filter, `EnvFilter` syntax (`info`, `dmutex=debug,warn`).
+    pub log: String,
+    /// JSON log lines instead of text.
+    pub json: bool,
+    /// This node's id: `service.instance.id` of every span.
+    pub node_id: u16,
+}
+
+/// Errors setting telemetry up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("invalid log filter {filter:?}: {reason}")]
+    InvalidLogFilter {
+        /// The filter as given.
+        filter: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// An `OTEL_*` variable has a value this node does not support.
+    #[error("invalid {var}={value:?}: {reason}")]
+    InvalidSetting {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The OTLP exporter could not be built (bad endpoint, missing TLS support, …).
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A global tracing subscriber was already installed.
+    #[error("a tracing subscriber is already installed: {0}")]
+    AlreadyInitialised(String),
+    /// Flushing the tracer provider failed or timed out.
+    #[error("trace shutdown: {0}")]
+    Shutdown(String),
+}
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// The sampler, as named by `OTEL_TRACES_SAMPLER`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SamplerSetting {
+    /// Record every trace.
+    AlwaysOn,
+    /// Record nothing.
+    AlwaysOff,
+    /// Record this fraction of traces (by trace id).
+    TraceIdRatio(f64),
+    /// Follow the parent's decision; roots always on.
+    ParentBasedAlwaysOn,
+    /// Follow the parent's decision; roots always off.
+    ParentBasedAlwaysOff,
+    /// Follow the parent's decision; roots sampled by ratio.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl SamplerSetting {
+    fn to_sampler(self) -> Sampler {
+        match self {
+            SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
+            SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
+            SamplerSetting::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerSetting::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerSetting::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            SamplerSetting::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// Everything needed to build the trace pipeline, resolved from the environment (or given by a test).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSettings {
+    /// The URL spans are sent to (for HTTP it includes `/v1/traces`).
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// `service.name`.
+    pub service_name: String,
+    /// `service.instance.id` (the node id).
+    pub instance_id: String,
+    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), in the given order.
+    pub resource_attributes: Vec<(String, String)>,
+    /// The sampler.
+    pub sampler: SamplerSetting,
+}
+
+impl OtlpSettings {
+    /// Settings for `endpoint` with every other field at its default (for tests and programmatic use).
+    /// For HTTP, `endpoint` is the full URL including `/v1/traces`.
+    pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol, node_id: u16) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            protocol,
+            service_name: DEFAULT_SERVICE_NAME.into(),
+            instance_id: node_id.to_string(),
+            resource_attributes: Vec::new(),
+            sampler: SamplerSetting::ParentBasedAlwaysOn,
+        }
+    }
+
+    /// Reads the process environment; `Ok(None)` when no endpoint is configured (no exporter).
+    pub fn from_env(node_id: u16) -> Result<Option<Self>, TelemetryError> {
+        Self::from_lookup(node_id, |k| std::env::var(k).ok())
+    }
+
+    /// Like [`OtlpSettings::from_env`] with an explicit variable lookup (so tests need not touch the
+    /// process environment). Empty values count as unset.
+    pub fn from_lookup(
+        node_id: u16,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, TelemetryError> {
+        let get = |k: &str| lookup(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let protocol =
+            match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+                None => OtlpProtocol::Grpc,
+                Some(p) if p == "grpc" => OtlpProtocol::Grpc,
+                Some(p) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                Some(p) => {
+                    return Err(TelemetryError::InvalidSetting {
+                        var: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        value: p,
+                        reason: "supported: grpc, http/protobuf",
+                    });
+                }
+            };
+        // The signal-specific variable is used as is; the generic one is a base URL to which OTLP/HTTP adds
+        // the signal path (the OTLP exporter specification), gRPC has no path.
+        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            (Some(e), _) => e,
+            (None, Some(base)) => match protocol {
+                OtlpProtocol::Grpc => base,
+                OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            },
+            (None, None) => return Ok(None),
+        };
+        let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
+        let resource_attributes =
+            get("OTEL_RESOURCE_ATTRIBUTES").map(|s| parse_resource_attributes(&s)).unwrap_or_default();
+        let service_name = get("OTEL_SERVICE_NAME")
+            .or_else(|| resource_attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.into());
+        Ok(Some(Self {
+            endpoint,
+            protocol,
+            service_name,
+            instance_id: node_id.to_string(),
+            resource_attributes,
+            sampler,
+        }))
+    }
+
+    /// The resource every span carries: the configured attributes, then `service.name` and
+    /// `service.instance.id` (which win over the same keys in `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn resource(&self) -> Resource {
+        Resource::builder_empty()
+            .with_detector(Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector))
+            .with_attributes(
+                self.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_service_name(self.service_name.clone())
+            .with_attribute(KeyValue::new("service.instance.id", self.instance_id.clone()))
+            .build()
+    }
+}
+
+fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerSetting, TelemetryError> {
+    let ratio = || -> Result<f64, TelemetryError> {
+        match &arg {
+            None => Ok(1.0),
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(TelemetryError::InvalidSetting {
+                    var: "OTEL_TRACES_SAMPLER_ARG",
+                    value: a.clone(),
+                    reason: "expected a ratio between 0 and 1",
+                }),
+            },
+        }
+    };
+    Ok(match name.as_deref() {
+        None | Some("parentbased_always_on") => SamplerSetting::ParentBasedAlwaysOn,
+        Some("always_on") => SamplerSetting::AlwaysOn,
+        Some("always_off") => SamplerSetting::AlwaysOff,
+        Some("traceidratio") => SamplerSetting::TraceIdRatio(ratio()?),
+        Some("parentbased_always_off") => SamplerSetting::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => SamplerSetting::ParentBasedTraceIdRatio(ratio()?),
+        Some(other) => {
+            return Err(TelemetryError::InvalidSetting {
+                var: "OTEL_TRACES_SAMPLER",
+                value: other.to_string(),
+                reason: "supported: always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off, parentbased_traceidratio",
+            });
+        }
+    })
+}
+
+/// `k=v,k2=v2` with percent-encoded values (W3C Baggage octets); malformed members are skipped, as the
+/// specification asks.
+fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|member| {
+            let (k, v) = member.split_once('=')?;
+            let k = k.trim();
+            if k.is_empty() {
+                return None;
+            }
+            Some((k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(hex, 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    ended: AtomicU64,
+    exported: AtomicU64,
+    export_failed: AtomicU64,
+}
+
+/// Counts of the spans that went through the export pipeline (see the module doc for what "dropped" means).
+#[derive(Clone, Debug, Default)]
+pub struct SpanCounters(Arc<Counters>);
+
+/// A snapshot of [`SpanCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanStats {
+    /// Sampled spans that ended and were handed to the batch processor.
+    pub ended: u64,
+    /// Spans the collector accepted.
+    pub exported: u64,
+    /// Spans in batches whose export failed (collector unreachable, rejected, timed out).
+    pub export_failed: u64,
+}
+
+impl SpanStats {
+    /// Spans neither exported nor failed: still queued, or dropped because the queue was full. After
+    /// shutdown, the spans lost to a full queue.
+    pub fn queued_or_dropped(&self) -> u64 {
+        self.ended.saturating_sub(self.exported.saturating_add(self.export_failed))
+    }
+}
+
+impl SpanCounters {
+    /// The current counts.
+    pub fn snapshot(&self) -> SpanStats {
+        SpanStats {
+            ended: self.0.ended.load(Ordering::Relaxed),
+            exported: self.0.exported.load(Ordering::Relaxed),
+            export_failed: self.0.export_failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts spans in front of the batch processor; everything else is delegated.
+#[derive(Debug)]
+struct CountingProcessor {
+    inner: BatchSpanProcessor,
+    counters: SpanCounters,
+}
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.counters.0.ended.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts export outcomes behind the batch processor.
+#[derive(Debug)]
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    counters: SpanCounters,
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let result = self.inner.export(batch).await;
+        let counter = if result.is_ok() { &self.counters.0.exported } else { &self.counters.0.export_failed };
+        counter.fetch_add(n, Ordering::Relaxed);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Builds the OTLP exporter, the bounded batch processor and the tracer provider for `settings`.
+///
+/// Must be called inside a tokio runtime when the protocol is gRPC (the tonic channel's worker is spawned
+/// on it, lazily connecting; the runtime must outlive the provider). The batch processor's queue and delays
+/// come from `OTEL_BSP_*` (defaults: 2,048 spans, 5 s).
+pub fn build_tracer_provider(
+    settings: &OtlpSettings,
+) -> Result<(SdkTracerProvider, SpanCounters), TelemetryError> {
+    let exporter = match settings.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+            .build()?,
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(settings.endpoint.clone())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build()?,
+    };
+    let counters = SpanCounters::default();
+    let exporter = CountingExporter { inner: exporter, counters: counters.clone() };
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(BatchConfigBuilder::default().build())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(CountingProcessor { inner: processor, counters: counters.clone() })
+        .with_sampler(settings.sampler.to_sampler())
+        .with_resource(settings.resource())
+        .build();
+    Ok((provider, counters))
+}
+
+/// The per-layer filter of the OpenTelemetry layer: this crate's spans down to `debug`, others' from
+/// `info`, and never the exporter's own transport stack (tracing it would trace its own exports).
+pub fn otel_filter() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("dmutex", LevelFilter::DEBUG)
+        .with_target("opentelemetry", LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", LevelFilter::OFF)
+        .with_target("tonic", LevelFilter::OFF)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("hyper_util", LevelFilter::OFF)
+        .with_target("tower", LevelFilter::OFF)
+        .with_target("reqwest", LevelFilter::OFF)
+}
+
+/// The `tracing` → OpenTelemetry layer for `provider`, already filtered by [`otel_filter`].
+pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + use<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer().with_tracer(provider.tracer(TRACER_NAME)).with_filter(otel_filter())
+}
+
+/// Keeps the trace pipeline alive; [`TelemetryGuard::shutdown`] flushes it.
+#[derive(Debug)]
+#[must_use = "dropping the guard without shutdown() loses the spans still queued"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    counters: SpanCounters,
+}
+
+impl TelemetryGuard {
+    /// Whether an OTLP exporter is configured.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Export counts (all zero without an exporter).
+    pub fn span_stats(&self) -> SpanStats {
+        self.counters.snapshot()
+    }
+
+    /// Flushes queued spans and stops the exporter, waiting at most [`SHUTDOWN_TIMEOUT`]. Without an exporter
+    /// it returns at once.
+    pub async fn shutdown(mut self) -> Result<SpanStats, TelemetryError> {
+        if let Some(provider) = self.provider.take() {
+            shutdown_provider(provider, SHUTDOWN_TIMEOUT).await?;
+        }
+        Ok(self.counters.snapshot())
+    }
+}
+
+/// Shuts `provider` down (flushing its queue) on a blocking thread, giving up after `timeout`; the SDK's
+/// shutdown blocks, and on a runtime thread it could deadlock with the gRPC channel it waits for.
+pub async fn shutdown_provider(provider: SdkTracerProvider, timeout: Duration) -> Result<(), TelemetryError> {
+    let task = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(timeout));
+    // The SDK honours its timeout; the outer one (with slack) guards against a wedged exporter thread.
+    match tokio::time::timeout(timeout + Duration::from_millis(500), task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(TelemetryError::Shutdown(e.to_string())),
+        Ok(Err(join)) => Err(TelemetryError::Shutdown(join.to_string())),
+        Err(_) => Err(TelemetryError::Shutdown(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Installs the global subscriber: logs to stderr (filter `cfg.log`, text or JSON) and, when
+/// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is set, the OTLP trace pipeline. Call inside the tokio runtime.
+pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    init_with(cfg, OtlpSettings::from_env(cfg.node_id)?)
+}
+
+/// [`init`] with explicit trace settings (`None`: logs only).
+pub fn init_with(
+    cfg: &TelemetryConfig,
+    otlp: Option<OtlpSettings>,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = EnvFilter::try_new(&cfg.log)
+        .map_err(|e| TelemetryError::InvalidLogFilter { filter: cfg.log.clone(), reason: e.to_string() })?;
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = if cfg.json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
+    };
+    let pipeline = otlp.as_ref().map(build_tracer_provider).transpose()?;
+    let otel = pipeline.as_ref().map(|(provider, _)| otel_layer(provider));
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
+    if let Some(s) = &otlp {
+        tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, service = %s.service_name, "exporting traces over OTLP");
+    }
+    let (provider, counters) = match pipeline {
+        Some((p, c)) => (Some(p), c),
+        None => (None, SpanCounters::default()),
+    };
+    Ok(TelemetryGuard { provider, counters })
+}
+
+struct MapInjector<'a>(&'a mut BTreeMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+}
+
+struct MapExtractor<'a>(&'a BTreeMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// The W3C trace context (`traceparent`, and `tracestate` when non-empty) of `span`, for a peer message.
+///
+/// Empty when the span has no OpenTelemetry context: no exporter configured (no OpenTelemetry layer), a
+/// disabled span, or a span the sampler dropped with no valid context. Note: this starts the span on the
+/// OpenTelemetry side, so call [`set_parent`] on a span before injecting it.
+pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut MapInjector(&mut map));
+    }
+    map
+}
+
+/// The remote parent context carried by a peer message's trace map (an empty context when absent or
+/// malformed: the propagator validates, so untrusted input never panics).
+pub fn extract(map: &BTreeMap<String, String>) -> Context {
+    TraceContextPropagator::new().extract(&MapExtractor(map))
+}
+
+/// Makes `span` a child of the context in `map` (as sent by [`inject`]). A no-op when the map carries no
+/// valid context, or without an OpenTelemetry layer; must be called before the span is entered.
+pub fn set_parent(span: &tracing::Span, map: &BTreeMap<String, String>) {
+    let cx = extract(map);
+    if cx.span().span_context().is_valid() {
+        // Fails only when there is no OpenTelemetry layer or the span already started: nothing to link.
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id of `span` as 32 lowercase hex digits, when it has an OpenTelemetry context (see [`inject`]).
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: BTreeMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.get(k).cloned()
+    }
+
+    #[test]
+    fn no_endpoint_means_no_exporter() {
+        assert_eq!(OtlpSettings::from_lookup(3, lookup(&[("OTEL_SERVICE_NAME", "x")])).ok(), Some(None));
+    }
+
+    #[test]
+    fn generic_http_endpoint_gets_the_signal_path_and_specific_one_does_not() {
+        let s = OtlpSettings::from_lookup(
+            1,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]),
+        )
+        .ok()
+        .flatten();
+        assert_eq!(s.as_ref().map(|s| s.endpoint.as_str()), Some("http://jaeger:4318/v1/traces"));
+        assert_eq!(s.as_ref().map(|s| s.protocol), Some(OtlpProtocol::HttpProtobuf));
+        let s = OtlpSettings::from_lookup(
+            1,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]),
+        )
+        .ok()
+        .flatten();
+        assert_eq!(s.map(|s| s.endpoint), Some("http://c:9/custom".to_string()));
+        let s =
+            OtlpSettings::from_lookup(1, lookup(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317")]))
+                .ok()
+                .flatten();
+        assert_eq!(
+            s.map(|s| (s.endpoint, s.protocol)),
+            Some(("http://jaeger:4317".to_string(), OtlpProtocol::Grpc))
+        );
+    }
+
+    #[test]
+    fn service_name_sampler_and_resource_attributes() {
+        let s = OtlpSettings::from_lookup(
+            7,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=dev,service.name=fromattrs,bad,team=a%2Cb",
+                ),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ]),
+        )
+        .ok()
+        .flatten();
+        let Some(s) = s else { panic!("settings expected") };
+        assert_eq!(s.service_name, "fromattrs");
+        assert_eq!(s.instance_id, "7");
+        assert_eq!(s.sampler, SamplerSetting::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(
+            s.resource_attributes,
+            vec![
+                ("deployment.environment".to_string(), "dev".to_string()),
+                ("service.name".to_string(), "fromattrs".to_string()),
+                ("team".to_string(), "a,b".to_string()),
+            ]
+        );
+        let r = s.resource();
+        assert_eq!(r.get(&"service.instance.id".into()).map(|v| v.to_string()), Some("7".to_string()));
+        assert_eq!(r.get(&"service.name".into()).map(|v| v.to_string()), Some("fromattrs".to_string()));
+        let s = OtlpSettings::from_lookup(
+            7,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=fromattrs"),
+                ("OTEL_SERVICE_NAME", "svc"),
+                ("OTEL_TRACES_SAMPLER", "always_off"),
+            ]),
+        )
+        .ok()
+        .flatten();
+        assert_eq!(
+            s.map(|s| (s.service_name, s.sampler)),
+            Some(("svc".to_string(), SamplerSetting::AlwaysOff))
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        for vars in [
+            [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+            [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_SAMPLER", "xray")],
+        ] {
+            assert!(OtlpSettings::from_lookup(0, lookup(&vars)).is_err(), "{vars:?}");
+        }
+        let r = OtlpSettings::from_lookup(
+            0,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ]),
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn without_an_otel_layer_inject_is_empty_and_extract_tolerates_garbage() {
+        let span = tracing::info_span!("x");
+        assert!(inject(&span).is_empty());
+        assert_eq!(trace_id_of(&span), None);
+        let mut map = BTreeMap::new();
+        map.insert("traceparent".to_string(), "00-zz-\u{fffd}-01".to_string());
+        assert!(!extract(&map).span().span_context().is_valid());
+        set_parent(&span, &map);
+    }
+
+    #[test]
+    fn extract_reads_a_valid_traceparent() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "traceparent".to_string(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+        );
+        let cx = extract(&map);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
