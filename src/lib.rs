@@ -11,3 +11,4 @@
 //! only place that executes their actions; `http` talks to `node` through a command channel.
 
 pub mod algo;
+pub mod sim;
