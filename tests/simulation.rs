@@ -1,0 +1,162 @@
+//! Seeded deterministic simulation of every algorithm (see `src/sim.rs` for the model and the invariants).
+//!
+//! Each algorithm runs 10,800 seeds: N = 2..=7 × {fault-free, cancels + deadlines, crashes + restarts}, 600
+//! seeds per cell. Fault-free runs must also cost exactly the textbook messages per entry: Lamport 3(N−1),
+//! Ricart–Agrawala 2(N−1).
+//!
+//! A failure prints the seed and the command that replays it, e.g.
+//! `DMUTEX_SIM_SEED=42 DMUTEX_SIM_ALGO=lamport DMUTEX_SIM_NODES=3 DMUTEX_SIM_MODE=crashes \
+//!  cargo test --test simulation replay -- --nocapture`.
+//!
+//! Soak (a million seeds per algorithm, or `DMUTEX_SIM_RUNS`):
+//! `cargo test --release --test simulation -- --ignored soak`.
+
+use dmutex::algo::lamport::Lamport;
+use dmutex::algo::probable_owner::ProbableOwner;
+use dmutex::algo::ricart_agrawala::RicartAgrawala;
+use dmutex::algo::{Algorithm, Protocol};
+use dmutex::sim::{self, SimConfig, SimMode, SimReport, Violation};
+
+/// Seeds per (N, mode) cell in the regular suite.
+const SEEDS_PER_CELL: u64 = 600;
+
+/// The message cost a fault-free run must show exactly, if the algorithm has a fixed one.
+fn exact_messages_per_entry(algorithm: Algorithm, nodes: usize) -> Option<u64> {
+    let others = nodes as u64 - 1;
+    match algorithm {
+        Algorithm::Lamport => Some(3 * others),
+        Algorithm::RicartAgrawala => Some(2 * others),
+        Algorithm::ProbableOwner => None,
+    }
+}
+
+/// Runs one preset and applies the per-mode checks on top of the simulator's invariants.
+fn run_one<P: Protocol>(mode: SimMode, nodes: usize, seed: u64) -> Result<SimReport, String> {
+    let cfg = SimConfig::preset(mode, nodes, seed);
+    let report = sim::run::<P>(&cfg).map_err(|v: Violation| v.to_string())?;
+    if mode == SimMode::FaultFree {
+        let replay = cfg.replay_command(P::ALGORITHM);
+        if report.grants != report.issued {
+            return Err(format!(
+                "fault-free run granted {} of {} requests\n  replay: {replay}",
+                report.grants, report.issued
+            ));
+        }
+        if report.refused != 0 {
+            return Err(format!("fault-free run had {} refused messages\n  replay: {replay}", report.refused));
+        }
+        if let Some(per_entry) = exact_messages_per_entry(P::ALGORITHM, nodes)
+            && report.messages != per_entry * report.grants
+        {
+            return Err(format!(
+                "fault-free run sent {} messages for {} entries ({:?}), expected exactly {per_entry} per entry\n  \
+                 replay: {replay}",
+                report.messages, report.grants, report.messages_by_kind
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// Runs `SEEDS_PER_CELL` seeds for every N and mode, from `first_seed` on; fails with every broken seed.
+fn sweep<P: Protocol>(first_seed: u64, seeds_per_cell: u64) {
+    let mut failures = Vec::new();
+    let mut runs = 0u64;
+    let mut grants = 0u64;
+    for mode in SimMode::ALL {
+        for nodes in 2..=7 {
+            for i in 0..seeds_per_cell {
+                let seed = first_seed + i;
+                runs += 1;
+                match run_one::<P>(mode, nodes, seed) {
+                    Ok(report) => grants += report.grants,
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+    }
+    eprintln!("{}: {runs} runs, {grants} grants, {} failing", P::ALGORITHM, failures.len());
+    if let Some(first) = failures.first() {
+        panic!("{} of {runs} {} runs failed; the first:\n{first}", failures.len(), P::ALGORITHM);
+    }
+}
+
+#[test]
+fn lamport_sweep() {
+    sweep::<Lamport>(0, SEEDS_PER_CELL);
+}
+
+#[test]
+fn ricart_agrawala_sweep() {
+    sweep::<RicartAgrawala>(0, SEEDS_PER_CELL);
+}
+
+#[test]
+fn probable_owner_sweep() {
+    sweep::<ProbableOwner>(0, SEEDS_PER_CELL);
+}
+
+/// A single node needs nobody: no messages at all, every request granted.
+#[test]
+fn one_node_sends_nothing() {
+    fn check<P: Protocol>() {
+        for seed in 0..200 {
+            let report = run_one::<P>(SimMode::FaultFree, 1, seed).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(report.messages, 0, "{} seed {seed}", P::ALGORITHM);
+            assert_eq!(report.grants, report.issued);
+        }
+    }
+    check::<Lamport>();
+    check::<RicartAgrawala>();
+    check::<ProbableOwner>();
+}
+
+/// Replays one run from the environment (what a failure's message tells you to run).
+#[test]
+fn replay() {
+    let Ok(seed) = std::env::var("DMUTEX_SIM_SEED") else {
+        eprintln!("replay: set DMUTEX_SIM_SEED (and DMUTEX_SIM_ALGO, DMUTEX_SIM_NODES, DMUTEX_SIM_MODE) to replay a run");
+        return;
+    };
+    let seed: u64 = seed.parse().expect("DMUTEX_SIM_SEED must be a number");
+    let algorithm: Algorithm =
+        std::env::var("DMUTEX_SIM_ALGO").unwrap_or_else(|_| "lamport".into()).parse().expect("DMUTEX_SIM_ALGO");
+    let nodes: usize = std::env::var("DMUTEX_SIM_NODES")
+        .unwrap_or_else(|_| "3".into())
+        .parse()
+        .expect("DMUTEX_SIM_NODES must be a number");
+    let mode: SimMode =
+        std::env::var("DMUTEX_SIM_MODE").unwrap_or_else(|_| "fault-free".into()).parse().expect("DMUTEX_SIM_MODE");
+    // Always with a trace, so a passing replay still shows what happened.
+    let cfg = SimConfig { trace_lines: 200, ..SimConfig::preset(mode, nodes, seed) };
+    eprintln!("replaying {algorithm} {cfg:?}");
+    let result = match algorithm {
+        Algorithm::Lamport => sim::run::<Lamport>(&cfg),
+        Algorithm::RicartAgrawala => sim::run::<RicartAgrawala>(&cfg),
+        Algorithm::ProbableOwner => sim::run::<ProbableOwner>(&cfg),
+    };
+    match result {
+        Ok(report) => eprintln!("passed: {report:?}"),
+        Err(v) => panic!("{v}"),
+    }
+    let checked = match algorithm {
+        Algorithm::Lamport => run_one::<Lamport>(mode, nodes, seed),
+        Algorithm::RicartAgrawala => run_one::<RicartAgrawala>(mode, nodes, seed),
+        Algorithm::ProbableOwner => run_one::<ProbableOwner>(mode, nodes, seed),
+    };
+    if let Err(e) = checked {
+        panic!("{e}");
+    }
+}
+
+/// `cargo test --release --test simulation -- --ignored soak` (seeds per algorithm from `DMUTEX_SIM_RUNS`,
+/// default 1,000,000; they start after the regular suite's seeds).
+#[test]
+#[ignore = "long: run with --release -- --ignored soak"]
+fn soak() {
+    let runs: u64 = std::env::var("DMUTEX_SIM_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let per_cell = runs.div_ceil(18).max(1);
+    sweep::<Lamport>(SEEDS_PER_CELL, per_cell);
+    sweep::<RicartAgrawala>(SEEDS_PER_CELL, per_cell);
+    sweep::<ProbableOwner>(SEEDS_PER_CELL, per_cell);
+}
