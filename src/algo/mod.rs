@@ -18,9 +18,9 @@
 //! algorithm: when to send what, and when this node may enter the critical section.
 
 pub mod engine;
-// pub mod lamport;
+pub mod lamport;
 // pub mod probable_owner;
-// pub mod ricart_agrawala;
+pub mod ricart_agrawala;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
