@@ -21,8 +21,8 @@
 //! - Probable owner relies on FIFO between pairs for the transfer and queue messages (a request may not
 //!   overtake the ownership transfer it follows); checked on an ordered network only.
 //!
-//! Sizes: 2 nodes × 2 requests and 3 nodes × 1 request for every algorithm, and 3 nodes × 2 requests where the
-//! state space stays small enough (see each test's doc comment for its state count and time).
+//! Sizes: 2 nodes × 2 requests and 3 nodes × 1 request for every algorithm; 3 nodes × 2 requests for
+//! Ricart–Agrawala and probable owner; Lamport's 3 × 2 space is too big for BFS here (see `lamport_2x3`).
 
 use dmutex::algo::lamport::Lamport;
 use dmutex::algo::probable_owner::ProbableOwner;
@@ -209,9 +209,12 @@ fn lamport_3x1() {
     check::<Lamport>(3, 1, ordered(), "ordered");
 }
 
+/// Lamport 3 × 2 is out of reach (BFS passed 20 GB of memory and DFS did not finish in 2 minutes; 3 × 1 already
+/// has 15× the states of Ricart–Agrawala's, because every node queues every request and RELEASE races REQUEST):
+/// a third request on two nodes checks repeated entries instead.
 #[test]
-fn lamport_3x2() {
-    check::<Lamport>(3, 2, ordered(), "ordered");
+fn lamport_2x3() {
+    check::<Lamport>(2, 3, ordered(), "ordered");
 }
 
 #[test]

@@ -62,20 +62,32 @@ fn run_one<P: Protocol>(mode: SimMode, nodes: usize, seed: u64) -> Result<SimRep
 fn sweep<P: Protocol>(first_seed: u64, seeds_per_cell: u64) {
     let mut failures = Vec::new();
     let mut runs = 0u64;
-    let mut grants = 0u64;
     for mode in SimMode::ALL {
+        // Totals per mode, printed so that a sweep that stops exercising something shows it.
+        let (mut grants, mut rejected, mut crashes, mut refused, mut messages) = (0, 0, 0, 0, 0);
         for nodes in 2..=7 {
             for i in 0..seeds_per_cell {
                 let seed = first_seed + i;
                 runs += 1;
                 match run_one::<P>(mode, nodes, seed) {
-                    Ok(report) => grants += report.grants,
+                    Ok(r) => {
+                        grants += r.grants;
+                        rejected += r.rejected;
+                        crashes += r.crashes;
+                        refused += r.refused;
+                        messages += r.messages;
+                    }
                     Err(e) => failures.push(e),
                 }
             }
         }
+        eprintln!(
+            "{} {mode}: {grants} grants, {rejected} rejected, {crashes} crashes, {messages} messages, \
+             {refused} refused",
+            P::ALGORITHM
+        );
     }
-    eprintln!("{}: {runs} runs, {grants} grants, {} failing", P::ALGORITHM, failures.len());
+    eprintln!("{}: {runs} runs, {} failing", P::ALGORITHM, failures.len());
     if let Some(first) = failures.first() {
         panic!("{} of {runs} {} runs failed; the first:\n{first}", failures.len(), P::ALGORITHM);
     }
