@@ -19,7 +19,7 @@
 
 pub mod engine;
 pub mod lamport;
-// pub mod probable_owner;
+pub mod probable_owner;
 pub mod ricart_agrawala;
 
 use serde::{Deserialize, Serialize};

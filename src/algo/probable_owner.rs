@@ -1,0 +1,838 @@
+//! Probable-owner locking: a migrating ownership token, Li–Hudak probable-owner hints, a FIFO queue at the
+//! owner, and a recovery round at each lock's home node.
+//!
+//! The design fixes seed 003 (a C++ DSM: `LOCK_ACQ` / `LOCK_REP` grant|redirect, home = `lock % N`, 100 ms
+//! polling). Its handoff race, no queue, orphaned locks after a crash and ever-growing redirect chains are gone.
+//!
+//! # Rules
+//!
+//! * **Token.** Ownership of a lock is a token; only the current owner may grant. A transfer (`LOCK_REP`
+//!   `Granted`) moves the token *and* the owner's FIFO queue of remote waiters to the queue head. The sender
+//!   forgets ownership when it sends, so the token is in exactly one place: an owner or one message in flight.
+//!   `epoch` increases on every transfer and regeneration; `seq` counts the owner's grants within its epoch;
+//!   the fencing token is [`FencingToken::from_epoch`]`(epoch, seq)`.
+//! * **Hints** (Li & Hudak 1989, dynamic distributed manager): every node keeps `(probable owner, epoch)`,
+//!   initially `(home, 0)`, where `home = `[`home_node`]. A sender of a transfer points its hint at the
+//!   recipient; a redirect updates the hint if it is not older. A non-owner answers `LOCK_ACQ` with
+//!   `Redirect{hint}` (with the home instead when the hint names the requester or the node itself). The new
+//!   owner tells the home (`OWNER_UPDATE`) so that the home's *record* stays fresh and chains stay short.
+//! * **In transit.** A node that has its own request outstanding and receives `LOCK_ACQ` *buffers* it and
+//!   serves it once ownership arrives ("a request that arrives while ownership is in transit must wait").
+//!   It never grants from stale state: this is what kills the seed's double grant.
+//! * **Fairness.** The owner queues requests (one entry per node, FIFO); release hands the token to the head.
+//!   A local request at an owner whose queue is non-empty first hands the token on, then queues like anyone.
+//!   Without contention the token stays with its last owner: a repeated acquire costs no message.
+//! * **Withdraw.** A withdrawn request stays pending without wanting; if a grant still arrives the node keeps
+//!   the token idle and passes it to its queue head. It never enters for a withdrawn request.
+//! * **Recovery round** (home only; on a request while the record is unknown, a `suspect` request after
+//!   more than 2·n redirects, or a peer restart while the record names that peer or a round runs): the home
+//!   sends `OWNER_QUERY{floor = max_epoch + 1, incarnations}` to every node and collects `OWNER_REPORT`s
+//!   (itself included). A node applies the newer incarnations first (so a transfer sent by a dead incarnation
+//!   is fenced off from now on), reports `(owned epoch, last transfer sent, max epoch seen before the query)`,
+//!   then records `floor`. With every report in: (1) a node owns: record it; (2) else the newest reported
+//!   transfer names a recipient still at that incarnation: the token is in flight, record the recipient;
+//!   (3) else the token is lost (or never existed): if every reported max epoch is below `floor`, the home
+//!   regenerates ownership at epoch `floor` with the round's waiters as its queue; otherwise it runs a new
+//!   round above the highest epoch reported. A restart of any peer during a round restarts the round.
+//!   A freshly started home has *no* record: the first use of every lock runs a round, so a restarted home
+//!   never assumes it owns anything.
+//!
+//! # Assumptions
+//!
+//! Reliable FIFO links per pair while both ends live; messages of a dead incarnation are dropped by the
+//! engine once the receiver knows the newer one; a grant addressed to a previous incarnation is recognised by
+//! its `to_incarnation`. Round ids mix in the home's incarnation so a report addressed to a previous life of
+//! the home cannot be counted in a round of the new one.
+//!
+//! # Invariants
+//!
+//! At most one live token per lock (owner or in-flight grant that will be accepted); epochs of a lineage
+//! strictly increase and a regenerated epoch exceeds every epoch any live node has seen, so fencing tokens
+//! strictly increase in grant order. An owner's queue never contains itself and holds one entry per node.
+//!
+//! Must never: grant without owning, grant from a pending node, enter after a withdraw, panic on a message.
+
+use super::{
+    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output, PeerChange,
+    Peers, Protocol, ProtocolMessage, QueueEntry, home_node,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A remote waiter: the requesting node and its request's sequence number.
+type Waiter = (NodeId, u64);
+
+/// The answer to a `LOCK_ACQ`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RepOutcome {
+    /// Ownership moves to the addressee, which takes over the queue.
+    Granted {
+        /// The new ownership epoch.
+        epoch: u64,
+        /// The remaining waiters, oldest first.
+        queue: Vec<(NodeId, u64)>,
+        /// The incarnation the grant is for; another incarnation drops it.
+        to_incarnation: Incarnation,
+    },
+    /// The sender does not own the lock; try `owner`.
+    Redirect {
+        /// The probable owner.
+        owner: NodeId,
+        /// The epoch at which `owner` was known to own (freshness of the hint).
+        epoch: u64,
+    },
+}
+
+/// Probable-owner messages (the seed's names, plus the recovery pair).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PoMsg {
+    /// `LOCK_ACQ`: `requester` wants `lock`.
+    Acq {
+        /// The lock.
+        lock: LockName,
+        /// The requesting node (always the sender).
+        requester: NodeId,
+        /// The requester's request number, echoed in the reply.
+        seq: u64,
+        /// The requester has been redirected too often: the home should run a recovery round.
+        suspect: bool,
+    },
+    /// `LOCK_REP`: grant (ownership transfer) or redirect.
+    Rep {
+        /// The lock.
+        lock: LockName,
+        /// The request answered.
+        seq: u64,
+        /// Grant or redirect.
+        outcome: RepOutcome,
+    },
+    /// `OWNER_UPDATE`: the sender became the owner at `epoch` (new owner → home).
+    OwnerUpdate {
+        /// The lock.
+        lock: LockName,
+        /// The new owner.
+        owner: NodeId,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// `OWNER_QUERY`: the home asks where the token is (recovery round).
+    Query {
+        /// The lock.
+        lock: LockName,
+        /// The round, echoed in the report.
+        round: u64,
+        /// The epoch a regeneration would use; every receiver records it as seen.
+        floor: u64,
+        /// The incarnations the home knows; newer ones fence off dead senders at the receiver.
+        incarnations: Vec<(NodeId, Incarnation)>,
+    },
+    /// `OWNER_REPORT`: a node's answer to a query.
+    Report {
+        /// The lock.
+        lock: LockName,
+        /// The round answered.
+        round: u64,
+        /// The epoch of the token this node owns, if it owns it.
+        owned: Option<u64>,
+        /// The last transfer this node sent: recipient, its incarnation, epoch.
+        last_out: Option<(NodeId, Incarnation, u64)>,
+        /// The highest epoch this node had seen before the query.
+        max_epoch: u64,
+    },
+}
+
+impl ProtocolMessage for PoMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            PoMsg::Acq { .. } => "LOCK_ACQ",
+            PoMsg::Rep { .. } => "LOCK_REP",
+            PoMsg::OwnerUpdate { .. } => "OWNER_UPDATE",
+            PoMsg::Query { .. } => "OWNER_QUERY",
+            PoMsg::Report { .. } => "OWNER_REPORT",
+        }
+    }
+
+    fn lock(&self) -> &str {
+        match self {
+            PoMsg::Acq { lock, .. }
+            | PoMsg::Rep { lock, .. }
+            | PoMsg::OwnerUpdate { lock, .. }
+            | PoMsg::Query { lock, .. }
+            | PoMsg::Report { lock, .. } => lock,
+        }
+    }
+
+    fn timestamp(&self) -> Option<LamportTs> {
+        None
+    }
+}
+
+/// The token, while this node owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Owned {
+    epoch: u64,
+    /// Grants made in this epoch (0 = none yet).
+    seq: u32,
+    /// Remote waiters, oldest first; one entry per node, never this node.
+    queue: VecDeque<Waiter>,
+    /// Whether this node is in the critical section.
+    held: bool,
+}
+
+/// This node's outstanding request (it does not own the lock).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Pending {
+    seq: u64,
+    /// False once withdrawn: a grant that still comes is passed on, never entered.
+    wants: bool,
+    /// Requests that reached this node while it waits for ownership; served when it arrives.
+    buffered: VecDeque<Waiter>,
+    /// Redirects followed since the last send to the home.
+    hops: u32,
+}
+
+/// A recovery round at the home.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Round {
+    id: u64,
+    floor: u64,
+    reports: BTreeMap<NodeId, Report>,
+    /// Requests held until the round decides (this node's own request included).
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct Report {
+    owned: Option<u64>,
+    last_out: Option<(NodeId, Incarnation, u64)>,
+    max_epoch: u64,
+}
+
+/// Everything one node knows about one lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LockState {
+    /// Probable owner and the epoch at which it was known to own.
+    hint: (NodeId, u64),
+    owned: Option<Owned>,
+    pending: Option<Pending>,
+    /// The last transfer this node sent (kept for recovery rounds).
+    last_out: Option<(NodeId, Incarnation, u64)>,
+    /// The highest epoch seen, sent, owned or announced as a floor.
+    max_epoch: u64,
+    /// Home only: the freshest known owner; `None` until a round or an update says.
+    record: Option<(NodeId, u64)>,
+    /// Home only: the recovery round in progress.
+    round: Option<Round>,
+    /// Rounds started by this node for this lock (part of the round id).
+    rounds: u32,
+    /// Request numbers used by this node for this lock.
+    req_seq: u64,
+    /// The newest token this node entered with.
+    last_token: Option<FencingToken>,
+}
+
+/// What a handler needs besides the lock's state.
+struct Ctx<'a> {
+    me: NodeId,
+    n: usize,
+    home: NodeId,
+    lock: &'a str,
+    peers: &'a Peers,
+}
+
+impl Ctx<'_> {
+    fn send(&self, out: &mut Vec<Output<PoMsg>>, to: NodeId, msg: PoMsg) {
+        out.push(Output::Send { to, msg });
+    }
+
+    fn is_home(&self) -> bool {
+        self.me == self.home
+    }
+}
+
+/// Adds a waiter, one entry per node: a newer request of a queued node keeps the old position.
+fn add_waiter(queue: &mut VecDeque<Waiter>, node: NodeId, seq: u64) {
+    match queue.iter_mut().find(|(n, _)| *n == node) {
+        Some(entry) => entry.1 = entry.1.max(seq),
+        None => queue.push_back((node, seq)),
+    }
+}
+
+impl LockState {
+    fn new(home: NodeId) -> Self {
+        LockState {
+            hint: (home, 0),
+            owned: None,
+            pending: None,
+            last_out: None,
+            max_epoch: 0,
+            record: None,
+            round: None,
+            rounds: 0,
+            req_seq: 0,
+            last_token: None,
+        }
+    }
+
+    /// Takes in a claim "`owner` owned at `epoch`" if it is not older than what is known.
+    fn learn(&mut self, cx: &Ctx<'_>, owner: NodeId, epoch: u64) {
+        self.max_epoch = self.max_epoch.max(epoch);
+        // Only ownership itself may make a node point at itself.
+        if owner == cx.me && self.owned.is_none() {
+            return;
+        }
+        if epoch >= self.hint.1 {
+            self.hint = (owner, epoch);
+        }
+        if let Some(rec) = &mut self.record
+            && epoch >= rec.1
+        {
+            *rec = (owner, epoch);
+        }
+    }
+
+    fn request(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if let Some(o) = &self.owned {
+            if o.held {
+                return; // The engine never requests while entered.
+            }
+            if o.queue.is_empty() {
+                self.enter(cx, out);
+                return;
+            }
+            // FIFO fairness: remote waiters came first.
+            self.transfer(cx, out);
+        }
+        if let Some(p) = &mut self.pending {
+            // A withdrawn request is still out there (queued or travelling): want it again.
+            p.wants = true;
+            return;
+        }
+        self.req_seq += 1;
+        self.pending = Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0 });
+        let target = self.hint.0;
+        self.send_own_acq(cx, out, target, false);
+    }
+
+    /// Grants to this node itself (it owns the token and it is free).
+    fn enter(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        let Some(o) = &mut self.owned else { return };
+        if o.seq == u32::MAX {
+            // The grant counter would wrap: the owner opens a new epoch of its own (only it can).
+            o.epoch += 1;
+            o.seq = 0;
+        }
+        o.seq += 1;
+        o.held = true;
+        let token = FencingToken::from_epoch(o.epoch, o.seq);
+        self.max_epoch = self.max_epoch.max(o.epoch);
+        self.hint = (cx.me, o.epoch);
+        self.last_token = Some(token);
+        out.push(Output::Entered { lock: cx.lock.to_owned(), token });
+    }
+
+    /// Sends this node's pending request towards `target` (the home when `target` is this node).
+    fn send_own_acq(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, target: NodeId, suspect: bool) {
+        let Some(p) = &self.pending else { return };
+        let seq = p.seq;
+        let target = if target == cx.me || suspect { cx.home } else { target };
+        if target == cx.me {
+            self.at_home(cx, out, cx.me, seq, suspect);
+        } else {
+            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, suspect };
+            cx.send(out, target, msg);
+        }
+    }
+
+    /// The home's answer to a request it cannot serve as owner (`requester` may be the home itself).
+    fn at_home(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, requester: NodeId, seq: u64, suspect: bool) {
+        if let Some(r) = &mut self.round {
+            add_waiter(&mut r.waiters, requester, seq);
+            return;
+        }
+        match self.record {
+            Some((owner, epoch)) if !suspect && owner != requester && owner != cx.me => {
+                if requester == cx.me {
+                    self.learn(cx, owner, epoch);
+                    let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, suspect: false };
+                    cx.send(out, owner, msg);
+                } else {
+                    let outcome = RepOutcome::Redirect { owner, epoch };
+                    cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+                }
+            }
+            // Unknown, suspected or pointing back at the requester or at this (non-owning) home: find out.
+            _ => self.start_round(cx, out, VecDeque::from([(requester, seq)])),
+        }
+    }
+
+    fn on_acq(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, requester: NodeId, seq: u64, suspect: bool) {
+        if let Some(o) = &mut self.owned {
+            add_waiter(&mut o.queue, requester, seq);
+            if !o.held {
+                self.transfer(cx, out);
+            }
+            return;
+        }
+        if cx.is_home() && suspect {
+            self.at_home(cx, out, requester, seq, true);
+            return;
+        }
+        if let Some(p) = &mut self.pending {
+            // Ownership may be on its way here: wait for it rather than answer from stale state.
+            add_waiter(&mut p.buffered, requester, seq);
+            return;
+        }
+        if cx.is_home() {
+            self.at_home(cx, out, requester, seq, false);
+            return;
+        }
+        let (hint, epoch) = self.hint;
+        let owner = if hint == requester || hint == cx.me { cx.home } else { hint };
+        let outcome = RepOutcome::Redirect { owner, epoch };
+        cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+    }
+
+    /// Hands the token to the queue head (the caller ensures the lock is not held).
+    fn transfer(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        let Some(mut o) = self.owned.take() else { return };
+        let Some((to, seq)) = o.queue.pop_front() else {
+            self.owned = Some(o);
+            return;
+        };
+        let epoch = o.epoch + 1;
+        let to_incarnation = cx.peers.incarnation(to).unwrap_or_default();
+        let outcome = RepOutcome::Granted { epoch, queue: o.queue.into_iter().collect(), to_incarnation };
+        cx.send(out, to, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+        self.hint = (to, epoch);
+        self.last_out = Some((to, to_incarnation, epoch));
+        self.max_epoch = self.max_epoch.max(epoch);
+        if cx.is_home() {
+            self.record = Some((to, epoch));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_granted(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        from: NodeId,
+        epoch: u64,
+        queue: Vec<(NodeId, u64)>,
+        to_incarnation: Incarnation,
+    ) -> Result<(), CoreError> {
+        if cx.peers.incarnation(cx.me) != Some(to_incarnation) {
+            // Addressed to a previous life of this node: that token died with it.
+            tracing::debug!(lock = cx.lock, %from, "grant for another incarnation dropped");
+            return Ok(());
+        }
+        self.max_epoch = self.max_epoch.max(epoch);
+        let pending = self.pending.take();
+        let mut result = Ok(());
+        let owned = match self.owned.take() {
+            Some(mut o) => {
+                // Two tokens: the recovery round should make this impossible. Keep one token, lose nobody.
+                tracing::error!(lock = cx.lock, %from, epoch, "grant received while owning");
+                result = Err(CoreError::Unexpected { from, kind: "LOCK_REP", reason: "grant while owning" });
+                o.epoch = o.epoch.max(epoch);
+                o
+            }
+            None => Owned { epoch, seq: 0, queue: VecDeque::new(), held: false },
+        };
+        self.owned = Some(owned);
+        let buffered = pending.as_ref().map(|p| p.buffered.iter().copied().collect()).unwrap_or_default();
+        if let Some(o) = &mut self.owned {
+            for (node, seq) in queue.into_iter().chain::<Vec<_>>(buffered) {
+                if node != cx.me && cx.peers.contains(node) {
+                    add_waiter(&mut o.queue, node, seq);
+                }
+            }
+        }
+        let epoch = self.owned.as_ref().map_or(epoch, |o| o.epoch);
+        self.hint = (cx.me, epoch);
+        if cx.is_home() {
+            self.record = Some((cx.me, epoch));
+        } else if cx.home != from {
+            let msg = PoMsg::OwnerUpdate { lock: cx.lock.to_owned(), owner: cx.me, epoch };
+            cx.send(out, cx.home, msg);
+        }
+        let held = self.owned.as_ref().is_some_and(|o| o.held);
+        if pending.is_some_and(|p| p.wants) && !held {
+            self.enter(cx, out);
+        } else if !held {
+            // Withdrawn or a stale duplicate: keep the token idle, or pass it straight on.
+            self.transfer(cx, out);
+        }
+        result
+    }
+
+    fn on_redirect(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        seq: u64,
+        owner: NodeId,
+        epoch: u64,
+    ) {
+        self.learn(cx, owner, epoch);
+        let Some(p) = &mut self.pending else { return };
+        if p.seq != seq {
+            return; // An answer to an older request.
+        }
+        if !p.wants && p.buffered.is_empty() {
+            // Withdrawn and not queued anywhere: nobody needs this request any more.
+            self.pending = None;
+            return;
+        }
+        p.hops += 1;
+        if p.hops as usize > 2 * cx.n {
+            p.hops = 0;
+            self.send_own_acq(cx, out, cx.home, true);
+        } else {
+            self.send_own_acq(cx, out, owner, false);
+        }
+    }
+
+    fn release(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if let Some(o) = &mut self.owned {
+            o.held = false;
+            if !o.queue.is_empty() {
+                self.transfer(cx, out);
+            }
+        }
+    }
+
+    fn own_report(&self) -> Report {
+        Report { owned: self.owned.as_ref().map(|o| o.epoch), last_out: self.last_out, max_epoch: self.max_epoch }
+    }
+
+    /// Starts (or restarts) a recovery round holding `waiters`.
+    fn start_round(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, mut waiters: VecDeque<Waiter>) {
+        if let Some(old) = self.round.take() {
+            for (node, seq) in old.waiters.into_iter().rev() {
+                if !waiters.iter().any(|(n, _)| *n == node) {
+                    waiters.push_front((node, seq));
+                }
+            }
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
+        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().0;
+        let id = (my_inc << 32) | u64::from(self.rounds);
+        let floor = self.max_epoch + 1;
+        let mut reports = BTreeMap::new();
+        reports.insert(cx.me, self.own_report());
+        self.max_epoch = floor;
+        self.round = Some(Round { id, floor, reports, waiters });
+        let incarnations: Vec<(NodeId, Incarnation)> =
+            cx.peers.all().filter_map(|p| cx.peers.incarnation(p).map(|i| (p, i))).collect();
+        for p in cx.peers.others() {
+            let msg =
+                PoMsg::Query { lock: cx.lock.to_owned(), round: id, floor, incarnations: incarnations.clone() };
+            cx.send(out, p, msg);
+        }
+        self.maybe_decide(cx, out);
+    }
+
+    fn on_report(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, from: NodeId, round: u64, report: Report) {
+        let Some(r) = &mut self.round else { return };
+        if r.id != round {
+            return; // A report for a round that was restarted or decided.
+        }
+        r.reports.insert(from, report);
+        self.maybe_decide(cx, out);
+    }
+
+    fn maybe_decide(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if self.round.as_ref().is_none_or(|r| r.reports.len() < cx.n) {
+            return;
+        }
+        let Some(round) = self.round.take() else { return };
+        let owner = round.reports.iter().filter_map(|(node, rep)| rep.owned.map(|e| (e, *node))).max();
+        let found = match (&self.owned, owner) {
+            // The token reached the home during the round.
+            (Some(o), _) => Some((cx.me, o.epoch)),
+            // (1) Somebody owns it.
+            (None, Some((epoch, node))) => Some((node, epoch)),
+            // (2) The newest transfer is in flight to a live incarnation.
+            (None, None) => round
+                .reports
+                .values()
+                .filter_map(|rep| rep.last_out)
+                .max_by_key(|&(_, _, epoch)| epoch)
+                .filter(|&(to, inc, _)| cx.peers.incarnation(to) == Some(inc))
+                .map(|(to, _, epoch)| (to, epoch)),
+        };
+        if let Some((owner, epoch)) = found {
+            self.record = Some((owner, epoch));
+            self.learn(cx, owner, epoch);
+            self.redispatch(cx, out, round.waiters);
+            return;
+        }
+        let seen = round.reports.values().map(|rep| rep.max_epoch).max().unwrap_or(0);
+        if seen >= round.floor {
+            // Some node has seen an epoch at or above the floor: regenerating there could repeat a token.
+            self.max_epoch = self.max_epoch.max(seen);
+            self.start_round(cx, out, round.waiters);
+            return;
+        }
+        // (3) Lost or never created: regenerate above everything any live node has seen.
+        let pending = self.pending.take();
+        let mut queue = VecDeque::new();
+        let buffered = pending.as_ref().map(|p| p.buffered.clone()).unwrap_or_default();
+        for (node, seq) in round.waiters.into_iter().chain(buffered) {
+            if node != cx.me {
+                add_waiter(&mut queue, node, seq);
+            }
+        }
+        tracing::info!(lock = cx.lock, epoch = round.floor, "ownership regenerated at the home");
+        self.owned = Some(Owned { epoch: round.floor, seq: 0, queue, held: false });
+        self.hint = (cx.me, round.floor);
+        self.record = Some((cx.me, round.floor));
+        self.max_epoch = self.max_epoch.max(round.floor);
+        if pending.is_some_and(|p| p.wants) {
+            self.enter(cx, out);
+        } else {
+            self.transfer(cx, out);
+        }
+    }
+
+    /// Serves the requests a decided round held, now that the record is known.
+    fn redispatch(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, waiters: VecDeque<Waiter>) {
+        for (node, seq) in waiters {
+            if node == cx.me {
+                match &self.pending {
+                    Some(p) if p.wants || !p.buffered.is_empty() => {
+                        let target = self.hint.0;
+                        self.send_own_acq(cx, out, target, false);
+                    }
+                    Some(_) => self.pending = None,
+                    None => {}
+                }
+            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == node) {
+                // The record names the requester itself (a transfer to it is in flight, or its request is
+                // stale): tell it; a new round right away would find the same answer.
+                let epoch = self.record.map_or(0, |(_, e)| e);
+                let outcome = RepOutcome::Redirect { owner: node, epoch };
+                cx.send(out, node, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+            } else {
+                self.on_acq(cx, out, node, seq, false);
+            }
+        }
+    }
+
+    /// Forgets what `peer`'s previous incarnation asked for or held; re-sends what it may have lost.
+    fn peer_restarted(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, peer: NodeId) {
+        if let Some(o) = &mut self.owned {
+            o.queue.retain(|(n, _)| *n != peer);
+        }
+        if let Some(p) = &mut self.pending {
+            p.buffered.retain(|(n, _)| *n != peer);
+        }
+        if self.hint.0 == peer {
+            self.hint = (cx.home, self.hint.1);
+        }
+        if cx.is_home() {
+            if let Some(r) = &mut self.round {
+                r.waiters.retain(|(n, _)| *n != peer);
+                self.start_round(cx, out, VecDeque::new());
+            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == peer) {
+                self.start_round(cx, out, VecDeque::new());
+            }
+        }
+        match &mut self.pending {
+            // Our request may have been in the dead incarnation's queue: ask again (duplicates are harmless).
+            Some(p) if p.wants || !p.buffered.is_empty() => {
+                p.hops = 0;
+                self.send_own_acq(cx, out, cx.home, false);
+            }
+            Some(_) => self.pending = None,
+            None => {}
+        }
+    }
+
+    fn on_query(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, round: u64, floor: u64) {
+        let rep = self.own_report();
+        self.max_epoch = self.max_epoch.max(floor);
+        let msg = PoMsg::Report {
+            lock: cx.lock.to_owned(),
+            round,
+            owned: rep.owned,
+            last_out: rep.last_out,
+            max_epoch: rep.max_epoch,
+        };
+        cx.send(out, cx.home, msg);
+    }
+}
+
+/// Probable-owner locking, seen from one node, for every lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProbableOwner {
+    me: NodeId,
+    n: usize,
+    locks: BTreeMap<LockName, LockState>,
+}
+
+impl ProbableOwner {
+    fn ctx<'a>(&self, lock: &'a str, peers: &'a Peers) -> Ctx<'a> {
+        Ctx { me: self.me, n: self.n, home: home_node(lock, self.n), lock, peers }
+    }
+
+    /// Runs `f` on `lock`'s state (created on first use).
+    fn with_lock<R>(
+        &mut self,
+        lock: &str,
+        peers: &Peers,
+        f: impl FnOnce(&mut LockState, &Ctx<'_>) -> R,
+    ) -> R {
+        let cx = self.ctx(lock, peers);
+        let st = self.locks.entry(lock.to_owned()).or_insert_with(|| LockState::new(cx.home));
+        f(st, &cx)
+    }
+
+    fn unexpected(from: NodeId, kind: &'static str, reason: &'static str) -> CoreError {
+        CoreError::Unexpected { from, kind, reason }
+    }
+}
+
+impl Protocol for ProbableOwner {
+    type Msg = PoMsg;
+
+    const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
+
+    fn fresh(me: NodeId, n: usize) -> Self {
+        ProbableOwner { me, n: n.max(1), locks: BTreeMap::new() }
+    }
+
+    fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        self.with_lock(lock, peers, |st, cx| st.request(cx, out));
+    }
+
+    fn release(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        self.with_lock(lock, peers, |st, cx| st.release(cx, out));
+    }
+
+    fn withdraw(&mut self, lock: &str, peers: &Peers, _out: &mut Vec<Output<PoMsg>>) {
+        // The request stays where it is; a grant that still comes is passed on (see `on_granted`).
+        self.with_lock(lock, peers, |st, _| {
+            if let Some(p) = &mut st.pending {
+                p.wants = false;
+            }
+        });
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: PoMsg,
+        peers: &mut Peers,
+        out: &mut Vec<Output<PoMsg>>,
+    ) -> Result<(), CoreError> {
+        let kind = msg.kind();
+        if from == self.me || !peers.contains(from) {
+            return Err(CoreError::UnknownPeer(from));
+        }
+        let home = home_node(msg.lock(), self.n);
+        match msg {
+            PoMsg::Acq { lock, requester, seq, suspect } => {
+                if requester != from {
+                    return Err(Self::unexpected(from, kind, "requester is not the sender"));
+                }
+                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, suspect));
+                Ok(())
+            }
+            PoMsg::Rep { lock, seq, outcome } => match outcome {
+                RepOutcome::Granted { epoch, queue, to_incarnation } => self
+                    .with_lock(&lock, peers, |st, cx| st.on_granted(cx, out, from, epoch, queue, to_incarnation)),
+                RepOutcome::Redirect { owner, epoch } => {
+                    if !peers.contains(owner) {
+                        return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
+                    }
+                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, seq, owner, epoch));
+                    Ok(())
+                }
+            },
+            PoMsg::OwnerUpdate { lock, owner, epoch } => {
+                if home != self.me || owner != from {
+                    return Err(Self::unexpected(from, kind, "update not from the owner to the home"));
+                }
+                self.with_lock(&lock, peers, |st, cx| {
+                    st.learn(cx, owner, epoch);
+                    if st.record.is_none() && st.round.is_none() {
+                        st.record = Some((owner, epoch));
+                    }
+                });
+                Ok(())
+            }
+            PoMsg::Query { lock, round, floor, incarnations } => {
+                if home != from {
+                    return Err(Self::unexpected(from, kind, "query not from the lock's home"));
+                }
+                // Fence first: once we report, a transfer sent by a dead incarnation must not be accepted.
+                let mut restarted = Vec::new();
+                for (p, inc) in incarnations {
+                    if p != self.me && peers.observe(p, inc) == PeerChange::Restarted {
+                        restarted.push(p);
+                    }
+                }
+                for p in restarted {
+                    self.peer_restarted(p, peers, out);
+                }
+                self.with_lock(&lock, peers, |st, cx| st.on_query(cx, out, round, floor));
+                Ok(())
+            }
+            PoMsg::Report { lock, round, owned, last_out, max_epoch } => {
+                if home != self.me {
+                    return Err(Self::unexpected(from, kind, "report to a node that is not the home"));
+                }
+                let report = Report { owned, last_out, max_epoch };
+                self.with_lock(&lock, peers, |st, cx| st.on_report(cx, out, from, round, report));
+                Ok(())
+            }
+        }
+    }
+
+    fn observe_clock(&mut self, _clock: LamportTs) {}
+
+    fn peer_restarted(&mut self, peer: NodeId, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        let (me, n) = (self.me, self.n);
+        for (lock, st) in &mut self.locks {
+            let cx = Ctx { me, n, home: home_node(lock, n), lock, peers };
+            st.peer_restarted(&cx, out, peer);
+        }
+    }
+
+    fn clock(&self) -> LamportTs {
+        LamportTs(0)
+    }
+
+    fn view(&self, lock: &str) -> LockView {
+        let Some(st) = self.locks.get(lock) else {
+            return LockView::default();
+        };
+        let mut queue: Vec<QueueEntry> = Vec::new();
+        if let Some(o) = &st.owned {
+            queue.extend(o.queue.iter().map(|&(node, _)| QueueEntry { node, ts: None }));
+        }
+        if st.pending.as_ref().is_some_and(|p| p.wants) {
+            queue.push(QueueEntry { node: self.me, ts: None });
+        }
+        LockView {
+            held_here: st.owned.as_ref().is_some_and(|o| o.held),
+            holder: if st.owned.is_some() { Some(self.me) } else { Some(st.hint.0) },
+            last_token: st.last_token,
+            queue,
+            own_request: None,
+        }
+    }
+
+    fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {
+        let home = home_node(lock, self.n);
+        match self.locks.get(lock) {
+            None => peer == home,
+            Some(st) if st.owned.as_ref().is_some_and(|o| o.queue.is_empty()) => false,
+            Some(st) => peer == home || peer == st.hint.0,
+        }
+    }
+}
