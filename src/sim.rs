@@ -222,8 +222,9 @@ pub struct SimReport {
     pub messages: u64,
     /// Messages by [`ProtocolMessage::kind`].
     pub messages_by_kind: BTreeMap<&'static str, u64>,
-    /// Messages sent between consecutive grants (the last one also counts everything after the last grant).
-    /// Under [`Load::Serial`] each figure is one entry's cost (its release messages land in the next one).
+    /// Messages sent between consecutive grants, one figure per grant; the messages sent after the last grant
+    /// are added to the first figure. Under [`Load::Serial`] each figure is one entry's cost (its request
+    /// traffic plus the previous entry's release messages).
     pub entry_messages: Vec<u64>,
     /// Messages the engines refused ([`crate::algo::CoreError`]), e.g. from a stale incarnation.
     pub refused: u64,
@@ -474,8 +475,10 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             return Err(self.violation(msg));
         }
         self.report.end_time = self.now;
-        if let Some(last) = self.report.entry_messages.last_mut() {
-            *last += self.msgs_since_grant;
+        // The messages after the last grant (its release) go to the first window, which had no release
+        // before it: so every window is "one entry's request traffic + the previous entry's release".
+        if let Some(first) = self.report.entry_messages.first_mut() {
+            *first += self.msgs_since_grant;
         }
         Ok(self.report)
     }

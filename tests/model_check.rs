@@ -27,7 +27,9 @@
 use dmutex::algo::lamport::Lamport;
 use dmutex::algo::probable_owner::ProbableOwner;
 use dmutex::algo::ricart_agrawala::RicartAgrawala;
-use dmutex::algo::{Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RequestId};
+use dmutex::algo::{
+    Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RequestId,
+};
 use stateright::actor::{Actor, ActorModel, Id, Network, Out, model_timeout};
 use stateright::{Checker, Expectation, Model};
 use std::borrow::Cow;
@@ -51,7 +53,11 @@ impl<M: std::fmt::Debug + Eq> PartialOrd for Wire<M> {
 
 impl<M: std::fmt::Debug + Eq> Ord for Wire<M> {
     fn cmp(&self, other: &Self) -> Ordering {
-        if self.0 == other.0 { Ordering::Equal } else { format!("{:?}", self.0).cmp(&format!("{:?}", other.0)) }
+        if self.0 == other.0 {
+            Ordering::Equal
+        } else {
+            format!("{:?}", self.0).cmp(&format!("{:?}", other.0))
+        }
     }
 }
 
@@ -161,7 +167,8 @@ fn model<P: Protocol>(nodes: usize, requests: u8, network: Network<Wire<P::Msg>>
             s.actor_states.iter().filter(|a| a.holding.is_some()).count() <= 1
         })
         .property(Expectation::Always, "fencing tokens increase", |_, s| {
-            let Some((i, holder)) = s.actor_states.iter().enumerate().find(|(_, a)| a.holding.is_some()) else {
+            let Some((i, holder)) = s.actor_states.iter().enumerate().find(|(_, a)| a.holding.is_some())
+            else {
                 return true;
             };
             s.actor_states

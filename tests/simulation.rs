@@ -44,7 +44,10 @@ fn run_one<P: Protocol>(mode: SimMode, nodes: usize, seed: u64) -> Result<SimRep
             ));
         }
         if report.refused != 0 {
-            return Err(format!("fault-free run had {} refused messages\n  replay: {replay}", report.refused));
+            return Err(format!(
+                "fault-free run had {} refused messages\n  replay: {replay}",
+                report.refused
+            ));
         }
         if let Some(per_entry) = exact_messages_per_entry(P::ALGORITHM, nodes)
             && report.messages != per_entry * report.grants
@@ -108,6 +111,27 @@ fn lamport_sweep() {
 #[test]
 fn ricart_agrawala_sweep() {
     sweep::<RicartAgrawala>(0, SEEDS_PER_CELL, &SimMode::ALL);
+}
+
+/// Lamport with the paper's footnote (no REPLY when a later message was already sent): every invariant, in
+/// every mode (message counts are not fixed, so only the simulator's checks apply), 600 seeds per mode × N.
+#[test]
+fn lamport_ack_elision_sweep() {
+    let mut grants = 0;
+    for mode in SimMode::ALL {
+        for nodes in 2..=7 {
+            for seed in 0..SEEDS_PER_CELL / 3 {
+                let cfg = SimConfig::preset(mode, nodes, seed);
+                match sim::run_with(&cfg, Lamport::with_ack_elision) {
+                    Ok(r) => grants += r.grants,
+                    Err(v) => panic!(
+                        "with ack elision (replay with sim::run_with(.., Lamport::with_ack_elision)):\n{v}"
+                    ),
+                }
+            }
+        }
+    }
+    eprintln!("lamport with ack elision: {grants} grants");
 }
 
 /// Probable owner without crashes: 900 seeds per cell, so still 10,800 runs.
@@ -182,18 +206,24 @@ fn one_node_sends_nothing() {
 #[test]
 fn replay() {
     let Ok(seed) = std::env::var("DMUTEX_SIM_SEED") else {
-        eprintln!("replay: set DMUTEX_SIM_SEED (and DMUTEX_SIM_ALGO, DMUTEX_SIM_NODES, DMUTEX_SIM_MODE) to replay a run");
+        eprintln!(
+            "replay: set DMUTEX_SIM_SEED (and DMUTEX_SIM_ALGO, DMUTEX_SIM_NODES, DMUTEX_SIM_MODE) to replay a run"
+        );
         return;
     };
     let seed: u64 = seed.parse().expect("DMUTEX_SIM_SEED must be a number");
-    let algorithm: Algorithm =
-        std::env::var("DMUTEX_SIM_ALGO").unwrap_or_else(|_| "lamport".into()).parse().expect("DMUTEX_SIM_ALGO");
+    let algorithm: Algorithm = std::env::var("DMUTEX_SIM_ALGO")
+        .unwrap_or_else(|_| "lamport".into())
+        .parse()
+        .expect("DMUTEX_SIM_ALGO");
     let nodes: usize = std::env::var("DMUTEX_SIM_NODES")
         .unwrap_or_else(|_| "3".into())
         .parse()
         .expect("DMUTEX_SIM_NODES must be a number");
-    let mode: SimMode =
-        std::env::var("DMUTEX_SIM_MODE").unwrap_or_else(|_| "fault-free".into()).parse().expect("DMUTEX_SIM_MODE");
+    let mode: SimMode = std::env::var("DMUTEX_SIM_MODE")
+        .unwrap_or_else(|_| "fault-free".into())
+        .parse()
+        .expect("DMUTEX_SIM_MODE");
     // Always with a trace, so a passing replay still shows what happened.
     let cfg = SimConfig { trace_lines: 200, ..SimConfig::preset(mode, nodes, seed) };
     eprintln!("replaying {algorithm} {cfg:?}");

@@ -80,17 +80,17 @@ impl ProtocolMessage for LamportMsg {
 
     fn lock(&self) -> &str {
         match self {
-            LamportMsg::Request { lock, .. } | LamportMsg::Reply { lock, .. } | LamportMsg::Release { lock, .. } => {
-                lock
-            }
+            LamportMsg::Request { lock, .. }
+            | LamportMsg::Reply { lock, .. }
+            | LamportMsg::Release { lock, .. } => lock,
         }
     }
 
     fn timestamp(&self) -> Option<LamportTs> {
         match self {
-            LamportMsg::Request { ts, .. } | LamportMsg::Reply { ts, .. } | LamportMsg::Release { ts, .. } => {
-                Some(*ts)
-            }
+            LamportMsg::Request { ts, .. }
+            | LamportMsg::Reply { ts, .. }
+            | LamportMsg::Release { ts, .. } => Some(*ts),
         }
     }
 }
@@ -191,8 +191,7 @@ impl Lamport {
             if st.in_cs || st.queue.first() != Some(&(t, me)) {
                 continue;
             }
-            let all_later =
-                latest.iter().enumerate().all(|(k, &seen)| k == usize::from(me.0) || seen > t.0);
+            let all_later = latest.iter().enumerate().all(|(k, &seen)| k == usize::from(me.0) || seen > t.0);
             if all_later {
                 st.in_cs = true;
                 let token = FencingToken::from_ts(t, me);

@@ -53,8 +53,8 @@
 //! Must never: grant without owning, grant from a pending node, enter after a withdraw, panic on a message.
 
 use super::{
-    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output, PeerChange,
-    Peers, Protocol, ProtocolMessage, QueueEntry, home_node,
+    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output,
+    PeerChange, Peers, Protocol, ProtocolMessage, QueueEntry, home_node,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -345,7 +345,14 @@ impl LockState {
     }
 
     /// The home's answer to a request it cannot serve as owner (`requester` may be the home itself).
-    fn at_home(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, requester: NodeId, seq: u64, suspect: bool) {
+    fn at_home(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        requester: NodeId,
+        seq: u64,
+        suspect: bool,
+    ) {
         if let Some(r) = &mut self.round {
             add_waiter(&mut r.waiters, requester, seq);
             return;
@@ -366,7 +373,14 @@ impl LockState {
         }
     }
 
-    fn on_acq(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, requester: NodeId, seq: u64, suspect: bool) {
+    fn on_acq(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        requester: NodeId,
+        seq: u64,
+        suspect: bool,
+    ) {
         if let Some(o) = &mut self.owned {
             add_waiter(&mut o.queue, requester, seq);
             if !o.held {
@@ -504,7 +518,11 @@ impl LockState {
     }
 
     fn own_report(&self) -> Report {
-        Report { owned: self.owned.as_ref().map(|o| o.epoch), last_out: self.last_out, max_epoch: self.max_epoch }
+        Report {
+            owned: self.owned.as_ref().map(|o| o.epoch),
+            last_out: self.last_out,
+            max_epoch: self.max_epoch,
+        }
     }
 
     /// Starts (or restarts) a recovery round holding `waiters`.
@@ -528,14 +546,25 @@ impl LockState {
         let incarnations: Vec<(NodeId, Incarnation)> =
             cx.peers.all().filter_map(|p| cx.peers.incarnation(p).map(|i| (p, i))).collect();
         for p in cx.peers.others() {
-            let msg =
-                PoMsg::Query { lock: cx.lock.to_owned(), round: id, floor, incarnations: incarnations.clone() };
+            let msg = PoMsg::Query {
+                lock: cx.lock.to_owned(),
+                round: id,
+                floor,
+                incarnations: incarnations.clone(),
+            };
             cx.send(out, p, msg);
         }
         self.maybe_decide(cx, out);
     }
 
-    fn on_report(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, from: NodeId, round: u64, report: Report) {
+    fn on_report(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        from: NodeId,
+        round: u64,
+        report: Report,
+    ) {
         let Some(r) = &mut self.round else { return };
         if r.id != round {
             return; // A report for a round that was restarted or decided.
@@ -743,8 +772,11 @@ impl Protocol for ProbableOwner {
                 Ok(())
             }
             PoMsg::Rep { lock, seq, outcome } => match outcome {
-                RepOutcome::Granted { epoch, queue, to_incarnation } => self
-                    .with_lock(&lock, peers, |st, cx| st.on_granted(cx, out, from, epoch, queue, to_incarnation)),
+                RepOutcome::Granted { epoch, queue, to_incarnation } => {
+                    self.with_lock(&lock, peers, |st, cx| {
+                        st.on_granted(cx, out, from, epoch, queue, to_incarnation)
+                    })
+                }
                 RepOutcome::Redirect { owner, epoch } => {
                     if !peers.contains(owner) {
                         return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));

@@ -156,7 +156,8 @@ impl Protocol for RicartAgrawala {
         for &to in &awaiting {
             out.push(Output::Send { to, msg: RaMsg::Request { lock: lock.to_owned(), ts: t } });
         }
-        self.locks.insert(lock.to_owned(), RaLock { own: t, in_cs: false, awaiting, deferred: BTreeMap::new() });
+        self.locks
+            .insert(lock.to_owned(), RaLock { own: t, in_cs: false, awaiting, deferred: BTreeMap::new() });
         // A one-node cluster enters at once.
         self.maybe_enter(lock, out);
     }
