@@ -265,3 +265,76 @@ fn probable_owner_3x1() {
 fn probable_owner_3x2() {
     check::<ProbableOwner>(3, 2, ordered(), "ordered");
 }
+
+/// The adapter itself: a protocol that enters at once must be caught breaking mutual exclusion, and one that
+/// never enters must be caught by the liveness property (so neither property is vacuous).
+mod adapter_self_check {
+    use super::*;
+    use dmutex::algo::{Algorithm, CoreError, LamportTs, LockView, Output, ProtocolMessage};
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    enum NoMsg {}
+
+    impl ProtocolMessage for NoMsg {
+        fn kind(&self) -> &'static str {
+            match *self {}
+        }
+        fn lock(&self) -> &str {
+            match *self {}
+        }
+        fn timestamp(&self) -> Option<LamportTs> {
+            match *self {}
+        }
+    }
+
+    /// Enters at once if `greedy`, never otherwise.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Broken<const GREEDY: bool>;
+
+    impl<const GREEDY: bool> Protocol for Broken<GREEDY> {
+        type Msg = NoMsg;
+        const ALGORITHM: Algorithm = Algorithm::Lamport;
+        fn fresh(_me: NodeId, _n: usize) -> Self {
+            Broken
+        }
+        fn request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<NoMsg>>) {
+            if GREEDY {
+                out.push(Output::Entered { lock: lock.into(), token: FencingToken(1) });
+            }
+        }
+        fn release(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
+        fn withdraw(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
+        fn on_message(
+            &mut self,
+            _from: NodeId,
+            msg: NoMsg,
+            _peers: &mut Peers,
+            _out: &mut Vec<Output<NoMsg>>,
+        ) -> Result<(), CoreError> {
+            match msg {}
+        }
+        fn observe_clock(&mut self, _clock: LamportTs) {}
+        fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
+        fn clock(&self) -> LamportTs {
+            LamportTs(0)
+        }
+        fn view(&self, _lock: &str) -> LockView {
+            LockView::default()
+        }
+        fn needs_peer(&self, _lock: &str, _peer: NodeId) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn greedy_protocol_breaks_mutual_exclusion() {
+        let checker = model::<Broken<true>>(2, 1, ordered()).checker().spawn_bfs().join();
+        assert!(checker.discovery("mutual exclusion").is_some());
+    }
+
+    #[test]
+    fn silent_protocol_breaks_liveness() {
+        let checker = model::<Broken<false>>(2, 1, ordered()).checker().spawn_bfs().join();
+        assert!(checker.discovery("every request granted").is_some());
+    }
+}
