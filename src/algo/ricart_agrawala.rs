@@ -251,3 +251,233 @@ impl Protocol for RicartAgrawala {
         peer != self.me && usize::from(peer.0) < self.n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::lamport::testnet::{Net, simulate};
+    use crate::algo::{Action, Engine, Event, Millis, RejectReason, RequestId};
+
+    fn req(lock: &str, ts: u64) -> RaMsg {
+        RaMsg::Request { lock: lock.into(), ts: LamportTs(ts) }
+    }
+    fn rep(lock: &str, ts: u64, req_ts: u64) -> RaMsg {
+        RaMsg::Reply { lock: lock.into(), ts: LamportTs(ts), req_ts: LamportTs(req_ts) }
+    }
+    fn send(to: u16, msg: RaMsg) -> Output<RaMsg> {
+        Output::Send { to: NodeId(to), msg }
+    }
+    fn entered(lock: &str, ts: u64, node: u16) -> Output<RaMsg> {
+        Output::Entered { lock: lock.into(), token: FencingToken::from_ts(LamportTs(ts), NodeId(node)) }
+    }
+    fn ra(me: NodeId, n: usize) -> RicartAgrawala {
+        RicartAgrawala::fresh(me, n)
+    }
+    fn recv(p: &mut RicartAgrawala, from: u16, msg: RaMsg) -> Vec<Output<RaMsg>> {
+        let mut peers = Peers::formed(p.me, p.n);
+        let mut out = Vec::new();
+        p.on_message(NodeId(from), msg, &mut peers, &mut out).expect("accepted");
+        out
+    }
+    fn call(
+        p: &mut RicartAgrawala,
+        f: fn(&mut RicartAgrawala, &str, &Peers, &mut Vec<Output<RaMsg>>),
+        lock: &str,
+    ) -> Vec<Output<RaMsg>> {
+        let peers = Peers::formed(p.me, p.n);
+        let mut out = Vec::new();
+        f(p, lock, &peers, &mut out);
+        out
+    }
+
+    #[test]
+    fn ra_request_goes_to_every_other_node() {
+        let mut e = Engine::new(ra(NodeId(0), 3), Peers::formed(NodeId(0), 3));
+        let mut out = Vec::new();
+        e.handle(Millis(0), Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None }, &mut out)
+            .unwrap();
+        let sends = |to: u16| Action::Send { to: NodeId(to), msg: req("a", 1) };
+        assert_eq!(out, vec![sends(1), sends(2)]);
+        assert_eq!(e.view("a").own_request, Some(LamportTs(1)));
+    }
+
+    /// A node answers at once when it neither holds nor requests the lock; IR2 applies to every receipt.
+    #[test]
+    fn ra_idle_node_replies_at_once_naming_the_request() {
+        let mut p = ra(NodeId(0), 3);
+        assert_eq!(recv(&mut p, 1, req("a", 5)), vec![send(1, rep("a", 7, 5))]);
+        assert_eq!(recv(&mut p, 2, rep("zzz", 3, 9)), vec![], "a reply for nothing is stale");
+        assert_eq!(p.clock(), LamportTs(8));
+        p.observe_clock(LamportTs(20));
+        assert_eq!(p.clock(), LamportTs(21));
+        assert!(p.locks.is_empty());
+    }
+
+    /// Priority is the total order (ts, id): the lower request is answered, the higher one deferred; equal
+    /// timestamps are ordered by node id.
+    #[test]
+    fn ra_priority_by_timestamp_then_node_id() {
+        let mut p = ra(NodeId(1), 3);
+        assert_eq!(
+            call(&mut p, RicartAgrawala::request, "a"),
+            vec![send(0, req("a", 1)), send(2, req("a", 1))]
+        );
+        // (1, 0) < (1, 1): node 0 goes first, answered at once.
+        assert_eq!(recv(&mut p, 0, req("a", 1)), vec![send(0, rep("a", 3, 1))]);
+        // (1, 1) < (1, 2): deferred.
+        assert_eq!(recv(&mut p, 2, req("a", 1)), vec![]);
+        // (1, 1) < (9, 0): deferred too.
+        let mut q = ra(NodeId(1), 3);
+        call(&mut q, RicartAgrawala::request, "a");
+        assert_eq!(recv(&mut q, 0, req("a", 9)), vec![]);
+        assert_eq!(recv(&mut q, 2, req("a", 0)), vec![send(2, rep("a", 12, 0))]);
+        let view = q.view("a");
+        assert_eq!(view.queue.iter().map(|e| e.node.0).collect::<Vec<_>>(), vec![1, 0]);
+    }
+
+    /// Deferred requests are answered on release, each REPLY naming the request it answers; requests that
+    /// arrive in the critical section are deferred whatever their timestamp.
+    #[test]
+    fn ra_deferred_requests_are_answered_on_release() {
+        let mut p = ra(NodeId(0), 3);
+        call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
+        assert_eq!(recv(&mut p, 2, req("a", 4)), vec![]);
+        assert_eq!(recv(&mut p, 1, rep("a", 2, 1)), vec![]);
+        assert_eq!(recv(&mut p, 2, rep("a", 5, 1)), vec![entered("a", 1, 0)]);
+        assert_eq!(recv(&mut p, 1, req("a", 1)), vec![], "in the critical section everything waits");
+        assert!(p.view("a").held_here);
+        assert_eq!(p.view("a").holder, Some(NodeId(0)));
+        assert_eq!(
+            call(&mut p, RicartAgrawala::release, "a"),
+            vec![send(1, rep("a", 9, 1)), send(2, rep("a", 9, 4))]
+        );
+        assert!(p.locks.is_empty());
+        assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs(1), NodeId(0))));
+    }
+
+    /// A REPLY names the request it answers: replies to a withdrawn request do not count for the next one.
+    #[test]
+    fn ra_stale_reply_to_a_withdrawn_request_is_ignored() {
+        let mut p = ra(NodeId(0), 2);
+        call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
+        assert_eq!(recv(&mut p, 1, req("a", 1)), vec![], "(1, 0) < (1, 1): deferred");
+        // Withdrawing answers the deferred request.
+        assert_eq!(call(&mut p, RicartAgrawala::withdraw, "a"), vec![send(1, rep("a", 3, 1))]);
+        assert_eq!(call(&mut p, RicartAgrawala::request, "a"), vec![send(1, req("a", 4))]);
+        assert_eq!(recv(&mut p, 1, rep("a", 3, 1)), vec![], "answers (1, 0), not (4, 0)");
+        assert_eq!(recv(&mut p, 1, rep("a", 7, 4)), vec![entered("a", 4, 0)]);
+    }
+
+    #[test]
+    fn ra_peer_restart_drops_its_deferred_request_and_resends_ours_if_unanswered() {
+        let mut p = ra(NodeId(0), 3);
+        call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
+        call(&mut p, RicartAgrawala::request, "b"); // (2, 0)
+        recv(&mut p, 1, req("a", 7)); // deferred
+        recv(&mut p, 1, rep("b", 8, 2)); // node 1 agreed to b; a still awaits it
+        recv(&mut p, 2, rep("b", 8, 2)); // b entered
+        recv(&mut p, 1, req("b", 9)); // deferred in the critical section
+        let peers = Peers::formed(NodeId(0), 3);
+        let mut out = Vec::new();
+        p.peer_restarted(NodeId(1), &peers, &mut out);
+        assert_eq!(out, vec![send(1, req("a", 1))]);
+        assert!(p.locks.values().all(|st| st.deferred.is_empty()));
+        // The old incarnation's requests died with it: releasing answers nobody.
+        assert_eq!(call(&mut p, RicartAgrawala::release, "b"), vec![]);
+    }
+
+    #[test]
+    fn ra_engine_waiters_fifo_and_cancel() {
+        let mut net = Net::new(2, ra);
+        net.acquire(0, 1, "a");
+        net.acquire(0, 2, "a");
+        let acquire = Event::Acquire { req: RequestId(3), lock: "a".into(), deadline: Some(Millis(10)) };
+        net.handle(0, acquire);
+        net.acquire(1, 4, "a");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(
+            net.handle(0, Event::Cancel { req: RequestId(3) }),
+            vec![
+                Action::CancelTimer { timer: crate::algo::TimerId::Deadline(RequestId(3)) },
+                Action::Rejected { req: RequestId(3), reason: RejectReason::Cancelled },
+            ]
+        );
+        for (node, r) in [(0, 1), (1, 4), (0, 2)] {
+            net.release(node, r);
+            net.deliver_all();
+        }
+        let order: Vec<u64> = net.grants.iter().map(|g| g.1.0).collect();
+        assert_eq!(order, vec![1, 4, 2], "node 1 is served between node 0's two local waiters");
+    }
+
+    #[test]
+    fn ra_withdraw_leaves_no_state_anywhere() {
+        let mut net = Net::new(3, ra);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.acquire(0, 2, "a");
+        net.acquire(2, 3, "a");
+        net.deliver_all();
+        net.handle(0, Event::Cancel { req: RequestId(2) });
+        net.handle(2, Event::Cancel { req: RequestId(3) });
+        net.release(1, 1);
+        net.deliver_all();
+        for e in &net.engines {
+            assert!(e.protocol().locks.is_empty(), "{:?}", e.protocol());
+        }
+        assert_eq!(net.grants.len(), 1);
+    }
+
+    #[test]
+    fn ra_costs_2_n_minus_1_messages_per_entry() {
+        for n in [1usize, 2, 3, 5] {
+            let mut net = Net::new(n, ra);
+            for round in 0..2 {
+                for i in 0..n {
+                    let r = (round * n + i) as u64;
+                    net.acquire(i, r, "a");
+                    net.deliver_all();
+                    assert_eq!(net.holders("a"), vec![i]);
+                    net.release(i, r);
+                    net.deliver_all();
+                }
+            }
+            assert_eq!(net.sent, 2 * n * 2 * (n - 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn ra_unknown_sender_is_refused() {
+        let mut p = ra(NodeId(0), 2);
+        let mut peers = Peers::formed(NodeId(0), 2);
+        let mut out = Vec::new();
+        assert_eq!(
+            p.on_message(NodeId(5), req("a", 1), &mut peers, &mut out),
+            Err(CoreError::UnknownPeer(NodeId(5)))
+        );
+        assert_eq!(p.on_message(NodeId(1), rep("a", u64::MAX, 0), &mut peers, &mut out), Ok(()));
+        assert_eq!(p.clock(), LamportTs(u64::MAX));
+        assert!(out.is_empty());
+        assert!(
+            p.needs_peer("a", NodeId(1)) && !p.needs_peer("a", NodeId(0)) && !p.needs_peer("a", NodeId(2))
+        );
+    }
+
+    #[test]
+    fn ra_random_interleavings_keep_mutual_exclusion_and_serve_everyone() {
+        for seed in 0..300 {
+            let net = simulate(ra, 3, seed, 400, false, false);
+            assert_eq!(net.refused, 0, "seed {seed}");
+            simulate(ra, 4, seed, 400, false, false);
+        }
+    }
+
+    #[test]
+    fn ra_random_interleavings_with_restarts() {
+        for seed in 0..300 {
+            simulate(ra, 3, seed, 500, true, false);
+            simulate(ra, 3, seed, 500, true, true);
+        }
+    }
+}
