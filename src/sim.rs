@@ -15,7 +15,8 @@
 //! [`Incarnation`] and delivers handshakes in link order: on every link `j→p` a
 //! [`Event::PeerIncarnation`] carrying `j`'s incarnation and clock, queued at the tail of that link; on every
 //! `p→j` the new incarnation (clock 0), queued behind the old incarnation's in-flight messages. Every
-//! [`Event::Message`] carries its sender's incarnation at send time. At most one node is down at a time.
+//! [`Event::Message`] carries its sender's incarnation at send time. One failure at a time: a node crashes
+//! only while every other node is up and has joined (heard every peer's handshake since its own start).
 //!
 //! Invariants checked after every step (a breach ends the run with a [`Violation`], never a panic):
 //! - mutual exclusion: at most one live node holds each lock;
@@ -659,8 +660,9 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
     }
 
     fn crash(&mut self, node: NodeId) -> Step {
-        if self.nodes.iter().any(|s| s.engine.is_none()) {
-            // Keep at most one node down: the others must be able to finish the workload.
+        if self.nodes.iter().any(|s| s.engine.as_ref().is_none_or(|e| !e.joined())) {
+            // One failure at a time: no crash while a node is down or still joining after its restart (until
+            // it has heard every peer, what the cluster knows may live only in messages in flight to it).
             return Ok(());
         }
         note!(self, "t={} node {node} CRASHES", self.now.0);

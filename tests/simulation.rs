@@ -65,6 +65,18 @@ fn run_one<P: Protocol>(mode: SimMode, nodes: usize, seed: u64) -> Result<SimRep
 /// Runs `seeds_per_cell` seeds for every N in 2..=7 and every mode in `modes`, from `first_seed` on; fails
 /// listing every broken seed.
 fn sweep<P: Protocol>(first_seed: u64, seeds_per_cell: u64, modes: &[SimMode]) {
+    let (runs, failures) = sweep_failures::<P>(first_seed, seeds_per_cell, modes);
+    if let Some(first) = failures.first() {
+        panic!("{} of {runs} {} runs failed; the first:\n{first}", failures.len(), P::ALGORITHM);
+    }
+}
+
+/// The runs and the failures (with their replay commands) of a sweep.
+fn sweep_failures<P: Protocol>(
+    first_seed: u64,
+    seeds_per_cell: u64,
+    modes: &[SimMode],
+) -> (u64, Vec<String>) {
     let mut failures = Vec::new();
     let mut runs = 0u64;
     for &mode in modes {
@@ -98,9 +110,7 @@ fn sweep<P: Protocol>(first_seed: u64, seeds_per_cell: u64, modes: &[SimMode]) {
         let short: Vec<&str> = failure.lines().filter(|l| !l.starts_with("    ")).take(4).collect();
         eprintln!("  {}", short.join("\n  "));
     }
-    if let Some(first) = failures.first() {
-        panic!("{} of {runs} {} runs failed; the first:\n{first}", failures.len(), P::ALGORITHM);
-    }
+    (runs, failures)
 }
 
 #[test]
@@ -140,11 +150,32 @@ fn probable_owner_sweep() {
     sweep::<ProbableOwner>(0, SEEDS_PER_CELL * 3 / 2, &[SimMode::FaultFree, SimMode::Cancels]);
 }
 
-/// Probable owner with crashes and restarts: 33 of the first 3,600 seeds fail (see the `known_po_*` cases).
+/// Probable owner with crashes and restarts: 32 of these 3,600 seeds fail (31 deadlocks, 1 fencing regression;
+/// see the `known_po_*` cases).
 #[test]
 #[ignore = "known probable-owner crash bugs: token lost in flight to a crashed node, epoch regression"]
 fn probable_owner_crash_sweep() {
     sweep::<ProbableOwner>(0, SEEDS_PER_CELL, &[SimMode::Crashes]);
+}
+
+/// Mutual exclusion broken after a restart: node 1 restarts while its old `REQUEST(lock1, ts 11)` is still in
+/// flight to node 0; node 0 answers it with `REPLY(ts 13)` before it has seen node 1's new handshake, and
+/// only then re-sends its own outstanding requests (entered, `REQUEST(lock0, ts 0)`) to the new incarnation,
+/// behind that REPLY on the same link. Node 1 (incarnation 1) requests lock0 with ts 9, receives the stale
+/// REPLY(ts 13) first, counts it for rule 5 (a later message from every peer) with its own request at the
+/// head of its queue, and enters lock0 while node 0 holds it.
+#[test]
+#[ignore = "known Lamport bug: a REPLY sent to a peer's old incarnation counts for rule 5 at the new one"]
+fn known_lamport_mutual_exclusion_after_restart_seed_1267() {
+    known_failure::<Lamport>(SimMode::Crashes, 2, 1267);
+}
+
+/// Mutual exclusion broken on three nodes after node 0 restarts (found by the soak; likely the same stale-REPLY
+/// class, not analysed further).
+#[test]
+#[ignore = "known Lamport bug: a REPLY sent to a peer's old incarnation counts for rule 5 at the new one"]
+fn known_lamport_mutual_exclusion_after_restart_seed_2098() {
+    known_failure::<Lamport>(SimMode::Crashes, 3, 2098);
 }
 
 /// Replays one known failing preset and fails with its violation.
@@ -177,14 +208,6 @@ fn known_po_deadlock_token_in_flight_seed_244() {
 #[ignore = "known probable-owner bug: epoch forgotten when its only holder restarts"]
 fn known_po_fencing_regression_seed_572() {
     known_failure::<ProbableOwner>(SimMode::Crashes, 2, 572);
-}
-
-/// Fencing regression: epoch 3 was known to nodes 0 and 1; node 0 crashes and restarts, node 1 crashes before
-/// node 0 asked it anything (the handshake carries clock 0, not the epoch); the recovery picks epoch 2 again.
-#[test]
-#[ignore = "known probable-owner bug: epoch lost after two successive crashes"]
-fn known_po_fencing_regression_seed_29() {
-    known_failure::<ProbableOwner>(SimMode::Crashes, 2, 29);
 }
 
 /// A single node needs nobody: no messages at all, every request granted.
@@ -253,7 +276,11 @@ fn replay() {
 fn soak() {
     let runs: u64 = std::env::var("DMUTEX_SIM_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let per_cell = runs.div_ceil(18).max(1);
-    sweep::<Lamport>(SEEDS_PER_CELL, per_cell, &SimMode::ALL);
-    sweep::<RicartAgrawala>(SEEDS_PER_CELL, per_cell, &SimMode::ALL);
-    sweep::<ProbableOwner>(SEEDS_PER_CELL, per_cell, &SimMode::ALL);
+    // Every algorithm runs even if an earlier one failed; each failure was printed with its replay command.
+    let failing = [
+        sweep_failures::<Lamport>(SEEDS_PER_CELL, per_cell, &SimMode::ALL).1.len(),
+        sweep_failures::<RicartAgrawala>(SEEDS_PER_CELL, per_cell, &SimMode::ALL).1.len(),
+        sweep_failures::<ProbableOwner>(SEEDS_PER_CELL, per_cell, &SimMode::ALL).1.len(),
+    ];
+    assert_eq!(failing, [0, 0, 0], "failing runs (lamport, ricart-agrawala, probable-owner)");
 }
