@@ -22,6 +22,7 @@ pub mod flow;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod sim;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;
