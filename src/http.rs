@@ -28,7 +28,14 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let unread_body = matches!(self, ApiError::TooLarge);
+        let mut response = (status, Json(self.body())).into_response();
+        if unread_body {
+            // The rest of the body was never read, so the server closes the connection after this response;
+            // say so, or a client that reuses the connection fails its next request.
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

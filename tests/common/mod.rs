@@ -2,15 +2,22 @@
 //! (host-addressed, same ports on every node).
 #![allow(dead_code)]
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Peer port used by every test node.
 pub const PEER_PORT: u16 = 17070;
 /// HTTP port used by every test node.
 pub const HTTP_PORT: u16 = 18080;
+
+/// Every algorithm's name as the API spells it.
+pub const ALGORITHMS: [&str; 3] = ["lamport", "ricart-agrawala", "probable-owner"];
 
 /// A cluster of node processes. Killed on drop.
 pub struct Cluster {
@@ -22,8 +29,15 @@ pub struct Cluster {
     pub env: Vec<(String, String)>,
     /// Log directory.
     pub dir: PathBuf,
-    /// Per-node peer address override (used to route a link through a proxy).
+    /// Per-node peer list override (`DMUTEX_PEERS` for node i), used to route a link through a proxy.
     pub peers_override: Option<Vec<String>>,
+    api: Api,
+}
+
+/// A cloneable HTTP client for a cluster's nodes (usable from client threads while the cluster is changed).
+#[derive(Clone)]
+pub struct Api {
+    urls: Vec<String>,
     client: reqwest::blocking::Client,
 }
 
@@ -41,10 +55,7 @@ impl Cluster {
     /// Starts `n` nodes and waits until all are ready.
     pub fn start(test: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
         let mut c = Cluster::new(test, n, env);
-        for i in 0..n {
-            c.spawn(i);
-        }
-        c.wait_ready(Duration::from_secs(20));
+        c.spawn_all();
         c
     }
 
@@ -54,14 +65,23 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("dmutex-test-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let urls = (0..n).map(|i| format!("http://{subnet}.{}:{HTTP_PORT}", i + 1)).collect();
         Cluster {
             subnet,
             procs: (0..n).map(|_| None).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dir,
             peers_override: None,
-            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+            api: Api::new(urls),
         }
+    }
+
+    /// Starts every node and waits until all are ready.
+    pub fn spawn_all(&mut self) {
+        for i in 0..self.len() {
+            self.spawn(i);
+        }
+        self.wait_ready(Duration::from_secs(30));
     }
 
     /// Number of nodes.
@@ -74,23 +94,28 @@ impl Cluster {
         format!("{}.{}", self.subnet, i + 1)
     }
 
+    /// Peer address (`host:port`) of node i.
+    pub fn peer_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.host(i), PEER_PORT)
+    }
+
     /// Base URL of node i.
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}:{}", self.host(i), HTTP_PORT)
+        self.api.url(i)
     }
 
     /// The peer list as configured.
     pub fn peers(&self) -> String {
-        (0..self.len()).map(|i| format!("{}:{}", self.host(i), PEER_PORT)).collect::<Vec<_>>().join(",")
+        (0..self.len()).map(|i| self.peer_addr(i)).collect::<Vec<_>>().join(",")
     }
 
-    /// Starts node i.
-    pub fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node-{i}.log")))
-            .expect("log file");
+    /// A cloneable client for the nodes.
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    /// The `dmutex node` command for node i (environment set, not started).
+    pub fn command(&self, i: usize) -> Command {
         let peers = match &self.peers_override {
             Some(p) => p[i].clone(),
             None => self.peers(),
@@ -99,19 +124,34 @@ impl Cluster {
         cmd.arg("node")
             .env("DMUTEX_NODE_ID", i.to_string())
             .env("DMUTEX_PEERS", peers)
-            .env("DMUTEX_PEER_ADDR", format!("{}:{}", self.host(i), PEER_PORT))
+            .env("DMUTEX_PEER_ADDR", self.peer_addr(i))
             .env("DMUTEX_HTTP_ADDR", format!("{}:{}", self.host(i), HTTP_PORT))
-            .env("DMUTEX_CLUSTER_NAME", format!("test-{}", self.subnet))
-            .env("DMUTEX_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log));
+            .env("DMUTEX_CLUSTER_NAME", self.cluster_name())
+            .env("DMUTEX_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// The cluster name the nodes are started with.
+    pub fn cluster_name(&self) -> String {
+        format!("test-{}", self.subnet)
+    }
+
+    /// Starts node i (does not wait for readiness).
+    pub fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{i}.log")))
+            .expect("log file");
+        let mut cmd = self.command(i);
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().expect("log"))).stderr(Stdio::from(log));
         self.procs[i] = Some(cmd.spawn().expect("spawn dmutex node"));
     }
 
-    /// Kills node i with SIGKILL.
+    /// Kills node i with SIGKILL and reaps it.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut p) = self.procs[i].take() {
             let _ = p.kill();
@@ -123,16 +163,17 @@ impl Cluster {
     pub fn sigterm(&mut self, i: usize) -> (Option<i32>, Duration) {
         let Some(mut p) = self.procs[i].take() else { return (None, Duration::ZERO) };
         let start = Instant::now();
-        unsafe_free_kill(p.id(), "TERM");
+        send_signal(p.id(), "TERM");
         loop {
             if let Ok(Some(status)) = p.try_wait() {
                 return (status.code(), start.elapsed());
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = p.kill();
+                let _ = p.wait();
                 return (None, start.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -143,17 +184,9 @@ impl Cluster {
             if self.procs[i].is_none() {
                 continue;
             }
-            loop {
-                if let Ok(r) = self.client.get(format!("{}/readyz", self.url(i))).timeout(Duration::from_secs(2)).send()
-                {
-                    if r.status().is_success() {
-                        break;
-                    }
-                }
-                if start.elapsed() > limit {
-                    panic!("node {i} not ready after {limit:?}; log:\n{}", self.log(i));
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let ok = poll(limit.saturating_sub(start.elapsed()), || self.api.get(i, "/readyz").0 == 200);
+            if !ok {
+                panic!("node {i} not ready after {limit:?}; log:\n{}", self.log(i));
             }
         }
     }
@@ -163,9 +196,72 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join(format!("node-{i}.log"))).unwrap_or_default()
     }
 
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        (0..self.len()).map(|i| format!("==== node {i} ====\n{}", self.log(i))).collect()
+    }
+
     /// POST JSON, returns (status, body).
     pub fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
-        let r = self.client.post(format!("{}{}", self.url(i), path)).json(&body).send();
+        self.api.post(i, path, body)
+    }
+
+    /// GET JSON.
+    pub fn get(&self, i: usize, path: &str) -> (u16, Value) {
+        self.api.get(i, path)
+    }
+
+    /// GET text.
+    pub fn get_text(&self, i: usize, path: &str) -> (u16, String) {
+        self.api.get_text(i, path)
+    }
+
+    /// Acquire through node i; returns (status, body).
+    pub fn acquire(&self, i: usize, lock: &str, body: Value) -> (u16, Value) {
+        self.api.acquire(i, lock, body)
+    }
+
+    /// Release through node i.
+    pub fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
+        self.api.release(i, lock, lease)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(mut p) = p.take() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("node logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+impl Api {
+    /// A client for the given base URLs.
+    pub fn new(urls: Vec<String>) -> Api {
+        let client =
+            reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+        Api { urls, client }
+    }
+
+    /// Base URL of node i.
+    pub fn url(&self, i: usize) -> String {
+        self.urls[i].clone()
+    }
+
+    /// The underlying client (60 s timeout).
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
+    }
+
+    fn json(r: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
         match r {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -175,20 +271,32 @@ impl Cluster {
         }
     }
 
+    /// POST JSON, returns (status, body); status 0 is a transport error (body: its text).
+    pub fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+        Self::json(self.client.post(format!("{}{}", self.urls[i], path)).json(&body).send())
+    }
+
+    /// POST raw bytes as `application/json`.
+    pub fn post_raw(&self, i: usize, path: &str, body: Vec<u8>) -> (u16, Value) {
+        Self::json(
+            self.client
+                .post(format!("{}{}", self.urls[i], path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send(),
+        )
+    }
+
     /// GET JSON.
     pub fn get(&self, i: usize, path: &str) -> (u16, Value) {
-        match self.client.get(format!("{}{}", self.url(i), path)).send() {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.json().unwrap_or(Value::Null))
-            }
-            Err(e) => (0, Value::String(e.to_string())),
-        }
+        Self::json(
+            self.client.get(format!("{}{}", self.urls[i], path)).timeout(Duration::from_secs(10)).send(),
+        )
     }
 
     /// GET text.
     pub fn get_text(&self, i: usize, path: &str) -> (u16, String) {
-        match self.client.get(format!("{}{}", self.url(i), path)).send() {
+        match self.client.get(format!("{}{}", self.urls[i], path)).timeout(Duration::from_secs(10)).send() {
             Ok(r) => {
                 let status = r.status().as_u16();
                 (status, r.text().unwrap_or_default())
@@ -204,30 +312,93 @@ impl Cluster {
 
     /// Release through node i.
     pub fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
-        self.post(i, &format!("/v1/locks/{lock}/release"), serde_json::json!({ "lease": lease }))
+        self.post(i, &format!("/v1/locks/{lock}/release"), json!({ "lease": lease }))
+    }
+
+    /// Keepalive through node i.
+    pub fn keepalive(&self, i: usize, lease: &str) -> (u16, Value) {
+        self.post(i, &format!("/v1/leases/{lease}/keepalive"), Value::Null)
+    }
+
+    /// `GET /v1/stats` of node i (panics unless 200).
+    pub fn stats(&self, i: usize) -> Value {
+        let (status, v) = self.get(i, "/v1/stats");
+        assert_eq!(status, 200, "stats of node {i}: {v}");
+        v
+    }
+
+    /// Messages of `algorithm` sent by node i, all types, from `/v1/stats`.
+    pub fn sent(&self, i: usize, algorithm: &str) -> u64 {
+        let v = self.stats(i);
+        v["messages_sent"][algorithm].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+    }
+
+    /// The sum of a Prometheus series of node i over every label set matching `filter`.
+    pub fn metric(&self, i: usize, name: &str, filter: &[(&str, &str)]) -> f64 {
+        let (status, text) = self.get_text(i, "/metrics");
+        assert_eq!(status, 200, "metrics of node {i}");
+        metric_sum(&text, name, filter)
+    }
+
+    /// Acquire and release once (panics unless both succeed); returns the fencing token.
+    pub fn lock_once(&self, i: usize, lock: &str, algorithm: &str) -> u64 {
+        let (s, g) =
+            self.acquire(i, lock, json!({"algorithm": algorithm, "timeout_ms": 30000, "ttl_ms": 30000}));
+        assert_eq!(s, 200, "acquire {lock} ({algorithm}) on node {i}: {g}");
+        let lease = g["lease"].as_str().expect("lease").to_string();
+        let (s, r) = self.release(i, lock, &lease);
+        assert_eq!(s, 200, "release {lock} ({algorithm}) on node {i}: {r}");
+        g["fencing_token"].as_u64().expect("token")
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in self.procs.iter_mut() {
-            if let Some(mut p) = p.take() {
-                let _ = p.kill();
-                let _ = p.wait();
-            }
+/// Sums the samples of `name` (exact metric name, any labels) whose labels include every `filter` pair.
+pub fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
         }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else { continue };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue; // another metric with this prefix
+        };
+        let matches = filter.iter().all(|(k, v)| labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if matches {
+            sum += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes; returns whether it did.
+pub fn poll(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Sends a signal with the `kill` command (tests avoid `unsafe`).
-pub fn unsafe_free_kill(pid: u32, signal: &str) {
+pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
 /// A holding interval observed by a client.
 #[derive(Clone, Debug)]
 pub struct Interval {
-    /// Lock.
+    /// Lock (tests key it by algorithm too: the algorithms' lock spaces are independent).
     pub lock: String,
     /// Token.
     pub token: u64,
@@ -253,4 +424,126 @@ pub fn check_intervals(mut iv: Vec<Interval>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The outcome of one acquire attempt by a client thread.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Node asked.
+    pub node: usize,
+    /// Algorithm.
+    pub algorithm: String,
+    /// HTTP status (0: connection failed).
+    pub status: u16,
+    /// How long the acquire took.
+    pub took: Duration,
+}
+
+/// Acquire, hold for `hold`, release, through node `i`; records the interval (keyed `algorithm/lock`) if
+/// granted. Returns the attempt.
+pub fn hold_once(
+    api: &Api,
+    i: usize,
+    lock: &str,
+    algorithm: &str,
+    timeout_ms: u64,
+    hold: Duration,
+    out: &Mutex<Vec<Interval>>,
+) -> Attempt {
+    let t0 = Instant::now();
+    let (status, g) =
+        api.acquire(i, lock, json!({"algorithm": algorithm, "timeout_ms": timeout_ms, "ttl_ms": 60000}));
+    let took = t0.elapsed();
+    if status == 200 {
+        let start = Instant::now();
+        let token = g["fencing_token"].as_u64().expect("fencing_token");
+        let lease = g["lease"].as_str().expect("lease").to_string();
+        std::thread::sleep(hold);
+        let end = Instant::now();
+        let (rs, rb) = api.release(i, lock, &lease);
+        // A release can fail only if the node died meanwhile (status 0); anything else is a bug.
+        assert!(rs == 200 || rs == 0, "release {lock} via node {i}: {rs} {rb}");
+        out.lock().unwrap().push(Interval { lock: format!("{algorithm}/{lock}"), token, start, end });
+    }
+    Attempt { node: i, algorithm: algorithm.to_string(), status, took }
+}
+
+/// A TCP proxy (one listening address → one upstream) that can drop every connection it carries.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    /// Listens on `listen` and forwards every connection to `upstream`.
+    pub fn start(listen: &str, upstream: &str) -> Proxy {
+        let listener = TcpListener::bind(listen).expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (c, s, a, up) = (conns.clone(), stop.clone(), accepted.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((down, _)) => {
+                        let _ = down.set_nonblocking(false);
+                        let Ok(upc) = TcpStream::connect(&up) else { continue };
+                        let _ = down.set_nodelay(true);
+                        let _ = upc.set_nodelay(true);
+                        a.fetch_add(1, Ordering::Relaxed);
+                        {
+                            let mut g = c.lock().unwrap();
+                            g.push(down.try_clone().expect("clone"));
+                            g.push(upc.try_clone().expect("clone"));
+                        }
+                        pipe(down.try_clone().expect("clone"), upc.try_clone().expect("clone"));
+                        pipe(upc, down);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Proxy { addr, conns, stop, accepted }
+    }
+
+    /// Drops every connection currently carried (both directions, both sides).
+    pub fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
 }
