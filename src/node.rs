@@ -615,6 +615,11 @@ impl Node {
                 }
             }
             Inbound::Message { from, incarnation, env } => {
+                if env.to_incarnation.is_some_and(|to| to != self.settings.incarnation) {
+                    // Meant for an earlier life of this node: the sender had not yet seen this incarnation.
+                    self.shared.metrics.inc("dmutex_bad_frames_total", vec![("reason", "misaddressed".into())], 1);
+                    return;
+                }
                 let algorithm = env.body.algorithm();
                 let kind = env.body.kind();
                 self.shared.metrics.inc(
@@ -720,7 +725,9 @@ impl Node {
                     1,
                 );
                 let ts = msg.timestamp().unwrap_or_else(|| self.engine_clock(algorithm));
-                if let Err(e) = self.transport.send(to, Envelope { ts, trace: BTreeMap::new(), body: msg }) {
+                let to_incarnation = self.engine_peer_incarnation(algorithm, to);
+                let env = Envelope { ts, trace: BTreeMap::new(), to_incarnation, body: msg };
+                if let Err(e) = self.transport.send(to, env) {
                     tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
                 }
             }
@@ -796,6 +803,14 @@ impl Node {
                     self.timers.remove(&(old, algorithm, timer));
                 }
             }
+        }
+    }
+
+    fn engine_peer_incarnation(&self, algorithm: Algorithm, peer: NodeId) -> Option<Incarnation> {
+        match algorithm {
+            Algorithm::Lamport => self.lamport.peers().incarnation(peer),
+            Algorithm::RicartAgrawala => self.ra.peers().incarnation(peer),
+            Algorithm::ProbableOwner => self.po.peers().incarnation(peer),
         }
     }
 

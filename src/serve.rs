@@ -120,7 +120,7 @@ fn start_workload(
         }
     });
     Some(Arc::new(move || {
-        let status = rx.borrow().clone();
+        let status = *rx.borrow();
         let report = report.lock().ok().and_then(|r| r.clone());
         serde_json::to_value(WorkloadResponse { status, report }).unwrap_or(serde_json::Value::Null)
     }))

@@ -309,7 +309,10 @@ pub fn run_with<P: Protocol>(
 #[derive(Clone, Debug)]
 enum Item<M> {
     /// A message or handshake on link `from→to`.
-    Deliver { from: NodeId, to: NodeId, event: Event<M> },
+    /// `to_inc`: the receiver incarnation the sender's engine addressed (None for handshakes and for a peer
+    /// it had not heard yet); a message addressed to an earlier incarnation is dropped on arrival, as the
+    /// transport does (see [`crate::wire::Envelope::to_incarnation`]).
+    Deliver { from: NodeId, to: NodeId, to_inc: Option<Incarnation>, event: Event<M> },
     /// A timer of `node`'s incarnation `inc`, valid if the node still has it set for `at`.
     Timer { node: NodeId, inc: Incarnation, timer: TimerId, at: Millis },
     /// The workload issues an acquire (from a random live node if `None`).
@@ -439,12 +442,16 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
 
     /// Queues `event` on link `from→to`, never ahead of what the link already carries.
     fn send_on_link(&mut self, from: NodeId, to: NodeId, event: Event<P::Msg>) {
+        self.send_addressed(from, to, None, event);
+    }
+
+    fn send_addressed(&mut self, from: NodeId, to: NodeId, to_inc: Option<Incarnation>, event: Event<P::Msg>) {
         let n = self.n();
         let link = usize::from(from.0) * n + usize::from(to.0);
         let at = Millis(self.now.0 + self.delay()).max(self.link_last[link]);
         self.link_last[link] = at;
         self.in_flight += 1;
-        self.schedule(at, Item::Deliver { from, to, event });
+        self.schedule(at, Item::Deliver { from, to, to_inc, event });
     }
 
     fn live(&self, node: NodeId) -> bool {
@@ -551,9 +558,13 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
 
     fn step(&mut self, item: Item<P::Msg>) -> Step {
         match item {
-            Item::Deliver { from, to, event } => {
+            Item::Deliver { from, to, to_inc, event } => {
                 self.in_flight -= 1;
                 if !self.live(to) {
+                    return Ok(());
+                }
+                if to_inc.is_some_and(|inc| inc != self.nodes[usize::from(to.0)].incarnation) {
+                    note!(self, "t={} {from}→{to} dropped: addressed to incarnation {to_inc:?}", self.now.0);
                     return Ok(());
                 }
                 note!(self, "t={} {from}→{to} {event:?}", self.now.0);
@@ -749,8 +760,10 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 if !self.live(to) {
                     return Ok(());
                 }
-                let incarnation = self.nodes[usize::from(node.0)].incarnation;
-                self.send_on_link(node, to, Event::Message { from: node, incarnation, msg });
+                let state = &self.nodes[usize::from(node.0)];
+                let incarnation = state.incarnation;
+                let to_inc = state.engine.as_ref().and_then(|e| e.peers().incarnation(to));
+                self.send_addressed(node, to, to_inc, Event::Message { from: node, incarnation, msg });
                 Ok(())
             }
             Action::Granted { req, lock, token } => self.granted(node, req, lock, token),

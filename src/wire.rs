@@ -69,6 +69,10 @@ pub struct Envelope<T> {
     pub ts: LamportTs,
     /// Trace context (W3C `traceparent`, `tracestate`, …); empty when tracing is off.
     pub trace: BTreeMap<String, String>,
+    /// The receiver incarnation the sender's core addressed, if it knew one. The receiver drops a message
+    /// addressed to an earlier life of itself: a core's message must never reach the incarnation that came
+    /// after the one it was meant for (a stale REPLY would satisfy Lamport's rule 5 there).
+    pub to_incarnation: Option<Incarnation>,
     /// The payload (the node's enum of algorithm messages).
     pub body: T,
 }
@@ -76,7 +80,7 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// An envelope without trace context.
     pub fn new(ts: LamportTs, body: T) -> Self {
-        Envelope { ts, trace: BTreeMap::new(), body }
+        Envelope { ts, trace: BTreeMap::new(), to_incarnation: None, body }
     }
 }
 
@@ -522,7 +526,7 @@ mod tests {
                 mac: vec![],
             },
             Frame::Refuse { reason: RefuseReason::BadSecret },
-            Frame::Data { seq: 5, env: Envelope { ts: LamportTs(3), trace, body: "hi".into() } },
+            Frame::Data { seq: 5, env: Envelope { ts: LamportTs(3), trace, to_incarnation: Some(Incarnation(4)), body: "hi".into() } },
             Frame::Ack { seq: u64::MAX },
             Frame::Bye,
         ]

@@ -158,24 +158,24 @@ fn probable_owner_crash_sweep() {
     sweep::<ProbableOwner>(0, SEEDS_PER_CELL, &[SimMode::Crashes]);
 }
 
-/// Mutual exclusion broken after a restart: node 1 restarts while its old `REQUEST(lock1, ts 11)` is still in
+/// Regression (was: mutual exclusion broken after a restart). Node 1 restarts while its old `REQUEST(lock1, ts 11)` is still in
 /// flight to node 0; node 0 answers it with `REPLY(ts 13)` before it has seen node 1's new handshake, and
 /// only then re-sends its own outstanding requests (entered, `REQUEST(lock0, ts 0)`) to the new incarnation,
 /// behind that REPLY on the same link. Node 1 (incarnation 1) requests lock0 with ts 9, receives the stale
 /// REPLY(ts 13) first, counts it for rule 5 (a later message from every peer) with its own request at the
-/// head of its queue, and enters lock0 while node 0 holds it.
+/// head of its queue, and entered lock0 while node 0 held it. Fixed by addressing: every message carries the
+/// receiver incarnation its sender's core knew (`Envelope::to_incarnation`), and a message addressed to an
+/// earlier life of the receiver is dropped on arrival, so the stale REPLY never reaches incarnation 1.
 #[test]
-#[ignore = "known Lamport bug: a REPLY sent to a peer's old incarnation counts for rule 5 at the new one"]
-fn known_lamport_mutual_exclusion_after_restart_seed_1267() {
-    known_failure::<Lamport>(SimMode::Crashes, 2, 1267);
+fn regression_lamport_stale_reply_after_restart_seed_1267() {
+    run_one::<Lamport>(SimMode::Crashes, 2, 1267).unwrap_or_else(|e| panic!("{e}"));
+    run_one::<Lamport>(SimMode::Crashes, 2, 9432).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Mutual exclusion broken on three nodes after node 0 restarts (found by the soak; likely the same stale-REPLY
-/// class, not analysed further).
+/// Regression: the same stale-message class on three nodes (found by the soak); passes since addressing.
 #[test]
-#[ignore = "known Lamport bug: a REPLY sent to a peer's old incarnation counts for rule 5 at the new one"]
-fn known_lamport_mutual_exclusion_after_restart_seed_2098() {
-    known_failure::<Lamport>(SimMode::Crashes, 3, 2098);
+fn regression_lamport_after_restart_seed_2098() {
+    run_one::<Lamport>(SimMode::Crashes, 3, 2098).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Replays one known failing preset and fails with its violation.
