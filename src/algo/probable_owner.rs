@@ -524,9 +524,13 @@ impl LockState {
             if cx.is_home() {
                 // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
                 self.at_home(cx, out, cx.me, seq, true);
+            } else if self.hint.1 >= epoch {
+                // The home's round saw us own at `epoch`, but we have moved on since: our own hint is fresher.
+                let (target, claim) = self.hint;
+                self.send_own_acq(cx, out, target, claim, false);
             }
-            // Otherwise only the home names a requester to itself, after a round found the token in flight to
-            // it (case 2): the grant is coming. Asking again would only start round after round.
+            // Otherwise the home's round found the token in flight to us: the grant is coming. Asking again
+            // would only start round after round.
             return;
         }
         p.hops += 1;
@@ -624,6 +628,9 @@ impl LockState {
                 .map(|(to, _, epoch)| (to, epoch)),
         };
         if let Some((owner, epoch)) = found {
+            // Reports are older than the home's own knowledge: a transfer it saw during the round is fresher.
+            let (owner, epoch) =
+                if self.hint.0 != cx.me && self.hint.1 > epoch { self.hint } else { (owner, epoch) };
             self.record = Some((owner, epoch));
             self.learn(cx, owner, epoch);
             self.redispatch(cx, out, round.waiters);
