@@ -511,10 +511,11 @@ impl LockState {
         epoch: u64,
     ) {
         self.learn(cx, owner, epoch);
+        // Any redirect moves our pending request along, even one answering an older request number: entries
+        // carry no incarnation and numbers restart after a restart, so a queue or round may hold our request
+        // under a stale number. Following a stale redirect only makes a duplicate, which is harmless.
+        let _ = seq;
         let Some(p) = &mut self.pending else { return };
-        if p.seq != seq {
-            return; // An answer to an older request.
-        }
         if !p.wants && p.buffered.is_empty() {
             // Withdrawn and not queued anywhere: nobody needs this request any more.
             self.pending = None;
