@@ -308,8 +308,12 @@ impl LockState {
             self.transfer(cx, out);
         }
         if let Some(p) = &mut self.pending {
-            // A withdrawn request is still out there (queued or travelling): want it again.
+            // A withdrawn request may still be out there, or may have been lost with a dead node's queue while
+            // nobody wanted it: want it again and ask again (a duplicate is harmless).
             p.wants = true;
+            p.hops = 0;
+            let (target, claim) = self.hint;
+            self.send_own_acq(cx, out, target, claim, false);
             return;
         }
         self.req_seq += 1;
@@ -502,25 +506,18 @@ impl LockState {
         result
     }
 
-    fn on_redirect(
-        &mut self,
-        cx: &Ctx<'_>,
-        out: &mut Vec<Output<PoMsg>>,
-        seq: u64,
-        owner: NodeId,
-        epoch: u64,
-    ) {
+    fn on_redirect(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, owner: NodeId, epoch: u64) {
         self.learn(cx, owner, epoch);
         // Any redirect moves our pending request along, even one answering an older request number: entries
         // carry no incarnation and numbers restart after a restart, so a queue or round may hold our request
         // under a stale number. Following a stale redirect only makes a duplicate, which is harmless.
-        let _ = seq;
         let Some(p) = &mut self.pending else { return };
         if !p.wants && p.buffered.is_empty() {
-            // Withdrawn and not queued anywhere: nobody needs this request any more.
+            // Withdrawn and nobody waits behind it: forget it. A grant it still earns is passed on.
             self.pending = None;
             return;
         }
+        let seq = p.seq;
         if owner == cx.me {
             if cx.is_home() {
                 // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
@@ -836,7 +833,7 @@ impl Protocol for ProbableOwner {
                 self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, epoch, suspect));
                 Ok(())
             }
-            PoMsg::Rep { lock, seq, outcome } => match outcome {
+            PoMsg::Rep { lock, seq: _, outcome } => match outcome {
                 RepOutcome::Granted { epoch, queue, to_incarnation } => {
                     self.with_lock(&lock, peers, |st, cx| {
                         st.on_granted(cx, out, from, epoch, queue, to_incarnation)
@@ -846,7 +843,7 @@ impl Protocol for ProbableOwner {
                     if !peers.contains(owner) {
                         return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
                     }
-                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, seq, owner, epoch));
+                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, owner, epoch));
                     Ok(())
                 }
             },
