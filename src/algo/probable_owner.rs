@@ -225,6 +225,9 @@ struct LockState {
     max_epoch: u64,
     /// Home only: the freshest known owner; `None` until a round or an update says.
     record: Option<(NodeId, u64)>,
+    /// Home only: the sender of the in-flight transfer a round's case (2) relied on. If it restarts before the
+    /// record is confirmed, the recipient may have fenced that transfer off: the round must run again.
+    record_via: Option<NodeId>,
     /// Home only: the recovery round in progress.
     round: Option<Round>,
     /// Rounds started by this node for this lock (part of the round id).
@@ -271,6 +274,7 @@ impl LockState {
             last_out: None,
             max_epoch: 0,
             record: None,
+            record_via: None,
             round: None,
             rounds: 0,
             req_seq: 0,
@@ -291,6 +295,9 @@ impl LockState {
         if let Some(rec) = &mut self.record
             && epoch >= rec.1
         {
+            if *rec != (owner, epoch) {
+                self.record_via = None;
+            }
             *rec = (owner, epoch);
         }
     }
@@ -449,6 +456,7 @@ impl LockState {
         self.max_epoch = self.max_epoch.max(epoch);
         if cx.is_home() {
             self.record = Some((to, epoch));
+            self.record_via = None;
         }
     }
 
@@ -492,6 +500,7 @@ impl LockState {
         self.hint = (cx.me, epoch);
         if cx.is_home() {
             self.record = Some((cx.me, epoch));
+            self.record_via = None;
         } else if cx.home != from {
             let msg = PoMsg::OwnerUpdate { lock: cx.lock.to_owned(), owner: cx.me, epoch };
             cx.send(out, cx.home, msg);
@@ -611,6 +620,7 @@ impl LockState {
         }
         let Some(round) = self.round.take() else { return };
         let owner = round.reports.iter().filter_map(|(node, rep)| rep.owned.map(|e| (e, *node))).max();
+        let mut via = None;
         let found = match (&self.owned, owner) {
             // The token reached the home during the round.
             (Some(o), _) => Some((cx.me, o.epoch)),
@@ -619,17 +629,24 @@ impl LockState {
             // (2) The newest transfer is in flight to a live incarnation.
             (None, None) => round
                 .reports
-                .values()
-                .filter_map(|rep| rep.last_out)
-                .max_by_key(|&(_, _, epoch)| epoch)
-                .filter(|&(to, inc, _)| cx.peers.incarnation(to) == Some(inc))
-                .map(|(to, _, epoch)| (to, epoch)),
+                .iter()
+                .filter_map(|(sender, rep)| rep.last_out.map(|l| (*sender, l)))
+                .max_by_key(|&(_, (_, _, epoch))| epoch)
+                .filter(|&(_, (to, inc, _))| cx.peers.incarnation(to) == Some(inc))
+                .map(|(sender, (to, _, epoch))| {
+                    via = Some(sender);
+                    (to, epoch)
+                }),
         };
         if let Some((owner, epoch)) = found {
             // Reports are older than the home's own knowledge: a transfer it saw during the round is fresher.
-            let (owner, epoch) =
-                if self.hint.0 != cx.me && self.hint.1 > epoch { self.hint } else { (owner, epoch) };
+            let (owner, epoch, via) = if self.hint.0 != cx.me && self.hint.1 > epoch {
+                (self.hint.0, self.hint.1, None)
+            } else {
+                (owner, epoch, via)
+            };
             self.record = Some((owner, epoch));
+            self.record_via = via;
             self.learn(cx, owner, epoch);
             self.redispatch(cx, out, round.waiters);
             return;
@@ -654,6 +671,7 @@ impl LockState {
         self.owned = Some(Owned { epoch: round.floor, seq: 0, queue, held: false });
         self.hint = (cx.me, round.floor);
         self.record = Some((cx.me, round.floor));
+        self.record_via = None;
         self.max_epoch = self.max_epoch.max(round.floor);
         if pending.is_some_and(|p| p.wants) {
             self.enter(cx, out);
@@ -697,7 +715,9 @@ impl LockState {
         if cx.is_home() {
             if self.round.is_some() {
                 self.start_round(cx, out, VecDeque::new());
-            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == peer) {
+            } else if self.owned.is_none()
+                && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer))
+            {
                 self.start_round(cx, out, VecDeque::new());
             }
         }
