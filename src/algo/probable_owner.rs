@@ -16,9 +16,13 @@
 //!   recipient; a redirect updates the hint if it is not older. A non-owner answers `LOCK_ACQ` with
 //!   `Redirect{hint}` (with the home instead when the hint names the requester or the node itself). The new
 //!   owner tells the home (`OWNER_UPDATE`) so that the home's *record* stays fresh and chains stay short.
-//! * **In transit.** A node that has its own request outstanding and receives `LOCK_ACQ` *buffers* it and
-//!   serves it once ownership arrives ("a request that arrives while ownership is in transit must wait").
-//!   It never grants from stale state: this is what kills the seed's double grant.
+//! * **In transit.** `LOCK_ACQ` carries the epoch at which the requester believes the addressee owns. A node
+//!   with its own request outstanding whose hint is older than that epoch *buffers* the request and serves it
+//!   once ownership arrives ("a request that arrives while ownership is in transit must wait"); it never
+//!   grants from stale state, which is what kills the seed's double grant. A pending node whose hint is at
+//!   least that new owned that epoch and moved on: it redirects (buffering there could close a cycle of
+//!   pending nodes waiting for each other). The home buffers only when its record names itself; otherwise it
+//!   routes (redirect or round), so a request re-sent to the home never waits behind the home's own.
 //! * **Fairness.** The owner queues requests (one entry per node, FIFO); release hands the token to the head.
 //!   A local request at an owner whose queue is non-empty first hands the token on, then queues like anyone.
 //!   Without contention the token stays with its last owner: a repeated acquire costs no message.
@@ -35,7 +39,18 @@
 //!   regenerates ownership at epoch `floor` with the round's waiters as its queue; otherwise it runs a new
 //!   round above the highest epoch reported. A restart of any peer during a round restarts the round.
 //!   A freshly started home has *no* record: the first use of every lock runs a round, so a restarted home
-//!   never assumes it owns anything.
+//!   never assumes it owns anything. Reported `max_epoch` is the value *before* the query's floor is recorded.
+//! * **Lost queues.** A transfer addressed to a dead incarnation loses the token and the queue riding with
+//!   it. So: a node with a wanted request re-sends it to the home when it receives a query (ahead of its
+//!   report, same FIFO link, so it is among the round's waiters); a node whose last transfer went to an
+//!   incarnation that has since restarted asks the home for a round (`suspect` request, number 0); a node
+//!   that re-wants a withdrawn request re-sends it; and the home re-runs the round if the sender that a
+//!   case (2) decision relied on restarts (the recipient may have fenced that transfer off).
+//! * **Restarts.** `peer_restarted(p)` does *not* drop `p`'s queue entries: entries carry no incarnation, and
+//!   one that arrived inside a transferred queue may be the new incarnation's request. A grant to a node that
+//!   no longer wants the lock is passed straight on (one extra hop). Request numbers restart with the
+//!   incarnation, so a pending node follows any redirect for the lock, not only one echoing its number;
+//!   a redirect naming the node itself is waited on only if its own hint is older than the epoch named.
 //!
 //! # Assumptions
 //!
@@ -49,6 +64,13 @@
 //! At most one live token per lock (owner or in-flight grant that will be accepted); epochs of a lineage
 //! strictly increase and a regenerated epoch exceeds every epoch any live node has seen, so fencing tokens
 //! strictly increase in grant order. An owner's queue never contains itself and holds one entry per node.
+//!
+//! # Limitation
+//!
+//! Fencing tokens can repeat across crashes when *every* node that knew an epoch dies before a round sees it
+//! (for example the sender of a transfer, then its recipient, one after the other; the home skips
+//! `OWNER_UPDATE` when it is the recipient): a regeneration may then reuse that epoch. Mutual exclusion is not
+//! affected (the old holder is dead); closing this needs the epoch on a second live node before first use.
 //!
 //! Must never: grant without owning, grant from a pending node, enter after a withdraw, panic on a message.
 
@@ -712,14 +734,12 @@ impl LockState {
         if self.hint.0 == peer {
             self.hint = (cx.home, self.hint.1);
         }
-        if cx.is_home() {
-            if self.round.is_some() {
-                self.start_round(cx, out, VecDeque::new());
-            } else if self.owned.is_none()
-                && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer))
-            {
-                self.start_round(cx, out, VecDeque::new());
-            }
+        // A round in progress restarts (its reports may predate the restart); a record that names the dead
+        // incarnation, or relies on a transfer it sent, must be found again.
+        let record_stale = self.owned.is_none()
+            && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer));
+        if cx.is_home() && (self.round.is_some() || record_stale) {
+            self.start_round(cx, out, VecDeque::new());
         }
         // The token we handed to the dead incarnation (and the queue riding with it) may have died with it.
         let lost = self.owned.is_none()
