@@ -16,9 +16,13 @@
 //!   recipient; a redirect updates the hint if it is not older. A non-owner answers `LOCK_ACQ` with
 //!   `Redirect{hint}` (with the home instead when the hint names the requester or the node itself). The new
 //!   owner tells the home (`OWNER_UPDATE`) so that the home's *record* stays fresh and chains stay short.
-//! * **In transit.** A node that has its own request outstanding and receives `LOCK_ACQ` *buffers* it and
-//!   serves it once ownership arrives ("a request that arrives while ownership is in transit must wait").
-//!   It never grants from stale state: this is what kills the seed's double grant.
+//! * **In transit.** `LOCK_ACQ` carries the epoch at which the requester believes the addressee owns. A node
+//!   with its own request outstanding whose hint is older than that epoch *buffers* the request and serves it
+//!   once ownership arrives ("a request that arrives while ownership is in transit must wait"); it never
+//!   grants from stale state, which is what kills the seed's double grant. A pending node whose hint is at
+//!   least that new owned that epoch and moved on: it redirects (buffering there could close a cycle of
+//!   pending nodes waiting for each other). The home buffers only when its record names itself; otherwise it
+//!   routes (redirect or round), so a request re-sent to the home never waits behind the home's own.
 //! * **Fairness.** The owner queues requests (one entry per node, FIFO); release hands the token to the head.
 //!   A local request at an owner whose queue is non-empty first hands the token on, then queues like anyone.
 //!   Without contention the token stays with its last owner: a repeated acquire costs no message.
@@ -35,7 +39,18 @@
 //!   regenerates ownership at epoch `floor` with the round's waiters as its queue; otherwise it runs a new
 //!   round above the highest epoch reported. A restart of any peer during a round restarts the round.
 //!   A freshly started home has *no* record: the first use of every lock runs a round, so a restarted home
-//!   never assumes it owns anything.
+//!   never assumes it owns anything. Reported `max_epoch` is the value *before* the query's floor is recorded.
+//! * **Lost queues.** A transfer addressed to a dead incarnation loses the token and the queue riding with
+//!   it. So: a node with a wanted request re-sends it to the home when it receives a query (ahead of its
+//!   report, same FIFO link, so it is among the round's waiters); a node whose last transfer went to an
+//!   incarnation that has since restarted asks the home for a round (`suspect` request, number 0); a node
+//!   that re-wants a withdrawn request re-sends it; and the home re-runs the round if the sender that a
+//!   case (2) decision relied on restarts (the recipient may have fenced that transfer off).
+//! * **Restarts.** `peer_restarted(p)` does *not* drop `p`'s queue entries: entries carry no incarnation, and
+//!   one that arrived inside a transferred queue may be the new incarnation's request. A grant to a node that
+//!   no longer wants the lock is passed straight on (one extra hop). Request numbers restart with the
+//!   incarnation, so a pending node follows any redirect for the lock, not only one echoing its number;
+//!   a redirect naming the node itself is waited on only if its own hint is older than the epoch named.
 //!
 //! # Assumptions
 //!
@@ -49,6 +64,13 @@
 //! At most one live token per lock (owner or in-flight grant that will be accepted); epochs of a lineage
 //! strictly increase and a regenerated epoch exceeds every epoch any live node has seen, so fencing tokens
 //! strictly increase in grant order. An owner's queue never contains itself and holds one entry per node.
+//!
+//! # Limitation
+//!
+//! Fencing tokens can repeat across crashes when *every* node that knew an epoch dies before a round sees it
+//! (for example the sender of a transfer, then its recipient, one after the other; the home skips
+//! `OWNER_UPDATE` when it is the recipient): a regeneration may then reuse that epoch. Mutual exclusion is not
+//! affected (the old holder is dead); closing this needs the epoch on a second live node before first use.
 //!
 //! Must never: grant without owning, grant from a pending node, enter after a withdraw, panic on a message.
 
@@ -94,6 +116,10 @@ pub enum PoMsg {
         requester: NodeId,
         /// The requester's request number, echoed in the reply.
         seq: u64,
+        /// The epoch at which the requester believes the addressee owns the lock. A pending addressee whose
+        /// own hint is at least this new has owned that epoch and moved on, so it redirects instead of
+        /// buffering (buffering is only for ownership that may still be travelling to it).
+        epoch: u64,
         /// The requester has been redirected too often: the home should run a recovery round.
         suspect: bool,
     },
@@ -221,6 +247,9 @@ struct LockState {
     max_epoch: u64,
     /// Home only: the freshest known owner; `None` until a round or an update says.
     record: Option<(NodeId, u64)>,
+    /// Home only: the sender of the in-flight transfer a round's case (2) relied on. If it restarts before the
+    /// record is confirmed, the recipient may have fenced that transfer off: the round must run again.
+    record_via: Option<NodeId>,
     /// Home only: the recovery round in progress.
     round: Option<Round>,
     /// Rounds started by this node for this lock (part of the round id).
@@ -267,6 +296,7 @@ impl LockState {
             last_out: None,
             max_epoch: 0,
             record: None,
+            record_via: None,
             round: None,
             rounds: 0,
             req_seq: 0,
@@ -287,6 +317,9 @@ impl LockState {
         if let Some(rec) = &mut self.record
             && epoch >= rec.1
         {
+            if *rec != (owner, epoch) {
+                self.record_via = None;
+            }
             *rec = (owner, epoch);
         }
     }
@@ -304,14 +337,18 @@ impl LockState {
             self.transfer(cx, out);
         }
         if let Some(p) = &mut self.pending {
-            // A withdrawn request is still out there (queued or travelling): want it again.
+            // A withdrawn request may still be out there, or may have been lost with a dead node's queue while
+            // nobody wanted it: want it again and ask again (a duplicate is harmless).
             p.wants = true;
+            p.hops = 0;
+            let (target, claim) = self.hint;
+            self.send_own_acq(cx, out, target, claim, false);
             return;
         }
         self.req_seq += 1;
         self.pending = Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0 });
-        let target = self.hint.0;
-        self.send_own_acq(cx, out, target, false);
+        let (target, claim) = self.hint;
+        self.send_own_acq(cx, out, target, claim, false);
     }
 
     /// Grants to this node itself (it owns the token and it is free).
@@ -331,15 +368,23 @@ impl LockState {
         out.push(Output::Entered { lock: cx.lock.to_owned(), token });
     }
 
-    /// Sends this node's pending request towards `target` (the home when `target` is this node).
-    fn send_own_acq(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, target: NodeId, suspect: bool) {
+    /// Sends this node's pending request towards `target`, believed to own at epoch `claim` (the home when
+    /// `target` is this node).
+    fn send_own_acq(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        target: NodeId,
+        claim: u64,
+        suspect: bool,
+    ) {
         let Some(p) = &self.pending else { return };
         let seq = p.seq;
-        let target = if target == cx.me || suspect { cx.home } else { target };
+        let (target, epoch) = if target == cx.me || suspect { (cx.home, 0) } else { (target, claim) };
         if target == cx.me {
             self.at_home(cx, out, cx.me, seq, suspect);
         } else {
-            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, suspect };
+            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, epoch, suspect };
             cx.send(out, target, msg);
         }
     }
@@ -361,7 +406,7 @@ impl LockState {
             Some((owner, epoch)) if !suspect && owner != requester && owner != cx.me => {
                 if requester == cx.me {
                     self.learn(cx, owner, epoch);
-                    let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, suspect: false };
+                    let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, epoch, suspect: false };
                     cx.send(out, owner, msg);
                 } else {
                     let outcome = RepOutcome::Redirect { owner, epoch };
@@ -373,12 +418,14 @@ impl LockState {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_acq(
         &mut self,
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
         requester: NodeId,
         seq: u64,
+        claim: u64,
         suspect: bool,
     ) {
         if let Some(o) = &mut self.owned {
@@ -400,8 +447,12 @@ impl LockState {
             }
             return;
         }
-        if let Some(p) = &mut self.pending {
-            // Ownership may be on its way here: wait for it rather than answer from stale state.
+        if let Some(p) = &mut self.pending
+            && self.hint.1 < claim
+        {
+            // The requester knows of an epoch at which we own that we have not seen: ownership may be on its
+            // way here. Wait for it rather than answer from stale state. (With a hint at least that new we
+            // owned that epoch and moved on: waiting here could close a cycle of pending nodes.)
             add_waiter(&mut p.buffered, requester, seq);
             return;
         }
@@ -427,10 +478,10 @@ impl LockState {
         self.max_epoch = self.max_epoch.max(epoch);
         if cx.is_home() {
             self.record = Some((to, epoch));
+            self.record_via = None;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_granted(
         &mut self,
         cx: &Ctx<'_>,
@@ -471,6 +522,7 @@ impl LockState {
         self.hint = (cx.me, epoch);
         if cx.is_home() {
             self.record = Some((cx.me, epoch));
+            self.record_via = None;
         } else if cx.home != from {
             let msg = PoMsg::OwnerUpdate { lock: cx.lock.to_owned(), owner: cx.me, epoch };
             cx.send(out, cx.home, msg);
@@ -485,35 +537,37 @@ impl LockState {
         result
     }
 
-    fn on_redirect(
-        &mut self,
-        cx: &Ctx<'_>,
-        out: &mut Vec<Output<PoMsg>>,
-        seq: u64,
-        owner: NodeId,
-        epoch: u64,
-    ) {
+    fn on_redirect(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, owner: NodeId, epoch: u64) {
         self.learn(cx, owner, epoch);
+        // Any redirect moves our pending request along, even one answering an older request number: entries
+        // carry no incarnation and numbers restart after a restart, so a queue or round may hold our request
+        // under a stale number. Following a stale redirect only makes a duplicate, which is harmless.
         let Some(p) = &mut self.pending else { return };
-        if p.seq != seq {
-            return; // An answer to an older request.
-        }
         if !p.wants && p.buffered.is_empty() {
-            // Withdrawn and not queued anywhere: nobody needs this request any more.
+            // Withdrawn and nobody waits behind it: forget it. A grant it still earns is passed on.
             self.pending = None;
             return;
         }
+        let seq = p.seq;
         if owner == cx.me {
-            // Only the home names a requester to itself, after a round found the token in flight to it
-            // (case 2): the grant is coming. Asking again would only start round after round.
+            if cx.is_home() {
+                // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
+                self.at_home(cx, out, cx.me, seq, true);
+            } else if self.hint.1 >= epoch {
+                // The home's round saw us own at `epoch`, but we have moved on since: our own hint is fresher.
+                let (target, claim) = self.hint;
+                self.send_own_acq(cx, out, target, claim, false);
+            }
+            // Otherwise the home's round found the token in flight to us: the grant is coming. Asking again
+            // would only start round after round.
             return;
         }
         p.hops += 1;
         if p.hops as usize > 2 * cx.n {
             p.hops = 0;
-            self.send_own_acq(cx, out, cx.home, true);
+            self.send_own_acq(cx, out, cx.home, 0, true);
         } else {
-            self.send_own_acq(cx, out, owner, false);
+            self.send_own_acq(cx, out, owner, epoch, false);
         }
     }
 
@@ -588,6 +642,7 @@ impl LockState {
         }
         let Some(round) = self.round.take() else { return };
         let owner = round.reports.iter().filter_map(|(node, rep)| rep.owned.map(|e| (e, *node))).max();
+        let mut via = None;
         let found = match (&self.owned, owner) {
             // The token reached the home during the round.
             (Some(o), _) => Some((cx.me, o.epoch)),
@@ -596,14 +651,24 @@ impl LockState {
             // (2) The newest transfer is in flight to a live incarnation.
             (None, None) => round
                 .reports
-                .values()
-                .filter_map(|rep| rep.last_out)
-                .max_by_key(|&(_, _, epoch)| epoch)
-                .filter(|&(to, inc, _)| cx.peers.incarnation(to) == Some(inc))
-                .map(|(to, _, epoch)| (to, epoch)),
+                .iter()
+                .filter_map(|(sender, rep)| rep.last_out.map(|l| (*sender, l)))
+                .max_by_key(|&(_, (_, _, epoch))| epoch)
+                .filter(|&(_, (to, inc, _))| cx.peers.incarnation(to) == Some(inc))
+                .map(|(sender, (to, _, epoch))| {
+                    via = Some(sender);
+                    (to, epoch)
+                }),
         };
         if let Some((owner, epoch)) = found {
+            // Reports are older than the home's own knowledge: a transfer it saw during the round is fresher.
+            let (owner, epoch, via) = if self.hint.0 != cx.me && self.hint.1 > epoch {
+                (self.hint.0, self.hint.1, None)
+            } else {
+                (owner, epoch, via)
+            };
             self.record = Some((owner, epoch));
+            self.record_via = via;
             self.learn(cx, owner, epoch);
             self.redispatch(cx, out, round.waiters);
             return;
@@ -628,6 +693,7 @@ impl LockState {
         self.owned = Some(Owned { epoch: round.floor, seq: 0, queue, held: false });
         self.hint = (cx.me, round.floor);
         self.record = Some((cx.me, round.floor));
+        self.record_via = None;
         self.max_epoch = self.max_epoch.max(round.floor);
         if pending.is_some_and(|p| p.wants) {
             self.enter(cx, out);
@@ -642,8 +708,8 @@ impl LockState {
             if node == cx.me {
                 match &self.pending {
                     Some(p) if p.wants || !p.buffered.is_empty() => {
-                        let target = self.hint.0;
-                        self.send_own_acq(cx, out, target, false);
+                        let (target, claim) = self.hint;
+                        self.send_own_acq(cx, out, target, claim, false);
                     }
                     Some(_) => self.pending = None,
                     None => {}
@@ -655,42 +721,69 @@ impl LockState {
                 let outcome = RepOutcome::Redirect { owner: node, epoch };
                 cx.send(out, node, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
             } else {
-                self.on_acq(cx, out, node, seq, false);
+                self.on_acq(cx, out, node, seq, 0, false);
             }
         }
     }
 
     /// Forgets what `peer`'s previous incarnation asked for or held; re-sends what it may have lost.
     fn peer_restarted(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, peer: NodeId) {
-        if let Some(o) = &mut self.owned {
-            o.queue.retain(|(n, _)| *n != peer);
-        }
-        if let Some(p) = &mut self.pending {
-            p.buffered.retain(|(n, _)| *n != peer);
-        }
+        // Queue, buffer and round entries of `peer` are kept: an entry carries no incarnation, and one that
+        // reached us inside a transferred queue may be the *new* incarnation's request. A grant to a node that
+        // no longer wants the lock costs one hop (it passes the token on); a dropped request would wait forever.
         if self.hint.0 == peer {
             self.hint = (cx.home, self.hint.1);
         }
-        if cx.is_home() {
-            if let Some(r) = &mut self.round {
-                r.waiters.retain(|(n, _)| *n != peer);
-                self.start_round(cx, out, VecDeque::new());
-            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == peer) {
-                self.start_round(cx, out, VecDeque::new());
-            }
+        // A round in progress restarts (its reports may predate the restart); a record that names the dead
+        // incarnation, or relies on a transfer it sent, must be found again.
+        let record_stale = self.owned.is_none()
+            && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer));
+        if cx.is_home() && (self.round.is_some() || record_stale) {
+            self.start_round(cx, out, VecDeque::new());
         }
+        // The token we handed to the dead incarnation (and the queue riding with it) may have died with it.
+        let lost = self.owned.is_none()
+            && self
+                .last_out
+                .is_some_and(|(to, inc, _)| to == peer && cx.peers.incarnation(peer) != Some(inc));
         match &mut self.pending {
             // Our request may have been in the dead incarnation's queue: ask again (duplicates are harmless).
             Some(p) if p.wants || !p.buffered.is_empty() => {
                 p.hops = 0;
-                self.send_own_acq(cx, out, cx.home, false);
+                self.send_own_acq(cx, out, cx.home, 0, lost);
+                return;
             }
             Some(_) => self.pending = None,
             None => {}
         }
+        if lost {
+            if cx.is_home() {
+                if self.round.is_none() {
+                    self.start_round(cx, out, VecDeque::new());
+                }
+            } else {
+                // Request number 0 matches no request of ours: a grant it earns is simply passed on.
+                let msg = PoMsg::Acq {
+                    lock: cx.lock.to_owned(),
+                    requester: cx.me,
+                    seq: 0,
+                    epoch: 0,
+                    suspect: true,
+                };
+                cx.send(out, cx.home, msg);
+            }
+        }
     }
 
     fn on_query(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, round: u64, floor: u64) {
+        if let Some(p) = &mut self.pending
+            && (p.wants || !p.buffered.is_empty())
+        {
+            // Our request may have ridden in a queue that was lost with a dead incarnation. Re-sending it ahead
+            // of the report (same FIFO link) puts it among the round's waiters; duplicates are harmless.
+            p.hops = 0;
+            self.send_own_acq(cx, out, cx.home, 0, false);
+        }
         let rep = self.own_report();
         self.max_epoch = self.max_epoch.max(floor);
         let msg = PoMsg::Report {
@@ -773,14 +866,14 @@ impl Protocol for ProbableOwner {
         }
         let home = home_node(msg.lock(), self.n);
         match msg {
-            PoMsg::Acq { lock, requester, seq, suspect } => {
+            PoMsg::Acq { lock, requester, seq, epoch, suspect } => {
                 if requester != from {
                     return Err(Self::unexpected(from, kind, "requester is not the sender"));
                 }
-                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, suspect));
+                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, epoch, suspect));
                 Ok(())
             }
-            PoMsg::Rep { lock, seq, outcome } => match outcome {
+            PoMsg::Rep { lock, seq: _, outcome } => match outcome {
                 RepOutcome::Granted { epoch, queue, to_incarnation } => {
                     self.with_lock(&lock, peers, |st, cx| {
                         st.on_granted(cx, out, from, epoch, queue, to_incarnation)
@@ -790,7 +883,7 @@ impl Protocol for ProbableOwner {
                     if !peers.contains(owner) {
                         return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
                     }
-                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, seq, owner, epoch));
+                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, owner, epoch));
                     Ok(())
                 }
             },
@@ -890,8 +983,8 @@ mod tests {
         Output::Send { to: NodeId(to), msg }
     }
 
-    fn acq(lock: &str, requester: u16, seq: u64) -> PoMsg {
-        PoMsg::Acq { lock: lock.into(), requester: NodeId(requester), seq, suspect: false }
+    fn acq(lock: &str, requester: u16, seq: u64, epoch: u64) -> PoMsg {
+        PoMsg::Acq { lock: lock.into(), requester: NodeId(requester), seq, epoch, suspect: false }
     }
 
     fn granted(lock: &str, seq: u64, epoch: u64, queue: &[(u16, u64)]) -> PoMsg {
@@ -1058,7 +1151,7 @@ mod tests {
         let lock = lock_homed_at(0, 3);
         let mut net = Net::new(3);
         // Initial hint: the home.
-        assert_eq!(net.request(1, &lock), vec![send(0, acq(&lock, 1, 1))]);
+        assert_eq!(net.request(1, &lock), vec![send(0, acq(&lock, 1, 1, 0))]);
         // A fresh home knows no owner: it asks everyone instead of granting from nothing.
         let incarnations: Vec<_> = (0..3).map(|i| (NodeId(i), Incarnation(0))).collect();
         let query =
@@ -1066,15 +1159,17 @@ mod tests {
         assert_eq!(net.deliver(1, 0), vec![send(1, query(1)), send(2, query(2))]);
         let report =
             PoMsg::Report { lock: lock.clone(), round: 1, owned: None, last_out: None, max_epoch: 0 };
-        assert_eq!(net.deliver(0, 1), vec![send(0, report.clone())]);
+        // A pending node re-sends its request ahead of its report (it may have been in a lost queue).
+        assert_eq!(net.deliver(0, 1), vec![send(0, acq(&lock, 1, 1, 0)), send(0, report.clone())]);
         assert_eq!(net.deliver(0, 2), vec![send(0, report)]);
+        assert_eq!(net.deliver(1, 0), vec![]); // the duplicate request joins the round's waiters once
         assert_eq!(net.deliver(1, 0), vec![]);
         // Every report in, nobody owns, nothing in flight, nobody saw epoch 1: regenerate at 1, hand over at 2.
         assert_eq!(net.deliver(2, 0), vec![send(1, granted(&lock, 1, 2, &[]))]);
         // The sender is the home: no OWNER_UPDATE needed.
         assert_eq!(net.deliver(0, 1), vec![entered(&lock, 2, 1)]);
         assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(1), 2)));
-        assert_eq!(net.messages, 6);
+        assert_eq!(net.messages, 7);
     }
 
     #[test]
@@ -1101,9 +1196,9 @@ mod tests {
     #[test]
     fn fifo_queue_at_the_owner_and_handoff_on_release() {
         let (mut net, lock) = net_with_owner(4);
-        assert_eq!(net.request(2, &lock), vec![send(0, acq(&lock, 2, 1))]);
+        assert_eq!(net.request(2, &lock), vec![send(0, acq(&lock, 2, 1, 0))]);
         assert_eq!(net.deliver(2, 0), vec![send(2, redirect(&lock, 1, 1, 2))]);
-        assert_eq!(net.deliver(0, 2), vec![send(1, acq(&lock, 2, 1))]);
+        assert_eq!(net.deliver(0, 2), vec![send(1, acq(&lock, 2, 1, 2))]);
         net.request(3, &lock);
         net.run();
         // The owner holds: both wait in its queue, in arrival order.
@@ -1136,9 +1231,9 @@ mod tests {
         net.run();
         net.release(3, &lock);
         // Now the token is at 3; node 1 still believes 2. Node 2 redirects with its own, newer hint.
-        assert_eq!(net.request(1, &lock), vec![send(2, acq(&lock, 1, 2))]);
+        assert_eq!(net.request(1, &lock), vec![send(2, acq(&lock, 1, 2, 3))]);
         assert_eq!(net.deliver(1, 2), vec![send(1, redirect(&lock, 2, 3, 4))]);
-        assert_eq!(net.deliver(2, 1), vec![send(3, acq(&lock, 1, 2))]);
+        assert_eq!(net.deliver(2, 1), vec![send(3, acq(&lock, 1, 2, 4))]);
         assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId(3)));
         net.run();
         assert_eq!(net.entries.last(), Some(&(NodeId(1), FencingToken::from_epoch(5, 1))));
@@ -1201,11 +1296,11 @@ mod tests {
         net.run(); // X queued at O
         assert_eq!(net.release(1, &lock), vec![send(2, granted(&lock, 1, 3, &[]))]);
         // R asks the home (record: O), then O (hint: X), then X — all before the grant 1 → 2 is delivered.
-        assert_eq!(net.request(3, &lock), vec![send(0, acq(&lock, 3, 1))]);
+        assert_eq!(net.request(3, &lock), vec![send(0, acq(&lock, 3, 1, 0))]);
         assert_eq!(net.deliver(3, 0), vec![send(3, redirect(&lock, 1, 1, 2))]);
-        assert_eq!(net.deliver(0, 3), vec![send(1, acq(&lock, 3, 1))]);
+        assert_eq!(net.deliver(0, 3), vec![send(1, acq(&lock, 3, 1, 2))]);
         assert_eq!(net.deliver(3, 1), vec![send(3, redirect(&lock, 1, 2, 3))]);
-        assert_eq!(net.deliver(1, 3), vec![send(2, acq(&lock, 3, 1))]);
+        assert_eq!(net.deliver(1, 3), vec![send(2, acq(&lock, 3, 1, 3))]);
         assert!(matches!(net.peek(1, 2), Some(PoMsg::Rep { .. }))); // the grant is still in flight
         // X does not own yet: R's request waits at X. No grant, no redirect.
         assert_eq!(net.deliver(3, 2), vec![]);
@@ -1338,7 +1433,7 @@ mod tests {
     fn messages_have_the_papers_names() {
         let lock = "l".to_string();
         let kinds: Vec<&str> = [
-            acq(&lock, 1, 1),
+            acq(&lock, 1, 1, 0),
             redirect(&lock, 1, 0, 0),
             PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId(1), epoch: 1 },
             PoMsg::Query { lock: lock.clone(), round: 1, floor: 1, incarnations: vec![] },
@@ -1356,13 +1451,119 @@ mod tests {
         let mut peers = Peers::formed(NodeId(1), 3);
         let mut out = Vec::new();
         let lock = lock_homed_at(0, 3);
-        let forged = acq(&lock, 2, 1); // requester is not the sender
+        let forged = acq(&lock, 2, 1, 0); // requester is not the sender
         assert!(p.on_message(NodeId(0), forged, &mut peers, &mut out).is_err());
         let q = PoMsg::Query { lock: lock.clone(), round: 1, floor: 1, incarnations: vec![] };
         assert!(p.on_message(NodeId(2), q, &mut peers, &mut out).is_err()); // not the home
         let r = redirect(&lock, 1, 99, 1);
         assert!(p.on_message(NodeId(0), r, &mut peers, &mut out).is_err());
-        assert!(p.on_message(NodeId(9), acq(&lock, 9, 1), &mut peers, &mut out).is_err());
+        assert!(p.on_message(NodeId(9), acq(&lock, 9, 1, 0), &mut peers, &mut out).is_err());
         assert_eq!(out, vec![]);
+    }
+
+    /// A small deterministic stress run (the full simulation lives in `tests/simulation.rs`): random delivery
+    /// order across links, requests, releases, withdraws and restarts. After every step at most one node is in
+    /// the critical section and tokens grow (across restarts only while the epoch is remembered by a live
+    /// node: see "Limitation" in the module doc); once faults stop, every node that still wants the lock gets it.
+    #[test]
+    fn seeded_random_schedules_keep_mutual_exclusion_and_finish() {
+        struct Check {
+            holding: Vec<bool>,
+            wanting: Vec<bool>,
+            last_token: Option<FencingToken>,
+            seen: usize,
+        }
+        impl Check {
+            fn entries(&mut self, seed: u64, net: &Net) {
+                for &(node, token) in &net.entries[self.seen..] {
+                    let i = usize::from(node.0);
+                    assert!(self.wanting[i], "seed {seed}: node {i} entered without wanting");
+                    assert!(
+                        self.holding.iter().all(|h| !h),
+                        "seed {seed}: node {i} entered while another holds"
+                    );
+                    assert!(self.last_token.is_none_or(|t| t < token), "seed {seed}: token did not grow");
+                    self.last_token = Some(token);
+                    self.holding[i] = true;
+                    self.wanting[i] = false;
+                }
+                self.seen = net.entries.len();
+            }
+        }
+        // PO_SEEDS=100000 for a deeper local run; the default keeps `cargo test` fast.
+        let seeds: u64 = std::env::var("PO_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        for seed in 1..=seeds {
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |m: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % m
+            };
+            let n = 2 + (seed % 4) as usize;
+            let lock = lock_homed_at((seed % n as u64) as u16, n);
+            let mut net = Net::new(n);
+            // Handshakes of restarted nodes not yet heard by a peer: (peer, restarted node).
+            let mut late: Vec<(u16, u16)> = Vec::new();
+            let mut c = Check { holding: vec![false; n], wanting: vec![false; n], last_token: None, seen: 0 };
+            for step in 0..800 {
+                let faults = step < 650;
+                let i = next(n as u64) as u16;
+                let ix = usize::from(i);
+                match next(10) {
+                    0 | 1 if !c.holding[ix] && !c.wanting[ix] => {
+                        c.wanting[ix] = true;
+                        net.request(i, &lock);
+                    }
+                    2 if c.holding[ix] => {
+                        c.holding[ix] = false;
+                        net.release(i, &lock);
+                    }
+                    3 if c.wanting[ix] && faults && next(3) == 0 => {
+                        c.wanting[ix] = false;
+                        net.withdraw(i, &lock);
+                    }
+                    4 if faults && next(4) == 0 => {
+                        net.restart(i);
+                        c.holding[ix] = false;
+                        c.wanting[ix] = false;
+                        // Known limitation: an epoch only dead nodes knew can be issued again.
+                        c.last_token = None;
+                        // Peers hear of the restart later, in any order (or first from a message or a query).
+                        late.extend((0..n as u16).filter(|&j| j != i).map(|j| (j, i)));
+                    }
+                    5 | 6 if !late.is_empty() => {
+                        let (j, p) = late.remove(next(late.len() as u64) as usize);
+                        net.handshake(j, p);
+                    }
+                    _ => {
+                        let busy: Vec<(u16, u16)> =
+                            net.links.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
+                        if !busy.is_empty() {
+                            let (f, t) = busy[next(busy.len() as u64) as usize];
+                            net.deliver(f, t);
+                        }
+                    }
+                }
+                c.entries(seed, &net);
+            }
+            for (j, p) in std::mem::take(&mut late) {
+                net.handshake(j, p);
+            }
+            // Quiet period: deliver everything, release holders, until nobody wants the lock any more.
+            for _ in 0..4 * n {
+                net.run();
+                c.entries(seed, &net);
+                for i in 0..n {
+                    if c.holding[i] {
+                        c.holding[i] = false;
+                        net.release(i as u16, &lock);
+                    }
+                }
+            }
+            net.run();
+            c.entries(seed, &net);
+            assert!(c.wanting.iter().all(|w| !w), "seed {seed}: stuck waiters {:?}", c.wanting);
+        }
     }
 }
