@@ -28,7 +28,11 @@ impl Drop for Nodes {
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn url(i: usize) -> String {
@@ -54,7 +58,11 @@ fn main() -> anyhow::Result<()> {
     let secs = arg("--secs", 5);
     let exe = std::env::current_exe()?;
     let binary = exe.parent().and_then(|p| p.parent()).map(|p| p.join("dmutex")).expect("target dir");
-    anyhow::ensure!(binary.exists(), "build the binary first: cargo build --release ({} missing)", binary.display());
+    anyhow::ensure!(
+        binary.exists(),
+        "build the binary first: cargo build --release ({} missing)",
+        binary.display()
+    );
     let peers: Vec<String> = (0..n).map(|i| format!("{SUBNET}.{}:{PEER_PORT}", i + 1)).collect();
     let mut nodes = Nodes(Vec::new());
     for i in 0..n {
@@ -86,7 +94,11 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let idle: Vec<u64> = nodes.0.iter().filter_map(|c| rss_kib(c.id())).collect();
     println!("cluster: {n} nodes on {SUBNET}.1..{n}, release build");
-    println!("idle RSS per node: {:?} KiB (max {:.1} MiB)", idle, idle.iter().max().copied().unwrap_or(0) as f64 / 1024.0);
+    println!(
+        "idle RSS per node: {:?} KiB (max {:.1} MiB)",
+        idle,
+        idle.iter().max().copied().unwrap_or(0) as f64 / 1024.0
+    );
     println!();
     println!("uncontended acquire+release through node 0, one client, {requests} rounds:");
     println!("{:<16} {:>10} {:>10} {:>10} {:>12}", "algorithm", "p50 ms", "p99 ms", "max ms", "rounds/s");
@@ -123,7 +135,10 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!("contended: 5 clients over {n} nodes, one lock, {secs} s each:");
-    println!("{:<16} {:>14} {:>14} {:>10} {:>10}", "algorithm", "grants/s", "owner chg/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<16} {:>14} {:>14} {:>10} {:>10}",
+        "algorithm", "grants/s", "owner chg/s", "p50 ms", "p99 ms"
+    );
     for algo in ["lamport", "ricart-agrawala", "probable-owner"] {
         let lock = format!("bench-contended-{algo}");
         let stop = Arc::new(AtomicBool::new(false));
@@ -132,11 +147,15 @@ fn main() -> anyhow::Result<()> {
         let last_holder = Arc::new(AtomicU64::new(u64::MAX));
         let mut threads = Vec::new();
         for c in 0..5usize {
-            let (stop, grants, changes, last_holder) = (stop.clone(), grants.clone(), changes.clone(), last_holder.clone());
+            let (stop, grants, changes, last_holder) =
+                (stop.clone(), grants.clone(), changes.clone(), last_holder.clone());
             let lock = lock.clone();
             let algo = algo.to_string();
             threads.push(std::thread::spawn(move || -> Vec<f64> {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
                 let node = c % n;
                 let mut lat = Vec::new();
                 while !stop.load(Ordering::Relaxed) {

@@ -108,9 +108,15 @@ pub fn validate_lock_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge } else { ApiError::BadRequest(e.body_text()) }
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -133,12 +139,8 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: AcquireBody = parse_body(body)?;
-    let algorithm = b
-        .algorithm
-        .as_deref()
-        .map(|a| a.parse::<Algorithm>())
-        .transpose()
-        .map_err(ApiError::BadRequest)?;
+    let algorithm =
+        b.algorithm.as_deref().map(|a| a.parse::<Algorithm>()).transpose().map_err(ApiError::BadRequest)?;
     if b.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
         return Err(ApiError::BadRequest(format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
     }
@@ -170,7 +172,9 @@ async fn release(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: ReleaseBody = parse_body(body)?;
-    let lease = b.lease.ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
+    let lease = b
+        .lease
+        .ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
     s.node.release(&name, &lease).await?;
     Ok(Json(serde_json::json!({"released": true, "name": name, "lease": lease})).into_response())
 }

@@ -11,8 +11,8 @@
 //! timeout.
 
 use crate::algo::{
-    Action, Algorithm, CoreError, Engine, Event, FencingToken, Incarnation, LamportTs, LockView, Millis, NodeId,
-    Peers, Protocol, ProtocolMessage, RejectReason, RequestId, TimerId,
+    Action, Algorithm, CoreError, Engine, Event, FencingToken, Incarnation, LamportTs, LockView, Millis,
+    NodeId, Peers, Protocol, ProtocolMessage, RejectReason, RequestId, TimerId,
     lamport::{Lamport, LamportMsg},
     probable_owner::{PoMsg, ProbableOwner, RepOutcome},
     ricart_agrawala::{RaMsg, RicartAgrawala},
@@ -300,7 +300,8 @@ impl NodeHandle {
 
     /// Releases a lease.
     pub async fn release(&self, lock: &str, lease: &str) -> Result<(), ApiError> {
-        self.call(|reply| Command::Release { lock: lock.to_string(), lease: lease.to_string(), reply }).await?
+        self.call(|reply| Command::Release { lock: lock.to_string(), lease: lease.to_string(), reply })
+            .await?
     }
 
     /// Extends a lease by its TTL; returns the TTL.
@@ -447,7 +448,11 @@ impl Node {
         self.started + Duration::from_millis(at.0)
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut inbound: mpsc::UnboundedReceiver<Inbound<PeerMsg>>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: mpsc::UnboundedReceiver<Inbound<PeerMsg>>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.housekeeping();
@@ -544,13 +549,16 @@ impl Node {
                 withdrawn: None,
             },
         );
-        self.work.push_back((algorithm, Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline) }));
+        self.work
+            .push_back((algorithm, Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline) }));
     }
 
     fn release(&mut self, lock: &str, lease: &str) -> Result<(), ApiError> {
         match self.leases.get(lease) {
             Some(l) if l.lock == lock => {}
-            Some(_) => return Err(ApiError::LeaseNotFound(format!("lease {lease} does not hold lock {lock:?}"))),
+            Some(_) => {
+                return Err(ApiError::LeaseNotFound(format!("lease {lease} does not hold lock {lock:?}")));
+            }
             None => return Err(ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"))),
         }
         if let Some(l) = self.leases.remove(lease) {
@@ -617,7 +625,11 @@ impl Node {
             Inbound::Message { from, incarnation, env } => {
                 if env.to_incarnation.is_some_and(|to| to != self.settings.incarnation) {
                     // Meant for an earlier life of this node: the sender had not yet seen this incarnation.
-                    self.shared.metrics.inc("dmutex_bad_frames_total", vec![("reason", "misaddressed".into())], 1);
+                    self.shared.metrics.inc(
+                        "dmutex_bad_frames_total",
+                        vec![("reason", "misaddressed".into())],
+                        1,
+                    );
                     return;
                 }
                 let algorithm = env.body.algorithm();
@@ -634,7 +646,9 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(usize::from(from.0)) {
                     p.last_seen = Some(Instant::now());
                 }
-                if let PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Redirect { .. }, .. }) = &env.body {
+                if let PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Redirect { .. }, .. }) =
+                    &env.body
+                {
                     self.shared.metrics.inc("dmutex_redirects_total", vec![], 1);
                 }
                 self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }));
@@ -681,18 +695,39 @@ impl Node {
             let now = self.now();
             let mut actions = Vec::new();
             let result = match algorithm {
-                Algorithm::Lamport => step(&mut self.lamport, now, event, &mut actions, |m| match m {
-                    PeerMsg::Lamport(m) => Some(m),
-                    _ => None,
-                }, PeerMsg::Lamport),
-                Algorithm::RicartAgrawala => step(&mut self.ra, now, event, &mut actions, |m| match m {
-                    PeerMsg::RicartAgrawala(m) => Some(m),
-                    _ => None,
-                }, PeerMsg::RicartAgrawala),
-                Algorithm::ProbableOwner => step(&mut self.po, now, event, &mut actions, |m| match m {
-                    PeerMsg::ProbableOwner(m) => Some(m),
-                    _ => None,
-                }, PeerMsg::ProbableOwner),
+                Algorithm::Lamport => step(
+                    &mut self.lamport,
+                    now,
+                    event,
+                    &mut actions,
+                    |m| match m {
+                        PeerMsg::Lamport(m) => Some(m),
+                        _ => None,
+                    },
+                    PeerMsg::Lamport,
+                ),
+                Algorithm::RicartAgrawala => step(
+                    &mut self.ra,
+                    now,
+                    event,
+                    &mut actions,
+                    |m| match m {
+                        PeerMsg::RicartAgrawala(m) => Some(m),
+                        _ => None,
+                    },
+                    PeerMsg::RicartAgrawala,
+                ),
+                Algorithm::ProbableOwner => step(
+                    &mut self.po,
+                    now,
+                    event,
+                    &mut actions,
+                    |m| match m {
+                        PeerMsg::ProbableOwner(m) => Some(m),
+                        _ => None,
+                    },
+                    PeerMsg::ProbableOwner,
+                ),
             };
             if let Err(e) = result {
                 let reason = match &e {
@@ -753,7 +788,15 @@ impl Node {
                         let now = Instant::now();
                         self.leases.insert(
                             lease,
-                            Lease { req, algorithm, lock, token, ttl: p.ttl, expires: now + p.ttl, granted: now },
+                            Lease {
+                                req,
+                                algorithm,
+                                lock,
+                                token,
+                                ttl: p.ttl,
+                                expires: now + p.ttl,
+                                granted: now,
+                            },
                         );
                         self.observe_acquire(algorithm, "granted", waited);
                         if reply.send(Ok(grant)).is_err() {
@@ -897,7 +940,11 @@ impl Node {
         m.set("dmutex_ready", vec![], if ready { 1.0 } else { 0.0 });
         for (i, p) in self.peers.iter().enumerate() {
             if i != usize::from(self.settings.me.0) {
-                m.set("dmutex_peer_connected", vec![("peer", i.to_string())], if p.connected { 1.0 } else { 0.0 });
+                m.set(
+                    "dmutex_peer_connected",
+                    vec![("peer", i.to_string())],
+                    if p.connected { 1.0 } else { 0.0 },
+                );
             }
         }
         for algorithm in Algorithm::ALL {
@@ -934,7 +981,10 @@ impl Node {
         let mut algorithms = BTreeMap::new();
         algorithms.insert(
             Algorithm::Lamport.as_str().to_string(),
-            AlgoLockInfo { view: self.lamport.view(lock), local_waiters: self.lamport.local_waiters(lock).len() },
+            AlgoLockInfo {
+                view: self.lamport.view(lock),
+                local_waiters: self.lamport.local_waiters(lock).len(),
+            },
         );
         algorithms.insert(
             Algorithm::RicartAgrawala.as_str().to_string(),
@@ -972,11 +1022,15 @@ impl Node {
                     } else {
                         st.and_then(|p| p.incarnation).map(|i| i.0)
                     },
-                    reconnects: status.iter().find(|s| usize::from(s.node.0) == i).map_or(0, |s| s.reconnects),
+                    reconnects: status
+                        .iter()
+                        .find(|s| usize::from(s.node.0) == i)
+                        .map_or(0, |s| s.reconnects),
                 }
             })
             .collect();
-        let lamport_clock = Algorithm::ALL.iter().map(|a| (a.as_str().to_string(), self.engine_clock(*a).0)).collect();
+        let lamport_clock =
+            Algorithm::ALL.iter().map(|a| (a.as_str().to_string(), self.engine_clock(*a).0)).collect();
         ClusterInfo {
             node_id: self.settings.me.0,
             incarnation: self.settings.incarnation.0,
@@ -992,7 +1046,9 @@ impl Node {
         let by_type = |name: &'static str| {
             let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
             for (labels, v) in m.counter_series(name) {
-                let get = |k: &str| labels.iter().find(|(lk, _)| *lk == k).map(|(_, v)| v.clone()).unwrap_or_default();
+                let get = |k: &str| {
+                    labels.iter().find(|(lk, _)| *lk == k).map(|(_, v)| v.clone()).unwrap_or_default()
+                };
                 *out.entry(get("algorithm")).or_default().entry(get("type")).or_default() += v;
             }
             out
@@ -1023,7 +1079,8 @@ impl Node {
     async fn graceful_shutdown(&mut self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         self.shared.ready.store(false, Ordering::Relaxed);
-        let waiting: Vec<(RequestId, Algorithm)> = self.pending.iter().map(|(id, p)| (*id, p.algorithm)).collect();
+        let waiting: Vec<(RequestId, Algorithm)> =
+            self.pending.iter().map(|(id, p)| (*id, p.algorithm)).collect();
         for (id, algorithm) in waiting {
             if let Some(p) = self.pending.get_mut(&id) {
                 p.withdrawn = Some(ApiError::ShuttingDown);
@@ -1061,12 +1118,16 @@ fn step<P: Protocol>(
         Event::Release { req } => Event::Release { req },
         Event::Cancel { req } => Event::Cancel { req },
         Event::Timer { timer } => Event::Timer { timer },
-        Event::PeerIncarnation { peer, incarnation, clock } => Event::PeerIncarnation { peer, incarnation, clock },
+        Event::PeerIncarnation { peer, incarnation, clock } => {
+            Event::PeerIncarnation { peer, incarnation, clock }
+        }
         Event::Message { from, incarnation, msg } => {
             let kind = msg.kind();
             match unwrap(msg) {
                 Some(msg) => Event::Message { from, incarnation, msg },
-                None => return Err(CoreError::Unexpected { from, kind, reason: "routed to the wrong algorithm" }),
+                None => {
+                    return Err(CoreError::Unexpected { from, kind, reason: "routed to the wrong algorithm" });
+                }
             }
         }
     };
@@ -1091,7 +1152,12 @@ impl crate::workload::LockService for NodeHandle {
     ) -> Result<crate::workload::Grant, String> {
         let g = NodeHandle::acquire(
             self,
-            AcquireRequest { lock: lock.to_string(), algorithm: Some(algorithm), timeout: Some(timeout), ttl: None },
+            AcquireRequest {
+                lock: lock.to_string(),
+                algorithm: Some(algorithm),
+                timeout: Some(timeout),
+                ttl: None,
+            },
         )
         .await
         .map_err(|e| e.to_string())?;

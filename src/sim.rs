@@ -445,7 +445,13 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         self.send_addressed(from, to, None, event);
     }
 
-    fn send_addressed(&mut self, from: NodeId, to: NodeId, to_inc: Option<Incarnation>, event: Event<P::Msg>) {
+    fn send_addressed(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        to_inc: Option<Incarnation>,
+        event: Event<P::Msg>,
+    ) {
         let n = self.n();
         let link = usize::from(from.0) * n + usize::from(to.0);
         let at = Millis(self.now.0 + self.delay()).max(self.link_last[link]);

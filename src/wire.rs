@@ -526,7 +526,15 @@ mod tests {
                 mac: vec![],
             },
             Frame::Refuse { reason: RefuseReason::BadSecret },
-            Frame::Data { seq: 5, env: Envelope { ts: LamportTs(3), trace, to_incarnation: Some(Incarnation(4)), body: "hi".into() } },
+            Frame::Data {
+                seq: 5,
+                env: Envelope {
+                    ts: LamportTs(3),
+                    trace,
+                    to_incarnation: Some(Incarnation(4)),
+                    body: "hi".into(),
+                },
+            },
             Frame::Ack { seq: u64::MAX },
             Frame::Bye,
         ]

@@ -180,8 +180,8 @@ pub async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
 pub async fn read_counter(path: &Path) -> Result<u64, String> {
     // Plain blocking calls: microseconds on a local file, where tokio::fs would add a thread hand-off per call
     // to every critical section.
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reading counter file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading counter file {}: {e}", path.display()))?;
     let text = text.trim();
     if text.is_empty() {
         return Ok(0);

@@ -1,9 +1,9 @@
 //! Seeded deterministic simulation of every algorithm (see `src/sim.rs` for the model and the invariants).
 //!
 //! Lamport and Ricart–Agrawala run 10,800 seeds each: N = 2..=7 × {fault-free, cancels + deadlines,
-//! crashes + restarts}, 600 seeds per cell. Probable owner runs 10,800 seeds without crashes; its crash sweep
-//! and the failing seeds it found are kept as `#[ignore]` tests (`-- --ignored known_po` replays them). Fault-free runs must also cost exactly the textbook messages per entry: Lamport 3(N−1),
-//! Ricart–Agrawala 2(N−1).
+//! crashes + restarts}, 600 seeds per cell. Probable owner runs 10,800 seeds without crashes plus 3,600 with
+//! crashes and restarts. Seeds that once broke an invariant are kept as `regression_*` tests. Fault-free runs
+//! must also cost exactly the textbook messages per entry: Lamport 3(N−1), Ricart–Agrawala 2(N−1).
 //!
 //! A failure prints the seed and the command that replays it, e.g.
 //! `DMUTEX_SIM_SEED=42 DMUTEX_SIM_ALGO=lamport DMUTEX_SIM_NODES=3 DMUTEX_SIM_MODE=crashes \
@@ -150,10 +150,8 @@ fn probable_owner_sweep() {
     sweep::<ProbableOwner>(0, SEEDS_PER_CELL * 3 / 2, &[SimMode::FaultFree, SimMode::Cancels]);
 }
 
-/// Probable owner with crashes and restarts: 8 of these 3,600 seeds fail (7 deadlocks, 1 fencing regression;
-/// see the `known_po_*` cases).
+/// Probable owner with crashes and restarts (3,600 seeds; once 8 failed, see the `regression_po_*` cases).
 #[test]
-#[ignore = "known probable-owner crash bugs: token lost in flight to a crashed node, epoch regression"]
 fn probable_owner_crash_sweep() {
     sweep::<ProbableOwner>(0, SEEDS_PER_CELL, &[SimMode::Crashes]);
 }
@@ -178,30 +176,28 @@ fn regression_lamport_after_restart_seed_2098() {
     run_one::<Lamport>(SimMode::Crashes, 3, 2098).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Replays one known failing preset and fails with its violation.
-fn known_failure<P: Protocol>(mode: SimMode, nodes: usize, seed: u64) {
-    if let Err(e) = run_one::<P>(mode, nodes, seed) {
-        panic!("{e}");
-    }
-}
-
 /// Deadlock (seeds 244 and 350, the first cases found, pass since probable_owner 3ee2cf4; this one does not):
 /// node 1 releases and hands the token (`Rep Granted{epoch 3, queue [node 2]}`) to node 0, which has just
 /// crashed, so the token is lost. After node 0's restart handshake, node 2 (the home, waiting) re-sends its
 /// `Acq` to node 1, which answers `Redirect{owner: node 2, epoch 3}` (node 2 itself) instead of starting a
 /// recovery round; node 2 waits forever.
+/// Fixed: a node whose last transfer went to a restarted node asks the home for a round (`suspect`).
 #[test]
-#[ignore = "known probable-owner bug: token handed to a crashed node is never recovered"]
-fn known_po_deadlock_token_to_crashed_node_seed_42() {
-    known_failure::<ProbableOwner>(SimMode::Crashes, 3, 42);
+fn regression_po_deadlock_token_to_crashed_node_seed_42() {
+    for seed in [42, 196, 320, 335, 426, 510, 552] {
+        run_one::<ProbableOwner>(SimMode::Crashes, 3, seed).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// Fencing regression: node 1 is the only node that knew lock1's epoch 1 / sequence 3; it crashes, restarts,
 /// recovers the lock and grants token (epoch 1, seq 1) again: 0x100000001 after 0x100000003.
+/// Fixed: every node sends a restarted peer `EPOCH_SYNC` (the highest epoch it knows), so the knowledge that
+/// an epoch was used survives the next crash of the node that used it.
 #[test]
-#[ignore = "known probable-owner bug: epoch forgotten when its only holder restarts"]
-fn known_po_fencing_regression_seed_572() {
-    known_failure::<ProbableOwner>(SimMode::Crashes, 2, 572);
+fn regression_po_fencing_seed_572() {
+    for seed in [572, 164] {
+        run_one::<ProbableOwner>(SimMode::Crashes, 2, seed).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// A single node needs nobody: no messages at all, every request granted.

@@ -165,6 +165,13 @@ pub enum PoMsg {
         /// The highest epoch this node had seen before the query.
         max_epoch: u64,
     },
+    /// `EPOCH_SYNC`: sent to a peer that restarted: the highest epoch the sender has seen for any lock. Keeps
+    /// the knowledge that an epoch was used alive when the node that used it crashes next, so a regeneration
+    /// never reuses an epoch (and a fencing token never repeats) across one crash at a time.
+    EpochSync {
+        /// The sender's epoch clock.
+        epoch: u64,
+    },
 }
 
 impl ProtocolMessage for PoMsg {
@@ -175,6 +182,7 @@ impl ProtocolMessage for PoMsg {
             PoMsg::OwnerUpdate { .. } => "OWNER_UPDATE",
             PoMsg::Query { .. } => "OWNER_QUERY",
             PoMsg::Report { .. } => "OWNER_REPORT",
+            PoMsg::EpochSync { .. } => "EPOCH_SYNC",
         }
     }
 
@@ -185,6 +193,7 @@ impl ProtocolMessage for PoMsg {
             | PoMsg::OwnerUpdate { lock, .. }
             | PoMsg::Query { lock, .. }
             | PoMsg::Report { lock, .. } => lock,
+            PoMsg::EpochSync { .. } => "",
         }
     }
 
@@ -262,6 +271,8 @@ struct LockState {
 
 /// What a handler needs besides the lock's state.
 struct Ctx<'a> {
+    /// Epoch knowledge received in `EPOCH_SYNC` (from before a crash); reports and round floors include it.
+    synced: u64,
     me: NodeId,
     n: usize,
     home: NodeId,
@@ -580,11 +591,11 @@ impl LockState {
         }
     }
 
-    fn own_report(&self) -> Report {
+    fn own_report(&self, synced: u64) -> Report {
         Report {
             owned: self.owned.as_ref().map(|o| o.epoch),
             last_out: self.last_out,
-            max_epoch: self.max_epoch,
+            max_epoch: self.max_epoch.max(synced),
         }
     }
 
@@ -601,9 +612,9 @@ impl LockState {
         // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
         let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().0;
         let id = (my_inc << 32) | u64::from(self.rounds);
-        let floor = self.max_epoch + 1;
+        let floor = self.max_epoch.max(cx.synced) + 1;
         let mut reports = BTreeMap::new();
-        reports.insert(cx.me, self.own_report());
+        reports.insert(cx.me, self.own_report(cx.synced));
         self.max_epoch = floor;
         self.round = Some(Round { id, floor, reports, waiters });
         let incarnations: Vec<(NodeId, Incarnation)> =
@@ -784,7 +795,7 @@ impl LockState {
             p.hops = 0;
             self.send_own_acq(cx, out, cx.home, 0, false);
         }
-        let rep = self.own_report();
+        let rep = self.own_report(cx.synced);
         self.max_epoch = self.max_epoch.max(floor);
         let msg = PoMsg::Report {
             lock: cx.lock.to_owned(),
@@ -803,11 +814,18 @@ pub struct ProbableOwner {
     me: NodeId,
     n: usize,
     locks: BTreeMap<LockName, LockState>,
+    /// The highest epoch learnt from peers' `EPOCH_SYNC` after this node (re)started: epochs used before its
+    /// crash. Reports and round floors include it, so a regeneration never reuses an epoch (fencing tokens
+    /// never repeat across one crash at a time). Kept apart from the per-lock epochs so that rounds for
+    /// different locks do not push each other's floors.
+    epoch_clock: u64,
+    /// The highest epoch of any lock's state (kept so [`Protocol::clock`] is O(1)).
+    max_seen: u64,
 }
 
 impl ProbableOwner {
     fn ctx<'a>(&self, lock: &'a str, peers: &'a Peers) -> Ctx<'a> {
-        Ctx { me: self.me, n: self.n, home: home_node(lock, self.n), lock, peers }
+        Ctx { synced: self.epoch_clock, me: self.me, n: self.n, home: home_node(lock, self.n), lock, peers }
     }
 
     /// Runs `f` on `lock`'s state (created on first use).
@@ -817,9 +835,18 @@ impl ProbableOwner {
         peers: &Peers,
         f: impl FnOnce(&mut LockState, &Ctx<'_>) -> R,
     ) -> R {
-        let cx = self.ctx(lock, peers);
+        let cx = Ctx {
+            synced: self.epoch_clock,
+            me: self.me,
+            n: self.n,
+            home: home_node(lock, self.n),
+            lock,
+            peers,
+        };
         let st = self.locks.entry(lock.to_owned()).or_insert_with(|| LockState::new(cx.home));
-        f(st, &cx)
+        let r = f(st, &cx);
+        self.max_seen = self.max_seen.max(st.max_epoch);
+        r
     }
 
     fn unexpected(from: NodeId, kind: &'static str, reason: &'static str) -> CoreError {
@@ -833,7 +860,7 @@ impl Protocol for ProbableOwner {
     const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
 
     fn fresh(me: NodeId, n: usize) -> Self {
-        ProbableOwner { me, n: n.max(1), locks: BTreeMap::new() }
+        ProbableOwner { me, n: n.max(1), locks: BTreeMap::new(), epoch_clock: 0, max_seen: 0 }
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
@@ -864,8 +891,13 @@ impl Protocol for ProbableOwner {
         if from == self.me || !peers.contains(from) {
             return Err(CoreError::UnknownPeer(from));
         }
+        if let PoMsg::EpochSync { epoch } = msg {
+            self.epoch_clock = self.epoch_clock.max(epoch);
+            return Ok(());
+        }
         let home = home_node(msg.lock(), self.n);
         match msg {
+            PoMsg::EpochSync { .. } => Ok(()),
             PoMsg::Acq { lock, requester, seq, epoch, suspect } => {
                 if requester != from {
                     return Err(Self::unexpected(from, kind, "requester is not the sender"));
@@ -927,18 +959,26 @@ impl Protocol for ProbableOwner {
         }
     }
 
+    /// Handshake clocks are the node's Lamport clocks, unrelated to epochs: epoch knowledge travels in
+    /// `EPOCH_SYNC` instead (so epochs stay small and tokens never overflow).
     fn observe_clock(&mut self, _clock: LamportTs) {}
 
     fn peer_restarted(&mut self, peer: NodeId, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
-        let (me, n) = (self.me, self.n);
+        let (me, n, synced) = (self.me, self.n, self.epoch_clock);
+        // First, before anything it may act on: the restarted peer forgot which epochs were used.
+        let known = self.locks.values().map(|st| st.max_epoch).fold(synced.max(self.max_seen), u64::max);
+        if known > 0 && peer != me {
+            out.push(Output::Send { to: peer, msg: PoMsg::EpochSync { epoch: known } });
+        }
         for (lock, st) in &mut self.locks {
-            let cx = Ctx { me, n, home: home_node(lock, n), lock, peers };
+            let cx = Ctx { synced, me, n, home: home_node(lock, n), lock, peers };
             st.peer_restarted(&cx, out, peer);
         }
     }
 
+    /// Probable-owner messages carry no Lamport timestamp; the highest epoch known stands in for a clock.
     fn clock(&self) -> LamportTs {
-        LamportTs(0)
+        LamportTs(self.max_seen.max(self.epoch_clock))
     }
 
     fn view(&self, lock: &str) -> LockView {
@@ -1352,9 +1392,13 @@ mod tests {
         let (mut net, lock) = net_with_owner(3);
         net.restart(1); // the holder of epoch 2 dies
         let out = net.handshake(0, 1);
-        // The home's record names the dead node: round with floor = max epoch seen (2) + 1.
-        assert!(out.iter().all(|o| matches!(o, Output::Send { msg: PoMsg::Query { floor: 3, .. }, .. })));
-        assert_eq!(out.len(), 2);
+        // First the restarted node learns which epochs were used (EPOCH_SYNC), then the home's record names the
+        // dead node: round with floor = max epoch seen (2) + 1.
+        assert_eq!(out[0], Output::Send { to: NodeId(1), msg: PoMsg::EpochSync { epoch: 2 } });
+        assert!(
+            out[1..].iter().all(|o| matches!(o, Output::Send { msg: PoMsg::Query { floor: 3, .. }, .. }))
+        );
+        assert_eq!(out.len(), 3);
         net.run();
         assert_eq!(net.owner_epoch(0, &lock), Some(3));
         assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(0), 3)));
@@ -1398,7 +1442,8 @@ mod tests {
         ));
         // Node 1 (the owner the home's record names) restarts: the home runs a round.
         net.restart(1);
-        assert_eq!(net.handshake(0, 1).len(), 3);
+        // EPOCH_SYNC to the restarted node, then a query to each of the three others.
+        assert_eq!(net.handshake(0, 1).len(), 4);
         net.run_except(&[(3, 2)]);
         // Node 3 reported its transfer to node 2 (alive, same incarnation): record = (2, 4), nothing regenerated.
         assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(2), 4)));
