@@ -553,10 +553,15 @@ impl NodeConfig {
 
     fn parse(raw: &Raw, host_name: Option<&str>) -> Result<NodeConfig, ConfigError> {
         let peers = raw.peers()?;
+        let discovery_set = raw.string("discovery")?.is_some_and(|d| !d.trim().is_empty());
         let node_id = match raw.number::<u16>("node_id")? {
             Some(id) => id,
-            None => node_id_from_host(host_name, &peers)
-                .ok_or_else(|| ConfigError::NodeIdUnknown { host: host_name.map(str::to_string) })?,
+            None => match node_id_from_host(host_name, &peers) {
+                Some(id) => id,
+                // With discovery the id comes from the node's place in the discovered, sorted membership.
+                None if discovery_set && peers.is_empty() => 0,
+                None => return Err(ConfigError::NodeIdUnknown { host: host_name.map(str::to_string) }),
+            },
         };
         let algorithm = raw.algorithm("algorithm")?.unwrap_or(Algorithm::Lamport);
         let secret = match (raw.string("cluster_secret")?, raw.string("cluster_secret_file")?) {

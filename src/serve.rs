@@ -13,7 +13,23 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Runs a node until a termination signal, then shuts it down gracefully.
-pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
+    if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
+        // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
+        let spec = dmutex::discovery::DnsSpec { name, port };
+        tracing::info!(%spec, expected = ?cfg.cluster_size, "discovering peers");
+        let found = dmutex::discovery::discover(&spec, cfg.cluster_size, Duration::from_secs(120))
+            .await
+            .context("DMUTEX_DISCOVERY")?;
+        cfg.node_id = dmutex::algo::NodeId(found.me);
+        cfg.peers = found
+            .peers
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("DMUTEX_DISCOVERY: discovered an unusable address: {e}"))?;
+        tracing::info!(node = found.me, peers = ?found.peers, "discovered the cluster");
+    }
     let incarnation = new_incarnation();
     let me = cfg.node_id;
     let peers: Vec<String> = cfg.peers.iter().map(ToString::to_string).collect();
