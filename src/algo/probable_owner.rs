@@ -824,10 +824,6 @@ pub struct ProbableOwner {
 }
 
 impl ProbableOwner {
-    fn ctx<'a>(&self, lock: &'a str, peers: &'a Peers) -> Ctx<'a> {
-        Ctx { synced: self.epoch_clock, me: self.me, n: self.n, home: home_node(lock, self.n), lock, peers }
-    }
-
     /// Runs `f` on `lock`'s state (created on first use).
     fn with_lock<R>(
         &mut self,
