@@ -798,7 +798,13 @@ async fn serve_data<T>(
 {
     let Accepted { peer, incarnation, generation, mut replaced } = acc;
     let mut stop = inner.shutdown.subscribe();
+    // Acks are delayed a little and coalesced: they only trim the sender's resend queue, so one ack per
+    // ACK_DELAY (or per ACK_EVERY frames) halves the frames on the wire under load at no cost to latency.
+    let mut unacked_since: Option<(tokio::time::Instant, u64)> = None;
+    let mut acked = 0u64;
+    let mut delivered = 0u64;
     loop {
+        let ack_due = unacked_since.map(|(t, _)| t + ACK_DELAY);
         let frame = tokio::select! {
             biased;
             _ = &mut replaced => {
@@ -814,6 +820,18 @@ async fn serve_data<T>(
                     Counters::bump(&inner.counters.frames_sent);
                 }
                 return;
+            }
+            _ = tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)), if ack_due.is_some() => {
+                unacked_since = None;
+                if delivered > acked {
+                    if let Err(e) = send_ack::<T>(&mut writer, delivered).await {
+                        debug!(%remote, %peer, error = %e, "cannot ack; closing");
+                        return;
+                    }
+                    acked = delivered;
+                    Counters::bump(&inner.counters.frames_sent);
+                }
+                continue;
             }
             r = reader.read_frame::<T>() => r,
         };
@@ -882,19 +900,29 @@ async fn serve_data<T>(
                 return;
             }
         };
-        // One cumulative ack per batch of frames already buffered, not one per frame.
-        if !reader.has_buffered_frame() {
-            let sent = async {
-                writer.write_frame(&Frame::<T>::Ack { seq: ack }).await?;
-                writer.flush().await
-            };
-            if let Err(e) = sent.await {
+        delivered = ack;
+        if delivered.saturating_sub(acked) >= ACK_EVERY && !reader.has_buffered_frame() {
+            if let Err(e) = send_ack::<T>(&mut writer, delivered).await {
                 debug!(%remote, %peer, error = %e, "cannot ack; closing");
                 return;
             }
+            acked = delivered;
+            unacked_since = None;
             Counters::bump(&inner.counters.frames_sent);
+        } else if delivered > acked && unacked_since.is_none() {
+            unacked_since = Some((tokio::time::Instant::now(), delivered));
         }
     }
+}
+
+/// Longest an inbound stream waits before acknowledging what it delivered.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Acknowledge at once when this many frames are unacknowledged.
+const ACK_EVERY: u64 = 256;
+
+async fn send_ack<T: Serialize>(writer: &mut FrameWriter<OwnedWriteHalf>, seq: u64) -> Result<(), WireError> {
+    writer.write_frame(&Frame::<T>::Ack { seq }).await?;
+    writer.flush().await
 }
 
 // ---------------------------------------------------------------------------------------------------------
