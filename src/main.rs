@@ -9,7 +9,16 @@ mod serve;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // A node is one event loop plus a few I/O tasks that hand messages to each other: on a single thread
+    // those hand-offs are plain queue pushes, with no cross-thread wake-ups (measured: see BENCHMARKS.md).
+    let single = matches!(cli.command, Command::Node(_)) && std::env::var("DMUTEX_WORKER_THREADS").is_err();
+    let threads: usize = std::env::var("DMUTEX_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let built = if single {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dmutex: cannot start the runtime: {e}");
