@@ -97,13 +97,13 @@ impl PeerMsg {
             PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. }) => {
                 Some(format!("redirect to N{}", owner.0))
             }
-            PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Granted { epoch, queue, .. }, .. }) => {
-                Some(if queue.is_empty() {
-                    format!("grant epoch={epoch}")
-                } else {
-                    format!("grant epoch={epoch} queue={}", queue.len())
-                })
-            }
+            PeerMsg::ProbableOwner(PoMsg::Rep {
+                outcome: RepOutcome::Granted { epoch, queue, .. }, ..
+            }) => Some(if queue.is_empty() {
+                format!("grant epoch={epoch}")
+            } else {
+                format!("grant epoch={epoch} queue={}", queue.len())
+            }),
             PeerMsg::ProbableOwner(PoMsg::OwnerUpdate { owner, epoch, .. }) => {
                 Some(format!("owner=N{} epoch={epoch}", owner.0))
             }
@@ -695,7 +695,14 @@ impl Node {
     }
 
     /// Records a local event (ACQUIRE, ENTER, EXIT, TIMEOUT, …) of an acquire in the flow log.
-    fn flow_local(&self, kind: &str, lock: &str, algorithm: Algorithm, acquire: &str, detail: Option<String>) {
+    fn flow_local(
+        &self,
+        kind: &str,
+        lock: &str,
+        algorithm: Algorithm,
+        acquire: &str,
+        detail: Option<String>,
+    ) {
         let record = FlowRecord {
             at_unix_ms: unix_ms(),
             node: self.settings.me.0,
@@ -736,7 +743,14 @@ impl Node {
     }
 
     /// The cause of a lease's RELEASE: a `lock.release` span, child of the acquire's trace (when exporting).
-    fn release_cause(&self, algorithm: Algorithm, lock: &str, token: FencingToken, acquire_id: &str, otel: Option<&opentelemetry::Context>) -> Cause {
+    fn release_cause(
+        &self,
+        algorithm: Algorithm,
+        lock: &str,
+        token: FencingToken,
+        acquire_id: &str,
+        otel: Option<&opentelemetry::Context>,
+    ) -> Cause {
         let (otel, span) = match otel {
             Some(parent) if telemetry::exporting() => {
                 let span = tracing::info_span!(
@@ -914,8 +928,9 @@ impl Node {
         if env.body.is_request() {
             self.remember_waiter(algorithm, env.body.lock(), from, cause.kept());
         }
-        if let PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Granted { queue, .. }, lock, .. }) =
-            &env.body
+        if let PeerMsg::ProbableOwner(PoMsg::Rep {
+            outcome: RepOutcome::Granted { queue, .. }, lock, ..
+        }) = &env.body
         {
             for (node, _) in queue {
                 let key = |what: &str| format!("{WAITER_PREFIX}{}.{what}", node.0);
@@ -1055,8 +1070,11 @@ impl Node {
                     telemetry::set_parent_context(&span, parent);
                     trace.extend(telemetry::inject(&span));
                 }
-                if let PeerMsg::ProbableOwner(PoMsg::Rep { lock, outcome: RepOutcome::Granted { queue, .. }, .. }) =
-                    &msg
+                if let PeerMsg::ProbableOwner(PoMsg::Rep {
+                    lock,
+                    outcome: RepOutcome::Granted { queue, .. },
+                    ..
+                }) = &msg
                 {
                     // The new owner takes over the queue: hand it the queued requests' contexts too.
                     for (node, _) in queue {
@@ -1064,7 +1082,11 @@ impl Node {
                             if let Some(a) = w.acquire {
                                 trace.insert(format!("{WAITER_PREFIX}{}.acquire", node.0), a);
                             }
-                            if let Some(tp) = w.otel.map(|cx| telemetry::inject_context(&cx)).and_then(|mut m| m.remove("traceparent")) {
+                            if let Some(tp) = w
+                                .otel
+                                .map(|cx| telemetry::inject_context(&cx))
+                                .and_then(|mut m| m.remove("traceparent"))
+                            {
                                 trace.insert(format!("{WAITER_PREFIX}{}.traceparent", node.0), tp);
                             }
                         }
@@ -1464,7 +1486,11 @@ fn step<P: Protocol>(
             match unwrap(msg) {
                 Some(msg) => Event::Message { from, incarnation, msg },
                 None => {
-                    return Err(CoreError::Unexpected { from, kind, reason: "routed to the wrong algorithm" });
+                    return Err(CoreError::Unexpected {
+                        from,
+                        kind,
+                        reason: "routed to the wrong algorithm",
+                    });
                 }
             }
         }
