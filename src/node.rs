@@ -917,6 +917,7 @@ impl Node {
                 node = self.settings.me.0,
                 lock = %env.body.lock(),
                 algorithm = env.body.algorithm().as_str(),
+                "msg.detail" = env.body.flow_detail(),
             );
             telemetry::set_parent(&span, &env.trace);
             (telemetry::context_of(&span), Some(span))
@@ -1066,6 +1067,7 @@ impl Node {
                         node = self.settings.me.0,
                         lock = %msg.lock(),
                         algorithm = algorithm.as_str(),
+                        "msg.detail" = msg.flow_detail(),
                     );
                     telemetry::set_parent_context(&span, parent);
                     trace.extend(telemetry::inject(&span));
