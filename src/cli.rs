@@ -34,6 +34,8 @@ pub enum Command {
     Lock(LockArgs),
     /// Start a local cluster of N node processes, run the built-in workload, check and report.
     Cluster(ClusterArgs),
+    /// Draw the messages of one acquire (Mermaid sequence diagram or SVG) from the nodes' own flow records.
+    Flow(FlowArgs),
     /// Probe a node's health endpoint (for a container HEALTHCHECK): exit 0 if it answers 200, else 1.
     Health(HealthArgs),
 }
@@ -81,6 +83,46 @@ impl NodeArgs {
         put("log", self.log.clone());
         map
     }
+}
+
+/// `dmutex flow`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Every node keeps its recent peer messages and local events (GET /v1/flow?lock=NAME). This command fetches
+them from every endpoint, picks the latest acquire of the lock that entered the critical section (or the
+one named by --acquire: a trace id, or node-incarnation-request when no tracing backend is configured),
+merges them by time and prints a sequence diagram.
+
+Example:
+  dmutex flow --endpoints http://127.0.0.1:8080,http://127.0.0.2:8080,http://127.0.0.3:8080 --lock db")]
+pub struct FlowArgs {
+    /// Comma-separated node HTTP endpoints (every node, so that every message appears).
+    #[arg(
+        long,
+        env = "DMUTEX_ENDPOINTS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "URL,URL,..."
+    )]
+    pub endpoints: Vec<String>,
+    /// The lock.
+    #[arg(long, value_name = "NAME")]
+    pub lock: String,
+    /// The acquire to draw (default: the latest that entered the critical section).
+    #[arg(long, value_name = "ID")]
+    pub acquire: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FlowFormat::Mermaid)]
+    pub format: FlowFormat,
+}
+
+/// Output of `dmutex flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowFormat {
+    /// A Mermaid `sequenceDiagram` (renders in GitHub Markdown).
+    Mermaid,
+    /// A standalone SVG.
+    Svg,
 }
 
 /// `dmutex lock`.

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{lease}/keepalive", post(keepalive))
         .route("/v1/cluster", get(cluster))
         .route("/v1/stats", get(stats))
+        .route("/v1/flow", get(flow))
         .route("/v1/workload", get(workload))
         .fallback(|| async { ApiError::BadRequest("no such endpoint".into()).into_response_with(404) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -195,6 +196,28 @@ async fn cluster(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.stats().await?).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowQuery {
+    lock: Option<String>,
+    acquire: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/flow?lock=NAME[&acquire=ID][&limit=N]`: this node's recent flow records (see [`crate::flow`]).
+async fn flow(
+    State(s): State<AppState>,
+    q: Result<axum::extract::Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(lock) = &q.lock {
+        validate_lock_name(lock)?;
+    }
+    let limit = q.limit.unwrap_or(crate::flow::DEFAULT_CAPACITY).min(crate::flow::DEFAULT_CAPACITY);
+    let records = s.node.shared.flow_records(q.lock.as_deref(), q.acquire.as_deref(), limit);
+    Ok(Json(crate::flow::FlowResponse { node: s.node.shared.me.0, records }).into_response())
 }
 
 async fn workload(State(s): State<AppState>) -> Response {

@@ -34,6 +34,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => runtime.block_on(dmutex::client::run_health(&args)),
+        Command::Flow(args) => match runtime.block_on(dmutex::flow::run_flow(&args)) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("dmutex flow: {e:#}");
+                1
+            }
+        },
         Command::Node(args) => {
             let loaded =
                 ConfigSources::from_process(args.config.as_deref(), &args.overrides()).and_then(|sources| {
@@ -41,20 +51,47 @@ fn main() -> ExitCode {
                     NodeConfig::load(&sources).map(|cfg| (cfg, unknown))
                 });
             match loaded {
-                Ok((cfg, unknown)) => {
-                    init_logging(&cfg.log, cfg.log_format == LogFormat::Json);
+                Ok((cfg, unknown)) => runtime.block_on(async move {
+                    // Logs and (when OTEL_EXPORTER_OTLP_ENDPOINT is set) the OTLP trace pipeline; inside the
+                    // runtime, which the gRPC exporter needs.
+                    let tcfg = dmutex::telemetry::TelemetryConfig {
+                        log: cfg.log.clone(),
+                        json: cfg.log_format == LogFormat::Json,
+                        node_id: cfg.node_id.0,
+                    };
+                    let guard = match dmutex::telemetry::init(&tcfg) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            eprintln!("dmutex node: invalid telemetry configuration: {e}");
+                            return 2;
+                        }
+                    };
                     for var in unknown {
                         tracing::warn!(variable = %var, "ignoring unknown DMUTEX_* variable");
                     }
-                    match runtime.block_on(serve::run_node(cfg)) {
+                    let code = match serve::run_node(cfg).await {
                         Ok(()) => 0,
                         Err(e) => {
                             tracing::error!("node failed: {e:#}");
                             eprintln!("dmutex node: {e:#}");
                             1
                         }
+                    };
+                    // After the node stopped (its last spans ended): flush, bounded by SHUTDOWN_TIMEOUT.
+                    let exporting = guard.exporting();
+                    match guard.shutdown().await {
+                        Ok(stats) if exporting => tracing::info!(
+                            spans_ended = stats.ended,
+                            spans_exported = stats.exported,
+                            spans_failed = stats.export_failed,
+                            spans_lost = stats.queued_or_dropped(),
+                            "trace export flushed"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("trace export: {e}"),
                     }
-                }
+                    code
+                }),
                 Err(e) => {
                     eprintln!("dmutex node: invalid configuration: {e}");
                     e.exit_code()
@@ -90,15 +127,4 @@ fn main() -> ExitCode {
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn init_logging(filter: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
 }

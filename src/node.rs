@@ -18,7 +18,9 @@ use crate::algo::{
     ricart_agrawala::{RaMsg, RicartAgrawala},
 };
 use crate::error::ApiError;
+use crate::flow::{Direction, FlowLog, FlowRecord};
 use crate::metrics::Metrics;
+use crate::telemetry;
 use crate::transport::{Inbound, TransportHandle};
 use crate::wire::Envelope;
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,48 @@ impl PeerMsg {
             PeerMsg::Lamport(m) => m.lock(),
             PeerMsg::RicartAgrawala(m) => m.lock(),
             PeerMsg::ProbableOwner(m) => m.lock(),
+        }
+    }
+
+    /// Whether the message asks the receiver for something that a later message answers (Lamport and
+    /// Ricart–Agrawala REQUEST, probable-owner LOCK_ACQ): the node remembers the request's trace context so
+    /// that the answer, however much later, joins the requester's trace.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            PeerMsg::Lamport(LamportMsg::Request { .. })
+                | PeerMsg::RicartAgrawala(RaMsg::Request { .. })
+                | PeerMsg::ProbableOwner(PoMsg::Acq { .. })
+        )
+    }
+
+    /// Whether the message answers a request (REPLY, LOCK_REP): see [`PeerMsg::is_request`].
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            PeerMsg::Lamport(LamportMsg::Reply { .. })
+                | PeerMsg::RicartAgrawala(RaMsg::Reply { .. })
+                | PeerMsg::ProbableOwner(PoMsg::Rep { .. })
+        )
+    }
+
+    /// Extra text for the message-flow diagram (where a redirect points, the epoch of a grant, …).
+    pub fn flow_detail(&self) -> Option<String> {
+        match self {
+            PeerMsg::ProbableOwner(PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. }) => {
+                Some(format!("redirect to N{}", owner.0))
+            }
+            PeerMsg::ProbableOwner(PoMsg::Rep {
+                outcome: RepOutcome::Granted { epoch, queue, .. }, ..
+            }) => Some(if queue.is_empty() {
+                format!("grant epoch={epoch}")
+            } else {
+                format!("grant epoch={epoch} queue={}", queue.len())
+            }),
+            PeerMsg::ProbableOwner(PoMsg::OwnerUpdate { owner, epoch, .. }) => {
+                Some(format!("owner=N{} epoch={epoch}", owner.0))
+            }
+            _ => None,
         }
     }
 
@@ -247,6 +291,8 @@ enum Command {
 pub struct Shared {
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Recent peer messages and local events, for `GET /v1/flow` (sequence diagrams without Jaeger).
+    pub flow: std::sync::Mutex<FlowLog>,
     ready: AtomicBool,
     shutting_down: AtomicBool,
     clock: AtomicU64,
@@ -275,6 +321,56 @@ impl Shared {
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The flow records of one acquire (by id), or else the last `limit` records about `lock`.
+    pub fn flow_records(&self, lock: Option<&str>, acquire: Option<&str>, limit: usize) -> Vec<FlowRecord> {
+        let log = match self.flow.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        match (acquire, lock) {
+            (Some(id), lock) => {
+                log.by_trace(id).into_iter().filter(|r| lock.is_none_or(|l| r.lock == l)).collect()
+            }
+            (None, Some(lock)) => log.recent(lock, limit),
+            (None, None) => {
+                let all: Vec<FlowRecord> = log.iter().cloned().collect();
+                all[all.len().saturating_sub(limit)..].to_vec()
+            }
+        }
+    }
+}
+
+/// Key of the node-local acquire id in a peer message's trace map: the flow records of one acquire are
+/// grouped by it (the trace id when tracing, else `node-incarnation-request`), so diagrams need no backend.
+pub const ACQUIRE_KEY: &str = "dmutex-acquire";
+
+/// Prefix of the keys that hand the trace context of queued probable-owner requests to the next owner
+/// (`dmutex-waiter.<node>.acquire`, `dmutex-waiter.<node>.traceparent`).
+const WAITER_PREFIX: &str = "dmutex-waiter.";
+
+/// Longest acquire id accepted from a peer (ids are at most 32 hex digits; anything longer is garbage).
+const MAX_ACQUIRE_ID: usize = 64;
+
+/// Most remembered request contexts (`Node::waiters`); beyond it they are all forgotten, so a flood of
+/// requests that are never answered cannot grow memory (only their trace links are lost).
+const MAX_WAITERS: usize = 4096;
+
+/// What caused a piece of work: the acquire it belongs to and the span its messages are children of.
+#[derive(Clone, Default)]
+struct Cause {
+    /// Flow id of the acquire (see [`ACQUIRE_KEY`]).
+    acquire: Option<String>,
+    /// Parent of the spans of the messages this work sends (`None` when not exporting).
+    otel: Option<opentelemetry::Context>,
+    /// Keeps the causing span (`peer.recv`, `lock.release`) open while its work is processed.
+    _span: Option<tracing::Span>,
+}
+
+impl Cause {
+    fn kept(&self) -> Cause {
+        Cause { acquire: self.acquire.clone(), otel: self.otel.clone(), _span: None }
     }
 }
 
@@ -341,6 +437,10 @@ struct Pending {
     ttl: Duration,
     /// Set when the node itself withdrew the request (peer down, shutdown): the answer to give.
     withdrawn: Option<ApiError>,
+    /// Flow id of this acquire.
+    acquire_id: String,
+    /// The `lock.acquire` root span (a disabled span when not exporting); ends at the outcome.
+    span: tracing::Span,
 }
 
 struct Lease {
@@ -351,6 +451,10 @@ struct Lease {
     ttl: Duration,
     expires: Instant,
     granted: Instant,
+    /// Flow id of the acquire that got the lease.
+    acquire_id: String,
+    /// The acquire's trace context: `lock.release` is its child.
+    otel: Option<opentelemetry::Context>,
 }
 
 #[derive(Default)]
@@ -376,7 +480,16 @@ pub struct Node {
     timers: BTreeSet<(Millis, Algorithm, TimerId)>,
     timer_index: BTreeMap<(Algorithm, TimerId), Millis>,
     peers: Vec<PeerState>,
-    work: VecDeque<(Algorithm, Event<PeerMsg>)>,
+    work: VecDeque<(Algorithm, Event<PeerMsg>, Cause)>,
+    /// Trace context of requests received and not yet answered, by (algorithm, lock, requester): the answer
+    /// (an immediate REPLY, a deferred one, a probable-owner handoff long after) joins the requester's trace.
+    /// Kept here, not in the cores, which know nothing of tracing.
+    waiters: BTreeMap<(Algorithm, String, NodeId), Cause>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (flow records of different nodes are merged by it).
+fn unix_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 
 fn new_lease_id() -> String {
@@ -415,6 +528,7 @@ impl Node {
             timer_index: BTreeMap::new(),
             peers: (0..n).map(|_| PeerState::default()).collect(),
             work: VecDeque::new(),
+            waiters: BTreeMap::new(),
             settings,
         };
         let task = tokio::spawn(node.run(rx, inbound));
@@ -425,6 +539,7 @@ impl Node {
     pub fn shared(me: NodeId, incarnation: Incarnation) -> Arc<Shared> {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
+            flow: std::sync::Mutex::new(FlowLog::default()),
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             clock: AtomicU64::new(0),
@@ -537,6 +652,27 @@ impl Node {
         let id = RequestId(self.next_req);
         self.next_req += 1;
         let deadline = Millis(self.now().0 + timeout.as_millis() as u64);
+        // The root of this acquire's trace; without an exporter no span is built at all.
+        let span = if telemetry::exporting() {
+            tracing::info_span!(
+                parent: None,
+                "lock.acquire",
+                lock = %req.lock,
+                algorithm = algorithm.as_str(),
+                node = self.settings.me.0,
+                fencing_token = tracing::field::Empty,
+                waited_ms = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let otel = telemetry::context_of(&span);
+        let acquire_id = telemetry::trace_id_of(&span).unwrap_or_else(|| {
+            format!("{}-{:x}-{}", self.settings.me.0, self.settings.incarnation.0 & 0xffff, id.0)
+        });
+        self.flow_local("ACQUIRE", &req.lock, algorithm, &acquire_id, None);
+        let cause = Cause { acquire: Some(acquire_id.clone()), otel, _span: None };
         self.pending.insert(
             id,
             Pending {
@@ -547,10 +683,90 @@ impl Node {
                 timeout,
                 ttl,
                 withdrawn: None,
+                acquire_id,
+                span,
             },
         );
-        self.work
-            .push_back((algorithm, Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline) }));
+        self.work.push_back((
+            algorithm,
+            Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline) },
+            cause,
+        ));
+    }
+
+    /// Records a local event (ACQUIRE, ENTER, EXIT, TIMEOUT, …) of an acquire in the flow log.
+    fn flow_local(
+        &self,
+        kind: &str,
+        lock: &str,
+        algorithm: Algorithm,
+        acquire: &str,
+        detail: Option<String>,
+    ) {
+        let record = FlowRecord {
+            at_unix_ms: unix_ms(),
+            node: self.settings.me.0,
+            direction: Direction::Local,
+            peer: None,
+            kind: kind.to_string(),
+            lock: lock.to_string(),
+            algorithm: algorithm.as_str().to_string(),
+            lamport_ts: Some(self.engine_clock(algorithm).0),
+            trace_id: Some(acquire.to_string()),
+            detail,
+        };
+        self.push_flow(record);
+    }
+
+    /// Records a peer message (sent or received) in the flow log.
+    fn flow_message(&self, direction: Direction, peer: NodeId, msg: &PeerMsg, acquire: Option<&String>) {
+        let record = FlowRecord {
+            at_unix_ms: unix_ms(),
+            node: self.settings.me.0,
+            direction,
+            peer: Some(peer.0),
+            kind: msg.kind().to_string(),
+            lock: msg.lock().to_string(),
+            algorithm: msg.algorithm().as_str().to_string(),
+            lamport_ts: msg.timestamp().map(|t| t.0),
+            trace_id: acquire.cloned(),
+            detail: msg.flow_detail(),
+        };
+        self.push_flow(record);
+    }
+
+    fn push_flow(&self, record: FlowRecord) {
+        match self.shared.flow.lock() {
+            Ok(mut log) => log.push(record),
+            Err(p) => p.into_inner().push(record),
+        }
+    }
+
+    /// The cause of a lease's RELEASE: a `lock.release` span, child of the acquire's trace (when exporting).
+    fn release_cause(
+        &self,
+        algorithm: Algorithm,
+        lock: &str,
+        token: FencingToken,
+        acquire_id: &str,
+        otel: Option<&opentelemetry::Context>,
+    ) -> Cause {
+        let (otel, span) = match otel {
+            Some(parent) if telemetry::exporting() => {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "lock.release",
+                    lock = %lock,
+                    algorithm = algorithm.as_str(),
+                    node = self.settings.me.0,
+                    fencing_token = token.0,
+                );
+                telemetry::set_parent_context(&span, parent);
+                (telemetry::context_of(&span), Some(span))
+            }
+            _ => (None, None),
+        };
+        Cause { acquire: Some(acquire_id.to_string()), otel, _span: span }
     }
 
     fn release(&mut self, lock: &str, lease: &str) -> Result<(), ApiError> {
@@ -573,7 +789,10 @@ impl Node {
             vec![("algorithm", l.algorithm.as_str().into())],
             l.granted.elapsed().as_secs_f64(),
         );
-        self.work.push_back((l.algorithm, Event::Release { req: l.req }));
+        let held = format!("held={}ms", l.granted.elapsed().as_millis());
+        self.flow_local("EXIT", &l.lock, l.algorithm, &l.acquire_id, Some(held));
+        let cause = self.release_cause(l.algorithm, &l.lock, l.token, &l.acquire_id, l.otel.as_ref());
+        self.work.push_back((l.algorithm, Event::Release { req: l.req }, cause));
     }
 
     /// Why a request for `lock` with `algorithm` cannot be served now, if it cannot.
@@ -619,7 +838,11 @@ impl Node {
                     p.last_seen = Some(Instant::now());
                 }
                 for algorithm in Algorithm::ALL {
-                    self.work.push_back((algorithm, Event::PeerIncarnation { peer, incarnation, clock }));
+                    self.work.push_back((
+                        algorithm,
+                        Event::PeerIncarnation { peer, incarnation, clock },
+                        Cause::default(),
+                    ));
                 }
             }
             Inbound::Message { from, incarnation, env } => {
@@ -651,7 +874,8 @@ impl Node {
                 {
                     self.shared.metrics.inc("dmutex_redirects_total", vec![], 1);
                 }
-                self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }));
+                let cause = self.received(from, &env);
+                self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }, cause));
             }
             Inbound::Connected { peer } => {
                 if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
@@ -677,6 +901,75 @@ impl Node {
         }
     }
 
+    /// Records a received message and builds the cause of its handling: a `peer.recv` span whose parent is the
+    /// sender's span (from the message's trace map), in the sender's acquire. Requests remember their context
+    /// for the answer; a probable-owner grant hands over the contexts of the queue it carries.
+    fn received(&mut self, from: NodeId, env: &Envelope<PeerMsg>) -> Cause {
+        let acquire = env.trace.get(ACQUIRE_KEY).filter(|a| a.len() <= MAX_ACQUIRE_ID).cloned();
+        self.flow_message(Direction::Received, from, &env.body, acquire.as_ref());
+        let (otel, span) = if telemetry::exporting() {
+            let span = tracing::debug_span!(
+                parent: None,
+                "peer.recv",
+                "msg.type" = env.body.kind(),
+                "lamport.ts" = env.body.timestamp().map_or(env.ts.0, |t| t.0),
+                from = from.0,
+                node = self.settings.me.0,
+                lock = %env.body.lock(),
+                algorithm = env.body.algorithm().as_str(),
+                "msg.detail" = env.body.flow_detail(),
+            );
+            telemetry::set_parent(&span, &env.trace);
+            (telemetry::context_of(&span), Some(span))
+        } else {
+            (None, None)
+        };
+        let cause = Cause { acquire, otel, _span: span };
+        let algorithm = env.body.algorithm();
+        if env.body.is_request() {
+            self.remember_waiter(algorithm, env.body.lock(), from, cause.kept());
+        }
+        if let PeerMsg::ProbableOwner(PoMsg::Rep {
+            outcome: RepOutcome::Granted { queue, .. }, lock, ..
+        }) = &env.body
+        {
+            for (node, _) in queue {
+                let key = |what: &str| format!("{WAITER_PREFIX}{}.{what}", node.0);
+                let acquire = env.trace.get(&key("acquire")).filter(|a| a.len() <= MAX_ACQUIRE_ID).cloned();
+                let mut carrier = BTreeMap::new();
+                if let Some(tp) = env.trace.get(&key("traceparent")) {
+                    carrier.insert("traceparent".to_string(), tp.clone());
+                }
+                let cx = telemetry::extract(&carrier);
+                let otel = telemetry::is_valid(&cx).then_some(cx);
+                if acquire.is_some() || otel.is_some() {
+                    self.remember_waiter(algorithm, lock, *node, Cause { acquire, otel, _span: None });
+                }
+            }
+        }
+        cause
+    }
+
+    fn remember_waiter(&mut self, algorithm: Algorithm, lock: &str, from: NodeId, cause: Cause) {
+        if self.waiters.len() >= MAX_WAITERS {
+            // Only trace links are lost; the cores' state is unaffected.
+            self.waiters.clear();
+        }
+        self.waiters.insert((algorithm, lock.to_string(), from), cause);
+    }
+
+    /// The cause of work on behalf of a local pending request (cancel, withdraw).
+    fn pending_cause(&self, id: RequestId) -> Cause {
+        match self.pending.get(&id) {
+            Some(p) => Cause {
+                acquire: Some(p.acquire_id.clone()),
+                otel: telemetry::context_of(&p.span),
+                _span: None,
+            },
+            None => Cause::default(),
+        }
+    }
+
     fn fire_timers(&mut self) {
         let now = self.now();
         while let Some(&(at, algorithm, timer)) = self.timers.first() {
@@ -685,13 +978,13 @@ impl Node {
             }
             self.timers.remove(&(at, algorithm, timer));
             self.timer_index.remove(&(algorithm, timer));
-            self.work.push_back((algorithm, Event::Timer { timer }));
+            self.work.push_back((algorithm, Event::Timer { timer }, Cause::default()));
         }
     }
 
     /// Feeds queued events to the cores and executes their actions until nothing is left.
     fn run_work(&mut self) {
-        while let Some((algorithm, event)) = self.work.pop_front() {
+        while let Some((algorithm, event, cause)) = self.work.pop_front() {
             let now = self.now();
             let mut actions = Vec::new();
             let result = match algorithm {
@@ -740,16 +1033,68 @@ impl Node {
                 self.shared.metrics.inc("dmutex_bad_frames_total", vec![("reason", reason.into())], 1);
             }
             for action in actions {
-                self.execute(algorithm, action);
+                self.execute(algorithm, action, &cause);
             }
         }
         let clock = self.lamport.clock().max(self.ra.clock()).max(self.po.clock());
         self.shared.clock.store(clock.0, Ordering::Relaxed);
     }
 
-    fn execute(&mut self, algorithm: Algorithm, action: Action<PeerMsg>) {
+    fn execute(&mut self, algorithm: Algorithm, action: Action<PeerMsg>, cause: &Cause) {
         match action {
             Action::Send { to, msg } => {
+                // An answer joins the trace of the request it answers (remembered when it arrived), which for a
+                // deferred REPLY or a handoff is not the work that happens to send it.
+                let answered = if msg.is_answer() {
+                    self.waiters.remove(&(algorithm, msg.lock().to_string(), to))
+                } else {
+                    None
+                };
+                let cause = answered.as_ref().unwrap_or(cause);
+                let mut trace = BTreeMap::new();
+                if let Some(a) = &cause.acquire {
+                    trace.insert(ACQUIRE_KEY.to_string(), a.clone());
+                }
+                if telemetry::exporting()
+                    && let Some(parent) = &cause.otel
+                {
+                    let span = tracing::debug_span!(
+                        parent: None,
+                        "peer.send",
+                        "msg.type" = msg.kind(),
+                        "lamport.ts" = msg.timestamp().map(|t| t.0),
+                        to = to.0,
+                        node = self.settings.me.0,
+                        lock = %msg.lock(),
+                        algorithm = algorithm.as_str(),
+                        "msg.detail" = msg.flow_detail(),
+                    );
+                    telemetry::set_parent_context(&span, parent);
+                    trace.extend(telemetry::inject(&span));
+                }
+                if let PeerMsg::ProbableOwner(PoMsg::Rep {
+                    lock,
+                    outcome: RepOutcome::Granted { queue, .. },
+                    ..
+                }) = &msg
+                {
+                    // The new owner takes over the queue: hand it the queued requests' contexts too.
+                    for (node, _) in queue {
+                        if let Some(w) = self.waiters.remove(&(algorithm, lock.to_string(), *node)) {
+                            if let Some(a) = w.acquire {
+                                trace.insert(format!("{WAITER_PREFIX}{}.acquire", node.0), a);
+                            }
+                            if let Some(tp) = w
+                                .otel
+                                .map(|cx| telemetry::inject_context(&cx))
+                                .and_then(|mut m| m.remove("traceparent"))
+                            {
+                                trace.insert(format!("{WAITER_PREFIX}{}.traceparent", node.0), tp);
+                            }
+                        }
+                    }
+                }
+                self.flow_message(Direction::Sent, to, &msg, cause.acquire.as_ref());
                 self.shared.metrics.inc(
                     "dmutex_messages_sent_total",
                     vec![
@@ -761,7 +1106,7 @@ impl Node {
                 );
                 let ts = msg.timestamp().unwrap_or_else(|| self.engine_clock(algorithm));
                 let to_incarnation = self.engine_peer_incarnation(algorithm, to);
-                let env = Envelope { ts, trace: BTreeMap::new(), to_incarnation, body: msg };
+                let env = Envelope { ts, trace, to_incarnation, body: msg };
                 if let Err(e) = self.transport.send(to, env) {
                     tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
                 }
@@ -769,10 +1114,18 @@ impl Node {
             Action::Granted { req, lock, token } => {
                 let Some(mut p) = self.pending.remove(&req) else {
                     // Nobody waits for it any more: give it back at once.
-                    self.work.push_back((algorithm, Event::Release { req }));
+                    self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
                     return;
                 };
                 let waited = p.started.elapsed();
+                p.span.record("fencing_token", token.0);
+                p.span.record("waited_ms", waited.as_millis() as u64);
+                let otel = telemetry::context_of(&p.span);
+                if otel.is_some() {
+                    let _enter = tracing::debug_span!(parent: &p.span, "lock.enter", fencing_token = token.0)
+                        .entered();
+                }
+                self.flow_local("ENTER", &lock, algorithm, &p.acquire_id, Some(format!("token={}", token.0)));
                 match p.reply.take() {
                     Some(reply) if !reply.is_closed() => {
                         let lease = new_lease_id();
@@ -796,8 +1149,11 @@ impl Node {
                                 ttl: p.ttl,
                                 expires: now + p.ttl,
                                 granted: now,
+                                acquire_id: p.acquire_id.clone(),
+                                otel,
                             },
                         );
+                        p.span.record("outcome", "granted");
                         self.observe_acquire(algorithm, "granted", waited);
                         if reply.send(Ok(grant)).is_err() {
                             // The client went away between the check and the send: the lease will expire; release now.
@@ -810,8 +1166,10 @@ impl Node {
                         }
                     }
                     _ => {
+                        p.span.record("outcome", "abandoned");
                         self.observe_acquire(algorithm, "abandoned", waited);
-                        self.work.push_back((algorithm, Event::Release { req }));
+                        let cause = self.release_cause(algorithm, &lock, token, &p.acquire_id, otel.as_ref());
+                        self.work.push_back((algorithm, Event::Release { req }, cause));
                     }
                 }
             }
@@ -830,10 +1188,12 @@ impl Node {
                     _ => "cancelled",
                 };
                 self.observe_acquire(algorithm, outcome, waited);
+                p.span.record("outcome", outcome);
+                p.span.record("waited_ms", waited.as_millis() as u64);
+                self.flow_local(&outcome.to_ascii_uppercase(), &p.lock, algorithm, &p.acquire_id, None);
                 if let Some(reply) = p.reply.take() {
                     let _ = reply.send(Err(err));
                 }
-                let _ = p.lock;
             }
             Action::SetTimer { timer, at } => {
                 if let Some(old) = self.timer_index.insert((algorithm, timer), at) {
@@ -912,7 +1272,8 @@ impl Node {
             if let Some(p) = self.pending.get_mut(&id) {
                 p.withdrawn = Some(ApiError::Unavailable(why));
             }
-            self.work.push_back((algorithm, Event::Cancel { req: id }));
+            let cause = self.pending_cause(id);
+            self.work.push_back((algorithm, Event::Cancel { req: id }, cause));
         }
         self.update_readiness();
         self.run_work();
@@ -1085,7 +1446,8 @@ impl Node {
             if let Some(p) = self.pending.get_mut(&id) {
                 p.withdrawn = Some(ApiError::ShuttingDown);
             }
-            self.work.push_back((algorithm, Event::Cancel { req: id }));
+            let cause = self.pending_cause(id);
+            self.work.push_back((algorithm, Event::Cancel { req: id }, cause));
         }
         let leases: Vec<String> = self.leases.keys().cloned().collect();
         for id in leases {

@@ -44,7 +44,7 @@ use opentelemetry_sdk::trace::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -62,6 +62,16 @@ pub const DEFAULT_SERVICE_NAME: &str = "dmutex";
 
 /// The instrumentation scope name of the tracer.
 const TRACER_NAME: &str = "dmutex";
+
+/// Set once an OpenTelemetry layer is installed by [`init_with`]: lets hot paths skip building spans and
+/// trace maps altogether when nothing would export them.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces (an OTLP endpoint was configured and [`init`] installed the layer).
+/// Cheap (one relaxed load); the node checks it before creating any per-message span.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// What [`init`] needs from the node configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -536,6 +546,7 @@ pub fn init_with(
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(s) = &otlp {
+        EXPORTING.store(true, Ordering::Relaxed);
         tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, service = %s.service_name, "exporting traces over OTLP");
     }
     let (provider, counters) = match pipeline {
@@ -577,6 +588,35 @@ pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
         TraceContextPropagator::new().inject_context(&cx, &mut MapInjector(&mut map));
     }
     map
+}
+
+/// The W3C trace context of an OpenTelemetry context (as kept for a queued request), for a peer message;
+/// empty when the context holds no valid span.
+pub fn inject_context(cx: &Context) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(cx, &mut MapInjector(&mut map));
+    }
+    map
+}
+
+/// The OpenTelemetry context of `span` (to parent later spans on it after `span` ended), or `None` when the
+/// span has none (no exporter).
+pub fn context_of(span: &tracing::Span) -> Option<Context> {
+    let cx = span.context();
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Whether `cx` holds a valid span context (e.g. one [`extract`]ed from a peer message).
+pub fn is_valid(cx: &Context) -> bool {
+    cx.span().span_context().is_valid()
+}
+
+/// Makes `span` a child of `parent` (a context kept from an earlier span); see [`set_parent`].
+pub fn set_parent_context(span: &tracing::Span, parent: &Context) {
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent.clone());
+    }
 }
 
 /// The remote parent context carried by a peer message's trace map (an empty context when absent or
