@@ -5,6 +5,8 @@
 #   scripts/validate-k8s.sh                          # the newest version the pinned validator knows, and 1.31
 #   K8S_VERSIONS="1.33.0" scripts/validate-k8s.sh
 #
+# Exit status: 0 valid, 75 the validator could not be installed (PyPI unreachable), anything else invalid.
+#
 # Also validates the kustomize output when kubectl is installed (namespace and image rewriting applied).
 set -euo pipefail
 
@@ -16,8 +18,14 @@ VENV="${K8S_VALIDATE_VENV:-$ROOT/target/k8s-validate-venv}"
 
 if [[ ! -x "$VENV/bin/kubernetes-validate" ]]; then
     echo "==> installing kubernetes-validate $VALIDATOR_VERSION into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$VALIDATOR_VERSION"
+    # Exit 75 (EX_TEMPFAIL) when the tool cannot be installed (no PyPI): callers tell that from a bad manifest.
+    if ! python3 -m venv "$VENV" \
+        || ! "$VENV/bin/pip" install --quiet --disable-pip-version-check --timeout 30 \
+            "kubernetes-validate==$VALIDATOR_VERSION"; then
+        rm -rf "$VENV"
+        echo "error: cannot install kubernetes-validate $VALIDATOR_VERSION (is PyPI reachable?)" >&2
+        exit 75
+    fi
 fi
 KV="$VENV/bin/kubernetes-validate"
 
