@@ -132,7 +132,7 @@ pub enum SweepMetric {
 }
 
 /// Waiting-time statistics of one node (enter − request, in ms).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
     /// How many entries.
     pub count: usize,
