@@ -308,13 +308,9 @@ fn a_real_sweep_writes_the_csv_and_one_series_per_algorithm() {
     // One line (and one marker per N) per algorithm, colours in algorithm-name order.
     for file in ["sweep-time.svg", "sweep-messages.svg"] {
         let text = svg(&out.path().join(file));
-        for rank in 0..3 {
-            assert_eq!(polylines(&text, PALETTE[rank]), 1, "{file}: one series per algorithm");
-            assert_eq!(
-                data_marks(&text, "circle").get(&hex(PALETTE[rank])),
-                Some(&2),
-                "{file}: a point per N"
-            );
+        for colour in &PALETTE[..3] {
+            assert_eq!(polylines(&text, *colour), 1, "{file}: one series per algorithm");
+            assert_eq!(data_marks(&text, "circle").get(&hex(*colour)), Some(&2), "{file}: a point per N");
         }
         assert_eq!(polylines(&text, PALETTE[3]), 0, "{file}: no fourth series");
         let labels = texts(&text);
