@@ -132,7 +132,7 @@ pub enum SweepMetric {
 }
 
 /// Waiting-time statistics of one node (enter − request, in ms).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
     /// How many entries.
     pub count: usize,
@@ -256,6 +256,8 @@ enum Swatch {
     LineMarker(RGBColor),
     /// Two short bars (a dashed line).
     Dashed(RGBColor),
+    /// No swatch (a note).
+    Empty,
 }
 
 /// Draws a legend: one swatch and label per row, top-down, in the panel `area`.
@@ -282,6 +284,7 @@ fn draw_legend(area: &Area<'_>, items: &[(String, Swatch)]) -> Result<(), ChartE
             Swatch::Dashed(c) => area
                 .draw(&Rectangle::new([(X0, y - 1), (X0 + 10, y + 1)], c.filled()))
                 .and_then(|()| area.draw(&Rectangle::new([(X0 + 16, y - 1), (X1 - 4, y + 1)], c.filled()))),
+            Swatch::Empty => Ok(()),
         }
         .map_err(draw_err)?;
         area.draw(&Text::new(label.as_str(), (X1 + 4, y), style.clone())).map_err(draw_err)?;
@@ -335,14 +338,32 @@ fn tick_label(v: f64, max: f64) -> String {
     if max >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") }
 }
 
-/// The category a key point of [`category_axis`] stands for.
-fn category_label<T: std::fmt::Display>(names: &[T], v: f64) -> String {
+/// The category a key point of [`category_axis`] stands for; with `step` > 1 only every `step`-th category (by
+/// `rank(i)`) is labelled, so labels of many categories do not run into each other.
+fn category_label<T: std::fmt::Display>(
+    names: &[T],
+    v: f64,
+    step: usize,
+    rank: impl Fn(usize) -> usize,
+) -> String {
     let i = v.round();
-    if i >= 0.0 && (i as usize) < names.len() && (v - i).abs() < 1e-6 {
+    if i >= 0.0 && (i as usize) < names.len() && (v - i).abs() < 1e-6 && rank(i as usize) % step.max(1) == 0 {
         names[i as usize].to_string()
     } else {
         String::new()
     }
+}
+
+/// Categories along x (node labels like "node 12" are ~60 px wide) that fit without overlapping.
+const MAX_X_LABELS: usize = 12;
+/// Rows along y (labels ~20 px high) that fit without overlapping.
+const MAX_Y_LABELS: usize = 18;
+/// Nodes listed one by one in a legend; more are summarised in one line (their colours repeat anyway).
+const MAX_LEGEND_NODES: usize = 12;
+
+/// Label every `step`-th of `n` categories so that at most `max` labels are drawn.
+fn label_step(n: usize, max: usize) -> usize {
+    n.div_ceil(max.max(1)).max(1)
 }
 
 /// Critical-section occupancy per node over time (the experiment's Gantt chart).
@@ -379,7 +400,9 @@ pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
             .map_err(draw_err)?;
         // Row labels read bottom-up, so map the key point back to the node of that row.
         let reversed: Vec<&String> = names.iter().rev().collect();
-        let y_fmt = |v: &f64| category_label(&reversed, *v);
+        let step = label_step(reversed.len(), MAX_Y_LABELS);
+        let last = reversed.len().saturating_sub(1);
+        let y_fmt = |v: &f64| category_label(&reversed, *v, step, |i| last - i);
         let x_fmt = |v: &f64| format!("{v:.0}");
         chart
             .configure_mesh()
@@ -419,8 +442,16 @@ pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
                 Rectangle::new([(start, y - 0.32), (end, y + 0.32)], colour.mix(DATA_OPACITY).filled())
             }))
             .map_err(draw_err)?;
-        let mut items: Vec<(String, Swatch)> =
-            names.iter().enumerate().map(|(i, name)| (name.clone(), Swatch::Block(palette(i)))).collect();
+        let listed = if names.len() > MAX_LEGEND_NODES { MAX_LEGEND_NODES - 2 } else { names.len() };
+        let mut items: Vec<(String, Swatch)> = names
+            .iter()
+            .take(listed)
+            .enumerate()
+            .map(|(i, name)| (name.clone(), Swatch::Block(palette(i))))
+            .collect();
+        if listed < names.len() {
+            items.push((format!("… {} more nodes", names.len() - listed), Swatch::Empty));
+        }
         items.push(("waiting (request → enter)".into(), Swatch::Line(WAIT_COLOUR)));
         if any_overlap {
             items.push(("OVERLAP (same lock)".into(), Swatch::Block(WARNING_COLOUR)));
@@ -446,7 +477,8 @@ pub fn latency(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
             .y_label_area_size(72)
             .build_cartesian_2d(category_axis(stats.len()), 0.0..y_max)
             .map_err(draw_err)?;
-        let x_fmt = |v: &f64| category_label(&names, *v);
+        let step = label_step(names.len(), MAX_X_LABELS);
+        let x_fmt = |v: &f64| category_label(&names, *v, step, |i| i);
         let y_fmt = |v: &f64| tick_label(*v, y_max);
         chart
             .configure_mesh()
@@ -473,9 +505,16 @@ pub fn latency(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
                 chart
                     .draw_series([Rectangle::new([(x0, 0.0), (x1, v)], c.mix(DATA_OPACITY).filled())])
                     .map_err(draw_err)?;
-                chart
-                    .draw_series([Text::new(format!("{v:.1}"), ((x0 + x1) / 2.0, v), value_style.clone())])
-                    .map_err(draw_err)?;
+                // Values over the bars only while they fit side by side.
+                if stats.len() <= MAX_X_LABELS / 2 {
+                    chart
+                        .draw_series([Text::new(
+                            format!("{v:.1}"),
+                            ((x0 + x1) / 2.0, v),
+                            value_style.clone(),
+                        )])
+                        .map_err(draw_err)?;
+                }
             }
         }
         draw_legend(
@@ -507,7 +546,8 @@ pub fn messages(per_node: &BTreeMap<u16, BTreeMap<String, u64>>, title: &str) ->
             .y_label_area_size(80)
             .build_cartesian_2d(category_axis(per_node.len()), 0.0..y_max)
             .map_err(draw_err)?;
-        let x_fmt = |v: &f64| category_label(&names, *v);
+        let step = label_step(names.len(), MAX_X_LABELS);
+        let x_fmt = |v: &f64| category_label(&names, *v, step, |i| i);
         let y_fmt = |v: &f64| format!("{v:.0}");
         chart
             .configure_mesh()
@@ -544,9 +584,12 @@ pub fn messages(per_node: &BTreeMap<u16, BTreeMap<String, u64>>, title: &str) ->
                     .map_err(draw_err)?;
                 base = top;
             }
-            chart
-                .draw_series([Text::new(total(counts).to_string(), (x, base), value_style.clone())])
-                .map_err(draw_err)?;
+            // Totals over the bars only while they fit side by side.
+            if per_node.len() <= MAX_X_LABELS {
+                chart
+                    .draw_series([Text::new(total(counts).to_string(), (x, base), value_style.clone())])
+                    .map_err(draw_err)?;
+            }
         }
         // Top-down like the stack: the last type is on top.
         let items: Vec<(String, Swatch)> = types
@@ -813,6 +856,30 @@ mod tests {
             .unwrap();
         let width: i32 = bar.attribute("width").unwrap().parse().unwrap();
         assert!(width >= 1, "width {width}");
+    }
+
+    #[test]
+    fn many_nodes_keep_one_bar_per_entry_but_thin_out_labels() {
+        let entries: Vec<CsEntry> =
+            (0..40u16).map(|n| cs(n, "l", 0.0, f64::from(n) * 10.0, f64::from(n) * 10.0 + 5.0)).collect();
+        let doc_text = gantt(&entries, "40 nodes").unwrap();
+        let doc = parse(&doc_text);
+        let bars: usize = PALETTE.iter().map(|c| data_marks(&doc, "rect", *c)).sum();
+        assert_eq!(bars, 40);
+        let labels = texts(&doc);
+        let node_labels = labels.iter().filter(|t| t.starts_with("node ")).count();
+        assert!(node_labels <= MAX_Y_LABELS + MAX_LEGEND_NODES, "{node_labels} labels: {labels:?}");
+        assert!(
+            labels.iter().any(|t| t == "node 0") && labels.iter().any(|t| t == "… 30 more nodes"),
+            "{labels:?}"
+        );
+
+        let per_node: BTreeMap<u16, BTreeMap<String, u64>> =
+            (0..40u16).map(|n| (n, BTreeMap::from([("REQUEST".to_string(), 7u64)]))).collect();
+        let doc_text = messages(&per_node, "m").unwrap();
+        let doc = parse(&doc_text);
+        assert_eq!(data_marks(&doc, "rect", palette(0)), 40);
+        assert!(texts(&doc).iter().filter(|t| t.starts_with("node ")).count() <= MAX_X_LABELS);
     }
 
     #[test]

@@ -6,6 +6,17 @@
 //! progress) until every node is done; read `/v1/stats`; stop every child (SIGTERM, SIGKILL after 5 s); print the
 //! seed-style results and a verdict.
 //!
+//! With `--out DIR` it also writes `DIR/results.json` (every printed figure, every entry with its request/enter/exit
+//! times on the host clock and relative to the experiment's first request, its Lamport request timestamp, every
+//! node's `/v1/stats`) and per algorithm three SVG charts ([`crate::charts`]): `<algorithm>-gantt.svg`,
+//! `<algorithm>-latency.svg` and `<algorithm>-messages.svg`.
+//!
+//! With a sweep (`--sweep 3,5,10`) it runs the experiment for every size and algorithm, one after another on the
+//! same addresses and ports, and writes, besides `results.json` with every experiment, `sweep.csv`,
+//! `sweep-time.svg` (execution time against N) and `sweep-messages.svg` (messages per entry against N with the
+//! textbook lines); each size's charts go to `DIR/n<N>/`. A failed experiment does not stop the sweep: it is
+//! reported, left out of the sweep's points, and makes the command fail at the end.
+//!
 //! The verdict ([`analyze`]) holds when: the counter file ends at N·K (no lost update); no two entries'
 //! `[enter, exit]` intervals overlap (all children share the host clock, so their timestamps compare); fencing
 //! tokens strictly increase in entry order; and every node made its K entries without error.
@@ -14,6 +25,7 @@
 //! delete the logs of a run that failed (their location is printed instead).
 
 use crate::algo::Algorithm;
+use crate::charts::{self, LatencyStats, SweepMetric, SweepPoint};
 use crate::workload::{CsEntry, WorkloadReport, WorkloadStatus, read_counter, unix_ms};
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -26,8 +38,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// How long every node gets to answer `/readyz` with 200.
+/// How long every node gets to answer `/readyz` with 200, plus [`READY_PER_NODE`] per node: a large cluster on a
+/// small machine starts its processes and meshes its N² connections slower.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Extra readiness time per node.
+const READY_PER_NODE: Duration = Duration::from_millis(500);
 /// How long children get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Timeout of one HTTP request to a node.
@@ -62,6 +77,8 @@ pub struct ClusterArgs {
     pub keep: bool,
     /// The `dmutex` binary to start as `<binary> node` (default: this executable).
     pub binary: Option<PathBuf>,
+    /// Cluster sizes to run one after another instead of `nodes` (empty: just `nodes`).
+    pub sweep: Vec<usize>,
 }
 
 /// The body of `GET /v1/workload`.
@@ -92,6 +109,10 @@ pub struct NodeStats {
     pub messages_sent_total: u64,
     /// Grants to local requests, per algorithm.
     pub grants: BTreeMap<String, u64>,
+    /// Acquire timeouts, per algorithm.
+    pub timeouts: BTreeMap<String, u64>,
+    /// Leases that expired.
+    pub lease_expiries: u64,
     /// The node's Lamport clock.
     pub lamport_clock: u64,
 }
@@ -253,6 +274,48 @@ pub fn textbook_cost(algorithm: Algorithm, nodes: usize) -> String {
     }
 }
 
+/// One critical-section entry as `results.json` records it: the node's [`CsEntry`] (node, lock, iteration,
+/// fencing token, Lamport clock at enter, request/enter/exit in UNIX ms of the host clock every node shares) plus
+/// what follows from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// The entry as the node reported it.
+    #[serde(flatten)]
+    pub entry: CsEntry,
+    /// The Lamport timestamp of the request (Lamport and Ricart–Agrawala: the high 48 bits of the fencing token,
+    /// see [`crate::algo::FencingToken::from_ts`]); `None` for probable-owner, whose tokens are epochs.
+    pub request_timestamp: Option<u64>,
+    /// `request_ms` − the experiment's [`ExperimentResult::time_origin_ms`].
+    pub request_at_ms: f64,
+    /// `enter_ms` − the experiment's origin.
+    pub enter_at_ms: f64,
+    /// `exit_ms` − the experiment's origin.
+    pub exit_at_ms: f64,
+    /// Waiting time, enter − request (ms).
+    pub wait_ms: f64,
+    /// Time inside the critical section, exit − enter (ms).
+    pub hold_ms: f64,
+}
+
+impl EntryRecord {
+    /// Records `entry` of an `algorithm` experiment whose first request was at `origin_ms`.
+    pub fn new(entry: CsEntry, algorithm: Algorithm, origin_ms: f64) -> Self {
+        let request_timestamp = match algorithm {
+            Algorithm::Lamport | Algorithm::RicartAgrawala => Some(entry.fencing_token >> 16),
+            Algorithm::ProbableOwner => None,
+        };
+        EntryRecord {
+            request_timestamp,
+            request_at_ms: entry.request_ms - origin_ms,
+            enter_at_ms: entry.enter_ms - origin_ms,
+            exit_at_ms: entry.exit_ms - origin_ms,
+            wait_ms: entry.enter_ms - entry.request_ms,
+            hold_ms: entry.exit_ms - entry.enter_ms,
+            entry,
+        }
+    }
+}
+
 /// One experiment's results: every printed field, every entry, every node's counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentResult {
@@ -274,6 +337,10 @@ pub struct ExperimentResult {
     pub message_count: BTreeMap<u16, u64>,
     /// Messages sent by all nodes for this algorithm, per type.
     pub messages_by_type: BTreeMap<String, u64>,
+    /// Messages sent for this algorithm, per node and type.
+    pub messages_by_node: BTreeMap<u16, BTreeMap<String, u64>>,
+    /// Messages received for this algorithm, per node and type.
+    pub messages_received_by_node: BTreeMap<u16, BTreeMap<String, u64>>,
     /// Every message sent for this algorithm.
     pub total_messages: u64,
     /// `total_messages` / entries made.
@@ -286,8 +353,12 @@ pub struct ExperimentResult {
     pub entries_per_s: f64,
     /// The checks.
     pub verdict: Verdict,
+    /// The earliest request of the experiment (UNIX ms): the origin of the entries' `*_at_ms` times.
+    pub time_origin_ms: f64,
+    /// Waiting time (enter − request) per node: count, mean, p99, max (ms).
+    pub latency: BTreeMap<u16, LatencyStats>,
     /// Every entry, in entry order.
-    pub entries: Vec<CsEntry>,
+    pub entries: Vec<EntryRecord>,
     /// Every node's `/v1/stats`.
     pub node_stats: Vec<NodeStats>,
     /// Where the nodes' logs were written (deleted after a passing run unless kept).
@@ -310,6 +381,8 @@ pub fn summarize(
 
     let mut message_count = BTreeMap::new();
     let mut messages_by_type = BTreeMap::new();
+    let mut messages_by_node = BTreeMap::new();
+    let mut messages_received_by_node = BTreeMap::new();
     for s in stats {
         let sent = s.messages_sent.get(algorithm.as_str());
         let mut node_total = 0u64;
@@ -318,6 +391,9 @@ pub fn summarize(
             *messages_by_type.entry(kind.clone()).or_insert(0u64) += n;
         }
         message_count.insert(s.node_id, node_total);
+        messages_by_node.insert(s.node_id, sent.cloned().unwrap_or_default());
+        let received = s.messages_received.get(algorithm.as_str()).cloned().unwrap_or_default();
+        messages_received_by_node.insert(s.node_id, received);
     }
     let total_messages: u64 = message_count.values().sum();
 
@@ -328,6 +404,10 @@ pub fn summarize(
         _ => 0.0,
     };
     let made = entries.len() as f64;
+    let latency = charts::latency_stats(&entries);
+    let time_origin_ms =
+        entries.iter().map(|e| e.request_ms.min(e.enter_ms)).min_by(f64::total_cmp).unwrap_or(0.0);
+    let entries = entries.into_iter().map(|e| EntryRecord::new(e, algorithm, time_origin_ms)).collect();
     ExperimentResult {
         algorithm,
         nodes,
@@ -338,12 +418,16 @@ pub fn summarize(
         expected_counter: verdict.expected_counter,
         message_count,
         messages_by_type,
+        messages_by_node,
+        messages_received_by_node,
         total_messages,
         messages_per_entry: if made > 0.0 { total_messages as f64 / made } else { 0.0 },
         textbook_per_entry: textbook_cost(algorithm, nodes),
         execution_time_s,
         entries_per_s: if execution_time_s > 0.0 { made / execution_time_s } else { 0.0 },
         verdict,
+        time_origin_ms,
+        latency,
         entries,
         node_stats: stats.to_vec(),
         log_dir: None,
@@ -382,22 +466,92 @@ pub fn format_results(r: &ExperimentResult) -> String {
     s
 }
 
-/// One line per experiment, for runs of several algorithms.
+/// The textbook messages per entry as a number: 3(N−1) for Lamport, 2(N−1) for Ricart–Agrawala; `None` for
+/// probable-owner, whose cost depends on the owner hints.
+pub fn textbook_per_entry(algorithm: Algorithm, nodes: usize) -> Option<u64> {
+    let n1 = nodes.saturating_sub(1) as u64;
+    match algorithm {
+        Algorithm::Lamport => Some(3 * n1),
+        Algorithm::RicartAgrawala => Some(2 * n1),
+        Algorithm::ProbableOwner => None,
+    }
+}
+
+/// The header of [`format_summary`]'s table.
+const SUMMARY_HEADER: &str =
+    "algorithm           N  entries   time (s)  entries/s  msgs/entry  textbook  verdict";
+
+/// One row of [`format_summary`]'s table.
+pub fn summary_row(r: &ExperimentResult) -> String {
+    let textbook = textbook_per_entry(r.algorithm, r.nodes).map_or("—".to_string(), |t| t.to_string());
+    format!(
+        "{:<16} {:>4} {:>8} {:>10.3} {:>10.0} {:>11.1} {:>9}  {}",
+        r.algorithm.as_str(),
+        r.nodes,
+        r.entries.len(),
+        r.execution_time_s,
+        r.entries_per_s,
+        r.messages_per_entry,
+        textbook,
+        if r.verdict.ok { "OK" } else { "FAILED" }
+    )
+}
+
+/// One row per experiment, for runs of several algorithms or sizes.
 pub fn format_summary(results: &[ExperimentResult]) -> String {
-    let mut s = String::from("--- Summary ---\n");
+    let mut s = format!("--- Summary ---\n{SUMMARY_HEADER}\n");
     for r in results {
-        let _ = writeln!(
-            s,
-            "{:<16} {:>6} entries {:>8.3}s {:>8.0} entries/s {:>6.1} msgs/entry  {}",
-            r.algorithm.as_str(),
-            r.entries.len(),
-            r.execution_time_s,
-            r.entries_per_s,
-            r.messages_per_entry,
-            if r.verdict.ok { "OK" } else { "FAILED" }
-        );
+        let _ = writeln!(s, "{}", summary_row(r));
     }
     s
+}
+
+/// The point an experiment contributes to a sweep's charts and CSV.
+pub fn sweep_point(r: &ExperimentResult) -> SweepPoint {
+    SweepPoint {
+        algorithm: r.algorithm.as_str().to_string(),
+        nodes: u32::try_from(r.nodes).unwrap_or(u32::MAX),
+        entries: r.entries.len() as u64,
+        messages: r.total_messages,
+        execution_ms: r.execution_time_s * 1000.0,
+    }
+}
+
+/// Writes an experiment's three charts into `dir`: `<algorithm>-gantt.svg`, `<algorithm>-latency.svg` and
+/// `<algorithm>-messages.svg`. Returns the files written.
+pub fn write_experiment_charts(dir: &Path, r: &ExperimentResult) -> anyhow::Result<Vec<PathBuf>> {
+    let entries: Vec<CsEntry> = r.entries.iter().map(|e| e.entry.clone()).collect();
+    let what = format!("{}, {} nodes × {} entries", r.algorithm, r.nodes, r.iterations);
+    let charts = [
+        ("gantt", charts::gantt(&entries, &format!("Critical sections over time ({what})"))?),
+        ("latency", charts::latency(&entries, &format!("Waiting time per node ({what})"))?),
+        ("messages", charts::messages(&r.messages_by_node, &format!("Messages sent per node ({what})"))?),
+    ];
+    let mut written = Vec::new();
+    for (name, svg) in charts {
+        let path = dir.join(format!("{}-{name}.svg", r.algorithm.as_str()));
+        charts::write_svg(&path, &svg)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Writes a sweep's `sweep.csv`, `sweep-time.svg` and `sweep-messages.svg` into `dir`.
+pub fn write_sweep_outputs(
+    dir: &Path,
+    points: &[SweepPoint],
+    iterations: u32,
+    cs_ms: u64,
+) -> anyhow::Result<()> {
+    let csv = dir.join("sweep.csv");
+    std::fs::write(&csv, charts::sweep_csv(points)).with_context(|| format!("writing {}", csv.display()))?;
+    let per = format!("{iterations} entries per node, {cs_ms} ms in the critical section");
+    let time = charts::sweep(points, SweepMetric::ExecutionTime, &format!("Execution time vs N ({per})"))?;
+    charts::write_svg(dir.join("sweep-time.svg"), &time)?;
+    let msgs =
+        charts::sweep(points, SweepMetric::MessagesPerEntry, "Messages per critical-section entry vs N")?;
+    charts::write_svg(dir.join("sweep-messages.svg"), &msgs)?;
+    Ok(())
 }
 
 /// The loopback addresses of `nodes` nodes on `subnet` (`"127.0.0"` → 127.0.0.1 …).
@@ -442,9 +596,20 @@ pub fn node_env(
     ]
 }
 
-/// Runs the experiment for the requested algorithm(s), prints the results, and says whether all passed.
+/// The error of an experiment stopped by Ctrl-C (ends a sweep, unlike other failures).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
+
+/// Runs the experiment for the requested algorithm(s) and size(s), prints the results, writes the output
+/// directory's files, and says whether all passed.
 pub async fn run_cluster(args: &ClusterArgs) -> anyhow::Result<bool> {
-    let addrs = node_addresses(&args.subnet, args.nodes)?;
+    let sweeping = !args.sweep.is_empty();
+    let sizes: Vec<usize> = if sweeping { args.sweep.clone() } else { vec![args.nodes] };
+    // Every size is checked before the first experiment, so a bad list fails at once, not after minutes.
+    for &n in &sizes {
+        node_addresses(&args.subnet, n)?;
+    }
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("finding this executable")?,
@@ -466,64 +631,146 @@ pub async fn run_cluster(args: &ClusterArgs) -> anyhow::Result<bool> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
 
-    let mut results = Vec::new();
-    for algorithm in algorithms {
-        let dir = root.join(algorithm.as_str());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let counter_file = dir.join("counter");
-        std::fs::write(&counter_file, "0").with_context(|| format!("creating {}", counter_file.display()))?;
-        let cluster_name = format!("dmutex-cluster-{run_id}-{algorithm}");
-
-        let mut cluster =
-            Cluster::start(&binary, args, algorithm, &addrs, &cluster_name, &counter_file, &dir)?;
-        let outcome = tokio::select! {
-            r = cluster.drive(&client, args, algorithm) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        };
-        cluster.stop().await;
-        let (reports, stats) = match outcome {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(e.context(format!("{algorithm} experiment failed; logs in {}", dir.display())));
+    let total = sizes.len() * algorithms.len();
+    let started = Instant::now();
+    let mut results: Vec<ExperimentResult> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    if sweeping {
+        println!("{SUMMARY_HEADER}");
+    }
+    for &nodes in &sizes {
+        for &algorithm in &algorithms {
+            let dir =
+                if sweeping { root.join(format!("n{nodes}")) } else { root.clone() }.join(algorithm.as_str());
+            if sweeping {
+                eprintln!(
+                    "[{}/{total}] {algorithm}, N = {nodes} ({:.0} s elapsed)",
+                    results.len() + failures.len() + 1,
+                    started.elapsed().as_secs_f64()
+                );
             }
-        };
-
-        let shared_counter = read_counter(&counter_file).await.map_err(|e| anyhow!(e))?;
-        let mut result =
-            summarize(algorithm, args.nodes, args.iterations, args.cs_ms, &reports, &stats, shared_counter);
-        print!("{}", format_results(&result));
-        if result.verdict.ok && !args.keep {
-            // Best effort: a leftover temporary directory is harmless.
-            let _ = std::fs::remove_dir_all(&dir);
-        } else {
-            println!("Logs: {}", dir.display());
-            result.log_dir = Some(dir);
-        }
-        println!();
-        results.push(result);
-        if let Some(out) = &args.out {
-            write_results(out, &results)?;
+            let outcome = run_experiment(&binary, args, nodes, algorithm, &client, &run_id, &dir).await;
+            let result = match outcome {
+                Ok(r) => r,
+                Err(e) if sweeping && e.downcast_ref::<Interrupted>().is_none() => {
+                    let msg = format!("{algorithm}, N = {nodes}: {e:#}");
+                    eprintln!("FAILED {msg}");
+                    failures.push(msg);
+                    if let Some(out) = &args.out {
+                        write_results(out, &results, sweeping, &failures)?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if sweeping {
+                println!("{}", summary_row(&result));
+                if let (false, Some(log_dir)) = (result.verdict.ok, &result.log_dir) {
+                    println!("  logs: {}", log_dir.display());
+                }
+            } else {
+                print!("{}", format_results(&result));
+                if let Some(log_dir) = &result.log_dir {
+                    println!("Logs: {}", log_dir.display());
+                }
+                println!();
+            }
+            if let Some(out) = &args.out {
+                let chart_dir = if sweeping { out.join(format!("n{nodes}")) } else { out.clone() };
+                std::fs::create_dir_all(&chart_dir)
+                    .with_context(|| format!("creating {}", chart_dir.display()))?;
+                write_experiment_charts(&chart_dir, &result)?;
+            }
+            results.push(result);
+            if let Some(out) = &args.out {
+                write_results(out, &results, sweeping, &failures)?;
+            }
         }
     }
     if !args.keep {
-        // Removes the run's directory only when every experiment's directory went (remove_dir fails otherwise).
+        // Removes the run's directories only when every experiment's directory went (remove_dir fails otherwise).
+        if sweeping {
+            for &nodes in &sizes {
+                let _ = std::fs::remove_dir(root.join(format!("n{nodes}")));
+            }
+        }
         let _ = std::fs::remove_dir(&root);
     }
-    if results.len() > 1 {
+    if sweeping {
+        println!();
+    }
+    if results.len() > 1 || sweeping {
         print!("{}", format_summary(&results));
     }
-    if let Some(out) = &args.out {
-        println!("Results written to {}", out.join("results.json").display());
+    for f in &failures {
+        println!("FAILED {f}");
     }
-    Ok(results.iter().all(|r| r.verdict.ok))
+    if sweeping {
+        println!("Sweep of {total} experiments took {:.1} s", started.elapsed().as_secs_f64());
+    }
+    if let Some(out) = &args.out {
+        if sweeping {
+            let points: Vec<SweepPoint> = results.iter().map(sweep_point).collect();
+            write_sweep_outputs(out, &points, args.iterations, args.cs_ms)?;
+        }
+        println!("Results written to {}", out.display());
+    }
+    Ok(failures.is_empty() && results.iter().all(|r| r.verdict.ok))
 }
 
-/// Writes `out/results.json`: every experiment so far.
-fn write_results(out: &Path, results: &[ExperimentResult]) -> anyhow::Result<()> {
-    let doc = serde_json::json!({
-        "ok": results.iter().all(|r| r.verdict.ok),
+/// Runs one experiment: `nodes` nodes, one algorithm, logs and counter file in `dir`.
+async fn run_experiment(
+    binary: &Path,
+    args: &ClusterArgs,
+    nodes: usize,
+    algorithm: Algorithm,
+    client: &reqwest::Client,
+    run_id: &str,
+    dir: &Path,
+) -> anyhow::Result<ExperimentResult> {
+    let addrs = node_addresses(&args.subnet, nodes)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let counter_file = dir.join("counter");
+    std::fs::write(&counter_file, "0").with_context(|| format!("creating {}", counter_file.display()))?;
+    let cluster_name = format!("dmutex-cluster-{run_id}-{nodes}-{algorithm}");
+
+    let mut cluster = Cluster::start(binary, args, algorithm, &addrs, &cluster_name, &counter_file, dir)?;
+    let outcome = tokio::select! {
+        r = cluster.drive(client, args, algorithm) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Interrupted)),
+    };
+    cluster.stop().await;
+    let (reports, stats) =
+        outcome.with_context(|| format!("{algorithm} experiment failed; logs in {}", dir.display()))?;
+
+    let shared_counter = read_counter(&counter_file).await.map_err(|e| anyhow!(e))?;
+    let mut result =
+        summarize(algorithm, nodes, args.iterations, args.cs_ms, &reports, &stats, shared_counter);
+    if result.verdict.ok && !args.keep {
+        // Best effort: a leftover temporary directory is harmless.
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        result.log_dir = Some(dir.to_path_buf());
+    }
+    Ok(result)
+}
+
+/// Writes `out/results.json`: every experiment so far (and, in a sweep, its points and failures).
+fn write_results(
+    out: &Path,
+    results: &[ExperimentResult],
+    sweeping: bool,
+    failures: &[String],
+) -> anyhow::Result<()> {
+    let mut doc = serde_json::json!({
+        "ok": failures.is_empty() && results.iter().all(|r| r.verdict.ok),
         "experiments": results,
     });
+    if sweeping {
+        let points: Vec<SweepPoint> = results.iter().map(sweep_point).collect();
+        doc["sweep"] = serde_json::to_value(points)?;
+        doc["failures"] = serde_json::to_value(failures)?;
+    }
     let path = out.join("results.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
         .with_context(|| format!("writing {}", path.display()))
@@ -623,7 +870,8 @@ impl Cluster {
     }
 
     async fn wait_ready(&mut self, client: &reqwest::Client, args: &ClusterArgs) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = READY_TIMEOUT + READY_PER_NODE * u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let deadline = Instant::now() + timeout;
         let mut pending: BTreeSet<usize> = (0..self.nodes.len()).collect();
         loop {
             for node in &mut self.nodes {
@@ -641,7 +889,7 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let mut msg = format!("not every node became ready within {} s:", READY_TIMEOUT.as_secs());
+                let mut msg = format!("not every node became ready within {} s:", timeout.as_secs());
                 for node in self.nodes.iter().filter(|n| pending.contains(&n.id)) {
                     let _ = write!(
                         msg,
@@ -801,7 +1049,11 @@ impl Progress {
             let finished = statuses.iter().filter(|s| s.finished()).count();
             format!("{finished}/{} nodes finished, per node {min}…{max}", statuses.len())
         };
-        format!("{}: {per_node} | {done}/{total} entries, {rate:.0} entries/s, {secs:.1} s", self.algorithm)
+        format!(
+            "{} (N = {}): {per_node} | {done}/{total} entries, {rate:.0} entries/s, {secs:.1} s",
+            self.algorithm,
+            statuses.len()
+        )
     }
 
     fn show(&mut self, statuses: &[WorkloadStatus]) {
@@ -1007,6 +1259,7 @@ Verdict: OK — no overlapping critical sections, no lost update, fencing tokens
             out: None,
             keep: false,
             binary: None,
+            sweep: vec![],
         };
         let env: BTreeMap<_, _> =
             node_env(&args, Algorithm::RicartAgrawala, 1, &addrs, "c1", Path::new("/tmp/x/counter"))

@@ -114,6 +114,7 @@ fn main() -> ExitCode {
                 out: args.out.clone(),
                 keep: args.keep,
                 binary: None,
+                sweep: args.sweep.clone(),
             };
             match runtime.block_on(dmutex::cluster::run_cluster(&cargs)) {
                 Ok(true) => 0,

@@ -195,6 +195,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         out: Some(out),
         keep: false,
         binary: Some(bin),
+        sweep: vec![],
     }
 }
 
