@@ -238,10 +238,12 @@ pub struct ClusterArgs {
     /// HTTP port of every node.
     #[arg(long, default_value_t = 8080, value_name = "PORT")]
     pub http_port: u16,
-    /// Directory for logs and reports (default: a new temporary directory).
+    /// Write results.json and SVG charts (Gantt, latency, messages; with --sweep also sweep.csv and the sweep
+    /// charts) into this directory. Node logs stay in a temporary directory, printed when a run fails.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Comma-separated cluster sizes to run one after another (e.g. 3,5,7), instead of --nodes.
+    /// Comma-separated cluster sizes to run one after another (e.g. 3,5,10,20,40), instead of --nodes; every
+    /// size runs every requested algorithm.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub sweep: Vec<usize>,
     /// Keep the output directory (and the node processes' logs) after a successful run.

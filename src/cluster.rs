@@ -71,7 +71,7 @@ pub struct ClusterArgs {
     pub peer_port: u16,
     /// The HTTP port, the same on every address.
     pub http_port: u16,
-    /// Also write `results.json` into this directory.
+    /// Also write `results.json` and the SVG charts (and in a sweep `sweep.csv`) into this directory.
     pub out: Option<PathBuf>,
     /// Keep the run's temporary directory (logs, counter file) even when everything passed.
     pub keep: bool,
