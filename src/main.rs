@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     // A node is one event loop plus a few I/O tasks that hand messages to each other: on a single thread
     // those hand-offs are plain queue pushes, with no cross-thread wake-ups (measured: see BENCHMARKS.md).
     let single = matches!(cli.command, Command::Node(_)) && std::env::var("DMUTEX_WORKER_THREADS").is_err();
-    let threads: usize = std::env::var("DMUTEX_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let threads: usize =
+        std::env::var("DMUTEX_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let built = if single {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

@@ -613,6 +613,22 @@ pub(crate) mod testnet {
         }
 
         /// Nodes holding `lock`.
+        /// Every node in turn acquires and releases `lock`, `rounds` times, each entry alone in the system
+        /// (fault-free, one at a time): the setting of the textbook message costs.
+        pub fn sequential_entries(&mut self, rounds: usize, lock: &str) {
+            let n = self.engines.len();
+            for round in 0..rounds {
+                for i in 0..n {
+                    let r = (round * n + i) as u64;
+                    self.acquire(i, r, lock);
+                    self.deliver_all();
+                    assert_eq!(self.holders(lock), vec![i]);
+                    self.release(i, r);
+                    self.deliver_all();
+                }
+            }
+        }
+
         pub fn holders(&self, lock: &str) -> Vec<usize> {
             (0..self.n()).filter(|&i| self.engines[i].holder(lock).is_some()).collect()
         }
@@ -1147,16 +1163,7 @@ mod tests {
     fn lamport_costs_3_n_minus_1_messages_per_entry() {
         for n in [1usize, 2, 3, 5] {
             let mut net = Net::new(n, lamport);
-            for round in 0..2 {
-                for i in 0..n {
-                    let r = (round * n + i) as u64;
-                    net.acquire(i, r, "a");
-                    net.deliver_all();
-                    assert_eq!(net.holders("a"), vec![i]);
-                    net.release(i, r);
-                    net.deliver_all();
-                }
-            }
+            net.sequential_entries(2, "a");
             assert_eq!(net.sent, 2 * n * 3 * (n - 1), "n = {n}");
         }
     }

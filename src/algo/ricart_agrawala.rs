@@ -433,16 +433,7 @@ mod tests {
     fn ra_costs_2_n_minus_1_messages_per_entry() {
         for n in [1usize, 2, 3, 5] {
             let mut net = Net::new(n, ra);
-            for round in 0..2 {
-                for i in 0..n {
-                    let r = (round * n + i) as u64;
-                    net.acquire(i, r, "a");
-                    net.deliver_all();
-                    assert_eq!(net.holders("a"), vec![i]);
-                    net.release(i, r);
-                    net.deliver_all();
-                }
-            }
+            net.sequential_entries(2, "a");
             assert_eq!(net.sent, 2 * n * 2 * (n - 1), "n = {n}");
         }
     }
