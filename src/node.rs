@@ -1126,7 +1126,11 @@ fn step<P: Protocol>(
             match unwrap(msg) {
                 Some(msg) => Event::Message { from, incarnation, msg },
                 None => {
-                    return Err(CoreError::Unexpected { from, kind, reason: "routed to the wrong algorithm" });
+                    return Err(CoreError::Unexpected {
+                        from,
+                        kind,
+                        reason: "routed to the wrong algorithm",
+                    });
                 }
             }
         }

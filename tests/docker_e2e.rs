@@ -121,12 +121,15 @@ impl Project {
     /// `127.0.0.1:PORT` published for container port `port` (it changes when a container restarts).
     fn published(container: &str, port: u16) -> String {
         let out = ok(&mut docker(&["port", container, &port.to_string()]));
-        let line = out.lines().find(|l| l.starts_with("127.0.0.1:")).unwrap_or_else(|| panic!("no port: {out}"));
+        let line =
+            out.lines().find(|l| l.starts_with("127.0.0.1:")).unwrap_or_else(|| panic!("no port: {out}"));
         line.trim().to_string()
     }
 
     fn api(&self) -> Api {
-        Api::new((0..REPLICAS).map(|i| format!("http://{}", Self::published(&self.container(i), 8080))).collect())
+        Api::new(
+            (0..REPLICAS).map(|i| format!("http://{}", Self::published(&self.container(i), 8080))).collect(),
+        )
     }
 
     fn ip(&self, i: usize) -> String {
@@ -195,10 +198,15 @@ impl Drop for Project {
 fn build_sink_image() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let flags = format!("{} -C target-feature=+crt-static", std::env::var("RUSTFLAGS").unwrap_or_default());
-    ok(Command::new(cargo)
-        .current_dir(root())
-        .env("RUSTFLAGS", flags.trim())
-        .args(["build", "--release", "--locked", "--target", TARGET, "--example", "otlp_sink"]));
+    ok(Command::new(cargo).current_dir(root()).env("RUSTFLAGS", flags.trim()).args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        TARGET,
+        "--example",
+        "otlp_sink",
+    ]));
     let bin = target_dir().join(TARGET).join("release/examples/otlp_sink");
     let ctx = tempfile::tempdir().expect("tempdir");
     std::fs::copy(&bin, ctx.path().join("otlp_sink")).expect("copy otlp_sink");
@@ -235,7 +243,8 @@ fn write_override(dir: &Path, subnet: &str) {
 
 /// Starts the project; tries a few subnets in case one is taken on this host.
 fn up() -> Project {
-    let name = std::env::var("DMUTEX_E2E_PROJECT").unwrap_or_else(|_| format!("dmutexe2e{}", std::process::id()));
+    let name =
+        std::env::var("DMUTEX_E2E_PROJECT").unwrap_or_else(|_| format!("dmutexe2e{}", std::process::id()));
     let project = Project { name, dir: tempfile::tempdir().expect("tempdir") };
     let base = std::process::id() as usize % 200;
     for attempt in 0..4 {
@@ -264,7 +273,9 @@ fn clients_every_algorithm(api: &Api, lock: &str) -> usize {
                 let intervals = &intervals;
                 handles.push(s.spawn(move || {
                     (0..ITERATIONS)
-                        .map(|_| hold_once(api, node, lock, algorithm, 30_000, Duration::from_millis(2), intervals))
+                        .map(|_| {
+                            hold_once(api, node, lock, algorithm, 30_000, Duration::from_millis(2), intervals)
+                        })
                         .collect::<Vec<_>>()
                 }));
             }
@@ -325,7 +336,8 @@ fn check_traces(p: &Project, api: &Api) {
             by_trace.entry(t.to_string()).or_default().insert(inst.to_string());
         }
         let best = by_trace.values().map(|v| v.len()).max().unwrap_or(0);
-        let instances: std::collections::BTreeSet<_> = spans.iter().filter_map(|s| s["instance"].as_str()).collect();
+        let instances: std::collections::BTreeSet<_> =
+            spans.iter().filter_map(|s| s["instance"].as_str()).collect();
         summary = format!(
             "{} spans from {} containers in {} traces; at most {best} containers in one trace",
             spans.len(),
@@ -363,8 +375,11 @@ fn kill_and_restart(p: &Project) -> Api {
     }
     // Probable owner may still grant (the token can be elsewhere); it must answer either way.
     let t0 = Instant::now();
-    let (status, body) =
-        api.acquire(0, "needs-all", json!({"algorithm": "probable-owner", "timeout_ms": 3000, "ttl_ms": 10000}));
+    let (status, body) = api.acquire(
+        0,
+        "needs-all",
+        json!({"algorithm": "probable-owner", "timeout_ms": 3000, "ttl_ms": 10000}),
+    );
     assert!([200, 408, 503].contains(&status), "probable-owner with a dead peer: {status} {body}");
     assert!(t0.elapsed() < Duration::from_secs(8));
     if status == 200 {
@@ -389,6 +404,9 @@ fn kill_and_restart(p: &Project) -> Api {
     api
 }
 
+/// Locks used during the partition: several, so that probable owner has some owned on each side.
+const SPLIT_LOCKS: [&str; 6] = ["split-a", "split-b", "split-c", "split-d", "split-e", "split-f"];
+
 /// Step 5: partition one replica; clients on both sides; no double grant; reconnect; recovers.
 fn partition(p: &Project, api: &Api) {
     let isolated = 1;
@@ -405,8 +423,12 @@ fn partition(p: &Project, api: &Api) {
                 let intervals = &intervals;
                 majority.push(s.spawn(move || {
                     let mut granted = 0;
+                    let mut k = node;
                     while Instant::now() < until {
-                        let a = hold_once(api, node, "split", algorithm, 2000, Duration::from_millis(5), intervals);
+                        k += 1;
+                        let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
+                        let a =
+                            hold_once(api, node, lock, algorithm, 2000, Duration::from_millis(5), intervals);
                         assert!([200, 408, 503].contains(&a.status), "majority acquire: {a:?}");
                         granted += usize::from(a.status == 200);
                         if a.status != 200 {
@@ -421,7 +443,10 @@ fn partition(p: &Project, api: &Api) {
         // Its interval is measured around `docker exec`, a superset of the real hold: conservative for overlaps.
         let minority = s.spawn(|| {
             let mut granted = 0;
+            let mut k = 0;
             while Instant::now() < until {
+                k += 1;
+                let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
                 for algorithm in ALGORITHMS {
                     let start = Instant::now();
                     let out = run(&mut docker(&[
@@ -433,7 +458,7 @@ fn partition(p: &Project, api: &Api) {
                         "2s",
                         "--algorithm",
                         algorithm,
-                        "split",
+                        lock,
                         "--",
                         "/dmutex",
                         "--version",
@@ -442,7 +467,7 @@ fn partition(p: &Project, api: &Api) {
                     if out.status.success() {
                         granted += 1;
                         intervals.lock().expect("intervals").push(Interval {
-                            lock: format!("{algorithm}/split"),
+                            lock: format!("{algorithm}/{lock}"),
                             token: 0,
                             start,
                             end,
@@ -459,9 +484,15 @@ fn partition(p: &Project, api: &Api) {
     let mut iv = intervals.into_inner().expect("intervals");
     iv.sort_by_key(|i| (i.lock.clone(), i.start));
     for w in iv.windows(2) {
-        assert!(!(w[0].lock == w[1].lock && w[1].start < w[0].end), "double grant during the partition on {}", w[0].lock);
+        assert!(
+            !(w[0].lock == w[1].lock && w[1].start < w[0].end),
+            "double grant during the partition on {}",
+            w[0].lock
+        );
     }
-    eprintln!("docker_e2e: partition: {majority_grants} grants on the majority side, {minority_grants} on the isolated node, no overlap");
+    eprintln!(
+        "docker_e2e: partition: {majority_grants} grants on the majority side, {minority_grants} on the isolated node, no overlap"
+    );
     ok(&mut docker(&["network", "connect", "--ip", &ip, "--alias", "node", &net, &p.container(isolated)]));
     let api = p.wait_ready(Duration::from_secs(60));
     for i in 0..REPLICAS {
@@ -491,7 +522,8 @@ fn containers_end_to_end() {
     } else {
         ok(Command::new(root().join("scripts/build-image.sh")).current_dir(root()));
     }
-    let size: u64 = ok(&mut docker(&["image", "inspect", "--format", "{{.Size}}", IMAGE])).parse().expect("size");
+    let size: u64 =
+        ok(&mut docker(&["image", "inspect", "--format", "{{.Size}}", IMAGE])).parse().expect("size");
     assert!(size <= 20_000_000, "{IMAGE} is {size} bytes (> 20 MB)");
     let help = ok(&mut docker(&["run", "--rm", IMAGE, "--help"]));
     assert!(help.contains("node"), "{help}");
