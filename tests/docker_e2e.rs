@@ -404,6 +404,9 @@ fn kill_and_restart(p: &Project) -> Api {
     api
 }
 
+/// Locks used during the partition: several, so that probable owner has some owned on each side.
+const SPLIT_LOCKS: [&str; 6] = ["split-a", "split-b", "split-c", "split-d", "split-e", "split-f"];
+
 /// Step 5: partition one replica; clients on both sides; no double grant; reconnect; recovers.
 fn partition(p: &Project, api: &Api) {
     let isolated = 1;
@@ -420,16 +423,12 @@ fn partition(p: &Project, api: &Api) {
                 let intervals = &intervals;
                 majority.push(s.spawn(move || {
                     let mut granted = 0;
+                    let mut k = node;
                     while Instant::now() < until {
-                        let a = hold_once(
-                            api,
-                            node,
-                            "split",
-                            algorithm,
-                            2000,
-                            Duration::from_millis(5),
-                            intervals,
-                        );
+                        k += 1;
+                        let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
+                        let a =
+                            hold_once(api, node, lock, algorithm, 2000, Duration::from_millis(5), intervals);
                         assert!([200, 408, 503].contains(&a.status), "majority acquire: {a:?}");
                         granted += usize::from(a.status == 200);
                         if a.status != 200 {
@@ -444,7 +443,10 @@ fn partition(p: &Project, api: &Api) {
         // Its interval is measured around `docker exec`, a superset of the real hold: conservative for overlaps.
         let minority = s.spawn(|| {
             let mut granted = 0;
+            let mut k = 0;
             while Instant::now() < until {
+                k += 1;
+                let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
                 for algorithm in ALGORITHMS {
                     let start = Instant::now();
                     let out = run(&mut docker(&[
@@ -456,7 +458,7 @@ fn partition(p: &Project, api: &Api) {
                         "2s",
                         "--algorithm",
                         algorithm,
-                        "split",
+                        lock,
                         "--",
                         "/dmutex",
                         "--version",
@@ -465,7 +467,7 @@ fn partition(p: &Project, api: &Api) {
                     if out.status.success() {
                         granted += 1;
                         intervals.lock().expect("intervals").push(Interval {
-                            lock: format!("{algorithm}/split"),
+                            lock: format!("{algorithm}/{lock}"),
                             token: 0,
                             start,
                             end,
