@@ -60,7 +60,19 @@ fn main() -> ExitCode {
                         json: cfg.log_format == LogFormat::Json,
                         node_id: cfg.node_id.0,
                     };
-                    let guard = match dmutex::telemetry::init(&tcfg) {
+                    // With DNS discovery the node id is only known after discovery, which logs through this
+                    // subscriber: name the instance by its host name (the container) instead.
+                    let otlp = dmutex::telemetry::OtlpSettings::from_env(tcfg.node_id).map(|o| {
+                        o.map(|mut o| {
+                            if cfg.discovery.is_some() {
+                                if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok()) {
+                                    o.instance_id = host;
+                                }
+                            }
+                            o
+                        })
+                    });
+                    let guard = match otlp.and_then(|o| dmutex::telemetry::init_with(&tcfg, o)) {
                         Ok(g) => g,
                         Err(e) => {
                             eprintln!("dmutex node: invalid telemetry configuration: {e}");
