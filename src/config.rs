@@ -428,8 +428,14 @@ impl ConfigSources {
     pub fn unknown_env_vars(&self) -> Vec<String> {
         /// Variables other parts of dmutex read or set: `--config`'s, the client commands', and those
         /// `dmutex lock` gives its child.
-        const OTHERS: &[&str] =
-            &[CONFIG_FILE_ENV, "DMUTEX_ENDPOINT", "DMUTEX_LOCK", "DMUTEX_FENCING_TOKEN", "DMUTEX_LEASE"];
+        const OTHERS: &[&str] = &[
+            CONFIG_FILE_ENV,
+            "DMUTEX_ENDPOINT",
+            "DMUTEX_LOCK",
+            "DMUTEX_FENCING_TOKEN",
+            "DMUTEX_LEASE",
+            "DMUTEX_WORKER_THREADS",
+        ];
         self.env
             .keys()
             .filter(|k| k.starts_with("DMUTEX_") && !OTHERS.contains(&k.as_str()))
