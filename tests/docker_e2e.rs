@@ -19,8 +19,8 @@
 //! 2. concurrent clients acquire/release through every replica's HTTP API with every algorithm: holding
 //!    intervals never overlap per lock and fencing tokens increase; the built-in workload (all replicas, counter
 //!    on the shared volume) passes [`dmutex::cluster::analyze`]: no overlap, no lost update, tokens increasing;
-//! 3. traces: spans from several containers under one trace id (reported PENDING, not failed, while the node does
-//!    not propagate trace context yet; `DMUTEX_E2E_REQUIRE_TRACES=1` makes it a failure);
+//! 3. traces: spans from several containers under one trace id (`.ci/run` sets `DMUTEX_E2E_REQUIRE_TRACES=1`;
+//!    without it a run with no multi-container trace is reported PENDING instead of failing);
 //! 4. `docker kill` one replica: Lamport and Ricart-Agrawala acquires answer 503 or 408 within their timeout,
 //!    never hang; `docker start`: the replica rediscovers the cluster, all are ready and serve every algorithm;
 //! 5. `docker network disconnect` one replica: clients on both sides (the isolated side through `docker exec`)
