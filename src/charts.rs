@@ -26,13 +26,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
-use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 pub use crate::workload::CsEntry;
+
+/// The style every chart's mesh shares: fonts, no minor grid lines, a light major grid.
+fn house_mesh<'m, 'a, 'b, X, Y, XT, YT, DB>(
+    m: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB>
+where
+    X: Ranged<ValueType = XT> + ValueFormatter<XT>,
+    Y: Ranged<ValueType = YT> + ValueFormatter<YT>,
+    DB: DrawingBackend,
+{
+    m.axis_desc_style((FONT, AXIS_DESC_SIZE))
+        .label_style((FONT, LABEL_SIZE))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BOLD_GRID)
+}
 
 /// Width of every chart in pixels.
 pub const WIDTH: u32 = 960;
@@ -404,16 +420,11 @@ pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
         let last = reversed.len().saturating_sub(1);
         let y_fmt = |v: &f64| category_label(&reversed, *v, step, |i| last - i);
         let x_fmt = |v: &f64| format!("{v:.0}");
-        chart
-            .configure_mesh()
+        house_mesh(&mut chart.configure_mesh())
             .x_desc("time since the first request (ms)")
             .y_desc("node")
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .axis_desc_style((FONT, AXIS_DESC_SIZE))
-            .label_style((FONT, LABEL_SIZE))
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(BOLD_GRID)
             .disable_y_mesh()
             .draw()
             .map_err(draw_err)?;
@@ -480,16 +491,11 @@ pub fn latency(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
         let step = label_step(names.len(), MAX_X_LABELS);
         let x_fmt = |v: &f64| category_label(&names, *v, step, |i| i);
         let y_fmt = |v: &f64| tick_label(*v, y_max);
-        chart
-            .configure_mesh()
+        house_mesh(&mut chart.configure_mesh())
             .x_desc("node")
             .y_desc("wait, enter − request (ms)")
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .axis_desc_style((FONT, AXIS_DESC_SIZE))
-            .label_style((FONT, LABEL_SIZE))
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(BOLD_GRID)
             .disable_x_mesh()
             .draw()
             .map_err(draw_err)?;
@@ -549,16 +555,11 @@ pub fn messages(per_node: &BTreeMap<u16, BTreeMap<String, u64>>, title: &str) ->
         let step = label_step(names.len(), MAX_X_LABELS);
         let x_fmt = |v: &f64| category_label(&names, *v, step, |i| i);
         let y_fmt = |v: &f64| format!("{v:.0}");
-        chart
-            .configure_mesh()
+        house_mesh(&mut chart.configure_mesh())
             .x_desc("node")
             .y_desc("messages (count)")
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .axis_desc_style((FONT, AXIS_DESC_SIZE))
-            .label_style((FONT, LABEL_SIZE))
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(BOLD_GRID)
             .disable_x_mesh()
             .draw()
             .map_err(draw_err)?;
@@ -672,16 +673,11 @@ pub fn sweep(points: &[SweepPoint], metric: SweepMetric, title: &str) -> Result<
             .map_err(draw_err)?;
         let x_fmt = |v: &f64| format!("{v:.0}");
         let y_fmt = |v: &f64| tick_label(*v, y_max);
-        chart
-            .configure_mesh()
+        house_mesh(&mut chart.configure_mesh())
             .x_desc("nodes (N)")
             .y_desc(y_desc)
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .axis_desc_style((FONT, AXIS_DESC_SIZE))
-            .label_style((FONT, LABEL_SIZE))
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(BOLD_GRID)
             .draw()
             .map_err(draw_err)?;
         if series.is_empty() {
