@@ -7,9 +7,12 @@
 //! value) and as overlapping `[enter, exit]` intervals in the report, which `dmutex cluster` checks.
 //!
 //! Assumptions: every node of the run shares one host clock, so the wall-clock timestamps of different
-//! processes (UNIX milliseconds, µs precision) can be compared to detect overlaps. The counter is written
-//! through a private temporary file renamed over the counter, without fsync: a reader never sees a half-written
-//! value, so a violation shows as a clean lost update rather than as an unreadable file.
+//! processes (UNIX milliseconds, µs precision) can be compared to detect overlaps. Each node opens the counter
+//! once and the section is one positioned read and one positioned write over the text, without fsync (see
+//! [`CounterFile`]): a section costs two system calls, so a zero-length section measures the lock service.
+//!
+//! A node's next acquire is issued together with its release (see `one_entry`), as a client that asks again
+//! at once would: the node handles the two in order and its RELEASE and next REQUEST share one write per peer.
 //!
 //! Must never: hold the lock across an error path (release is attempted after every entered critical section),
 //! or panic on the counter file's content (it is parsed and a bad value is reported as an error).
@@ -189,14 +192,59 @@ pub async fn read_counter(path: &Path) -> Result<u64, String> {
     text.parse().map_err(|e| format!("counter file {} holds {text:?}: {e}", path.display()))
 }
 
-/// Writes the counter through a private temporary file renamed over it, so readers never see a torn value.
-async fn write_counter(path: &Path, node: u16, value: u64) -> Result<(), String> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{node}-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, value.to_string()).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| format!("renaming {} over {}: {e}", tmp.display(), path.display()))
+/// The shared counter, opened once per run: the critical section is one positioned read and one positioned
+/// write of the same file (two system calls, no path lookups), so the section costs microseconds.
+///
+/// The value only grows, so each write covers the previous text completely (the file is truncated only when
+/// a shorter text is written). With mutual exclusion nobody reads while another node writes; without it, a
+/// reader may see a mix of two values, which parses as a wrong number and shows as a lost update.
+#[derive(Debug)]
+pub struct CounterFile {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Length of the text last read.
+    len: usize,
+}
+
+impl CounterFile {
+    /// Opens an existing counter file for reading and writing.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("opening counter file {}: {e}", path.display()))?;
+        Ok(CounterFile { file, path: path.to_owned(), len: 0 })
+    }
+
+    /// Reads the value. An empty file reads as 0.
+    pub fn read(&mut self) -> Result<u64, String> {
+        use std::os::unix::fs::FileExt;
+        // u64::MAX has 20 digits; anything longer is not a counter.
+        let mut buf = [0u8; 32];
+        let n =
+            self.file.read_at(&mut buf, 0).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        self.len = n;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(0);
+        }
+        text.parse().map_err(|e| format!("counter file {} holds {text:?}: {e}", self.path.display()))
+    }
+
+    /// Writes `value` over the file's text.
+    pub fn write(&mut self, value: u64) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let text = value.to_string();
+        let err = |e: std::io::Error| format!("writing {}: {e}", self.path.display());
+        self.file.write_all_at(text.as_bytes(), 0).map_err(err)?;
+        if text.len() < self.len {
+            self.file.set_len(text.len() as u64).map_err(err)?;
+        }
+        self.len = text.len();
+        Ok(())
+    }
 }
 
 /// Runs the workload on `svc` as node `node_id`, publishing progress on `progress`, and returns its report.
@@ -227,15 +275,23 @@ pub async fn run_workload<S: LockService>(
     };
     progress.send_replace(WorkloadStatus { state: WorkloadState::Running, done: 0, total });
 
-    if let Err(e) = ensure_counter_file(&cfg.counter_file).await {
-        report.errors.push(format!("creating counter file {}: {e}", cfg.counter_file.display()));
-    }
-    for iteration in 0..total {
-        if !report.errors.is_empty() {
-            break;
+    let mut counter = match ensure_counter_file(&cfg.counter_file).await {
+        Ok(()) => CounterFile::open(&cfg.counter_file).map_err(|e| report.errors.push(e)).ok(),
+        Err(e) => {
+            report.errors.push(format!("creating counter file {}: {e}", cfg.counter_file.display()));
+            None
         }
-        match one_entry(&svc, node_id, iteration, &cfg).await {
-            Ok(entry) => report.entries.push(entry),
+    };
+    // The next iteration's acquire travels with this iteration's release (see `one_entry`).
+    let mut next: Option<Acquired> = None;
+    for iteration in 0..total {
+        let Some(counter) = counter.as_mut().filter(|_| report.errors.is_empty()) else { break };
+        let more = iteration + 1 < total;
+        match one_entry(&svc, node_id, iteration, &cfg, counter, next.take(), more).await {
+            Ok((entry, acquired)) => {
+                report.entries.push(entry);
+                next = acquired;
+            }
             Err(e) => report.errors.push(format!("iteration {iteration}: {e}")),
         }
         let done = report.entries.len() as u32;
@@ -248,39 +304,68 @@ pub async fn run_workload<S: LockService>(
     report
 }
 
+/// The outcome of an acquire issued ahead of its iteration, and when it was issued (UNIX ms).
+type Acquired = (Result<Grant, String>, f64);
+
 /// One acquire – read, sleep, write – release.
+///
+/// `acquired` is this iteration's acquire when the previous iteration already issued it. With `more`, the
+/// next iteration's acquire is issued together with this release (the node handles them in that order), so
+/// a node's RELEASE and its next REQUEST leave in one write per peer, as they would from any client that
+/// releases and immediately asks again; its outcome is returned for the next iteration.
 async fn one_entry<S: LockService>(
     svc: &S,
     node: u16,
     iteration: u32,
     cfg: &WorkloadConfig,
-) -> Result<CsEntry, String> {
-    let request_ms = unix_ms();
-    let grant = svc
-        .acquire(&cfg.lock, cfg.algorithm, cfg.acquire_timeout)
-        .await
-        .map_err(|e| format!("acquire {:?}: {e}", cfg.lock))?;
+    counter: &mut CounterFile,
+    acquired: Option<Acquired>,
+    more: bool,
+) -> Result<(CsEntry, Option<Acquired>), String> {
+    let (grant, request_ms) = match acquired {
+        Some(a) => a,
+        None => {
+            let request_ms = unix_ms();
+            (svc.acquire(&cfg.lock, cfg.algorithm, cfg.acquire_timeout).await, request_ms)
+        }
+    };
+    let grant = grant.map_err(|e| format!("acquire {:?}: {e}", cfg.lock))?;
     let enter_ms = unix_ms();
     let lamport_clock_at_enter = svc.lamport_clock();
 
     let section = async {
-        let read = read_counter(&cfg.counter_file).await?;
+        let read = counter.read()?;
         if cfg.cs_ms > 0 {
             tokio::time::sleep(Duration::from_millis(cfg.cs_ms)).await;
         }
         let written = read.saturating_add(1);
-        write_counter(&cfg.counter_file, node, written).await?;
+        counter.write(written)?;
         Ok::<_, String>((read, written))
     }
     .await;
     let exit_ms = unix_ms();
 
     // Release even when the section failed: a workload must not leave the lock held.
-    let released =
-        svc.release(&cfg.lock, &grant.lease).await.map_err(|e| format!("release {:?}: {e}", cfg.lock));
+    let release = svc.release(&cfg.lock, &grant.lease);
+    let (released, next) = if more && section.is_ok() {
+        let next_ms = unix_ms();
+        // `join` polls the release first, so its command reaches the node before the acquire's.
+        let (released, next) =
+            tokio::join!(release, svc.acquire(&cfg.lock, cfg.algorithm, cfg.acquire_timeout));
+        (released, Some((next, next_ms)))
+    } else {
+        (release.await, None)
+    };
+    let released = released.map_err(|e| format!("release {:?}: {e}", cfg.lock));
+    if released.is_err()
+        && let Some((Ok(g), _)) = &next
+    {
+        // The run stops here: do not leave the acquire issued with the failed release holding the lock.
+        let _ = svc.release(&cfg.lock, &g.lease).await;
+    }
     let (counter_read, counter_written) = section?;
     released?;
-    Ok(CsEntry {
+    let entry = CsEntry {
         node,
         lock: cfg.lock.clone(),
         iteration,
@@ -291,7 +376,8 @@ async fn one_entry<S: LockService>(
         exit_ms,
         counter_read,
         counter_written,
-    })
+    };
+    Ok((entry, next))
 }
 
 #[cfg(test)]
@@ -404,11 +490,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let svc = FakeLocks { fail_release: true, ..FakeLocks::default() };
         let (tx, rx) = watch::channel(WorkloadStatus::waiting(0));
-        let report = run_workload(svc, 2, config(dir.path(), 3), tx).await;
+        let report = run_workload(svc.clone(), 2, config(dir.path(), 3), tx).await;
         assert!(report.entries.is_empty());
         assert_eq!(report.errors.len(), 1);
         assert!(report.errors[0].contains("release"), "{:?}", report.errors);
         assert_eq!(rx.borrow().state, WorkloadState::Failed);
+        // The acquire issued together with the failed release was granted, and given back before stopping.
+        assert_eq!(svc.tokens.load(Ordering::SeqCst), 2);
+        assert!(svc.held.lock().unwrap().is_empty(), "a grant was left held");
+    }
+
+    #[tokio::test]
+    async fn counter_file_reads_and_overwrites_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        assert!(CounterFile::open(&path).is_err(), "the file must exist");
+        ensure_counter_file(&path).await.unwrap();
+        let mut c = CounterFile::open(&path).unwrap();
+        assert_eq!(c.read().unwrap(), 0);
+        c.write(1234).unwrap();
+        assert_eq!(read_counter(&path).await.unwrap(), 1234);
+        assert_eq!(c.read().unwrap(), 1234);
+        // A shorter value (only an outside reset makes one) leaves no digits of the longer one behind.
+        c.write(7).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "7");
+        // A second handle (another node) sees every write.
+        let mut other = CounterFile::open(&path).unwrap();
+        assert_eq!(other.read().unwrap(), 7);
+        other.write(8).unwrap();
+        assert_eq!(c.read().unwrap(), 8);
+        std::fs::write(&path, "x").unwrap();
+        assert!(c.read().is_err());
     }
 
     #[tokio::test]
