@@ -19,6 +19,7 @@
 //! break the diagram's syntax.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
@@ -50,11 +51,11 @@ pub struct FlowRecord {
     pub peer: Option<u16>,
     /// The message type in the papers' words (REQUEST, REPLY, RELEASE, LOCK_ACQ, …) or the local event
     /// (ENTER, EXIT, GRANT, …).
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     /// The lock.
     pub lock: String,
     /// The algorithm (`lamport`, `ricart-agrawala`, `probable-owner`).
-    pub algorithm: String,
+    pub algorithm: Cow<'static, str>,
     /// The Lamport timestamp the message carries, if any.
     pub lamport_ts: Option<u64>,
     /// The trace id (32 hex digits) of the acquire this record belongs to, when traced.
@@ -75,7 +76,7 @@ impl FlowRecord {
 
     /// `KIND ts=N detail`, the label of the record's arrow or note (unescaped).
     pub fn label(&self) -> String {
-        let mut s = self.kind.clone();
+        let mut s = self.kind.to_string();
         if let Some(ts) = self.lamport_ts {
             let _ = write!(s, " ts={ts}");
         }
@@ -159,7 +160,7 @@ enum Row<'a> {
 type MessageKey<'a> = (u16, u16, &'a str, &'a str, Option<u64>);
 
 fn message_key(r: &FlowRecord) -> Option<MessageKey<'_>> {
-    r.endpoints().map(|(from, to)| (from, to, r.kind.as_str(), r.lock.as_str(), r.lamport_ts))
+    r.endpoints().map(|(from, to)| (from, to, r.kind.as_ref(), r.lock.as_str(), r.lamport_ts))
 }
 
 /// Participants in id order and the rows to draw (see the module doc for the rules).
@@ -395,7 +396,7 @@ mod tests {
             node,
             direction,
             peer,
-            kind: kind.into(),
+            kind: kind.to_string().into(),
             lock: "db".into(),
             algorithm: "lamport".into(),
             lamport_ts: ts,

@@ -98,6 +98,19 @@ impl Metrics {
         self.with(|m| *m.counters.entry(name).or_default().entry(labels).or_default() += by);
     }
 
+    /// Adds `by` to a counter; allocates only for a series seen the first time (for hot paths).
+    pub fn inc_ref(&self, name: &'static str, labels: &Labels, by: u64) {
+        self.with(|m| {
+            let series = m.counters.entry(name).or_default();
+            match series.get_mut(labels) {
+                Some(v) => *v += by,
+                None => {
+                    series.insert(labels.clone(), by);
+                }
+            }
+        });
+    }
+
     /// Sets a counter to an absolute value (for counters kept elsewhere, e.g. by the transport).
     pub fn set_counter(&self, name: &'static str, labels: Labels, value: u64) {
         self.with(|m| {
@@ -230,7 +243,7 @@ mod tests {
         let m = Metrics::new();
         let l = vec![("algorithm", "lamport".to_string()), ("type", "REQUEST".to_string())];
         m.inc("dmutex_messages_sent_total", l.clone(), 2);
-        m.inc("dmutex_messages_sent_total", l.clone(), 1);
+        m.inc_ref("dmutex_messages_sent_total", &l, 1);
         m.set("dmutex_ready", vec![], 1.0);
         m.observe("dmutex_acquire_duration_seconds", vec![("algorithm", "lamport".into())], 0.003);
         let text = m.render();

@@ -19,12 +19,13 @@ use crate::algo::{
 };
 use crate::error::ApiError;
 use crate::flow::{Direction, FlowLog, FlowRecord};
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use crate::telemetry;
 use crate::transport::{Inbound, TransportHandle};
 use crate::wire::Envelope;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -485,6 +486,9 @@ pub struct Node {
     /// (an immediate REPLY, a deferred one, a probable-owner handoff long after) joins the requester's trace.
     /// Kept here, not in the cores, which know nothing of tracing.
     waiters: BTreeMap<(Algorithm, String, NodeId), Cause>,
+    /// Label sets of the message counters, built once per (algorithm, type, peer): counting a message then
+    /// allocates nothing.
+    message_labels: HashMap<(Algorithm, &'static str, NodeId), Labels>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (flow records of different nodes are merged by it).
@@ -527,6 +531,7 @@ impl Node {
             timers: BTreeSet::new(),
             timer_index: BTreeMap::new(),
             peers: (0..n).map(|_| PeerState::default()).collect(),
+            message_labels: HashMap::new(),
             work: VecDeque::new(),
             waiters: BTreeMap::new(),
             settings,
@@ -697,7 +702,7 @@ impl Node {
     /// Records a local event (ACQUIRE, ENTER, EXIT, TIMEOUT, …) of an acquire in the flow log.
     fn flow_local(
         &self,
-        kind: &str,
+        kind: impl Into<Cow<'static, str>>,
         lock: &str,
         algorithm: Algorithm,
         acquire: &str,
@@ -708,9 +713,9 @@ impl Node {
             node: self.settings.me.0,
             direction: Direction::Local,
             peer: None,
-            kind: kind.to_string(),
+            kind: kind.into(),
             lock: lock.to_string(),
-            algorithm: algorithm.as_str().to_string(),
+            algorithm: algorithm.as_str().into(),
             lamport_ts: Some(self.engine_clock(algorithm).0),
             trace_id: Some(acquire.to_string()),
             detail,
@@ -725,9 +730,9 @@ impl Node {
             node: self.settings.me.0,
             direction,
             peer: Some(peer.0),
-            kind: msg.kind().to_string(),
+            kind: msg.kind().into(),
             lock: msg.lock().to_string(),
-            algorithm: msg.algorithm().as_str().to_string(),
+            algorithm: msg.algorithm().as_str().into(),
             lamport_ts: msg.timestamp().map(|t| t.0),
             trace_id: acquire.cloned(),
             detail: msg.flow_detail(),
@@ -857,15 +862,7 @@ impl Node {
                 }
                 let algorithm = env.body.algorithm();
                 let kind = env.body.kind();
-                self.shared.metrics.inc(
-                    "dmutex_messages_received_total",
-                    vec![
-                        ("algorithm", algorithm.as_str().into()),
-                        ("type", kind.into()),
-                        ("peer", from.0.to_string()),
-                    ],
-                    1,
-                );
+                self.count_message("dmutex_messages_received_total", algorithm, kind, from);
                 if let Some(p) = self.peers.get_mut(usize::from(from.0)) {
                     p.last_seen = Some(Instant::now());
                 }
@@ -948,6 +945,18 @@ impl Node {
             }
         }
         cause
+    }
+
+    /// Counts one message sent or received (`name`) in the per-(algorithm, type, peer) counter.
+    fn count_message(&mut self, name: &'static str, algorithm: Algorithm, kind: &'static str, peer: NodeId) {
+        let labels = self.message_labels.entry((algorithm, kind, peer)).or_insert_with(|| {
+            vec![
+                ("algorithm", algorithm.as_str().into()),
+                ("type", kind.into()),
+                ("peer", peer.0.to_string()),
+            ]
+        });
+        self.shared.metrics.inc_ref(name, labels, 1);
     }
 
     fn remember_waiter(&mut self, algorithm: Algorithm, lock: &str, from: NodeId, cause: Cause) {
@@ -1095,15 +1104,7 @@ impl Node {
                     }
                 }
                 self.flow_message(Direction::Sent, to, &msg, cause.acquire.as_ref());
-                self.shared.metrics.inc(
-                    "dmutex_messages_sent_total",
-                    vec![
-                        ("algorithm", algorithm.as_str().into()),
-                        ("type", msg.kind().into()),
-                        ("peer", to.0.to_string()),
-                    ],
-                    1,
-                );
+                self.count_message("dmutex_messages_sent_total", algorithm, msg.kind(), to);
                 let ts = msg.timestamp().unwrap_or_else(|| self.engine_clock(algorithm));
                 let to_incarnation = self.engine_peer_incarnation(algorithm, to);
                 let env = Envelope { ts, trace, to_incarnation, body: msg };
@@ -1190,7 +1191,7 @@ impl Node {
                 self.observe_acquire(algorithm, outcome, waited);
                 p.span.record("outcome", outcome);
                 p.span.record("waited_ms", waited.as_millis() as u64);
-                self.flow_local(&outcome.to_ascii_uppercase(), &p.lock, algorithm, &p.acquire_id, None);
+                self.flow_local(outcome.to_ascii_uppercase(), &p.lock, algorithm, &p.acquire_id, None);
                 if let Some(reply) = p.reply.take() {
                     let _ = reply.send(Err(err));
                 }

@@ -131,7 +131,10 @@ impl RicartAgrawala {
             return;
         }
         let ts = self.tick();
-        for (to, req_ts) in st.deferred {
+        // Oldest request first, the likely next holder: the order of the answers is free.
+        let mut answers: Vec<(LamportTs, NodeId)> = st.deferred.into_iter().map(|(n, t)| (t, n)).collect();
+        answers.sort_unstable();
+        for (req_ts, to) in answers {
             out.push(Output::Send { to, msg: RaMsg::Reply { lock: lock.to_owned(), ts, req_ts } });
         }
     }
@@ -353,6 +356,28 @@ mod tests {
         );
         assert!(p.locks.is_empty());
         assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs(1), NodeId(0))));
+    }
+
+    /// The deferred answers leave oldest request first: the likely next holder hears first.
+    #[test]
+    fn ra_release_answers_the_oldest_deferred_request_first() {
+        let mut p = ra(NodeId(0), 4);
+        call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
+        for peer in 1..4 {
+            recv(&mut p, peer, rep("a", 2, 1));
+        }
+        assert!(p.view("a").held_here);
+        recv(&mut p, 2, req("a", 8));
+        recv(&mut p, 1, req("a", 9));
+        recv(&mut p, 3, req("a", 7));
+        let order: Vec<u16> = call(&mut p, RicartAgrawala::release, "a")
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { to, .. } => Some(to.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, vec![3, 2, 1]);
     }
 
     /// A REPLY names the request it answers: replies to a withdrawn request do not count for the next one.
