@@ -408,14 +408,28 @@ fn kill_and_restart(p: &Project) -> Api {
 const SPLIT_LOCKS: [&str; 6] = ["split-a", "split-b", "split-c", "split-d", "split-e", "split-f"];
 
 /// Step 5: partition one replica; clients on both sides; no double grant; reconnect; recovers.
+///
+/// Lamport and Ricart–Agrawala need every peer, so neither side may grant them. Probable owner must keep
+/// granting on both sides, each the locks it owns: the locks are created before the split (a new lock name
+/// needs every node) and `split-a` is left owned by the node about to be isolated, while the majority owns
+/// the others. Both sides then grant, and the check that no lock is held on both sides at once means something.
 fn partition(p: &Project, api: &Api) {
     let isolated = 1;
     let ip = p.ip(isolated);
     let net = p.network();
+    for (k, lock) in SPLIT_LOCKS.iter().enumerate() {
+        let owner = if k == 0 { isolated } else { [0, 2, 3, 4][k % 4] };
+        let (status, g) =
+            api.acquire(owner, lock, json!({"algorithm": "probable-owner", "timeout_ms": 10000}));
+        assert_eq!(status, 200, "creating {lock} on node {owner} before the partition: {g}\n{}", p.logs());
+        let lease = g["lease"].as_str().expect("lease");
+        assert_eq!(api.release(owner, lock, lease).0, 200, "releasing {lock} on node {owner}");
+    }
     ok(&mut docker(&["network", "disconnect", &net, &p.container(isolated)]));
     let until = Instant::now() + Duration::from_secs(10);
     let intervals = Mutex::new(Vec::<Interval>::new());
-    let (mut majority_grants, mut minority_grants) = (0, 0);
+    let mut majority_grants = std::collections::BTreeMap::<&str, usize>::new();
+    let mut minority_grants = std::collections::BTreeMap::<&str, usize>::new();
     std::thread::scope(|s| {
         let mut majority = Vec::new();
         for algorithm in ALGORITHMS {
@@ -435,19 +449,20 @@ fn partition(p: &Project, api: &Api) {
                             std::thread::sleep(Duration::from_millis(100));
                         }
                     }
-                    granted
+                    (algorithm, granted)
                 }));
             }
         }
         // The isolated side: its API is unreachable from the host now, so the client runs inside the container.
         // Its interval is measured around `docker exec`, a superset of the real hold: conservative for overlaps.
         let minority = s.spawn(|| {
-            let mut granted = 0;
+            let mut granted = std::collections::BTreeMap::<&str, usize>::new();
             let mut k = 0;
             while Instant::now() < until {
-                k += 1;
+                // From `split-a`, the lock this node owns; probable owner first (the others wait out their timeout).
                 let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
-                for algorithm in ALGORITHMS {
+                k += 1;
+                for algorithm in ["probable-owner", "lamport", "ricart-agrawala"] {
                     let start = Instant::now();
                     let out = run(&mut docker(&[
                         "exec",
@@ -465,7 +480,7 @@ fn partition(p: &Project, api: &Api) {
                     ]));
                     let end = Instant::now();
                     if out.status.success() {
-                        granted += 1;
+                        *granted.entry(algorithm).or_default() += 1;
                         intervals.lock().expect("intervals").push(Interval {
                             lock: format!("{algorithm}/{lock}"),
                             token: 0,
@@ -477,7 +492,10 @@ fn partition(p: &Project, api: &Api) {
             }
             granted
         });
-        majority_grants = majority.into_iter().map(|h| h.join().expect("majority client")).sum();
+        for h in majority {
+            let (algorithm, granted) = h.join().expect("majority client");
+            *majority_grants.entry(algorithm).or_default() += granted;
+        }
         minority_grants = minority.join().expect("minority client");
     });
     // Overlaps only: the isolated side's tokens are not observed (token order is checked in step 2).
@@ -491,7 +509,24 @@ fn partition(p: &Project, api: &Api) {
         );
     }
     eprintln!(
-        "docker_e2e: partition: {majority_grants} grants on the majority side, {minority_grants} on the isolated node, no overlap"
+        "docker_e2e: partition: grants on the majority side {majority_grants:?}, on the isolated node {minority_grants:?}, no overlap"
+    );
+    let count = |side: &std::collections::BTreeMap<&str, usize>, algorithm: &str| {
+        side.get(algorithm).copied().unwrap_or(0)
+    };
+    for algorithm in ["lamport", "ricart-agrawala"] {
+        let granted = (count(&majority_grants, algorithm), count(&minority_grants, algorithm));
+        assert_eq!(granted, (0, 0), "{algorithm} granted during a partition (it needs every peer)");
+    }
+    assert!(
+        count(&majority_grants, "probable-owner") > 0,
+        "probable owner granted nothing on the majority side\n{}",
+        p.logs()
+    );
+    assert!(
+        count(&minority_grants, "probable-owner") > 0,
+        "probable owner granted nothing on the isolated node\n{}",
+        p.logs()
     );
     ok(&mut docker(&["network", "connect", "--ip", &ip, "--alias", "node", &net, &p.container(isolated)]));
     let api = p.wait_ready(Duration::from_secs(60));
