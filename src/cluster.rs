@@ -26,7 +26,7 @@
 
 use crate::algo::Algorithm;
 use crate::charts::{self, LatencyStats, SweepMetric, SweepPoint};
-use crate::workload::{CsEntry, WorkloadReport, WorkloadStatus, read_counter, unix_ms};
+use crate::workload::{CsEntry, WorkloadReport, WorkloadState, WorkloadStatus, read_counter, unix_ms};
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1019,8 +1019,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url:
 struct Progress {
     algorithm: Algorithm,
     tty: bool,
-    /// When the nodes were started: the rate shown includes their start-up (results.json's does not).
+    /// When the nodes were started.
     started: Instant,
+    /// The first poll that saw a node running its workload: the rate shown counts from there, so start-up
+    /// is left out (the summary's exact figure runs from the first node ready to the last entry).
+    running_since: Option<Instant>,
     last_line: Option<Instant>,
 }
 
@@ -1028,14 +1031,31 @@ impl Progress {
     const PLAIN_EVERY: Duration = Duration::from_secs(2);
 
     fn new(algorithm: Algorithm) -> Self {
-        Progress { algorithm, tty: std::io::stderr().is_terminal(), started: Instant::now(), last_line: None }
+        Progress {
+            algorithm,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            running_since: None,
+            last_line: None,
+        }
     }
 
-    fn line(&self, statuses: &[WorkloadStatus]) -> String {
+    /// The progress line; `finished`: the last one, which leaves the rate to the summary (polling only
+    /// sees the end up to one poll interval late).
+    fn line(&mut self, statuses: &[WorkloadStatus], finished: bool) -> String {
         let done: u32 = statuses.iter().map(|s| s.done).sum();
         let total: u32 = statuses.iter().map(|s| s.total).sum();
         let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { f64::from(done) / secs } else { 0.0 };
+        if self.running_since.is_none() && statuses.iter().any(|s| s.state != WorkloadState::Waiting) {
+            self.running_since = Some(Instant::now());
+        }
+        let rate = match self.running_since {
+            _ if finished => String::new(),
+            Some(t) if t.elapsed().as_secs_f64() > 0.05 => {
+                format!(", {:.0} entries/s", f64::from(done) / t.elapsed().as_secs_f64())
+            }
+            _ => String::new(),
+        };
         let per_node = if statuses.len() <= 12 {
             statuses
                 .iter()
@@ -1050,14 +1070,14 @@ impl Progress {
             format!("{finished}/{} nodes finished, per node {min}…{max}", statuses.len())
         };
         format!(
-            "{} (N = {}): {per_node} | {done}/{total} entries, {rate:.0} entries/s, {secs:.1} s",
+            "{} (N = {}): {per_node} | {done}/{total} entries{rate}, {secs:.1} s",
             self.algorithm,
             statuses.len()
         )
     }
 
     fn show(&mut self, statuses: &[WorkloadStatus]) {
-        let line = self.line(statuses);
+        let line = self.line(statuses, false);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");
@@ -1069,7 +1089,7 @@ impl Progress {
     }
 
     fn finish(&mut self, statuses: &[WorkloadStatus]) {
-        let line = self.line(statuses);
+        let line = self.line(statuses, true);
         let mut err = std::io::stderr().lock();
         let _ = if self.tty { writeln!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
     }

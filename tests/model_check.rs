@@ -338,3 +338,18 @@ mod adapter_self_check {
         assert!(checker.discovery("every request granted").is_some());
     }
 }
+
+/// Lamport 3 × 2, long (not in the default run): `cargo test --release --test model_check lamport_3x2 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn lamport_3x2() {
+    let started = Instant::now();
+    let mut out = std::io::stderr();
+    let checker = model::<Lamport>(3, 2, ordered())
+        .checker()
+        .threads(2)
+        .spawn_dfs()
+        .join_and_report(&mut stateright::report::WriteReporter::new(&mut out));
+    eprintln!("lamport 3 × 2: {} unique states, {:.1?}", checker.unique_state_count(), started.elapsed());
+    checker.assert_properties();
+}
