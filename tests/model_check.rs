@@ -216,9 +216,9 @@ fn lamport_3x1() {
     check::<Lamport>(3, 1, ordered(), "ordered");
 }
 
-/// Lamport 3 × 2 is out of reach (BFS passed 20 GB of memory and DFS did not finish in 2 minutes; 3 × 1 already
-/// has 15× the states of Ricart–Agrawala's, because every node queues every request and RELEASE races REQUEST):
-/// a third request on two nodes checks repeated entries instead.
+/// Lamport 3 × 2 is too long for every `cargo test` (208 million states; see `lamport_3x2`; 3 × 1 already has
+/// 15× the states of Ricart–Agrawala's, because every node queues every request and RELEASE races REQUEST):
+/// a third request on two nodes checks repeated entries in every run instead.
 #[test]
 fn lamport_2x3() {
     check::<Lamport>(2, 3, ordered(), "ordered");
@@ -339,7 +339,11 @@ mod adapter_self_check {
     }
 }
 
-/// Lamport 3 × 2, long (not in the default run): `cargo test --release --test model_check lamport_3x2 -- --ignored --nocapture`.
+/// Lamport 3 × 2, long, so not in the default run:
+/// `cargo test --release --test model_check lamport_3x2 -- --ignored --nocapture`.
+/// Depth-first: breadth-first keeps the frontier's full states and passed 18 GB at 6 million states; DFS keeps
+/// fingerprints only. Measured here (2 cores): 207,867,284 unique states, depth 43, 804 s, ≈ 3 GB, every
+/// property holds.
 #[test]
 #[ignore]
 fn lamport_3x2() {
