@@ -1024,7 +1024,8 @@ struct Progress {
     /// The first poll that saw a node running its workload: the rate shown counts from there, so start-up
     /// is left out (the summary's exact figure runs from the first node ready to the last entry).
     running_since: Option<Instant>,
-    last_line: Option<Instant>,
+    /// When the last plain line was printed, and what it said (the final line is not printed twice).
+    last_line: Option<(Instant, String)>,
 }
 
 impl Progress {
@@ -1077,21 +1078,28 @@ impl Progress {
     }
 
     fn show(&mut self, statuses: &[WorkloadStatus]) {
+        if statuses.iter().all(WorkloadStatus::finished) {
+            return; // `finish` prints the last line
+        }
         let line = self.line(statuses, false);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
-        } else if self.last_line.is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY) {
+        } else if self.last_line.as_ref().is_none_or(|(t, _)| t.elapsed() >= Self::PLAIN_EVERY) {
             let _ = writeln!(err, "{line}");
-            self.last_line = Some(Instant::now());
+            self.last_line = Some((Instant::now(), line));
         }
     }
 
     fn finish(&mut self, statuses: &[WorkloadStatus]) {
         let line = self.line(statuses, true);
         let mut err = std::io::stderr().lock();
-        let _ = if self.tty { writeln!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+        if self.tty {
+            let _ = writeln!(err, "\r\x1b[2K{line}");
+        } else if self.last_line.as_ref().is_none_or(|(_, last)| *last != line) {
+            let _ = writeln!(err, "{line}");
+        }
     }
 }
 

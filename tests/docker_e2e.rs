@@ -459,10 +459,15 @@ fn partition(p: &Project, api: &Api) {
             let mut granted = std::collections::BTreeMap::<&str, usize>::new();
             let mut k = 0;
             while Instant::now() < until {
-                // From `split-a`, the lock this node owns; probable owner first (the others wait out their timeout).
-                let lock = SPLIT_LOCKS[k % SPLIT_LOCKS.len()];
+                // Every other try: `split-a`, the lock this node owns, with probable owner; in between the other
+                // locks with every algorithm (which may wait out their timeout).
+                let (lock, algorithms): (&str, &[&str]) = if k % 2 == 0 {
+                    (SPLIT_LOCKS[0], &["probable-owner"])
+                } else {
+                    (SPLIT_LOCKS[1 + (k / 2) % (SPLIT_LOCKS.len() - 1)], &ALGORITHMS)
+                };
                 k += 1;
-                for algorithm in ["probable-owner", "lamport", "ricart-agrawala"] {
+                for &algorithm in algorithms {
                     let start = Instant::now();
                     let out = run(&mut docker(&[
                         "exec",
