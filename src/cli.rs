@@ -249,6 +249,10 @@ pub struct ClusterArgs {
     /// Keep the output directory (and the node processes' logs) after a successful run.
     #[arg(long)]
     pub keep: bool,
+    /// Lamport's footnote option in every node: no REPLY to a REQUEST when a message stamped later was already
+    /// sent to its sender (fewer than 3(N−1) messages per entry under contention).
+    #[arg(long)]
+    pub lamport_ack_elision: bool,
 }
 
 /// `dmutex health`.

@@ -79,6 +79,8 @@ pub struct ClusterArgs {
     pub binary: Option<PathBuf>,
     /// Cluster sizes to run one after another instead of `nodes` (empty: just `nodes`).
     pub sweep: Vec<usize>,
+    /// Turn on Lamport's footnote option in every node (`DMUTEX_LAMPORT_ACK_ELISION`).
+    pub lamport_ack_elision: bool,
 }
 
 /// The body of `GET /v1/workload`.
@@ -115,6 +117,8 @@ pub struct NodeStats {
     pub lease_expiries: u64,
     /// The node's Lamport clock.
     pub lamport_clock: u64,
+    /// Whether Lamport's footnote option was on (absent in older reports: off).
+    pub lamport_ack_elision: bool,
 }
 
 /// Names one critical-section entry in a verdict.
@@ -593,6 +597,7 @@ pub fn node_env(
         ("DMUTEX_WORKLOAD_LOCK", WORKLOAD_LOCK.into()),
         ("DMUTEX_WORKLOAD_COUNTER_FILE", counter_file.display().to_string()),
         ("DMUTEX_WORKLOAD_ALGORITHM", algorithm.to_string()),
+        ("DMUTEX_LAMPORT_ACK_ELISION", args.lamport_ack_elision.to_string()),
     ]
 }
 
@@ -746,6 +751,11 @@ async fn run_experiment(
     let shared_counter = read_counter(&counter_file).await.map_err(|e| anyhow!(e))?;
     let mut result =
         summarize(algorithm, nodes, args.iterations, args.cs_ms, &reports, &stats, shared_counter);
+    if args.lamport_ack_elision && algorithm == Algorithm::Lamport {
+        result
+            .textbook_per_entry
+            .push_str(" (footnote option on: a REPLY made redundant by a later message is skipped)");
+    }
     if result.verdict.ok && !args.keep {
         // Best effort: a leftover temporary directory is harmless.
         let _ = std::fs::remove_dir_all(dir);
@@ -1288,6 +1298,7 @@ Verdict: OK — no overlapping critical sections, no lost update, fencing tokens
             keep: false,
             binary: None,
             sweep: vec![],
+            lamport_ack_elision: true,
         };
         let env: BTreeMap<_, _> =
             node_env(&args, Algorithm::RicartAgrawala, 1, &addrs, "c1", Path::new("/tmp/x/counter"))
@@ -1303,6 +1314,7 @@ Verdict: OK — no overlapping critical sections, no lost update, fencing tokens
         assert_eq!(env["DMUTEX_WORKLOAD_CS_MS"], "5");
         assert_eq!(env["DMUTEX_WORKLOAD_COUNTER_FILE"], "/tmp/x/counter");
         assert_eq!(env["DMUTEX_CLUSTER_NAME"], "c1");
+        assert_eq!(env["DMUTEX_LAMPORT_ACK_ELISION"], "true");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub const KEYS: &[&str] = &[
     "peer_addr",
     "http_addr",
     "algorithm",
+    "lamport_ack_elision",
     "cluster_name",
     "cluster_secret",
     "cluster_secret_file",
@@ -68,6 +69,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("peer_addr", "0.0.0.0:7070"),
     ("http_addr", "0.0.0.0:8080"),
     ("algorithm", "lamport"),
+    ("lamport_ack_elision", "false"),
     ("cluster_name", "dmutex"),
     ("log", "info"),
     ("log_format", "text"),
@@ -355,6 +357,9 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// The algorithm used when a request names none.
     pub algorithm: Algorithm,
+    /// Lamport's footnote option: no REPLY to a REQUEST when a message stamped later was already sent to
+    /// its sender (fewer messages under contention; off by default, so counts are the textbook 3(N−1)).
+    pub lamport_ack_elision: bool,
     /// The cluster's name: peers of another cluster are refused at the handshake.
     pub cluster_name: String,
     /// The shared secret authenticating peer handshakes, if any.
@@ -500,6 +505,18 @@ impl Raw {
         }
     }
 
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(Some(true)),
+                "false" | "0" | "no" | "off" => Ok(Some(false)),
+                _ => Err(ConfigError::invalid(key, format!("{s:?} is not true or false"))),
+            },
+        }
+    }
+
     fn algorithm(&self, key: &str) -> Result<Option<Algorithm>, ConfigError> {
         self.parsed::<Algorithm>(key)
     }
@@ -602,6 +619,7 @@ impl NodeConfig {
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
             algorithm,
+            lamport_ack_elision: raw.boolean("lamport_ack_elision")?.unwrap_or(false),
             cluster_name: raw.string("cluster_name")?.unwrap_or_else(|| "dmutex".into()),
             cluster_secret: secret,
             log: raw.string("log")?.unwrap_or_else(|| "info".into()),
@@ -1044,6 +1062,22 @@ mod tests {
         assert!(matches!(&e, ConfigError::BadSocketAddr { key, .. } if key == "DMUTEX_PEER_ADDR"), "{e}");
         let e = load(&with(&[("DMUTEX_HTTP_ADDR", "8080")])).unwrap_err();
         assert!(e.to_string().starts_with("DMUTEX_HTTP_ADDR: \"8080\" is not a socket address"), "{e}");
+    }
+
+    #[test]
+    fn lamport_ack_elision_is_a_boolean_off_by_default() {
+        assert!(!load(&with(&[])).unwrap().lamport_ack_elision);
+        for on in ["true", "1", "YES", "on"] {
+            assert!(load(&with(&[("DMUTEX_LAMPORT_ACK_ELISION", on)])).unwrap().lamport_ack_elision, "{on}");
+        }
+        for off in ["false", "0", "no", "Off"] {
+            assert!(
+                !load(&with(&[("DMUTEX_LAMPORT_ACK_ELISION", off)])).unwrap().lamport_ack_elision,
+                "{off}"
+            );
+        }
+        let e = load(&with(&[("DMUTEX_LAMPORT_ACK_ELISION", "maybe")])).unwrap_err();
+        assert_eq!(e.to_string(), "DMUTEX_LAMPORT_ACK_ELISION: \"maybe\" is not true or false");
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn main() -> ExitCode {
                 keep: args.keep,
                 binary: None,
                 sweep: args.sweep.clone(),
+                lamport_ack_elision: args.lamport_ack_elision,
             };
             match runtime.block_on(dmutex::cluster::run_cluster(&cargs)) {
                 Ok(true) => 0,

@@ -143,6 +143,8 @@ pub struct NodeSettings {
     pub peer_down_after: Duration,
     /// Default algorithm for requests that name none.
     pub default_algorithm: Algorithm,
+    /// Lamport's footnote option (no REPLY made redundant by a later message already sent).
+    pub lamport_ack_elision: bool,
 }
 
 /// A successful acquire.
@@ -209,6 +211,8 @@ pub struct ClusterInfo {
     pub peers: Vec<PeerInfo>,
     /// Lamport clock of each algorithm core.
     pub lamport_clock: BTreeMap<String, u64>,
+    /// Whether Lamport's footnote option (no redundant REPLY) is on.
+    pub lamport_ack_elision: bool,
 }
 
 /// One lease as seen in `GET /v1/locks/{name}`.
@@ -275,6 +279,8 @@ pub struct Stats {
     pub lease_expiries: u64,
     /// The highest Lamport clock of the cores.
     pub lamport_clock: u64,
+    /// Whether Lamport's footnote option (no redundant REPLY) is on.
+    pub lamport_ack_elision: bool,
 }
 
 enum Command {
@@ -519,7 +525,14 @@ impl Node {
         let me = settings.me;
         let inc = settings.incarnation;
         let node = Node {
-            lamport: Engine::new(Lamport::fresh(me, n), Peers::new(me, n, inc)),
+            lamport: Engine::new(
+                if settings.lamport_ack_elision {
+                    Lamport::with_ack_elision(me, n)
+                } else {
+                    Lamport::fresh(me, n)
+                },
+                Peers::new(me, n, inc),
+            ),
             ra: Engine::new(RicartAgrawala::fresh(me, n), Peers::new(me, n, inc)),
             po: Engine::new(ProbableOwner::fresh(me, n), Peers::new(me, n, inc)),
             transport,
@@ -1400,6 +1413,7 @@ impl Node {
             ready: self.shared.ready.load(Ordering::Relaxed),
             peers,
             lamport_clock,
+            lamport_ack_elision: self.lamport.protocol().ack_elision(),
         }
     }
 
@@ -1435,6 +1449,7 @@ impl Node {
             timeouts: per_algo("dmutex_acquire_outcomes_total", &[("outcome", "timeout")]),
             lease_expiries: m.counter_sum("dmutex_lease_expiries_total", &[]),
             lamport_clock: self.shared.clock().0,
+            lamport_ack_elision: self.lamport.protocol().ack_elision(),
         }
     }
 

@@ -66,6 +66,7 @@ pub async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         max_ttl: cfg.max_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
         peer_down_after: Duration::from_millis(1000),
         default_algorithm: cfg.algorithm,
+        lamport_ack_elision: cfg.lamport_ack_elision,
     };
     let (handle, node_task) = Node::spawn(settings, transport, inbound, shared);
 

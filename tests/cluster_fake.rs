@@ -196,6 +196,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         keep: false,
         binary: Some(bin),
         sweep: vec![],
+        lamport_ack_elision: false,
     }
 }
 

@@ -255,6 +255,44 @@ fn results_json_and_charts_of_a_real_3_node_experiment() {
     }
 }
 
+/// `--lamport-ack-elision` reaches every node's core (each reports it in `/v1/stats`), the run stays correct,
+/// and REPLYs can only be fewer than REQUESTs.
+#[test]
+fn lamport_footnote_option_reaches_every_node() {
+    let out = tempfile::tempdir().unwrap();
+    let stdout = run_cluster(
+        &[
+            "--nodes",
+            "3",
+            "--iterations",
+            "30",
+            "--cs-ms",
+            "0",
+            "--algorithm",
+            "lamport",
+            "--lamport-ack-elision",
+            "--subnet",
+            "127.66.3",
+            "--peer-port",
+            "27370",
+            "--http-port",
+            "28380",
+        ],
+        out.path(),
+    );
+    assert!(stdout.contains("footnote option on"), "{stdout}");
+    let results = experiments(&read_json(&out.path().join("results.json")));
+    let r = &results[0];
+    assert!(r.verdict.ok, "{:?}", r.verdict);
+    assert_eq!(r.shared_counter, 90);
+    assert_eq!(r.node_stats.len(), 3);
+    assert!(r.node_stats.iter().all(|s| s.lamport_ack_elision), "{:?}", r.node_stats);
+    let count = |kind: &str| r.messages_by_type.get(kind).copied().unwrap_or(0);
+    assert_eq!(count("REQUEST"), 90 * 2);
+    assert_eq!(count("RELEASE"), 90 * 2);
+    assert!(count("REPLY") <= count("REQUEST"));
+}
+
 #[test]
 fn a_real_sweep_writes_the_csv_and_one_series_per_algorithm() {
     let out = tempfile::tempdir().unwrap();
