@@ -81,7 +81,8 @@ fn sweep_failures<P: Protocol>(
     let mut runs = 0u64;
     for &mode in modes {
         // Totals per mode, printed so that a sweep that stops exercising something shows it.
-        let (mut grants, mut rejected, mut crashes, mut refused, mut messages) = (0, 0, 0, 0, 0);
+        let (mut grants, mut rejected, mut crashes, mut refused, mut messages, mut forgotten) =
+            (0, 0, 0, 0, 0, 0);
         for nodes in 2..=7 {
             for i in 0..seeds_per_cell {
                 let seed = first_seed + i;
@@ -93,6 +94,7 @@ fn sweep_failures<P: Protocol>(
                         crashes += r.crashes;
                         refused += r.refused;
                         messages += r.messages;
+                        forgotten += r.fencing_forgotten;
                     }
                     Err(e) => failures.push(e),
                 }
@@ -100,7 +102,7 @@ fn sweep_failures<P: Protocol>(
         }
         eprintln!(
             "{} {mode}: {grants} grants, {rejected} rejected, {crashes} crashes, {messages} messages, \
-             {refused} refused",
+             {refused} refused, {forgotten} tokens forgotten (every node that knew one crashed)",
             P::ALGORITHM
         );
     }
@@ -201,6 +203,16 @@ fn regression_po_fencing_seed_572() {
 }
 
 /// A single node needs nobody: no messages at all, every request granted.
+/// The documented limitation, pinned (found by the soak): both nodes crash one right after the other before
+/// the newer epoch reaches a live node, so the regenerated epoch repeats a token (0x200000001 after
+/// 0x300000002). Without stable storage nothing can prevent it; the checker counts it as forgotten instead of
+/// failing, but only when every node that was up at the earlier grant has crashed since. Mutual exclusion holds.
+#[test]
+fn po_two_crashes_in_a_row_can_forget_a_token_seed_5124() {
+    let r = run_one::<ProbableOwner>(SimMode::Crashes, 2, 5124).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.crashes, r.fencing_forgotten), (2, 1), "{r:?}");
+}
+
 #[test]
 fn one_node_sends_nothing() {
     fn check<P: Protocol>() {
