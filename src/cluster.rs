@@ -92,34 +92,8 @@ pub struct WorkloadResponse {
     pub report: Option<WorkloadReport>,
 }
 
-/// Messages counted per algorithm, then per message type.
-pub type MessageCounts = BTreeMap<String, BTreeMap<String, u64>>;
-
-/// The body of `GET /v1/stats`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeStats {
-    /// The node.
-    pub node_id: u16,
-    /// Its incarnation.
-    pub incarnation: u64,
-    /// Messages sent, per algorithm and type.
-    pub messages_sent: MessageCounts,
-    /// Messages received, per algorithm and type.
-    pub messages_received: MessageCounts,
-    /// Every message sent.
-    pub messages_sent_total: u64,
-    /// Grants to local requests, per algorithm.
-    pub grants: BTreeMap<String, u64>,
-    /// Acquire timeouts, per algorithm.
-    pub timeouts: BTreeMap<String, u64>,
-    /// Leases that expired.
-    pub lease_expiries: u64,
-    /// The node's Lamport clock.
-    pub lamport_clock: u64,
-    /// Whether Lamport's footnote option was on (absent in older reports: off).
-    pub lamport_ack_elision: bool,
-}
+/// The body of `GET /v1/stats`, as the node serves it (one definition for both sides).
+pub use crate::node::Stats as NodeStats;
 
 /// Names one critical-section entry in a verdict.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

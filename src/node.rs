@@ -258,8 +258,9 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
-/// `GET /v1/stats`: the seed-style results.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `GET /v1/stats`: the seed-style results. Fields absent in a stored report read as their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// This node.
     pub node_id: u16,
@@ -279,7 +280,7 @@ pub struct Stats {
     pub lease_expiries: u64,
     /// The highest Lamport clock of the cores.
     pub lamport_clock: u64,
-    /// Whether Lamport's footnote option (no redundant REPLY) is on.
+    /// Whether Lamport's footnote option (no redundant REPLY) is on (absent in older reports: off).
     pub lamport_ack_elision: bool,
 }
 
