@@ -1,4 +1,4 @@
-//! Renders every chart of `dmutex::charts` from a synthetic run into the directory given as the first argument,
+//! Renders every chart of `dmutex::experiment::charts` from a synthetic run into the directory given as the first argument,
 //! so the pictures can be looked at without a cluster: `cargo run --example render_charts -- /tmp/charts`.
 //!
 //! The run is made up but shaped like the real one: three nodes take turns on one lock in request order (FIFO,
@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use dmutex::charts::{self, SweepMetric, SweepPoint};
-use dmutex::workload::CsEntry;
+use dmutex::experiment::charts::{self, SweepMetric, SweepPoint};
+use dmutex::experiment::workload::CsEntry;
 
 /// A tiny deterministic generator (no seed plumbing needed for a picture).
 struct Lcg(u64);

@@ -1,7 +1,7 @@
 //! The command line: `dmutex node | lock | cluster | health`.
 //!
-//! Only definitions live here (clap derive); the commands themselves are in [`crate::client`] (`lock`,
-//! `health`), `crate::cluster` (`cluster`) and `main.rs` (`node`). The `node` flags are not read from the
+//! Only definitions live here (clap derive); the commands themselves are in [`crate::api::client`] (`lock`,
+//! `health`), `crate::experiment::runner` (`cluster`) and `main.rs` (`node`). The `node` flags are not read from the
 //! environment by clap: [`NodeArgs::overrides`] hands them to [`crate::config`] as its highest layer, so that
 //! the environment is read in one place and every error names its `DMUTEX_*` key.
 

@@ -1,29 +1,31 @@
 //! dmutex: distributed mutual exclusion on a real cluster.
 //!
 //! ```text
-//!  peers (TCP) ─► transport ─► node loop ─► Engine<Lamport | RicartAgrawala | ProbableOwner> (algo/, sans-I/O)
-//!  HTTP (axum) ─► http ──────►    │   ◄──── Actions: Send / Granted / Rejected / SetTimer
-//!                                  └──────► transport (Send), HTTP waiters (Granted), timers
+//!             cmd/ (the binary: one file per CLI command)     experiment/ (workload, `dmutex cluster`)
+//!                   │                                                │
+//!   HTTP ──► api/ (types, router, client) ──► node/ (the loop, cores table, timers, leases, observe)
+//!                                               │  events ▲        │ actions
+//!   peers ─► net/ (wire, link, transport) ──────┘         │        ▼
+//!                                               algo/ (sans-I/O cores: Engine<Lamport | RA | ProbableOwner>)
+//!                                                 ▲
+//!                               sim/ (the deterministic simulator drives the same cores and links)
+//!            obs/ (metrics, traces, flow records) and config are used by node, net and api
 //! ```
 //!
-//! Who may import whom: `algo` imports nothing from this crate but itself, and nothing of tokio, axum or
-//! `std::net`; `wire` knows `algo`'s message types; `transport` knows `wire`; `node` owns the cores and is the
-//! only place that executes their actions; `http` talks to `node` through a command channel.
+//! Who may import whom (kept by the code; a new import that breaks it is a design change):
+//! - `algo` imports nothing else of this crate, and nothing of tokio, axum or `std::net`; it never reads the
+//!   OS clock.
+//! - `sim` imports `algo` (and the sans-I/O link of `net`), nothing that does I/O.
+//! - `net` imports `algo`'s id types; `node` imports `algo`, `net`, `obs`, `api`'s types and `config`;
+//!   `api` talks to `node` through its command channel.
+//! - `experiment` and the binary's `cmd` sit on top: nothing in the library imports them.
 
 pub mod algo;
-pub mod charts;
+pub mod api;
 pub mod cli;
-pub mod client;
-pub mod cluster;
 pub mod config;
-pub mod discovery;
-pub mod error;
-pub mod flow;
-pub mod http;
-pub mod metrics;
+pub mod experiment;
+pub mod net;
 pub mod node;
+pub mod obs;
 pub mod sim;
-pub mod telemetry;
-pub mod transport;
-pub mod wire;
-pub mod workload;

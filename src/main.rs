@@ -27,15 +27,15 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Lock(args) => match runtime.block_on(dmutex::client::run_lock(&args)) {
+        Command::Lock(args) => match runtime.block_on(dmutex::api::client::run_lock(&args)) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("dmutex lock: {e:#}");
                 1
             }
         },
-        Command::Health(args) => runtime.block_on(dmutex::client::run_health(&args)),
-        Command::Flow(args) => match runtime.block_on(dmutex::flow::run_flow(&args)) {
+        Command::Health(args) => runtime.block_on(dmutex::api::client::run_health(&args)),
+        Command::Flow(args) => match runtime.block_on(dmutex::obs::flow::run_flow(&args)) {
             Ok(text) => {
                 print!("{text}");
                 0
@@ -55,14 +55,14 @@ fn main() -> ExitCode {
                 Ok((cfg, unknown)) => runtime.block_on(async move {
                     // Logs and (when OTEL_EXPORTER_OTLP_ENDPOINT is set) the OTLP trace pipeline; inside the
                     // runtime, which the gRPC exporter needs.
-                    let tcfg = dmutex::telemetry::TelemetryConfig {
+                    let tcfg = dmutex::obs::telemetry::TelemetryConfig {
                         log: cfg.log.clone(),
                         json: cfg.log_format == LogFormat::Json,
                         node_id: cfg.node_id.0,
                     };
                     // With DNS discovery the node id is only known after discovery, which logs through this
                     // subscriber: name the instance by its host name (the container) instead.
-                    let otlp = dmutex::telemetry::OtlpSettings::from_env(tcfg.node_id).map(|o| {
+                    let otlp = dmutex::obs::telemetry::OtlpSettings::from_env(tcfg.node_id).map(|o| {
                         o.map(|mut o| {
                             if cfg.discovery.is_some() {
                                 if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok()) {
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                             o
                         })
                     });
-                    let guard = match otlp.and_then(|o| dmutex::telemetry::init_with(&tcfg, o)) {
+                    let guard = match otlp.and_then(|o| dmutex::obs::telemetry::init_with(&tcfg, o)) {
                         Ok(g) => g,
                         Err(e) => {
                             eprintln!("dmutex node: invalid telemetry configuration: {e}");
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                 AlgorithmChoice::All => None,
                 AlgorithmChoice::One(a) => Some(a),
             };
-            let cargs = dmutex::cluster::ClusterArgs {
+            let cargs = dmutex::experiment::runner::ClusterArgs {
                 nodes: args.nodes,
                 iterations: u32::try_from(args.iterations).unwrap_or(u32::MAX),
                 cs_ms: args.cs_ms.unwrap_or(0),
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
                 sweep: args.sweep.clone(),
                 lamport_ack_elision: args.lamport_ack_elision,
             };
-            match runtime.block_on(dmutex::cluster::run_cluster(&cargs)) {
+            match runtime.block_on(dmutex::experiment::runner::run_cluster(&cargs)) {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {

@@ -2,12 +2,12 @@
 //! workload, and shuts all of it down on SIGTERM/SIGINT (also as PID 1 in a container).
 
 use anyhow::Context as _;
-use dmutex::cluster::WorkloadResponse;
+use dmutex::api::router::{AppState, router};
 use dmutex::config::NodeConfig;
-use dmutex::http::{AppState, router};
+use dmutex::experiment::runner::WorkloadResponse;
+use dmutex::experiment::workload::{WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload};
+use dmutex::net::transport::{Transport, TransportConfig};
 use dmutex::node::{Node, NodeSettings, PeerMsg, new_incarnation};
-use dmutex::transport::{Transport, TransportConfig};
-use dmutex::workload::{WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 pub async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
         // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
-        let spec = dmutex::discovery::DnsSpec { name, port };
+        let spec = dmutex::net::discovery::DnsSpec { name, port };
         tracing::info!(%spec, expected = ?cfg.cluster_size, "discovering peers");
-        let found = dmutex::discovery::discover(&spec, cfg.cluster_size, Duration::from_secs(120))
+        let found = dmutex::net::discovery::discover(&spec, cfg.cluster_size, Duration::from_secs(120))
             .await
             .context("DMUTEX_DISCOVERY")?;
         cfg.node_id = dmutex::algo::NodeId(found.me);

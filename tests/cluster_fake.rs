@@ -13,8 +13,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use dmutex::algo::Algorithm;
-use dmutex::cluster::{ClusterArgs, run_cluster};
-use dmutex::workload::{Grant, LockService, WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload};
+use dmutex::experiment::runner::{ClusterArgs, run_cluster};
+use dmutex::experiment::workload::{
+    Grant, LockService, WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload,
+};
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;

@@ -10,8 +10,8 @@ mod common;
 
 use common::{ALGORITHMS, Api, Attempt, Cluster, Proxy, check_intervals, hold_once, poll};
 use dmutex::algo::{Incarnation, LamportTs, NodeId};
+use dmutex::net::wire::{self, Frame, PROTOCOL_VERSION, RefuseReason};
 use dmutex::node::PeerMsg;
-use dmutex::wire::{self, Frame, PROTOCOL_VERSION, RefuseReason};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;

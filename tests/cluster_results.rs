@@ -7,8 +7,8 @@
 //! other process tests. Sizes are small (N ≤ 3, K ≤ 6) to keep them to a few seconds.
 
 use dmutex::algo::Algorithm;
-use dmutex::charts::{DATA_OPACITY, PALETTE, WARNING_COLOUR};
-use dmutex::cluster::{ExperimentResult, format_results, format_summary, summary_row};
+use dmutex::experiment::charts::{DATA_OPACITY, PALETTE, WARNING_COLOUR};
+use dmutex::experiment::runner::{ExperimentResult, format_results, format_summary, summary_row};
 use plotters::style::RGBColor;
 use serde_json::Value;
 use std::collections::BTreeMap;

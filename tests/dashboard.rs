@@ -1,7 +1,7 @@
 //! The Grafana dashboard parses, every PromQL expression in it names only metrics the node exports
-//! (`dmutex::metrics::METRICS`), and every data source is one the provisioning defines (`prometheus`, `jaeger`).
+//! (`dmutex::obs::metrics::METRICS`), and every data source is one the provisioning defines (`prometheus`, `jaeger`).
 
-use dmutex::metrics::METRICS;
+use dmutex::obs::metrics::METRICS;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -75,7 +75,7 @@ fn every_promql_expression_names_exported_metrics_only() {
         let names = metric_names(e);
         assert!(!names.is_empty(), "expression names no dmutex metric: {e}");
         for n in names {
-            assert!(exported(&n), "{n} (in {e}) is not in dmutex::metrics::METRICS");
+            assert!(exported(&n), "{n} (in {e}) is not in dmutex::obs::metrics::METRICS");
             used.insert(n);
         }
     }

@@ -5,7 +5,7 @@
 #[path = "support/otlp.rs"]
 mod otlp;
 
-use dmutex::telemetry::{
+use dmutex::obs::telemetry::{
     self, OtlpProtocol, OtlpSettings, SHUTDOWN_TIMEOUT, TelemetryConfig, build_tracer_provider, otel_layer,
     shutdown_provider,
 };

@@ -5,8 +5,8 @@
 //! pair, across dropped connections; plus restart detection (Hello before data) and handshake refusals.
 
 use dmutex::algo::{Incarnation, LamportTs, NodeId};
-use dmutex::transport::{ClockFn, Inbound, Transport, TransportConfig, TransportHandle};
-use dmutex::wire::{self, Envelope, Frame, FrameReader, Nonce, PROTOCOL_VERSION, RefuseReason};
+use dmutex::net::transport::{ClockFn, Inbound, Transport, TransportConfig, TransportHandle};
+use dmutex::net::wire::{self, Envelope, Frame, FrameReader, Nonce, PROTOCOL_VERSION, RefuseReason};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -33,7 +33,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
-pub use crate::workload::CsEntry;
+pub use crate::experiment::workload::CsEntry;
 
 /// The style every chart's mesh shares: fonts, no minor grid lines, a light major grid.
 fn house_mesh<'m, 'a, 'b, X, Y, XT, YT, DB>(

@@ -50,7 +50,7 @@
 //! enqueues.
 
 use crate::algo::{Incarnation, LamportTs, NodeId, PeerChange};
-use crate::wire::{
+use crate::net::wire::{
     self, Envelope, Frame, FrameReader, FrameWriter, Nonce, PROTOCOL_VERSION, RefuseReason, WireError,
 };
 use serde::Serialize;

@@ -317,7 +317,7 @@ enum Item<M> {
     /// A message or handshake on link `from→to`.
     /// `to_inc`: the receiver incarnation the sender's engine addressed (None for handshakes and for a peer
     /// it had not heard yet); a message addressed to an earlier incarnation is dropped on arrival, as the
-    /// transport does (see [`crate::wire::Envelope::to_incarnation`]).
+    /// transport does (see [`crate::net::wire::Envelope::to_incarnation`]).
     Deliver { from: NodeId, to: NodeId, to_inc: Option<Incarnation>, event: Event<M> },
     /// A timer of `node`'s incarnation `inc`, valid if the node still has it set for `at`.
     Timer { node: NodeId, inc: Incarnation, timer: TimerId, at: Millis },

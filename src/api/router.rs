@@ -5,7 +5,7 @@
 //! 409 unknown/expired lease, 413 body too large, 503 unavailable or shutting down.
 
 use crate::algo::Algorithm;
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 use crate::node::{AcquireRequest, NodeHandle};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -77,8 +77,8 @@ trait WithStatus {
 impl WithStatus for ApiError {
     fn into_response_with(self, status: u16) -> Response {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
-        let body = crate::error::ErrorBody {
-            error: crate::error::ErrorDetail { code: "not_found", message: self.to_string() },
+        let body = crate::api::error::ErrorBody {
+            error: crate::api::error::ErrorDetail { code: "not_found", message: self.to_string() },
         };
         (status, Json(body)).into_response()
     }
@@ -206,7 +206,7 @@ struct FlowQuery {
     limit: Option<usize>,
 }
 
-/// `GET /v1/flow?lock=NAME[&acquire=ID][&limit=N]`: this node's recent flow records (see [`crate::flow`]).
+/// `GET /v1/flow?lock=NAME[&acquire=ID][&limit=N]`: this node's recent flow records (see [`crate::obs::flow`]).
 async fn flow(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
@@ -215,9 +215,9 @@ async fn flow(
     if let Some(lock) = &q.lock {
         validate_lock_name(lock)?;
     }
-    let limit = q.limit.unwrap_or(crate::flow::DEFAULT_CAPACITY).min(crate::flow::DEFAULT_CAPACITY);
+    let limit = q.limit.unwrap_or(crate::obs::flow::DEFAULT_CAPACITY).min(crate::obs::flow::DEFAULT_CAPACITY);
     let records = s.node.shared.flow_records(q.lock.as_deref(), q.acquire.as_deref(), limit);
-    Ok(Json(crate::flow::FlowResponse { node: s.node.shared.me.0, records }).into_response())
+    Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.0, records }).into_response())
 }
 
 async fn workload(State(s): State<AppState>) -> Response {

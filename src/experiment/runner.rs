@@ -2,13 +2,13 @@
 //!
 //! For each algorithm (sequentially): start N `dmutex node` children on distinct loopback addresses
 //! (`<subnet>.1 … <subnet>.N`, one shared peer port and one shared HTTP port), each running the workload of
-//! [`crate::workload`] against one shared counter file; wait for every `/readyz`; poll `/v1/workload` (showing
+//! [`crate::experiment::workload`] against one shared counter file; wait for every `/readyz`; poll `/v1/workload` (showing
 //! progress) until every node is done; read `/v1/stats`; stop every child (SIGTERM, SIGKILL after 5 s); print the
 //! seed-style results and a verdict.
 //!
 //! With `--out DIR` it also writes `DIR/results.json` (every printed figure, every entry with its request/enter/exit
 //! times on the host clock and relative to the experiment's first request, its Lamport request timestamp, every
-//! node's `/v1/stats`) and per algorithm three SVG charts ([`crate::charts`]): `<algorithm>-gantt.svg`,
+//! node's `/v1/stats`) and per algorithm three SVG charts ([`crate::experiment::charts`]): `<algorithm>-gantt.svg`,
 //! `<algorithm>-latency.svg` and `<algorithm>-messages.svg`.
 //!
 //! With a sweep (`--sweep 3,5,10`) it runs the experiment for every size and algorithm, one after another on the
@@ -25,8 +25,10 @@
 //! delete the logs of a run that failed (their location is printed instead).
 
 use crate::algo::Algorithm;
-use crate::charts::{self, LatencyStats, SweepMetric, SweepPoint};
-use crate::workload::{CsEntry, WorkloadReport, WorkloadState, WorkloadStatus, read_counter, unix_ms};
+use crate::experiment::charts::{self, LatencyStats, SweepMetric, SweepPoint};
+use crate::experiment::workload::{
+    CsEntry, WorkloadReport, WorkloadState, WorkloadStatus, read_counter, unix_ms,
+};
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1090,7 +1092,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::WorkloadState;
+    use crate::experiment::workload::WorkloadState;
 
     fn entry(node: u16, iteration: u32, token: u64, enter: f64, exit: f64, read: u64) -> CsEntry {
         CsEntry {

@@ -11,18 +11,21 @@
 //! timeout.
 
 use crate::algo::{
-    Action, Algorithm, CoreError, Engine, Event, FencingToken, Incarnation, LamportTs, LockView, Millis,
-    NodeId, Peers, Protocol, ProtocolMessage, RejectReason, RequestId, TimerId,
+    Action, Algorithm, CoreError, Engine, Event, FencingToken, Incarnation, LamportTs, Millis, NodeId, Peers,
+    Protocol, ProtocolMessage, RejectReason, RequestId, TimerId,
     lamport::{Lamport, LamportMsg},
     probable_owner::{PoMsg, ProbableOwner, RepOutcome},
     ricart_agrawala::{RaMsg, RicartAgrawala},
 };
-use crate::error::ApiError;
-use crate::flow::{Direction, FlowLog, FlowRecord};
-use crate::metrics::{Labels, Metrics};
-use crate::telemetry;
-use crate::transport::{Inbound, TransportHandle};
-use crate::wire::Envelope;
+use crate::api::error::ApiError;
+pub use crate::api::types::{
+    AcquireRequest, AlgoLockInfo, ClusterInfo, Grant, LeaseInfo, LockInfo, PeerInfo, Readiness, Stats,
+};
+use crate::net::transport::{Inbound, TransportHandle};
+use crate::net::wire::Envelope;
+use crate::obs::flow::{Direction, FlowLog, FlowRecord};
+use crate::obs::metrics::{Labels, Metrics};
+use crate::obs::telemetry;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -144,143 +147,6 @@ pub struct NodeSettings {
     /// Default algorithm for requests that name none.
     pub default_algorithm: Algorithm,
     /// Lamport's footnote option (no REPLY made redundant by a later message already sent).
-    pub lamport_ack_elision: bool,
-}
-
-/// A successful acquire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The lock.
-    pub name: String,
-    /// The lease that holds it (pass it to release and keepalive).
-    pub lease: String,
-    /// The fencing token.
-    pub fencing_token: u64,
-    /// The algorithm that granted it.
-    pub algorithm: Algorithm,
-    /// The node that granted it.
-    pub node_id: u16,
-    /// How long the request waited.
-    pub waited_ms: u64,
-    /// The lease's TTL.
-    pub ttl_ms: u64,
-}
-
-/// Parameters of an acquire.
-#[derive(Clone, Debug)]
-pub struct AcquireRequest {
-    /// The lock.
-    pub lock: String,
-    /// Algorithm (default: the node's).
-    pub algorithm: Option<Algorithm>,
-    /// How long to wait (default: the node's).
-    pub timeout: Option<Duration>,
-    /// Lease TTL (default: the node's).
-    pub ttl: Option<Duration>,
-}
-
-/// One peer as this node sees it.
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerInfo {
-    /// Node id.
-    pub node: u16,
-    /// Configured address.
-    pub address: String,
-    /// Whether the link is up.
-    pub connected: bool,
-    /// Milliseconds since the last frame from it.
-    pub last_seen_ms_ago: Option<u64>,
-    /// Its incarnation, once known.
-    pub incarnation: Option<u64>,
-    /// How often its link was re-established.
-    pub reconnects: u64,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Clone, Debug, Serialize)]
-pub struct ClusterInfo {
-    /// This node.
-    pub node_id: u16,
-    /// This process's incarnation.
-    pub incarnation: u64,
-    /// Cluster name.
-    pub cluster: String,
-    /// Whether the node can grant.
-    pub ready: bool,
-    /// Every node, this one included.
-    pub peers: Vec<PeerInfo>,
-    /// Lamport clock of each algorithm core.
-    pub lamport_clock: BTreeMap<String, u64>,
-    /// Whether Lamport's footnote option (no redundant REPLY) is on.
-    pub lamport_ack_elision: bool,
-}
-
-/// One lease as seen in `GET /v1/locks/{name}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct LeaseInfo {
-    /// Lease id.
-    pub lease: String,
-    /// Algorithm.
-    pub algorithm: Algorithm,
-    /// Fencing token.
-    pub fencing_token: u64,
-    /// Milliseconds until it expires unless kept alive.
-    pub expires_in_ms: u64,
-}
-
-/// `GET /v1/locks/{name}`: what this node knows.
-#[derive(Clone, Debug, Serialize)]
-pub struct LockInfo {
-    /// The lock.
-    pub name: String,
-    /// Leases held through this node.
-    pub leases: Vec<LeaseInfo>,
-    /// Per algorithm: the core's view and the local waiters.
-    pub algorithms: BTreeMap<String, AlgoLockInfo>,
-}
-
-/// One algorithm's view of one lock.
-#[derive(Clone, Debug, Serialize)]
-pub struct AlgoLockInfo {
-    /// The core's view.
-    #[serde(flatten)]
-    pub view: LockView,
-    /// Local requests waiting (count).
-    pub local_waiters: usize,
-}
-
-/// `GET /readyz`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Readiness {
-    /// Whether the node can grant.
-    pub ready: bool,
-    /// Why not.
-    pub reasons: Vec<String>,
-}
-
-/// `GET /v1/stats`: the seed-style results. Fields absent in a stored report read as their defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Stats {
-    /// This node.
-    pub node_id: u16,
-    /// This process's incarnation.
-    pub incarnation: u64,
-    /// Messages sent: algorithm → type → count.
-    pub messages_sent: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Messages received: algorithm → type → count.
-    pub messages_received: BTreeMap<String, BTreeMap<String, u64>>,
-    /// All messages sent.
-    pub messages_sent_total: u64,
-    /// Grants to local clients by algorithm.
-    pub grants: BTreeMap<String, u64>,
-    /// Acquire timeouts by algorithm.
-    pub timeouts: BTreeMap<String, u64>,
-    /// Leases expired.
-    pub lease_expiries: u64,
-    /// The highest Lamport clock of the cores.
-    pub lamport_clock: u64,
-    /// Whether Lamport's footnote option (no redundant REPLY) is on (absent in older reports: off).
     pub lamport_ack_elision: bool,
 }
 
@@ -1526,13 +1392,13 @@ fn step<P: Protocol>(
     result
 }
 
-impl crate::workload::LockService for NodeHandle {
+impl crate::experiment::workload::LockService for NodeHandle {
     async fn acquire(
         &self,
         lock: &str,
         algorithm: Algorithm,
         timeout: Duration,
-    ) -> Result<crate::workload::Grant, String> {
+    ) -> Result<crate::experiment::workload::Grant, String> {
         let g = NodeHandle::acquire(
             self,
             AcquireRequest {
@@ -1544,7 +1410,7 @@ impl crate::workload::LockService for NodeHandle {
         )
         .await
         .map_err(|e| e.to_string())?;
-        Ok(crate::workload::Grant {
+        Ok(crate::experiment::workload::Grant {
             lease: g.lease,
             fencing_token: g.fencing_token,
             algorithm: g.algorithm,

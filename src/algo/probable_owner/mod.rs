@@ -1,0 +1,510 @@
+//! Probable-owner locking: a migrating ownership token, Li–Hudak probable-owner hints, a FIFO queue at the
+//! owner, and a recovery round at each lock's home node.
+//!
+//! The design fixes seed 003 (a C++ DSM: `LOCK_ACQ` / `LOCK_REP` grant|redirect, home = `lock % N`, 100 ms
+//! polling). Its handoff race, no queue, orphaned locks after a crash and ever-growing redirect chains are gone.
+//!
+//! # Rules
+//!
+//! * **Token.** Ownership of a lock is a token; only the current owner may grant. A transfer (`LOCK_REP`
+//!   `Granted`) moves the token *and* the owner's FIFO queue of remote waiters to the queue head. The sender
+//!   forgets ownership when it sends, so the token is in exactly one place: an owner or one message in flight.
+//!   `epoch` increases on every transfer and regeneration; `seq` counts the owner's grants within its epoch;
+//!   the fencing token is [`FencingToken::from_epoch`]`(epoch, seq)`.
+//! * **Hints** (Li & Hudak 1989, dynamic distributed manager): every node keeps `(probable owner, epoch)`,
+//!   initially `(home, 0)`, where `home = `[`home_node`]. A sender of a transfer points its hint at the
+//!   recipient; a redirect updates the hint if it is not older. A non-owner answers `LOCK_ACQ` with
+//!   `Redirect{hint}` (with the home instead when the hint names the requester or the node itself). The new
+//!   owner tells the home (`OWNER_UPDATE`) so that the home's *record* stays fresh and chains stay short.
+//! * **In transit.** `LOCK_ACQ` carries the epoch at which the requester believes the addressee owns. A node
+//!   with its own request outstanding whose hint is older than that epoch *buffers* the request and serves it
+//!   once ownership arrives ("a request that arrives while ownership is in transit must wait"); it never
+//!   grants from stale state, which is what kills the seed's double grant. A pending node whose hint is at
+//!   least that new owned that epoch and moved on: it redirects (buffering there could close a cycle of
+//!   pending nodes waiting for each other). The home buffers only when its record names itself; otherwise it
+//!   routes (redirect or round), so a request re-sent to the home never waits behind the home's own.
+//! * **Fairness.** The owner queues requests (one entry per node, FIFO); release hands the token to the head.
+//!   A local request at an owner whose queue is non-empty first hands the token on, then queues like anyone.
+//!   Without contention the token stays with its last owner: a repeated acquire costs no message.
+//! * **Withdraw.** A withdrawn request stays pending without wanting; if a grant still arrives the node keeps
+//!   the token idle and passes it to its queue head. It never enters for a withdrawn request.
+//! * **Recovery round** (home only; on a request while the record is unknown, a `suspect` request after
+//!   more than 8·n redirects, or a peer restart while the record names that peer or a round runs): the home
+//!   sends `OWNER_QUERY{floor = max_epoch + 1, incarnations}` to every node and collects `OWNER_REPORT`s
+//!   (itself included). A node applies the newer incarnations first (so a transfer sent by a dead incarnation
+//!   is fenced off from now on), reports `(owned epoch, last transfer sent, max epoch seen before the query)`,
+//!   then records `floor`. With every report in: (1) a node owns: record it; (2) else the newest reported
+//!   transfer names a recipient still at that incarnation: the token is in flight, record the recipient;
+//!   (3) else the token is lost (or never existed): if every reported max epoch is below `floor`, the home
+//!   regenerates ownership at epoch `floor` with the round's waiters as its queue; otherwise it runs a new
+//!   round above the highest epoch reported. A restart of any peer during a round restarts the round.
+//!   A freshly started home has *no* record: the first use of every lock runs a round, so a restarted home
+//!   never assumes it owns anything. Reported `max_epoch` is the value *before* the query's floor is recorded.
+//! * **Lost queues.** A transfer addressed to a dead incarnation loses the token and the queue riding with
+//!   it. So: a node with a wanted request re-sends it to the home when it receives a query (ahead of its
+//!   report, same FIFO link, so it is among the round's waiters); a node whose last transfer went to an
+//!   incarnation that has since restarted asks the home for a round (`suspect` request, number 0); a node
+//!   that re-wants a withdrawn request re-sends it; and the home re-runs the round if the sender that a
+//!   case (2) decision relied on restarts (the recipient may have fenced that transfer off).
+//! * **Restarts.** `peer_restarted(p)` does *not* drop `p`'s queue entries: entries carry no incarnation, and
+//!   one that arrived inside a transferred queue may be the new incarnation's request. A grant to a node that
+//!   no longer wants the lock is passed straight on (one extra hop). Request numbers restart with the
+//!   incarnation, so a pending node follows any redirect for the lock, not only one echoing its number;
+//!   a redirect naming the node itself is waited on only if its own hint is older than the epoch named.
+//!
+//! # Assumptions
+//!
+//! Reliable FIFO links per pair while both ends live; messages of a dead incarnation are dropped by the
+//! engine once the receiver knows the newer one; a grant addressed to a previous incarnation is recognised by
+//! its `to_incarnation`. Round ids mix in the home's incarnation so a report addressed to a previous life of
+//! the home cannot be counted in a round of the new one.
+//!
+//! # Invariants
+//!
+//! At most one live token per lock (owner or in-flight grant that will be accepted); epochs of a lineage
+//! strictly increase and a regenerated epoch exceeds every epoch any live node has seen, so fencing tokens
+//! strictly increase in grant order. An owner's queue never contains itself and holds one entry per node.
+//!
+//! # Limitation
+//!
+//! Fencing tokens can repeat across crashes when *every* node that knew an epoch dies before a round sees it
+//! (for example the sender of a transfer, then its recipient, one after the other; the home skips
+//! `OWNER_UPDATE` when it is the recipient): a regeneration may then reuse that epoch. Mutual exclusion is not
+//! affected (the old holder is dead); closing this needs the epoch on a second live node before first use.
+//!
+//! Must never: grant without owning, grant from a pending node, enter after a withdraw, panic on a message.
+
+use super::{
+    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output,
+    PeerChange, Peers, Protocol, ProtocolMessage, QueueEntry, home_node,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A pending request that has followed more than this many redirects per node asks the home for a recovery
+/// round (`suspect`). The rounds only back up the other loss triggers, and under heavy contention a healthy
+/// chase after a moving token is long: with 2 per node, rounds were most of the traffic (8.6 messages per
+/// entry at N = 5, 78 at N = 16 in the saturated simulation); with 8, 4.9 and 35, and the same outcomes in
+/// every simulated crash run.
+const SUSPECT_AFTER_HOPS_PER_NODE: usize = 8;
+
+/// A remote waiter: the requesting node and its request's sequence number.
+type Waiter = (NodeId, u64);
+
+/// The answer to a `LOCK_ACQ`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RepOutcome {
+    /// Ownership moves to the addressee, which takes over the queue.
+    Granted {
+        /// The new ownership epoch.
+        epoch: u64,
+        /// The remaining waiters, oldest first.
+        queue: Vec<(NodeId, u64)>,
+        /// The incarnation the grant is for; another incarnation drops it.
+        to_incarnation: Incarnation,
+    },
+    /// The sender does not own the lock; try `owner`.
+    Redirect {
+        /// The probable owner.
+        owner: NodeId,
+        /// The epoch at which `owner` was known to own (freshness of the hint).
+        epoch: u64,
+    },
+}
+
+/// Probable-owner messages (the seed's names, plus the recovery pair).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PoMsg {
+    /// `LOCK_ACQ`: `requester` wants `lock`.
+    Acq {
+        /// The lock.
+        lock: LockName,
+        /// The requesting node (always the sender).
+        requester: NodeId,
+        /// The requester's request number, echoed in the reply.
+        seq: u64,
+        /// The epoch at which the requester believes the addressee owns the lock. A pending addressee whose
+        /// own hint is at least this new has owned that epoch and moved on, so it redirects instead of
+        /// buffering (buffering is only for ownership that may still be travelling to it).
+        epoch: u64,
+        /// The requester has been redirected too often: the home should run a recovery round.
+        suspect: bool,
+    },
+    /// `LOCK_REP`: grant (ownership transfer) or redirect.
+    Rep {
+        /// The lock.
+        lock: LockName,
+        /// The request answered.
+        seq: u64,
+        /// Grant or redirect.
+        outcome: RepOutcome,
+    },
+    /// `OWNER_UPDATE`: the sender became the owner at `epoch` (new owner → home).
+    OwnerUpdate {
+        /// The lock.
+        lock: LockName,
+        /// The new owner.
+        owner: NodeId,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// `OWNER_QUERY`: the home asks where the token is (recovery round).
+    Query {
+        /// The lock.
+        lock: LockName,
+        /// The round, echoed in the report.
+        round: u64,
+        /// The epoch a regeneration would use; every receiver records it as seen.
+        floor: u64,
+        /// The incarnations the home knows; newer ones fence off dead senders at the receiver.
+        incarnations: Vec<(NodeId, Incarnation)>,
+    },
+    /// `OWNER_REPORT`: a node's answer to a query.
+    Report {
+        /// The lock.
+        lock: LockName,
+        /// The round answered.
+        round: u64,
+        /// The epoch of the token this node owns, if it owns it.
+        owned: Option<u64>,
+        /// The last transfer this node sent: recipient, its incarnation, epoch.
+        last_out: Option<(NodeId, Incarnation, u64)>,
+        /// The highest epoch this node had seen before the query.
+        max_epoch: u64,
+    },
+    /// `EPOCH_SYNC`: sent to a peer that restarted: the highest epoch the sender has seen for any lock. Keeps
+    /// the knowledge that an epoch was used alive when the node that used it crashes next, so a regeneration
+    /// never reuses an epoch (and a fencing token never repeats) across one crash at a time.
+    EpochSync {
+        /// The sender's epoch clock.
+        epoch: u64,
+    },
+}
+
+impl ProtocolMessage for PoMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            PoMsg::Acq { .. } => "LOCK_ACQ",
+            PoMsg::Rep { .. } => "LOCK_REP",
+            PoMsg::OwnerUpdate { .. } => "OWNER_UPDATE",
+            PoMsg::Query { .. } => "OWNER_QUERY",
+            PoMsg::Report { .. } => "OWNER_REPORT",
+            PoMsg::EpochSync { .. } => "EPOCH_SYNC",
+        }
+    }
+
+    fn lock(&self) -> &str {
+        match self {
+            PoMsg::Acq { lock, .. }
+            | PoMsg::Rep { lock, .. }
+            | PoMsg::OwnerUpdate { lock, .. }
+            | PoMsg::Query { lock, .. }
+            | PoMsg::Report { lock, .. } => lock,
+            PoMsg::EpochSync { .. } => "",
+        }
+    }
+
+    fn timestamp(&self) -> Option<LamportTs> {
+        None
+    }
+}
+
+/// The token, while this node owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Owned {
+    epoch: u64,
+    /// Grants made in this epoch (0 = none yet).
+    seq: u32,
+    /// Remote waiters, oldest first; one entry per node, never this node.
+    queue: VecDeque<Waiter>,
+    /// Whether this node is in the critical section.
+    held: bool,
+}
+
+/// This node's outstanding request (it does not own the lock).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Pending {
+    seq: u64,
+    /// False once withdrawn: a grant that still comes is passed on, never entered.
+    wants: bool,
+    /// Requests that reached this node while it waits for ownership; served when it arrives.
+    buffered: VecDeque<Waiter>,
+    /// Redirects followed since the last send to the home.
+    hops: u32,
+}
+
+/// A recovery round at the home.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Round {
+    id: u64,
+    floor: u64,
+    reports: BTreeMap<NodeId, Report>,
+    /// Requests held until the round decides (this node's own request included).
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct Report {
+    owned: Option<u64>,
+    last_out: Option<(NodeId, Incarnation, u64)>,
+    max_epoch: u64,
+}
+
+/// Everything one node knows about one lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LockState {
+    /// Probable owner and the epoch at which it was known to own.
+    hint: (NodeId, u64),
+    owned: Option<Owned>,
+    pending: Option<Pending>,
+    /// The last transfer this node sent (kept for recovery rounds).
+    last_out: Option<(NodeId, Incarnation, u64)>,
+    /// The highest epoch seen, sent, owned or announced as a floor.
+    max_epoch: u64,
+    /// Home only: the freshest known owner; `None` until a round or an update says.
+    record: Option<(NodeId, u64)>,
+    /// Home only: the sender of the in-flight transfer a round's case (2) relied on. If it restarts before the
+    /// record is confirmed, the recipient may have fenced that transfer off: the round must run again.
+    record_via: Option<NodeId>,
+    /// Home only: the recovery round in progress.
+    round: Option<Round>,
+    /// Rounds started by this node for this lock (part of the round id).
+    rounds: u32,
+    /// Request numbers used by this node for this lock.
+    req_seq: u64,
+    /// The newest token this node entered with.
+    last_token: Option<FencingToken>,
+}
+
+/// What a handler needs besides the lock's state.
+struct Ctx<'a> {
+    /// Epoch knowledge received in `EPOCH_SYNC` (from before a crash); reports and round floors include it.
+    synced: u64,
+    me: NodeId,
+    n: usize,
+    home: NodeId,
+    lock: &'a str,
+    peers: &'a Peers,
+}
+
+impl Ctx<'_> {
+    fn send(&self, out: &mut Vec<Output<PoMsg>>, to: NodeId, msg: PoMsg) {
+        out.push(Output::Send { to, msg });
+    }
+
+    fn is_home(&self) -> bool {
+        self.me == self.home
+    }
+}
+
+/// Adds a waiter, one entry per node: a newer request of a queued node keeps the old position.
+fn add_waiter(queue: &mut VecDeque<Waiter>, node: NodeId, seq: u64) {
+    match queue.iter_mut().find(|(n, _)| *n == node) {
+        Some(entry) => entry.1 = entry.1.max(seq),
+        None => queue.push_back((node, seq)),
+    }
+}
+
+/// Probable-owner locking, seen from one node, for every lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProbableOwner {
+    me: NodeId,
+    n: usize,
+    locks: BTreeMap<LockName, LockState>,
+    /// The highest epoch learnt from peers' `EPOCH_SYNC` after this node (re)started: epochs used before its
+    /// crash. Reports and round floors include it, so a regeneration never reuses an epoch (fencing tokens
+    /// never repeat across one crash at a time). Kept apart from the per-lock epochs so that rounds for
+    /// different locks do not push each other's floors.
+    epoch_clock: u64,
+    /// The highest epoch of any lock's state (kept so [`Protocol::clock`] is O(1)).
+    max_seen: u64,
+}
+
+impl ProbableOwner {
+    /// Runs `f` on `lock`'s state (created on first use).
+    fn with_lock<R>(
+        &mut self,
+        lock: &str,
+        peers: &Peers,
+        f: impl FnOnce(&mut LockState, &Ctx<'_>) -> R,
+    ) -> R {
+        let cx = Ctx {
+            synced: self.epoch_clock,
+            me: self.me,
+            n: self.n,
+            home: home_node(lock, self.n),
+            lock,
+            peers,
+        };
+        let st = self.locks.entry(lock.to_owned()).or_insert_with(|| LockState::new(cx.home));
+        let r = f(st, &cx);
+        self.max_seen = self.max_seen.max(st.max_epoch);
+        r
+    }
+
+    fn unexpected(from: NodeId, kind: &'static str, reason: &'static str) -> CoreError {
+        CoreError::Unexpected { from, kind, reason }
+    }
+}
+
+impl Protocol for ProbableOwner {
+    type Msg = PoMsg;
+
+    const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
+
+    fn fresh(me: NodeId, n: usize) -> Self {
+        ProbableOwner { me, n: n.max(1), locks: BTreeMap::new(), epoch_clock: 0, max_seen: 0 }
+    }
+
+    fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        self.with_lock(lock, peers, |st, cx| st.request(cx, out));
+    }
+
+    fn release(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        self.with_lock(lock, peers, |st, cx| st.release(cx, out));
+    }
+
+    fn withdraw(&mut self, lock: &str, peers: &Peers, _out: &mut Vec<Output<PoMsg>>) {
+        // The request stays where it is; a grant that still comes is passed on (see `on_granted`).
+        self.with_lock(lock, peers, |st, _| {
+            if let Some(p) = &mut st.pending {
+                p.wants = false;
+            }
+        });
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: PoMsg,
+        peers: &mut Peers,
+        out: &mut Vec<Output<PoMsg>>,
+    ) -> Result<(), CoreError> {
+        let kind = msg.kind();
+        if from == self.me || !peers.contains(from) {
+            return Err(CoreError::UnknownPeer(from));
+        }
+        if let PoMsg::EpochSync { epoch } = msg {
+            self.epoch_clock = self.epoch_clock.max(epoch);
+            return Ok(());
+        }
+        let home = home_node(msg.lock(), self.n);
+        match msg {
+            PoMsg::EpochSync { .. } => Ok(()),
+            PoMsg::Acq { lock, requester, seq, epoch, suspect } => {
+                if requester != from {
+                    return Err(Self::unexpected(from, kind, "requester is not the sender"));
+                }
+                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, epoch, suspect));
+                Ok(())
+            }
+            PoMsg::Rep { lock, seq: _, outcome } => match outcome {
+                RepOutcome::Granted { epoch, queue, to_incarnation } => {
+                    self.with_lock(&lock, peers, |st, cx| {
+                        st.on_granted(cx, out, from, epoch, queue, to_incarnation)
+                    })
+                }
+                RepOutcome::Redirect { owner, epoch } => {
+                    if !peers.contains(owner) {
+                        return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
+                    }
+                    self.with_lock(&lock, peers, |st, cx| st.on_redirect(cx, out, owner, epoch));
+                    Ok(())
+                }
+            },
+            PoMsg::OwnerUpdate { lock, owner, epoch } => {
+                if home != self.me || owner != from {
+                    return Err(Self::unexpected(from, kind, "update not from the owner to the home"));
+                }
+                self.with_lock(&lock, peers, |st, cx| {
+                    st.learn(cx, owner, epoch);
+                    if st.record.is_none() && st.round.is_none() {
+                        st.record = Some((owner, epoch));
+                    }
+                });
+                Ok(())
+            }
+            PoMsg::Query { lock, round, floor, incarnations } => {
+                if home != from {
+                    return Err(Self::unexpected(from, kind, "query not from the lock's home"));
+                }
+                // Fence first: once we report, a transfer sent by a dead incarnation must not be accepted.
+                let mut restarted = Vec::new();
+                for (p, inc) in incarnations {
+                    if p != self.me && peers.observe(p, inc) == PeerChange::Restarted {
+                        restarted.push(p);
+                    }
+                }
+                for p in restarted {
+                    self.peer_restarted(p, peers, out);
+                }
+                self.with_lock(&lock, peers, |st, cx| st.on_query(cx, out, round, floor));
+                Ok(())
+            }
+            PoMsg::Report { lock, round, owned, last_out, max_epoch } => {
+                if home != self.me {
+                    return Err(Self::unexpected(from, kind, "report to a node that is not the home"));
+                }
+                let report = Report { owned, last_out, max_epoch };
+                self.with_lock(&lock, peers, |st, cx| st.on_report(cx, out, from, round, report));
+                Ok(())
+            }
+        }
+    }
+
+    /// Handshake clocks are the node's Lamport clocks, unrelated to epochs: epoch knowledge travels in
+    /// `EPOCH_SYNC` instead (so epochs stay small and tokens never overflow).
+    fn observe_clock(&mut self, _clock: LamportTs) {}
+
+    fn peer_restarted(&mut self, peer: NodeId, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        let (me, n, synced) = (self.me, self.n, self.epoch_clock);
+        // First, before anything it may act on: the restarted peer forgot which epochs were used.
+        let known = self.locks.values().map(|st| st.max_epoch).fold(synced.max(self.max_seen), u64::max);
+        if known > 0 && peer != me {
+            out.push(Output::Send { to: peer, msg: PoMsg::EpochSync { epoch: known } });
+        }
+        for (lock, st) in &mut self.locks {
+            let cx = Ctx { synced, me, n, home: home_node(lock, n), lock, peers };
+            st.peer_restarted(&cx, out, peer);
+        }
+    }
+
+    /// Probable-owner messages carry no Lamport timestamp; the highest epoch known stands in for a clock.
+    fn clock(&self) -> LamportTs {
+        LamportTs(self.max_seen.max(self.epoch_clock))
+    }
+
+    fn view(&self, lock: &str) -> LockView {
+        let Some(st) = self.locks.get(lock) else {
+            return LockView::default();
+        };
+        let mut queue: Vec<QueueEntry> = Vec::new();
+        if let Some(o) = &st.owned {
+            queue.extend(o.queue.iter().map(|&(node, _)| QueueEntry { node, ts: None }));
+        }
+        if st.pending.as_ref().is_some_and(|p| p.wants) {
+            queue.push(QueueEntry { node: self.me, ts: None });
+        }
+        LockView {
+            held_here: st.owned.as_ref().is_some_and(|o| o.held),
+            holder: if st.owned.is_some() { Some(self.me) } else { Some(st.hint.0) },
+            last_token: st.last_token,
+            queue,
+            own_request: None,
+        }
+    }
+
+    fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {
+        let home = home_node(lock, self.n);
+        match self.locks.get(lock) {
+            None => peer == home,
+            Some(st) if st.owned.as_ref().is_some_and(|o| o.queue.is_empty()) => false,
+            Some(st) => peer == home || peer == st.hint.0,
+        }
+    }
+}
+
+mod owner;
+mod recovery;
+#[cfg(test)]
+mod tests;

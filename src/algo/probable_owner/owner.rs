@@ -1,0 +1,303 @@
+//! The owner side and the chase: requests, the FIFO queue at the owner, hand-off, grants, redirects.
+
+use super::*;
+
+impl LockState {
+    pub(super) fn new(home: NodeId) -> Self {
+        LockState {
+            hint: (home, 0),
+            owned: None,
+            pending: None,
+            last_out: None,
+            max_epoch: 0,
+            record: None,
+            record_via: None,
+            round: None,
+            rounds: 0,
+            req_seq: 0,
+            last_token: None,
+        }
+    }
+
+    /// Takes in a claim "`owner` owned at `epoch`" if it is not older than what is known.
+    pub(super) fn learn(&mut self, cx: &Ctx<'_>, owner: NodeId, epoch: u64) {
+        self.max_epoch = self.max_epoch.max(epoch);
+        // Only ownership itself may make a node point at itself.
+        if owner == cx.me && self.owned.is_none() {
+            return;
+        }
+        if epoch >= self.hint.1 {
+            self.hint = (owner, epoch);
+        }
+        if let Some(rec) = &mut self.record
+            && epoch >= rec.1
+        {
+            if *rec != (owner, epoch) {
+                self.record_via = None;
+            }
+            *rec = (owner, epoch);
+        }
+    }
+
+    pub(super) fn request(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if let Some(o) = &self.owned {
+            if o.held {
+                return; // The engine never requests while entered.
+            }
+            if o.queue.is_empty() {
+                self.enter(cx, out);
+                return;
+            }
+            // FIFO fairness: remote waiters came first.
+            self.transfer(cx, out);
+        }
+        if let Some(p) = &mut self.pending {
+            // A withdrawn request may still be out there, or may have been lost with a dead node's queue while
+            // nobody wanted it: want it again and ask again (a duplicate is harmless).
+            p.wants = true;
+            p.hops = 0;
+            let (target, claim) = self.hint;
+            self.send_own_acq(cx, out, target, claim, false);
+            return;
+        }
+        self.req_seq += 1;
+        self.pending = Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0 });
+        let (target, claim) = self.hint;
+        self.send_own_acq(cx, out, target, claim, false);
+    }
+
+    /// Grants to this node itself (it owns the token and it is free).
+    pub(super) fn enter(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        let Some(o) = &mut self.owned else { return };
+        if o.seq == u32::MAX {
+            // The grant counter would wrap: the owner opens a new epoch of its own (only it can).
+            o.epoch += 1;
+            o.seq = 0;
+        }
+        o.seq += 1;
+        o.held = true;
+        let token = FencingToken::from_epoch(o.epoch, o.seq);
+        self.max_epoch = self.max_epoch.max(o.epoch);
+        self.hint = (cx.me, o.epoch);
+        self.last_token = Some(token);
+        out.push(Output::Entered { lock: cx.lock.to_owned(), token });
+    }
+
+    /// Sends this node's pending request towards `target`, believed to own at epoch `claim` (the home when
+    /// `target` is this node).
+    pub(super) fn send_own_acq(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        target: NodeId,
+        claim: u64,
+        suspect: bool,
+    ) {
+        let Some(p) = &self.pending else { return };
+        let seq = p.seq;
+        let (target, epoch) = if target == cx.me || suspect { (cx.home, 0) } else { (target, claim) };
+        if target == cx.me {
+            self.at_home(cx, out, cx.me, seq, suspect);
+        } else {
+            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, epoch, suspect };
+            cx.send(out, target, msg);
+        }
+    }
+
+    /// The home's answer to a request it cannot serve as owner (`requester` may be the home itself).
+    pub(super) fn at_home(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        requester: NodeId,
+        seq: u64,
+        suspect: bool,
+    ) {
+        if let Some(r) = &mut self.round {
+            add_waiter(&mut r.waiters, requester, seq);
+            return;
+        }
+        match self.record {
+            Some((owner, epoch)) if !suspect && owner != requester && owner != cx.me => {
+                if requester == cx.me {
+                    self.learn(cx, owner, epoch);
+                    let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, epoch, suspect: false };
+                    cx.send(out, owner, msg);
+                } else {
+                    let outcome = RepOutcome::Redirect { owner, epoch };
+                    cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+                }
+            }
+            // Unknown, suspected or pointing back at the requester or at this (non-owning) home: find out.
+            _ => self.start_round(cx, out, VecDeque::from([(requester, seq)])),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_acq(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        requester: NodeId,
+        seq: u64,
+        claim: u64,
+        suspect: bool,
+    ) {
+        if let Some(o) = &mut self.owned {
+            add_waiter(&mut o.queue, requester, seq);
+            if !o.held {
+                self.transfer(cx, out);
+            }
+            return;
+        }
+        if cx.is_home() {
+            // The home buffers only when its record says the token is on its way to it. Otherwise it routes:
+            // a request re-sent to the home after a restart must not wait behind the home's own request,
+            // which may itself be buffered at that requester (a wait-for cycle nobody would break).
+            match &mut self.pending {
+                Some(p) if !suspect && self.record.is_some_and(|(r, _)| r == cx.me) => {
+                    add_waiter(&mut p.buffered, requester, seq);
+                }
+                _ => self.at_home(cx, out, requester, seq, suspect),
+            }
+            return;
+        }
+        if let Some(p) = &mut self.pending
+            && self.hint.1 < claim
+        {
+            // The requester knows of an epoch at which we own that we have not seen: ownership may be on its
+            // way here. Wait for it rather than answer from stale state. (With a hint at least that new we
+            // owned that epoch and moved on: waiting here could close a cycle of pending nodes.)
+            add_waiter(&mut p.buffered, requester, seq);
+            return;
+        }
+        let (hint, epoch) = self.hint;
+        let owner = if hint == requester || hint == cx.me { cx.home } else { hint };
+        let outcome = RepOutcome::Redirect { owner, epoch };
+        cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+    }
+
+    /// Hands the token to the queue head (the caller ensures the lock is not held).
+    pub(super) fn transfer(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        let Some(mut o) = self.owned.take() else { return };
+        let Some((to, seq)) = o.queue.pop_front() else {
+            self.owned = Some(o);
+            return;
+        };
+        let epoch = o.epoch + 1;
+        let to_incarnation = cx.peers.incarnation(to).unwrap_or_default();
+        let outcome = RepOutcome::Granted { epoch, queue: o.queue.into_iter().collect(), to_incarnation };
+        cx.send(out, to, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+        self.hint = (to, epoch);
+        self.last_out = Some((to, to_incarnation, epoch));
+        self.max_epoch = self.max_epoch.max(epoch);
+        if cx.is_home() {
+            self.record = Some((to, epoch));
+            self.record_via = None;
+        }
+    }
+
+    pub(super) fn on_granted(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        from: NodeId,
+        epoch: u64,
+        queue: Vec<(NodeId, u64)>,
+        to_incarnation: Incarnation,
+    ) -> Result<(), CoreError> {
+        if cx.peers.incarnation(cx.me) != Some(to_incarnation) {
+            // Addressed to a previous life of this node: that token died with it.
+            tracing::debug!(lock = cx.lock, %from, "grant for another incarnation dropped");
+            return Ok(());
+        }
+        self.max_epoch = self.max_epoch.max(epoch);
+        let pending = self.pending.take();
+        let mut result = Ok(());
+        let owned = match self.owned.take() {
+            Some(mut o) => {
+                // Two tokens: the recovery round should make this impossible. Keep one token, lose nobody.
+                tracing::error!(lock = cx.lock, %from, epoch, "grant received while owning");
+                result = Err(CoreError::Unexpected { from, kind: "LOCK_REP", reason: "grant while owning" });
+                o.epoch = o.epoch.max(epoch);
+                o
+            }
+            None => Owned { epoch, seq: 0, queue: VecDeque::new(), held: false },
+        };
+        self.owned = Some(owned);
+        let buffered = pending.as_ref().map(|p| p.buffered.iter().copied().collect()).unwrap_or_default();
+        if let Some(o) = &mut self.owned {
+            for (node, seq) in queue.into_iter().chain::<Vec<_>>(buffered) {
+                if node != cx.me && cx.peers.contains(node) {
+                    add_waiter(&mut o.queue, node, seq);
+                }
+            }
+        }
+        let epoch = self.owned.as_ref().map_or(epoch, |o| o.epoch);
+        self.hint = (cx.me, epoch);
+        if cx.is_home() {
+            self.record = Some((cx.me, epoch));
+            self.record_via = None;
+        } else if cx.home != from {
+            let msg = PoMsg::OwnerUpdate { lock: cx.lock.to_owned(), owner: cx.me, epoch };
+            cx.send(out, cx.home, msg);
+        }
+        let held = self.owned.as_ref().is_some_and(|o| o.held);
+        if pending.is_some_and(|p| p.wants) && !held {
+            self.enter(cx, out);
+        } else if !held {
+            // Withdrawn or a stale duplicate: keep the token idle, or pass it straight on.
+            self.transfer(cx, out);
+        }
+        result
+    }
+
+    pub(super) fn on_redirect(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        owner: NodeId,
+        epoch: u64,
+    ) {
+        self.learn(cx, owner, epoch);
+        // Any redirect moves our pending request along, even one answering an older request number: entries
+        // carry no incarnation and numbers restart after a restart, so a queue or round may hold our request
+        // under a stale number. Following a stale redirect only makes a duplicate, which is harmless.
+        let Some(p) = &mut self.pending else { return };
+        if !p.wants && p.buffered.is_empty() {
+            // Withdrawn and nobody waits behind it: forget it. A grant it still earns is passed on.
+            self.pending = None;
+            return;
+        }
+        let seq = p.seq;
+        if owner == cx.me {
+            if cx.is_home() {
+                // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
+                self.at_home(cx, out, cx.me, seq, true);
+            } else if self.hint.1 >= epoch {
+                // The home's round saw us own at `epoch`, but we have moved on since: our own hint is fresher.
+                let (target, claim) = self.hint;
+                self.send_own_acq(cx, out, target, claim, false);
+            }
+            // Otherwise the home's round found the token in flight to us: the grant is coming. Asking again
+            // would only start round after round.
+            return;
+        }
+        p.hops += 1;
+        if p.hops as usize > SUSPECT_AFTER_HOPS_PER_NODE * cx.n {
+            p.hops = 0;
+            self.send_own_acq(cx, out, cx.home, 0, true);
+        } else {
+            self.send_own_acq(cx, out, owner, epoch, false);
+        }
+    }
+
+    pub(super) fn release(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if let Some(o) = &mut self.owned {
+            o.held = false;
+            if !o.queue.is_empty() {
+                self.transfer(cx, out);
+            }
+        }
+    }
+}

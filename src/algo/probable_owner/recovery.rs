@@ -1,0 +1,232 @@
+//! Recovery rounds at a lock's home: OWNER_QUERY / OWNER_REPORT, regeneration above every epoch seen, and
+//! what a peer's restart means for the rounds.
+
+use super::*;
+
+impl LockState {
+    pub(super) fn own_report(&self, synced: u64) -> Report {
+        Report {
+            owned: self.owned.as_ref().map(|o| o.epoch),
+            last_out: self.last_out,
+            max_epoch: self.max_epoch.max(synced),
+        }
+    }
+
+    /// Starts (or restarts) a recovery round holding `waiters`.
+    pub(super) fn start_round(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        mut waiters: VecDeque<Waiter>,
+    ) {
+        if let Some(old) = self.round.take() {
+            for (node, seq) in old.waiters.into_iter().rev() {
+                if !waiters.iter().any(|(n, _)| *n == node) {
+                    waiters.push_front((node, seq));
+                }
+            }
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
+        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().0;
+        let id = (my_inc << 32) | u64::from(self.rounds);
+        let floor = self.max_epoch.max(cx.synced) + 1;
+        let mut reports = BTreeMap::new();
+        reports.insert(cx.me, self.own_report(cx.synced));
+        self.max_epoch = floor;
+        self.round = Some(Round { id, floor, reports, waiters });
+        let incarnations: Vec<(NodeId, Incarnation)> =
+            cx.peers.all().filter_map(|p| cx.peers.incarnation(p).map(|i| (p, i))).collect();
+        for p in cx.peers.others() {
+            let msg = PoMsg::Query {
+                lock: cx.lock.to_owned(),
+                round: id,
+                floor,
+                incarnations: incarnations.clone(),
+            };
+            cx.send(out, p, msg);
+        }
+        self.maybe_decide(cx, out);
+    }
+
+    pub(super) fn on_report(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        from: NodeId,
+        round: u64,
+        report: Report,
+    ) {
+        let Some(r) = &mut self.round else { return };
+        if r.id != round {
+            return; // A report for a round that was restarted or decided.
+        }
+        r.reports.insert(from, report);
+        self.maybe_decide(cx, out);
+    }
+
+    pub(super) fn maybe_decide(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+        if self.round.as_ref().is_none_or(|r| r.reports.len() < cx.n) {
+            return;
+        }
+        let Some(round) = self.round.take() else { return };
+        let owner = round.reports.iter().filter_map(|(node, rep)| rep.owned.map(|e| (e, *node))).max();
+        let mut via = None;
+        let found = match (&self.owned, owner) {
+            // The token reached the home during the round.
+            (Some(o), _) => Some((cx.me, o.epoch)),
+            // (1) Somebody owns it.
+            (None, Some((epoch, node))) => Some((node, epoch)),
+            // (2) The newest transfer is in flight to a live incarnation.
+            (None, None) => round
+                .reports
+                .iter()
+                .filter_map(|(sender, rep)| rep.last_out.map(|l| (*sender, l)))
+                .max_by_key(|&(_, (_, _, epoch))| epoch)
+                .filter(|&(_, (to, inc, _))| cx.peers.incarnation(to) == Some(inc))
+                .map(|(sender, (to, _, epoch))| {
+                    via = Some(sender);
+                    (to, epoch)
+                }),
+        };
+        if let Some((owner, epoch)) = found {
+            // Reports are older than the home's own knowledge: a transfer it saw during the round is fresher.
+            let (owner, epoch, via) = if self.hint.0 != cx.me && self.hint.1 > epoch {
+                (self.hint.0, self.hint.1, None)
+            } else {
+                (owner, epoch, via)
+            };
+            self.record = Some((owner, epoch));
+            self.record_via = via;
+            self.learn(cx, owner, epoch);
+            self.redispatch(cx, out, round.waiters);
+            return;
+        }
+        let seen = round.reports.values().map(|rep| rep.max_epoch).max().unwrap_or(0);
+        if seen >= round.floor {
+            // Some node has seen an epoch at or above the floor: regenerating there could repeat a token.
+            self.max_epoch = self.max_epoch.max(seen);
+            self.start_round(cx, out, round.waiters);
+            return;
+        }
+        // (3) Lost or never created: regenerate above everything any live node has seen.
+        let pending = self.pending.take();
+        let mut queue = VecDeque::new();
+        let buffered = pending.as_ref().map(|p| p.buffered.clone()).unwrap_or_default();
+        for (node, seq) in round.waiters.into_iter().chain(buffered) {
+            if node != cx.me {
+                add_waiter(&mut queue, node, seq);
+            }
+        }
+        tracing::info!(lock = cx.lock, epoch = round.floor, "ownership regenerated at the home");
+        self.owned = Some(Owned { epoch: round.floor, seq: 0, queue, held: false });
+        self.hint = (cx.me, round.floor);
+        self.record = Some((cx.me, round.floor));
+        self.record_via = None;
+        self.max_epoch = self.max_epoch.max(round.floor);
+        if pending.is_some_and(|p| p.wants) {
+            self.enter(cx, out);
+        } else {
+            self.transfer(cx, out);
+        }
+    }
+
+    /// Serves the requests a decided round held, now that the record is known.
+    pub(super) fn redispatch(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        waiters: VecDeque<Waiter>,
+    ) {
+        for (node, seq) in waiters {
+            if node == cx.me {
+                match &self.pending {
+                    Some(p) if p.wants || !p.buffered.is_empty() => {
+                        let (target, claim) = self.hint;
+                        self.send_own_acq(cx, out, target, claim, false);
+                    }
+                    Some(_) => self.pending = None,
+                    None => {}
+                }
+            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == node) {
+                // The record names the requester itself (a transfer to it is in flight, or its request is
+                // stale): tell it; a new round right away would find the same answer.
+                let epoch = self.record.map_or(0, |(_, e)| e);
+                let outcome = RepOutcome::Redirect { owner: node, epoch };
+                cx.send(out, node, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+            } else {
+                self.on_acq(cx, out, node, seq, 0, false);
+            }
+        }
+    }
+
+    /// Forgets what `peer`'s previous incarnation asked for or held; re-sends what it may have lost.
+    pub(super) fn peer_restarted(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, peer: NodeId) {
+        // Queue, buffer and round entries of `peer` are kept: an entry carries no incarnation, and one that
+        // reached us inside a transferred queue may be the *new* incarnation's request. A grant to a node that
+        // no longer wants the lock costs one hop (it passes the token on); a dropped request would wait forever.
+        if self.hint.0 == peer {
+            self.hint = (cx.home, self.hint.1);
+        }
+        // A round in progress restarts (its reports may predate the restart); a record that names the dead
+        // incarnation, or relies on a transfer it sent, must be found again.
+        let record_stale = self.owned.is_none()
+            && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer));
+        if cx.is_home() && (self.round.is_some() || record_stale) {
+            self.start_round(cx, out, VecDeque::new());
+        }
+        // The token we handed to the dead incarnation (and the queue riding with it) may have died with it.
+        let lost = self.owned.is_none()
+            && self
+                .last_out
+                .is_some_and(|(to, inc, _)| to == peer && cx.peers.incarnation(peer) != Some(inc));
+        match &mut self.pending {
+            // Our request may have been in the dead incarnation's queue: ask again (duplicates are harmless).
+            Some(p) if p.wants || !p.buffered.is_empty() => {
+                p.hops = 0;
+                self.send_own_acq(cx, out, cx.home, 0, lost);
+                return;
+            }
+            Some(_) => self.pending = None,
+            None => {}
+        }
+        if lost {
+            if cx.is_home() {
+                if self.round.is_none() {
+                    self.start_round(cx, out, VecDeque::new());
+                }
+            } else {
+                // Request number 0 matches no request of ours: a grant it earns is simply passed on.
+                let msg = PoMsg::Acq {
+                    lock: cx.lock.to_owned(),
+                    requester: cx.me,
+                    seq: 0,
+                    epoch: 0,
+                    suspect: true,
+                };
+                cx.send(out, cx.home, msg);
+            }
+        }
+    }
+
+    pub(super) fn on_query(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, round: u64, floor: u64) {
+        if let Some(p) = &mut self.pending
+            && (p.wants || !p.buffered.is_empty())
+        {
+            // Our request may have ridden in a queue that was lost with a dead incarnation. Re-sending it ahead
+            // of the report (same FIFO link) puts it among the round's waiters; duplicates are harmless.
+            p.hops = 0;
+            self.send_own_acq(cx, out, cx.home, 0, false);
+        }
+        let rep = self.own_report(cx.synced);
+        self.max_epoch = self.max_epoch.max(floor);
+        let msg = PoMsg::Report {
+            lock: cx.lock.to_owned(),
+            round,
+            owned: rep.owned,
+            last_out: rep.last_out,
+            max_epoch: rep.max_epoch,
+        };
+        cx.send(out, cx.home, msg);
+    }
+}

@@ -1,0 +1,7 @@
+//! The HTTP API: request/response types, the error type every endpoint answers with, the axum router and
+//! the client that speaks to it.
+
+pub mod client;
+pub mod error;
+pub mod router;
+pub mod types;

@@ -1,0 +1,5 @@
+//! Observability: Prometheus metrics, OpenTelemetry traces and the message-flow records.
+
+pub mod flow;
+pub mod metrics;
+pub mod telemetry;
