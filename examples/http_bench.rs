@@ -1,11 +1,15 @@
 //! HTTP lock benchmark: starts a real 3-node cluster (release binary) on 127.0.99.x and prints
 //! acquire+release latency (uncontended, one client) and contended throughput (5 clients over 3 nodes, one
-//! lock) for every algorithm, plus the idle RSS of a node.
+//! lock) for every algorithm, plus the idle RSS of a node. Requests go through `dmutex::api::client::Client`,
+//! the client `dmutex lock` uses.
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example http_bench -- [--nodes 3] [--requests 2000] [--secs 5]
 //! ```
 
+use dmutex::algo::Algorithm;
+use dmutex::api::client::Client;
+use dmutex::api::types::AcquireBody;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +56,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Every request's limit (none of them should come near it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a release may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn main() -> anyhow::Result<()> {
+    // One thread per contended client, as with blocking clients: the figures measure the node, not a runtime
+    // shared by the clients.
+    tokio::runtime::Builder::new_multi_thread().worker_threads(5).enable_all().build()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let n = arg("--nodes", 3) as usize;
     let requests = arg("--requests", 2000) as usize;
     let secs = arg("--secs", 5);
@@ -80,18 +95,19 @@ fn main() -> anyhow::Result<()> {
                 .spawn()?,
         );
     }
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = Client::new(&url(0))?.with_timeout(REQUEST_TIMEOUT);
     let start = Instant::now();
     for i in 0..n {
+        let node = client.at(&url(i))?;
         loop {
-            if client.get(format!("{}/readyz", url(i))).send().is_ok_and(|r| r.status().is_success()) {
+            if node.probe("readyz", REQUEST_TIMEOUT).await.is_ok_and(|s| s.is_success()) {
                 break;
             }
             anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "node {i} not ready");
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let idle: Vec<u64> = nodes.0.iter().filter_map(|c| rss_kib(c.id())).collect();
     println!("cluster: {n} nodes on {SUBNET}.1..{n}, release build");
     println!(
@@ -102,31 +118,22 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("uncontended acquire+release through node 0, one client, {requests} rounds:");
     println!("{:<16} {:>10} {:>10} {:>10} {:>12}", "algorithm", "p50 ms", "p99 ms", "max ms", "rounds/s");
-    for algo in ["lamport", "ricart-agrawala", "probable-owner"] {
+    for algo in Algorithm::ALL {
         let lock = format!("bench-uncontended-{algo}");
+        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(10_000), ttl_ms: None };
         let mut lat = Vec::with_capacity(requests);
         let t0 = Instant::now();
         for _ in 0..requests {
             let t = Instant::now();
-            let g: serde_json::Value = client
-                .post(format!("{}/v1/locks/{lock}/acquire", url(0)))
-                .json(&serde_json::json!({"algorithm": algo, "timeout_ms": 10000}))
-                .send()?
-                .error_for_status()?
-                .json()?;
-            let lease = g["lease"].as_str().unwrap_or_default().to_string();
-            client
-                .post(format!("{}/v1/locks/{lock}/release", url(0)))
-                .json(&serde_json::json!({"lease": lease}))
-                .send()?
-                .error_for_status()?;
+            let g = client.acquire(&lock, &body, None).await?;
+            client.release(&lock, &g.lease, RELEASE_TIMEOUT).await?;
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let total = t0.elapsed().as_secs_f64();
         lat.sort_by(|a, b| a.total_cmp(b));
         println!(
             "{:<16} {:>10.3} {:>10.3} {:>10.3} {:>12.0}",
-            algo,
+            algo.as_str(),
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
@@ -139,56 +146,45 @@ fn main() -> anyhow::Result<()> {
         "{:<16} {:>14} {:>14} {:>10} {:>10}",
         "algorithm", "grants/s", "owner chg/s", "p50 ms", "p99 ms"
     );
-    for algo in ["lamport", "ricart-agrawala", "probable-owner"] {
+    for algo in Algorithm::ALL {
         let lock = format!("bench-contended-{algo}");
         let stop = Arc::new(AtomicBool::new(false));
         let grants = Arc::new(AtomicU64::new(0));
         let changes = Arc::new(AtomicU64::new(0));
         let last_holder = Arc::new(AtomicU64::new(u64::MAX));
-        let mut threads = Vec::new();
+        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(20_000), ttl_ms: None };
+        let mut tasks = Vec::new();
         for c in 0..5usize {
             let (stop, grants, changes, last_holder) =
                 (stop.clone(), grants.clone(), changes.clone(), last_holder.clone());
-            let lock = lock.clone();
-            let algo = algo.to_string();
-            threads.push(std::thread::spawn(move || -> Vec<f64> {
-                let client = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .expect("client");
-                let node = c % n;
+            let (lock, body) = (lock.clone(), body.clone());
+            // Its own client, so its own connection, as a separate process would have.
+            let client = Client::new(&url(c % n))?.with_timeout(REQUEST_TIMEOUT);
+            tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let Ok(r) = client
-                        .post(format!("{}/v1/locks/{lock}/acquire", url(node)))
-                        .json(&serde_json::json!({"algorithm": algo, "timeout_ms": 20000}))
-                        .send()
-                    else {
-                        continue;
-                    };
-                    let Ok(g) = r.json::<serde_json::Value>() else { continue };
-                    let Some(lease) = g["lease"].as_str().map(str::to_string) else { continue };
+                    let Ok(g) = client.acquire(&lock, &body, None).await else { continue };
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     grants.fetch_add(1, Ordering::Relaxed);
                     if last_holder.swap(c as u64, Ordering::Relaxed) != c as u64 {
                         changes.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = client
-                        .post(format!("{}/v1/locks/{lock}/release", url(node)))
-                        .json(&serde_json::json!({"lease": lease}))
-                        .send();
+                    let _ = client.release(&lock, &g.lease, RELEASE_TIMEOUT).await;
                 }
                 lat
             }));
         }
-        std::thread::sleep(Duration::from_secs(secs));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
         stop.store(true, Ordering::Relaxed);
-        let mut lat: Vec<f64> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+        let mut lat = Vec::new();
+        for task in tasks {
+            lat.extend(task.await.unwrap_or_default());
+        }
         lat.sort_by(|a, b| a.total_cmp(b));
         println!(
             "{:<16} {:>14.0} {:>14.0} {:>10.2} {:>10.2}",
-            algo,
+            algo.as_str(),
             grants.load(Ordering::Relaxed) as f64 / secs as f64,
             changes.load(Ordering::Relaxed) as f64 / secs as f64,
             percentile(&lat, 0.5),

@@ -22,7 +22,6 @@
 
 pub mod algo;
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod experiment;
 pub mod net;

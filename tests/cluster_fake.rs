@@ -13,9 +13,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use dmutex::algo::Algorithm;
+use dmutex::api::types::{Grant, LeaseId};
 use dmutex::experiment::runner::{ClusterArgs, run_cluster};
 use dmutex::experiment::workload::{
-    Grant, LockService, WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload,
+    LockService, WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload,
 };
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
@@ -32,7 +33,7 @@ struct FileLock {
     node: u16,
     nodes: u64,
     unlocked: bool,
-    held: Arc<Mutex<BTreeSet<String>>>,
+    held: Arc<Mutex<BTreeSet<LeaseId>>>,
     local_tokens: Arc<AtomicU64>,
 }
 
@@ -47,17 +48,25 @@ fn next_token(path: &std::path::Path) -> std::io::Result<u64> {
     Ok(next)
 }
 
+impl FileLock {
+    fn grant(&self, lock: &str, lease: LeaseId, token: u64, algorithm: Algorithm) -> Grant {
+        Grant {
+            name: lock.to_string(),
+            lease,
+            fencing_token: token,
+            algorithm: Some(algorithm),
+            node_id: Some(self.node),
+            waited_ms: Some(0),
+            ttl_ms: None,
+        }
+    }
+}
+
 impl LockService for FileLock {
-    async fn acquire(&self, _lock: &str, algorithm: Algorithm, _timeout: Duration) -> Result<Grant, String> {
+    async fn acquire(&self, lock: &str, algorithm: Algorithm, _timeout: Duration) -> Result<Grant, String> {
         if self.unlocked {
             let token = self.local_tokens.fetch_add(1, Ordering::SeqCst) + 1;
-            return Ok(Grant {
-                lease: token.to_string(),
-                fencing_token: token,
-                algorithm,
-                node_id: self.node,
-                waited_ms: 0,
-            });
+            return Ok(self.grant(lock, token.to_string().into(), token, algorithm));
         }
         // Whoever creates the lock file holds the lock; the others retry.
         loop {
@@ -70,12 +79,12 @@ impl LockService for FileLock {
             }
         }
         let token = next_token(&self.dir.join("token")).map_err(|e| e.to_string())?;
-        let lease = token.to_string();
+        let lease = LeaseId::from(token.to_string());
         self.held.lock().map_err(|e| e.to_string())?.insert(lease.clone());
-        Ok(Grant { lease, fencing_token: token, algorithm, node_id: self.node, waited_ms: 0 })
+        Ok(self.grant(lock, lease, token, algorithm))
     }
 
-    async fn release(&self, _lock: &str, lease: &str) -> Result<(), String> {
+    async fn release(&self, _lock: &str, lease: &LeaseId) -> Result<(), String> {
         if self.unlocked {
             return Ok(());
         }
@@ -190,7 +199,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         nodes: 3,
         iterations: 5,
         cs_ms: 3,
-        algorithm: Some(Algorithm::Lamport),
+        algorithms: vec![Algorithm::Lamport],
         subnet: "127.0.0".into(),
         peer_port: http_port + 1,
         http_port,

@@ -8,7 +8,7 @@
 
 use dmutex::algo::Algorithm;
 use dmutex::experiment::charts::{DATA_OPACITY, PALETTE, WARNING_COLOUR};
-use dmutex::experiment::runner::{ExperimentResult, format_results, format_summary, summary_row};
+use dmutex::experiment::report::{ExperimentResult, format_results, format_summary, summary_row};
 use plotters::style::RGBColor;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -18,7 +18,7 @@
 //!    20 MB; five replicas start and all become healthy (the image's own HEALTHCHECK) and ready (`/readyz`);
 //! 2. concurrent clients acquire/release through every replica's HTTP API with every algorithm: holding
 //!    intervals never overlap per lock and fencing tokens increase; the built-in workload (all replicas, counter
-//!    on the shared volume) passes [`dmutex::experiment::runner::analyze`]: no overlap, no lost update, tokens increasing;
+//!    on the shared volume) passes [`dmutex::experiment::verdict::analyze`]: no overlap, no lost update, tokens increasing;
 //! 3. traces: spans from several containers under one trace id (`.ci/run` sets `DMUTEX_E2E_REQUIRE_TRACES=1`;
 //!    without it a run with no multi-container trace is reported PENDING instead of failing);
 //! 4. `docker kill` one replica: Lamport and Ricart-Agrawala acquires answer 503 or 408 within their timeout,
@@ -31,7 +31,8 @@
 mod common;
 
 use common::{ALGORITHMS, Api, Interval, check_intervals, hold_once, poll};
-use dmutex::experiment::runner::{WorkloadResponse, analyze};
+use dmutex::experiment::runner::WorkloadResponse;
+use dmutex::experiment::verdict::analyze;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,57 +1,25 @@
-//! HTTP client for a node's API, and the `dmutex lock` and `dmutex health` commands.
+//! The HTTP client of a node's API: the one client every caller uses (`dmutex lock`, `dmutex health`,
+//! `dmutex flow`, the `dmutex cluster` runner, the HTTP benchmark).
 //!
-//! `dmutex lock NAME -- CMD…` is a lease holder in the shape of `flock(1)`:
-//!
-//! 1. `POST /v1/locks/{name}/acquire` `{timeout_ms?, ttl_ms?, algorithm?}` → 200 `{name, lease, fencing_token,
-//!    algorithm, node_id, waited_ms}`; 408 when the wait timed out; errors are `{"error":{"code","message"}}`.
-//! 2. Spawn `CMD` with `DMUTEX_LOCK`, `DMUTEX_FENCING_TOKEN` and `DMUTEX_LEASE` in its environment.
-//! 3. While it runs, `POST /v1/leases/{lease}/keepalive` → 200 `{ttl_ms}` every TTL/3 (409 or 404: the lease is
-//!    gone). When the TTL is not known (no `--ttl` and no `ttl_ms` in the grant), the first keepalive is sent at
-//!    once to learn it.
-//! 4. `POST /v1/locks/{name}/release` `{lease}` once the command has ended (409: unknown or expired lease).
-//!
-//! Lease loss: the node answers 409/404 to a keepalive, or no keepalive has succeeded for a whole TTL. The
-//! TTL is counted from when the last successful keepalive was *sent* (the node cannot have started its new TTL
-//! earlier), and for the grant from when its answer arrived. Then the command gets SIGTERM, SIGKILL after
-//! `--grace`, and `dmutex lock` exits with [`EXIT_LEASE_LOST`]. The command may thus outlive its lease by up to
-//! the grace period plus one network delay: a lease only *bounds* overlap, the fencing token is what makes a
-//! late writer harmless.
-//!
-//! Signals: SIGINT and SIGTERM received by `dmutex lock` are forwarded to the command (only to its pid, not to
-//! its process group), and the lease is released once it has exited. A terminal's Ctrl-C reaches the command
-//! directly too (same process group), so an interactive command sees SIGINT twice.
+//! It speaks the types of [`crate::api::types`]; every non-2xx answer becomes [`ClientError::Api`] with the
+//! code and message of the node's `{"error":{"code","message"}}` body (or the raw body from something else).
+//! Connection settings are made once in [`Client::new`]; [`Client::at`] reuses them (and the connection pool)
+//! for another node.
 
-use crate::algo::Algorithm;
-use crate::cli::{HealthArgs, LockArgs};
+use crate::api::types::{
+    AcquireBody, ErrorBody, Grant, KeepaliveBody, KeepaliveResponse, LeaseId, ReleaseBody, Stats,
+};
+use crate::obs::flow::FlowResponse;
 use reqwest::{StatusCode, Url};
-use rustix::process::{Pid, Signal};
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use std::time::Duration;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep_until, timeout};
 
-/// `dmutex lock`: the lock could not be acquired (node unreachable or unavailable, request refused).
-pub const EXIT_ACQUIRE_FAILED: i32 = 1;
-/// `dmutex lock`: the acquire timed out (the node answered 408).
-pub const EXIT_TIMEOUT: i32 = 3;
-/// `dmutex lock`: the lease was lost while the command ran (BSD `EX_TEMPFAIL`).
-pub const EXIT_LEASE_LOST: i32 = 75;
-/// `dmutex lock`: the command exists but could not be started (as in a shell).
-pub const EXIT_CANNOT_EXECUTE: i32 = 126;
-/// `dmutex lock`: the command was not found (as in a shell).
-pub const EXIT_NOT_FOUND: i32 = 127;
-
-/// How long the final release may take before `dmutex lock` gives up on it (the lease then simply expires).
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The TTL assumed until the node tells: shorter than any sane server default would make keepalives wasteful,
-/// and the first keepalive is sent at once anyway when the TTL is unknown.
-const ASSUMED_TTL: Duration = Duration::from_secs(15);
-/// Slack added to `--timeout` for the acquire request itself, so the node's 408 arrives before ours.
-const ACQUIRE_SLACK: Duration = Duration::from_secs(10);
+/// How long connecting to a node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection is kept for the next request (reqwest's default, stated because a client that
+/// polls or keeps a lease alive relies on reusing its connection).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// An error talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +51,7 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The node answered 200 with a body that does not decode.
+    /// The node answered 2xx with a body that does not decode.
     #[error("unexpected answer from {url}: {reason}")]
     BadResponse {
         /// The URL requested.
@@ -100,103 +68,43 @@ impl ClientError {
     }
 }
 
-/// An identifier the node chose (a lease, a fencing token): a JSON number or string, passed back as it came.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ApiId {
-    /// A numeric identifier.
-    Num(u64),
-    /// A string identifier.
-    Str(String),
-}
-
-impl fmt::Display for ApiId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiId::Num(n) => write!(f, "{n}"),
-            ApiId::Str(s) => f.write_str(s),
-        }
-    }
-}
-
-/// The body of an acquire request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct AcquireRequest {
-    /// How long to wait, in milliseconds (node default when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// The lease's TTL, in milliseconds (node default when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-    /// The algorithm (node default when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<Algorithm>,
-}
-
-/// A granted lock.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct Grant {
-    /// The lock's name.
-    pub name: String,
-    /// The lease to keep alive and release.
-    pub lease: ApiId,
-    /// The fencing token: strictly increasing per lock in grant order.
-    pub fencing_token: ApiId,
-    /// The algorithm that granted it.
-    #[serde(default)]
-    pub algorithm: Option<String>,
-    /// The node that granted it.
-    #[serde(default)]
-    pub node_id: Option<u64>,
-    /// How long the request waited.
-    #[serde(default)]
-    pub waited_ms: Option<u64>,
-    /// The lease's TTL, if the node reports it.
-    #[serde(default)]
-    pub ttl_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct KeepaliveReply {
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
-
-/// A client for one node's HTTP API.
+/// A client for one node's HTTP API. Cloning is cheap and shares the connection pool.
 #[derive(Clone, Debug)]
-pub struct NodeClient {
+pub struct Client {
     http: reqwest::Client,
     base: Url,
+    /// The limit of a request whose call names none (`None`: wait as long as the node takes).
+    timeout: Option<Duration>,
 }
 
-impl NodeClient {
+impl Client {
     /// A client for `endpoint` (`http://host:port`, optionally with a path prefix; `host:port` alone means
-    /// http).
+    /// http). Requests have no overall time limit unless [`Client::with_timeout`] sets one or the call passes
+    /// its own.
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
-        let invalid =
-            |reason: String| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason };
-        let text = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let base = Url::parse(&text).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() || base.host().is_none() {
-            return Err(invalid("expected http://host:port".into()));
-        }
+        let base = parse_endpoint(endpoint)?;
         let http = reqwest::Client::builder()
             // The node is local or in-cluster: a proxy configured for the outside world must not capture it.
             .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
-            .map_err(|e| invalid(e.to_string()))?;
-        Ok(NodeClient { http, base })
+            .map_err(|e| ClientError::InvalidEndpoint {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client { http, base, timeout: None })
+    }
+
+    /// The same client with `limit` on every request whose call does not pass its own.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// A client for another node's `endpoint` with the same settings and connection pool.
+    pub fn at(&self, endpoint: &str) -> Result<Self, ClientError> {
+        Ok(Client { http: self.http.clone(), base: parse_endpoint(endpoint)?, timeout: self.timeout })
     }
 
     /// The endpoint's URL with `segments` appended (each percent-encoded, so any lock name is safe).
@@ -212,71 +120,111 @@ impl NodeClient {
         Ok(url)
     }
 
-    async fn post<B: Serialize, R: for<'de> Deserialize<'de>>(
+    /// Sends `req`, bounded by `limit` or the client's timeout; returns the status and the whole body.
+    async fn send(
         &self,
-        url: Url,
+        req: reqwest::RequestBuilder,
+        url: &Url,
+        limit: Option<Duration>,
+    ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
+        let req = match limit.or(self.timeout) {
+            Some(limit) => req.timeout(limit),
+            None => req,
+        };
+        let transport = |source| ClientError::Transport { url: url.to_string(), source };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Ok((status, bytes))
+    }
+
+    /// Decodes a 2xx answer's body as `R`, or turns the answer into [`ClientError::Api`].
+    fn decode<R: DeserializeOwned>(url: &Url, status: StatusCode, body: &[u8]) -> Result<R, ClientError> {
+        if !status.is_success() {
+            return Err(api_error(status, body));
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ClientError::BadResponse { url: url.to_string(), reason: e.to_string() })
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        segments: &[&str],
         body: &B,
         limit: Option<Duration>,
     ) -> Result<R, ClientError> {
-        let mut req = self.http.post(url.clone()).json(body);
-        if let Some(limit) = limit {
-            req = req.timeout(limit);
+        let url = self.url(segments)?;
+        let (status, bytes) = self.send(self.http.post(url.clone()).json(body), &url, limit).await?;
+        Self::decode(&url, status, &bytes)
+    }
+
+    /// `GET` of the endpoint's `segments` with `query` pairs, decoded as `R`.
+    pub async fn get_json<R: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<R, ClientError> {
+        let mut url = self.url(segments)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
-        let resp =
-            req.send().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
-        let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::BadResponse { url: url.to_string(), reason: e.to_string() })
+        let (status, bytes) = self.send(self.http.get(url.clone()), &url, None).await?;
+        Self::decode(&url, status, &bytes)
     }
 
     /// Acquires `name`, waiting as the node allows. `limit` bounds the whole HTTP exchange.
     pub async fn acquire(
         &self,
         name: &str,
-        req: &AcquireRequest,
+        body: &AcquireBody,
         limit: Option<Duration>,
     ) -> Result<Grant, ClientError> {
-        self.post(self.url(&["v1", "locks", name, "acquire"])?, req, limit).await
+        self.post(&["v1", "locks", name, "acquire"], body, limit).await
     }
 
     /// Renews `lease`; returns the TTL the node granted, if it said.
-    pub async fn keepalive(&self, lease: &ApiId, limit: Duration) -> Result<Option<Duration>, ClientError> {
+    pub async fn keepalive(&self, lease: &LeaseId, limit: Duration) -> Result<Option<Duration>, ClientError> {
         let lease = lease.to_string();
-        let reply: KeepaliveReply = self
-            .post(self.url(&["v1", "leases", &lease, "keepalive"])?, &serde_json::json!({}), Some(limit))
-            .await?;
+        let reply: KeepaliveResponse =
+            self.post(&["v1", "leases", &lease, "keepalive"], &KeepaliveBody {}, Some(limit)).await?;
         Ok(reply.ttl_ms.map(Duration::from_millis))
     }
 
     /// Releases `name` held under `lease`.
-    pub async fn release(&self, name: &str, lease: &ApiId, limit: Duration) -> Result<(), ClientError> {
-        let _: serde_json::Value = self
-            .post(
-                self.url(&["v1", "locks", name, "release"])?,
-                &serde_json::json!({ "lease": lease }),
-                Some(limit),
-            )
-            .await?;
+    pub async fn release(&self, name: &str, lease: &LeaseId, limit: Duration) -> Result<(), ClientError> {
+        let body = ReleaseBody { lease: Some(lease.clone()) };
+        // The answer's content does not matter (a server may say less than this one), only that it is JSON.
+        let _: IgnoredAny = self.post(&["v1", "locks", name, "release"], &body, Some(limit)).await?;
         Ok(())
     }
 
-    /// GETs `path` (e.g. `healthz`) and returns the status.
+    /// GETs `path` (e.g. `healthz`) and returns the status, whatever it is.
     pub async fn probe(&self, path: &str, limit: Duration) -> Result<StatusCode, ClientError> {
         let url = self.url(&[path])?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .timeout(limit)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
-        Ok(resp.status())
+        let (status, _) = self.send(self.http.get(url.clone()), &url, Some(limit)).await?;
+        Ok(status)
     }
+
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        self.get_json(&["v1", "stats"], &[]).await
+    }
+
+    /// `GET /v1/flow?lock=NAME`: the node's recent flow records of `lock`.
+    pub async fn flow(&self, lock: &str) -> Result<FlowResponse, ClientError> {
+        self.get_json(&["v1", "flow"], &[("lock", lock)]).await
+    }
+}
+
+/// Checks an endpoint and makes it a base URL.
+fn parse_endpoint(endpoint: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason };
+    let text = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    let base = Url::parse(&text).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() || base.host().is_none() {
+        return Err(invalid("expected http://host:port".into()));
+    }
+    Ok(base)
 }
 
 /// Decodes `{"error":{"code","message"}}`, or falls back to the raw body.
@@ -293,268 +241,39 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
-/// The shell-style exit code of a finished process: its status, or 128+N if signal N killed it.
-pub fn exit_code(status: ExitStatus) -> i32 {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(sig)) => 128 + sig,
-        (None, None) => 1,
-    }
-}
-
-/// Sends `sig` to `pid`. The pid is the child's, not yet reaped, so it cannot have been reused.
-fn send_signal(pid: Option<u32>, sig: Signal) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) {
-        // ESRCH (already exited) is the only expected failure, and harmless.
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
-/// Why the keepalive task gave up.
-type LossReason = String;
-
-/// Keeps `lease` alive until it is lost (then reports why) or the task is aborted.
-async fn keep_alive(
-    client: NodeClient,
-    lease: ApiId,
-    mut ttl: Duration,
-    mut last_ok: Instant,
-    first: Instant,
-    lost: oneshot::Sender<LossReason>,
-) {
-    let mut next = first;
-    let mut failing = false;
-    loop {
-        sleep_until(next).await;
-        let sent = Instant::now();
-        let deadline = last_ok + ttl;
-        if sent >= deadline {
-            let _ = lost.send(format!("no keepalive succeeded for {}", humantime::format_duration(ttl)));
-            return;
-        }
-        let limit = (deadline - sent).min((ttl / 3).max(Duration::from_millis(100)));
-        match timeout(limit, client.keepalive(&lease, limit)).await {
-            Ok(Ok(granted)) => {
-                last_ok = sent;
-                ttl = granted.unwrap_or(ttl);
-                next = sent + ttl / 3;
-                if failing {
-                    eprintln!("dmutex lock: keepalive succeeded again");
-                    failing = false;
-                }
-            }
-            Ok(Err(e)) if e.is_status(409) || e.is_status(404) || e.is_status(410) => {
-                let _ = lost.send(format!("the node no longer knows the lease: {e}"));
-                return;
-            }
-            other => {
-                if !failing {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {}", humantime::format_duration(limit)),
-                    };
-                    eprintln!(
-                        "dmutex lock: keepalive failed ({why}); retrying until the lease's TTL runs out"
-                    );
-                    failing = true;
-                }
-                let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                next = (Instant::now() + retry).min(last_ok + ttl);
-            }
-        }
-    }
-}
-
-/// Runs `dmutex lock`: acquire, run the command under the lease, release. Returns the process exit code.
-pub async fn run_lock(args: &LockArgs) -> anyhow::Result<i32> {
-    let name = &args.name;
-    let Some((program, program_args)) = args.command.split_first() else {
-        anyhow::bail!("no command given");
-    };
-    let client = match NodeClient::new(&args.endpoint) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dmutex lock: {e}");
-            return Ok(EXIT_ACQUIRE_FAILED);
-        }
-    };
-    // Installed before the acquire so that a signal while waiting ends the wait instead of killing us with the
-    // request half done.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-
-    let req = AcquireRequest {
-        timeout_ms: args.timeout.map(millis),
-        ttl_ms: args.ttl.map(millis),
-        algorithm: args.algorithm,
-    };
-    let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
-    let grant = tokio::select! {
-        r = client.acquire(name, &req, limit) => r,
-        _ = sigint.recv() => return Ok(128 + libc::SIGINT),
-        _ = sigterm.recv() => return Ok(128 + libc::SIGTERM),
-    };
-    let granted_at = Instant::now();
-    let grant = match grant {
-        Ok(g) => g,
-        Err(e) if e.is_status(408) => {
-            eprintln!("dmutex lock: timed out waiting for lock {name:?}: {e}");
-            return Ok(EXIT_TIMEOUT);
-        }
-        Err(e) => {
-            eprintln!("dmutex lock: cannot acquire lock {name:?}: {e}");
-            return Ok(EXIT_ACQUIRE_FAILED);
-        }
-    };
-    if args.verbose {
-        eprintln!(
-            "dmutex lock: acquired {name:?} (lease {}, fencing token {}, algorithm {}, node {}, waited {} ms)",
-            grant.lease,
-            grant.fencing_token,
-            grant.algorithm.as_deref().unwrap_or("?"),
-            grant.node_id.map_or("?".to_string(), |n| n.to_string()),
-            grant.waited_ms.unwrap_or(0),
-        );
-    }
-
-    let mut child = match tokio::process::Command::new(program)
-        .args(program_args)
-        .env("DMUTEX_LOCK", name)
-        .env("DMUTEX_FENCING_TOKEN", grant.fencing_token.to_string())
-        .env("DMUTEX_LEASE", grant.lease.to_string())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dmutex lock: cannot run {program:?}: {e}");
-            release(&client, name, &grant.lease, args.verbose).await;
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
-                EXIT_NOT_FOUND
-            } else {
-                EXIT_CANNOT_EXECUTE
-            });
-        }
-    };
-    let pid = child.id();
-
-    let known_ttl = grant.ttl_ms.map(Duration::from_millis).or(args.ttl);
-    let ttl = known_ttl.unwrap_or(ASSUMED_TTL);
-    let first = if known_ttl.is_some() { granted_at + ttl / 3 } else { granted_at };
-    let (lost_tx, mut lost_rx) = oneshot::channel();
-    let keeper =
-        tokio::spawn(keep_alive(client.clone(), grant.lease.clone(), ttl, granted_at, first, lost_tx));
-
-    enum Outcome {
-        Exited(ExitStatus),
-        Lost(LossReason),
-    }
-    let outcome = loop {
-        tokio::select! {
-            status = child.wait() => break Outcome::Exited(status?),
-            reason = &mut lost_rx => {
-                break Outcome::Lost(reason.unwrap_or_else(|_| "the keepalive task failed".to_string()));
-            }
-            _ = sigint.recv() => send_signal(pid, Signal::INT),
-            _ = sigterm.recv() => send_signal(pid, Signal::TERM),
-        }
-    };
-    keeper.abort();
-
-    match outcome {
-        Outcome::Exited(status) => {
-            release(&client, name, &grant.lease, args.verbose).await;
-            Ok(exit_code(status))
-        }
-        Outcome::Lost(reason) => {
-            eprintln!(
-                "dmutex lock: LOST the lease on lock {name:?}: {reason}; terminating the command (SIGTERM, SIGKILL \
-                 after {})",
-                humantime::format_duration(args.grace)
-            );
-            send_signal(pid, Signal::TERM);
-            match timeout(args.grace, child.wait()).await {
-                Ok(status) => {
-                    status?;
-                }
-                Err(_) => {
-                    eprintln!("dmutex lock: the command ignored SIGTERM; sending SIGKILL");
-                    child.kill().await?;
-                }
-            }
-            // Best effort: if the node still has the lease (we only lost contact), free it now.
-            release(&client, name, &grant.lease, args.verbose).await;
-            Ok(EXIT_LEASE_LOST)
-        }
-    }
-}
-
-/// Releases the lock, reporting (not failing on) errors: the command's status is what the caller wants.
-async fn release(client: &NodeClient, name: &str, lease: &ApiId, verbose: bool) {
-    match client.release(name, lease, RELEASE_TIMEOUT).await {
-        Ok(()) => {
-            if verbose {
-                eprintln!("dmutex lock: released {name:?}");
-            }
-        }
-        Err(e) if e.is_status(409) || e.is_status(404) => {
-            eprintln!("dmutex lock: warning: the lease on {name:?} had already expired at release: {e}");
-        }
-        Err(e) => eprintln!("dmutex lock: warning: could not release {name:?} (its lease will expire): {e}"),
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Runs `dmutex health`: 0 if `/healthz` (or `/readyz` with `--ready`) answers 200, else 1.
-pub async fn run_health(args: &HealthArgs) -> i32 {
-    let path = if args.ready { "readyz" } else { "healthz" };
-    let client = match NodeClient::new(&args.endpoint) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dmutex health: {e}");
-            return 1;
-        }
-    };
-    match client.probe(path, args.timeout).await {
-        Ok(status) if status == StatusCode::OK => 0,
-        Ok(status) => {
-            eprintln!("dmutex health: /{path} answered {status}");
-            1
-        }
-        Err(e) => {
-            eprintln!("dmutex health: {e}");
-            1
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::Algorithm;
 
     #[test]
     fn urls_encode_lock_names_and_keep_prefixes() {
-        let c = NodeClient::new("http://127.0.0.1:8080").unwrap();
+        let c = Client::new("http://127.0.0.1:8080").unwrap();
         assert_eq!(
             c.url(&["v1", "locks", "a b/c", "acquire"]).unwrap().as_str(),
             "http://127.0.0.1:8080/v1/locks/a%20b%2Fc/acquire"
         );
-        let c = NodeClient::new("http://host:1/prefix/").unwrap();
+        let c = Client::new("http://host:1/prefix/").unwrap();
         assert_eq!(c.url(&["healthz"]).unwrap().as_str(), "http://host:1/prefix/healthz");
-        let c = NodeClient::new("node-0:8080").unwrap();
+        let c = Client::new("node-0:8080").unwrap();
         assert_eq!(c.url(&["readyz"]).unwrap().as_str(), "http://node-0:8080/readyz");
-        assert!(NodeClient::new("ftp://x").is_err());
-        assert!(NodeClient::new("http://").is_err());
+        assert!(Client::new("ftp://x").is_err());
+        assert!(Client::new("http://").is_err());
+    }
+
+    #[test]
+    fn another_node_keeps_the_settings() {
+        let c = Client::new("http://127.0.0.1:8080").unwrap().with_timeout(Duration::from_secs(2));
+        let d = c.at("127.0.0.2:8080").unwrap();
+        assert_eq!(d.url(&["readyz"]).unwrap().as_str(), "http://127.0.0.2:8080/readyz");
+        assert_eq!(d.timeout, Some(Duration::from_secs(2)));
+        assert!(c.at("ftp://x").is_err());
     }
 
     #[test]
     fn acquire_body_omits_absent_fields() {
-        assert_eq!(serde_json::to_string(&AcquireRequest::default()).unwrap(), "{}");
-        let r =
-            AcquireRequest { timeout_ms: Some(5), ttl_ms: None, algorithm: Some(Algorithm::RicartAgrawala) };
+        assert_eq!(serde_json::to_string(&AcquireBody::default()).unwrap(), "{}");
+        let r = AcquireBody { timeout_ms: Some(5), ttl_ms: None, algorithm: Some(Algorithm::RicartAgrawala) };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"timeout_ms":5,"algorithm":"ricart-agrawala"}"#);
     }
 
@@ -564,11 +283,11 @@ mod tests {
             r#"{"name":"x","lease":7,"fencing_token":"123","algorithm":"lamport","node_id":1,"waited_ms":2}"#,
         )
         .unwrap();
-        assert_eq!(g.lease, ApiId::Num(7));
+        assert_eq!(g.lease, LeaseId::Num(7));
         assert_eq!(g.fencing_token.to_string(), "123");
         assert_eq!(serde_json::json!({ "lease": g.lease }).to_string(), r#"{"lease":7}"#);
         let g: Grant = serde_json::from_str(r#"{"name":"x","lease":"l-1","fencing_token":9}"#).unwrap();
-        assert_eq!(g.lease, ApiId::Str("l-1".into()));
+        assert_eq!(g.lease, LeaseId::Str("l-1".into()));
     }
 
     #[test]
@@ -581,12 +300,5 @@ mod tests {
         assert_eq!(e.to_string(), "upstream down (HTTP 502, http_502)");
         let e = api_error(StatusCode::SERVICE_UNAVAILABLE, b"");
         assert_eq!(e.to_string(), "Service Unavailable (HTTP 503, http_503)");
-    }
-
-    #[test]
-    fn exit_codes_follow_the_shell() {
-        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
-        assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 128 + 9);
     }
 }

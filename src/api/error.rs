@@ -1,7 +1,7 @@
 //! Errors of the lock API, shared by the node loop (which decides them) and the HTTP layer (which renders
 //! them as `{"error":{"code","message"}}` with the matching status).
 
-use serde::Serialize;
+use crate::api::types::{ErrorBody, ErrorDetail};
 
 /// Why an API call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,22 +62,6 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } }
+        ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } }
     }
-}
-
-/// `{"error": {...}}`.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// `{"code", "message"}`.
-#[derive(Debug, Serialize)]
-pub struct ErrorDetail {
-    /// Stable code, e.g. `timeout`.
-    pub code: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
 }

@@ -4,9 +4,12 @@
 //! Errors are always `{"error":{"code","message"}}` with a proper status: 400 bad input, 408 timeout,
 //! 409 unknown/expired lease, 413 body too large, 503 unavailable or shutting down.
 
-use crate::algo::Algorithm;
 use crate::api::error::ApiError;
-use crate::node::{AcquireRequest, NodeHandle};
+use crate::api::types::{
+    AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, ReleaseBody,
+    ReleaseResponse,
+};
+use crate::node::NodeHandle;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -77,9 +80,7 @@ trait WithStatus {
 impl WithStatus for ApiError {
     fn into_response_with(self, status: u16) -> Response {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
-        let body = crate::api::error::ErrorBody {
-            error: crate::api::error::ErrorDetail { code: "not_found", message: self.to_string() },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: "not_found".into(), message: self.to_string() } };
         (status, Json(body)).into_response()
     }
 }
@@ -125,14 +126,6 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireBody {
-    timeout_ms: Option<u64>,
-    ttl_ms: Option<u64>,
-    algorithm: Option<String>,
-}
-
 async fn acquire(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -140,8 +133,6 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: AcquireBody = parse_body(body)?;
-    let algorithm =
-        b.algorithm.as_deref().map(|a| a.parse::<Algorithm>()).transpose().map_err(ApiError::BadRequest)?;
     if b.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
         return Err(ApiError::BadRequest(format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
     }
@@ -152,18 +143,12 @@ async fn acquire(
         .node
         .acquire(AcquireRequest {
             lock: name,
-            algorithm,
+            algorithm: b.algorithm,
             timeout: b.timeout_ms.map(Duration::from_millis),
             ttl: b.ttl_ms.map(Duration::from_millis),
         })
         .await?;
     Ok(Json(grant).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseBody {
-    lease: Option<String>,
 }
 
 async fn release(
@@ -173,16 +158,23 @@ async fn release(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: ReleaseBody = parse_body(body)?;
-    let lease = b
-        .lease
-        .ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
+    let lease = match b.lease {
+        Some(LeaseId::Str(lease)) => lease,
+        // This node's leases are strings: a number cannot name one.
+        Some(LeaseId::Num(_)) => return Err(ApiError::BadRequest("lease must be a string".into())),
+        None => {
+            return Err(ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()));
+        }
+    };
     s.node.release(&name, &lease).await?;
-    Ok(Json(serde_json::json!({"released": true, "name": name, "lease": lease})).into_response())
+    Ok(Json(ReleaseResponse { lease: lease.into(), name, released: true }).into_response())
 }
 
+/// The body is not read: the lease is in the path, and clients send `{}` or nothing.
 async fn keepalive(State(s): State<AppState>, Path(lease): Path<String>) -> Result<Response, ApiError> {
     let ttl = s.node.keepalive(&lease).await?;
-    Ok(Json(serde_json::json!({"lease": lease, "ttl_ms": ttl.as_millis() as u64})).into_response())
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(KeepaliveResponse { lease: Some(lease.into()), ttl_ms: Some(ttl_ms) }).into_response())
 }
 
 async fn lock_info(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

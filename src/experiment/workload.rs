@@ -18,6 +18,8 @@
 //! or panic on the counter file's content (it is parsed and a bad value is reported as an error).
 
 use crate::algo::Algorithm;
+use crate::api::types::{AcquireRequest, Grant, LeaseId};
+use crate::node::NodeHandle;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::ErrorKind;
@@ -45,22 +47,8 @@ pub struct WorkloadConfig {
     pub acquire_timeout: Duration,
 }
 
-/// A granted acquire, as the lock service reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// Names the grant for [`LockService::release`].
-    pub lease: String,
-    /// The grant's fencing token (strictly increasing per lock, cluster-wide, in grant order).
-    pub fencing_token: u64,
-    /// The algorithm that granted it.
-    pub algorithm: Algorithm,
-    /// The node that holds the grant.
-    pub node_id: u16,
-    /// How long the acquire waited (ms).
-    pub waited_ms: u64,
-}
-
-/// The node's lock service as the workload sees it. The node runtime implements it in-process.
+/// The node's lock service as the workload sees it: a running node's [`NodeHandle`] in-process, or a fake in
+/// tests.
 pub trait LockService: Clone + Send + Sync + 'static {
     /// Waits for `lock` under `algorithm`, at most `timeout`.
     fn acquire(
@@ -70,11 +58,36 @@ pub trait LockService: Clone + Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<Grant, String>> + Send;
     /// Leaves the critical section of the grant `lease` of `lock`.
-    fn release(&self, lock: &str, lease: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn release(&self, lock: &str, lease: &LeaseId) -> impl Future<Output = Result<(), String>> + Send;
     /// Whether the node has joined its cluster and can serve acquires.
     fn ready(&self) -> impl Future<Output = bool> + Send;
     /// The node's Lamport clock now (for the algorithm the workload uses).
     fn lamport_clock(&self) -> u64;
+}
+
+/// The workload inside a `dmutex node` process: straight to the node loop, no HTTP.
+impl LockService for NodeHandle {
+    async fn acquire(&self, lock: &str, algorithm: Algorithm, timeout: Duration) -> Result<Grant, String> {
+        let req = AcquireRequest {
+            lock: lock.to_string(),
+            algorithm: Some(algorithm),
+            timeout: Some(timeout),
+            ttl: None,
+        };
+        NodeHandle::acquire(self, req).await.map_err(|e| e.to_string())
+    }
+
+    async fn release(&self, lock: &str, lease: &LeaseId) -> Result<(), String> {
+        NodeHandle::release(self, lock, &lease.to_string()).await.map_err(|e| e.to_string())
+    }
+
+    async fn ready(&self) -> bool {
+        self.shared.readiness().ready
+    }
+
+    fn lamport_clock(&self) -> u64 {
+        self.shared.clock().0
+    }
 }
 
 /// One critical-section entry, as the node that made it saw it.
@@ -392,7 +405,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeLocks {
         lock: Arc<Mutex<()>>,
-        held: Arc<std::sync::Mutex<BTreeMap<String, OwnedMutexGuard<()>>>>,
+        held: Arc<std::sync::Mutex<BTreeMap<LeaseId, OwnedMutexGuard<()>>>>,
         tokens: Arc<AtomicU64>,
         fail_release: bool,
     }
@@ -400,7 +413,7 @@ mod tests {
     impl LockService for FakeLocks {
         async fn acquire(
             &self,
-            _lock: &str,
+            lock: &str,
             algorithm: Algorithm,
             timeout: Duration,
         ) -> Result<Grant, String> {
@@ -408,12 +421,20 @@ mod tests {
                 .await
                 .map_err(|_| "timed out".to_string())?;
             let token = self.tokens.fetch_add(1, Ordering::SeqCst) + 1;
-            let lease = format!("lease-{token}");
+            let lease = LeaseId::Str(format!("lease-{token}"));
             self.held.lock().map_err(|e| e.to_string())?.insert(lease.clone(), guard);
-            Ok(Grant { lease, fencing_token: token, algorithm, node_id: 0, waited_ms: 0 })
+            Ok(Grant {
+                name: lock.to_string(),
+                lease,
+                fencing_token: token,
+                algorithm: Some(algorithm),
+                node_id: Some(0),
+                waited_ms: Some(0),
+                ttl_ms: None,
+            })
         }
 
-        async fn release(&self, _lock: &str, lease: &str) -> Result<(), String> {
+        async fn release(&self, _lock: &str, lease: &LeaseId) -> Result<(), String> {
             let guard = self.held.lock().map_err(|e| e.to_string())?.remove(lease);
             match guard {
                 Some(_) if self.fail_release => Err("refused".into()),

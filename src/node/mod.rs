@@ -1012,12 +1012,12 @@ impl Node {
                         let lease = new_lease_id();
                         let grant = Grant {
                             name: lock.clone(),
-                            lease: lease.clone(),
+                            lease: lease.clone().into(),
                             fencing_token: token.0,
-                            algorithm,
-                            node_id: self.settings.me.0,
-                            waited_ms: waited.as_millis() as u64,
-                            ttl_ms: p.ttl.as_millis() as u64,
+                            algorithm: Some(algorithm),
+                            node_id: Some(self.settings.me.0),
+                            waited_ms: Some(waited.as_millis() as u64),
+                            ttl_ms: Some(p.ttl.as_millis() as u64),
                         };
                         let now = Instant::now();
                         self.leases.insert(
@@ -1390,44 +1390,4 @@ fn step<P: Protocol>(
         Action::CancelTimer { timer } => Action::CancelTimer { timer },
     }));
     result
-}
-
-impl crate::experiment::workload::LockService for NodeHandle {
-    async fn acquire(
-        &self,
-        lock: &str,
-        algorithm: Algorithm,
-        timeout: Duration,
-    ) -> Result<crate::experiment::workload::Grant, String> {
-        let g = NodeHandle::acquire(
-            self,
-            AcquireRequest {
-                lock: lock.to_string(),
-                algorithm: Some(algorithm),
-                timeout: Some(timeout),
-                ttl: None,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(crate::experiment::workload::Grant {
-            lease: g.lease,
-            fencing_token: g.fencing_token,
-            algorithm: g.algorithm,
-            node_id: g.node_id,
-            waited_ms: g.waited_ms,
-        })
-    }
-
-    async fn release(&self, lock: &str, lease: &str) -> Result<(), String> {
-        NodeHandle::release(self, lock, lease).await.map_err(|e| e.to_string())
-    }
-
-    async fn ready(&self) -> bool {
-        self.shared.readiness().ready
-    }
-
-    fn lamport_clock(&self) -> u64 {
-        self.shared.clock().0
-    }
 }

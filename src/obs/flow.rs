@@ -348,37 +348,6 @@ pub struct FlowResponse {
     pub records: Vec<FlowRecord>,
 }
 
-/// `dmutex flow`: fetches every endpoint's records of the lock, picks one acquire, renders it.
-pub async fn run_flow(args: &crate::cli::FlowArgs) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
-    let mut all = Vec::new();
-    for endpoint in &args.endpoints {
-        let base = endpoint.trim().trim_end_matches('/');
-        let mut url =
-            reqwest::Url::parse(&format!("{base}/v1/flow")).with_context(|| format!("endpoint {base:?}"))?;
-        url.query_pairs_mut().append_pair("lock", &args.lock);
-        let response = client.get(url).send().await.with_context(|| format!("GET {base}/v1/flow"))?;
-        let status = response.status();
-        if !status.is_success() {
-            anyhow::bail!("GET {base}/v1/flow: HTTP {status}");
-        }
-        let body: FlowResponse = response.json().await.with_context(|| format!("GET {base}/v1/flow"))?;
-        all.extend(body.records);
-    }
-    let id = pick_acquire(&all, args.acquire.as_deref())
-        .with_context(|| format!("no recorded acquire of lock {:?} on these nodes", args.lock))?;
-    let records: Vec<FlowRecord> =
-        all.into_iter().filter(|r| r.trace_id.as_deref() == Some(id.as_str())).collect();
-    if records.is_empty() {
-        anyhow::bail!("no records of acquire {id} (the nodes keep only the last {DEFAULT_CAPACITY} each)");
-    }
-    Ok(match args.format {
-        crate::cli::FlowFormat::Mermaid => mermaid(&records),
-        crate::cli::FlowFormat::Svg => svg(&records),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

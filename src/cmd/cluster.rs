@@ -1,0 +1,116 @@
+//! `dmutex cluster`: the experiment of the original programs on a local cluster of node processes (see
+//! [`dmutex::experiment::runner`]).
+
+use clap::Args;
+use dmutex::algo::Algorithm;
+use dmutex::experiment::runner::{self, run_cluster};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Which algorithms `dmutex cluster` runs: one, or each in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AlgorithmChoice {
+    /// Every algorithm, one run each, in [`Algorithm::ALL`] order.
+    All,
+    /// A single algorithm.
+    One(Algorithm),
+}
+
+impl AlgorithmChoice {
+    /// The algorithms to run, in order.
+    pub(crate) fn algorithms(self) -> Vec<Algorithm> {
+        match self {
+            AlgorithmChoice::All => Algorithm::ALL.to_vec(),
+            AlgorithmChoice::One(a) => vec![a],
+        }
+    }
+}
+
+impl FromStr for AlgorithmChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("all") {
+            Ok(AlgorithmChoice::All)
+        } else {
+            s.parse().map(AlgorithmChoice::One)
+        }
+    }
+}
+
+impl fmt::Display for AlgorithmChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AlgorithmChoice::All => f.write_str("all"),
+            AlgorithmChoice::One(a) => a.fmt(f),
+        }
+    }
+}
+
+/// `dmutex cluster`: local multi-process cluster on loopback addresses.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub(crate) nodes: usize,
+    /// Critical sections each node enters.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    pub(crate) iterations: u64,
+    /// Time spent inside each critical section, in milliseconds (default: the node default).
+    #[arg(long, value_name = "MS")]
+    pub(crate) cs_ms: Option<u64>,
+    /// Algorithm to run, or "all" to run each in turn.
+    #[arg(long, default_value = "all", value_name = "A|all")]
+    pub(crate) algorithm: AlgorithmChoice,
+    /// First three octets of the loopback addresses: node i listens on SUBNET.(i+1).
+    #[arg(long, default_value = "127.0.0", value_name = "A.B.C")]
+    pub(crate) subnet: String,
+    /// Peer port of every node.
+    #[arg(long, default_value_t = 7070, value_name = "PORT")]
+    pub(crate) peer_port: u16,
+    /// HTTP port of every node.
+    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    pub(crate) http_port: u16,
+    /// Write results.json and SVG charts (Gantt, latency, messages; with --sweep also sweep.csv and the sweep
+    /// charts) into this directory. Node logs stay in a temporary directory, printed when a run fails.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Comma-separated cluster sizes to run one after another (e.g. 3,5,10,20,40), instead of --nodes; every
+    /// size runs every requested algorithm.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub(crate) sweep: Vec<usize>,
+    /// Keep the output directory (and the node processes' logs) after a successful run.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Lamport's footnote option in every node: no REPLY to a REQUEST when a message stamped later was already
+    /// sent to its sender (fewer than 3(N−1) messages per entry under contention).
+    #[arg(long)]
+    pub(crate) lamport_ack_elision: bool,
+}
+
+/// Runs `dmutex cluster`: 0 if every experiment passed its verdict, else 1.
+pub(crate) async fn run(args: &ClusterArgs) -> i32 {
+    let cargs = runner::ClusterArgs {
+        nodes: args.nodes,
+        iterations: u32::try_from(args.iterations).unwrap_or(u32::MAX),
+        cs_ms: args.cs_ms.unwrap_or(0),
+        algorithms: args.algorithm.algorithms(),
+        subnet: args.subnet.clone(),
+        peer_port: args.peer_port,
+        http_port: args.http_port,
+        out: args.out.clone(),
+        keep: args.keep,
+        binary: None,
+        sweep: args.sweep.clone(),
+        lamport_ack_elision: args.lamport_ack_elision,
+    };
+    match run_cluster(&cargs).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("dmutex cluster: {e}");
+            1
+        }
+    }
+}

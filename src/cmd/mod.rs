@@ -1,0 +1,151 @@
+//! The command line: `dmutex node | lock | cluster | flow | health`, one file per command.
+//!
+//! Each file holds its command's clap arguments and its `run`, which prints its own errors and returns the
+//! process exit code. `anyhow` and clap live here only, never in the library. The `node` flags are not read
+//! from the environment by clap: [`node::NodeArgs::overrides`] hands them to [`dmutex::config`] as its highest
+//! layer, so that the environment is read in one place and every error names its `DMUTEX_*` key.
+
+pub(crate) mod cluster;
+pub(crate) mod flow;
+pub(crate) mod health;
+pub(crate) mod lock;
+pub(crate) mod node;
+
+use clap::{Parser, Subcommand};
+
+/// The default node HTTP endpoint for the client commands.
+pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// dmutex: distributed mutual exclusion (Lamport, Ricart–Agrawala, probable-owner) on a real cluster.
+#[derive(Debug, Parser)]
+#[command(name = "dmutex", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a cluster node (peer transport + HTTP API). Configured by a TOML file, DMUTEX_* variables and flags.
+    Node(node::NodeArgs),
+    /// Run a command while holding a cluster-wide lock.
+    Lock(lock::LockArgs),
+    /// Start a local cluster of N node processes, run the built-in workload, check and report.
+    Cluster(cluster::ClusterArgs),
+    /// Draw the messages of one acquire (Mermaid sequence diagram or SVG) from the nodes' own flow records.
+    Flow(flow::FlowArgs),
+    /// Probe a node's health endpoint (for a container HEALTHCHECK): exit 0 if it answers 200, else 1.
+    Health(health::HealthArgs),
+}
+
+/// Runs `command` to its end; returns the process exit code.
+pub(crate) async fn run(command: Command) -> i32 {
+    match command {
+        Command::Node(args) => node::run(&args).await,
+        Command::Lock(args) => lock::run(&args).await,
+        Command::Cluster(args) => cluster::run(&args).await,
+        Command::Flow(args) => flow::run(&args).await,
+        Command::Health(args) => health::run(&args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster::AlgorithmChoice;
+    use super::*;
+    use clap::CommandFactory;
+    use dmutex::algo::Algorithm;
+    use std::time::Duration;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("dmutex").chain(args.iter().copied())).unwrap().command
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_flags_become_overrides() {
+        let Command::Node(n) = parse(&["node", "--node-id", "2", "--peers", "a:1,b:1,c:1", "--log", "debug"])
+        else {
+            panic!("not node")
+        };
+        let o = n.overrides();
+        assert_eq!(o.get("node_id").map(String::as_str), Some("2"));
+        assert_eq!(o.get("peers").map(String::as_str), Some("a:1,b:1,c:1"));
+        assert_eq!(o.get("log").map(String::as_str), Some("debug"));
+        assert_eq!(o.len(), 3);
+        assert!(o.keys().all(|k| dmutex::config::KEYS.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn lock_parses_durations_and_command() {
+        let Command::Lock(l) = parse(&[
+            "lock",
+            "--endpoint",
+            "http://n:1",
+            "--timeout",
+            "10s",
+            "--ttl",
+            "500ms",
+            "--algorithm",
+            "ra",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ]) else {
+            panic!("not lock")
+        };
+        assert_eq!(l.endpoint, "http://n:1");
+        assert_eq!(l.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(l.ttl, Some(Duration::from_millis(500)));
+        assert_eq!(l.algorithm, Some(Algorithm::RicartAgrawala));
+        assert_eq!(l.grace, Duration::from_secs(5));
+        assert_eq!(l.name, "job");
+        assert_eq!(l.command, ["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn lock_command_without_double_dash_keeps_its_flags() {
+        let Command::Lock(l) = parse(&["lock", "job", "ls", "-l", "--all"]) else { panic!("not lock") };
+        assert_eq!(l.command, ["ls", "-l", "--all"]);
+    }
+
+    #[test]
+    fn lock_needs_a_command() {
+        assert!(Cli::try_parse_from(["dmutex", "lock", "job"]).is_err());
+        assert!(Cli::try_parse_from(["dmutex", "lock", "--timeout", "soon", "job", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn cluster_defaults_and_sweep() {
+        let Command::Cluster(c) = parse(&["cluster"]) else { panic!("not cluster") };
+        assert_eq!((c.nodes, c.iterations, c.peer_port, c.http_port), (5, 10, 7070, 8080));
+        assert_eq!(c.algorithm, AlgorithmChoice::All);
+        assert_eq!(c.algorithm.algorithms(), Algorithm::ALL.to_vec());
+        assert_eq!(c.subnet, "127.0.0");
+        assert!(c.sweep.is_empty() && !c.keep && c.out.is_none() && c.cs_ms.is_none());
+        let Command::Cluster(c) = parse(&["cluster", "--algorithm", "po", "--sweep", "3,5,7", "--keep"])
+        else {
+            panic!("not cluster")
+        };
+        assert_eq!(c.algorithm, AlgorithmChoice::One(Algorithm::ProbableOwner));
+        assert_eq!(c.sweep, [3, 5, 7]);
+        assert!(c.keep);
+    }
+
+    #[test]
+    fn health_flags() {
+        let Command::Health(h) = parse(&["health", "--ready", "--endpoint", "http://x:9"]) else {
+            panic!("not health")
+        };
+        assert!(h.ready);
+        assert_eq!(h.endpoint, "http://x:9");
+    }
+}
