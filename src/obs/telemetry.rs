@@ -5,8 +5,8 @@
 //!
 //! The OpenTelemetry crates read the standard variables themselves: the endpoint (the signal-specific one as
 //! is, the generic one with `/v1/traces` appended for OTLP/HTTP), `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`,
-//! `_TIMEOUT`, `_COMPRESSION`, `_INSECURE`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*`. This module adds only
-//! what they lack:
+//! `_TIMEOUT`, `_INSECURE`, `_COMPRESSION` (`none` only: no codec is compiled in), `OTEL_TRACES_SAMPLER(_ARG)`,
+//! `OTEL_BSP_*`. This module adds only what they lack:
 //! - exporting is off unless an endpoint is set (the SDK would assume `localhost`);
 //! - `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` defaults to `http/protobuf`, as the specification says, whatever
 //!   cargo features the exporter crate was built with (its own default depends on them);
