@@ -1150,4 +1150,33 @@ mod tests {
         assert_eq!(c.log, "info");
         assert_eq!(c.cluster_secret, None);
     }
+
+    /// docs/dmutex.example.toml, the documented sample: it loads, names every key, and the keys it sets
+    /// are at their built-in defaults (so it documents them truthfully).
+    #[test]
+    fn the_sample_file_loads_names_every_key_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dmutex.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // `key = …` at the start of a line, active or commented out (`# key = …`).
+        let named = |key: &str, active: bool| {
+            text.lines().any(|l| {
+                let l = if active { l } else { l.trim_start_matches(['#', ' ']) };
+                l.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+            })
+        };
+        for key in KEYS {
+            assert!(named(key, false), "{key} is missing from {}", path.display());
+        }
+        for (key, _) in DEFAULTS {
+            assert!(named(key, true), "{key} has a default, so the sample sets it");
+        }
+        let s = ConfigSources { config_file: Some(path.clone()), ..Default::default() };
+        let sample = NodeConfig::load(&s).unwrap();
+        let defaults = load(&[
+            ("DMUTEX_NODE_ID", "0"),
+            ("DMUTEX_PEERS", "127.0.0.1:7070,127.0.0.2:7070,127.0.0.3:7070"),
+        ])
+        .unwrap();
+        assert_eq!(sample, defaults, "the sample's values are the built-in defaults");
+    }
 }

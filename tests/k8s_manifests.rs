@@ -1,8 +1,11 @@
 //! The deployment files agree with each other: the Kubernetes peer list has exactly `replicas` entries in ordinal
 //! order and names the StatefulSet's pods behind its headless Service in the kustomize namespace;
-//! `scripts/k8s-scale.sh` keeps that true; the compose service can be scaled (no fixed names or host ports).
+//! `scripts/k8s-scale.sh` keeps that true; the compose service can be scaled (no fixed names or host ports);
+//! every OTLP endpoint is paired with the protocol its port speaks (the node's default protocol included); the
+//! image names agree (compose and the build script share `DMUTEX_IMAGE`, Kubernetes pins the crate version).
 //! Schema validation is `scripts/validate-k8s.sh`; this test checks what a schema cannot.
 
+use dmutex::obs::telemetry::OtlpProtocol;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -35,6 +38,25 @@ fn kustomization(dir: &Path) -> (String, Vec<Yaml>) {
     let resources = k["resources"].as_vec().expect("resources");
     let docs = resources.iter().flat_map(|r| load(&dir.join(str_of(r, "resource")))).collect();
     (namespace, docs)
+}
+
+/// The protocol an OTLP endpoint's port speaks by convention (4317 gRPC, 4318 HTTP) must be the one the node
+/// uses: the configured protocol, else the node's default.
+fn check_otlp_pair(what: &str, endpoint: &str, protocol: Option<&str>) {
+    let protocol = protocol.unwrap_or(OtlpProtocol::DEFAULT.name());
+    let authority = endpoint.split("://").nth(1).unwrap_or(endpoint);
+    let port = authority.split('/').next().and_then(|hp| hp.rsplit_once(':')).map(|(_, p)| p);
+    let expected = match port {
+        Some("4317") => "grpc",
+        Some("4318") => "http/protobuf",
+        other => panic!("{what}: {endpoint}: port {other:?} is neither 4317 (gRPC) nor 4318 (HTTP)"),
+    };
+    assert_eq!(protocol, expected, "{what}: {endpoint} needs OTEL_EXPORTER_OTLP_PROTOCOL={expected}");
+}
+
+/// The default of a compose `${VAR:-default}` value, or the value itself.
+fn compose_default(value: &str) -> &str {
+    value.split_once(":-").map_or(value, |(_, d)| d.strip_suffix('}').unwrap_or(d))
 }
 
 /// Checks the whole k8s directory and returns the replica count.
@@ -107,7 +129,53 @@ fn check_k8s(dir: &Path) -> usize {
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
     assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+
+    // Traces: the collector's port and the protocol agree (a gRPC exporter talking to 4318 sends nothing).
+    let env = container["env"].as_vec().expect("env");
+    let var =
+        |name: &str| env.iter().find(|e| e["name"].as_str() == Some(name)).and_then(|e| e["value"].as_str());
+    if let Some(endpoint) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        check_otlp_pair("k8s/statefulset.yaml", endpoint, var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    }
     replicas
+}
+
+#[test]
+fn otlp_pair_check_catches_a_mismatch() {
+    check_otlp_pair("t", "http://c:4318", None);
+    check_otlp_pair("t", "http://c:4317/", Some("grpc"));
+    let wrong = std::panic::catch_unwind(|| check_otlp_pair("t", "http://c:4318", Some("grpc")));
+    assert!(wrong.is_err(), "gRPC to the HTTP port must be caught");
+    let wrong = std::panic::catch_unwind(|| check_otlp_pair("t", "http://c:4317", None));
+    assert!(wrong.is_err(), "the default protocol (HTTP) to the gRPC port must be caught");
+}
+
+#[test]
+fn k8s_pins_the_crate_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let (_, docs) = kustomization(&root().join("k8s"));
+    let sts = docs.iter().find(|d| d["kind"].as_str() == Some("StatefulSet")).expect("a StatefulSet");
+    let image = str_of(&sts["spec"]["template"]["spec"]["containers"][0]["image"], "image");
+    assert_eq!(image, format!("dmutex:{version}"));
+    let k = load(&root().join("k8s/kustomization.yaml")).remove(0);
+    let rewrite = k["images"].as_vec().expect("images").iter().find(|i| i["name"].as_str() == Some("dmutex"));
+    assert_eq!(rewrite.and_then(|i| i["newTag"].as_str()), Some(version), "kustomization newTag");
+}
+
+#[test]
+fn compose_overlay_pairs_the_otlp_endpoint_with_its_protocol() {
+    let overlay = load(&root().join("observability/docker-compose.yml")).remove(0);
+    let env: Vec<&str> = overlay["services"]["node"]["environment"]
+        .as_vec()
+        .expect("environment list")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let var = |name: &str| {
+        env.iter().find_map(|e| e.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(compose_default)
+    };
+    let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT").expect("the overlay sets an endpoint");
+    check_otlp_pair("observability/docker-compose.yml", endpoint, var("OTEL_EXPORTER_OTLP_PROTOCOL"));
 }
 
 #[test]
@@ -148,7 +216,19 @@ fn k8s_scale_script_keeps_the_manifests_consistent() {
 fn compose_node_service_can_scale() {
     let compose = load(&root().join("docker-compose.yml")).remove(0);
     let node = &compose["services"]["node"];
-    assert_eq!(node["image"].as_str(), Some("dmutex:latest"));
+    // One variable names the image for compose and for scripts/build-image.sh, with the same default.
+    assert_eq!(node["image"].as_str(), Some("${DMUTEX_IMAGE:-dmutex:latest}"));
+    let script = std::fs::read_to_string(root().join("scripts/build-image.sh")).expect("build-image.sh");
+    assert!(
+        script.contains(r#"IMAGE="${DMUTEX_IMAGE:-dmutex:latest}""#),
+        "build-image.sh reads DMUTEX_IMAGE"
+    );
+    // A read-only root needs a writable /tmp (the built-in workload's default counter file is there).
+    if node["read_only"].as_bool() == Some(true) {
+        let tmpfs: Vec<&str> =
+            node["tmpfs"].as_vec().into_iter().flatten().filter_map(Yaml::as_str).collect();
+        assert!(tmpfs.iter().any(|t| *t == "/tmp" || t.starts_with("/tmp:")), "tmpfs /tmp: {tmpfs:?}");
+    }
     // A fixed container name or host port would clash between replicas.
     assert!(node["container_name"].is_badvalue(), "no container_name on a scaled service");
     for port in node["ports"].as_vec().into_iter().flatten() {

@@ -1,8 +1,9 @@
-//! Traces of a real 3-node cluster (`dmutex node` processes) collected by the in-test OTLP receiver (issue 4,
-//! "Tests" 1): one Lamport acquire is one trace with spans from all three nodes whose parent links follow
-//! REQUEST → REPLY and the RELEASE fan-out (over gRPC, flushed by SIGTERM, and over OTLP/HTTP); a redirected
-//! probable-owner acquire's trace shows the redirect hop; without an endpoint nothing is sent; a dead
-//! collector does not slow acquires.
+//! Traces of a real 3-node cluster (`dmutex node` processes) collected by the in-test OTLP receiver: one
+//! Lamport acquire is one trace with spans from all three nodes whose parent links follow REQUEST → REPLY and
+//! the RELEASE fan-out (over gRPC when asked for, flushed by SIGTERM, and over OTLP/HTTP, the default); a
+//! redirected probable-owner acquire's trace shows the redirect hop; without an endpoint nothing is sent; a
+//! dead collector does not slow acquires. The standard `OTEL_*` variables the OpenTelemetry crates read
+//! themselves (headers, the sampler, the generic endpoint's `/v1/traces`) are checked here, end to end.
 
 mod common;
 #[path = "support/otlp.rs"]
@@ -139,7 +140,11 @@ fn lamport_acquire_is_one_trace_over_grpc_flushed_by_sigterm() {
     let mut c = Cluster::start(
         "otlp-grpc",
         3,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-dmutex-test=grpc%20metadata"),
+        ],
     );
     hold(&c.api(), 0, "traced", "lamport");
     let t0 = Instant::now();
@@ -151,10 +156,16 @@ fn lamport_acquire_is_one_trace_over_grpc_flushed_by_sigterm() {
     eprintln!("3 nodes stopped (and flushed) in {:?}", t0.elapsed());
     let spans = rx.spans();
     assert!(spans.iter().all(|s| s.transport == otlp::Transport::Grpc));
+    assert!(
+        spans.iter().all(|s| s.headers.get("x-dmutex-test").map(String::as_str) == Some("grpc metadata")),
+        "OTEL_EXPORTER_OTLP_HEADERS becomes gRPC metadata: {:?}",
+        spans.first().map(|s| &s.headers)
+    );
     check_lamport_trace(&acquire_trace(&spans, "traced", "0"));
 }
 
-/// OTLP/HTTP with a short batch delay: the spans arrive while the nodes run.
+/// OTLP/HTTP, the default protocol (no protocol variable), with a short batch delay: the spans arrive while
+/// the nodes run, at the base URL plus `/v1/traces`, with the configured headers and decoded attributes.
 #[test]
 fn lamport_acquire_is_one_trace_over_http() {
     let rt = runtime();
@@ -165,7 +176,8 @@ fn lamport_acquire_is_one_trace_over_http() {
         3,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-dmutex-test=http"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test%2Cci"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
@@ -188,6 +200,15 @@ fn lamport_acquire_is_one_trace_over_http() {
     let nodes: std::collections::BTreeSet<&str> = t.0.iter().filter_map(CollectedSpan::instance).collect();
     assert_eq!(nodes.len(), 3, "{dump}");
     assert!(t.0.iter().all(|s| s.resource.get("service.name").map(String::as_str) == Some("dmutex")));
+    assert!(
+        t.0.iter().all(|s| s.resource.get("deployment.environment").map(String::as_str) == Some("test,ci")),
+        "percent-decoded resource attribute\n{dump}"
+    );
+    assert!(
+        spans.iter().all(|s| s.headers.get("x-dmutex-test").map(String::as_str) == Some("http")),
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS: {:?}",
+        spans.first().map(|s| &s.headers)
+    );
 }
 
 /// Probable owner: acquires round-robin until one is redirected by a stale hint; its trace holds the hop.
@@ -199,7 +220,11 @@ fn redirected_probable_owner_acquire_shows_the_redirect_hop() {
     let c = Cluster::start(
         "otlp-po",
         3,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
     );
     let api = c.api();
     for round in 0..2 {
@@ -267,6 +292,29 @@ fn without_an_endpoint_nothing_is_sent() {
     assert_eq!(status, 200, "{v}");
     let records = v["records"].as_array().cloned().unwrap_or_default();
     assert!(records.iter().any(|r| r["trace_id"].as_str().is_some_and(|id| id.starts_with("0-"))), "{v}");
+}
+
+/// `OTEL_TRACES_SAMPLER=always_off`, read by the SDK: the node exports nothing, not even on the flush at
+/// SIGTERM, although the endpoint is set.
+#[test]
+fn the_sdk_reads_the_sampler() {
+    let rt = runtime();
+    let rx = receiver(&rt);
+    let endpoint = rx.http_endpoint();
+    let mut c = Cluster::start(
+        "otlp-off",
+        1,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    hold(&c.api(), 0, "unsampled", "lamport");
+    let (code, _) = c.sigterm(0);
+    assert_eq!(code, Some(0), "{}", c.logs());
+    assert!(c.logs().contains("exporting traces over OTLP"), "the exporter was on\n{}", c.logs());
+    assert!(rx.spans().is_empty(), "{:#?}", rx.spans());
 }
 
 fn p50_of_acquires(api: &Api, n: usize) -> Duration {

@@ -155,3 +155,37 @@ async fn without_endpoint_logs_only() {
     assert!(started.elapsed() < Duration::from_millis(50));
     assert!(telemetry::init_with(&cfg, None).is_err(), "a second global subscriber is refused");
 }
+
+/// A node whose log goes to a pipe (as to a file or `docker logs`) writes no ANSI escapes, even on error
+/// lines, which a terminal would show in colour. The node fails at once: its peer port is taken.
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour() {
+    let taken = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    let addr = match taken.local_addr() {
+        Ok(a) => a.to_string(),
+        Err(e) => panic!("local_addr: {e}"),
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmutex"))
+        .arg("node")
+        .env_clear()
+        .env("DMUTEX_NODE_ID", "0")
+        .env("DMUTEX_PEERS", &addr)
+        .env("DMUTEX_PEER_ADDR", &addr)
+        .env("DMUTEX_HTTP_ADDR", "127.0.0.1:0")
+        .env("DMUTEX_LOG", "info")
+        .env("DMUTEX_TYPO", "warned about")
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => panic!("dmutex node: {e}"),
+    };
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("WARN") && log.contains("DMUTEX_TYPO"), "the warning is logged: {log}");
+    assert!(log.contains("ERROR") && log.contains("node failed"), "the error is logged: {log}");
+    assert!(!log.contains('\u{1b}'), "no ANSI escape in a non-terminal log: {log:?}");
+    drop(taken);
+}

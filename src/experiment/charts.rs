@@ -683,12 +683,6 @@ pub fn sweep(points: &[SweepPoint], metric: SweepMetric, title: &str) -> Result<
         if series.is_empty() {
             return draw_no_data(&plot);
         }
-        for (_, colour, dash, k) in &refs {
-            let line = vec![(ref_lo, k * (ref_lo - 1.0)), (ref_hi, k * (ref_hi - 1.0))];
-            chart
-                .draw_series(DashedLineSeries::new(line, *dash as i32, 6, colour.stroke_width(2)))
-                .map_err(draw_err)?;
-        }
         for (i, (_, pts)) in series.iter().enumerate() {
             let colour = palette(i);
             chart
@@ -696,6 +690,14 @@ pub fn sweep(points: &[SweepPoint], metric: SweepMetric, title: &str) -> Result<
                 .map_err(draw_err)?;
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 4, colour.mix(DATA_OPACITY).filled())))
+                .map_err(draw_err)?;
+        }
+        // The textbook lines go on top: where a measured line follows them exactly (Lamport is 3(N−1)), the
+        // dashes must stay visible over it.
+        for (_, colour, dash, k) in &refs {
+            let line = vec![(ref_lo, k * (ref_lo - 1.0)), (ref_hi, k * (ref_hi - 1.0))];
+            chart
+                .draw_series(DashedLineSeries::new(line, *dash as i32, 6, colour.stroke_width(2)))
                 .map_err(draw_err)?;
         }
         let mut items: Vec<(String, Swatch)> = series
@@ -979,6 +981,24 @@ mod tests {
         // Dashed: each reference line is drawn as several dashes, all of its colour.
         assert!(polylines(&doc, LAMPORT_REF_COLOUR) >= 2);
         assert!(polylines(&doc, RA_REF_COLOUR) >= 2);
+        // On top: every dash comes after (is painted over) every measured line and marker.
+        let order: Vec<RGBColor> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline") || n.has_tag_name("circle"))
+            .filter_map(|n| {
+                let colour = n.attribute("stroke").or_else(|| n.attribute("fill"))?;
+                (0..3)
+                    .map(palette)
+                    .chain([LAMPORT_REF_COLOUR, RA_REF_COLOUR])
+                    .find(|c| colour.eq_ignore_ascii_case(&hex(*c)))
+            })
+            .collect();
+        let first_dash = order.iter().position(|c| *c == LAMPORT_REF_COLOUR || *c == RA_REF_COLOUR);
+        let last_measured = order.iter().rposition(|c| (0..3).map(palette).any(|p| p == *c));
+        assert!(
+            matches!((first_dash, last_measured), (Some(d), Some(m)) if d > m),
+            "reference dashes must be drawn after the measured series: {first_dash:?} vs {last_measured:?}"
+        );
         let labels = texts(&doc);
         for label in
             ["lamport", "probable-owner", "ricart-agrawala", "Lamport 3(N−1)", "Ricart–Agrawala 2(N−1)"]

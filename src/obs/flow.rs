@@ -248,23 +248,85 @@ fn xml_escape(s: &str) -> String {
 
 // SVG geometry (pixels).
 const MARGIN: i64 = 40;
-const COLUMN: i64 = 180;
+/// The narrowest distance between two lifelines; wider when a label needs it.
+const MIN_COLUMN: i64 = 180;
 const HEAD_H: i64 = 30;
 const HEAD_W: i64 = 80;
 const ROW_H: i64 = 36;
-const NOTE_W: i64 = 150;
+/// Space between a note's text and its border, on each side.
+const NOTE_PAD: i64 = 8;
+/// Space left free beside a message label, between the lifelines it spans.
+const LABEL_GAP: i64 = 20;
+
+/// An upper bound of the width of `s` in 12 px sans-serif. A plain SVG has no font metrics, so this counts
+/// per glyph class, each class at least as wide as its widest glyph in DejaVu Sans, the widest common sans
+/// font (Liberation Sans, Arial and Helvetica are narrower): a box sized by it holds its text in any of them.
+fn text_width(s: &str) -> i64 {
+    let tenths: i64 = s
+        .chars()
+        .map(|c| match c {
+            'i' | 'j' | 'l' | '\'' | '|' | '.' | ',' | ':' | ';' => 45,
+            ' ' => 40,
+            '!' => 50,
+            'f' | 't' | 'r' | '-' | '(' | ')' | '[' | ']' => 55,
+            'm' | 'W' => 120,
+            'w' => 100,
+            'M' => 105,
+            '=' | '+' | '<' | '>' | '~' => 102,
+            c if c.is_ascii_uppercase() => 95,
+            c if c.is_ascii_digit() => 77,
+            c if c.is_ascii_lowercase() => 77,
+            // Other punctuation (`#`, `%`, `@`, …) and wide glyphs (CJK): a full em.
+            _ => 120,
+        })
+        .sum();
+    (tenths + 9) / 10
+}
 
 /// A standalone SVG sequence diagram of the records: a head and a dashed lifeline per node, one arrow per
 /// message (`<g class="message">`) and one box per local event (`<g class="note">`), same rules as
-/// [`mermaid`].
+/// [`mermaid`]. Boxes are as wide as their text, lifelines far enough apart for the widest label, and the
+/// canvas holds everything.
 pub fn svg(records: &[FlowRecord]) -> String {
     let (participants, rows) = layout(records);
     let column_of: BTreeMap<u16, i64> =
         participants.iter().enumerate().map(|(i, p)| (*p, i64::try_from(i).unwrap_or(0))).collect();
-    let x_of = |node: u16| MARGIN + HEAD_W / 2 + column_of.get(&node).copied().unwrap_or(0) * COLUMN;
+    let col = |node: u16| column_of.get(&node).copied().unwrap_or(0);
+    let labels: Vec<(String, i64)> = rows
+        .iter()
+        .map(|row| {
+            let label = match row {
+                Row::Message { record, .. } | Row::Note { record, .. } => record.label(),
+            };
+            let w = text_width(&label);
+            (label, w)
+        })
+        .collect();
+    // Lifelines far enough apart that every message label fits between the lifelines it spans, and that
+    // notes on neighbouring lifelines never touch.
+    let mut column = MIN_COLUMN;
+    for (row, (_, w)) in rows.iter().zip(&labels) {
+        let needed = match row {
+            Row::Message { from, to, .. } => (w + LABEL_GAP) / (col(*from) - col(*to)).abs().max(1),
+            Row::Note { .. } => w + 2 * NOTE_PAD + LABEL_GAP,
+        };
+        column = column.max(needed);
+    }
+    // Horizontal extent of everything, lifeline 0 at x = 0; then shift so the leftmost pixel is at MARGIN.
     let columns = i64::try_from(participants.len()).unwrap_or(0).max(1);
+    let (mut left, mut right) = (-HEAD_W / 2, (columns - 1) * column + HEAD_W / 2);
+    for (row, (_, w)) in rows.iter().zip(&labels) {
+        let (centre, half) = match row {
+            Row::Message { from, to, .. } => ((col(*from) + col(*to)) * column / 2, w / 2 + 1),
+            Row::Note { node, .. } => (col(*node) * column, w / 2 + NOTE_PAD),
+        };
+        left = left.min(centre - half);
+        right = right.max(centre + half);
+    }
+    let shift = MARGIN - left;
+    let x_of = |node: u16| shift + col(node) * column;
+    let width = right - left + 2 * MARGIN;
     let row_count = i64::try_from(rows.len()).unwrap_or(0);
-    let width = 2 * MARGIN + HEAD_W + (columns - 1) * COLUMN + NOTE_W / 2;
     let top = MARGIN + HEAD_H + ROW_H / 2;
     let bottom = top + row_count * ROW_H;
     let height = bottom + MARGIN;
@@ -289,29 +351,30 @@ pub fn svg(records: &[FlowRecord]) -> String {
             MARGIN + HEAD_H,
         );
     }
-    for (i, row) in rows.iter().enumerate() {
+    for (i, (row, (label, w))) in rows.iter().zip(&labels).enumerate() {
         let y = top + i64::try_from(i).unwrap_or(0) * ROW_H + ROW_H / 2;
         match row {
-            Row::Message { from, to, record } => {
+            Row::Message { from, to, .. } => {
                 let (x1, x2) = (x_of(*from), x_of(*to));
                 let _ = writeln!(
                     out,
                     r##"  <g class="message"><line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#333" marker-end="url(#arrowhead)"/><text x="{}" y="{}" text-anchor="middle">{}</text></g>"##,
                     (x1 + x2) / 2,
                     y - 5,
-                    xml_escape(&record.label()),
+                    xml_escape(label),
                 );
             }
-            Row::Note { node, record } => {
+            Row::Note { node, .. } => {
                 let x = x_of(*node);
+                let box_w = w + 2 * NOTE_PAD;
                 let _ = writeln!(
                     out,
-                    r##"  <g class="note"><rect x="{}" y="{}" width="{NOTE_W}" height="{}" fill="#ffc" stroke="#aa3"/><text x="{x}" y="{}" text-anchor="middle">{}</text></g>"##,
-                    x - NOTE_W / 2,
+                    r##"  <g class="note"><rect x="{}" y="{}" width="{box_w}" height="{}" fill="#ffc" stroke="#aa3"/><text x="{x}" y="{}" text-anchor="middle">{}</text></g>"##,
+                    x - box_w / 2,
                     y - ROW_H / 2 + 6,
                     ROW_H - 12,
                     y + 4,
-                    xml_escape(&record.label()),
+                    xml_escape(label),
                 );
             }
         }
@@ -455,6 +518,56 @@ sequenceDiagram
         assert_eq!(count("message"), 6);
         assert_eq!(count("note"), 1);
         assert_eq!(parsed.root_element().tag_name().name(), "svg");
+    }
+
+    /// Every note box holds its text (by the conservative width estimate), every label fits between the
+    /// lifelines it spans, and nothing leaves the canvas: a long ENTER detail on the leftmost node was
+    /// clipped by fixed 150 px boxes.
+    #[test]
+    fn svg_boxes_fit_their_text_inside_the_canvas() {
+        let mut records = lamport_acquire();
+        let mut enter = rec(9.5, 0, Direction::Local, None, "ENTER", Some(43));
+        enter.detail = Some("token=2555904 a much longer detail than any box of 150 px would hold".into());
+        records.push(enter);
+        let mut long = rec(9.6, 1, Direction::Sent, Some(2), "LOCK_REP", Some(44));
+        long.detail = Some("redirect owner=2 epoch=7 hops=3 WWWWMMMM".into());
+        records.push(long);
+        let doc = svg(&records);
+        let parsed = match roxmltree::Document::parse(&doc) {
+            Ok(d) => d,
+            Err(e) => panic!("not XML: {e}\n{doc}"),
+        };
+        let num = |n: roxmltree::Node<'_, '_>, a: &str| n.attribute(a).and_then(|v| v.parse::<i64>().ok());
+        let root = parsed.root_element();
+        let width = num(root, "width").unwrap_or(0);
+        let lifelines: Vec<i64> = parsed
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("participant"))
+            .filter_map(|g| g.children().find(|c| c.has_tag_name("line")).and_then(|l| num(l, "x1")))
+            .collect();
+        let mut notes = 0;
+        for g in parsed.descendants().filter(|n| matches!(n.attribute("class"), Some("note" | "message"))) {
+            let Some(text) = g.children().find(|c| c.has_tag_name("text")) else { panic!("no text") };
+            let label = text.text().unwrap_or_default();
+            let (tx, tw) = (num(text, "x").unwrap_or(0), text_width(label));
+            assert!(tx - tw / 2 >= 0 && tx + tw / 2 <= width, "{label:?} leaves the canvas (width {width})");
+            if g.attribute("class") == Some("note") {
+                notes += 1;
+                let Some(r) = g.children().find(|c| c.has_tag_name("rect")) else { panic!("no rect") };
+                let (x, w) = (num(r, "x").unwrap_or(-1), num(r, "width").unwrap_or(0));
+                assert!(w >= tw, "box {w} px for {label:?} ({tw} px)");
+                assert!(x <= tx - tw / 2 && x + w >= tx + tw / 2, "{label:?} sticks out of its box");
+                assert!(x >= 0 && x + w <= width, "box of {label:?} leaves the canvas");
+            } else {
+                let Some(l) = g.children().find(|c| c.has_tag_name("line")) else { panic!("no line") };
+                let (x1, x2) = (num(l, "x1").unwrap_or(0), num(l, "x2").unwrap_or(0));
+                assert!((x1 - x2).abs() >= tw, "{label:?} ({tw} px) is wider than its arrow");
+            }
+        }
+        assert_eq!(notes, 2);
+        assert!(lifelines.windows(2).all(|w| w[1] - w[0] >= MIN_COLUMN), "{lifelines:?}");
+        // The estimate bounds the real width: 39.8 and 181.2 px in DejaVu Sans at 12 px (its hmtx table).
+        assert!(text_width("ENTER") >= 40 && text_width("ENTER ts=43 token=2555904") >= 182);
     }
 
     #[test]

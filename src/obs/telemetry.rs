@@ -1,20 +1,19 @@
 //! Telemetry: logs (tracing-subscriber, text or JSON) and, when configured, OpenTelemetry traces over OTLP.
 //!
 //! Traces are exported only when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
-//! otherwise no OpenTelemetry layer is installed at all, so spans cost what plain `tracing` spans cost. The
-//! standard environment is honoured:
+//! otherwise no OpenTelemetry layer is installed at all, so spans cost what plain `tracing` spans cost.
 //!
-//! | variable | meaning |
-//! |---|---|
-//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full URL, used as is (HTTP: must include `/v1/traces`) |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL; for HTTP `/v1/traces` is appended |
-//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
-//! | `OTEL_SERVICE_NAME` | `service.name`, default `dmutex` (beats `service.name` in the attributes) |
-//! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (percent-encoded values) |
-//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_*` (default `parentbased_always_on`) |
-//!
-//! `service.instance.id` is always the node id. Headers, timeout, compression and `OTEL_BSP_*` are read by the
-//! OpenTelemetry crates themselves.
+//! The OpenTelemetry crates read the standard variables themselves: the endpoint (the signal-specific one as
+//! is, the generic one with `/v1/traces` appended for OTLP/HTTP), `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`,
+//! `_TIMEOUT`, `_INSECURE`, `_COMPRESSION` (`none` only: no codec is compiled in), `OTEL_TRACES_SAMPLER(_ARG)`,
+//! `OTEL_BSP_*`. This module adds only what they lack:
+//! - exporting is off unless an endpoint is set (the SDK would assume `localhost`);
+//! - `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` defaults to `http/protobuf`, as the specification says, whatever
+//!   cargo features the exporter crate was built with (its own default depends on them);
+//! - a misspelt protocol or sampler is a startup error: the crates log a warning and fall back to a default;
+//! - `OTEL_RESOURCE_ATTRIBUTES` values are percent-decoded, as the specification says (the SDK's detector
+//!   does not); `service.name` defaults to `dmutex` (`OTEL_SERVICE_NAME` wins, then the attribute);
+//!   `service.instance.id` is the node id.
 //!
 //! Invariants:
 //! - Exporting never blocks the caller: finished spans go to the SDK's batch processor, a bounded queue
@@ -28,6 +27,8 @@
 //! - The log filter and the OpenTelemetry filter are separate per-layer filters: a quiet log level (`warn`)
 //!   must not silence the trace pipeline, and the exporter's own HTTP/2 stack (tonic, hyper, h2, reqwest) is
 //!   never traced, which would feed back into itself.
+//! - Log lines carry ANSI colour only on a terminal and never with `NO_COLOR` set ([`log_colour`]): files,
+//!   pipes and `docker logs` get plain text.
 //!
 //! W3C trace context travels in peer messages as a `BTreeMap<String, String>` (`traceparent`, `tracestate`):
 //! [`inject`] on the sending side, [`set_parent`] (or [`extract`]) on the receiving side.
@@ -40,9 +41,11 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -62,6 +65,15 @@ pub const DEFAULT_SERVICE_NAME: &str = "dmutex";
 
 /// The instrumentation scope name of the tracer.
 const TRACER_NAME: &str = "dmutex";
+
+/// The signal-specific endpoint variable: a full URL, used as is.
+pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// The generic endpoint variable: a base URL (OTLP/HTTP appends `/v1/traces`).
+pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The signal-specific protocol variable (wins over [`PROTOCOL_VAR`]).
+pub const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// The generic protocol variable.
+pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 
 /// Set once an OpenTelemetry layer is installed by [`init_with`]: lets hot paths skip building spans and
 /// trace maps altogether when nothing would export them.
@@ -125,66 +137,70 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-/// The sampler, as named by `OTEL_TRACES_SAMPLER`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SamplerSetting {
-    /// Record every trace.
-    AlwaysOn,
-    /// Record nothing.
-    AlwaysOff,
-    /// Record this fraction of traces (by trace id).
-    TraceIdRatio(f64),
-    /// Follow the parent's decision; roots always on.
-    ParentBasedAlwaysOn,
-    /// Follow the parent's decision; roots always off.
-    ParentBasedAlwaysOff,
-    /// Follow the parent's decision; roots sampled by ratio.
-    ParentBasedTraceIdRatio(f64),
-}
+impl OtlpProtocol {
+    /// The protocol when neither protocol variable is set: `http/protobuf`, the OTLP exporter
+    /// specification's default.
+    pub const DEFAULT: OtlpProtocol = OtlpProtocol::HttpProtobuf;
 
-impl SamplerSetting {
-    fn to_sampler(self) -> Sampler {
+    /// The name used in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn name(self) -> &'static str {
         match self {
-            SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
-            SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
-            SamplerSetting::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerSetting::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            SamplerSetting::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            SamplerSetting::ParentBasedTraceIdRatio(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-            }
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
         }
     }
 }
 
-/// Everything needed to build the trace pipeline, resolved from the environment (or given by a test).
-#[derive(Clone, Debug, PartialEq)]
+/// Where spans are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OtlpEndpoint {
+    /// Configured by an environment variable, which the exporter reads itself (the value is kept for the
+    /// log): [`TRACES_ENDPOINT_VAR`] is used as is, [`ENDPOINT_VAR`] gets `/v1/traces` for OTLP/HTTP.
+    Env {
+        /// The variable that holds the endpoint.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A URL given in code, used as is (for OTLP/HTTP the full URL including `/v1/traces`).
+    Url(String),
+}
+
+impl fmt::Display for OtlpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OtlpEndpoint::Env { var, value } => write!(f, "{value} (from {var})"),
+            OtlpEndpoint::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// What this node decides about the trace pipeline; everything else the OpenTelemetry crates read from the
+/// environment themselves (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpSettings {
-    /// The URL spans are sent to (for HTTP it includes `/v1/traces`).
-    pub endpoint: String,
+    /// Where spans go.
+    pub endpoint: OtlpEndpoint,
     /// The transport.
     pub protocol: OtlpProtocol,
     /// `service.name`.
     pub service_name: String,
     /// `service.instance.id` (the node id).
     pub instance_id: String,
-    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), in the given order.
+    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, percent-decoded), in the given order.
     pub resource_attributes: Vec<(String, String)>,
-    /// The sampler.
-    pub sampler: SamplerSetting,
 }
 
 impl OtlpSettings {
-    /// Settings for `endpoint` with every other field at its default (for tests and programmatic use).
-    /// For HTTP, `endpoint` is the full URL including `/v1/traces`.
+    /// Settings for an explicit `endpoint` with every other field at its default (for tests and programmatic
+    /// use). For HTTP, `endpoint` is the full URL including `/v1/traces`.
     pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol, node_id: u16) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoint: OtlpEndpoint::Url(endpoint.into()),
             protocol,
             service_name: DEFAULT_SERVICE_NAME.into(),
             instance_id: node_id.to_string(),
             resource_attributes: Vec::new(),
-            sampler: SamplerSetting::ParentBasedAlwaysOn,
         }
     }
 
@@ -194,36 +210,23 @@ impl OtlpSettings {
     }
 
     /// Like [`OtlpSettings::from_env`] with an explicit variable lookup (so tests need not touch the
-    /// process environment). Empty values count as unset.
+    /// process environment). Empty values count as unset, as the exporter treats them.
     pub fn from_lookup(
         node_id: u16,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, TelemetryError> {
         let get = |k: &str| lookup(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let protocol =
-            match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL")) {
-                None => OtlpProtocol::Grpc,
-                Some(p) if p == "grpc" => OtlpProtocol::Grpc,
-                Some(p) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
-                Some(p) => {
-                    return Err(TelemetryError::InvalidSetting {
-                        var: "OTEL_EXPORTER_OTLP_PROTOCOL",
-                        value: p,
-                        reason: "supported: grpc, http/protobuf",
-                    });
-                }
-            };
-        // The signal-specific variable is used as is; the generic one is a base URL to which OTLP/HTTP adds
-        // the signal path (the OTLP exporter specification), gRPC has no path.
-        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
-            (Some(e), _) => e,
-            (None, Some(base)) => match protocol {
-                OtlpProtocol::Grpc => base,
-                OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-            },
+        let endpoint = match (get(TRACES_ENDPOINT_VAR), get(ENDPOINT_VAR)) {
+            (Some(value), _) => OtlpEndpoint::Env { var: TRACES_ENDPOINT_VAR, value },
+            (None, Some(value)) => OtlpEndpoint::Env { var: ENDPOINT_VAR, value },
             (None, None) => return Ok(None),
         };
-        let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
+        let protocol = match (get(TRACES_PROTOCOL_VAR), get(PROTOCOL_VAR)) {
+            (Some(p), _) => parse_protocol(TRACES_PROTOCOL_VAR, p)?,
+            (None, Some(p)) => parse_protocol(PROTOCOL_VAR, p)?,
+            (None, None) => OtlpProtocol::DEFAULT,
+        };
+        check_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         let resource_attributes =
             get("OTEL_RESOURCE_ATTRIBUTES").map(|s| parse_resource_attributes(&s)).unwrap_or_default();
         let service_name = get("OTEL_SERVICE_NAME")
@@ -235,7 +238,6 @@ impl OtlpSettings {
             service_name,
             instance_id: node_id.to_string(),
             resource_attributes,
-            sampler,
         }))
     }
 
@@ -253,36 +255,40 @@ impl OtlpSettings {
     }
 }
 
-fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerSetting, TelemetryError> {
-    let ratio = || -> Result<f64, TelemetryError> {
-        match &arg {
-            None => Ok(1.0),
-            Some(a) => match a.parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(TelemetryError::InvalidSetting {
-                    var: "OTEL_TRACES_SAMPLER_ARG",
-                    value: a.clone(),
-                    reason: "expected a ratio between 0 and 1",
-                }),
-            },
-        }
-    };
-    Ok(match name.as_deref() {
-        None | Some("parentbased_always_on") => SamplerSetting::ParentBasedAlwaysOn,
-        Some("always_on") => SamplerSetting::AlwaysOn,
-        Some("always_off") => SamplerSetting::AlwaysOff,
-        Some("traceidratio") => SamplerSetting::TraceIdRatio(ratio()?),
-        Some("parentbased_always_off") => SamplerSetting::ParentBasedAlwaysOff,
-        Some("parentbased_traceidratio") => SamplerSetting::ParentBasedTraceIdRatio(ratio()?),
-        Some(other) => {
+/// The exporter compares protocol names case-insensitively; so does this.
+fn parse_protocol(var: &'static str, value: String) -> Result<OtlpProtocol, TelemetryError> {
+    match value.to_ascii_lowercase().as_str() {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        _ => Err(TelemetryError::InvalidSetting { var, value, reason: "supported: grpc, http/protobuf" }),
+    }
+}
+
+/// Rejects what the SDK would only warn about and replace by its default: an unknown sampler name, or a
+/// ratio sampler whose argument is not a ratio. The SDK builds the sampler from the same two variables.
+fn check_sampler(name: Option<String>, arg: Option<String>) -> Result<(), TelemetryError> {
+    let needs_ratio = match name.as_deref() {
+        None | Some("always_on" | "always_off" | "parentbased_always_on" | "parentbased_always_off") => false,
+        Some("traceidratio" | "parentbased_traceidratio") => true,
+        Some(_) => {
             return Err(TelemetryError::InvalidSetting {
                 var: "OTEL_TRACES_SAMPLER",
-                value: other.to_string(),
+                value: name.unwrap_or_default(),
                 reason: "supported: always_on, always_off, traceidratio, parentbased_always_on, \
                          parentbased_always_off, parentbased_traceidratio",
             });
         }
-    })
+    };
+    match arg {
+        Some(a) if needs_ratio && !a.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) => {
+            Err(TelemetryError::InvalidSetting {
+                var: "OTEL_TRACES_SAMPLER_ARG",
+                value: a,
+                reason: "expected a ratio between 0 and 1",
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `k=v,k2=v2` with percent-encoded values (W3C Baggage octets); malformed members are skipped, as the
@@ -423,31 +429,40 @@ impl SpanExporter for CountingExporter {
 /// Builds the OTLP exporter, the bounded batch processor and the tracer provider for `settings`.
 ///
 /// Must be called inside a tokio runtime when the protocol is gRPC (the tonic channel's worker is spawned
-/// on it, lazily connecting; the runtime must outlive the provider). The batch processor's queue and delays
-/// come from `OTEL_BSP_*` (defaults: 2,048 spans, 5 s).
+/// on it, lazily connecting; the runtime must outlive the provider). The exporter reads the endpoint (unless
+/// `settings` gives a URL), headers, timeout and compression from the environment; the provider reads the
+/// sampler; the batch processor its queue size and delays (`OTEL_BSP_*`, defaults 2,048 spans and 5 s).
 pub fn build_tracer_provider(
     settings: &OtlpSettings,
 ) -> Result<(SdkTracerProvider, SpanCounters), TelemetryError> {
+    let url = match &settings.endpoint {
+        OtlpEndpoint::Url(url) => Some(url.clone()),
+        OtlpEndpoint::Env { .. } => None,
+    };
+    // The transport is chosen here, not by the exporter's own default, which depends on its cargo features.
     let exporter = match settings.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
-            .build()?,
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(settings.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build()?,
+        OtlpProtocol::Grpc => {
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            match url {
+                Some(url) => builder.with_endpoint(url).build()?,
+                None => builder.build()?,
+            }
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            match url {
+                Some(url) => builder.with_endpoint(url).build()?,
+                None => builder.build()?,
+            }
+        }
     };
     let counters = SpanCounters::default();
     let exporter = CountingExporter { inner: exporter, counters: counters.clone() };
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(BatchConfigBuilder::default().build())
-        .build();
+    let processor = BatchSpanProcessor::builder(exporter).build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(CountingProcessor { inner: processor, counters: counters.clone() })
-        .with_sampler(settings.sampler.to_sampler())
         .with_resource(settings.resource())
         .build();
     Ok((provider, counters))
@@ -526,6 +541,12 @@ pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     init_with(cfg, OtlpSettings::from_env(cfg.node_id)?)
 }
 
+/// Whether log lines carry ANSI colour: only when they go to a terminal, and never when `NO_COLOR` is set to
+/// a non-empty value (<https://no-color.org>).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&str>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(str::is_empty)
+}
+
 /// [`init`] with explicit trace settings (`None`: logs only).
 pub fn init_with(
     cfg: &TelemetryConfig,
@@ -533,11 +554,10 @@ pub fn init_with(
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&cfg.log)
         .map_err(|e| TelemetryError::InvalidLogFilter { filter: cfg.log.clone(), reason: e.to_string() })?;
-    let fmt: Box<dyn Layer<Registry> + Send + Sync> = if cfg.json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
-    } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
-    };
+    let ansi = log_colour(std::io::stderr().is_terminal(), std::env::var("NO_COLOR").ok().as_deref());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> =
+        if cfg.json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
     let pipeline = otlp.as_ref().map(build_tracer_provider).transpose()?;
     let otel = pipeline.as_ref().map(|(provider, _)| otel_layer(provider));
     tracing_subscriber::registry()
@@ -547,7 +567,12 @@ pub fn init_with(
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(s) = &otlp {
         EXPORTING.store(true, Ordering::Relaxed);
-        tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, service = %s.service_name, "exporting traces over OTLP");
+        tracing::info!(
+            endpoint = %s.endpoint,
+            protocol = s.protocol.name(),
+            service = %s.service_name,
+            "exporting traces over OTLP"
+        );
     }
     let (provider, counters) = match pipeline {
         Some((p, c)) => (Some(p), c),
@@ -657,60 +682,70 @@ mod tests {
         assert_eq!(OtlpSettings::from_lookup(3, lookup(&[("OTEL_SERVICE_NAME", "x")])).ok(), Some(None));
     }
 
+    fn settings(vars: &[(&str, &str)]) -> OtlpSettings {
+        match OtlpSettings::from_lookup(1, lookup(vars)) {
+            Ok(Some(s)) => s,
+            other => panic!("settings expected for {vars:?}: {other:?}"),
+        }
+    }
+
+    /// The exporter reads the endpoint itself (and appends `/v1/traces` to the generic one for OTLP/HTTP,
+    /// which tests/otlp_cluster.rs sees arrive); this side only decides whether there is one and which.
     #[test]
-    fn generic_http_endpoint_gets_the_signal_path_and_specific_one_does_not() {
-        let s = OtlpSettings::from_lookup(
-            1,
-            lookup(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318/"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ]),
-        )
-        .ok()
-        .flatten();
-        assert_eq!(s.as_ref().map(|s| s.endpoint.as_str()), Some("http://jaeger:4318/v1/traces"));
-        assert_eq!(s.as_ref().map(|s| s.protocol), Some(OtlpProtocol::HttpProtobuf));
-        let s = OtlpSettings::from_lookup(
-            1,
-            lookup(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ]),
-        )
-        .ok()
-        .flatten();
-        assert_eq!(s.map(|s| s.endpoint), Some("http://c:9/custom".to_string()));
-        let s =
-            OtlpSettings::from_lookup(1, lookup(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317")]))
-                .ok()
-                .flatten();
+    fn signal_specific_endpoint_wins_over_the_generic_one() {
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " http://jaeger:4318/ ")]);
+        assert_eq!(s.endpoint, OtlpEndpoint::Env { var: ENDPOINT_VAR, value: "http://jaeger:4318/".into() });
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom"),
+        ]);
         assert_eq!(
-            s.map(|s| (s.endpoint, s.protocol)),
-            Some(("http://jaeger:4317".to_string(), OtlpProtocol::Grpc))
+            s.endpoint,
+            OtlpEndpoint::Env { var: TRACES_ENDPOINT_VAR, value: "http://c:9/custom".into() }
+        );
+        assert_eq!(s.endpoint.to_string(), "http://c:9/custom (from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)");
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:1"),
+        ]);
+        assert_eq!(
+            s.endpoint,
+            OtlpEndpoint::Env { var: ENDPOINT_VAR, value: "http://b:1".into() },
+            "empty is unset"
         );
     }
 
+    /// The OTLP exporter specification: the default protocol is `http/protobuf`; the signal-specific
+    /// variable wins over the generic one.
     #[test]
-    fn service_name_sampler_and_resource_attributes() {
-        let s = OtlpSettings::from_lookup(
-            7,
-            lookup(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                (
-                    "OTEL_RESOURCE_ATTRIBUTES",
-                    "deployment.environment=dev,service.name=fromattrs,bad,team=a%2Cb",
-                ),
-                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-            ]),
-        )
-        .ok()
-        .flatten();
-        let Some(s) = s else { panic!("settings expected") };
+    fn protocol_defaults_to_http_protobuf_and_the_traces_variable_wins() {
+        assert_eq!(OtlpProtocol::DEFAULT, OtlpProtocol::HttpProtobuf);
+        assert_eq!(OtlpProtocol::DEFAULT.name(), "http/protobuf");
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318")]);
+        assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert_eq!(s.protocol, OtlpProtocol::Grpc);
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "GRPC"),
+        ]);
+        assert_eq!(s.protocol, OtlpProtocol::Grpc, "signal-specific, compared case-insensitively");
+    }
+
+    #[test]
+    fn service_name_and_resource_attributes() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=dev,service.name=fromattrs,bad,team=a%2Cb"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ]);
         assert_eq!(s.service_name, "fromattrs");
-        assert_eq!(s.instance_id, "7");
-        assert_eq!(s.sampler, SamplerSetting::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(s.instance_id, "1");
         assert_eq!(
             s.resource_attributes,
             vec![
@@ -720,23 +755,16 @@ mod tests {
             ]
         );
         let r = s.resource();
-        assert_eq!(r.get(&"service.instance.id".into()).map(|v| v.to_string()), Some("7".to_string()));
+        assert_eq!(r.get(&"service.instance.id".into()).map(|v| v.to_string()), Some("1".to_string()));
         assert_eq!(r.get(&"service.name".into()).map(|v| v.to_string()), Some("fromattrs".to_string()));
-        let s = OtlpSettings::from_lookup(
-            7,
-            lookup(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=fromattrs"),
-                ("OTEL_SERVICE_NAME", "svc"),
-                ("OTEL_TRACES_SAMPLER", "always_off"),
-            ]),
-        )
-        .ok()
-        .flatten();
-        assert_eq!(
-            s.map(|s| (s.service_name, s.sampler)),
-            Some(("svc".to_string(), SamplerSetting::AlwaysOff))
-        );
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=fromattrs"),
+            ("OTEL_SERVICE_NAME", "svc"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ]);
+        assert_eq!(s.service_name, "svc");
+        assert_eq!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).service_name, "dmutex");
     }
 
     #[test]
@@ -747,6 +775,20 @@ mod tests {
         ] {
             assert!(OtlpSettings::from_lookup(0, lookup(&vars)).is_err(), "{vars:?}");
         }
+        let r = OtlpSettings::from_lookup(
+            0,
+            lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http"),
+            ]),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(TelemetryError::InvalidSetting { var: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", .. })
+            ),
+            "the error names the variable that was wrong: {r:?}"
+        );
         let r = OtlpSettings::from_lookup(
             0,
             lookup(&[
@@ -767,6 +809,15 @@ mod tests {
         map.insert("traceparent".to_string(), "00-zz-\u{fffd}-01".to_string());
         assert!(!extract(&map).span().span_context().is_valid());
         set_parent(&span, &map);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("")), "an empty NO_COLOR counts as unset (no-color.org)");
+        assert!(!log_colour(true, Some("1")));
+        assert!(!log_colour(false, None), "files, pipes and `docker logs` get no escapes");
+        assert!(!log_colour(false, Some("1")));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! It serves OTLP/gRPC (tonic `TraceServiceServer`) and OTLP/HTTP with protobuf bodies (`POST /v1/traces`,
 //! axum) on two 127.0.0.1 ports chosen by the OS, and collects every span it receives, flattened with its
-//! resource attributes, into a shared list. Include it with `#[path = "support/otlp.rs"] mod otlp;`.
+//! resource attributes and the headers of its export request, into a shared list. Include it with `#[path = "support/otlp.rs"] mod otlp;`.
 
 #![allow(dead_code)]
 
@@ -53,6 +53,8 @@ pub struct CollectedSpan {
     pub resource: BTreeMap<String, String>,
     /// How it arrived.
     pub transport: Transport,
+    /// The headers (HTTP) or metadata (gRPC) of the export request that carried it; names in lower case.
+    pub headers: BTreeMap<String, String>,
 }
 
 impl CollectedSpan {
@@ -89,7 +91,19 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     kvs.iter().map(|kv| (kv.key.clone(), value_text(&kv.value))).collect()
 }
 
-fn collect(store: &Store, request: ExportTraceServiceRequest, transport: Transport) {
+fn header_map(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
+fn collect(
+    store: &Store,
+    request: ExportTraceServiceRequest,
+    transport: Transport,
+    headers: &BTreeMap<String, String>,
+) {
     let mut out = Vec::new();
     for rs in request.resource_spans {
         let resource = rs.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
@@ -103,6 +117,7 @@ fn collect(store: &Store, request: ExportTraceServiceRequest, transport: Transpo
                     attributes: attributes(&span.attributes),
                     resource: resource.clone(),
                     transport,
+                    headers: headers.clone(),
                 });
             }
         }
@@ -123,15 +138,20 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        collect(&self.store, request.into_inner(), Transport::Grpc);
+        let headers = header_map(&request.metadata().clone().into_headers());
+        collect(&self.store, request.into_inner(), Transport::Grpc, &headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
-async fn http_export(State(store): State<Store>, body: Bytes) -> axum::response::Response {
+async fn http_export(
+    State(store): State<Store>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
-            collect(&store, request, Transport::Http);
+            collect(&store, request, Transport::Http, &header_map(&headers));
             let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
             ([(header::CONTENT_TYPE, "application/x-protobuf")], reply).into_response()
         }
