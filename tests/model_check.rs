@@ -13,6 +13,12 @@
 //! - always "no refused messages": no engine rejects a message from a correct peer;
 //! - eventually "every request granted": every terminal state has granted every request (no deadlock).
 //!
+//! Leases (`*_lease_*`): node 0's holders never release; each of its grants carries a lease whose timer the
+//! checker may fire at any point. Its expiry must release the lock in the protocol: "mutual exclusion" and
+//! "fencing tokens increase" then say that a holder whose lease expired no longer counts and that the next
+//! holder's token is larger; always "an expired holder holds nothing" checks the engine agrees, and sometimes
+//! "a lease expired" that the case is reached at all.
+//!
 //! Network assumptions (`Network::new_ordered` = reliable FIFO per directed pair):
 //! - Lamport 1978 assumes FIFO links (rule 5 reads "a later message from every process" as "every earlier
 //!   REQUEST from it has arrived"); checked on an ordered network only.
@@ -28,7 +34,7 @@ use dmutex::algo::lamport::Lamport;
 use dmutex::algo::probable_owner::ProbableOwner;
 use dmutex::algo::ricart_agrawala::RicartAgrawala;
 use dmutex::algo::{
-    Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RequestId,
+    Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RequestId, TimerId,
 };
 use stateright::actor::{Actor, ActorModel, Id, Network, Out, model_timeout};
 use stateright::{Checker, Expectation, Model};
@@ -61,9 +67,17 @@ impl<M: std::fmt::Debug + Eq> Ord for Wire<M> {
     }
 }
 
-/// The only timer: "leave the critical section now".
+/// The model's timers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct ReleaseTimer;
+enum ModelTimer {
+    /// The script's "leave the critical section now".
+    Release,
+    /// A timer the engine set (a lease's end).
+    Core(TimerId),
+}
+
+/// The length of a forgetful holder's lease (the model's time does not pass; only the timer matters).
+const LEASE: Millis = Millis(10);
 
 /// One node: the engine and where its script stands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -74,18 +88,27 @@ struct NodeState<P: Protocol> {
     rejected: u8,
     holding: Option<RequestId>,
     last_token: Option<FencingToken>,
+    /// Requests whose lease expired.
+    expired: Vec<RequestId>,
 }
 
 /// The stateright actor over an [`Engine`].
 struct MutexActor<P> {
     nodes: usize,
     requests: u8,
+    /// Whether this node's holders never release (their leases expire instead).
+    forgetful: bool,
     _protocol: PhantomData<fn() -> P>,
 }
 
 impl<P> Clone for MutexActor<P> {
     fn clone(&self) -> Self {
-        MutexActor { nodes: self.nodes, requests: self.requests, _protocol: PhantomData }
+        MutexActor {
+            nodes: self.nodes,
+            requests: self.requests,
+            forgetful: self.forgetful,
+            _protocol: PhantomData,
+        }
     }
 }
 
@@ -101,11 +124,20 @@ impl<P: Protocol> MutexActor<P> {
                     state.holding = Some(req);
                     state.granted += 1;
                     state.last_token = Some(token);
-                    o.set_timer(ReleaseTimer, model_timeout());
+                    if !self.forgetful {
+                        o.set_timer(ModelTimer::Release, model_timeout());
+                    }
                 }
                 Action::Rejected { .. } => state.rejected += 1,
-                // No deadlines in the script, so no timers to honour.
-                Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
+                Action::LeaseExpired { req, .. } => {
+                    if state.holding == Some(req) {
+                        state.holding = None;
+                    }
+                    state.expired.push(req);
+                }
+                // Only leases set timers here (no deadlines in the script); when one fires does not matter.
+                Action::SetTimer { timer, .. } => o.set_timer(ModelTimer::Core(timer), model_timeout()),
+                Action::CancelTimer { timer } => o.cancel_timer(ModelTimer::Core(timer)),
             }
         }
     }
@@ -113,14 +145,22 @@ impl<P: Protocol> MutexActor<P> {
     fn issue(&self, state: &mut NodeState<P>, o: &mut Out<Self>) {
         state.issued += 1;
         let req = RequestId(u64::from(state.issued));
-        self.feed(state, Event::Acquire { req, lock: LOCK.into(), deadline: None }, o);
+        let ttl = self.forgetful.then_some(LEASE);
+        self.feed(state, Event::Acquire { req, lock: LOCK.into(), deadline: None, ttl }, o);
+    }
+
+    /// The script goes on once a grant ended (released or expired).
+    fn next(&self, state: &mut NodeState<P>, o: &mut Out<Self>) {
+        if state.issued < self.requests {
+            self.issue(state, o);
+        }
     }
 }
 
 impl<P: Protocol> Actor for MutexActor<P> {
     type Msg = Wire<P::Msg>;
     type State = NodeState<P>;
-    type Timer = ReleaseTimer;
+    type Timer = ModelTimer;
     type Random = ();
     type Storage = ();
 
@@ -133,6 +173,7 @@ impl<P: Protocol> Actor for MutexActor<P> {
             rejected: 0,
             holding: None,
             last_token: None,
+            expired: Vec::new(),
         };
         if self.requests > 0 {
             self.issue(&mut state, o);
@@ -146,13 +187,23 @@ impl<P: Protocol> Actor for MutexActor<P> {
         self.feed(state.to_mut(), event, o);
     }
 
-    fn on_timeout(&self, _id: Id, state: &mut Cow<Self::State>, _timer: &ReleaseTimer, o: &mut Out<Self>) {
-        let Some(req) = state.holding else { return };
-        let state = state.to_mut();
-        state.holding = None;
-        self.feed(state, Event::Release { req }, o);
-        if state.issued < self.requests {
-            self.issue(state, o);
+    fn on_timeout(&self, _id: Id, state: &mut Cow<Self::State>, timer: &ModelTimer, o: &mut Out<Self>) {
+        match timer {
+            ModelTimer::Release => {
+                let Some(req) = state.holding else { return };
+                let state = state.to_mut();
+                state.holding = None;
+                self.feed(state, Event::Release { req }, o);
+                self.next(state, o);
+            }
+            ModelTimer::Core(timer) => {
+                let state = state.to_mut();
+                let expired = state.expired.len();
+                self.feed(state, Event::Timer { timer: *timer }, o);
+                if state.expired.len() > expired {
+                    self.next(state, o);
+                }
+            }
         }
     }
 }
@@ -160,8 +211,23 @@ impl<P: Protocol> Actor for MutexActor<P> {
 type MutexModel<P> = ActorModel<MutexActor<P>, u8, ()>;
 
 fn model<P: Protocol>(nodes: usize, requests: u8, network: Network<Wire<P::Msg>>) -> MutexModel<P> {
+    model_with::<P>(nodes, requests, network, false)
+}
+
+/// The model; with `leases`, node 0's holders never release and their leases expire.
+fn model_with<P: Protocol>(
+    nodes: usize,
+    requests: u8,
+    network: Network<Wire<P::Msg>>,
+    leases: bool,
+) -> MutexModel<P> {
     ActorModel::new(requests, ())
-        .actors((0..nodes).map(|_| MutexActor { nodes, requests, _protocol: PhantomData }))
+        .actors((0..nodes).map(|i| MutexActor {
+            nodes,
+            requests,
+            forgetful: leases && i == 0,
+            _protocol: PhantomData,
+        }))
         .init_network(network)
         .property(Expectation::Always, "mutual exclusion", |_, s| {
             s.actor_states.iter().filter(|a| a.holding.is_some()).count() <= 1
@@ -185,14 +251,45 @@ fn model<P: Protocol>(nodes: usize, requests: u8, network: Network<Wire<P::Msg>>
         })
 }
 
+/// The lease properties on top of the others.
+fn with_lease_properties<P: Protocol>(model: MutexModel<P>) -> MutexModel<P> {
+    model
+        .property(Expectation::Always, "an expired holder holds nothing", |_, s| {
+            s.actor_states
+                .iter()
+                .all(|a| a.expired.iter().all(|r| a.engine.holder(LOCK) != Some(*r) && a.holding != Some(*r)))
+        })
+        .property(Expectation::Sometimes, "a lease expired", |_, s| {
+            s.actor_states.iter().any(|a| !a.expired.is_empty())
+        })
+}
+
 /// Checks every property exhaustively; prints the state count and time.
 fn check<P>(nodes: usize, requests: u8, network: Network<Wire<P::Msg>>, network_name: &str)
 where
     P: Protocol + Send + Sync + 'static,
     P::Msg: Send + Sync + 'static,
 {
+    check_model(model::<P>(nodes, requests, network), nodes, requests, network_name);
+}
+
+/// Checks the model in which node 0's holders never release and their leases expire.
+fn check_leases<P>(nodes: usize, requests: u8, network: Network<Wire<P::Msg>>, network_name: &str)
+where
+    P: Protocol + Send + Sync + 'static,
+    P::Msg: Send + Sync + 'static,
+{
+    let model = with_lease_properties(model_with::<P>(nodes, requests, network, true));
+    check_model(model, nodes, requests, &format!("{network_name}, node 0's leases expire"));
+}
+
+fn check_model<P>(model: MutexModel<P>, nodes: usize, requests: u8, network_name: &str)
+where
+    P: Protocol + Send + Sync + 'static,
+    P::Msg: Send + Sync + 'static,
+{
     let started = Instant::now();
-    let checker = model::<P>(nodes, requests, network).checker().threads(2).spawn_bfs().join();
+    let checker = model.checker().threads(2).spawn_bfs().join();
     eprintln!(
         "{} {nodes} nodes × {requests} requests, {network_name}: {} unique states, {:.1?}",
         P::ALGORITHM,
@@ -249,6 +346,26 @@ fn ricart_agrawala_unordered_2x2() {
 #[test]
 fn ricart_agrawala_unordered_3x1() {
     check::<RicartAgrawala>(3, 1, Network::new_unordered_nonduplicating([]), "unordered");
+}
+
+#[test]
+fn lamport_lease_expiry_2x2() {
+    check_leases::<Lamport>(2, 2, ordered(), "ordered");
+}
+
+#[test]
+fn ricart_agrawala_lease_expiry_2x2() {
+    check_leases::<RicartAgrawala>(2, 2, ordered(), "ordered");
+}
+
+#[test]
+fn probable_owner_lease_expiry_2x2() {
+    check_leases::<ProbableOwner>(2, 2, ordered(), "ordered");
+}
+
+#[test]
+fn probable_owner_lease_expiry_3x1() {
+    check_leases::<ProbableOwner>(3, 1, ordered(), "ordered");
 }
 
 #[test]

@@ -5,6 +5,12 @@
 //! protocol and, if another local client waits, requests again (so remote nodes get their turn in between:
 //! local waiters never starve the cluster).
 //!
+//! Leases: a grant may come with a lease ([`Event::Acquire`]'s `ttl`). The engine sets a
+//! [`TimerId::Lease`] timer at the grant, moves it on [`Event::KeepAlive`], and when it fires releases the lock
+//! exactly as [`Event::Release`] would (the protocol's next holder gets a larger fencing token), telling the
+//! driver with [`Action::LeaseExpired`]. So a holder that dies or hangs without releasing cannot block a lock
+//! for longer than its lease, in the node, the simulator and the model checker alike.
+//!
 //! Joining: a node that (re)starts does not know the cluster's clocks, so a request it timestamped at once
 //! could sort before grants already made. The engine therefore holds local requests back until it has heard
 //! every peer's handshake ([`Event::PeerIncarnation`], which carries the peer's clock and applies IR2).
@@ -28,16 +34,41 @@ pub struct EngineStats {
     pub timed_out: u64,
     /// Events refused with a [`CoreError`].
     pub refused: u64,
+    /// Grants whose lease ended without a release.
+    pub lease_expiries: u64,
+}
+
+/// A local request waiting for its lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Waiter {
+    req: RequestId,
+    deadline: Option<Millis>,
+    /// The length of the lease its grant comes with.
+    ttl: Option<Millis>,
+}
+
+/// The local request in the critical section.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct Holder {
+    req: RequestId,
+    /// When its lease ends (`None`: held until released).
+    lease_until: Option<Millis>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct LocalLock {
-    /// Local requests waiting, oldest first, with their deadlines.
-    waiters: VecDeque<(RequestId, Option<Millis>)>,
+    /// Local requests waiting, oldest first.
+    waiters: VecDeque<Waiter>,
     /// The local request in the critical section.
-    holder: Option<RequestId>,
+    holder: Option<Holder>,
     /// Whether this node has a request outstanding in the protocol (not yet entered).
     requested: bool,
+}
+
+impl LocalLock {
+    fn holder_req(&self) -> Option<RequestId> {
+        self.holder.map(|h| h.req)
+    }
 }
 
 /// One node's core for one algorithm: the [`Protocol`] plus local waiters and peer bookkeeping.
@@ -75,22 +106,34 @@ impl<P: Protocol> Engine<P> {
         out: &mut Vec<Action<P::Msg>>,
     ) -> Result<(), CoreError> {
         let result = match event {
-            Event::Acquire { req, lock, deadline } => self.acquire(now, req, lock, deadline, out),
-            Event::Release { req } => self.release(req, out),
-            Event::Cancel { req } => self.abandon(req, RejectReason::Cancelled, out),
+            Event::Acquire { req, lock, deadline, ttl } => self.acquire(now, req, lock, deadline, ttl, out),
+            Event::Release { req } => self.release(now, req, out),
+            Event::KeepAlive { req, until } => self.keepalive(now, req, until, out),
+            Event::Cancel { req } => self.abandon(now, req, RejectReason::Cancelled, out),
             Event::Timer { timer: TimerId::Deadline(req) } => {
                 // A timer for a request that was granted or cancelled meanwhile is simply stale.
                 match self.requests.get(&req) {
-                    Some(lock) if self.locks.get(lock).is_some_and(|l| l.holder != Some(req)) => {
-                        self.abandon(req, RejectReason::TimedOut, out)
+                    Some(lock) if self.locks.get(lock).is_some_and(|l| l.holder_req() != Some(req)) => {
+                        self.abandon(now, req, RejectReason::TimedOut, out)
                     }
                     _ => Ok(()),
                 }
             }
-            Event::Message { from, incarnation, msg } => self.message(from, incarnation, msg, out),
+            Event::Timer { timer: TimerId::Lease(req) } => {
+                // Stale if the request was released (or already expired) meanwhile; a keepalive re-sets the
+                // timer under the same id, so the driver never delivers the one it replaced.
+                match self.held_with_lease(req) {
+                    Some(lock) => {
+                        self.expire(now, req, lock, out);
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }
+            }
+            Event::Message { from, incarnation, msg } => self.message(now, from, incarnation, msg, out),
             Event::PeerIncarnation { peer, incarnation, clock } => {
                 self.protocol.observe_clock(clock);
-                self.peer_incarnation(peer, incarnation, out)
+                self.peer_incarnation(now, peer, incarnation, out)
             }
         };
         if result.is_err() {
@@ -105,6 +148,7 @@ impl<P: Protocol> Engine<P> {
         req: RequestId,
         lock: LockName,
         deadline: Option<Millis>,
+        ttl: Option<Millis>,
         out: &mut Vec<Action<P::Msg>>,
     ) -> Result<(), CoreError> {
         if self.requests.contains_key(&req) {
@@ -118,41 +162,102 @@ impl<P: Protocol> Engine<P> {
         }
         self.requests.insert(req, lock.clone());
         let local = self.locks.entry(lock.clone()).or_default();
-        local.waiters.push_back((req, deadline));
+        local.waiters.push_back(Waiter { req, deadline, ttl });
         if let Some(at) = deadline {
             out.push(Action::SetTimer { timer: TimerId::Deadline(req), at });
         }
-        self.pump(&lock, out);
+        self.pump(now, &lock, out);
         Ok(())
     }
 
-    fn release(&mut self, req: RequestId, out: &mut Vec<Action<P::Msg>>) -> Result<(), CoreError> {
+    fn release(
+        &mut self,
+        now: Millis,
+        req: RequestId,
+        out: &mut Vec<Action<P::Msg>>,
+    ) -> Result<(), CoreError> {
         let lock = self.requests.get(&req).cloned().ok_or(CoreError::UnknownRequest(req))?;
         let local = self.locks.get_mut(&lock).ok_or(CoreError::UnknownRequest(req))?;
-        if local.holder != Some(req) {
+        let Some(holder) = local.holder.filter(|h| h.req == req) else {
             return Err(CoreError::WrongState(req));
+        };
+        if holder.lease_until.is_some() {
+            out.push(Action::CancelTimer { timer: TimerId::Lease(req) });
         }
-        local.holder = None;
+        self.leave(now, req, lock, out);
+        Ok(())
+    }
+
+    /// Ends the grant of the local holder `req`: releases in the protocol and serves the next local waiter.
+    fn leave(&mut self, now: Millis, req: RequestId, lock: LockName, out: &mut Vec<Action<P::Msg>>) {
+        if let Some(local) = self.locks.get_mut(&lock) {
+            local.holder = None;
+        }
         self.requests.remove(&req);
         self.protocol.release(&lock, &self.peers, &mut self.scratch);
-        self.drain(out);
-        self.pump(&lock, out);
-        Ok(())
+        self.drain(now, out);
+        self.pump(now, &lock, out);
+    }
+
+    /// The lease of the holder `req` ended: the lock is released as if the holder had released it.
+    fn expire(&mut self, now: Millis, req: RequestId, lock: LockName, out: &mut Vec<Action<P::Msg>>) {
+        self.stats.lease_expiries += 1;
+        out.push(Action::LeaseExpired { req, lock: lock.clone() });
+        self.leave(now, req, lock, out);
+    }
+
+    fn keepalive(
+        &mut self,
+        now: Millis,
+        req: RequestId,
+        until: Millis,
+        out: &mut Vec<Action<P::Msg>>,
+    ) -> Result<(), CoreError> {
+        let lock = self.requests.get(&req).cloned().ok_or(CoreError::UnknownRequest(req))?;
+        let local = self.locks.get_mut(&lock).ok_or(CoreError::UnknownRequest(req))?;
+        let Some(holder) = local.holder.as_mut().filter(|h| h.req == req) else {
+            return Err(CoreError::WrongState(req));
+        };
+        match holder.lease_until {
+            // Held until released: there is no lease to extend.
+            None => Ok(()),
+            Some(end) if end <= now => {
+                // The lease ran out before the keepalive came (its timer just had not fired yet).
+                out.push(Action::CancelTimer { timer: TimerId::Lease(req) });
+                self.expire(now, req, lock, out);
+                Err(CoreError::LeaseExpired(req))
+            }
+            Some(end) => {
+                if until > end {
+                    holder.lease_until = Some(until);
+                    out.push(Action::SetTimer { timer: TimerId::Lease(req), at: until });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The lock of `req` if `req` holds it with a lease.
+    fn held_with_lease(&self, req: RequestId) -> Option<LockName> {
+        let lock = self.requests.get(&req)?;
+        let holder = self.locks.get(lock)?.holder?;
+        (holder.req == req && holder.lease_until.is_some()).then(|| lock.clone())
     }
 
     /// Removes a waiting request (cancel or deadline). Withdraws from the protocol if it was the last one.
     fn abandon(
         &mut self,
+        now: Millis,
         req: RequestId,
         reason: RejectReason,
         out: &mut Vec<Action<P::Msg>>,
     ) -> Result<(), CoreError> {
         let lock = self.requests.get(&req).cloned().ok_or(CoreError::UnknownRequest(req))?;
         let local = self.locks.get_mut(&lock).ok_or(CoreError::UnknownRequest(req))?;
-        let Some(pos) = local.waiters.iter().position(|(r, _)| *r == req) else {
+        let Some(pos) = local.waiters.iter().position(|w| w.req == req) else {
             return Err(CoreError::WrongState(req));
         };
-        let (_, deadline) = local.waiters.remove(pos).unwrap_or((req, None));
+        let deadline = local.waiters.remove(pos).and_then(|w| w.deadline);
         self.requests.remove(&req);
         if reason == RejectReason::Cancelled && deadline.is_some() {
             out.push(Action::CancelTimer { timer: TimerId::Deadline(req) });
@@ -165,7 +270,7 @@ impl<P: Protocol> Engine<P> {
         if local.waiters.is_empty() && local.requested {
             local.requested = false;
             self.protocol.withdraw(&lock, &self.peers, &mut self.scratch);
-            self.drain(out);
+            self.drain(now, out);
         }
         self.forget_if_idle(&lock);
         Ok(())
@@ -173,6 +278,7 @@ impl<P: Protocol> Engine<P> {
 
     fn message(
         &mut self,
+        now: Millis,
         from: NodeId,
         incarnation: super::Incarnation,
         msg: P::Msg,
@@ -188,17 +294,18 @@ impl<P: Protocol> Engine<P> {
             Some(known) if incarnation == known => {}
             // A message from an incarnation whose handshake we have not seen: the transport delivers the
             // handshake first, so treat the message as the introduction.
-            _ => self.peer_incarnation(from, incarnation, out)?,
+            _ => self.peer_incarnation(now, from, incarnation, out)?,
         }
         let result = self.protocol.on_message(from, msg, &mut self.peers, &mut self.scratch);
-        self.drain(out);
+        self.drain(now, out);
         // A protocol may learn of restarts from a message (probable-owner's recovery query); joining may follow.
-        self.maybe_join(out);
+        self.maybe_join(now, out);
         result
     }
 
     fn peer_incarnation(
         &mut self,
+        now: Millis,
         peer: NodeId,
         incarnation: super::Incarnation,
         out: &mut Vec<Action<P::Msg>>,
@@ -210,32 +317,32 @@ impl<P: Protocol> Engine<P> {
             PeerChange::Unknown => return Err(CoreError::UnknownPeer(peer)),
             PeerChange::Restarted => {
                 self.protocol.peer_restarted(peer, &self.peers, &mut self.scratch);
-                self.drain(out);
+                self.drain(now, out);
             }
             PeerChange::Joined | PeerChange::Same | PeerChange::Stale => {}
         }
-        self.maybe_join(out);
+        self.maybe_join(now, out);
         Ok(())
     }
 
-    fn maybe_join(&mut self, out: &mut Vec<Action<P::Msg>>) {
+    fn maybe_join(&mut self, now: Millis, out: &mut Vec<Action<P::Msg>>) {
         if self.joined || !self.peers.all_known() {
             return;
         }
         self.joined = true;
         let waiting: Vec<LockName> = self.locks.keys().cloned().collect();
         for lock in waiting {
-            self.pump(&lock, out);
+            self.pump(now, &lock, out);
         }
     }
 
     /// Issues the protocol request for `lock` if a local waiter needs one.
-    fn pump(&mut self, lock: &str, out: &mut Vec<Action<P::Msg>>) {
+    fn pump(&mut self, now: Millis, lock: &str, out: &mut Vec<Action<P::Msg>>) {
         let Some(local) = self.locks.get_mut(lock) else { return };
         if self.joined && local.holder.is_none() && !local.requested && !local.waiters.is_empty() {
             local.requested = true;
             self.protocol.request(lock, &self.peers, &mut self.scratch);
-            self.drain(out);
+            self.drain(now, out);
         }
         self.forget_if_idle(lock);
     }
@@ -246,8 +353,8 @@ impl<P: Protocol> Engine<P> {
         }
     }
 
-    /// Turns protocol outputs into actions; an entry goes to the oldest local waiter.
-    fn drain(&mut self, out: &mut Vec<Action<P::Msg>>) {
+    /// Turns protocol outputs into actions; an entry goes to the oldest local waiter (and starts its lease).
+    fn drain(&mut self, now: Millis, out: &mut Vec<Action<P::Msg>>) {
         let mut outputs = std::mem::take(&mut self.scratch);
         for output in outputs.drain(..) {
             match output {
@@ -256,13 +363,17 @@ impl<P: Protocol> Engine<P> {
                     let local = self.locks.entry(lock.clone()).or_default();
                     local.requested = false;
                     match local.waiters.pop_front() {
-                        Some((req, deadline)) => {
-                            local.holder = Some(req);
+                        Some(Waiter { req, deadline, ttl }) => {
+                            let lease_until = ttl.map(|ttl| Millis(now.0.saturating_add(ttl.0)));
+                            local.holder = Some(Holder { req, lease_until });
                             if deadline.is_some() {
                                 out.push(Action::CancelTimer { timer: TimerId::Deadline(req) });
                             }
                             self.stats.granted += 1;
                             out.push(Action::Granted { req, lock, token });
+                            if let Some(at) = lease_until {
+                                out.push(Action::SetTimer { timer: TimerId::Lease(req), at });
+                            }
                         }
                         None => {
                             // Contract breach by the protocol (entered after a withdraw): leave at once
@@ -311,12 +422,18 @@ impl<P: Protocol> Engine<P> {
 
     /// The local request holding `lock`, if any.
     pub fn holder(&self, lock: &str) -> Option<RequestId> {
-        self.locks.get(lock).and_then(|l| l.holder)
+        self.locks.get(lock).and_then(LocalLock::holder_req)
+    }
+
+    /// When the lease of the granted request `req` ends (`None` if it is not held, or held without a lease).
+    pub fn lease_until(&self, req: RequestId) -> Option<Millis> {
+        let holder = self.locks.get(self.requests.get(&req)?)?.holder?;
+        if holder.req == req { holder.lease_until } else { None }
     }
 
     /// Local requests waiting for `lock`, oldest first.
     pub fn local_waiters(&self, lock: &str) -> Vec<RequestId> {
-        self.locks.get(lock).map(|l| l.waiters.iter().map(|(r, _)| *r).collect()).unwrap_or_default()
+        self.locks.get(lock).map(|l| l.waiters.iter().map(|w| w.req).collect()).unwrap_or_default()
     }
 
     /// Every lock with local state (held or waited for), in name order.
@@ -337,5 +454,185 @@ impl<P: Protocol> Engine<P> {
     /// Whether a request for `lock` needs `peer` to be reachable to make progress.
     pub fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {
         self.protocol.needs_peer(lock, peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::lamport::{Lamport, LamportMsg};
+    use crate::algo::{FencingToken, Incarnation};
+
+    fn engine(me: u16, n: usize) -> Engine<Lamport> {
+        Engine::new(Lamport::fresh(NodeId(me), n), Peers::formed(NodeId(me), n))
+    }
+
+    fn step(e: &mut Engine<Lamport>, now: u64, event: Event<LamportMsg>) -> Vec<Action<LamportMsg>> {
+        let mut out = Vec::new();
+        e.handle(Millis(now), event, &mut out).expect("a well-formed event");
+        out
+    }
+
+    fn acquire(req: u64, ttl: Option<u64>) -> Event<LamportMsg> {
+        Event::Acquire { req: RequestId(req), lock: "a".into(), deadline: None, ttl: ttl.map(Millis) }
+    }
+
+    fn token_of(actions: &[Action<LamportMsg>], req: u64) -> FencingToken {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Granted { req: r, token, .. } if *r == RequestId(req) => Some(*token),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no grant for request {req} in {actions:?}"))
+    }
+
+    fn lease_timer(req: u64, at: u64) -> Action<LamportMsg> {
+        Action::SetTimer { timer: TimerId::Lease(RequestId(req)), at: Millis(at) }
+    }
+
+    /// Delivers every message in `out` from `from` to the other engine of a two-node cluster, and what that
+    /// engine answers back, until both are quiet; returns every action of `to`.
+    fn exchange(
+        engines: &mut [Engine<Lamport>; 2],
+        now: u64,
+        from: usize,
+        out: Vec<Action<LamportMsg>>,
+    ) -> Vec<Vec<Action<LamportMsg>>> {
+        let mut seen = vec![Vec::new(), Vec::new()];
+        let mut queue: VecDeque<(usize, Action<LamportMsg>)> = out.into_iter().map(|a| (from, a)).collect();
+        while let Some((node, action)) = queue.pop_front() {
+            if let Action::Send { to, msg } = action {
+                let to = usize::from(to.0);
+                let event = Event::Message { from: NodeId(node as u16), incarnation: Incarnation(0), msg };
+                for a in step(&mut engines[to], now, event) {
+                    seen[to].push(a.clone());
+                    queue.push_back((to, a));
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_grant_with_a_ttl_sets_its_lease_timer_and_release_cancels_it() {
+        let mut e = engine(0, 1);
+        let out = step(&mut e, 10, acquire(1, Some(100)));
+        assert_eq!(
+            out,
+            vec![
+                Action::Granted { req: RequestId(1), lock: "a".into(), token: token_of(&out, 1) },
+                lease_timer(1, 110),
+            ]
+        );
+        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(110)));
+        assert_eq!(
+            step(&mut e, 20, Event::Release { req: RequestId(1) }),
+            vec![Action::CancelTimer { timer: TimerId::Lease(RequestId(1)) }]
+        );
+        // The timer the driver failed to forget is stale: nothing happens.
+        assert_eq!(step(&mut e, 110, Event::Timer { timer: TimerId::Lease(RequestId(1)) }), vec![]);
+        assert_eq!(e.stats().lease_expiries, 0);
+    }
+
+    #[test]
+    fn lease_expiry_releases_and_the_next_local_waiter_gets_a_larger_token() {
+        let mut e = engine(0, 1);
+        let first = token_of(&step(&mut e, 0, acquire(1, Some(100))), 1);
+        assert_eq!(step(&mut e, 5, acquire(2, Some(100))), vec![]);
+        let out = step(&mut e, 100, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
+        let second = token_of(&out, 2);
+        assert_eq!(
+            out,
+            vec![
+                Action::LeaseExpired { req: RequestId(1), lock: "a".into() },
+                Action::Granted { req: RequestId(2), lock: "a".into(), token: second },
+                lease_timer(2, 200),
+            ]
+        );
+        assert!(second > first, "{second:?} after {first:?}");
+        assert_eq!(e.holder("a"), Some(RequestId(2)));
+        assert_eq!(e.stats().lease_expiries, 1);
+        // The expired holder no longer holds anything: its late release is refused.
+        let mut out = Vec::new();
+        assert_eq!(
+            e.handle(Millis(150), Event::Release { req: RequestId(1) }, &mut out),
+            Err(CoreError::UnknownRequest(RequestId(1)))
+        );
+        assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn keepalive_moves_the_lease_end_and_never_shortens_it() {
+        let mut e = engine(0, 1);
+        step(&mut e, 0, acquire(1, Some(100)));
+        let keep = |until: u64| Event::KeepAlive { req: RequestId(1), until: Millis(until) };
+        assert_eq!(step(&mut e, 50, keep(150)), vec![lease_timer(1, 150)]);
+        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(150)));
+        assert_eq!(step(&mut e, 60, keep(120)), vec![], "an earlier end does not shorten the lease");
+        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(150)));
+        // The driver replaced the timer at 100 by the one at 150: only that one fires, and expires the lease.
+        let out = step(&mut e, 150, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
+        assert_eq!(out, vec![Action::LeaseExpired { req: RequestId(1), lock: "a".into() }]);
+        assert_eq!(e.holder("a"), None);
+    }
+
+    #[test]
+    fn a_keepalive_at_or_after_the_lease_end_expires_it_and_is_refused() {
+        let mut e = engine(0, 1);
+        step(&mut e, 0, acquire(1, Some(100)));
+        let mut out = Vec::new();
+        let late = Event::KeepAlive { req: RequestId(1), until: Millis(200) };
+        assert_eq!(e.handle(Millis(100), late, &mut out), Err(CoreError::LeaseExpired(RequestId(1))));
+        assert_eq!(
+            out,
+            vec![
+                Action::CancelTimer { timer: TimerId::Lease(RequestId(1)) },
+                Action::LeaseExpired { req: RequestId(1), lock: "a".into() },
+            ]
+        );
+        assert_eq!(e.holder("a"), None);
+        assert_eq!(e.stats().lease_expiries, 1);
+    }
+
+    #[test]
+    fn keepalive_of_a_waiting_unknown_or_lease_free_request() {
+        let mut e = engine(0, 1);
+        step(&mut e, 0, acquire(1, None));
+        step(&mut e, 0, acquire(2, Some(100)));
+        let mut out = Vec::new();
+        let keep = |req: u64| Event::KeepAlive { req: RequestId(req), until: Millis(500) };
+        assert_eq!(e.handle(Millis(1), keep(2), &mut out), Err(CoreError::WrongState(RequestId(2))));
+        assert_eq!(e.handle(Millis(1), keep(9), &mut out), Err(CoreError::UnknownRequest(RequestId(9))));
+        // Held until released: there is no lease, so nothing to extend and nothing to expire.
+        assert_eq!(e.handle(Millis(1), keep(1), &mut out), Ok(()));
+        assert_eq!(out, vec![]);
+        assert_eq!(e.lease_until(RequestId(1)), None);
+    }
+
+    /// Lamport rule 3 on expiry: the expired holder's RELEASE reaches the peer, whose waiting request enters
+    /// with a larger fencing token.
+    #[test]
+    fn lease_expiry_releases_in_the_protocol_so_a_peer_enters_with_a_larger_token() {
+        let mut engines = [engine(0, 2), engine(1, 2)];
+        let out = step(&mut engines[0], 0, acquire(1, Some(50)));
+        let seen = exchange(&mut engines, 0, 0, out);
+        let first = token_of(&seen[0], 1);
+        assert_eq!(engines[0].holder("a"), Some(RequestId(1)));
+        let out = step(&mut engines[1], 1, acquire(7, None));
+        exchange(&mut engines, 1, 1, out);
+        assert_eq!(engines[1].holder("a"), None, "node 1 waits behind node 0's lease");
+
+        let out = step(&mut engines[0], 50, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
+        assert!(matches!(out[0], Action::LeaseExpired { req: RequestId(1), .. }), "{out:?}");
+        assert!(
+            out.iter().any(|a| matches!(a, Action::Send { msg: LamportMsg::Release { .. }, .. })),
+            "{out:?}"
+        );
+        let seen = exchange(&mut engines, 50, 0, out);
+        let second = token_of(&seen[1], 7);
+        assert!(second > first, "{second:?} after {first:?}");
+        assert_eq!(engines[1].holder("a"), Some(RequestId(7)));
+        assert_eq!(engines[0].holder("a"), None);
     }
 }

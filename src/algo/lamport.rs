@@ -96,6 +96,14 @@ impl ProtocolMessage for LamportMsg {
             | LamportMsg::Release { ts, .. } => Some(*ts),
         }
     }
+
+    fn is_request(&self) -> bool {
+        matches!(self, LamportMsg::Request { .. })
+    }
+
+    fn is_answer(&self) -> bool {
+        matches!(self, LamportMsg::Reply { .. })
+    }
 }
 
 /// One lock as this node sees it.
@@ -510,13 +518,18 @@ pub(crate) mod testnet {
                     Action::Rejected { req, .. } => {
                         self.timers.remove(&(node, *req));
                     }
+                    // No acquire here asks for a lease.
+                    Action::SetTimer { .. } | Action::CancelTimer { .. } | Action::LeaseExpired { .. } => {}
                 }
             }
         }
 
         /// Shorthand for an acquire without deadline.
         pub fn acquire(&mut self, node: usize, req: u64, lock: &str) -> Vec<Action<P::Msg>> {
-            self.handle(node, Event::Acquire { req: RequestId(req), lock: lock.into(), deadline: None })
+            self.handle(
+                node,
+                Event::Acquire { req: RequestId(req), lock: lock.into(), deadline: None, ttl: None },
+            )
         }
 
         /// Shorthand for a release.
@@ -688,7 +701,10 @@ pub(crate) mod testnet {
                 let node = rng.below(n);
                 let lock = LOCKS[rng.below(LOCKS.len())];
                 let deadline = (rng.below(3) == 0).then(|| Millis(step as u64 + 1 + rng.below(40) as u64));
-                net.handle(node, Event::Acquire { req: RequestId(next_req), lock: lock.into(), deadline });
+                net.handle(
+                    node,
+                    Event::Acquire { req: RequestId(next_req), lock: lock.into(), deadline, ttl: None },
+                );
                 next_req += 1;
             } else if roll < 82 {
                 let mut held: Vec<(usize, RequestId)> = Vec::new();
@@ -822,8 +838,12 @@ mod tests {
     fn lamport_rule1_request_is_timestamped_queued_and_sent_to_all() {
         let mut e = Engine::new(Lamport::fresh(NodeId(0), 3), Peers::formed(NodeId(0), 3));
         let mut out = Vec::new();
-        e.handle(Millis(0), Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None }, &mut out)
-            .unwrap();
+        e.handle(
+            Millis(0),
+            Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None, ttl: None },
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, vec![send(1, req("a", 1)), send(2, req("a", 1))]);
         assert_eq!(queue(e.protocol(), "a"), vec![(1, 0)]);
         assert_eq!(e.view("a").own_request, Some(LamportTs(1)));
@@ -1238,6 +1258,7 @@ mod tests {
             req: RequestId(req),
             lock: "a".into(),
             deadline: Some(Millis(at)),
+            ttl: None,
         };
         assert_eq!(net.acquire(0, 1, "a"), vec![send(1, req("a", 1))]);
         assert_eq!(
@@ -1286,7 +1307,8 @@ mod tests {
         let mut net = Net::new(2, lamport);
         net.acquire(1, 1, "a");
         net.deliver_all();
-        let acquire = Event::Acquire { req: RequestId(2), lock: "a".into(), deadline: Some(Millis(50)) };
+        let acquire =
+            Event::Acquire { req: RequestId(2), lock: "a".into(), deadline: Some(Millis(50)), ttl: None };
         assert_eq!(
             net.handle(0, acquire),
             vec![

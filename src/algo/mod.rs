@@ -8,14 +8,14 @@
 //! ```text
 //!   Event ──► Engine<P> ──► P: Protocol (lamport | ricart_agrawala | probable_owner)
 //!              │  local FIFO of waiters, deadlines,      │
-//!              │  peer incarnations, joining            │  Send / Entered
+//!              │  leases, peer incarnations, joining     │  Send / Entered
 //!              ◄────────────────────────────────────────┘
 //!   Action ◄── Engine<P>
 //! ```
 //!
-//! [`Engine`] holds what every algorithm needs (the local FIFO of waiters per lock, acquire deadlines, the
-//! table of peer incarnations, joining after a (re)start); a [`Protocol`] holds only the distributed
-//! algorithm: when to send what, and when this node may enter the critical section.
+//! [`Engine`] holds what every algorithm needs (the local FIFO of waiters per lock, acquire deadlines, grant
+//! leases, the table of peer incarnations, joining after a (re)start); a [`Protocol`] holds only the
+//! distributed algorithm: when to send what, and when this node may enter the critical section.
 
 pub mod engine;
 pub mod lamport;
@@ -125,6 +125,8 @@ impl std::str::FromStr for Algorithm {
 pub enum TimerId {
     /// The deadline of a waiting acquire request.
     Deadline(RequestId),
+    /// The end of a granted request's lease: unless kept alive, the engine releases the lock then.
+    Lease(RequestId),
 }
 
 /// Input to a core.
@@ -139,11 +141,23 @@ pub enum Event<M> {
         lock: LockName,
         /// Give up at this time (an [`Action::Rejected`] with [`RejectReason::TimedOut`]).
         deadline: Option<Millis>,
+        /// The lease the grant comes with, as a length of time: unless kept alive ([`Event::KeepAlive`]) the
+        /// lock is released this long after the grant ([`Action::LeaseExpired`]). `None`: held until released.
+        ttl: Option<Millis>,
     },
     /// The local holder of a granted request leaves the critical section.
     Release {
         /// The granted request.
         req: RequestId,
+    },
+    /// The holder of a granted request with a lease extends it: the lease now ends at `until` (never earlier
+    /// than it already did). A keepalive that comes at or after the lease's end is too late: the lease expires
+    /// at once and the keepalive is refused ([`CoreError::LeaseExpired`]).
+    KeepAlive {
+        /// The granted request.
+        req: RequestId,
+        /// The lease's new end.
+        until: Millis,
     },
     /// A waiting (not yet granted) request is withdrawn.
     Cancel {
@@ -174,6 +188,24 @@ pub enum Event<M> {
         /// Its Lamport clock at the handshake (IR2 applies to it).
         clock: LamportTs,
     },
+}
+
+impl<M> Event<M> {
+    /// The same event with its message (if any) converted by `f`; `Err` gives back a message `f` refused
+    /// (how a driver that carries several algorithms' messages in one type hands each core its own).
+    pub fn try_map<N>(self, f: impl FnOnce(M) -> Result<N, M>) -> Result<Event<N>, M> {
+        Ok(match self {
+            Event::Acquire { req, lock, deadline, ttl } => Event::Acquire { req, lock, deadline, ttl },
+            Event::Release { req } => Event::Release { req },
+            Event::KeepAlive { req, until } => Event::KeepAlive { req, until },
+            Event::Cancel { req } => Event::Cancel { req },
+            Event::Message { from, incarnation, msg } => Event::Message { from, incarnation, msg: f(msg)? },
+            Event::Timer { timer } => Event::Timer { timer },
+            Event::PeerIncarnation { peer, incarnation, clock } => {
+                Event::PeerIncarnation { peer, incarnation, clock }
+            }
+        })
+    }
 }
 
 /// Why a request ended without a grant.
@@ -211,6 +243,14 @@ pub enum Action<M> {
         /// Why.
         reason: RejectReason,
     },
+    /// The lease of the local holder `req` ended without a release or keepalive: the engine has released `lock`
+    /// (in the protocol, so the next holder's token is larger); the driver forgets the lease and counts it.
+    LeaseExpired {
+        /// The request whose grant ended.
+        req: RequestId,
+        /// Its lock.
+        lock: LockName,
+    },
     /// Deliver [`Event::Timer`] at `at` (replaces an earlier timer with the same id).
     SetTimer {
         /// Which timer.
@@ -225,6 +265,20 @@ pub enum Action<M> {
     },
 }
 
+impl<M> Action<M> {
+    /// The same action with its message (if any) converted by `f`.
+    pub fn map<N>(self, f: impl FnOnce(M) -> N) -> Action<N> {
+        match self {
+            Action::Send { to, msg } => Action::Send { to, msg: f(msg) },
+            Action::Granted { req, lock, token } => Action::Granted { req, lock, token },
+            Action::Rejected { req, reason } => Action::Rejected { req, reason },
+            Action::LeaseExpired { req, lock } => Action::LeaseExpired { req, lock },
+            Action::SetTimer { timer, at } => Action::SetTimer { timer, at },
+            Action::CancelTimer { timer } => Action::CancelTimer { timer },
+        }
+    }
+}
+
 /// An input the core refused. Counted and logged by the driver; never a panic.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CoreError {
@@ -237,6 +291,9 @@ pub enum CoreError {
     /// `Release` named a request that is not granted, or `Cancel` one that is.
     #[error("request {0:?} is not in the state the event needs")]
     WrongState(RequestId),
+    /// A keepalive came at or after its lease's end: the lease has expired instead.
+    #[error("the lease of request {0:?} has expired")]
+    LeaseExpired(RequestId),
     /// A message came from a node id outside the cluster.
     #[error("message from unknown node {0}")]
     UnknownPeer(NodeId),
@@ -279,7 +336,11 @@ pub enum Output<M> {
     },
 }
 
-/// A protocol message: enough to count it by type and route it by lock.
+/// A protocol message: enough to count it by type, route it by lock, and let a driver follow one acquire's
+/// messages across nodes without knowing any algorithm's message variants.
+///
+/// The provided methods describe a message that asks for nothing, answers nothing and hands nothing over;
+/// an algorithm overrides the ones its messages need.
 pub trait ProtocolMessage: Clone + fmt::Debug + Eq + std::hash::Hash {
     /// The message type in the papers' words (`REQUEST`, `LOCK_ACQ`, …); used for counters and traces.
     fn kind(&self) -> &'static str;
@@ -287,6 +348,33 @@ pub trait ProtocolMessage: Clone + fmt::Debug + Eq + std::hash::Hash {
     fn lock(&self) -> &str;
     /// The Lamport timestamp the message carries, if the algorithm stamps its messages.
     fn timestamp(&self) -> Option<LamportTs>;
+
+    /// Whether a later message from the receiver answers this one ([`ProtocolMessage::is_answer`]), however
+    /// much later: the driver keeps the request's trace context so that the answer joins the requester's trace.
+    fn is_request(&self) -> bool {
+        false
+    }
+
+    /// Whether the message answers a request from its receiver for the same lock.
+    fn is_answer(&self) -> bool {
+        false
+    }
+
+    /// Whether the message tells its receiver to ask another node instead (counted as a redirect).
+    fn is_redirect(&self) -> bool {
+        false
+    }
+
+    /// The nodes whose waiting requests this message hands over to its receiver (a transfer that carries a
+    /// queue): the driver moves their trace contexts along. Empty, and allocation-free, for other messages.
+    fn handed_over(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
+
+    /// A short text for message-flow diagrams and traces (where a redirect points, a grant's epoch, …).
+    fn flow_detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A distributed mutual-exclusion algorithm, seen from one node, for every lock at once.

@@ -68,6 +68,14 @@ impl ProtocolMessage for RaMsg {
             RaMsg::Request { ts, .. } | RaMsg::Reply { ts, .. } => Some(*ts),
         }
     }
+
+    fn is_request(&self) -> bool {
+        matches!(self, RaMsg::Request { .. })
+    }
+
+    fn is_answer(&self) -> bool {
+        matches!(self, RaMsg::Reply { .. })
+    }
 }
 
 /// One lock that this node requests or holds.
@@ -297,8 +305,12 @@ mod tests {
     fn ra_request_goes_to_every_other_node() {
         let mut e = Engine::new(ra(NodeId(0), 3), Peers::formed(NodeId(0), 3));
         let mut out = Vec::new();
-        e.handle(Millis(0), Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None }, &mut out)
-            .unwrap();
+        e.handle(
+            Millis(0),
+            Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None, ttl: None },
+            &mut out,
+        )
+        .unwrap();
         let sends = |to: u16| Action::Send { to: NodeId(to), msg: req("a", 1) };
         assert_eq!(out, vec![sends(1), sends(2)]);
         assert_eq!(e.view("a").own_request, Some(LamportTs(1)));
@@ -416,7 +428,8 @@ mod tests {
         let mut net = Net::new(2, ra);
         net.acquire(0, 1, "a");
         net.acquire(0, 2, "a");
-        let acquire = Event::Acquire { req: RequestId(3), lock: "a".into(), deadline: Some(Millis(10)) };
+        let acquire =
+            Event::Acquire { req: RequestId(3), lock: "a".into(), deadline: Some(Millis(10)), ttl: None };
         net.handle(0, acquire);
         net.acquire(1, 4, "a");
         net.deliver_all();

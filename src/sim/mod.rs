@@ -27,7 +27,9 @@
 //!   `(timestamp, node)` order", and the token's node bits must name the granted node;
 //! - the engine's view of its local holder matches the grants the harness saw;
 //! - grants and rejections only for requests that are waiting; time-outs only at or after the deadline;
-//!   a cancel is answered at once.
+//!   a cancel is answered at once;
+//! - leases (some holders never release, [`SimConfig::lease_prob`]): a lease expires only for its holder and
+//!   never before its TTL has passed since the grant; the next holder's token is larger (the fencing check).
 //!
 //! At the end (the workload has stopped, every crashed node has restarted, the event queue is empty) every
 //! request issued to a live node must have been granted or rejected: otherwise the run reports the stuck
@@ -147,6 +149,8 @@ pub struct SimConfig {
     pub cancel_prob: f64,
     /// Probability that a request carries a deadline (which may expire while it waits).
     pub deadline_prob: f64,
+    /// Probability that a request's holder never releases: its grant carries a lease, which expires.
+    pub lease_prob: f64,
     /// Whether nodes crash and restart.
     pub crash: bool,
     /// Largest message delay in ms (each message takes `1..=max_delay`).
@@ -174,10 +178,11 @@ impl SimConfig {
         let requests = 3 + rng.below(8) as usize;
         let max_delay = 1 + rng.below(10);
         let max_hold = rng.below(2 * max_delay + 1);
-        let (cancel_prob, deadline_prob, crash) = match mode {
-            SimMode::FaultFree => (0.0, 0.0, false),
-            SimMode::Cancels => (0.25, 0.25, false),
-            SimMode::Crashes => (0.1, 0.1, true),
+        // Leases only with cancels: a lease draw in the other modes would change their pinned regression runs.
+        let (cancel_prob, deadline_prob, lease_prob, crash) = match mode {
+            SimMode::FaultFree => (0.0, 0.0, 0.0, false),
+            SimMode::Cancels => (0.25, 0.25, 0.2, false),
+            SimMode::Crashes => (0.1, 0.1, 0.0, true),
         };
         SimConfig {
             nodes,
@@ -185,6 +190,7 @@ impl SimConfig {
             requests,
             cancel_prob,
             deadline_prob,
+            lease_prob,
             crash,
             max_delay,
             max_hold,
@@ -233,6 +239,8 @@ pub struct SimReport {
     pub refused: u64,
     /// Crashes that happened.
     pub crashes: u64,
+    /// Grants that ended by lease expiry (holders that never released).
+    pub lease_expiries: u64,
     /// Grants whose token was not above an earlier one after *every* node that was up at the earlier grant
     /// had crashed since: nothing that knew the earlier token survived (no stable storage), the documented
     /// limitation. Counted, not a violation.
@@ -344,6 +352,10 @@ struct Req {
     node: NodeId,
     lock: String,
     deadline: Option<Millis>,
+    /// The lease of a holder that never releases.
+    ttl: Option<Millis>,
+    /// When its lease may end at the earliest (set at the grant).
+    lease_end: Option<Millis>,
     state: ReqState,
     cancelling: bool,
 }
@@ -653,6 +665,12 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         } else {
             None
         };
+        // Drawn only when leases are on, so that the other modes' runs stay as they were.
+        let ttl = if self.cfg.lease_prob > 0.0 && self.rng.chance(self.cfg.lease_prob) {
+            Some(Millis(1 + self.rng.below(2 * self.cfg.max_delay + 1)))
+        } else {
+            None
+        };
         if !self.live(node) {
             // Nobody to ask: the request is never issued (a client would get a connection error).
             return Ok(());
@@ -662,13 +680,25 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         self.report.issued += 1;
         self.requests.insert(
             req,
-            Req { node, lock: lock.clone(), deadline, state: ReqState::Waiting, cancelling: false },
+            Req {
+                node,
+                lock: lock.clone(),
+                deadline,
+                ttl,
+                lease_end: None,
+                state: ReqState::Waiting,
+                cancelling: false,
+            },
         );
         if let Some(after) = cancel_after {
             self.schedule(Millis(self.now.0 + after), Item::Cancel { node, req });
         }
-        note!(self, "t={} node {node} ACQUIRE {req:?} {lock} deadline {deadline:?}", self.now.0);
-        self.feed(node, Event::Acquire { req, lock, deadline }, true)
+        note!(
+            self,
+            "t={} node {node} ACQUIRE {req:?} {lock} deadline {deadline:?} lease {ttl:?}",
+            self.now.0
+        );
+        self.feed(node, Event::Acquire { req, lock, deadline, ttl }, true)
     }
 
     /// Saturated load: the node wants the lock again as soon as its request ended.
@@ -785,6 +815,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 Ok(())
             }
             Action::Granted { req, lock, token } => self.granted(node, req, lock, token),
+            Action::LeaseExpired { req, lock } => self.lease_expired(node, req, lock),
             Action::Rejected { req, reason } => {
                 note!(self, "    node {node} REJECTED {req:?} {reason:?}");
                 let Some(r) = self.requests.get(&req) else {
@@ -878,14 +909,44 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             .collect();
         self.token_witnesses.insert(lock.clone(), up);
         self.holders.insert(lock, (node, req));
+        let mut forgetful = false;
         if let Some(r) = self.requests.get_mut(&req) {
             r.state = ReqState::Held(token);
+            r.lease_end = r.ttl.map(|ttl| Millis(self.now.0 + ttl.0));
+            forgetful = r.ttl.is_some();
         }
         self.report.grants += 1;
         self.report.entry_messages.push(self.msgs_since_grant);
         self.msgs_since_grant = 0;
-        let hold = self.rng.below(self.cfg.max_hold + 1);
-        self.schedule(Millis(self.now.0 + hold), Item::Release { node, req });
+        if !forgetful {
+            let hold = self.rng.below(self.cfg.max_hold + 1);
+            self.schedule(Millis(self.now.0 + hold), Item::Release { node, req });
+        }
+        Ok(())
+    }
+
+    /// A holder that never released lost its lock: only a holder's lease expires, and not before its end.
+    fn lease_expired(&mut self, node: NodeId, req: RequestId, lock: String) -> Step {
+        note!(self, "    node {node} LEASE EXPIRED {req:?} {lock}");
+        let Some(r) = self.requests.get(&req) else {
+            return Err(format!("node {node}: the lease of {req:?} expired, but it is not a live request"));
+        };
+        if r.node != node || !matches!(r.state, ReqState::Held(_)) || r.lock != lock {
+            return Err(format!(
+                "node {node}: the lease of {req:?} for {lock} expired, but it is {:?} for {} at node {}",
+                r.state, r.lock, r.node
+            ));
+        }
+        if r.lease_end.is_none_or(|end| self.now < end) {
+            return Err(format!(
+                "node {node}: the lease of {req:?} expired at t={}, before its end {:?}",
+                self.now.0, r.lease_end
+            ));
+        }
+        self.requests.remove(&req);
+        self.holders.remove(&lock);
+        self.report.lease_expiries += 1;
+        self.request_ended(node);
         Ok(())
     }
 

@@ -207,6 +207,45 @@ impl ProtocolMessage for PoMsg {
     fn timestamp(&self) -> Option<LamportTs> {
         None
     }
+
+    fn is_request(&self) -> bool {
+        matches!(self, PoMsg::Acq { .. })
+    }
+
+    fn is_answer(&self) -> bool {
+        matches!(self, PoMsg::Rep { .. })
+    }
+
+    fn is_redirect(&self) -> bool {
+        matches!(self, PoMsg::Rep { outcome: RepOutcome::Redirect { .. }, .. })
+    }
+
+    /// A grant moves ownership and with it the owner's queue: its waiters now wait at the receiver.
+    fn handed_over(&self) -> Vec<NodeId> {
+        match self {
+            PoMsg::Rep { outcome: RepOutcome::Granted { queue, .. }, .. } => {
+                queue.iter().map(|(node, _)| *node).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn flow_detail(&self) -> Option<String> {
+        match self {
+            PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. } => {
+                Some(format!("redirect to N{}", owner.0))
+            }
+            PoMsg::Rep { outcome: RepOutcome::Granted { epoch, queue, .. }, .. } => {
+                Some(if queue.is_empty() {
+                    format!("grant epoch={epoch}")
+                } else {
+                    format!("grant epoch={epoch} queue={}", queue.len())
+                })
+            }
+            PoMsg::OwnerUpdate { owner, epoch, .. } => Some(format!("owner=N{} epoch={epoch}", owner.0)),
+            _ => None,
+        }
+    }
 }
 
 /// The token, while this node owns it.
