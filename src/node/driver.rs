@@ -1,0 +1,229 @@
+//! The node loop: one task, one `select!` over API commands, transport input, the earliest core timer and a
+//! housekeeping tick. Each input becomes events for the cores ([`Cores`]), queued with their [`Cause`]; at the
+//! end of every turn [`Node::run_work`] feeds them in order and executes the actions: peer messages go to the
+//! transport (one ordered outbound queue per peer keeps links FIFO), grants and rejections answer the
+//! waiting client, timers go into the [`TimerTable`]. Actions may queue more events (a grant nobody waits for
+//! is released), which the same turn runs too, so a release and the next local acquire it serves happen in
+//! one turn.
+//!
+//! Nothing else touches the cores, so no locks are needed around them. Must never: await inside a turn
+//! (except to flush the transport at shutdown), or decide anything an algorithm decides.
+
+use super::NodeSettings;
+use super::cores::Cores;
+use super::handle::{Command, Shared};
+use super::leases::Leases;
+use super::links::TraceLinks;
+use super::msg::PeerMsg;
+use super::observe::{Cause, Observer, Seen};
+use super::peers::PeerState;
+use super::requests::Pending;
+use crate::algo::{Action, Algorithm, CoreError, Event, Millis, ProtocolMessage, RequestId, TimerId};
+use crate::net::transport::{Inbound, TransportHandle};
+use crate::net::wire::Envelope;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often readiness, gauges and the availability of waiting requests are refreshed.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+
+/// The node loop's state.
+pub(crate) struct Node {
+    pub(super) settings: NodeSettings,
+    pub(super) cores: Cores,
+    pub(super) transport: TransportHandle<PeerMsg>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) observer: Observer,
+    /// The origin of the cores' time ([`Millis`]).
+    started: Instant,
+    pub(super) next_req: u64,
+    /// Local acquires not yet answered.
+    pub(super) pending: BTreeMap<RequestId, Pending>,
+    pub(super) leases: Leases,
+    pub(super) timers: super::timers::TimerTable,
+    pub(super) peers: Vec<PeerState>,
+    pub(super) links: TraceLinks,
+    /// Events for the cores, in order, with what caused them.
+    pub(super) work: VecDeque<(Algorithm, Event<PeerMsg>, Cause)>,
+    /// The actions of one event (reused).
+    actions: Vec<Action<PeerMsg>>,
+}
+
+impl Node {
+    pub(crate) fn new(
+        settings: NodeSettings,
+        transport: TransportHandle<PeerMsg>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let n = settings.peers.len();
+        Node {
+            cores: Cores::new(&settings),
+            transport,
+            observer: Observer::new(shared.clone()),
+            shared,
+            started: Instant::now(),
+            next_req: 1,
+            pending: BTreeMap::new(),
+            leases: Leases::default(),
+            timers: Default::default(),
+            peers: (0..n).map(|_| PeerState::default()).collect(),
+            links: TraceLinks::default(),
+            work: VecDeque::new(),
+            actions: Vec::new(),
+            settings,
+        }
+    }
+
+    /// The cores' time: milliseconds since the loop started.
+    pub(super) fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// The instant a core's time stands for.
+    pub(super) fn instant_of(&self, at: Millis) -> Instant {
+        self.started + Duration::from_millis(at.0)
+    }
+
+    /// Runs until a shutdown command (or every handle is gone), then shuts down gracefully.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: mpsc::UnboundedReceiver<Inbound<PeerMsg>>,
+    ) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.housekeeping();
+        loop {
+            let next_timer = self.timers.next().map(|at| self.instant_of(at));
+            let sleep = tokio::time::sleep_until(
+                next_timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into(),
+            );
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown { reply }) => {
+                        self.graceful_shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                    None => {
+                        self.graceful_shutdown().await;
+                        return;
+                    }
+                },
+                Some(input) = inbound.recv() => self.on_inbound(input),
+                _ = sleep, if next_timer.is_some() => self.fire_timers(),
+                _ = tick.tick() => self.housekeeping(),
+            }
+            self.run_work();
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Acquire { req, reply } => self.acquire(req, reply),
+            Command::Release { lock, lease, reply } => {
+                let _ = reply.send(self.release(&lock, &lease));
+            }
+            Command::KeepAlive { lease, reply } => {
+                let _ = reply.send(self.keepalive(&lease));
+            }
+            Command::LockInfo { lock, reply } => {
+                let _ = reply.send(self.lock_info(&lock));
+            }
+            Command::Cluster { reply } => {
+                let _ = reply.send(self.cluster_info());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            // Handled by the loop itself.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Queues the due timers' events; a lease's expiry is caused by its `lock.release`.
+    fn fire_timers(&mut self) {
+        let now = self.now();
+        while let Some((algorithm, timer)) = self.timers.pop_due(now) {
+            let cause = match timer {
+                TimerId::Lease(req) => self.release_cause(req),
+                TimerId::Deadline(_) => Cause::default(),
+            };
+            self.work.push_back((algorithm, Event::Timer { timer }, cause));
+        }
+    }
+
+    /// Feeds queued events to the cores and executes their actions until nothing is left.
+    pub(super) fn run_work(&mut self) {
+        while let Some((algorithm, event, cause)) = self.work.pop_front() {
+            if let Err(e) = self.feed(algorithm, event, &cause) {
+                let reason = match &e {
+                    CoreError::StaleIncarnation { .. } => "stale_incarnation",
+                    CoreError::UnknownPeer(_) => "unknown_peer",
+                    CoreError::Unexpected { .. } => "unexpected_message",
+                    _ => "refused_event",
+                };
+                tracing::debug!(algorithm = algorithm.as_str(), error = %e, "core refused an event");
+                self.observer.seen(Seen::Dropped { reason });
+            }
+        }
+        self.shared.set_clock(self.cores.max_clock());
+    }
+
+    /// Feeds one event to `algorithm`'s core now and executes its actions.
+    pub(super) fn feed(
+        &mut self,
+        algorithm: Algorithm,
+        event: Event<PeerMsg>,
+        cause: &Cause,
+    ) -> Result<(), CoreError> {
+        let now = self.now();
+        let mut actions = std::mem::take(&mut self.actions);
+        let result = self.cores.handle(algorithm, now, event, &mut actions);
+        for action in actions.drain(..) {
+            self.execute(algorithm, action, cause);
+        }
+        self.actions = actions;
+        result
+    }
+
+    fn execute(&mut self, algorithm: Algorithm, action: Action<PeerMsg>, cause: &Cause) {
+        match action {
+            Action::Send { to, msg } => self.send(algorithm, to, msg, cause),
+            Action::Granted { req, lock, token } => self.granted(algorithm, req, lock, token, cause),
+            Action::Rejected { req, reason } => self.rejected(req, reason),
+            Action::LeaseExpired { req, lock } => self.lease_expired(req, &lock),
+            Action::SetTimer { timer, at } => self.timers.set(algorithm, timer, at),
+            Action::CancelTimer { timer } => self.timers.cancel(algorithm, timer),
+        }
+    }
+
+    fn send(&mut self, algorithm: Algorithm, to: crate::algo::NodeId, msg: PeerMsg, cause: &Cause) {
+        // An answer joins the trace of the request it answers (remembered when it arrived), which for a
+        // deferred REPLY or a handoff is not the work that happens to send it.
+        let answered = self.links.answering(to, &msg);
+        let cause = answered.as_ref().unwrap_or(cause);
+        let mut trace = BTreeMap::new();
+        self.links.hand_over(&msg, &mut trace);
+        self.observer.seen(Seen::Sent { to, msg: &msg, cause, trace: &mut trace });
+        let core = self.cores.get(algorithm);
+        let ts = msg.timestamp().unwrap_or_else(|| core.clock());
+        let env = Envelope { ts, trace, to_incarnation: core.peer_incarnation(to), body: msg };
+        if let Err(e) = self.transport.send(to, env) {
+            tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
+        }
+    }
+
+    /// Housekeeping tick: waiting requests that need a peer which is down are answered 503 now rather than at
+    /// their timeout; readiness and gauges are refreshed.
+    fn housekeeping(&mut self) {
+        self.withdraw_unavailable();
+        self.update_readiness();
+        self.run_work();
+    }
+}

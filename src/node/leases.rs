@@ -1,0 +1,116 @@
+//! The leases this node's clients hold: what a lease id names (which core's request, which lock, which
+//! token) and what the answers to keepalive, release and lock-info need.
+//!
+//! When a lease ends is not kept here: the core owns it (the grant's lease timer, moved by keepalives, fires
+//! as [`crate::algo::Action::LeaseExpired`]), so there is one clock for a lease and it is the core's.
+
+use crate::algo::{Algorithm, FencingToken, RequestId};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A granted lock as its client sees it.
+pub(crate) struct Lease {
+    /// The core's request that holds the lock.
+    pub(crate) req: RequestId,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) lock: String,
+    pub(crate) token: FencingToken,
+    /// How long each keepalive extends it.
+    pub(crate) ttl: Duration,
+    pub(crate) granted: Instant,
+    /// Flow id of the acquire that got the lease.
+    pub(crate) acquire_id: String,
+    /// The acquire's trace context: `lock.release` is its child.
+    pub(crate) otel: Option<opentelemetry::Context>,
+}
+
+/// The leases held through this node, by lease id and by request.
+#[derive(Default)]
+pub(crate) struct Leases {
+    by_id: BTreeMap<String, Lease>,
+    id_of: BTreeMap<RequestId, String>,
+}
+
+impl Leases {
+    /// Records a new lease under a fresh random id; returns the id.
+    pub(crate) fn insert(&mut self, lease: Lease) -> String {
+        let id = format!("{:032x}", rand::random::<u128>());
+        self.id_of.insert(lease.req, id.clone());
+        self.by_id.insert(id.clone(), lease);
+        id
+    }
+
+    /// The lease named `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Lease> {
+        self.by_id.get(id)
+    }
+
+    /// The lease of the core's request `req`.
+    pub(crate) fn of_request(&self, req: RequestId) -> Option<&Lease> {
+        self.id_of.get(&req).and_then(|id| self.by_id.get(id))
+    }
+
+    /// Forgets the lease named `id`.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Lease> {
+        let lease = self.by_id.remove(id)?;
+        self.id_of.remove(&lease.req);
+        Some(lease)
+    }
+
+    /// Forgets the lease of the request `req`; returns its id too.
+    pub(crate) fn remove_request(&mut self, req: RequestId) -> Option<(String, Lease)> {
+        let id = self.id_of.remove(&req)?;
+        let lease = self.by_id.remove(&id)?;
+        Some((id, lease))
+    }
+
+    /// Every lease id, in order.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.by_id.keys().cloned().collect()
+    }
+
+    /// The leases on `lock`, by id.
+    pub(crate) fn on_lock<'a>(&'a self, lock: &'a str) -> impl Iterator<Item = (&'a str, &'a Lease)> + 'a {
+        self.by_id.iter().filter(move |(_, l)| l.lock == lock).map(|(id, l)| (id.as_str(), l))
+    }
+
+    /// How many leases are held.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(req: u64, lock: &str) -> Lease {
+        Lease {
+            req: RequestId(req),
+            algorithm: Algorithm::Lamport,
+            lock: lock.into(),
+            token: FencingToken(req),
+            ttl: Duration::from_secs(1),
+            granted: Instant::now(),
+            acquire_id: format!("a{req}"),
+            otel: None,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_found_by_id_and_by_request_and_forgotten_by_either() {
+        let mut leases = Leases::default();
+        let a = leases.insert(lease(1, "x"));
+        let b = leases.insert(lease(2, "y"));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_eq!(leases.get(&a).map(|l| l.req), Some(RequestId(1)));
+        assert_eq!(leases.of_request(RequestId(2)).map(|l| l.lock.as_str()), Some("y"));
+        assert_eq!(leases.on_lock("x").map(|(id, _)| id.to_string()).collect::<Vec<_>>(), vec![a.clone()]);
+        assert_eq!(leases.remove_request(RequestId(1)).map(|(id, _)| id), Some(a.clone()));
+        assert!(leases.get(&a).is_none());
+        assert!(leases.remove(&b).is_some());
+        assert!(leases.of_request(RequestId(2)).is_none());
+        assert_eq!(leases.len(), 0);
+    }
+}

@@ -1,0 +1,270 @@
+//! Clients' requests through their life: an acquire waits ([`Pending`]) until its core grants or rejects it;
+//! a grant becomes a lease ([`super::leases`]) that the client keeps alive and releases, or that expires in
+//! the core; shutdown answers every waiter and releases every lease.
+
+use super::driver::Node;
+use super::leases::Lease;
+use super::observe::{Cause, Seen};
+use crate::algo::{Algorithm, Event, FencingToken, Millis, RejectReason, RequestId};
+use crate::api::error::ApiError;
+use crate::api::types::{AcquireRequest, Grant};
+use crate::obs::metrics::Outcome;
+use crate::obs::telemetry;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A local acquire that has not been answered yet.
+pub(crate) struct Pending {
+    pub(super) algorithm: Algorithm,
+    pub(super) lock: String,
+    reply: Option<oneshot::Sender<Result<Grant, ApiError>>>,
+    started: Instant,
+    timeout: Duration,
+    ttl: Duration,
+    /// Set when the node itself withdrew the request (peer down, shutdown): the answer to give.
+    pub(super) withdrawn: Option<ApiError>,
+    /// Flow id of this acquire.
+    acquire_id: String,
+    /// The `lock.acquire` root span (a disabled span when not exporting); ends at the outcome.
+    span: tracing::Span,
+}
+
+fn millis(d: Duration) -> Millis {
+    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Node {
+    pub(super) fn acquire(&mut self, req: AcquireRequest, reply: oneshot::Sender<Result<Grant, ApiError>>) {
+        let algorithm = req.algorithm.unwrap_or(self.settings.default_algorithm);
+        if self.shared.shutting_down() {
+            self.observer.seen(Seen::Answered { algorithm, outcome: Outcome::Shutdown });
+            let _ = reply.send(Err(ApiError::ShuttingDown));
+            return;
+        }
+        let ttl = req.ttl.unwrap_or(self.settings.default_ttl);
+        if ttl > self.settings.max_ttl || ttl.is_zero() {
+            let _ = reply.send(Err(ApiError::BadRequest(format!(
+                "ttl_ms must be between 1 and {}",
+                self.settings.max_ttl.as_millis()
+            ))));
+            return;
+        }
+        if let Some(why) = self.unavailable(algorithm, &req.lock) {
+            self.observer.seen(Seen::Answered { algorithm, outcome: Outcome::Unavailable });
+            let _ = reply.send(Err(ApiError::Unavailable(why)));
+            return;
+        }
+        let timeout = req.timeout.unwrap_or(self.settings.default_timeout);
+        let id = RequestId(self.next_req);
+        self.next_req += 1;
+        let deadline = Millis(self.now().0.saturating_add(millis(timeout).0));
+        let clock = self.cores.get(algorithm).clock();
+        let mut cause = self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock });
+        let span = cause.span.take().unwrap_or_else(tracing::Span::none);
+        self.pending.insert(
+            id,
+            Pending {
+                algorithm,
+                lock: req.lock.clone(),
+                reply: Some(reply),
+                started: Instant::now(),
+                timeout,
+                ttl,
+                withdrawn: None,
+                acquire_id: cause.acquire.clone().unwrap_or_default(),
+                span,
+            },
+        );
+        let event =
+            Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline), ttl: Some(millis(ttl)) };
+        self.work.push_back((algorithm, event, cause));
+    }
+
+    /// The core granted `req`: the waiting client gets a lease, or, if it went away, the lock goes back.
+    pub(super) fn granted(
+        &mut self,
+        algorithm: Algorithm,
+        req: RequestId,
+        lock: String,
+        token: FencingToken,
+        cause: &Cause,
+    ) {
+        let Some(mut p) = self.pending.remove(&req) else {
+            // Nobody waits for it any more: give it back at once.
+            self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
+            return;
+        };
+        let waited = p.started.elapsed();
+        let clock = self.cores.get(algorithm).clock();
+        let (acquire, span) = (p.acquire_id.as_str(), &p.span);
+        self.observer.seen(Seen::Entered { algorithm, lock: &lock, acquire, token, waited, span, clock });
+        let otel = telemetry::context_of(&p.span);
+        let ended = |outcome| Seen::Ended { algorithm, lock: &lock, acquire, outcome, waited, span, clock };
+        match p.reply.take() {
+            Some(reply) if !reply.is_closed() => {
+                self.observer.seen(ended(Outcome::Granted));
+                let lease = Lease {
+                    req,
+                    algorithm,
+                    lock: lock.clone(),
+                    token,
+                    ttl: p.ttl,
+                    granted: Instant::now(),
+                    acquire_id: p.acquire_id.clone(),
+                    otel,
+                };
+                let id = self.leases.insert(lease);
+                let grant = Grant {
+                    name: lock,
+                    lease: id.clone().into(),
+                    fencing_token: token.0,
+                    algorithm: Some(algorithm),
+                    node_id: Some(self.settings.me.0),
+                    waited_ms: Some(waited.as_millis() as u64),
+                    ttl_ms: Some(p.ttl.as_millis() as u64),
+                };
+                if reply.send(Ok(grant)).is_err() {
+                    // The client went away between the check and the send: release now.
+                    self.end_lease(&id);
+                }
+            }
+            _ => {
+                self.observer.seen(ended(Outcome::Abandoned));
+                let release = Seen::Release { algorithm, lock: &lock, token, acquire, otel: otel.as_ref() };
+                let cause = self.observer.seen(release);
+                self.work.push_back((algorithm, Event::Release { req }, cause));
+            }
+        }
+    }
+
+    /// The core ended `req` without a grant: the client learns why.
+    pub(super) fn rejected(&mut self, req: RequestId, reason: RejectReason) {
+        let Some(mut p) = self.pending.remove(&req) else { return };
+        let err = match (p.withdrawn.take(), reason) {
+            (Some(e), _) => e,
+            (None, RejectReason::TimedOut) => ApiError::Timeout(p.timeout.as_millis() as u64),
+            (None, RejectReason::Cancelled) => ApiError::Cancelled,
+        };
+        let outcome = match &err {
+            ApiError::Timeout(_) => Outcome::Timeout,
+            ApiError::Unavailable(_) => Outcome::Unavailable,
+            ApiError::ShuttingDown => Outcome::Shutdown,
+            _ => Outcome::Cancelled,
+        };
+        let algorithm = p.algorithm;
+        self.observer.seen(Seen::Ended {
+            algorithm,
+            lock: &p.lock,
+            acquire: &p.acquire_id,
+            outcome,
+            waited: p.started.elapsed(),
+            span: &p.span,
+            clock: self.cores.get(algorithm).clock(),
+        });
+        if let Some(reply) = p.reply.take() {
+            let _ = reply.send(Err(err));
+        }
+    }
+
+    pub(super) fn release(&mut self, lock: &str, lease: &str) -> Result<(), ApiError> {
+        match self.leases.get(lease) {
+            Some(l) if l.lock == lock => {
+                self.end_lease(lease);
+                Ok(())
+            }
+            Some(_) => Err(ApiError::LeaseNotFound(format!("lease {lease} does not hold lock {lock:?}"))),
+            None => Err(ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"))),
+        }
+    }
+
+    /// Extends a lease by its TTL, in its core (which refuses a keepalive that comes too late).
+    pub(super) fn keepalive(&mut self, lease: &str) -> Result<Duration, ApiError> {
+        let gone = || ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"));
+        let (algorithm, req, ttl) =
+            self.leases.get(lease).map(|l| (l.algorithm, l.req, l.ttl)).ok_or_else(gone)?;
+        let until = Millis(self.now().0.saturating_add(millis(ttl).0));
+        match self.feed(algorithm, Event::KeepAlive { req, until }, &Cause::default()) {
+            Ok(()) => Ok(ttl),
+            Err(e) => {
+                tracing::debug!(lease, error = %e, "keepalive refused");
+                Err(gone())
+            }
+        }
+    }
+
+    /// The core released `req`'s lock because its lease ran out.
+    pub(super) fn lease_expired(&mut self, req: RequestId, lock: &str) {
+        let Some((id, l)) = self.leases.remove_request(req) else { return };
+        tracing::info!(lease = %id, lock, "lease expired");
+        self.lease_ended(&l, true);
+    }
+
+    /// Ends a lease the node still knows: records it and releases the lock in its core.
+    pub(super) fn end_lease(&mut self, id: &str) {
+        let Some(l) = self.leases.remove(id) else { return };
+        self.lease_ended(&l, false);
+        let cause = self.observer.seen(Seen::Release {
+            algorithm: l.algorithm,
+            lock: &l.lock,
+            token: l.token,
+            acquire: &l.acquire_id,
+            otel: l.otel.as_ref(),
+        });
+        self.work.push_back((l.algorithm, Event::Release { req: l.req }, cause));
+    }
+
+    fn lease_ended(&self, l: &Lease, expired: bool) {
+        self.observer.seen(Seen::LeaseEnded {
+            algorithm: l.algorithm,
+            lock: &l.lock,
+            acquire: &l.acquire_id,
+            held: l.granted.elapsed(),
+            expired,
+            clock: self.cores.get(l.algorithm).clock(),
+        });
+    }
+
+    /// The cause of the core's release when `req`'s lease timer fires: its `lock.release` span.
+    pub(super) fn release_cause(&self, req: RequestId) -> Cause {
+        match self.leases.of_request(req) {
+            Some(l) => self.observer.seen(Seen::Release {
+                algorithm: l.algorithm,
+                lock: &l.lock,
+                token: l.token,
+                acquire: &l.acquire_id,
+                otel: l.otel.as_ref(),
+            }),
+            None => Cause::default(),
+        }
+    }
+
+    /// Withdraws a waiting request on the node's own initiative; `why` is what its client will hear.
+    pub(super) fn withdraw(&mut self, id: RequestId, why: ApiError) {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        p.withdrawn = Some(why);
+        let cause =
+            Cause { acquire: Some(p.acquire_id.clone()), otel: telemetry::context_of(&p.span), span: None };
+        self.work.push_back((p.algorithm, Event::Cancel { req: id }, cause));
+    }
+
+    /// Refuses new acquires, answers every waiter, releases every lease (telling peers), then flushes and
+    /// stops the transport.
+    pub(super) async fn graceful_shutdown(&mut self) {
+        self.shared.begin_shutdown();
+        let waiting: Vec<RequestId> = self.pending.keys().copied().collect();
+        for id in waiting {
+            self.withdraw(id, ApiError::ShuttingDown);
+        }
+        for id in self.leases.ids() {
+            self.end_lease(&id);
+        }
+        self.run_work();
+        // Anything still pending (should be nothing) is answered too.
+        for (_, mut p) in std::mem::take(&mut self.pending) {
+            if let Some(reply) = p.reply.take() {
+                let _ = reply.send(Err(ApiError::ShuttingDown));
+            }
+        }
+        self.transport.shutdown().await;
+    }
+}

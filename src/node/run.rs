@@ -1,0 +1,155 @@
+//! [`run`]: one node as a library function (cf. mini-redis `server::run`). The caller binds both listeners
+//! and hands in the shutdown signal, so a test runs whole nodes in one process on port 0 and the binary only
+//! binds, discovers and waits for SIGTERM.
+
+use super::NodeSettings;
+use super::driver::Node;
+use super::handle::{NodeHandle, Shared};
+use super::msg::PeerMsg;
+use crate::algo::Incarnation;
+use crate::api::router::{AppState, router};
+use crate::config::NodeConfig;
+use crate::net::transport::{Transport, TransportConfig, TransportHandle};
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long the HTTP server may take to finish its responses after the node has shut down.
+const HTTP_GRACE: Duration = Duration::from_secs(2);
+
+/// Extra HTTP endpoints mounted next to the API, built once the node runs (they may talk to it).
+pub type Routes = Box<dyn FnOnce(&NodeHandle) -> Router + Send>;
+
+/// What [`run`] needs besides the listeners and the shutdown signal.
+pub struct RunConfig {
+    /// The node's configuration. Its listen addresses are not used: the caller bound the listeners.
+    pub node: NodeConfig,
+    /// This process's incarnation ([`new_incarnation`] for a real start; a restart must use a larger one).
+    pub incarnation: Incarnation,
+    /// Endpoints the caller adds (the built-in workload's); they take precedence over the API's.
+    pub routes: Option<Routes>,
+}
+
+impl RunConfig {
+    /// A configuration for a fresh start: a new incarnation, no extra endpoints.
+    pub fn new(node: NodeConfig) -> Self {
+        RunConfig { node, incarnation: new_incarnation(), routes: None }
+    }
+}
+
+/// A fresh incarnation: microseconds since the UNIX epoch (grows across restarts of the same node).
+pub fn new_incarnation() -> Incarnation {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+    Incarnation(micros)
+}
+
+/// Aborts a task when dropped, so that dropping [`run`]'s future stops what it started.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Stops the transport (gracefully, in the background) if [`run`]'s future is dropped before it finished:
+/// its tasks are not ours to abort.
+struct StopTransport(Option<TransportHandle<PeerMsg>>);
+
+impl Drop for StopTransport {
+    fn drop(&mut self) {
+        if let (Some(t), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { t.shutdown().await });
+        }
+    }
+}
+
+/// Runs one node: starts the transport on `peer_listener`, the node loop, and the HTTP API on
+/// `http_listener`; when `shutdown` resolves, shuts down gracefully (refuses new acquires, answers waiters,
+/// releases leases, tells peers, within `shutdown_grace`), then stops the HTTP server.
+///
+/// Returns an error only if the HTTP server failed (the node is shut down first). Must be called inside a
+/// tokio runtime; dropping the future stops the node without the graceful part.
+pub async fn run(
+    peer_listener: TcpListener,
+    http_listener: TcpListener,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let RunConfig { node: cfg, incarnation, routes } = config;
+    let settings = NodeSettings::from_config(&cfg, incarnation);
+    let me = settings.me;
+    tracing::info!(
+        node = me.0,
+        incarnation = incarnation.0,
+        peers = ?settings.peers,
+        peer_addr = ?peer_listener.local_addr().ok(),
+        http_addr = ?http_listener.local_addr().ok(),
+        algorithm = %cfg.algorithm,
+        "dmutex node starting"
+    );
+
+    let shared = Shared::new(me, incarnation);
+    let clock = shared.clone();
+    let mut tcfg = TransportConfig::new(me, incarnation, cfg.cluster_name.clone(), settings.peers.clone());
+    tcfg.secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_string());
+    tcfg.max_frame = cfg.max_frame_bytes;
+    let (transport, inbound) =
+        Transport::start::<PeerMsg>(tcfg, peer_listener, Arc::new(move || clock.clock()));
+    let stop_transport = StopTransport(Some(transport.clone()));
+
+    let (tx, commands) = mpsc::channel(1024);
+    let handle = NodeHandle::new(tx, shared.clone());
+    let mut node_task =
+        AbortOnDrop(tokio::spawn(Node::new(settings, transport, shared).run(commands, inbound)));
+
+    let api = router(AppState { node: handle.clone(), workload: None });
+    let app = match routes {
+        Some(routes) => routes(&handle).fallback_service(api),
+        None => api,
+    };
+    let (stop_http, stopped) = oneshot::channel::<()>();
+    let server = axum::serve(http_listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server_task = AbortOnDrop(tokio::spawn(async move { server.await }));
+
+    let mut failed = None;
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server_task.0 => {
+            let e = match result {
+                Ok(Ok(())) => std::io::Error::other("the HTTP server stopped by itself"),
+                Ok(Err(e)) => e,
+                Err(e) => std::io::Error::other(e),
+            };
+            tracing::error!("http server: {e}");
+            failed = Some(e);
+        }
+    }
+    tracing::info!("shutting down: refusing new acquires, answering waiters, releasing leases");
+    let grace = cfg.shutdown_grace;
+    if tokio::time::timeout(grace, handle.shutdown()).await.is_err() {
+        tracing::warn!("node shutdown took longer than {grace:?}");
+    }
+    let _ = stop_http.send(());
+    if failed.is_none() {
+        match tokio::time::timeout(HTTP_GRACE, &mut server_task.0).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
+            Ok(Err(e)) => tracing::warn!("http server task: {e}"),
+            Err(_) => tracing::warn!("http server did not stop within {HTTP_GRACE:?}"),
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), &mut node_task.0).await;
+    // The node loop stopped the transport as its last step, unless the grace ran out: then this does.
+    drop(stop_transport);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,150 @@
+//! What the node reports about itself: lock info, cluster info and counters for the API, and readiness with
+//! the gauges at every housekeeping tick. Read-only: nothing here changes a core.
+
+use super::driver::Node;
+use super::observe::{Seen, Status};
+use crate::algo::{Algorithm, NodeId};
+use crate::api::types::{AlgoLockInfo, ClusterInfo, LeaseInfo, LockInfo, PeerInfo, Stats};
+use crate::obs::metrics::{AlgorithmLabel, MessageLabels, Outcome, OutcomeLabels};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+impl Node {
+    pub(super) fn update_readiness(&mut self) {
+        let me = usize::from(self.settings.me.0);
+        let mut reasons = Vec::new();
+        if self.shared.shutting_down() {
+            reasons.push("shutting down".to_string());
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if i != me && !p.connected {
+                reasons.push(format!("peer {} ({}) is not connected", i, self.settings.peers[i]));
+            }
+        }
+        if !self.cores.all_joined() {
+            reasons.push("waiting for every peer's handshake".into());
+        }
+        let ready = reasons.is_empty();
+        self.shared.set_ready(ready, reasons);
+        let counters = self.transport.counters();
+        let status = Status {
+            ready,
+            connected: (self.peers.iter().enumerate())
+                .filter(|(i, _)| *i != me)
+                .map(|(i, p)| (NodeId(i as u16), p.connected))
+                .collect(),
+            cores: Algorithm::ALL
+                .iter()
+                .map(|&a| {
+                    let waiting = self.pending.values().filter(|p| p.algorithm == a).count();
+                    (a, waiting, self.cores.get(a).clock())
+                })
+                .collect(),
+            held_leases: self.leases.len(),
+            reconnects: self.transport.status().iter().map(|s| (s.node, s.reconnects)).collect(),
+            refused: counters.refused.into_iter().collect(),
+        };
+        self.observer.seen(Seen::Status(&status));
+    }
+
+    pub(super) fn lock_info(&self, lock: &str) -> LockInfo {
+        let now = self.now();
+        let leases = self
+            .leases
+            .on_lock(lock)
+            .map(|(id, l)| LeaseInfo {
+                lease: id.to_string(),
+                algorithm: l.algorithm,
+                fencing_token: l.token.0,
+                expires_in_ms: self
+                    .cores
+                    .get(l.algorithm)
+                    .lease_until(l.req)
+                    .map_or(0, |end| end.0.saturating_sub(now.0)),
+            })
+            .collect();
+        let algorithms = Algorithm::ALL
+            .iter()
+            .map(|&a| {
+                let core = self.cores.get(a);
+                let info = AlgoLockInfo { view: core.view(lock), local_waiters: core.local_waiters(lock) };
+                (a.as_str().to_string(), info)
+            })
+            .collect();
+        LockInfo { name: lock.to_string(), leases, algorithms }
+    }
+
+    pub(super) fn cluster_info(&self) -> ClusterInfo {
+        let status = self.transport.status();
+        let now = Instant::now();
+        let peers = self
+            .settings
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let me = i == usize::from(self.settings.me.0);
+                let st = self.peers.get(i);
+                PeerInfo {
+                    node: i as u16,
+                    address: addr.clone(),
+                    connected: me || st.is_some_and(|p| p.connected),
+                    last_seen_ms_ago: if me {
+                        Some(0)
+                    } else {
+                        st.and_then(|p| p.last_seen).map(|t| now.duration_since(t).as_millis() as u64)
+                    },
+                    incarnation: if me {
+                        Some(self.settings.incarnation.0)
+                    } else {
+                        st.and_then(|p| p.incarnation).map(|i| i.0)
+                    },
+                    reconnects: status
+                        .iter()
+                        .find(|s| usize::from(s.node.0) == i)
+                        .map_or(0, |s| s.reconnects),
+                }
+            })
+            .collect();
+        let lamport_clock =
+            Algorithm::ALL.iter().map(|a| (a.as_str().to_string(), self.cores.get(*a).clock().0)).collect();
+        ClusterInfo {
+            node_id: self.settings.me.0,
+            incarnation: self.settings.incarnation.0,
+            cluster: self.settings.cluster.clone(),
+            ready: self.shared.readiness().ready,
+            peers,
+            lamport_clock,
+            lamport_ack_elision: self.cores.lamport_ack_elision(),
+        }
+    }
+
+    /// `/v1/stats`, computed from the very counters `/metrics` renders.
+    pub(super) fn stats(&self) -> Stats {
+        let m = &self.shared.metrics;
+        let by_type = |series: Vec<(MessageLabels, u64)>| {
+            let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for (l, v) in series {
+                *out.entry(l.algorithm.as_str().into()).or_default().entry(l.kind.into()).or_default() += v;
+            }
+            out
+        };
+        let per_algo = |count: &dyn Fn(Algorithm) -> u64| {
+            Algorithm::ALL.iter().map(|&a| (a.as_str().to_string(), count(a))).collect::<BTreeMap<_, _>>()
+        };
+        Stats {
+            node_id: self.settings.me.0,
+            incarnation: self.settings.incarnation.0,
+            messages_sent: by_type(m.messages_sent.series()),
+            messages_received: by_type(m.messages_received.series()),
+            messages_sent_total: m.messages_sent.sum(),
+            grants: per_algo(&|a| m.grants.get(&AlgorithmLabel(a))),
+            timeouts: per_algo(&|a| {
+                m.acquire_outcomes.get(&OutcomeLabels { algorithm: a, outcome: Outcome::Timeout })
+            }),
+            lease_expiries: m.lease_expiries.sum(),
+            lamport_clock: self.shared.clock().0,
+            lamport_ack_elision: self.cores.lamport_ack_elision(),
+        }
+    }
+}
