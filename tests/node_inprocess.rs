@@ -1,0 +1,331 @@
+//! Whole nodes in one test process: three [`dmutex::node::run`]s on 127.0.0.1, port 0, each on its own tokio
+//! runtime (so that dropping a runtime is a crash: the run future and every task it started die at once,
+//! sockets closed, no goodbye), driven over HTTP like real clients. They cover the node loop end to end:
+//! grant and release, the next holder's larger fencing token, lease expiry and keepalive (leases live in the
+//! cores), a peer that crashes and restarts with a new incarnation, and graceful shutdown.
+//!
+//! Runs in seconds; every wait is bounded, so a broken loop fails instead of hanging.
+
+use dmutex::algo::{Algorithm, Incarnation};
+use dmutex::config::{ConfigSources, NodeConfig};
+use dmutex::node::RunConfig;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// Bound on any single wait in these tests.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// One running node: its runtime, its HTTP address, and how to stop it.
+struct TestNode {
+    runtime: Option<Runtime>,
+    http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Three nodes on loopback, their peer addresses fixed for the test's life (a restart rebinds its port).
+struct Cluster {
+    name: String,
+    peers: Vec<SocketAddr>,
+    nodes: Vec<TestNode>,
+    client: reqwest::blocking::Client,
+}
+
+fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until every one is ready.
+    fn start(name: &str, n: usize) -> Cluster {
+        let listeners: Vec<TcpListener> = (0..n).map(|_| bind()).collect();
+        let peers = listeners.iter().map(|l| l.local_addr().expect("local addr")).collect();
+        let client = reqwest::blocking::Client::builder().timeout(PATIENCE).build().expect("http client");
+        let mut c = Cluster { name: name.to_string(), peers, nodes: Vec::new(), client };
+        for (i, peer_listener) in listeners.into_iter().enumerate() {
+            let node = c.launch(i, peer_listener, Incarnation(1));
+            c.nodes.push(node);
+        }
+        c.wait_ready();
+        c
+    }
+
+    fn config(&self, i: usize) -> NodeConfig {
+        let peers: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+        let overrides: BTreeMap<String, String> = [
+            ("node_id", i.to_string()),
+            ("peers", peers.join(",")),
+            ("cluster_name", self.name.clone()),
+            ("default_timeout_ms", "5000".to_string()),
+            ("shutdown_grace_ms", "3000".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        NodeConfig::load(&ConfigSources { overrides, ..ConfigSources::default() }).expect("node config")
+    }
+
+    /// Starts node `i` on its own runtime with the given peer listener and a fresh HTTP port.
+    fn launch(&self, i: usize, peer_listener: TcpListener, incarnation: Incarnation) -> TestNode {
+        let http_listener = bind();
+        let http = http_listener.local_addr().expect("local addr");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("node-{i}"))
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = RunConfig { incarnation, ..RunConfig::new(self.config(i)) };
+        let done = runtime.spawn(async move {
+            for l in [&peer_listener, &http_listener] {
+                l.set_nonblocking(true)?;
+            }
+            let peer = tokio::net::TcpListener::from_std(peer_listener)?;
+            let http = tokio::net::TcpListener::from_std(http_listener)?;
+            dmutex::node::run(peer, http, config, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestNode { runtime: Some(runtime), http, stop: Some(stop), done: Some(done) }
+    }
+
+    /// Kills node `i`: its runtime is dropped with every task on it (no graceful shutdown, no goodbye).
+    fn crash(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.stop.take();
+        node.done.take();
+        if let Some(rt) = node.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Restarts crashed node `i` as `incarnation`, on its old peer port (what its peers dial) and a new HTTP
+    /// port, and waits until the cluster is ready again.
+    fn restart(&mut self, i: usize, incarnation: Incarnation) {
+        let listener = TcpListener::bind(self.peers[i]).expect("rebind the peer port");
+        self.nodes[i] = self.launch(i, listener, incarnation);
+        self.wait_ready();
+    }
+
+    /// Asks node `i` to shut down gracefully and waits for its `run` to return; returns its result and how long
+    /// that took.
+    fn shutdown(&mut self, i: usize) -> (std::io::Result<()>, Duration) {
+        let node = &mut self.nodes[i];
+        let started = Instant::now();
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        let (Some(rt), Some(done)) = (node.runtime.take(), node.done.take()) else {
+            panic!("node {i} is not running");
+        };
+        let result = rt.block_on(async { tokio::time::timeout(PATIENCE, done).await });
+        rt.shutdown_timeout(Duration::from_secs(2));
+        match result {
+            Ok(Ok(r)) => (r, started.elapsed()),
+            Ok(Err(e)) => panic!("node {i}'s run panicked: {e}"),
+            Err(_) => panic!("node {i}'s run did not return within {PATIENCE:?} of the shutdown signal"),
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[i].http)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].runtime.is_none() {
+                continue;
+            }
+            loop {
+                let ready = self.client.get(self.url(i, "/readyz")).send().is_ok_and(|r| r.status() == 200);
+                if ready {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {i} not ready within {PATIENCE:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+        post(&self.client, &self.url(i, path), body)
+    }
+
+    fn get(&self, i: usize, path: &str) -> Value {
+        let r = self.client.get(self.url(i, path)).send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        r.json().unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Acquires `lock` on node `i` and expects a grant.
+    fn grant(&self, i: usize, lock: &str, body: Value) -> Value {
+        let (status, g) = self.post(i, &format!("/v1/locks/{lock}/acquire"), body);
+        assert_eq!(status, 200, "acquire {lock} on node {i}: {g}");
+        g
+    }
+
+    /// Starts an acquire on node `i` in a thread (it blocks until answered).
+    fn acquire_in_background(&self, i: usize, lock: &str, body: Value) -> JoinHandle<(u16, Value)> {
+        let (client, url) = (self.client.clone(), self.url(i, &format!("/v1/locks/{lock}/acquire")));
+        std::thread::spawn(move || post(&client, &url, body))
+    }
+
+    fn release(&self, i: usize, lock: &str, lease: &Value) -> u16 {
+        self.post(i, &format!("/v1/locks/{lock}/release"), json!({ "lease": lease })).0
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.crash(i);
+        }
+    }
+}
+
+fn post(client: &reqwest::blocking::Client, url: &str, body: Value) -> (u16, Value) {
+    let r = client.post(url).json(&body).send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn token(grant: &Value) -> u64 {
+    grant["fencing_token"].as_u64().unwrap_or_else(|| panic!("no fencing token in {grant}"))
+}
+
+/// Waits for a background acquire, at most [`PATIENCE`].
+fn join(handle: JoinHandle<(u16, Value)>) -> (u16, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    while !handle.is_finished() {
+        assert!(Instant::now() < deadline, "a waiting acquire was never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle.join().expect("acquire thread")
+}
+
+#[test]
+fn grant_release_and_the_next_holder_gets_a_larger_token_every_algorithm() {
+    let c = Cluster::start("inproc-grant", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("grant-{algorithm}");
+        let first = c.grant(0, &lock, json!({ "algorithm": algorithm }));
+        assert_eq!(first["node_id"], 0, "{first}");
+        let waiter = c.acquire_in_background(1, &lock, json!({ "algorithm": algorithm }));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "{algorithm}: node 1 was answered while node 0 holds {lock}");
+        assert_eq!(c.release(0, &lock, &first["lease"]), 200);
+        let (status, second) = join(waiter);
+        assert_eq!(status, 200, "{algorithm}: {second}");
+        assert!(token(&second) > token(&first), "{algorithm}: {second} after {first}");
+        assert_eq!(c.release(1, &lock, &second["lease"]), 200);
+        assert_eq!(c.release(1, &lock, &second["lease"]), 409, "{algorithm}: a lease is released once");
+    }
+    let stats = c.get(0, "/v1/stats");
+    for algorithm in Algorithm::ALL {
+        assert_eq!(stats["grants"][algorithm.as_str()], 1, "{stats}");
+    }
+}
+
+#[test]
+fn an_expired_lease_frees_the_lock_and_the_next_holder_gets_a_larger_token() {
+    let c = Cluster::start("inproc-expiry", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("expiry-{algorithm}");
+        // Node 0's client takes the lock with a short lease and never comes back.
+        let forgotten = c.grant(0, &lock, json!({ "algorithm": algorithm, "ttl_ms": 300 }));
+        let started = Instant::now();
+        let next = c.grant(2, &lock, json!({ "algorithm": algorithm, "timeout_ms": 5000 }));
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{algorithm}: granted before the lease ended"
+        );
+        assert!(token(&next) > token(&forgotten), "{algorithm}: {next} after {forgotten}");
+        let lease = forgotten["lease"].as_str().unwrap_or_default();
+        assert_eq!(c.release(0, &lock, &forgotten["lease"]), 409, "{algorithm}: the expired lease is gone");
+        let (status, _) = c.post(0, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+        assert_eq!(status, 409, "{algorithm}: an expired lease cannot be kept alive");
+        assert_eq!(c.release(2, &lock, &next["lease"]), 200);
+    }
+    assert_eq!(c.get(0, "/v1/stats")["lease_expiries"], 3);
+    let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("GET /metrics");
+    for algorithm in Algorithm::ALL {
+        let line = format!("dmutex_lease_expiries_total{{algorithm=\"{algorithm}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
+    }
+}
+
+#[test]
+fn keepalive_keeps_a_lease_past_its_ttl() {
+    let c = Cluster::start("inproc-keepalive", 3);
+    let held = c.grant(0, "kept", json!({ "algorithm": "ricart-agrawala", "ttl_ms": 1000 }));
+    let lease = held["lease"].as_str().unwrap_or_default().to_string();
+    let waiter =
+        c.acquire_in_background(1, "kept", json!({ "algorithm": "ricart-agrawala", "timeout_ms": 2000 }));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2300) {
+        let (status, body) = c.post(0, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+        assert_eq!((status, &body["ttl_ms"]), (200, &json!(1000)), "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = join(waiter);
+    assert_eq!(status, 408, "the waiter must time out while the lease is kept alive: {body}");
+    let info = c.get(0, "/v1/locks/kept");
+    let expires = info["leases"][0]["expires_in_ms"].as_u64().unwrap_or(0);
+    assert!(expires > 0 && expires <= 1000, "{info}");
+    assert_eq!(c.release(0, "kept", &held["lease"]), 200);
+    assert_eq!(c.get(0, "/v1/stats")["lease_expiries"], 0);
+}
+
+#[test]
+fn a_crashed_peer_restarts_with_a_new_incarnation_and_tokens_keep_growing() {
+    let mut c = Cluster::start("inproc-restart", 3);
+    let before = c.grant(2, "r", json!({ "algorithm": "lamport" }));
+    assert_eq!(c.release(2, "r", &before["lease"]), 200);
+
+    c.crash(2);
+    // Lamport needs every peer: once node 2's link has been down a while, node 0 says so at once.
+    let (status, body) =
+        c.post(0, "/v1/locks/r/acquire", json!({ "algorithm": "lamport", "timeout_ms": 5000 }));
+    assert_eq!(status, 503, "{body}");
+
+    c.restart(2, Incarnation(2));
+    let cluster = c.get(0, "/v1/cluster");
+    assert_eq!(cluster["peers"][2]["incarnation"], 2, "{cluster}");
+    let mut last = token(&before);
+    for (i, algorithm) in [(2, "lamport"), (0, "lamport"), (2, "probable-owner"), (1, "ricart-agrawala")] {
+        let g = c.grant(i, "r", json!({ "algorithm": algorithm }));
+        if algorithm == "lamport" {
+            assert!(token(&g) > last, "node {i}: {g} after token {last}");
+            last = token(&g);
+        }
+        assert_eq!(c.release(i, "r", &g["lease"]), 200);
+    }
+}
+
+#[test]
+fn graceful_shutdown_answers_waiters_releases_leases_and_returns() {
+    let mut c = Cluster::start("inproc-shutdown", 3);
+    let held = c.grant(0, "s", json!({ "algorithm": "lamport", "ttl_ms": 60000 }));
+    let local = c.acquire_in_background(0, "s", json!({ "algorithm": "lamport" }));
+    let remote = c.acquire_in_background(1, "s", json!({ "algorithm": "lamport" }));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!local.is_finished() && !remote.is_finished());
+
+    let (result, took) = c.shutdown(0);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let (status, body) = join(local);
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("shutting_down")), "{body}");
+    // The lease was released at shutdown, and the peers were told before node 0 left.
+    let (status, granted) = join(remote);
+    assert_eq!(status, 200, "{granted}");
+    assert!(token(&granted) > token(&held), "{granted} after {held}");
+    assert!(c.client.get(c.url(0, "/healthz")).send().is_err(), "node 0's HTTP port is closed");
+}
