@@ -137,4 +137,43 @@ mod tests {
         assert!(links.answering(NodeId(2), &lamport(false)).is_none(), "taken");
         assert_eq!(links.len, 0);
     }
+
+    /// A probable-owner grant moves the owner's queue to the new owner, and with it the queued requests'
+    /// contexts: the new owner's later grant to a queued node joins that node's trace.
+    #[test]
+    fn a_transfer_hands_the_queued_requests_contexts_to_the_new_owner() {
+        use crate::algo::Incarnation;
+        use crate::algo::probable_owner::{PoMsg, RepOutcome};
+        let lock = || "x".to_string();
+        let acq = PeerMsg::ProbableOwner(PoMsg::Acq {
+            lock: lock(),
+            requester: NodeId(3),
+            seq: 1,
+            epoch: 0,
+            suspect: false,
+        });
+        let grant = |queue: Vec<(NodeId, u64)>| {
+            PeerMsg::ProbableOwner(PoMsg::Rep {
+                lock: lock(),
+                seq: 1,
+                outcome: RepOutcome::Granted { epoch: 1, queue, to_incarnation: Incarnation(0) },
+            })
+        };
+        // The old owner queued node 3's request, then hands ownership (and the queue) to node 1.
+        let mut old_owner = TraceLinks::default();
+        let cause = Cause { acquire: Some("a3".into()), ..Cause::default() };
+        old_owner.received(NodeId(3), &env(acq, "a3"), &cause);
+        let transfer = grant(vec![(NodeId(3), 1)]);
+        let mut trace = BTreeMap::new();
+        old_owner.hand_over(&transfer, &mut trace);
+        assert_eq!(trace.get("dmutex-waiter.3.acquire").map(String::as_str), Some("a3"));
+        assert_eq!(old_owner.len, 0, "the old owner no longer answers node 3");
+        // The new owner takes the contexts over and answers node 3 in its trace.
+        let mut new_owner = TraceLinks::default();
+        let mut arrived = Envelope::new(LamportTs(0), transfer);
+        arrived.trace = trace;
+        new_owner.received(NodeId(0), &arrived, &Cause::default());
+        let answered = new_owner.answering(NodeId(3), &grant(vec![])).and_then(|c| c.acquire);
+        assert_eq!(answered.as_deref(), Some("a3"));
+    }
 }
