@@ -71,7 +71,7 @@ pub async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     let (handle, node_task) = Node::spawn(settings, transport, inbound, shared);
 
     let workload = start_workload(&cfg, &handle);
-    let app = router(AppState { node: handle.clone(), workload });
+    let app = router(AppState { node: handle.clone(), workload, algorithms: cfg.algorithms.clone() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(http_listener, app).with_graceful_shutdown(async {
         let _ = stop_rx.await;
@@ -113,6 +113,7 @@ fn start_workload(
         counter_file: w.counter_file.clone().unwrap_or_else(|| std::env::temp_dir().join("dmutex-counter")),
         algorithm: w.algorithm,
         acquire_timeout: Duration::from_secs(120),
+        start_file: w.start_file.clone(),
     };
     let (tx, rx) = tokio::sync::watch::channel(WorkloadStatus::waiting(iterations));
     let report: Arc<Mutex<Option<WorkloadReport>>> = Arc::new(Mutex::new(None));
