@@ -363,18 +363,22 @@ struct NodeProc {
     child: Child,
 }
 
+/// How long, once one node has exited early, the others get to show whether they exit too (a taken port or a
+/// bad binary stops them all), so that the error names every one in node order, not whichever was seen first.
+const EXIT_SETTLE: Duration = Duration::from_millis(300);
+
 impl NodeProc {
-    /// An error if the process has exited, naming it and showing the end of its log.
-    fn check_alive(&mut self) -> Result<(), ExperimentError> {
+    /// Why the process is no longer running (naming it and showing the end of its log), if it is not.
+    fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(ExperimentError::Node(format!(
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!(
                 "node {} exited early ({status}); its log: {}{}",
                 self.id,
                 self.log.display(),
                 log_tail(&self.log)
-            ))),
-            Err(e) => Err(ExperimentError::Node(format!("node {}: cannot query its process: {e}", self.id))),
+            )),
+            Err(e) => Some(format!("node {}: cannot query its process: {e}", self.id)),
         }
     }
 }
@@ -407,6 +411,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// An error naming every node that has exited, if any has.
+    async fn check_alive(&mut self) -> Result<(), ExperimentError> {
+        if !self.nodes.iter_mut().any(|n| n.exited().is_some()) {
+            return Ok(());
+        }
+        tokio::time::sleep(EXIT_SETTLE).await;
+        let gone: Vec<String> = self.nodes.iter_mut().filter_map(NodeProc::exited).collect();
+        Err(ExperimentError::Node(gone.join("\n")))
+    }
+
     fn start(
         binary: &Path,
         args: &ClusterArgs,
@@ -479,11 +493,11 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut pending: BTreeSet<usize> = (0..self.nodes.len()).collect();
         loop {
+            self.check_alive().await?;
             for node in &mut self.nodes {
                 if !pending.contains(&node.id) {
                     continue;
                 }
-                node.check_alive()?;
                 let ready = node.api.probe("readyz", HTTP_TIMEOUT).await.is_ok_and(|s| s.is_success());
                 if ready {
                     pending.remove(&node.id);
@@ -540,8 +554,8 @@ impl Cluster {
         let mut last_done = 0u32;
         let mut last_change = Instant::now();
         loop {
+            self.check_alive().await?;
             for (i, node) in self.nodes.iter_mut().enumerate() {
-                node.check_alive()?;
                 let body: WorkloadResponse = match node.api.get_json(&["v1", "workload"], &[]).await {
                     Ok(body) => body,
                     Err(e) if e.is_status(404) => {
