@@ -42,6 +42,7 @@ pub const KEYS: &[&str] = &[
     "peer_addr",
     "http_addr",
     "algorithm",
+    "algorithms",
     "lamport_ack_elision",
     "cluster_name",
     "cluster_secret",
@@ -61,6 +62,7 @@ pub const KEYS: &[&str] = &[
     "workload_counter_file",
     "workload_algorithm",
     "workload_out",
+    "workload_start_file",
 ];
 
 /// Built-in defaults (the lowest layer). Keys absent here have no default (`workload_algorithm` defaults to
@@ -69,6 +71,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("peer_addr", "0.0.0.0:7070"),
     ("http_addr", "0.0.0.0:8080"),
     ("algorithm", "lamport"),
+    ("algorithms", "lamport,ricart-agrawala,probable-owner"),
     ("lamport_ack_elision", "false"),
     ("cluster_name", "dmutex"),
     ("log", "info"),
@@ -114,7 +117,8 @@ pub enum ConfigError {
     },
     /// No node id was configured and none could be derived from the host name.
     #[error(
-        "DMUTEX_NODE_ID: not set, and the host name {host:?} neither matches one peer entry nor ends in -<n>"
+        "DMUTEX_NODE_ID: not set, and {} neither matches one peer entry nor ends in -<n>",
+        host_words(host)
     )]
     NodeIdUnknown {
         /// The host name, if it could be read.
@@ -193,6 +197,14 @@ impl ConfigError {
 
     fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid { key: env_name(key), message: message.into() }
+    }
+}
+
+/// The host name as an error message names it: quoted, or said to be unreadable.
+fn host_words(host: &Option<String>) -> String {
+    match host {
+        Some(h) => format!("the host name \"{h}\""),
+        None => "the host name (which could not be read)".into(),
     }
 }
 
@@ -342,6 +354,9 @@ pub struct WorkloadConfig {
     pub algorithm: Algorithm,
     /// Where to write the node's JSON report.
     pub out: Option<PathBuf>,
+    /// The common start: once ready, wait until this file holds a start time (UNIX ms), then until that time
+    /// (`dmutex cluster` writes it when every node is ready). None: start when ready.
+    pub start_file: Option<PathBuf>,
 }
 
 /// A node's whole configuration, parsed and validated.
@@ -357,6 +372,8 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// The algorithm used when a request names none.
     pub algorithm: Algorithm,
+    /// The algorithms a request may name, in [`Algorithm::ALL`] order; each is its own namespace of locks.
+    pub algorithms: Vec<Algorithm>,
     /// Lamport's footnote option: no REPLY to a REQUEST when a message stamped later was already sent to
     /// its sender (fewer messages under contention; off by default, so counts are the textbook 3(N−1)).
     pub lamport_ack_elision: bool,
@@ -521,6 +538,38 @@ impl Raw {
         self.parsed::<Algorithm>(key)
     }
 
+    /// A list of strings: an array, or one comma-separated string (empty entries skipped).
+    fn list(&self, key: &str, what: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(v) = self.value(key) else { return Ok(None) };
+        let entries: Vec<String> = match v.kind {
+            config::ValueKind::Array(items) => items
+                .into_iter()
+                .map(|item| item.into_string())
+                .collect::<Result<_, _>>()
+                .map_err(|_| ConfigError::invalid(key, format!("every list item must be {what}")))?,
+            _ => v
+                .into_string()
+                .map_err(|_| ConfigError::invalid(key, format!("expected {what},… or a list")))?
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+        };
+        Ok(Some(entries.into_iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect()))
+    }
+
+    /// `algorithms`: the allowed algorithms, in [`Algorithm::ALL`] order (repetitions count once).
+    fn algorithms(&self) -> Result<Option<Vec<Algorithm>>, ConfigError> {
+        let Some(names) = self.list("algorithms", "an algorithm name")? else { return Ok(None) };
+        let mut chosen = Vec::new();
+        for name in &names {
+            chosen.push(name.parse::<Algorithm>().map_err(|e| ConfigError::invalid("algorithms", e))?);
+        }
+        if chosen.is_empty() {
+            return Err(ConfigError::invalid("algorithms", "must name at least one algorithm"));
+        }
+        Ok(Some(Algorithm::ALL.into_iter().filter(|a| chosen.contains(a)).collect()))
+    }
+
     /// `peers`: a comma-separated string or an array of strings.
     fn peers(&self) -> Result<Vec<PeerAddr>, ConfigError> {
         let entries: Vec<String> = match self.value("peers") {
@@ -612,6 +661,7 @@ impl NodeConfig {
             counter_file: raw.string("workload_counter_file")?.map(PathBuf::from),
             algorithm: raw.algorithm("workload_algorithm")?.unwrap_or(algorithm),
             out: raw.string("workload_out")?.map(PathBuf::from),
+            start_file: raw.string("workload_start_file")?.map(PathBuf::from),
         };
         Ok(NodeConfig {
             node_id: NodeId(node_id),
@@ -619,6 +669,7 @@ impl NodeConfig {
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
             algorithm,
+            algorithms: raw.algorithms()?.unwrap_or_else(|| Algorithm::ALL.to_vec()),
             lamport_ack_elision: raw.boolean("lamport_ack_elision")?.unwrap_or(false),
             cluster_name: raw.string("cluster_name")?.unwrap_or_else(|| "dmutex".into()),
             cluster_secret: secret,
@@ -690,6 +741,27 @@ impl NodeConfig {
                 ),
             ));
         }
+        if !self.algorithms.contains(&self.algorithm) {
+            return Err(ConfigError::invalid(
+                "algorithms",
+                format!(
+                    "{} does not include the default algorithm {} (DMUTEX_ALGORITHM): add it, or choose \
+                     another default",
+                    algorithm_list(&self.algorithms),
+                    self.algorithm
+                ),
+            ));
+        }
+        if self.workload.iterations > 0 && !self.algorithms.contains(&self.workload.algorithm) {
+            return Err(ConfigError::invalid(
+                "workload_algorithm",
+                format!(
+                    "{} is not among the allowed algorithms (DMUTEX_ALGORITHMS: {})",
+                    self.workload.algorithm,
+                    algorithm_list(&self.algorithms)
+                ),
+            ));
+        }
         if self.workload.lock.trim().is_empty() {
             return Err(ConfigError::invalid("workload_lock", "must not be empty"));
         }
@@ -700,6 +772,11 @@ impl NodeConfig {
     pub fn cluster_len(&self) -> Option<usize> {
         if self.peers.is_empty() { self.cluster_size } else { Some(self.peers.len()) }
     }
+}
+
+/// `lamport,probable-owner`: a list of algorithms as `DMUTEX_ALGORITHMS` spells it.
+pub fn algorithm_list(algorithms: &[Algorithm]) -> String {
+    algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// Host names compare case-insensitively (DNS does).
@@ -868,6 +945,7 @@ mod tests {
             ("DMUTEX_WORKLOAD_COUNTER_FILE", "/tmp/counter"),
             ("DMUTEX_WORKLOAD_ALGORITHM", "po"),
             ("DMUTEX_WORKLOAD_OUT", "/tmp/out.json"),
+            ("DMUTEX_WORKLOAD_START_FILE", "/tmp/start"),
             ("DMUTEX_LOCK", "ignored: set by `dmutex lock` for its child"),
         ])
         .unwrap();
@@ -898,6 +976,7 @@ mod tests {
                 counter_file: Some("/tmp/counter".into()),
                 algorithm: Algorithm::ProbableOwner,
                 out: Some("/tmp/out.json".into()),
+                start_file: Some("/tmp/start".into()),
             }
         );
     }
@@ -993,6 +1072,54 @@ mod tests {
         let e = NodeConfig::load(&s).unwrap_err();
         assert_eq!(e, ConfigError::NodeIdUnknown { host: Some("laptop".into()) });
         assert!(e.to_string().starts_with("DMUTEX_NODE_ID: "), "{e}");
+        // Plain words, not Rust's debug output (`Some("laptop")`).
+        assert!(e.to_string().contains("the host name \"laptop\" neither"), "{e}");
+        s.host_name = None;
+        let e = NodeConfig::load(&s).unwrap_err();
+        assert!(e.to_string().contains("the host name (which could not be read) neither"), "{e}");
+        assert!(!e.to_string().contains("None"), "{e}");
+    }
+
+    #[test]
+    fn algorithms_restrict_the_namespaces_a_cluster_serves() {
+        assert_eq!(load(&three()).unwrap().algorithms, Algorithm::ALL.to_vec());
+        // Any order, aliases and repetitions: kept in Algorithm::ALL order, once each.
+        let c = load(&with(&[
+            ("DMUTEX_ALGORITHMS", " probable-owner, lamport ,po"),
+            ("DMUTEX_ALGORITHM", "probable-owner"),
+        ]))
+        .unwrap();
+        assert_eq!(c.algorithms, vec![Algorithm::Lamport, Algorithm::ProbableOwner]);
+        assert_eq!(algorithm_list(&c.algorithms), "lamport,probable-owner");
+
+        // The default algorithm (lamport) must be allowed: the error names the key, and the exit code is 2.
+        let e = load(&with(&[("DMUTEX_ALGORITHMS", "probable-owner")])).unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_ALGORITHMS");
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "DMUTEX_ALGORITHMS: probable-owner does not include the default algorithm lamport \
+             (DMUTEX_ALGORITHM): add it, or choose another default"
+        );
+        let e = load(&with(&[("DMUTEX_ALGORITHMS", "lamport,paxos")])).unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_ALGORITHMS");
+        assert!(e.to_string().contains("paxos"), "{e}");
+        let e = load(&with(&[("DMUTEX_ALGORITHMS", " , ")])).unwrap_err();
+        assert_eq!(e.to_string(), "DMUTEX_ALGORITHMS: must name at least one algorithm");
+        // The built-in workload is a client too: its algorithm must be allowed when it runs.
+        let e = load(&with(&[
+            ("DMUTEX_ALGORITHMS", "lamport"),
+            ("DMUTEX_WORKLOAD_ALGORITHM", "ra"),
+            ("DMUTEX_WORKLOAD_ITERATIONS", "3"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_WORKLOAD_ALGORITHM");
+        assert!(e.to_string().contains("ricart-agrawala is not among the allowed algorithms"), "{e}");
+        // A TOML array works as well as the comma list.
+        let file =
+            TempFile::new("algorithms.toml", "algorithms = [\"ricart-agrawala\"]\nalgorithm = \"ra\"\n");
+        let s = ConfigSources { config_file: Some(file.0.clone()), ..sources(&three()) };
+        assert_eq!(NodeConfig::load(&s).unwrap().algorithms, vec![Algorithm::RicartAgrawala]);
     }
 
     #[test]

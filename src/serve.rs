@@ -61,6 +61,7 @@ fn workload_routes(cfg: &NodeConfig) -> Option<Routes> {
         counter_file: w.counter_file.clone().unwrap_or_else(|| std::env::temp_dir().join("dmutex-counter")),
         algorithm: w.algorithm,
         acquire_timeout: Duration::from_secs(120),
+        start_file: w.start_file.clone(),
     };
     let out = w.out.clone();
     let node = cfg.node_id.0;

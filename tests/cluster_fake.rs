@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use dmutex::algo::Algorithm;
 use dmutex::api::types::{Grant, LeaseId};
-use dmutex::experiment::runner::{ClusterArgs, run_cluster};
+use dmutex::experiment::runner::{ClusterArgs, StartMode, run_cluster};
 use dmutex::experiment::workload::{
     LockService, WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload,
 };
@@ -150,6 +150,7 @@ async fn fake_node_main() {
         counter_file: counter_file.clone(),
         algorithm: env("DMUTEX_WORKLOAD_ALGORITHM").parse().unwrap(),
         acquire_timeout: Duration::from_secs(10),
+        start_file: std::env::var_os("DMUTEX_WORKLOAD_START_FILE").map(PathBuf::from),
     };
     let svc = FileLock {
         dir: counter_file.parent().unwrap().to_path_buf(),
@@ -208,6 +209,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         binary: Some(bin),
         sweep: vec![],
         lamport_ack_elision: false,
+        start: StartMode::Together,
     }
 }
 

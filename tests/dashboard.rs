@@ -1,5 +1,7 @@
 //! The Grafana dashboard parses, every PromQL expression in it names only metrics the node exports
-//! (`dmutex::obs::metrics::METRICS`), and every data source is one the provisioning defines (`prometheus`, `jaeger`).
+//! (`dmutex::obs::metrics::METRICS`), every data source is a dashboard variable (`${datasource}` of type
+//! prometheus, `${jaeger}` of type jaeger) rather than a hard-coded uid, and the traces follow the `$service`
+//! variable (`OTEL_SERVICE_NAME`). `tests/dashboard_prometheus.rs` runs every expression on a real Prometheus.
 
 use dmutex::obs::metrics::METRICS;
 use serde_json::Value;
@@ -106,8 +108,64 @@ fn the_checker_itself_rejects_unknown_names() {
     assert!(!exported("dmutex_no_such_metric"));
 }
 
+/// The dashboard's template variable `name`.
+fn variable<'a>(d: &'a Value, name: &str) -> &'a Value {
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no variable {name}"))
+}
+
 #[test]
-fn panels_are_well_formed_and_use_provisioned_data_sources() {
+fn data_sources_and_the_service_are_dashboard_variables() {
+    let d = dashboard();
+    for (name, kind) in [("datasource", "prometheus"), ("jaeger", "jaeger")] {
+        let v = variable(&d, name);
+        assert_eq!(v["type"], "datasource", "{name}");
+        assert_eq!(v["query"], kind, "{name} lists the {kind} data sources");
+    }
+    let service = variable(&d, "service");
+    assert_eq!(service["type"], "textbox");
+    assert_eq!(service["query"], "dmutex", "the default OTEL_SERVICE_NAME");
+    // The query variables ask the chosen Prometheus too.
+    for name in ["algorithm", "instance"] {
+        assert_eq!(variable(&d, name)["datasource"]["uid"], "${datasource}", "{name}");
+    }
+    // The Jaeger panel and the Explore link search the chosen service on the chosen Jaeger.
+    let panels = d["panels"].as_array().unwrap();
+    let traces: Vec<&Value> = panels.iter().filter(|p| p["datasource"]["type"] == "jaeger").collect();
+    assert!(!traces.is_empty());
+    for p in traces {
+        assert_eq!(p["targets"][0]["service"], "$service", "{}", p["title"]);
+    }
+    let link = d["links"][0]["url"].as_str().unwrap();
+    assert!(link.contains("${service}") && link.contains("${jaeger}"), "{link}");
+    assert!(!DASHBOARD.contains("\"uid\": \"prometheus\"") && !DASHBOARD.contains("\"uid\": \"jaeger\""));
+}
+
+/// Acquire latency is shown for grants and for failures apart: an instant 503 or a whole timeout must not
+/// move the percentiles of the grants.
+#[test]
+fn acquire_latency_separates_grants_from_failures() {
+    let mut exprs = Vec::new();
+    promql(&dashboard(), &mut exprs);
+    let latency: Vec<&String> =
+        exprs.iter().filter(|e| e.contains("dmutex_acquire_duration_seconds_bucket")).collect();
+    assert!(!latency.is_empty());
+    for e in &latency {
+        assert!(
+            e.contains("outcome=\"granted\"") || e.contains("outcome!=\"granted\""),
+            "a latency expression mixes outcomes: {e}"
+        );
+    }
+    assert!(latency.iter().any(|e| e.contains("outcome=\"granted\"")));
+    assert!(
+        latency
+            .iter()
+            .any(|e| e.contains("outcome!=\"granted\"") && e.contains("by (le, algorithm, outcome)"))
+    );
+}
+
+#[test]
+fn panels_are_well_formed_and_use_the_data_source_variables() {
     let d = dashboard();
     assert_eq!(d["uid"], "dmutex");
     let Some(panels) = d["panels"].as_array() else { panic!("no panels") };
@@ -122,8 +180,12 @@ fn panels_are_well_formed_and_use_provisioned_data_sources() {
             continue;
         }
         let uid = p["datasource"]["uid"].as_str();
-        assert!(matches!(uid, Some("prometheus") | Some("jaeger")), "panel {} uses {uid:?}", p["title"]);
-        if uid == Some("jaeger") {
+        assert!(
+            matches!(uid, Some("${datasource}") | Some("${jaeger}")),
+            "panel {} uses {uid:?}",
+            p["title"]
+        );
+        if uid == Some("${jaeger}") {
             jaeger += 1;
         }
         for t in p["targets"].as_array().into_iter().flatten() {

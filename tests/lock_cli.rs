@@ -271,3 +271,35 @@ async fn health_probes_healthz_or_readyz() {
     assert!(r.stderr.contains("503"), "{}", r.stderr);
     assert_eq!(run(&["health", "--endpoint", "http://127.0.0.1:1"]).await.code, Some(1));
 }
+
+/// A container's HEALTHCHECK runs `dmutex health` in the node's own environment: with neither `--endpoint`
+/// nor `DMUTEX_ENDPOINT`, it probes the port of `DMUTEX_HTTP_ADDR` (0.0.0.0 reached as 127.0.0.1), so moving
+/// the node's port moves the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_defaults_to_the_nodes_listen_address() {
+    let (ep, _) = fake_node(AcquireMode::Grant, KeepaliveMode::Ok).await;
+    let port = ep.rsplit(':').next().unwrap().to_string();
+    let health = |vars: &[(&str, String)]| {
+        let mut cmd = dmutex(&["health", "--timeout", "2s"]);
+        cmd.env_remove("DMUTEX_HTTP_ADDR");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = health(&[("DMUTEX_HTTP_ADDR", format!("0.0.0.0:{port}"))]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = health(&[("DMUTEX_HTTP_ADDR", format!("127.0.0.1:{port}"))]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // DMUTEX_ENDPOINT wins over the listen address.
+    let out = health(&[
+        ("DMUTEX_HTTP_ADDR", format!("0.0.0.0:{port}")),
+        ("DMUTEX_ENDPOINT", "http://127.0.0.1:1".into()),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    // A listen address that is not ip:port is named.
+    let out = health(&[("DMUTEX_HTTP_ADDR", "node:8080".into())]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DMUTEX_HTTP_ADDR"));
+}

@@ -1,21 +1,15 @@
 //! `/metrics` of a live node passes `promtool check metrics` (Debian package `prometheus`, installed by
-//! `.ci/run`; the test is skipped with a printed reason when promtool is absent), and the Prometheus counters
-//! agree with `/v1/stats` after a known workload (issue 4, "Tests" 2).
+//! `.ci/run`; without promtool the check fails under `CI=true` and is skipped with a SKIPPED line on stderr
+//! elsewhere), and the Prometheus counters agree with `/v1/stats` after a known workload.
 
 mod common;
+#[path = "support/tools.rs"]
+mod tools;
 
 use common::{Cluster, metric_sum};
 use serde_json::Value;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-
-fn promtool() -> Option<String> {
-    let ok = Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    match ok {
-        Ok(s) if s.success() => Some("promtool".into()),
-        _ => None,
-    }
-}
 
 #[test]
 fn live_metrics_pass_promtool_and_agree_with_stats() {
@@ -69,12 +63,7 @@ fn live_metrics_pass_promtool_and_agree_with_stats() {
     assert_eq!(sent(1, "ricart-agrawala", "REQUEST"), 2 * N);
     assert_eq!(sent(0, "ricart-agrawala", "REPLY") + sent(2, "ricart-agrawala", "REPLY"), 2 * N);
 
-    let Some(tool) = promtool() else {
-        eprintln!(
-            "SKIPPED promtool check: promtool is not installed (apt-get install prometheus; .ci/run does)"
-        );
-        return;
-    };
+    let Some(tool) = tools::require("promtool", "prometheus", "promtool check metrics") else { return };
     let (_, text) = c.get_text(0, "/metrics");
     let mut child = match Command::new(tool)
         .args(["check", "metrics"])

@@ -1,9 +1,11 @@
 //! The HTTP API (axum, JSON). Handlers validate input and talk to the node loop through [`NodeHandle`];
 //! they hold no lock state themselves.
 //!
-//! Errors are always `{"error":{"code","message"}}` with a proper status: 400 bad input, 408 timeout,
+//! Errors are always `{"error":{"code","message"}}` with a proper status: 400 bad input (also an algorithm
+//! this cluster does not serve), 404 no such endpoint, 405 wrong method (with `Allow`), 408 timeout,
 //! 409 unknown/expired lease, 413 body too large, 503 unavailable or shutting down.
 
+use crate::algo::Algorithm;
 use crate::api::error::ApiError;
 use crate::api::types::{
     AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, ReleaseBody,
@@ -13,7 +15,7 @@ use crate::node::NodeHandle;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -52,6 +54,8 @@ pub struct AppState {
     pub node: NodeHandle,
     /// The built-in workload's status, if one is configured.
     pub workload: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    /// The algorithms a request may name (`DMUTEX_ALGORITHMS`); another one is refused with 400.
+    pub algorithms: Vec<Algorithm>,
 }
 
 /// The router. Tests mount it on a listener they bound themselves.
@@ -68,20 +72,37 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/flow", get(flow))
         .route("/v1/workload", get(workload))
-        .fallback(|| async { ApiError::BadRequest("no such endpoint".into()).into_response_with(404) })
+        // After the routes: it applies to the routes registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-trait WithStatus {
-    fn into_response_with(self, status: u16) -> Response;
+/// An error answer in the API's JSON shape for a status [`ApiError`] has no variant for.
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message } })).into_response()
 }
 
-impl WithStatus for ApiError {
-    fn into_response_with(self, status: u16) -> Response {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
-        let body = ErrorBody { error: ErrorDetail { code: "not_found".into(), message: self.to_string() } };
-        (status, Json(body)).into_response()
+async fn no_such_endpoint(method: Method, uri: Uri) -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {method} {}", uri.path()))
+}
+
+/// axum adds the `Allow` header with the methods the path takes.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message =
+        format!("{method} is not allowed on {} (the Allow header lists the methods it takes)", uri.path());
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+}
+
+/// Refuses an algorithm the cluster does not serve, naming the ones it does.
+fn check_algorithm(allowed: &[Algorithm], asked: Option<Algorithm>) -> Result<(), ApiError> {
+    match asked {
+        Some(a) if !allowed.contains(&a) => Err(ApiError::BadRequest(format!(
+            "algorithm {a} is not served by this cluster; allowed: {} (DMUTEX_ALGORITHMS)",
+            crate::config::algorithm_list(allowed)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -139,6 +160,7 @@ async fn acquire(
     if b.ttl_ms == Some(0) {
         return Err(ApiError::BadRequest("ttl_ms must be positive".into()));
     }
+    check_algorithm(&s.algorithms, b.algorithm)?;
     let grant = s
         .node
         .acquire(AcquireRequest {
@@ -215,6 +237,29 @@ async fn flow(
 async fn workload(State(s): State<AppState>) -> Response {
     match &s.workload {
         Some(f) => Json(f()).into_response(),
-        None => ApiError::BadRequest("no workload is configured on this node".into()).into_response_with(404),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no workload is configured on this node".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_algorithm_outside_the_list_is_refused_naming_the_allowed_ones() {
+        let allowed = [Algorithm::Lamport, Algorithm::ProbableOwner];
+        assert_eq!(check_algorithm(&allowed, None), Ok(()), "no algorithm: the default, which config checks");
+        assert_eq!(check_algorithm(&allowed, Some(Algorithm::ProbableOwner)), Ok(()));
+        let e = check_algorithm(&allowed, Some(Algorithm::RicartAgrawala)).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.to_string(),
+            "algorithm ricart-agrawala is not served by this cluster; allowed: lamport,probable-owner \
+             (DMUTEX_ALGORITHMS)"
+        );
     }
 }

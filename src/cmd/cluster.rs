@@ -3,7 +3,7 @@
 
 use clap::Args;
 use dmutex::algo::Algorithm;
-use dmutex::experiment::runner::{self, run_cluster};
+use dmutex::experiment::runner::{self, StartMode, run_cluster};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -48,18 +48,33 @@ impl fmt::Display for AlgorithmChoice {
     }
 }
 
+/// A count that must be at least 1 (clap's range parser would print the upper bound, 2⁶⁴ − 1).
+fn at_least_one(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1: every node makes at least one entry".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `dmutex cluster`: local multi-process cluster on loopback addresses.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClusterArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    /// Number of nodes (1 to 254).
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=254))]
     pub(crate) nodes: usize,
-    /// Critical sections each node enters.
-    #[arg(long, default_value_t = 10, value_name = "K")]
+    /// Critical sections each node enters (at least 1).
+    #[arg(long, default_value_t = 10, value_name = "K", value_parser = at_least_one)]
     pub(crate) iterations: u64,
-    /// Time spent inside each critical section, in milliseconds (default: the node default).
+    /// Time spent inside each critical section, in milliseconds [default: 0].
     #[arg(long, value_name = "MS")]
     pub(crate) cs_ms: Option<u64>,
+    /// When the nodes' workloads start: "together" at one instant once every node is ready, so all contend
+    /// from the first entry; "staggered": each as soon as it is ready (tens of ms apart, as in the original
+    /// programs), so with short critical sections the first node makes many entries alone.
+    #[arg(long, default_value_t = StartMode::Together, value_name = "together|staggered")]
+    pub(crate) start: StartMode,
     /// Algorithm to run, or "all" to run each in turn.
     #[arg(long, default_value = "all", value_name = "A|all")]
     pub(crate) algorithm: AlgorithmChoice,
@@ -72,15 +87,16 @@ pub(crate) struct ClusterArgs {
     /// HTTP port of every node.
     #[arg(long, default_value_t = 8080, value_name = "PORT")]
     pub(crate) http_port: u16,
-    /// Write results.json and SVG charts (Gantt, latency, messages; with --sweep also sweep.csv and the sweep
-    /// charts) into this directory. Node logs stay in a temporary directory, printed when a run fails.
+    /// Write the results into DIR and keep them: results.json and SVG charts (Gantt, latency, messages; with
+    /// --sweep also sweep.csv and the sweep charts). The node logs are not written there (see --keep).
     #[arg(long, value_name = "DIR")]
     pub(crate) out: Option<PathBuf>,
     /// Comma-separated cluster sizes to run one after another (e.g. 3,5,10,20,40), instead of --nodes; every
     /// size runs every requested algorithm.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub(crate) sweep: Vec<usize>,
-    /// Keep the output directory (and the node processes' logs) after a successful run.
+    /// Keep the run's working directory after a successful run: the node logs and the counter file, in
+    /// $TMPDIR/dmutex-cluster-<run> (printed). A failed run always keeps it and prints where.
     #[arg(long)]
     pub(crate) keep: bool,
     /// Lamport's footnote option in every node: no REPLY to a REQUEST when a message stamped later was already
@@ -104,6 +120,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> i32 {
         binary: None,
         sweep: args.sweep.clone(),
         lamport_ack_elision: args.lamport_ack_elision,
+        start: args.start,
     };
     match run_cluster(&cargs).await {
         Ok(true) => 0,

@@ -1,17 +1,25 @@
 //! `dmutex health`: a container HEALTHCHECK that needs no curl in the image.
+//!
+//! Without `--endpoint` or `DMUTEX_ENDPOINT` it probes the node of its own container: the address in
+//! `DMUTEX_HTTP_ADDR` (the node's listen address, in the same environment), so a moved port moves the probe too.
 
 use crate::cmd::DEFAULT_ENDPOINT;
 use clap::Args;
 use dmutex::api::client::Client;
 use reqwest::StatusCode;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// `dmutex health`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct HealthArgs {
-    /// Node HTTP endpoint.
-    #[arg(long, env = "DMUTEX_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
-    pub(crate) endpoint: String,
+    /// Node HTTP endpoint [default: http://<DMUTEX_HTTP_ADDR> with 0.0.0.0 read as 127.0.0.1 and :: as ::1,
+    /// else http://127.0.0.1:8080].
+    #[arg(long, env = "DMUTEX_ENDPOINT", value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// The node's listen address, the endpoint's default (read from the environment only).
+    #[arg(skip = std::env::var("DMUTEX_HTTP_ADDR").ok())]
+    pub(crate) http_addr: Option<String>,
     /// Probe readiness (/readyz: the node has joined its cluster) instead of liveness (/healthz).
     #[arg(long)]
     pub(crate) ready: bool,
@@ -20,10 +28,38 @@ pub(crate) struct HealthArgs {
     pub(crate) timeout: Duration,
 }
 
+/// The endpoint of a node listening on `http_addr` (`DMUTEX_HTTP_ADDR`), as seen from the same host: an
+/// unspecified address (listen on all) is reached on loopback. Unset or empty: [`DEFAULT_ENDPOINT`].
+pub(crate) fn endpoint_for_listen_addr(http_addr: Option<&str>) -> Result<String, String> {
+    let Some(text) = http_addr.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(DEFAULT_ENDPOINT.to_string());
+    };
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| format!("DMUTEX_HTTP_ADDR: \"{text}\" is not a socket address (ip:port): {e}"))?;
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    // SocketAddr's Display puts an IPv6 address in brackets, as a URL needs.
+    Ok(format!("http://{}", SocketAddr::new(ip, addr.port())))
+}
+
+impl HealthArgs {
+    /// The endpoint to probe: `--endpoint`, else `DMUTEX_ENDPOINT`, else the one `DMUTEX_HTTP_ADDR` implies.
+    pub(crate) fn endpoint(&self) -> Result<String, String> {
+        match &self.endpoint {
+            Some(e) => Ok(e.clone()),
+            None => endpoint_for_listen_addr(self.http_addr.as_deref()),
+        }
+    }
+}
+
 /// Runs `dmutex health`: 0 if `/healthz` (or `/readyz` with `--ready`) answers 200, else 1.
 pub(crate) async fn run(args: &HealthArgs) -> i32 {
     let path = if args.ready { "readyz" } else { "healthz" };
-    let client = match Client::new(&args.endpoint) {
+    let client = match args.endpoint().and_then(|e| Client::new(&e).map_err(|e| e.to_string())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dmutex health: {e}");
@@ -40,5 +76,23 @@ pub(crate) async fn run(args: &HealthArgs) -> i32 {
             eprintln!("dmutex health: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_endpoint_follows_the_listen_address() {
+        let e = |a: Option<&str>| endpoint_for_listen_addr(a);
+        assert_eq!(e(None).unwrap(), DEFAULT_ENDPOINT);
+        assert_eq!(e(Some("")).unwrap(), DEFAULT_ENDPOINT);
+        assert_eq!(e(Some("0.0.0.0:9090")).unwrap(), "http://127.0.0.1:9090");
+        assert_eq!(e(Some("[::]:8081")).unwrap(), "http://[::1]:8081");
+        assert_eq!(e(Some("10.1.2.3:8080")).unwrap(), "http://10.1.2.3:8080");
+        assert_eq!(e(Some("[fd00::5]:80")).unwrap(), "http://[fd00::5]:80");
+        let err = e(Some("node:8080")).unwrap_err();
+        assert!(err.starts_with("DMUTEX_HTTP_ADDR: \"node:8080\" is not a socket address"), "{err}");
     }
 }

@@ -211,8 +211,8 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
     let grant = tokio::select! {
         r = client.acquire(name, &req, limit) => r,
-        _ = sigint.recv() => return Ok(128 + libc::SIGINT),
-        _ = sigterm.recv() => return Ok(128 + libc::SIGTERM),
+        _ = sigint.recv() => return Ok(128 + Signal::INT.as_raw()),
+        _ = sigterm.recv() => return Ok(128 + Signal::TERM.as_raw()),
     };
     let granted_at = Instant::now();
     let grant = match grant {
@@ -336,6 +336,6 @@ mod tests {
     fn exit_codes_follow_the_shell() {
         assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 128 + 9);
+        assert_eq!(exit_code(ExitStatus::from_raw(Signal::KILL.as_raw())), 128 + 9);
     }
 }

@@ -138,6 +138,19 @@ mod tests {
         assert_eq!(c.algorithm, AlgorithmChoice::One(Algorithm::ProbableOwner));
         assert_eq!(c.sweep, [3, 5, 7]);
         assert!(c.keep);
+        assert_eq!(c.start, dmutex::experiment::runner::StartMode::Together);
+        let Command::Cluster(c) = parse(&["cluster", "--start", "staggered"]) else { panic!("not cluster") };
+        assert_eq!(c.start, dmutex::experiment::runner::StartMode::Staggered);
+    }
+
+    #[test]
+    fn cluster_refuses_zero_iterations_and_nodes_as_usage_errors() {
+        for args in
+            [["cluster", "--iterations", "0"], ["cluster", "--nodes", "0"], ["cluster", "--nodes", "255"]]
+        {
+            let e = Cli::try_parse_from(std::iter::once("dmutex").chain(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
     }
 
     #[test]
@@ -146,6 +159,7 @@ mod tests {
             panic!("not health")
         };
         assert!(h.ready);
-        assert_eq!(h.endpoint, "http://x:9");
+        assert_eq!(h.endpoint.as_deref(), Some("http://x:9"));
+        assert_eq!(h.endpoint().as_deref(), Ok("http://x:9"), "--endpoint wins over DMUTEX_HTTP_ADDR");
     }
 }

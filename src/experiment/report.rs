@@ -187,19 +187,27 @@ pub fn summarize(
     }
 }
 
+/// `1 node`, `3 nodes`: a count and its noun, singular or plural.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+}
+
 /// The seed-style report of one experiment.
 pub fn format_results(r: &ExperimentResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "--- Final Results ({}, {} nodes × {} iterations, {} ms in the critical section) ---",
-        r.algorithm, r.nodes, r.iterations, r.cs_ms
+        "--- Final Results ({}, {} × {}, {} ms in the critical section) ---",
+        r.algorithm,
+        count(r.nodes as u64, "node", "nodes"),
+        count(u64::from(r.iterations), "iteration", "iterations"),
+        r.cs_ms
     );
     let shown: Vec<String> =
         r.cs_history.iter().take(HISTORY_SHOWN).map(|(n, t)| format!("({n}, {t})")).collect();
     let more = r.cs_history.len().saturating_sub(HISTORY_SHOWN);
     let tail = if more > 0 { format!(", … {more} more in results.json") } else { String::new() };
-    let _ = writeln!(s, "cs_history: [{}{tail}]", shown.join(", "));
+    let _ = writeln!(s, "cs_history (node, fencing token): [{}{tail}]", shown.join(", "));
     let _ = writeln!(s, "shared_counter: {} (expected {})", r.shared_counter, r.expected_counter);
     let counts: Vec<String> = r.message_count.iter().map(|(n, c)| format!("{n}: {c}")).collect();
     let _ = writeln!(s, "message_count: {{{}}}", counts.join(", "));
@@ -274,7 +282,12 @@ pub fn sweep_point(r: &ExperimentResult) -> SweepPoint {
 /// `<algorithm>-messages.svg`. Returns the files written.
 pub fn write_experiment_charts(dir: &Path, r: &ExperimentResult) -> Result<Vec<PathBuf>, ChartError> {
     let entries: Vec<CsEntry> = r.entries.iter().map(|e| e.entry.clone()).collect();
-    let what = format!("{}, {} nodes × {} entries", r.algorithm, r.nodes, r.iterations);
+    let what = format!(
+        "{}, {} × {}",
+        r.algorithm,
+        count(r.nodes as u64, "node", "nodes"),
+        count(u64::from(r.iterations), "entry", "entries")
+    );
     let charts = [
         ("gantt", charts::gantt(&entries, &format!("Critical sections over time ({what})"))?),
         ("latency", charts::latency(&entries, &format!("Waiting time per node ({what})"))?),
@@ -355,7 +368,7 @@ mod tests {
         let text = format_results(&r);
         let expected = "\
 --- Final Results (lamport, 2 nodes × 2 iterations, 0 ms in the critical section) ---
-cs_history: [(0, 10), (1, 20), (0, 30), (1, 40)]
+cs_history (node, fencing token): [(0, 10), (1, 20), (0, 30), (1, 40)]
 shared_counter: 4 (expected 4)
 message_count: {0: 6, 1: 6}
 messages by type: REQUEST 4, REPLY 4, RELEASE 4
@@ -371,5 +384,15 @@ Verdict: OK — no overlapping critical sections, no lost update, fencing tokens
         assert_eq!(json["message_count"]["0"], 6);
         assert_eq!(json["verdict"]["ok"], true);
         assert!(format_summary(&[r]).contains("lamport"));
+    }
+
+    #[test]
+    fn one_node_is_singular() {
+        assert_eq!(count(1, "node", "nodes"), "1 node");
+        assert_eq!(count(0, "node", "nodes"), "0 nodes");
+        assert_eq!(count(5, "entry", "entries"), "5 entries");
+        let run = clean_run();
+        let r = summarize(Algorithm::Lamport, 1, 1, 0, &run[..1], &[stats(0, 0, 0, 0)], 2);
+        assert!(format_results(&r).starts_with("--- Final Results (lamport, 1 node × 1 iteration, 0 ms"));
     }
 }

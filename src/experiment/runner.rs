@@ -2,8 +2,9 @@
 //!
 //! For each algorithm (sequentially): start N `dmutex node` children on distinct loopback addresses
 //! (`<subnet>.1 … <subnet>.N`, one shared peer port and one shared HTTP port), each running the workload of
-//! [`crate::experiment::workload`] against one shared counter file; wait for every `/readyz`; poll `/v1/workload` (showing
-//! progress) until every node is done; read `/v1/stats`; stop every child (SIGTERM, SIGKILL after 5 s); print the
+//! [`crate::experiment::workload`] against one shared counter file; wait for every `/readyz`; give the common
+//! start signal (a start file naming one instant a little ahead, so every node enters the contest at once; see
+//! [`StartMode`]); poll `/v1/workload` (showing progress) until every node is done; read `/v1/stats`; stop every child (SIGTERM, SIGKILL after 5 s); print the
 //! seed-style results and a verdict.
 //!
 //! With `--out DIR` it also writes `DIR/results.json` (every printed figure, every entry with its request/enter/exit
@@ -20,6 +21,10 @@
 //! The verdict is [`crate::experiment::verdict`]'s, the printed and written results are
 //! [`crate::experiment::report`]'s; this file starts, drives and stops the processes.
 //!
+//! The run's working directory (node logs, counter file, start file) is `dmutex-cluster-<run>` in the
+//! temporary directory (`TMPDIR`, else `/tmp`); it is removed after a passing run unless `--keep`, and kept and
+//! named after a failing one. `--out` is a different directory: the results, always kept.
+//!
 //! Must never: leave a child running (every child is `kill_on_drop`, and stopped explicitly on every path), or
 //! delete the logs of a run that failed (their location is printed instead).
 
@@ -32,7 +37,9 @@ use crate::experiment::report::{
     ExperimentResult, SUMMARY_HEADER, format_results, format_summary, summarize, summary_row, sweep_point,
     write_experiment_charts, write_results, write_sweep_outputs,
 };
-use crate::experiment::workload::{WorkloadReport, WorkloadState, WorkloadStatus, read_counter, unix_ms};
+use crate::experiment::workload::{
+    WorkloadReport, WorkloadState, WorkloadStatus, read_counter, unix_ms, write_start_file,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -54,6 +61,43 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The lock every node contends for.
 const WORKLOAD_LOCK: &str = "counter";
+/// How far ahead of "every node is ready" the common start lies, plus [`START_LEAD_PER_NODE`] per node: every
+/// node must have read the start file (it looks every 5 ms) before the instant it names.
+const START_LEAD: Duration = Duration::from_millis(250);
+/// Extra lead per node.
+const START_LEAD_PER_NODE: Duration = Duration::from_millis(5);
+
+/// When each node's workload starts.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// At one instant once every node is ready: all nodes contend from the first entry.
+    #[default]
+    Together,
+    /// Each node as soon as it is ready (tens of milliseconds apart, as in the original programs): with short
+    /// critical sections the first node makes many entries before the others join.
+    Staggered,
+}
+
+impl std::str::FromStr for StartMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "together" => Ok(StartMode::Together),
+            "staggered" => Ok(StartMode::Staggered),
+            other => Err(format!("unknown start mode \"{other}\" (expected together or staggered)")),
+        }
+    }
+}
+
+impl std::fmt::Display for StartMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartMode::Together => "together",
+            StartMode::Staggered => "staggered",
+        })
+    }
+}
 
 /// What `dmutex cluster` runs. (Mirrors the CLI's arguments.)
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +118,8 @@ pub struct ClusterArgs {
     pub http_port: u16,
     /// Also write `results.json` and the SVG charts (and in a sweep `sweep.csv`) into this directory.
     pub out: Option<PathBuf>,
-    /// Keep the run's temporary directory (logs, counter file) even when everything passed.
+    /// Keep the run's working directory in the temporary directory (node logs, counter file) even when
+    /// everything passed; a failed experiment's is always kept.
     pub keep: bool,
     /// The `dmutex` binary to start as `<binary> node` (default: this executable).
     pub binary: Option<PathBuf>,
@@ -82,6 +127,8 @@ pub struct ClusterArgs {
     pub sweep: Vec<usize>,
     /// Turn on Lamport's footnote option in every node (`DMUTEX_LAMPORT_ACK_ELISION`).
     pub lamport_ack_elision: bool,
+    /// When the nodes' workloads start.
+    pub start: StartMode,
 }
 
 /// The body of `GET /v1/workload`.
@@ -109,7 +156,7 @@ pub fn node_addresses(subnet: &str, nodes: usize) -> Result<Vec<Ipv4Addr>, Exper
     Ok((1..=nodes).map(|i| Ipv4Addr::new(a, b, c, i as u8)).collect())
 }
 
-/// The environment of node `id`'s process.
+/// The environment of node `id`'s process. `start_file`: the common start's file, if the start is common.
 pub fn node_env(
     args: &ClusterArgs,
     algorithm: Algorithm,
@@ -117,10 +164,11 @@ pub fn node_env(
     addrs: &[Ipv4Addr],
     cluster_name: &str,
     counter_file: &Path,
+    start_file: Option<&Path>,
 ) -> Vec<(&'static str, String)> {
     let peers: Vec<String> = addrs.iter().map(|a| format!("{a}:{}", args.peer_port)).collect();
     let me = addrs.get(id).copied().unwrap_or(Ipv4Addr::LOCALHOST);
-    vec![
+    let mut env = vec![
         ("DMUTEX_NODE_ID", id.to_string()),
         ("DMUTEX_PEERS", peers.join(",")),
         ("DMUTEX_PEER_ADDR", format!("{me}:{}", args.peer_port)),
@@ -134,7 +182,11 @@ pub fn node_env(
         ("DMUTEX_WORKLOAD_COUNTER_FILE", counter_file.display().to_string()),
         ("DMUTEX_WORKLOAD_ALGORITHM", algorithm.to_string()),
         ("DMUTEX_LAMPORT_ACK_ELISION", args.lamport_ack_elision.to_string()),
-    ]
+    ];
+    if let Some(start) = start_file {
+        env.push(("DMUTEX_WORKLOAD_START_FILE", start.display().to_string()));
+    }
+    env
 }
 
 /// Runs the experiment for the requested algorithm(s) and size(s), prints the results, writes the output
@@ -153,18 +205,15 @@ pub async fn run_cluster(args: &ClusterArgs) -> Result<bool, ExperimentError> {
     if args.algorithms.is_empty() {
         return Err(ExperimentError::InvalidArgs("no algorithm to run".into()));
     }
+    if args.iterations == 0 {
+        return Err(ExperimentError::InvalidArgs("every node needs at least one iteration".into()));
+    }
     let algorithms = &args.algorithms;
     // Unique even for two runs started in the same millisecond by one process (as the tests do).
     let run_id = format!("{}-{}-{:08x}", std::process::id(), unix_ms() as u64, rand::random::<u32>());
-    // The shared counter lives in memory-backed /dev/shm when there is one, so the critical section measures
-    // the lock, not the disk.
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() && std::fs::metadata(shm).is_ok_and(|m| !m.permissions().readonly()) {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    let root = base.join(format!("dmutex-cluster-{run_id}"));
+    // The usual place (TMPDIR), where a failed run's logs are looked for. The counter's read and write are
+    // not synced, so they stay in the page cache there too: the critical section measures the lock, not the disk.
+    let root = std::env::temp_dir().join(format!("dmutex-cluster-{run_id}"));
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(ExperimentError::io(format!("creating {}", out.display())))?;
     }
@@ -204,12 +253,13 @@ pub async fn run_cluster(args: &ClusterArgs) -> Result<bool, ExperimentError> {
             if sweeping {
                 println!("{}", summary_row(&result));
                 if let (false, Some(log_dir)) = (result.verdict.ok, &result.log_dir) {
-                    println!("  logs: {}", log_dir.display());
+                    println!("  node logs kept in {}", log_dir.display());
                 }
             } else {
                 print!("{}", format_results(&result));
                 if let Some(log_dir) = &result.log_dir {
-                    println!("Logs: {}", log_dir.display());
+                    let why = if result.verdict.ok { "--keep" } else { "the verdict failed" };
+                    println!("Node logs and counter file kept in {} ({why})", log_dir.display());
                 }
                 println!();
             }
@@ -270,9 +320,11 @@ async fn run_experiment(
     let counter_file = dir.join("counter");
     std::fs::write(&counter_file, "0")
         .map_err(ExperimentError::io(format!("creating {}", counter_file.display())))?;
+    let start_file = (args.start == StartMode::Together).then(|| dir.join("start"));
     let cluster_name = format!("dmutex-cluster-{run_id}-{nodes}-{algorithm}");
 
-    let mut cluster = Cluster::start(binary, args, algorithm, &addrs, &cluster_name, &counter_file, dir)?;
+    let files = RunFiles { counter: &counter_file, start: start_file.as_deref(), dir };
+    let mut cluster = Cluster::start(binary, args, algorithm, &addrs, &cluster_name, files)?;
     let outcome = tokio::select! {
         r = cluster.drive(args, algorithm) => r,
         _ = tokio::signal::ctrl_c() => Err(ExperimentError::Interrupted),
@@ -311,18 +363,22 @@ struct NodeProc {
     child: Child,
 }
 
+/// How long, once one node has exited early, the others get to show whether they exit too (a taken port or a
+/// bad binary stops them all), so that the error names every one in node order, not whichever was seen first.
+const EXIT_SETTLE: Duration = Duration::from_millis(300);
+
 impl NodeProc {
-    /// An error if the process has exited, naming it and showing the end of its log.
-    fn check_alive(&mut self) -> Result<(), ExperimentError> {
+    /// Why the process is no longer running (naming it and showing the end of its log), if it is not.
+    fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(ExperimentError::Node(format!(
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!(
                 "node {} exited early ({status}); its log: {}{}",
                 self.id,
                 self.log.display(),
                 log_tail(&self.log)
-            ))),
-            Err(e) => Err(ExperimentError::Node(format!("node {}: cannot query its process: {e}", self.id))),
+            )),
+            Err(e) => Some(format!("node {}: cannot query its process: {e}", self.id)),
         }
     }
 }
@@ -338,22 +394,46 @@ fn log_tail(log: &Path) -> String {
     format!("\n  | {}", tail.join("\n  | "))
 }
 
+/// The files of one experiment: in `dir`, the shared counter, the start file (if the start is common) and
+/// one log per node.
+#[derive(Clone, Copy)]
+struct RunFiles<'a> {
+    counter: &'a Path,
+    start: Option<&'a Path>,
+    dir: &'a Path,
+}
+
 /// The N node processes of one experiment.
 struct Cluster {
     nodes: Vec<NodeProc>,
+    /// Where the common start is signalled, if it is.
+    start_file: Option<PathBuf>,
 }
 
 impl Cluster {
+    /// An error naming every node that has exited, if any has.
+    async fn check_alive(&mut self) -> Result<(), ExperimentError> {
+        if !self.nodes.iter_mut().any(|n| n.exited().is_some()) {
+            return Ok(());
+        }
+        tokio::time::sleep(EXIT_SETTLE).await;
+        let gone: Vec<String> = self.nodes.iter_mut().filter_map(NodeProc::exited).collect();
+        Err(ExperimentError::Node(gone.join("\n")))
+    }
+
     fn start(
         binary: &Path,
         args: &ClusterArgs,
         algorithm: Algorithm,
         addrs: &[Ipv4Addr],
         cluster_name: &str,
-        counter_file: &Path,
-        dir: &Path,
+        files: RunFiles<'_>,
     ) -> Result<Cluster, ExperimentError> {
-        let mut cluster = Cluster { nodes: Vec::with_capacity(addrs.len()) };
+        let mut cluster = Cluster {
+            nodes: Vec::with_capacity(addrs.len()),
+            start_file: files.start.map(Path::to_path_buf),
+        };
+        let dir = files.dir;
         // One client for all nodes: every request bounded by HTTP_TIMEOUT, one connection pool.
         let mut api: Option<Client> = None;
         for (id, addr) in addrs.iter().enumerate() {
@@ -364,7 +444,7 @@ impl Cluster {
                 file.try_clone().map_err(ExperimentError::io(format!("opening {} twice", log.display())))?;
             let child = Command::new(binary)
                 .arg("node")
-                .envs(node_env(args, algorithm, id, addrs, cluster_name, counter_file))
+                .envs(node_env(args, algorithm, id, addrs, cluster_name, files.counter, files.start))
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(file)
@@ -390,6 +470,11 @@ impl Cluster {
     ) -> Result<(Vec<WorkloadReport>, Vec<Stats>), ExperimentError> {
         let mut progress = Progress::new(algorithm);
         self.wait_ready(args).await?;
+        if let Some(start) = &self.start_file {
+            let lead = START_LEAD + START_LEAD_PER_NODE * u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+            write_start_file(start, unix_ms() + lead.as_secs_f64() * 1000.0)
+                .map_err(ExperimentError::io(format!("writing the start signal {}", start.display())))?;
+        }
         let reports = self.poll_workload(args, &mut progress).await?;
         let mut stats = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -408,11 +493,11 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut pending: BTreeSet<usize> = (0..self.nodes.len()).collect();
         loop {
+            self.check_alive().await?;
             for node in &mut self.nodes {
                 if !pending.contains(&node.id) {
                     continue;
                 }
-                node.check_alive()?;
                 let ready = node.api.probe("readyz", HTTP_TIMEOUT).await.is_ok_and(|s| s.is_success());
                 if ready {
                     pending.remove(&node.id);
@@ -469,8 +554,8 @@ impl Cluster {
         let mut last_done = 0u32;
         let mut last_change = Instant::now();
         loop {
+            self.check_alive().await?;
             for (i, node) in self.nodes.iter_mut().enumerate() {
-                node.check_alive()?;
                 let body: WorkloadResponse = match node.api.get_json(&["v1", "workload"], &[]).await {
                     Ok(body) => body,
                     Err(e) if e.is_status(404) => {
@@ -524,17 +609,11 @@ impl Cluster {
 
     /// SIGTERM to every child, then SIGKILL to those still running after [`STOP_GRACE`].
     async fn stop(&mut self) {
-        let pids: Vec<String> =
-            self.nodes.iter().filter_map(|n| n.child.id()).map(|p| p.to_string()).collect();
-        if !pids.is_empty() {
-            // `kill(1)` rather than libc: this crate forbids unsafe code.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .args(&pids)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
+        for pid in self.nodes.iter().filter_map(|n| n.child.id()) {
+            if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                // An error means the child has already exited: nothing to stop.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
         }
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         for node in &mut self.nodes {
@@ -664,11 +743,20 @@ mod tests {
             binary: None,
             sweep: vec![],
             lamport_ack_elision: true,
+            start: StartMode::Together,
         };
-        let env: BTreeMap<_, _> =
-            node_env(&args, Algorithm::RicartAgrawala, 1, &addrs, "c1", Path::new("/tmp/x/counter"))
-                .into_iter()
-                .collect();
+        let counter = Path::new("/tmp/x/counter");
+        let env: BTreeMap<_, _> = node_env(
+            &args,
+            Algorithm::RicartAgrawala,
+            1,
+            &addrs,
+            "c1",
+            counter,
+            Some(Path::new("/tmp/x/start")),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["DMUTEX_NODE_ID"], "1");
         assert_eq!(env["DMUTEX_PEERS"], "127.0.0.1:7070,127.0.0.2:7070,127.0.0.3:7070");
         assert_eq!(env["DMUTEX_PEER_ADDR"], "127.0.0.2:7070");
@@ -680,6 +768,13 @@ mod tests {
         assert_eq!(env["DMUTEX_WORKLOAD_COUNTER_FILE"], "/tmp/x/counter");
         assert_eq!(env["DMUTEX_CLUSTER_NAME"], "c1");
         assert_eq!(env["DMUTEX_LAMPORT_ACK_ELISION"], "true");
+        assert_eq!(env["DMUTEX_WORKLOAD_START_FILE"], "/tmp/x/start");
+        // A staggered start has no start file: each node starts when ready.
+        let env = node_env(&args, Algorithm::Lamport, 1, &addrs, "c1", counter, None);
+        assert!(env.iter().all(|(k, _)| *k != "DMUTEX_WORKLOAD_START_FILE"));
+        assert_eq!("staggered".parse::<StartMode>(), Ok(StartMode::Staggered));
+        assert_eq!(StartMode::default().to_string(), "together");
+        assert!("soon".parse::<StartMode>().is_err());
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! once and the section is one positioned read and one positioned write over the text, without fsync (see
 //! [`CounterFile`]): a section costs two system calls, so a zero-length section measures the lock service.
 //!
+//! A common start: with a start file ([`WorkloadConfig::start_file`]), every node waits, once ready, until the
+//! file holds a start time, and then until that time, so all nodes compete from the first entry. `dmutex cluster`
+//! writes it once every node is ready. Without one a node starts as soon as it is ready, tens of milliseconds
+//! apart from the others, and with short critical sections the first node makes many entries alone.
+//!
 //! A node's next acquire is issued together with its release (see `one_entry`), as a client that asks again
 //! at once would: the node handles the two in order and its RELEASE and next REQUEST share one write per peer.
 //!
@@ -29,6 +34,10 @@ use tokio::sync::watch;
 
 /// How often [`run_workload`] asks [`LockService::ready`] while it waits for the node to join.
 const READY_POLL: Duration = Duration::from_millis(50);
+/// How often [`run_workload`] looks for the start file: much shorter than the lead the runner gives.
+const START_POLL: Duration = Duration::from_millis(5);
+/// The latest start time a start file may name, from when it is read: a larger one is a mistake, not a plan.
+const MAX_START_DELAY_MS: f64 = 60_000.0;
 
 /// What one node's workload does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +54,9 @@ pub struct WorkloadConfig {
     pub algorithm: Algorithm,
     /// How long one acquire may wait before the workload gives up.
     pub acquire_timeout: Duration,
+    /// The common start: once ready, wait until this file holds a start time (UNIX ms, as text), then until
+    /// that time. `None`: start as soon as the node is ready.
+    pub start_file: Option<PathBuf>,
 }
 
 /// The node's lock service as the workload sees it: a running node's [`NodeHandle`] in-process, or a fake in
@@ -165,7 +177,7 @@ pub struct WorkloadReport {
     pub entries: Vec<CsEntry>,
     /// What went wrong (empty on success). The workload stops at the first error.
     pub errors: Vec<String>,
-    /// When the first iteration started, after the node became ready (UNIX ms).
+    /// When the first iteration started, after the node became ready and the common start (UNIX ms).
     pub started_ms: f64,
     /// When the workload stopped (UNIX ms).
     pub finished_ms: f64,
@@ -276,6 +288,10 @@ pub async fn run_workload<S: LockService>(
     while !svc.ready().await {
         tokio::time::sleep(READY_POLL).await;
     }
+    let start = match &cfg.start_file {
+        Some(path) => wait_for_start(path).await,
+        None => Ok(()),
+    };
 
     let mut report = WorkloadReport {
         node: node_id,
@@ -286,6 +302,12 @@ pub async fn run_workload<S: LockService>(
         started_ms: unix_ms(),
         finished_ms: 0.0,
     };
+    if let Err(e) = start {
+        report.errors.push(e);
+        report.finished_ms = report.started_ms;
+        progress.send_replace(WorkloadStatus { state: WorkloadState::Failed, done: 0, total });
+        return report;
+    }
     progress.send_replace(WorkloadStatus { state: WorkloadState::Running, done: 0, total });
 
     let mut counter = match ensure_counter_file(&cfg.counter_file).await {
@@ -315,6 +337,49 @@ pub async fn run_workload<S: LockService>(
     let state = if report.errors.is_empty() { WorkloadState::Done } else { WorkloadState::Failed };
     progress.send_replace(WorkloadStatus { state, done: report.entries.len() as u32, total });
     report
+}
+
+/// Waits until `path` holds a start time (UNIX ms), then until that time (at once if it has passed). The
+/// writer replaces the file in one rename, so a file that exists holds the whole number; an empty one counts as
+/// not written yet.
+pub async fn wait_for_start(path: &Path) -> Result<(), String> {
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => {
+                let text = text.trim();
+                let at: f64 = text.parse().ok().filter(|t: &f64| t.is_finite()).ok_or_else(|| {
+                    format!("start file {} holds \"{text}\", not a UNIX time in milliseconds", path.display())
+                })?;
+                let wait_ms = at - unix_ms();
+                if wait_ms > MAX_START_DELAY_MS {
+                    return Err(format!(
+                        "start file {} names a start {:.0} s from now (at most {:.0} s)",
+                        path.display(),
+                        wait_ms / 1000.0,
+                        MAX_START_DELAY_MS / 1000.0
+                    ));
+                }
+                if wait_ms > 0.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(wait_ms / 1000.0)).await;
+                }
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("reading start file {}: {e}", path.display())),
+        }
+        tokio::time::sleep(START_POLL).await;
+    }
+}
+
+/// Writes the start time `at_ms` (UNIX ms) into `path` for [`wait_for_start`]: into a file beside it first,
+/// then renamed over it, so a reader never sees half a number.
+pub fn write_start_file(path: &Path, at_ms: f64) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, format!("{at_ms:.3}"))?;
+    std::fs::rename(&partial, path)
 }
 
 /// The outcome of an acquire issued ahead of its iteration, and when it was issued (UNIX ms).
@@ -460,6 +525,52 @@ mod tests {
             counter_file: dir.join("counter"),
             algorithm: Algorithm::Lamport,
             acquire_timeout: Duration::from_secs(5),
+            start_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_file_holds_every_workload_until_its_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = dir.path().join("start");
+        let svc = FakeLocks::default();
+        let mut tasks = Vec::new();
+        for node in 0..3u16 {
+            let (tx, _rx) = watch::channel(WorkloadStatus::waiting(0));
+            let cfg = WorkloadConfig { start_file: Some(start.clone()), ..config(dir.path(), 2) };
+            tasks.push(tokio::spawn(run_workload(svc.clone(), node, cfg, tx)));
+        }
+        // Nothing starts while the file is missing or empty.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        std::fs::write(&start, "").unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(svc.tokens.load(Ordering::SeqCst), 0, "a workload started before the start file");
+        let at = unix_ms() + 150.0;
+        write_start_file(&start, at).unwrap();
+        assert!(!dir.path().join("start.partial").exists());
+        for task in tasks {
+            let report = task.await.unwrap();
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            assert_eq!(report.entries.len(), 2);
+            // Not before the start time (the clock's µs rounding aside).
+            assert!(report.started_ms >= at - 1.0, "started {} ms early", at - report.started_ms);
+            assert!(report.entries[0].request_ms >= at - 1.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_start_file_fails_the_workload_without_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = dir.path().join("start");
+        for (text, expected) in [("soon", "not a UNIX time"), ("99999999999999", "s from now")] {
+            std::fs::write(&start, text).unwrap();
+            let (tx, rx) = watch::channel(WorkloadStatus::waiting(0));
+            let cfg = WorkloadConfig { start_file: Some(start.clone()), ..config(dir.path(), 2) };
+            let report = run_workload(FakeLocks::default(), 0, cfg, tx).await;
+            assert!(report.entries.is_empty());
+            assert_eq!(report.errors.len(), 1);
+            assert!(report.errors[0].contains(expected), "{:?}", report.errors);
+            assert_eq!(rx.borrow().state, WorkloadState::Failed);
         }
     }
 

@@ -107,7 +107,7 @@ pub async fn run(
     let mut node_task =
         AbortOnDrop(tokio::spawn(Node::new(settings, transport, shared).run(commands, inbound)));
 
-    let api = router(AppState { node: handle.clone(), workload: None });
+    let api = router(AppState { node: handle.clone(), workload: None, algorithms: cfg.algorithms.clone() });
     let app = match routes {
         Some(routes) => routes(&handle).fallback_service(api),
         None => api,
