@@ -455,19 +455,20 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
 
     /// Schedules what the network asks for.
     fn drain_schedule(&mut self) {
-        if self.net_out.schedule.is_empty() && self.net_out.notes.is_empty() {
-            return;
+        if !self.net_out.schedule.is_empty() {
+            let mut schedule = std::mem::take(&mut self.net_out.schedule);
+            for (at, item) in schedule.drain(..) {
+                self.schedule(at, Item::Net(item));
+            }
+            self.net_out.schedule = schedule;
         }
-        let mut schedule = std::mem::take(&mut self.net_out.schedule);
-        for (at, item) in schedule.drain(..) {
-            self.schedule(at, Item::Net(item));
+        if !self.net_out.notes.is_empty() {
+            let mut notes = std::mem::take(&mut self.net_out.notes);
+            for line in notes.drain(..) {
+                self.push_trace(line);
+            }
+            self.net_out.notes = notes;
         }
-        self.net_out.schedule = schedule;
-        let mut notes = std::mem::take(&mut self.net_out.notes);
-        for line in notes.drain(..) {
-            self.push_trace(line);
-        }
-        self.net_out.notes = notes;
     }
 
     /// Schedules what the network asks for and feeds the cores what their links delivered, in order (what a
