@@ -473,3 +473,40 @@ async fn secrets_must_match() {
         h.shutdown().await;
     }
 }
+
+/// A message addressed to a peer's *new* incarnation before this transport has seen that incarnation's
+/// handshake (a core can learn of a restart from a third node) reaches it; one addressed to the old
+/// incarnation, queued at the same time, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_addressed_to_the_new_incarnation_survives_the_restart_handshake() {
+    let (la, lb) = (bind("127.0.0.61").await, bind("127.0.0.62").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    a.send(NodeId(1), env(1)).unwrap();
+    assert_eq!(b_log.messages(0, 1).await, vec![1]);
+    b.shutdown().await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NodeId(1) }))).await;
+
+    let addressed = |n, inc| Envelope { to_incarnation: Some(Incarnation(inc)), ..env(n) };
+    a.send(NodeId(1), addressed(20, 1)).unwrap();
+    a.send(NodeId(1), addressed(21, 2)).unwrap();
+    let lb2 = TcpListener::bind(addrs[1]).await.expect("rebind the same address");
+    let (b2, b2_rx) = Transport::start::<u64>(config(1, 2, &addrs), lb2, clock());
+    let mut b2_log = Log::new(b2_rx);
+    assert_eq!(b2_log.messages(0, 1).await, vec![21]);
+    a.send(NodeId(1), addressed(22, 2)).unwrap();
+    assert_eq!(b2_log.messages(0, 2).await, vec![21, 22]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b2_log.drain();
+    assert_eq!(
+        messages_from(&b2_log.seen, 0),
+        vec![21, 22],
+        "the frame for the old incarnation was discarded"
+    );
+    b2_log.assert_hello_first();
+    assert!(a.counters().discarded_on_restart >= 1);
+    a.shutdown().await;
+    b2.shutdown().await;
+}

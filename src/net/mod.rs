@@ -3,5 +3,7 @@
 //! Nothing here knows an algorithm's rules: messages are opaque payloads addressed to a peer incarnation.
 
 pub mod discovery;
+mod handshake;
+pub mod link;
 pub mod transport;
 pub mod wire;

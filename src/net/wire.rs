@@ -277,6 +277,39 @@ pub fn encode_frame<T: Serialize>(frame: &Frame<T>, max_frame: usize) -> Result<
     Ok(out)
 }
 
+/// bincode's index of the `Data` variant in [`Frame`] (variants are numbered in declaration order).
+const DATA_VARIANT: u32 = 4;
+
+/// Room for the length prefix and the longest `Data` header: the variant index and the sequence number,
+/// both varints (at most 1 and 9 bytes).
+const DATA_HEAD_ROOM: usize = LEN_PREFIX + 1 + 9;
+
+/// Encodes an envelope on its own, to be framed as `Data` later with any sequence number: the link numbers
+/// (and after a peer restart renumbers) a message without encoding it again.
+pub fn encode_envelope<T: Serialize>(env: &Envelope<T>) -> Result<Vec<u8>, WireError> {
+    bincode::serde::encode_to_vec(env, config()).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// The length prefix and header of the `Data` frame numbered `seq` around an envelope of `env_len` encoded
+/// bytes, exactly as [`encode_frame`] would write them; fails if the frame would exceed `max_frame`.
+fn data_head(seq: u64, env_len: usize, max_frame: usize) -> Result<([u8; DATA_HEAD_ROOM], usize), WireError> {
+    let mut head = [0u8; DATA_HEAD_ROOM];
+    let used = bincode::serde::encode_into_slice((DATA_VARIANT, seq), &mut head[LEN_PREFIX..], config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let body = used + env_len;
+    if body > max_frame.min(u32::MAX as usize) {
+        return Err(WireError::Oversized { len: body, max: max_frame });
+    }
+    head[..LEN_PREFIX].copy_from_slice(&(body as u32).to_be_bytes());
+    Ok((head, LEN_PREFIX + used))
+}
+
+/// Whether the `Data` frame numbered `seq` around an envelope of `env_len` encoded bytes fits in `max_frame`.
+/// A smaller `seq` never makes it longer, so a frame that fits still fits after renumbering.
+pub fn data_frame_fits(seq: u64, env_len: usize, max_frame: usize) -> bool {
+    data_head(seq, env_len, max_frame).is_ok()
+}
+
 /// Parses one frame from the start of `buf`: `Ok(None)` if more bytes are needed, otherwise the frame and the
 /// number of bytes it used. The length is checked against `max_frame` as soon as the prefix is complete.
 pub fn decode_frame<T: DeserializeOwned>(
@@ -391,6 +424,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Buffers one frame already encoded by [`encode_frame`].
     pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         self.inner.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Buffers the `Data` frame numbered `seq` around an envelope encoded by [`encode_envelope`].
+    pub async fn write_data(&mut self, seq: u64, env: &[u8]) -> Result<(), WireError> {
+        let (head, len) = data_head(seq, env.len(), self.max_frame)?;
+        self.inner.write_all(&head[..len]).await?;
+        self.inner.write_all(env).await?;
         Ok(())
     }
 
@@ -579,6 +620,23 @@ mod tests {
         buf.extend(body);
         let err = decode_frame::<String>(&buf, DEFAULT_MAX_FRAME).unwrap_err();
         assert_eq!(err.refuse_reason(), Some(RefuseReason::Malformed));
+    }
+
+    #[tokio::test]
+    async fn a_data_frame_built_from_an_encoded_envelope_is_the_derived_encoding() {
+        let Frame::Data { env, .. } = sample().swap_remove(4) else { panic!("sample 4 is a data frame") };
+        let bytes = encode_envelope(&env).unwrap();
+        // Every varint width of the sequence number.
+        for seq in [0, 1, 250, 251, 65_535, 65_536, u64::from(u32::MAX) + 1, u64::MAX] {
+            let mut w = FrameWriter::new(Vec::new(), DEFAULT_MAX_FRAME);
+            w.write_data(seq, &bytes).await.unwrap();
+            w.flush().await.unwrap();
+            let framed = w.inner.into_inner();
+            let derived = encode_frame(&Frame::Data { seq, env: env.clone() }, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(framed, derived, "seq {seq}");
+            assert!(data_frame_fits(seq, bytes.len(), derived.len() - LEN_PREFIX));
+            assert!(!data_frame_fits(seq, bytes.len(), derived.len() - LEN_PREFIX - 1));
+        }
     }
 
     #[test]

@@ -1,0 +1,301 @@
+//! The accepting side: the listener, the handshake's link decision, and the reader of each peer's data
+//! stream (delivery, duplicates, coalesced acks, Bye).
+
+use super::{Counters, Inbound, Inner, SHUTDOWN_FLUSH, lock, stopped};
+use crate::algo::{Incarnation, Millis, NodeId};
+use crate::net::handshake::{AcceptFail, Hello};
+use crate::net::link::{DataError, Delivery, Generation, Refusal};
+use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason, WireError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, info, warn};
+
+pub(super) async fn run_acceptor<T>(inner: Arc<Inner<T>>, listener: TcpListener)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut stop = inner.shutdown.subscribe();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            Some(_) = conns.join_next() => {}
+            r = listener.accept() => match r {
+                Ok((stream, remote)) => {
+                    conns.spawn(serve_incoming(inner.clone(), stream, remote));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    // Accepted connections see the same shutdown signal and say Bye; give them the flush budget.
+    let deadline = Instant::now() + SHUTDOWN_FLUSH;
+    while tokio::time::timeout_at(deadline, conns.join_next()).await.is_ok_and(|r| r.is_some()) {}
+    conns.abort_all();
+}
+
+/// An accepted connection's place in its peer's link.
+struct Accepted {
+    peer: NodeId,
+    incarnation: Incarnation,
+    generation: Generation,
+    replaced: oneshot::Receiver<()>,
+}
+
+async fn serve_incoming<T>(inner: Arc<Inner<T>>, stream: TcpStream, remote: SocketAddr)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, inner.cfg.max_frame);
+    let mut writer = FrameWriter::new(w, inner.cfg.max_frame);
+    let hs = timeout(inner.cfg.handshake_timeout, accept(&inner, &mut reader, &mut writer)).await;
+    let accepted = match hs {
+        Ok(Ok(a)) => a,
+        Ok(Err(AcceptFail::Refuse(reason, detail))) => {
+            return refuse(&inner, &mut reader, &mut writer, remote, reason, &detail).await;
+        }
+        Err(_) => {
+            let reason = RefuseReason::Timeout;
+            return refuse(&inner, &mut reader, &mut writer, remote, reason, "handshake timed out").await;
+        }
+        Ok(Err(AcceptFail::Silent(detail))) => {
+            debug!(%remote, %detail, "incoming connection closed during handshake");
+            return;
+        }
+    };
+    debug!(%remote, peer = %accepted.peer, incarnation = accepted.incarnation.0, "inbound link up");
+    serve_data(&inner, reader, writer, remote, accepted).await;
+}
+
+/// The acceptor's handshake: checks, then the link decides about the incarnation, then the Welcome.
+async fn accept<T>(
+    inner: &Inner<T>,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+) -> Result<Accepted, AcceptFail>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let hs = inner.handshake();
+    let hello: Hello = hs.accept::<T>(reader, writer).await?;
+    let node = hello.node;
+    if *inner.shutdown.borrow() {
+        return Err(AcceptFail::Refuse(RefuseReason::ShuttingDown, String::new()));
+    }
+    let (replace, replaced) = oneshot::channel();
+    let accepted = {
+        let mut st = lock(&inner.slot(node).state);
+        let r = st.link.on_hello(hello.incarnation, hello.clock);
+        if r.is_ok() {
+            st.last_seen = Some(SystemTime::now());
+            // Dropping the previous sender stops the previous reader of this peer.
+            st.replace = Some(replace);
+        }
+        inner.emit_link_events(node, &mut st);
+        r
+    };
+    // A restart may have made the link give its outbound connection up.
+    inner.slot(node).wake.notify_one();
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(Refusal::SaidBye) => {
+            return Err(AcceptFail::Refuse(RefuseReason::ShuttingDown, format!("node {node} said bye")));
+        }
+        Err(Refusal::Stale) => {
+            let detail = format!("node {node} incarnation {}", hello.incarnation.0);
+            return Err(AcceptFail::Refuse(RefuseReason::StaleIncarnation, detail));
+        }
+    };
+    let silent = |e: WireError| AcceptFail::Silent(e.to_string());
+    hs.welcome::<T>(writer, &hello, (inner.clock)(), accepted.received).await.map_err(silent)?;
+    Ok(Accepted { peer: node, incarnation: hello.incarnation, generation: accepted.generation, replaced })
+}
+
+async fn refuse<T: Serialize>(
+    inner: &Inner<T>,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    remote: SocketAddr,
+    reason: RefuseReason,
+    detail: &str,
+) {
+    Counters::by_reason(&inner.counters.refused, reason);
+    warn!(%remote, reason = reason.as_str(), %detail, "refused peer connection");
+    let frame: Frame<T> = Frame::Refuse { reason };
+    let sent = timeout(Duration::from_secs(1), async {
+        writer.write_frame(&frame).await?;
+        writer.close().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        Counters::bump(&inner.counters.frames_sent);
+    }
+    inner.emit(Inbound::Refused { remote, reason });
+    // Closing a socket with unread input makes the kernel send RST, which can destroy the Refuse frame before
+    // the dialer reads it. Linger briefly, discarding what it still sends, so it can read why.
+    let _ = timeout(Duration::from_millis(250), async {
+        let mut scratch = [0u8; 4096];
+        let mut budget: usize = 64 * 1024;
+        while budget > 0 {
+            match reader.get_mut().read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads a peer's data stream into its link: delivers in order, drops duplicates, acks cumulatively.
+async fn serve_data<T>(
+    inner: &Inner<T>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    remote: SocketAddr,
+    acc: Accepted,
+) where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let Accepted { peer, incarnation, generation, mut replaced } = acc;
+    let slot = inner.slot(peer);
+    let mut stop = inner.shutdown.subscribe();
+    let mut ack_due: Option<Millis> = None;
+    loop {
+        let due = ack_due.map(|t| inner.instant(t));
+        let frame = tokio::select! {
+            biased;
+            _ = &mut replaced => {
+                debug!(%remote, %peer, "inbound connection replaced by a newer one");
+                return;
+            }
+            _ = stopped(&mut stop) => {
+                let bye = timeout(SHUTDOWN_FLUSH, async {
+                    writer.write_frame(&Frame::<T>::Bye).await?;
+                    writer.close().await
+                });
+                if matches!(bye.await, Ok(Ok(()))) {
+                    Counters::bump(&inner.counters.frames_sent);
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let ack = {
+                    let mut st = lock(&slot.state);
+                    let ack = st.link.poll_ack(inner.now(), generation, false);
+                    ack_due = st.link.ack_deadline(generation);
+                    ack
+                };
+                if let Some(seq) = ack
+                    && !send_ack(inner, &mut writer, remote, peer, seq).await
+                {
+                    return;
+                }
+                continue;
+            }
+            r = reader.read_frame::<T>() => r,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                debug!(%remote, %peer, "inbound connection closed");
+                return;
+            }
+            Err(e) => {
+                if e.refuse_reason().is_some() {
+                    inner.bad_frame(remote, Some(peer), e.to_string());
+                } else {
+                    debug!(%remote, %peer, error = %e, "inbound connection failed");
+                }
+                return;
+            }
+        };
+        Counters::bump(&inner.counters.frames_received);
+        match frame {
+            Frame::Data { seq, env } => {
+                let ack = {
+                    let mut st = lock(&slot.state);
+                    let now = inner.now();
+                    match st.link.on_data(now, generation, seq) {
+                        Ok(Delivery::Deliver { incarnation }) => {
+                            st.last_seen = Some(SystemTime::now());
+                            inner.emit(Inbound::Message { from: peer, incarnation, env });
+                        }
+                        Ok(Delivery::Duplicate) => st.last_seen = Some(SystemTime::now()),
+                        Err(DataError::Replaced) => return,
+                        Err(e) => {
+                            drop(st);
+                            inner.bad_frame(remote, Some(peer), e.to_string());
+                            return;
+                        }
+                    }
+                    let ack = st.link.poll_ack(now, generation, reader.has_buffered_frame());
+                    ack_due = st.link.ack_deadline(generation);
+                    ack
+                };
+                if let Some(seq) = ack
+                    && !send_ack(inner, &mut writer, remote, peer, seq).await
+                {
+                    return;
+                }
+            }
+            Frame::Bye => {
+                {
+                    let mut st = lock(&slot.state);
+                    if st.link.on_inbound_bye(generation) {
+                        info!(%peer, incarnation = incarnation.0, "peer said bye");
+                        st.last_seen = Some(SystemTime::now());
+                    }
+                    inner.emit_link_events(peer, &mut st);
+                }
+                slot.wake.notify_one();
+                return;
+            }
+            other => {
+                let error = format!("unexpected {} frame from a dialer", other.kind());
+                inner.bad_frame(remote, Some(peer), error);
+                return;
+            }
+        }
+    }
+}
+
+/// Writes an ack; `false` if the connection failed.
+async fn send_ack<T: Serialize>(
+    inner: &Inner<T>,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    remote: SocketAddr,
+    peer: NodeId,
+    seq: u64,
+) -> bool {
+    let sent = async {
+        writer.write_frame(&Frame::<T>::Ack { seq }).await?;
+        writer.flush().await
+    };
+    match sent.await {
+        Ok(()) => {
+            Counters::bump(&inner.counters.frames_sent);
+            true
+        }
+        Err(e) => {
+            debug!(%remote, %peer, error = %e, "cannot ack; closing");
+            false
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The dialing side: one task per peer that dials with backoff, runs our handshake, writes what the link
+//! transmits, feeds it the acks, and closes gracefully on shutdown.
+
+use super::{Counters, Inner, PeerState, SHUTDOWN_FLUSH, TransportError, WRITE_BATCH, lock, stopped};
+use crate::algo::{Incarnation, LamportTs, NodeId};
+use crate::net::link::ConnId;
+use crate::net::wire::{Frame, FrameReader, FrameWriter};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, info, warn};
+
+/// Capped exponential backoff with jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, next: min }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// A delay in `[d/2, d]` for the current `d`, then doubles `d` up to the cap.
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        let half = d / 2;
+        let jitter_ns = rand::random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64);
+        half + Duration::from_nanos(jitter_ns)
+    }
+}
+
+/// What the reader half of an outbound connection reports to its link task.
+enum AckEvent {
+    Ack(u64),
+    Bye,
+    Closed(String),
+}
+
+struct Established {
+    writer: FrameWriter<OwnedWriteHalf>,
+    reader: FrameReader<OwnedReadHalf>,
+    incarnation: Incarnation,
+    clock: LamportTs,
+    received: u64,
+    remote: SocketAddr,
+}
+
+pub(super) async fn run_link<T>(inner: Arc<Inner<T>>, peer: NodeId)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut backoff = Backoff::new(inner.cfg.backoff_min, inner.cfg.backoff_max);
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        let dialed = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            r = dial::<T>(&inner, peer) => r,
+        };
+        match dialed {
+            Ok(est) => {
+                backoff.reset();
+                if connected(&inner, peer, &mut stop, est).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                Counters::bump(&inner.counters.connect_failures);
+                if let TransportError::Refused(reason) = &e {
+                    Counters::by_reason(&inner.counters.refused_by_peer, *reason);
+                    warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
+                } else if matches!(e, TransportError::BadWelcomeMac | TransportError::WrongPeer { .. }) {
+                    warn!(%peer, error = %e, "abandoned handshake");
+                } else {
+                    debug!(%peer, error = %e, "connect failed");
+                }
+            }
+        }
+        // Even after a healthy connection, wait a little: a peer that accepts and drops at once must not
+        // make us spin.
+        let delay = backoff.next_delay();
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Resolves, connects and performs the dialer's side of the handshake.
+async fn dial<T>(inner: &Inner<T>, peer: NodeId) -> Result<Established, TransportError>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let limit = inner.cfg.handshake_timeout;
+    let addr = inner.cfg.peers.get(usize::from(peer.0)).ok_or(TransportError::UnknownPeer(peer))?;
+    let addrs: Vec<SocketAddr> = match timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
+        Ok(Ok(a)) => a.collect(),
+        Ok(Err(e)) => return Err(TransportError::Resolve { addr: addr.clone(), detail: e.to_string() }),
+        Err(_) => return Err(TransportError::Resolve { addr: addr.clone(), detail: "timed out".into() }),
+    };
+    let mut last = TransportError::Resolve { addr: addr.clone(), detail: "no addresses".into() };
+    let mut stream = None;
+    for a in addrs {
+        match timeout(limit, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                stream = Some((s, a));
+                break;
+            }
+            Ok(Err(e)) => last = TransportError::Io(e),
+            Err(_) => last = TransportError::Timeout,
+        }
+    }
+    let Some((stream, remote)) = stream else {
+        return Err(last);
+    };
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, inner.cfg.max_frame);
+    let mut writer = FrameWriter::new(w, inner.cfg.max_frame);
+    let hs = inner.handshake();
+    match timeout(limit, hs.dial::<T>(peer, (inner.clock)(), &mut reader, &mut writer)).await {
+        Ok(Ok(w)) => Ok(Established {
+            writer,
+            reader,
+            incarnation: w.incarnation,
+            clock: w.clock,
+            received: w.received,
+            remote,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(TransportError::Timeout),
+    }
+}
+
+/// Reads acks and Bye from an outbound connection.
+async fn read_acks<T>(mut reader: FrameReader<OwnedReadHalf>, events: mpsc::UnboundedSender<AckEvent>)
+where
+    T: DeserializeOwned,
+{
+    loop {
+        let ev = match reader.read_frame::<T>().await {
+            Ok(Some(Frame::Ack { seq })) => AckEvent::Ack(seq),
+            Ok(Some(Frame::Bye)) => AckEvent::Bye,
+            Ok(Some(other)) => {
+                AckEvent::Closed(format!("unexpected {} frame from an acceptor", other.kind()))
+            }
+            Ok(None) => AckEvent::Closed(String::new()),
+            Err(e) => AckEvent::Closed(e.to_string()),
+        };
+        let last = !matches!(ev, AckEvent::Ack(_));
+        if events.send(ev).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Aborts the wrapped task when dropped (the connection's reader must not outlive it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Drives an established outbound connection. Returns `true` after a graceful shutdown.
+async fn connected<T>(
+    inner: &Inner<T>,
+    peer: NodeId,
+    stop: &mut watch::Receiver<bool>,
+    est: Established,
+) -> bool
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let Established { mut writer, reader, incarnation, clock, received, remote } = est;
+    let slot = inner.slot(peer);
+    let conn = {
+        let mut st = lock(&slot.state);
+        let r = st.link.on_welcome(inner.now(), incarnation, clock, received);
+        st.last_seen = Some(SystemTime::now());
+        inner.emit_link_events(peer, &mut st);
+        match r {
+            Ok(conn) => conn,
+            Err(_) => {
+                warn!(%peer, incarnation = incarnation.0, "peer answered with a stale incarnation");
+                return false;
+            }
+        }
+    };
+    debug!(%peer, %remote, incarnation = incarnation.0, received, "outbound link up");
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let _reader = AbortOnDrop(tokio::spawn(read_acks::<T>(reader, ev_tx)));
+    let graceful = loop {
+        match drive(inner, peer, conn, &mut writer, &mut events, stop, remote).await {
+            Drive::Continue => {}
+            Drive::Closed => break false,
+            Drive::Stop => {
+                graceful_close(inner, peer, conn, &mut writer, &mut events).await;
+                break true;
+            }
+        }
+    };
+    let mut st = lock(&slot.state);
+    st.link.on_outbound_closed(conn);
+    inner.emit_link_events(peer, &mut st);
+    graceful
+}
+
+enum Drive {
+    Continue,
+    Closed,
+    Stop,
+}
+
+/// One round on an outbound connection: take in the acks that arrived, write what the link transmits, and
+/// wait for the next thing to do.
+async fn drive<T>(
+    inner: &Inner<T>,
+    peer: NodeId,
+    conn: ConnId,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    events: &mut mpsc::UnboundedReceiver<AckEvent>,
+    stop: &mut watch::Receiver<bool>,
+    remote: SocketAddr,
+) -> Drive
+where
+    T: Serialize,
+{
+    if *stop.borrow() {
+        // Checked here too: under a steady stream of sends the wait below may not come round for a while.
+        return Drive::Stop;
+    }
+    let slot = inner.slot(peer);
+    let mut pending = None;
+    let (batch, deadline) = {
+        let mut st = lock(&slot.state);
+        // Acks first: the ack-progress deadline must see every ack that arrived.
+        loop {
+            match events.try_recv() {
+                Ok(AckEvent::Ack(seq)) => {
+                    if let Err(e) = on_ack(inner, &mut st, peer, conn, seq, remote) {
+                        return e;
+                    }
+                }
+                Ok(other) => {
+                    pending = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !st.link.is_current(conn) {
+            // The peer restarted or said Bye meanwhile: this connection leads to a process that is gone.
+            return Drive::Closed;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < WRITE_BATCH {
+            match st.link.poll_transmit(conn) {
+                Some((seq, q)) => batch.push((seq, q.bytes.clone())),
+                None => break,
+            }
+        }
+        (batch, st.link.poll_timeout())
+    };
+    if let Some(ev) = pending {
+        return closed_by_acceptor(inner, peer, ev);
+    }
+    if !batch.is_empty() {
+        for (seq, bytes) in &batch {
+            if writer.write_data(*seq, bytes).await.is_err() {
+                return Drive::Closed;
+            }
+            Counters::bump(&inner.counters.frames_sent);
+        }
+        return if writer.flush().await.is_err() { Drive::Closed } else { Drive::Continue };
+    }
+    let due = deadline.map(|t| inner.instant(t));
+    tokio::select! {
+        biased;
+        _ = stopped(stop) => Drive::Stop,
+        ev = events.recv() => match ev {
+            Some(AckEvent::Ack(seq)) => {
+                let mut st = lock(&slot.state);
+                on_ack(inner, &mut st, peer, conn, seq, remote).err().unwrap_or(Drive::Continue)
+            }
+            Some(other) => closed_by_acceptor(inner, peer, other),
+            None => Drive::Closed,
+        },
+        _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+            let mut st = lock(&slot.state);
+            if st.link.on_timeout(inner.now()) {
+                let timeout = inner.cfg.handshake_timeout * 2;
+                warn!(%peer, unacked = st.link.unacked_len(), ?timeout, "no ack progress; reconnecting");
+                inner.emit_link_events(peer, &mut st);
+                Drive::Closed
+            } else {
+                Drive::Continue
+            }
+        }
+        _ = slot.wake.notified() => Drive::Continue,
+    }
+}
+
+fn on_ack<T>(
+    inner: &Inner<T>,
+    st: &mut PeerState,
+    peer: NodeId,
+    conn: ConnId,
+    seq: u64,
+    remote: SocketAddr,
+) -> Result<(), Drive> {
+    Counters::bump(&inner.counters.frames_received);
+    st.last_seen = Some(SystemTime::now());
+    st.link.on_ack(inner.now(), conn, seq).map_err(|e| {
+        inner.bad_frame(remote, Some(peer), e.to_string());
+        Drive::Closed
+    })
+}
+
+fn closed_by_acceptor<T>(inner: &Inner<T>, peer: NodeId, ev: AckEvent) -> Drive {
+    match ev {
+        AckEvent::Bye => {
+            Counters::bump(&inner.counters.frames_received);
+            info!(%peer, "peer said bye on our link");
+            inner.touch(peer);
+        }
+        AckEvent::Closed(why) if why.is_empty() => debug!(%peer, "outbound connection closed by peer"),
+        AckEvent::Closed(why) => debug!(%peer, error = %why, "outbound connection failed"),
+        AckEvent::Ack(_) => {}
+    }
+    Drive::Closed
+}
+
+/// Shutdown on an established link: send what is queued, wait briefly for acks, say Bye.
+async fn graceful_close<T>(
+    inner: &Inner<T>,
+    peer: NodeId,
+    conn: ConnId,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    events: &mut mpsc::UnboundedReceiver<AckEvent>,
+) where
+    T: Serialize,
+{
+    let slot = inner.slot(peer);
+    let deadline = Instant::now() + SHUTDOWN_FLUSH;
+    let work = async {
+        loop {
+            let batch: Vec<(u64, Bytes)> = {
+                let mut st = lock(&slot.state);
+                std::iter::from_fn(|| st.link.poll_transmit(conn).map(|(s, q)| (s, q.bytes.clone())))
+                    .take(WRITE_BATCH)
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, bytes) in &batch {
+                writer.write_data(*seq, bytes).await?;
+                Counters::bump(&inner.counters.frames_sent);
+            }
+        }
+        writer.flush().await?;
+        while lock(&slot.state).link.unacked_len() > 0 {
+            match events.recv().await {
+                Some(AckEvent::Ack(seq)) => {
+                    if lock(&slot.state).link.on_ack(inner.now(), conn, seq).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        writer.write_frame(&Frame::<T>::Bye).await?;
+        Counters::bump(&inner.counters.frames_sent);
+        writer.close().await
+    };
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(())) => debug!(%peer, "link closed gracefully"),
+        Ok(Err(e)) => debug!(%peer, error = %e, "link failed while closing"),
+        Err(_) => debug!(%peer, unacked = lock(&slot.state).link.unacked_len(), "link close timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
+        let expect = [100, 200, 400, 700, 700];
+        for ms in expect {
+            let d = b.next_delay();
+            let cap = Duration::from_millis(ms);
+            assert!(d >= cap / 2 && d <= cap, "{d:?} not in [{:?}, {cap:?}]", cap / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

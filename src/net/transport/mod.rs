@@ -1,0 +1,546 @@
+//! Per-peer links over TCP: the I/O around [`Link`], the sans-I/O reliable FIFO link.
+//!
+//! Topology: every node *dials* every other peer for its own outbound data (one outbound TCP connection per
+//! peer, owned by that peer's link task) and *accepts* the peers' connections for their data; cumulative acks
+//! flow back on the same connection. So each direction of each pair is its own stream, and the node core sees
+//! one ordered stream of [`Inbound`] events.
+//!
+//! Everything about reliability — numbering, acks, resend after a reconnect, duplicate drop, replacement of a
+//! connection, restarts and what they void, Bye, the ack-progress deadline — is [`Link`]'s (see
+//! [`crate::net::link`] for the rules). This module only does I/O and drives it: it accepts, dials with
+//! backoff, runs the handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it
+//! what arrives, and emits its events. Each peer's link sits behind its own mutex, held briefly and never
+//! across an await; every event of a peer is emitted under it, so [`Inbound::Hello`] always precedes the
+//! messages of that incarnation, and a message the node sends after handling it is numbered for it.
+//!
+//! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
+//! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
+//! `handshake_timeout`; nothing busy-loops. Peer addresses are resolved with `lookup_host` at every connect.
+//! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials.
+//!
+//! Refusals: a handshake that fails (garbage, oversized length, wrong version or cluster, unknown or own node
+//! id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a `Refuse` frame when
+//! possible, is closed, logged with `tracing::warn!` and counted by reason in [`TransportCounters::refused`];
+//! the node stays healthy. Bad frames on established connections are counted in `bad_frames`.
+//!
+//! This module never panics on network input and never blocks the caller: [`TransportHandle::send`] only
+//! encodes and enqueues.
+
+mod accept;
+mod dial;
+
+use crate::algo::{Incarnation, LamportTs, Millis, NodeId};
+use crate::net::handshake::Handshake;
+use crate::net::link::{Addressed, Link, LinkConfig, LinkEvent};
+use crate::net::wire::{self, Envelope, RefuseReason, WireError};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// How long [`TransportHandle::shutdown`] spends flushing before it stops the tasks.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// The node's Lamport clock, read at handshakes.
+pub type ClockFn = Arc<dyn Fn() -> LamportTs + Send + Sync>;
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node.
+    pub me: NodeId,
+    /// This process's incarnation.
+    pub incarnation: Incarnation,
+    /// Cluster name; peers of another cluster are refused.
+    pub cluster: String,
+    /// Every node's `host:port`, index = node id, this node's own entry included. Resolved at every connect.
+    pub peers: Vec<String>,
+    /// Cluster secret for the handshake MACs; `None`: no authentication.
+    pub secret: Option<String>,
+    /// Maximum frame body size (clamped to [`wire::MAX_FRAME_CEILING`]).
+    pub max_frame: usize,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Bound on connecting and on the handshake, each way.
+    pub handshake_timeout: Duration,
+}
+
+impl TransportConfig {
+    /// A configuration with defaults: no secret, 1 MiB frames, backoff 50 ms … 5 s, 5 s handshake timeout.
+    pub fn new(me: NodeId, incarnation: Incarnation, cluster: impl Into<String>, peers: Vec<String>) -> Self {
+        TransportConfig {
+            me,
+            incarnation,
+            cluster: cluster.into(),
+            peers,
+            secret: None,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the transport tells the node, in one ordered stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound<T> {
+    /// A peer's handshake revealed a new incarnation (first contact or restart). Before any of its messages.
+    Hello {
+        /// The peer.
+        peer: NodeId,
+        /// Its new incarnation.
+        incarnation: Incarnation,
+        /// Its Lamport clock at the handshake.
+        clock: LamportTs,
+    },
+    /// A message, delivered exactly once and in order per (sender incarnation, our incarnation).
+    Message {
+        /// Sender.
+        from: NodeId,
+        /// The sender's incarnation.
+        incarnation: Incarnation,
+        /// The message.
+        env: Envelope<T>,
+    },
+    /// Our outbound link to `peer` is up.
+    Connected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Our outbound link to `peer` went down, or the peer said Bye.
+    Disconnected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A handshake on our listener was refused.
+    Refused {
+        /// Where the connection came from.
+        remote: SocketAddr,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// An established connection carried a bad or unexpected frame and was closed.
+    BadFrame {
+        /// The other end.
+        remote: SocketAddr,
+        /// The peer, when known.
+        peer: Option<NodeId>,
+        /// What was wrong.
+        error: String,
+    },
+}
+
+/// One peer as the transport sees it (for `/v1/status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub node: NodeId,
+    /// Its configured address.
+    pub addr: String,
+    /// Whether our outbound link is up (see the module doc).
+    pub connected: bool,
+    /// When a frame from it last arrived, on either connection.
+    pub last_seen: Option<SystemTime>,
+    /// Its newest incarnation seen.
+    pub incarnation: Option<Incarnation>,
+    /// Successful outbound handshakes after the first.
+    pub reconnects: u64,
+}
+
+/// Transport counters (cumulative since start).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Frames written, all types.
+    pub frames_sent: u64,
+    /// Frames read, all types.
+    pub frames_received: u64,
+    /// Handshakes we refused, by [`RefuseReason::as_str`].
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Our handshakes that a peer refused (or that we abandoned on a bad Welcome), by reason.
+    pub refused_by_peer: BTreeMap<&'static str, u64>,
+    /// Bad or unexpected frames on established connections.
+    pub bad_frames: u64,
+    /// Data frames written again after a reconnect.
+    pub resends: u64,
+    /// Data frames received twice and dropped.
+    pub duplicates_dropped: u64,
+    /// Unacked or queued frames discarded because their peer restarted.
+    pub discarded_on_restart: u64,
+    /// Outgoing messages dropped because they could not be encoded within the maximum frame size.
+    pub dropped_unencodable: u64,
+    /// Failed outbound connects and handshakes.
+    pub connect_failures: u64,
+}
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The node id is not in the peer list.
+    #[error("unknown peer {0}")]
+    UnknownPeer(NodeId),
+    /// A node does not send to itself over the network.
+    #[error("cannot send to self")]
+    SelfSend,
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    ShutDown,
+    /// Framing or encoding failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A socket operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer's address did not resolve.
+    #[error("cannot resolve {addr}: {detail}")]
+    Resolve {
+        /// The configured address.
+        addr: String,
+        /// Why.
+        detail: String,
+    },
+    /// Connecting or the handshake took longer than `handshake_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// The peer refused our handshake.
+    #[error("refused by peer: {0}")]
+    Refused(RefuseReason),
+    /// The peer sent a frame the protocol does not allow here.
+    #[error("unexpected {0} frame")]
+    UnexpectedFrame(&'static str),
+    /// The node at the peer's address is another node.
+    #[error("expected node {expected} at this address, found node {found}")]
+    WrongPeer {
+        /// Configured.
+        expected: NodeId,
+        /// Found.
+        found: NodeId,
+    },
+    /// The Welcome's MAC did not verify (different secret, or an impostor).
+    #[error("welcome MAC did not verify")]
+    BadWelcomeMac,
+    /// The peer answered with an incarnation older than one already seen.
+    #[error("stale incarnation {0:?}")]
+    StaleIncarnation(Incarnation),
+    /// The connection closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Starts transports (see [`Transport::start`]).
+#[derive(Debug)]
+pub struct Transport;
+
+impl Transport {
+    /// Starts accepting on `listener` (bound by the caller) and one link task per other peer. Returns the
+    /// handle and the ordered stream of [`Inbound`] events. Must be called inside a tokio runtime.
+    pub fn start<T>(
+        mut cfg: TransportConfig,
+        listener: TcpListener,
+        clock: ClockFn,
+    ) -> (TransportHandle<T>, mpsc::UnboundedReceiver<Inbound<T>>)
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        cfg.max_frame = cfg.max_frame.clamp(64, wire::MAX_FRAME_CEILING);
+        cfg.backoff_min = cfg.backoff_min.max(Duration::from_millis(1));
+        cfg.backoff_max = cfg.backoff_max.max(cfg.backoff_min);
+        let n = cfg.peers.len();
+        let link_cfg = LinkConfig {
+            ack_timeout_ms: (cfg.handshake_timeout * 2).as_millis().min(u128::from(u64::MAX)) as u64,
+            ack_delay_ms: ACK_DELAY_MS,
+            ack_every: ACK_EVERY,
+        };
+        let (inbound, inbound_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            secret: cfg.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            peers: (0..n)
+                .map(|i| PeerSlot {
+                    state: Mutex::new(PeerState {
+                        link: Link::new(NodeId(i as u16), link_cfg),
+                        last_seen: None,
+                        replace: None,
+                    }),
+                    wake: Notify::new(),
+                })
+                .collect(),
+            cfg,
+            clock,
+            inbound,
+            counters: Counters::default(),
+            shutdown: shutdown_tx,
+            tasks: Mutex::new(Vec::new()),
+            origin: Instant::now(),
+        });
+        let mut tasks = Vec::new();
+        for i in (0..n).filter(|&i| i != usize::from(inner.cfg.me.0)) {
+            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId(i as u16))));
+        }
+        tasks.push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
+        *lock(&inner.tasks) = tasks;
+        info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.0, peers = n, "transport started");
+        (TransportHandle { inner }, inbound_rx)
+    }
+}
+
+/// A cheap, cloneable handle on a running transport.
+pub struct TransportHandle<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for TransportHandle<T> {
+    fn clone(&self) -> Self {
+        TransportHandle { inner: self.inner.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for TransportHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportHandle").field("me", &self.inner.cfg.me).finish_non_exhaustive()
+    }
+}
+
+impl<T> TransportHandle<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Enqueues `env` for `to` without blocking. Messages to one peer leave in the order they were enqueued.
+    pub fn send(&self, to: NodeId, env: Envelope<T>) -> Result<(), TransportError> {
+        let inner = &self.inner;
+        if to == inner.cfg.me {
+            return Err(TransportError::SelfSend);
+        }
+        let Some(slot) = inner.peers.get(usize::from(to.0)) else {
+            return Err(TransportError::UnknownPeer(to));
+        };
+        if *inner.shutdown.borrow() {
+            return Err(TransportError::ShutDown);
+        }
+        let encoded = match wire::encode_envelope(&env) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                inner.unencodable(to, &e);
+                return Ok(());
+            }
+        };
+        {
+            let mut st = lock(&slot.state);
+            if !wire::data_frame_fits(st.link.next_seq(), encoded.len(), inner.cfg.max_frame) {
+                drop(st);
+                let e = WireError::Oversized { len: encoded.len(), max: inner.cfg.max_frame };
+                inner.unencodable(to, &e);
+                return Ok(());
+            }
+            let now = inner.now();
+            st.link.send(now, Queued { to: env.to_incarnation, bytes: Bytes::from(encoded) });
+        }
+        slot.wake.notify_one();
+        Ok(())
+    }
+
+    /// The state of every other peer, in node order.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let inner = &self.inner;
+        (0..inner.peers.len())
+            .filter(|&i| i != usize::from(inner.cfg.me.0))
+            .map(|i| {
+                let st = lock(&inner.peers[i].state);
+                PeerStatus {
+                    node: NodeId(i as u16),
+                    addr: inner.cfg.peers.get(i).cloned().unwrap_or_default(),
+                    connected: st.link.connected(),
+                    last_seen: st.last_seen,
+                    incarnation: st.link.known(),
+                    reconnects: st.link.reconnects(),
+                }
+            })
+            .collect()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> TransportCounters {
+        let c = &self.inner.counters;
+        let mut out = TransportCounters {
+            frames_sent: c.frames_sent.load(Relaxed),
+            frames_received: c.frames_received.load(Relaxed),
+            refused: lock(&c.refused).clone(),
+            refused_by_peer: lock(&c.refused_by_peer).clone(),
+            bad_frames: c.bad_frames.load(Relaxed),
+            dropped_unencodable: c.dropped_unencodable.load(Relaxed),
+            connect_failures: c.connect_failures.load(Relaxed),
+            ..TransportCounters::default()
+        };
+        for slot in &self.inner.peers {
+            let s = lock(&slot.state).link.stats();
+            out.resends += s.resends;
+            out.duplicates_dropped += s.duplicates_dropped;
+            out.discarded_on_restart += s.discarded_on_restart;
+        }
+        out
+    }
+
+    /// Graceful stop: stops accepting, sends what is queued and `Bye` on every link and accepted connection,
+    /// waits up to [`SHUTDOWN_FLUSH`] for acks, then stops every task. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        let deadline = Instant::now() + SHUTDOWN_FLUSH + Duration::from_millis(500);
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        info!(node = %self.inner.cfg.me, "transport stopped");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared state
+
+fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
+    // A panic elsewhere must not take the transport down with it: the data is still consistent per field.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Longest an inbound stream waits before acknowledging what it delivered: acks only trim the sender's
+/// resend queue, so one ack per 5 ms (or per [`ACK_EVERY`] frames) halves the frames under load.
+const ACK_DELAY_MS: u64 = 5;
+/// Acknowledge at once when this many frames are unacknowledged.
+const ACK_EVERY: u64 = 256;
+/// Most frames written between two looks at acks and commands.
+const WRITE_BATCH: usize = 512;
+
+struct Inner<T> {
+    cfg: TransportConfig,
+    secret: Option<Vec<u8>>,
+    clock: ClockFn,
+    inbound: mpsc::UnboundedSender<Inbound<T>>,
+    /// One per node id (this node's own is never used).
+    peers: Vec<PeerSlot>,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The origin of the links' clock.
+    origin: Instant,
+}
+
+struct PeerSlot {
+    state: Mutex<PeerState>,
+    /// Wakes the peer's link task: data was queued, or the link gave its connection up.
+    wake: Notify,
+}
+
+struct PeerState {
+    link: Link<Queued>,
+    /// When a frame from the peer last arrived, on either connection.
+    last_seen: Option<SystemTime>,
+    /// Dropping it tells the reader of the peer's current connection that a newer one replaced it.
+    replace: Option<oneshot::Sender<()>>,
+}
+
+/// A message waiting in a link: encoded once, with the peer incarnation its sender addressed.
+struct Queued {
+    to: Option<Incarnation>,
+    bytes: Bytes,
+}
+
+impl Addressed for Queued {
+    fn to_incarnation(&self) -> Option<Incarnation> {
+        self.to
+    }
+}
+
+/// Counters shared by the tasks (the links count resends, duplicates and discards themselves).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) frames_sent: AtomicU64,
+    pub(super) frames_received: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    pub(super) refused_by_peer: Mutex<BTreeMap<&'static str, u64>>,
+    bad_frames: AtomicU64,
+    dropped_unencodable: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+    pub(super) fn by_reason(m: &Mutex<BTreeMap<&'static str, u64>>, reason: RefuseReason) {
+        *lock(m).entry(reason.as_str()).or_default() += 1;
+    }
+}
+
+impl<T> Inner<T> {
+    /// The links' clock: milliseconds since the transport started.
+    fn now(&self) -> Millis {
+        Millis(self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+
+    fn instant(&self, at: Millis) -> Instant {
+        self.origin + Duration::from_millis(at.0)
+    }
+
+    fn emit(&self, ev: Inbound<T>) {
+        // The receiver is gone only when the node is stopping; nothing to do then.
+        let _ = self.inbound.send(ev);
+    }
+
+    /// Emits what the link has to say; called with the peer's lock held, so events stay in link order.
+    fn emit_link_events(&self, peer: NodeId, st: &mut PeerState) {
+        while let Some(ev) = st.link.poll_event() {
+            self.emit(match ev {
+                LinkEvent::Hello { incarnation, clock } => Inbound::Hello { peer, incarnation, clock },
+                LinkEvent::Connected => Inbound::Connected { peer },
+                LinkEvent::Disconnected => Inbound::Disconnected { peer },
+            });
+        }
+    }
+
+    fn slot(&self, peer: NodeId) -> &PeerSlot {
+        &self.peers[usize::from(peer.0)]
+    }
+
+    fn touch(&self, peer: NodeId) {
+        lock(&self.slot(peer).state).last_seen = Some(SystemTime::now());
+    }
+
+    fn bad_frame(&self, remote: SocketAddr, peer: Option<NodeId>, error: String) {
+        Counters::bump(&self.counters.bad_frames);
+        warn!(%remote, peer = ?peer, %error, "bad frame; closing connection");
+        self.emit(Inbound::BadFrame { remote, peer, error });
+    }
+
+    fn unencodable(&self, peer: NodeId, e: &WireError) {
+        Counters::bump(&self.counters.dropped_unencodable);
+        error!(%peer, error = %e, "dropping a message that cannot be sent");
+    }
+
+    fn handshake(&self) -> Handshake<'_> {
+        Handshake {
+            cluster: &self.cfg.cluster,
+            me: self.cfg.me,
+            incarnation: self.cfg.incarnation,
+            peers: self.cfg.peers.len(),
+            secret: self.secret.as_deref(),
+            counters: &self.counters,
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or the transport is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

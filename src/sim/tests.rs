@@ -1,0 +1,162 @@
+//! The harness tested on two toy protocols: a central coordinator (correct on FIFO links without faults)
+//! and a greedy one that enters at once (must be caught).
+
+use super::*;
+use crate::algo::{Algorithm, CoreError, LamportTs, LockView, Output};
+use std::collections::BTreeSet;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ToyMsg {
+    Req(String),
+    Grant(String, u64),
+    Rel(String),
+}
+
+impl ProtocolMessage for ToyMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            ToyMsg::Req(_) => "REQ",
+            ToyMsg::Grant(..) => "GRANT",
+            ToyMsg::Rel(_) => "REL",
+        }
+    }
+    fn lock(&self) -> &str {
+        match self {
+            ToyMsg::Req(l) | ToyMsg::Grant(l, _) | ToyMsg::Rel(l) => l,
+        }
+    }
+    fn timestamp(&self) -> Option<LamportTs> {
+        None
+    }
+}
+
+/// Node 0 keeps a FIFO queue per lock and grants in turn.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Central {
+    me: NodeId,
+    greedy: bool,
+    queues: BTreeMap<String, (Option<NodeId>, VecDeque<NodeId>, u64)>,
+    held: BTreeSet<String>,
+}
+
+impl Central {
+    fn coordinate(&mut self, from: NodeId, msg: ToyMsg, out: &mut Vec<Output<ToyMsg>>) {
+        let me = self.me;
+        let lock = msg.lock().to_string();
+        let entry = self.queues.entry(lock.clone()).or_default();
+        match msg {
+            ToyMsg::Req(_) => entry.1.push_back(from),
+            ToyMsg::Rel(_) => entry.0 = None,
+            ToyMsg::Grant(..) => {}
+        }
+        if entry.0.is_none()
+            && let Some(next) = entry.1.pop_front()
+        {
+            entry.0 = Some(next);
+            entry.2 += 1;
+            let token = FencingToken(entry.2);
+            if next == me {
+                self.held.insert(lock.clone());
+                out.push(Output::Entered { lock, token });
+            } else {
+                out.push(Output::Send { to: next, msg: ToyMsg::Grant(lock, token.0) });
+            }
+        }
+    }
+}
+
+impl Protocol for Central {
+    type Msg = ToyMsg;
+    const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
+    fn fresh(me: NodeId, _n: usize) -> Self {
+        Central { me, greedy: false, queues: BTreeMap::new(), held: BTreeSet::new() }
+    }
+    fn request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
+        if self.greedy {
+            out.push(Output::Entered { lock: lock.into(), token: FencingToken(u64::from(self.me.0) + 1) });
+        } else if self.me == NodeId(0) {
+            self.coordinate(self.me, ToyMsg::Req(lock.into()), out);
+        } else {
+            out.push(Output::Send { to: NodeId(0), msg: ToyMsg::Req(lock.into()) });
+        }
+    }
+    fn release(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
+        self.held.remove(lock);
+        if self.greedy {
+        } else if self.me == NodeId(0) {
+            self.coordinate(self.me, ToyMsg::Rel(lock.into()), out);
+        } else {
+            out.push(Output::Send { to: NodeId(0), msg: ToyMsg::Rel(lock.into()) });
+        }
+    }
+    fn withdraw(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<ToyMsg>>) {}
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: ToyMsg,
+        _peers: &mut Peers,
+        out: &mut Vec<Output<ToyMsg>>,
+    ) -> Result<(), CoreError> {
+        match msg {
+            ToyMsg::Grant(lock, token) => {
+                self.held.insert(lock.clone());
+                out.push(Output::Entered { lock, token: FencingToken(token) });
+            }
+            other => self.coordinate(from, other, out),
+        }
+        Ok(())
+    }
+    fn observe_clock(&mut self, _clock: LamportTs) {}
+    fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<ToyMsg>>) {}
+    fn clock(&self) -> LamportTs {
+        LamportTs(0)
+    }
+    fn view(&self, lock: &str) -> LockView {
+        LockView { held_here: self.held.contains(lock), ..LockView::default() }
+    }
+    fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
+        peer == NodeId(0)
+    }
+}
+
+#[test]
+fn central_coordinator_passes_and_counts_messages() {
+    for seed in 0..300 {
+        for nodes in 1..=5 {
+            let cfg = SimConfig::preset(SimMode::FaultFree, nodes, seed);
+            let report = run::<Central>(&cfg).unwrap_or_else(|v| panic!("{v}"));
+            assert_eq!(report.grants, report.issued);
+            // Node 0 talks to itself for free; every other entry costs REQ + GRANT + REL.
+            assert!(report.messages <= 3 * report.grants);
+        }
+    }
+}
+
+#[test]
+fn runs_replay_exactly() {
+    let cfg = SimConfig::preset(SimMode::Cancels, 4, 99);
+    assert_eq!(run::<Central>(&cfg), run::<Central>(&cfg));
+}
+
+#[test]
+fn greedy_protocol_is_caught_with_seed_and_replay_command() {
+    let found = (0..200).find_map(|seed| {
+        let cfg = SimConfig::preset(SimMode::FaultFree, 3, seed);
+        run_with(&cfg, |me, n| Central { greedy: true, ..Central::fresh(me, n) }).err()
+    });
+    let v = found.expect("a greedy protocol must break mutual exclusion");
+    let text = v.to_string();
+    assert!(text.contains("mutual exclusion"), "{text}");
+    assert!(text.contains(&format!("DMUTEX_SIM_SEED={}", v.seed)), "{text}");
+    assert!(text.contains("last steps:"), "{text}");
+}
+
+#[test]
+fn serial_and_saturated_loads_finish() {
+    for load in [Load::Serial, Load::Saturated] {
+        let cfg = SimConfig { load, requests: 40, locks: 1, ..SimConfig::preset(SimMode::FaultFree, 4, 7) };
+        let report = run::<Central>(&cfg).unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!(report.grants, 40);
+        assert_eq!(report.entry_messages.iter().sum::<u64>(), report.messages);
+    }
+}
