@@ -481,6 +481,12 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on `listen` and forwards every connection to `upstream`.
     pub fn start(listen: &str, upstream: &str) -> Proxy {
+        Proxy::start_delayed(listen, upstream, Duration::ZERO)
+    }
+
+    /// Like [`Proxy::start`], but each accepted connection waits `delay` before it is connected upstream (a
+    /// slow route: the dialer's handshake reaches `upstream` `delay` late).
+    pub fn start_delayed(listen: &str, upstream: &str, delay: Duration) -> Proxy {
         let listener = TcpListener::bind(listen).expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -493,17 +499,28 @@ impl Proxy {
                 match listener.accept() {
                     Ok((down, _)) => {
                         let _ = down.set_nonblocking(false);
-                        let Ok(upc) = TcpStream::connect(&up) else { continue };
-                        let _ = down.set_nodelay(true);
-                        let _ = upc.set_nodelay(true);
-                        a.fetch_add(1, Ordering::Relaxed);
-                        {
-                            let mut g = c.lock().unwrap();
-                            g.push(down.try_clone().expect("clone"));
-                            g.push(upc.try_clone().expect("clone"));
+                        let (c, a, up) = (c.clone(), a.clone(), up.clone());
+                        let forward = move || {
+                            let Ok(upc) = TcpStream::connect(&up) else { return };
+                            let _ = down.set_nodelay(true);
+                            let _ = upc.set_nodelay(true);
+                            a.fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut g = c.lock().unwrap();
+                                g.push(down.try_clone().expect("clone"));
+                                g.push(upc.try_clone().expect("clone"));
+                            }
+                            pipe(down.try_clone().expect("clone"), upc.try_clone().expect("clone"));
+                            pipe(upc, down);
+                        };
+                        if delay.is_zero() {
+                            forward();
+                        } else {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                forward();
+                            });
                         }
-                        pipe(down.try_clone().expect("clone"), upc.try_clone().expect("clone"));
-                        pipe(upc, down);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
