@@ -1,6 +1,6 @@
 //! Black-box tests of real `dmutex node` processes, each node on its own 127.a.b.(i+1) address (a subnet per
 //! test, so the tests run in parallel), talking to them only through HTTP, the peer port, signals and the
-//! `dmutex lock` command — what a user or an operator sees (issue 3, "Tests" 1–8).
+//! `dmutex lock` command — what a user or an operator sees.
 //!
 //! Holding intervals are measured on the client side and conservatively: a hold starts after the grant
 //! arrived and ends before the release is sent, so an overlap of two such intervals is a real violation.

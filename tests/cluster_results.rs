@@ -1,4 +1,4 @@
-//! `dmutex cluster --out DIR` end to end with real node processes (issue 6): the built binary runs a small
+//! `dmutex cluster --out DIR` end to end with real node processes: the built binary runs a small
 //! experiment (or sweep) as a subprocess, then the test reads what it wrote — `results.json`, the SVG charts,
 //! `sweep.csv` — and checks it against the printed output, against the nodes' `/v1/stats` (recorded in
 //! `results.json` as each node answered it), and against mutual exclusion itself.

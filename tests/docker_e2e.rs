@@ -1,4 +1,4 @@
-//! End-to-end tests on real containers (issue 5): the offline image, `docker-compose up --scale node=5`, and real
+//! End-to-end tests on real containers: the offline image, `docker-compose up --scale node=5`, and real
 //! failures — `docker kill`, `docker network disconnect`, `docker stop` — plus traces into an OTLP receiver
 //! container. Ignored by default (needs a Docker engine and docker-compose); `.ci/run` runs it when `docker info`
 //! answers:

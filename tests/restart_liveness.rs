@@ -1,4 +1,4 @@
-//! Liveness after restarts, on real `dmutex node` processes (issue 10): once a restarted node is back and
+//! Liveness after restarts, on real `dmutex node` processes: once a restarted node is back and
 //! every node answers `/readyz` with 200, every lock name — including names first used while the node was
 //! down — must serve through every node, for every algorithm.
 //!
@@ -94,7 +94,7 @@ fn pairs<'a>(algorithms: &[&'a str], names: &[String]) -> Vec<(&'a str, String)>
 /// Both directions of the node 1 – node 2 pair cross a proxy that connects each new connection this late.
 const SLOW_ROUTE: Duration = Duration::from_millis(500);
 
-/// Issue 10: probable-owner names first used while node 2 was down answered 408 forever once it was back.
+/// Probable-owner names first used while node 2 was down answered 408 forever once it was back.
 ///
 /// What it takes: after node 2 restarts, node 1 must hear of the new incarnation from a probable-owner
 /// recovery query of node 0 (whose `po-f` record names node 2) *before* its own transport sees node 2's

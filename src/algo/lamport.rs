@@ -951,8 +951,8 @@ mod tests {
         assert_eq!(order, vec![1, 0]);
     }
 
-    /// The seed's RELEASE handler: pop the queue's head, whoever sent the RELEASE.
-    fn seed_release_head_pop(mut queue: BTreeSet<(LamportTs, NodeId)>) -> BTreeSet<(LamportTs, NodeId)> {
+    /// The Python simulation's RELEASE handler: pop the queue's head, whoever sent the RELEASE.
+    fn naive_release_pops_head(mut queue: BTreeSet<(LamportTs, NodeId)>) -> BTreeSet<(LamportTs, NodeId)> {
         queue.pop_first();
         queue
     }
@@ -988,7 +988,7 @@ mod tests {
         assert_eq!(net.holders("a"), vec![3]);
     }
 
-    /// Regression for the seed's RELEASE bug (rule 4). Node 1 holds "a" with request (1, 1). Node 0 asks
+    /// Regression for the Python simulation's RELEASE bug (rule 4). Node 1 holds "a" with request (1, 1). Node 0 asks
     /// with (4, 0); node 2 asks with (7, 2) and withdraws at once. At node 0 the queue is
     /// [(1, 1), (4, 0), (7, 2)] when node 2's RELEASE arrives, and node 0 has already heard later messages
     /// from both peers (node 1 answered its REQUEST with REPLY 7: Lamport's holders still acknowledge).
@@ -1024,11 +1024,11 @@ mod tests {
         assert_eq!(queue(net.engines[0].protocol(), "a"), vec![(1, 1), (4, 0)]);
         assert_eq!(net.holders("a"), vec![1]);
 
-        // The seed's logic on the same state admits node 0 next to the holder.
+        // The Python simulation's logic on the same state admits node 0 next to the holder.
         let latest = &net.engines[0].protocol().latest;
         assert_eq!(latest, &vec![0, 7, 8]);
-        let after_seed = seed_release_head_pop(before);
-        assert!(rule5(&after_seed, NodeId(0), LamportTs(4), latest), "head-pop lets node 0 enter too early");
+        let after_naive = naive_release_pops_head(before);
+        assert!(rule5(&after_naive, NodeId(0), LamportTs(4), latest), "head-pop lets node 0 enter too early");
 
         net.release(1, 10);
         net.deliver_all();

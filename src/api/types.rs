@@ -252,7 +252,7 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
-/// `GET /v1/stats`: the seed-style results. Fields absent in a stored report read as their defaults.
+/// `GET /v1/stats`: the results in the original programs' form. Fields absent in a stored report read as their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stats {

@@ -1,4 +1,4 @@
-//! Pictures of the experiment (issue 6): SVG charts drawn with `plotters` and its SVG backend.
+//! Pictures of the experiment: SVG charts drawn with `plotters` and its SVG backend.
 //!
 //! Four charts, each a pure function of plain data returning the SVG text:
 //!

@@ -192,7 +192,7 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
 
-/// The seed-style report of one experiment.
+/// The report of one experiment, in the original programs' form.
 pub fn format_results(r: &ExperimentResult) -> String {
     let mut s = String::new();
     let _ = writeln!(

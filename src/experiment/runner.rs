@@ -1,11 +1,12 @@
-//! `dmutex cluster`: the seeds' experiment on N real node processes of this binary, one experiment per algorithm.
+//! `dmutex cluster`: the original programs' experiment on N real node processes of this binary, one experiment
+//! per algorithm.
 //!
 //! For each algorithm (sequentially): start N `dmutex node` children on distinct loopback addresses
 //! (`<subnet>.1 … <subnet>.N`, one shared peer port and one shared HTTP port), each running the workload of
 //! [`crate::experiment::workload`] against one shared counter file; wait for every `/readyz`; give the common
 //! start signal (a start file naming one instant a little ahead, so every node enters the contest at once; see
 //! [`StartMode`]); poll `/v1/workload` (showing progress) until every node is done; read `/v1/stats`; stop every child (SIGTERM, SIGKILL after 5 s); print the
-//! seed-style results and a verdict.
+//! results in the original programs' form and a verdict.
 //!
 //! With `--out DIR` it also writes `DIR/results.json` (every printed figure, every entry with its request/enter/exit
 //! times on the host clock and relative to the experiment's first request, its Lamport request timestamp, every

@@ -1,4 +1,4 @@
-//! The seeds' experiment as a workload that runs inside one `dmutex node` process.
+//! The original programs' experiment as a workload that runs inside one `dmutex node` process.
 //!
 //! Every node of a `dmutex cluster` run executes the same loop, `iterations` times: acquire `lock` through the
 //! node's own lock service (in-process, no HTTP), then run the critical section — a read-modify-write of one

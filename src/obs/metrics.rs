@@ -16,9 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard};
 
-/// Upper bounds (seconds) of the latency histograms: 100 µs … 60 s.
-pub const LATENCY_BUCKETS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0];
+/// Upper bounds (seconds) of the latency histograms: 100 µs … 24 h. Fine below a second for the lock calls
+/// themselves; up to the longest wait an acquire may ask for (1 h) and the default largest lease TTL (24 h)
+/// for waits and holds of `dmutex lock` jobs (backups, cron).
+pub const LATENCY_BUCKETS: [f64; 21] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0,
+    300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
 
 /// The label pairs of one series. Implementations write their pairs in a fixed order.
 pub trait LabelSet: Clone + Ord {
@@ -360,7 +364,7 @@ metrics! {
         "dmutex_hold_duration_seconds", "Time a lease held its lock, by algorithm.";
     grants: Counter<AlgorithmLabel> = "dmutex_grants_total", "Locks granted to local clients, by algorithm.";
     acquire_outcomes: Counter<OutcomeLabels> = "dmutex_acquire_outcomes_total",
-        "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown) by algorithm.";
+        "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown, abandoned) by algorithm.";
     lease_expiries: Counter<AlgorithmLabel> =
         "dmutex_lease_expiries_total", "Leases released because their TTL passed without keepalive.";
     redirects: Counter<()> = "dmutex_redirects_total", "Probable-owner LOCK_REP redirects received.";

@@ -1,7 +1,7 @@
 //! Probable-owner locking: a migrating ownership token, Li–Hudak probable-owner hints, a FIFO queue at the
 //! owner, and a recovery round at each lock's home node.
 //!
-//! The design fixes seed 003 (a C++ DSM: `LOCK_ACQ` / `LOCK_REP` grant|redirect, home = `lock % N`, 100 ms
+//! The design fixes the original C++ DSM lock (`LOCK_ACQ` / `LOCK_REP` grant|redirect, home = `lock % N`, 100 ms
 //! polling). Its handoff race, no queue, orphaned locks after a crash and ever-growing redirect chains are gone.
 //!
 //! # Rules
@@ -19,7 +19,7 @@
 //! * **In transit.** `LOCK_ACQ` carries the epoch at which the requester believes the addressee owns. A node
 //!   with its own request outstanding whose hint is older than that epoch *buffers* the request and serves it
 //!   once ownership arrives ("a request that arrives while ownership is in transit must wait"); it never
-//!   grants from stale state, which is what kills the seed's double grant. A pending node whose hint is at
+//!   grants from stale state, which is what kills the C++ lock's double grant. A pending node whose hint is at
 //!   least that new owned that epoch and moved on: it redirects (buffering there could close a cycle of
 //!   pending nodes waiting for each other). The home buffers only when its record names itself; otherwise it
 //!   routes (redirect or round), so a request re-sent to the home never waits behind the home's own.
@@ -112,7 +112,7 @@ pub enum RepOutcome {
     },
 }
 
-/// Probable-owner messages (the seed's names, plus the recovery pair).
+/// Probable-owner messages (the C++ DSM lock's names, plus the recovery pair).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PoMsg {
     /// `LOCK_ACQ`: `requester` wants `lock`.

@@ -264,7 +264,7 @@ fn a_non_owner_redirects_along_its_hint_and_the_requester_updates_its_hint() {
     assert_eq!(net.entries.last(), Some(&(NodeId(1), FencingToken::from_epoch(5, 1))));
 }
 
-/// Seed 003's daemon handler, as its README gives it: a per-node table `lock → (owner, locked)`; on
+/// The C++ DSM lock's daemon handler, as its README gives it: a per-node table `lock → (owner, locked)`; on
 /// `LOCK_ACQ`, no record → grant; locked by another → redirect; locked by us → "wait"; unlocked → grant
 /// and write the requester as owner. A requester writes its own record only when the grant arrives.
 #[derive(Default)]
@@ -295,15 +295,15 @@ impl SeedNode {
     }
 }
 
-/// Regression for the seed's handoff race (REFERENCES.md, seed 003). Owner O = 1 hands the lock to
+/// Regression for the C++ DSM lock's handoff race (REFERENCES.md). Owner O = 1 hands the lock to
 /// X = 2; a third requester R = 3 is redirected to X and its `LOCK_ACQ` reaches X *before* the grant.
 /// The seed answers it from X's table, which has no record yet ("grant if never seen / unlocked"), while
 /// O already wrote X as owner: X and R both hold the lock (shown by the model below on the same schedule).
 /// Here X has its own request outstanding, so it buffers R's request and serves it only once the token
 /// has arrived and X has released (Li–Hudak: a request arriving while ownership is in transit waits).
 #[test]
-fn seed_race_a_request_reaching_the_new_owner_before_its_grant_is_buffered() {
-    // The seed's logic on this schedule: a double grant.
+fn naive_owner_race_a_request_reaching_the_new_owner_before_its_grant_is_buffered() {
+    // The C++ lock's logic on this schedule: a double grant.
     let mut seed: Vec<SeedNode> = (0..4).map(|_| SeedNode::default()).collect();
     let mut holders = std::collections::BTreeSet::new();
     seed[1].table.insert(7, (1, false)); // O owned lock 7 and unlocked it locally
