@@ -175,7 +175,7 @@ fn core_events<M>(peer: NodeId, link: &mut Link<SimMsg<M>>, node: NodeId, out: &
 
 impl<M: Clone + Debug> Network<M> {
     /// `n` nodes, all up at incarnation 0 and linked: the cluster formed at time zero, as the cores assume.
-    pub fn formed(n: usize, max_delay: u64, seed: u64, tracing: bool) -> Self {
+    pub(super) fn formed(n: usize, max_delay: u64, seed: u64, tracing: bool) -> Self {
         let max_delay = max_delay.max(1);
         let link_cfg = LinkConfig {
             // No pauses are simulated: a live connection always acks, and a dead one is closed.
@@ -223,12 +223,12 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// Data frames on the wire.
-    pub fn data_in_flight(&self) -> usize {
+    pub(super) fn data_in_flight(&self) -> usize {
         self.data_in_flight
     }
 
     /// Whether every link between live nodes is connected to its peer's current incarnation.
-    pub fn settled(&self) -> Result<(), String> {
+    pub(super) fn settled(&self) -> Result<(), String> {
         for (i, j) in self.pairs() {
             let (Some(_), Some(inc_j)) = (self.up[i], self.up[j]) else { continue };
             let link = &self.links[i * self.n + j];
@@ -246,7 +246,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// Schedules up to two cuts of random connections within `window` ms.
-    pub fn schedule_cuts(&mut self, window: u64, out: &mut NetOut<M>) {
+    pub(super) fn schedule_cuts(&mut self, window: u64, out: &mut NetOut<M>) {
         if self.n < 2 {
             return;
         }
@@ -325,7 +325,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// A core's message from `from` to `to`: queued in the link, written at once if the connection is up.
-    pub fn send(
+    pub(super) fn send(
         &mut self,
         now: Millis,
         rng: &mut SplitMix64,
@@ -423,7 +423,7 @@ impl<M: Clone + Debug> Network<M> {
 
     /// Handles one scheduled item. `clock(node)` is the node's Lamport clock (for handshakes). An `Err` is a
     /// breach of the link's promises, which only a bug can cause.
-    pub fn step(
+    pub(super) fn step(
         &mut self,
         now: Millis,
         rng: &mut SplitMix64,
@@ -613,7 +613,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// `node` crashed: its connections close (what it sent still arrives), its links die with it.
-    pub fn crash(&mut self, now: Millis, node: NodeId, out: &mut NetOut<M>) {
+    pub(super) fn crash(&mut self, now: Millis, node: NodeId, out: &mut NetOut<M>) {
         self.up[usize::from(node.0)] = None;
         let mine: Vec<(u64, bool)> = self
             .conns
@@ -632,7 +632,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// `node` is back as incarnation `inc`, with fresh links, and dials every peer.
-    pub fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
+    pub(super) fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
         self.up[usize::from(node.0)] = Some(inc);
         for j in (0..self.n).filter(|&j| j != usize::from(node.0)) {
             let peer = NodeId(j as u16);
