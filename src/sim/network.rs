@@ -219,7 +219,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     fn at(&self, node: NodeId, peer: NodeId) -> usize {
-        usize::from(node.0) * self.n + usize::from(peer.0)
+        node.index() * self.n + peer.index()
     }
 
     /// Data frames on the wire.
@@ -334,7 +334,7 @@ impl<M: Clone + Debug> Network<M> {
         msg: SimMsg<M>,
         out: &mut NetOut<M>,
     ) {
-        if self.up[usize::from(from.0)].is_none() {
+        if self.up[from.index()].is_none() {
             return;
         }
         let k = self.at(from, to);
@@ -382,7 +382,7 @@ impl<M: Clone + Debug> Network<M> {
         if self.dialers[k].conn == Some(id) {
             self.dialers[k].conn = None;
         }
-        if self.up[usize::from(node.0)] != Some(inc) {
+        if self.up[node.index()] != Some(inc) {
             return;
         }
         if let Some(cid) = cid {
@@ -441,10 +441,10 @@ impl<M: Clone + Debug> Network<M> {
             NetItem::Dial { node, peer, inc } => {
                 let k = self.at(node, peer);
                 self.dialers[k].pending = false;
-                if self.up[usize::from(node.0)] != Some(inc) || self.dialers[k].conn.is_some() {
+                if self.up[node.index()] != Some(inc) || self.dialers[k].conn.is_some() {
                     return Ok(());
                 }
-                match self.up[usize::from(peer.0)] {
+                match self.up[peer.index()] {
                     None => self.redial(now, node, peer, inc, out),
                     Some(peer_inc) => {
                         let id = self.open_conn(node, peer, inc, peer_inc);
@@ -488,7 +488,7 @@ impl<M: Clone + Debug> Network<M> {
             (c.dialer, c.dialer_inc, c.acceptor)
         };
         let open = c.open[usize::from(!to_acceptor)];
-        if !open || self.up[usize::from(end.0)] != Some(end_inc) || (c.cut && !matches!(wire, Wire::Close)) {
+        if !open || self.up[end.index()] != Some(end_inc) || (c.cut && !matches!(wire, Wire::Close)) {
             // Lost: the process at that end is gone, the end was closed, or the connection was cut.
             return Ok(());
         }
@@ -614,7 +614,7 @@ impl<M: Clone + Debug> Network<M> {
 
     /// `node` crashed: its connections close (what it sent still arrives), its links die with it.
     pub(super) fn crash(&mut self, now: Millis, node: NodeId, out: &mut NetOut<M>) {
-        self.up[usize::from(node.0)] = None;
+        self.up[node.index()] = None;
         let mine: Vec<(u64, bool)> = self
             .conns
             .iter()
@@ -633,8 +633,8 @@ impl<M: Clone + Debug> Network<M> {
 
     /// `node` is back as incarnation `inc`, with fresh links, and dials every peer.
     pub(super) fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
-        self.up[usize::from(node.0)] = Some(inc);
-        for j in (0..self.n).filter(|&j| j != usize::from(node.0)) {
+        self.up[node.index()] = Some(inc);
+        for j in (0..self.n).filter(|&j| j != node.index()) {
             let peer = NodeId(j as u16);
             let k = self.at(node, peer);
             // Like the transport, a starting node dials every peer at once.
