@@ -710,7 +710,7 @@ impl NodeConfig {
         }
         let n = if self.peers.is_empty() { self.cluster_size } else { Some(self.peers.len()) };
         if let Some(n) = n
-            && usize::from(self.node_id.0) >= n
+            && self.node_id.index() >= n
         {
             return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.0, peers: n });
         }

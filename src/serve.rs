@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Runs a node until a termination signal, then shuts it down gracefully.
-pub async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
+pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
         // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
         let spec = dmutex::net::discovery::DnsSpec { name, port };

@@ -443,7 +443,7 @@ pub(crate) mod testnet {
 
     impl<P: Protocol> Net<P> {
         /// A formed cluster of `n` nodes built with `make`.
-        pub fn new(n: usize, make: fn(NodeId, usize) -> P) -> Self {
+        pub(crate) fn new(n: usize, make: fn(NodeId, usize) -> P) -> Self {
             let engines = (0..n)
                 .map(|i| {
                     let me = NodeId(i as u16);
@@ -465,12 +465,12 @@ pub(crate) mod testnet {
             }
         }
 
-        pub fn n(&self) -> usize {
+        pub(crate) fn n(&self) -> usize {
             self.engines.len()
         }
 
         /// Feeds `event` to `node`, routes its sends, returns its actions.
-        pub fn handle(&mut self, node: usize, event: Event<P::Msg>) -> Vec<Action<P::Msg>> {
+        pub(crate) fn handle(&mut self, node: usize, event: Event<P::Msg>) -> Vec<Action<P::Msg>> {
             let out = self.handle_unrouted(node, event);
             self.route(node, &out);
             out
@@ -525,7 +525,7 @@ pub(crate) mod testnet {
         }
 
         /// Shorthand for an acquire without deadline.
-        pub fn acquire(&mut self, node: usize, req: u64, lock: &str) -> Vec<Action<P::Msg>> {
+        pub(crate) fn acquire(&mut self, node: usize, req: u64, lock: &str) -> Vec<Action<P::Msg>> {
             self.handle(
                 node,
                 Event::Acquire { req: RequestId(req), lock: lock.into(), deadline: None, ttl: None },
@@ -533,12 +533,12 @@ pub(crate) mod testnet {
         }
 
         /// Shorthand for a release.
-        pub fn release(&mut self, node: usize, req: u64) -> Vec<Action<P::Msg>> {
+        pub(crate) fn release(&mut self, node: usize, req: u64) -> Vec<Action<P::Msg>> {
             self.handle(node, Event::Release { req: RequestId(req) })
         }
 
         /// The protocol messages waiting on `from -> to`, oldest first.
-        pub fn in_flight(&self, from: usize, to: usize) -> Vec<P::Msg> {
+        pub(crate) fn in_flight(&self, from: usize, to: usize) -> Vec<P::Msg> {
             self.links
                 .get(&(from, to))
                 .map(|q| {
@@ -553,7 +553,7 @@ pub(crate) mod testnet {
         }
 
         /// Delivers the oldest item on `from -> to`; returns the receiver's actions.
-        pub fn deliver(&mut self, from: usize, to: usize) -> Vec<Action<P::Msg>> {
+        pub(crate) fn deliver(&mut self, from: usize, to: usize) -> Vec<Action<P::Msg>> {
             let Some(item) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front) else {
                 return Vec::new();
             };
@@ -590,7 +590,7 @@ pub(crate) mod testnet {
         }
 
         /// Delivers everything, round-robin over links, until no message is in flight.
-        pub fn deliver_all(&mut self) {
+        pub(crate) fn deliver_all(&mut self) {
             while let Some(&(from, to)) = self.links.iter().find(|(_, q)| !q.is_empty()).map(|(k, _)| k) {
                 self.deliver(from, to);
             }
@@ -598,7 +598,7 @@ pub(crate) mod testnet {
 
         /// Crashes `p` and starts a new incarnation: messages to the old one are lost, the new one announces
         /// itself to every peer behind whatever the old one still had in flight.
-        pub fn restart(&mut self, p: usize) {
+        pub(crate) fn restart(&mut self, p: usize) {
             let n = self.n();
             self.incarnations[p].0 += 1;
             if std::env::var_os("NET_TRACE").is_some() {
@@ -633,7 +633,7 @@ pub(crate) mod testnet {
         /// Nodes holding `lock`.
         /// Every node in turn acquires and releases `lock`, `rounds` times, each entry alone in the system
         /// (fault-free, one at a time): the setting of the textbook message costs.
-        pub fn sequential_entries(&mut self, rounds: usize, lock: &str) {
+        pub(crate) fn sequential_entries(&mut self, rounds: usize, lock: &str) {
             let n = self.engines.len();
             for round in 0..rounds {
                 for i in 0..n {
@@ -647,7 +647,7 @@ pub(crate) mod testnet {
             }
         }
 
-        pub fn holders(&self, lock: &str) -> Vec<usize> {
+        pub(crate) fn holders(&self, lock: &str) -> Vec<usize> {
             (0..self.n()).filter(|&i| self.engines[i].holder(lock).is_some()).collect()
         }
 
@@ -660,10 +660,10 @@ pub(crate) mod testnet {
     pub(crate) struct Rng(u64);
 
     impl Rng {
-        pub fn new(seed: u64) -> Self {
+        pub(crate) fn new(seed: u64) -> Self {
             Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
         }
-        pub fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;

@@ -31,6 +31,18 @@ pub use engine::{Engine, EngineStats};
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u16);
 
+impl NodeId {
+    /// The id as the peer-list index it is (for indexing per-node vectors).
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// The raw id, as it travels on the wire.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -41,11 +53,23 @@ impl fmt::Display for NodeId {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LamportTs(pub u64);
 
+impl LamportTs {
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// A fencing token: strictly increasing per lock, across the cluster, in grant order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FencingToken(pub u64);
 
 impl FencingToken {
+    /// The raw token, as clients compare it against the last token their resource accepted.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
     /// The token of a Lamport / Ricart–Agrawala grant: the request's `(timestamp, node)` pair packed so that
     /// numeric order is the algorithms' total order (`ts` in the high 48 bits, node id in the low 16).
     pub fn from_ts(ts: LamportTs, node: NodeId) -> Self {
@@ -63,13 +87,34 @@ impl FencingToken {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
 
+impl RequestId {
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// A process incarnation: changes every time a node starts, so peers can tell a restart from a reconnect.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Incarnation(pub u64);
 
+impl Incarnation {
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// Virtual or real time in milliseconds since an arbitrary origin. Cores only compare and add.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Millis(pub u64);
+
+impl Millis {
+    /// The raw value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
 
 /// A lock's name (UTF-8). Validated by the API layer; cores treat it as an opaque key.
 pub type LockName = String;

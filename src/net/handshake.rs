@@ -113,7 +113,7 @@ impl Handshake<'_> {
         if cluster != self.cluster {
             return refuse(RefuseReason::WrongCluster, format!("cluster {cluster:?}"));
         }
-        if usize::from(node.0) >= self.peers {
+        if node.index() >= self.peers {
             return refuse(RefuseReason::UnknownNode, format!("node {node}"));
         }
         if node == self.me {

@@ -23,7 +23,7 @@ impl Node {
     pub(super) fn on_inbound(&mut self, input: Inbound<PeerMsg>) {
         match input {
             Inbound::Hello { peer, incarnation, clock } => {
-                if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
+                if let Some(p) = self.peers.get_mut(peer.index()) {
                     p.incarnation = Some(incarnation);
                     p.last_seen = Some(Instant::now());
                 }
@@ -38,7 +38,7 @@ impl Node {
                     self.observer.seen(Seen::Dropped { reason: "misaddressed" });
                     return;
                 }
-                if let Some(p) = self.peers.get_mut(usize::from(from.0)) {
+                if let Some(p) = self.peers.get_mut(from.index()) {
                     p.last_seen = Some(Instant::now());
                 }
                 let cause = self.observer.seen(Seen::Received { from, env: &env });
@@ -47,13 +47,13 @@ impl Node {
                 self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }, cause));
             }
             Inbound::Connected { peer } => {
-                if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
+                if let Some(p) = self.peers.get_mut(peer.index()) {
                     p.connected = true;
                     p.down_since = None;
                 }
             }
             Inbound::Disconnected { peer } => {
-                if let Some(p) = self.peers.get_mut(usize::from(peer.0)) {
+                if let Some(p) = self.peers.get_mut(peer.index()) {
                     if p.connected || p.down_since.is_none() {
                         p.down_since = Some(Instant::now());
                     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 impl Node {
     pub(super) fn update_readiness(&mut self) {
-        let me = usize::from(self.settings.me.0);
+        let me = self.settings.me.index();
         let mut reasons = Vec::new();
         if self.shared.shutting_down() {
             reasons.push("shutting down".to_string());
@@ -83,7 +83,7 @@ impl Node {
             .iter()
             .enumerate()
             .map(|(i, addr)| {
-                let me = i == usize::from(self.settings.me.0);
+                let me = i == self.settings.me.index();
                 let st = self.peers.get(i);
                 PeerInfo {
                     node: i as u16,
@@ -99,10 +99,7 @@ impl Node {
                     } else {
                         st.and_then(|p| p.incarnation).map(|i| i.0)
                     },
-                    reconnects: status
-                        .iter()
-                        .find(|s| usize::from(s.node.0) == i)
-                        .map_or(0, |s| s.reconnects),
+                    reconnects: status.iter().find(|s| s.node.index() == i).map_or(0, |s| s.reconnects),
                 }
             })
             .collect();

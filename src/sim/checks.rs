@@ -104,7 +104,7 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
 
     /// The engine's own idea of its holders must match the grants it announced.
     pub(super) fn check_holder(&self, node: NodeId) -> Step {
-        let Some(engine) = self.nodes.get(usize::from(node.0)).and_then(|s| s.engine.as_ref()) else {
+        let Some(engine) = self.nodes.get(node.index()).and_then(|s| s.engine.as_ref()) else {
             return Ok(());
         };
         for lock in &self.lock_names {

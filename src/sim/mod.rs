@@ -246,7 +246,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
     }
 
     fn live(&self, node: NodeId) -> bool {
-        self.nodes.get(usize::from(node.0)).is_some_and(|s| s.engine.is_some())
+        self.nodes.get(node.index()).is_some_and(|s| s.engine.is_some())
     }
 
     fn run(mut self) -> Result<SimReport, Violation> {
@@ -379,7 +379,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 let nodes = &self.nodes;
                 let clock = |node: NodeId| {
                     nodes
-                        .get(usize::from(node.0))
+                        .get(node.index())
                         .and_then(|s| s.engine.as_ref())
                         .map_or(LamportTs(0), |e| e.clock())
                 };
@@ -387,7 +387,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 self.absorb()
             }
             Item::Timer { node, inc, timer, at } => {
-                let Some(state) = self.nodes.get_mut(usize::from(node.0)) else { return Ok(()) };
+                let Some(state) = self.nodes.get_mut(node.index()) else { return Ok(()) };
                 if state.engine.is_none() || state.incarnation != inc || state.timers.get(&timer) != Some(&at)
                 {
                     return Ok(());
@@ -565,7 +565,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         for witnesses in self.token_witnesses.values_mut() {
             witnesses.remove(&node);
         }
-        let Some(state) = self.nodes.get_mut(usize::from(node.0)) else { return Ok(()) };
+        let Some(state) = self.nodes.get_mut(node.index()) else { return Ok(()) };
         state.engine = None;
         state.timers.clear();
         let gone: Vec<RequestId> =
@@ -586,7 +586,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
 
     fn restart(&mut self, node: NodeId) -> Step {
         let n = self.n();
-        let Some(state) = self.nodes.get_mut(usize::from(node.0)) else { return Ok(()) };
+        let Some(state) = self.nodes.get_mut(node.index()) else { return Ok(()) };
         let inc = Incarnation(state.incarnation.0 + 1);
         state.incarnation = inc;
         state.engine = Some(Engine::new((self.make)(node, n), Peers::new(node, n, inc)));
@@ -601,7 +601,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
     fn feed(&mut self, node: NodeId, event: Event<P::Msg>, local: bool) -> Step {
         let now = self.now;
         let mut out = Vec::new();
-        let Some(engine) = self.nodes.get_mut(usize::from(node.0)).and_then(|s| s.engine.as_mut()) else {
+        let Some(engine) = self.nodes.get_mut(node.index()).and_then(|s| s.engine.as_mut()) else {
             return Ok(());
         };
         let what = if local { Some(format!("{event:?}")) } else { None };
@@ -622,13 +622,13 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         match action {
             Action::Send { to, msg } => {
                 note!(self, "    {node}→{to} send {msg:?}");
-                if to == node || usize::from(to.0) >= self.n() {
+                if to == node || to.index() >= self.n() {
                     return Err(format!("node {node} sent {msg:?} to invalid destination {to}"));
                 }
                 self.report.messages += 1;
                 self.msgs_since_grant += 1;
                 *self.report.messages_by_kind.entry(msg.kind()).or_insert(0) += 1;
-                let state = &self.nodes[usize::from(node.0)];
+                let state = &self.nodes[node.index()];
                 let to_inc = state.engine.as_ref().and_then(|e| e.peers().incarnation(to));
                 let msg = SimMsg { msg, to: to_inc };
                 self.net.send(self.now, &mut self.rng, node, to, msg, &mut self.net_out);
@@ -639,14 +639,14 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             Action::LeaseExpired { req, lock } => self.lease_expired(node, req, lock),
             Action::Rejected { req, reason } => self.rejected(node, req, reason),
             Action::SetTimer { timer, at } => {
-                let Some(state) = self.nodes.get_mut(usize::from(node.0)) else { return Ok(()) };
+                let Some(state) = self.nodes.get_mut(node.index()) else { return Ok(()) };
                 state.timers.insert(timer, at);
                 let inc = state.incarnation;
                 self.schedule(at.max(self.now), Item::Timer { node, inc, timer, at });
                 Ok(())
             }
             Action::CancelTimer { timer } => {
-                if let Some(state) = self.nodes.get_mut(usize::from(node.0)) {
+                if let Some(state) = self.nodes.get_mut(node.index()) {
                     state.timers.remove(&timer);
                 }
                 Ok(())

@@ -175,7 +175,7 @@ fn core_events<M>(peer: NodeId, link: &mut Link<SimMsg<M>>, node: NodeId, out: &
 
 impl<M: Clone + Debug> Network<M> {
     /// `n` nodes, all up at incarnation 0 and linked: the cluster formed at time zero, as the cores assume.
-    pub fn formed(n: usize, max_delay: u64, seed: u64, tracing: bool) -> Self {
+    pub(super) fn formed(n: usize, max_delay: u64, seed: u64, tracing: bool) -> Self {
         let max_delay = max_delay.max(1);
         let link_cfg = LinkConfig {
             // No pauses are simulated: a live connection always acks, and a dead one is closed.
@@ -219,16 +219,16 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     fn at(&self, node: NodeId, peer: NodeId) -> usize {
-        usize::from(node.0) * self.n + usize::from(peer.0)
+        node.index() * self.n + peer.index()
     }
 
     /// Data frames on the wire.
-    pub fn data_in_flight(&self) -> usize {
+    pub(super) fn data_in_flight(&self) -> usize {
         self.data_in_flight
     }
 
     /// Whether every link between live nodes is connected to its peer's current incarnation.
-    pub fn settled(&self) -> Result<(), String> {
+    pub(super) fn settled(&self) -> Result<(), String> {
         for (i, j) in self.pairs() {
             let (Some(_), Some(inc_j)) = (self.up[i], self.up[j]) else { continue };
             let link = &self.links[i * self.n + j];
@@ -246,7 +246,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// Schedules up to two cuts of random connections within `window` ms.
-    pub fn schedule_cuts(&mut self, window: u64, out: &mut NetOut<M>) {
+    pub(super) fn schedule_cuts(&mut self, window: u64, out: &mut NetOut<M>) {
         if self.n < 2 {
             return;
         }
@@ -325,7 +325,7 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// A core's message from `from` to `to`: queued in the link, written at once if the connection is up.
-    pub fn send(
+    pub(super) fn send(
         &mut self,
         now: Millis,
         rng: &mut SplitMix64,
@@ -334,7 +334,7 @@ impl<M: Clone + Debug> Network<M> {
         msg: SimMsg<M>,
         out: &mut NetOut<M>,
     ) {
-        if self.up[usize::from(from.0)].is_none() {
+        if self.up[from.index()].is_none() {
             return;
         }
         let k = self.at(from, to);
@@ -382,7 +382,7 @@ impl<M: Clone + Debug> Network<M> {
         if self.dialers[k].conn == Some(id) {
             self.dialers[k].conn = None;
         }
-        if self.up[usize::from(node.0)] != Some(inc) {
+        if self.up[node.index()] != Some(inc) {
             return;
         }
         if let Some(cid) = cid {
@@ -423,7 +423,7 @@ impl<M: Clone + Debug> Network<M> {
 
     /// Handles one scheduled item. `clock(node)` is the node's Lamport clock (for handshakes). An `Err` is a
     /// breach of the link's promises, which only a bug can cause.
-    pub fn step(
+    pub(super) fn step(
         &mut self,
         now: Millis,
         rng: &mut SplitMix64,
@@ -441,10 +441,10 @@ impl<M: Clone + Debug> Network<M> {
             NetItem::Dial { node, peer, inc } => {
                 let k = self.at(node, peer);
                 self.dialers[k].pending = false;
-                if self.up[usize::from(node.0)] != Some(inc) || self.dialers[k].conn.is_some() {
+                if self.up[node.index()] != Some(inc) || self.dialers[k].conn.is_some() {
                     return Ok(());
                 }
-                match self.up[usize::from(peer.0)] {
+                match self.up[peer.index()] {
                     None => self.redial(now, node, peer, inc, out),
                     Some(peer_inc) => {
                         let id = self.open_conn(node, peer, inc, peer_inc);
@@ -488,7 +488,7 @@ impl<M: Clone + Debug> Network<M> {
             (c.dialer, c.dialer_inc, c.acceptor)
         };
         let open = c.open[usize::from(!to_acceptor)];
-        if !open || self.up[usize::from(end.0)] != Some(end_inc) || (c.cut && !matches!(wire, Wire::Close)) {
+        if !open || self.up[end.index()] != Some(end_inc) || (c.cut && !matches!(wire, Wire::Close)) {
             // Lost: the process at that end is gone, the end was closed, or the connection was cut.
             return Ok(());
         }
@@ -613,8 +613,8 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// `node` crashed: its connections close (what it sent still arrives), its links die with it.
-    pub fn crash(&mut self, now: Millis, node: NodeId, out: &mut NetOut<M>) {
-        self.up[usize::from(node.0)] = None;
+    pub(super) fn crash(&mut self, now: Millis, node: NodeId, out: &mut NetOut<M>) {
+        self.up[node.index()] = None;
         let mine: Vec<(u64, bool)> = self
             .conns
             .iter()
@@ -632,9 +632,9 @@ impl<M: Clone + Debug> Network<M> {
     }
 
     /// `node` is back as incarnation `inc`, with fresh links, and dials every peer.
-    pub fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
-        self.up[usize::from(node.0)] = Some(inc);
-        for j in (0..self.n).filter(|&j| j != usize::from(node.0)) {
+    pub(super) fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
+        self.up[node.index()] = Some(inc);
+        for j in (0..self.n).filter(|&j| j != node.index()) {
             let peer = NodeId(j as u16);
             let k = self.at(node, peer);
             // Like the transport, a starting node dials every peer at once.

@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Peer port used by every test node.
-pub const PEER_PORT: u16 = 17070;
+pub(crate) const PEER_PORT: u16 = 17070;
 /// HTTP port used by every test node.
-pub const HTTP_PORT: u16 = 18080;
+pub(crate) const HTTP_PORT: u16 = 18080;
 
 /// Every algorithm's name as the API spells it.
-pub const ALGORITHMS: [&str; 3] = ["lamport", "ricart-agrawala", "probable-owner"];
+pub(crate) const ALGORITHMS: [&str; 3] = ["lamport", "ricart-agrawala", "probable-owner"];
 
 /// A cluster of node processes. Killed on drop.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// `127.a.b` prefix; node i listens on `127.a.b.(i+1)`.
     pub subnet: String,
     /// Node processes (None while stopped).
@@ -36,13 +36,13 @@ pub struct Cluster {
 
 /// A cloneable HTTP client for a cluster's nodes (usable from client threads while the cluster is changed).
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     urls: Vec<String>,
     client: reqwest::blocking::Client,
 }
 
 /// A unique 127.a.b subnet for a test (distinct per test name and process).
-pub fn subnet_for(test: &str) -> String {
+pub(crate) fn subnet_for(test: &str) -> String {
     let mut h: u32 = 2166136261;
     for b in test.bytes().chain(std::process::id().to_le_bytes()) {
         h ^= u32::from(b);
@@ -53,14 +53,14 @@ pub fn subnet_for(test: &str) -> String {
 
 impl Cluster {
     /// Starts `n` nodes and waits until all are ready.
-    pub fn start(test: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
+    pub(crate) fn start(test: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
         let mut c = Cluster::new(test, n, env);
         c.spawn_all();
         c
     }
 
     /// A cluster description without processes.
-    pub fn new(test: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
+    pub(crate) fn new(test: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
         let subnet = subnet_for(test);
         let dir = std::env::temp_dir().join(format!("dmutex-test-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -77,7 +77,7 @@ impl Cluster {
     }
 
     /// Starts every node and waits until all are ready.
-    pub fn spawn_all(&mut self) {
+    pub(crate) fn spawn_all(&mut self) {
         for i in 0..self.len() {
             self.spawn(i);
         }
@@ -85,37 +85,37 @@ impl Cluster {
     }
 
     /// Number of nodes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.procs.len()
     }
 
     /// Address of node i.
-    pub fn host(&self, i: usize) -> String {
+    pub(crate) fn host(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, i + 1)
     }
 
     /// Peer address (`host:port`) of node i.
-    pub fn peer_addr(&self, i: usize) -> String {
+    pub(crate) fn peer_addr(&self, i: usize) -> String {
         format!("{}:{}", self.host(i), PEER_PORT)
     }
 
     /// Base URL of node i.
-    pub fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         self.api.url(i)
     }
 
     /// The peer list as configured.
-    pub fn peers(&self) -> String {
+    pub(crate) fn peers(&self) -> String {
         (0..self.len()).map(|i| self.peer_addr(i)).collect::<Vec<_>>().join(",")
     }
 
     /// A cloneable client for the nodes.
-    pub fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         self.api.clone()
     }
 
     /// The `dmutex node` command for node i (environment set, not started).
-    pub fn command(&self, i: usize) -> Command {
+    pub(crate) fn command(&self, i: usize) -> Command {
         let peers = match &self.peers_override {
             Some(p) => p[i].clone(),
             None => self.peers(),
@@ -135,12 +135,12 @@ impl Cluster {
     }
 
     /// The cluster name the nodes are started with.
-    pub fn cluster_name(&self) -> String {
+    pub(crate) fn cluster_name(&self) -> String {
         format!("test-{}", self.subnet)
     }
 
     /// Starts node i (does not wait for readiness).
-    pub fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,7 +152,7 @@ impl Cluster {
     }
 
     /// Kills node i with SIGKILL and reaps it.
-    pub fn kill9(&mut self, i: usize) {
+    pub(crate) fn kill9(&mut self, i: usize) {
         if let Some(mut p) = self.procs[i].take() {
             let _ = p.kill();
             let _ = p.wait();
@@ -160,7 +160,7 @@ impl Cluster {
     }
 
     /// Sends SIGTERM to node i and returns (exit status, time to exit).
-    pub fn sigterm(&mut self, i: usize) -> (Option<i32>, Duration) {
+    pub(crate) fn sigterm(&mut self, i: usize) -> (Option<i32>, Duration) {
         let Some(mut p) = self.procs[i].take() else { return (None, Duration::ZERO) };
         let start = Instant::now();
         send_signal(p.id(), "TERM");
@@ -178,7 +178,7 @@ impl Cluster {
     }
 
     /// Waits until every running node answers /readyz with 200.
-    pub fn wait_ready(&self, limit: Duration) {
+    pub(crate) fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
         for i in 0..self.len() {
             if self.procs[i].is_none() {
@@ -192,37 +192,37 @@ impl Cluster {
     }
 
     /// A node's log so far.
-    pub fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("node-{i}.log"))).unwrap_or_default()
     }
 
     /// Every node's log, for failure messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         (0..self.len()).map(|i| format!("==== node {i} ====\n{}", self.log(i))).collect()
     }
 
     /// POST JSON, returns (status, body).
-    pub fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
         self.api.post(i, path, body)
     }
 
     /// GET JSON.
-    pub fn get(&self, i: usize, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, i: usize, path: &str) -> (u16, Value) {
         self.api.get(i, path)
     }
 
     /// GET text.
-    pub fn get_text(&self, i: usize, path: &str) -> (u16, String) {
+    pub(crate) fn get_text(&self, i: usize, path: &str) -> (u16, String) {
         self.api.get_text(i, path)
     }
 
     /// Acquire through node i; returns (status, body).
-    pub fn acquire(&self, i: usize, lock: &str, body: Value) -> (u16, Value) {
+    pub(crate) fn acquire(&self, i: usize, lock: &str, body: Value) -> (u16, Value) {
         self.api.acquire(i, lock, body)
     }
 
     /// Release through node i.
-    pub fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
+    pub(crate) fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
         self.api.release(i, lock, lease)
     }
 }
@@ -245,19 +245,19 @@ impl Drop for Cluster {
 
 impl Api {
     /// A client for the given base URLs.
-    pub fn new(urls: Vec<String>) -> Api {
+    pub(crate) fn new(urls: Vec<String>) -> Api {
         let client =
             reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
         Api { urls, client }
     }
 
     /// Base URL of node i.
-    pub fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         self.urls[i].clone()
     }
 
     /// The underlying client (60 s timeout).
-    pub fn client(&self) -> &reqwest::blocking::Client {
+    pub(crate) fn client(&self) -> &reqwest::blocking::Client {
         &self.client
     }
 
@@ -272,12 +272,12 @@ impl Api {
     }
 
     /// POST JSON, returns (status, body); status 0 is a transport error (body: its text).
-    pub fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
         Self::json(self.client.post(format!("{}{}", self.urls[i], path)).json(&body).send())
     }
 
     /// POST raw bytes as `application/json`.
-    pub fn post_raw(&self, i: usize, path: &str, body: Vec<u8>) -> (u16, Value) {
+    pub(crate) fn post_raw(&self, i: usize, path: &str, body: Vec<u8>) -> (u16, Value) {
         Self::json(
             self.client
                 .post(format!("{}{}", self.urls[i], path))
@@ -288,14 +288,14 @@ impl Api {
     }
 
     /// GET JSON.
-    pub fn get(&self, i: usize, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, i: usize, path: &str) -> (u16, Value) {
         Self::json(
             self.client.get(format!("{}{}", self.urls[i], path)).timeout(Duration::from_secs(10)).send(),
         )
     }
 
     /// GET text.
-    pub fn get_text(&self, i: usize, path: &str) -> (u16, String) {
+    pub(crate) fn get_text(&self, i: usize, path: &str) -> (u16, String) {
         match self.client.get(format!("{}{}", self.urls[i], path)).timeout(Duration::from_secs(10)).send() {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -306,42 +306,42 @@ impl Api {
     }
 
     /// Acquire through node i; returns (status, body).
-    pub fn acquire(&self, i: usize, lock: &str, body: Value) -> (u16, Value) {
+    pub(crate) fn acquire(&self, i: usize, lock: &str, body: Value) -> (u16, Value) {
         self.post(i, &format!("/v1/locks/{lock}/acquire"), body)
     }
 
     /// Release through node i.
-    pub fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
+    pub(crate) fn release(&self, i: usize, lock: &str, lease: &str) -> (u16, Value) {
         self.post(i, &format!("/v1/locks/{lock}/release"), json!({ "lease": lease }))
     }
 
     /// Keepalive through node i.
-    pub fn keepalive(&self, i: usize, lease: &str) -> (u16, Value) {
+    pub(crate) fn keepalive(&self, i: usize, lease: &str) -> (u16, Value) {
         self.post(i, &format!("/v1/leases/{lease}/keepalive"), Value::Null)
     }
 
     /// `GET /v1/stats` of node i (panics unless 200).
-    pub fn stats(&self, i: usize) -> Value {
+    pub(crate) fn stats(&self, i: usize) -> Value {
         let (status, v) = self.get(i, "/v1/stats");
         assert_eq!(status, 200, "stats of node {i}: {v}");
         v
     }
 
     /// Messages of `algorithm` sent by node i, all types, from `/v1/stats`.
-    pub fn sent(&self, i: usize, algorithm: &str) -> u64 {
+    pub(crate) fn sent(&self, i: usize, algorithm: &str) -> u64 {
         let v = self.stats(i);
         v["messages_sent"][algorithm].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
     }
 
     /// The sum of a Prometheus series of node i over every label set matching `filter`.
-    pub fn metric(&self, i: usize, name: &str, filter: &[(&str, &str)]) -> f64 {
+    pub(crate) fn metric(&self, i: usize, name: &str, filter: &[(&str, &str)]) -> f64 {
         let (status, text) = self.get_text(i, "/metrics");
         assert_eq!(status, 200, "metrics of node {i}");
         metric_sum(&text, name, filter)
     }
 
     /// Acquire and release once (panics unless both succeed); returns the fencing token.
-    pub fn lock_once(&self, i: usize, lock: &str, algorithm: &str) -> u64 {
+    pub(crate) fn lock_once(&self, i: usize, lock: &str, algorithm: &str) -> u64 {
         let (s, g) =
             self.acquire(i, lock, json!({"algorithm": algorithm, "timeout_ms": 30000, "ttl_ms": 30000}));
         assert_eq!(s, 200, "acquire {lock} ({algorithm}) on node {i}: {g}");
@@ -353,7 +353,7 @@ impl Api {
 }
 
 /// Sums the samples of `name` (exact metric name, any labels) whose labels include every `filter` pair.
-pub fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
     for line in text.lines() {
         if line.starts_with('#') {
@@ -377,7 +377,7 @@ pub fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
 }
 
 /// Polls `f` every 20 ms until it returns true or `limit` passes; returns whether it did.
-pub fn poll(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn poll(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if f() {
@@ -391,13 +391,13 @@ pub fn poll(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Sends a signal with the `kill` command (tests avoid `unsafe`).
-pub fn send_signal(pid: u32, signal: &str) {
+pub(crate) fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
 /// A holding interval observed by a client.
 #[derive(Clone, Debug)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// Lock (tests key it by algorithm too: the algorithms' lock spaces are independent).
     pub lock: String,
     /// Token.
@@ -409,7 +409,7 @@ pub struct Interval {
 }
 
 /// Checks that intervals of the same lock never overlap and tokens increase in time order.
-pub fn check_intervals(mut iv: Vec<Interval>) -> Result<(), String> {
+pub(crate) fn check_intervals(mut iv: Vec<Interval>) -> Result<(), String> {
     iv.sort_by_key(|i| (i.lock.clone(), i.start));
     for w in iv.windows(2) {
         let (a, b) = (&w[0], &w[1]);
@@ -428,7 +428,7 @@ pub fn check_intervals(mut iv: Vec<Interval>) -> Result<(), String> {
 
 /// The outcome of one acquire attempt by a client thread.
 #[derive(Clone, Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// Node asked.
     pub node: usize,
     /// Algorithm.
@@ -441,7 +441,7 @@ pub struct Attempt {
 
 /// Acquire, hold for `hold`, release, through node `i`; records the interval (keyed `algorithm/lock`) if
 /// granted. Returns the attempt.
-pub fn hold_once(
+pub(crate) fn hold_once(
     api: &Api,
     i: usize,
     lock: &str,
@@ -469,7 +469,7 @@ pub fn hold_once(
 }
 
 /// A TCP proxy (one listening address → one upstream) that can drop every connection it carries.
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -480,13 +480,13 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on `listen` and forwards every connection to `upstream`.
-    pub fn start(listen: &str, upstream: &str) -> Proxy {
+    pub(crate) fn start(listen: &str, upstream: &str) -> Proxy {
         Proxy::start_delayed(listen, upstream, Duration::ZERO)
     }
 
     /// Like [`Proxy::start`], but each accepted connection waits `delay` before it is connected upstream (a
     /// slow route: the dialer's handshake reaches `upstream` `delay` late).
-    pub fn start_delayed(listen: &str, upstream: &str, delay: Duration) -> Proxy {
+    pub(crate) fn start_delayed(listen: &str, upstream: &str, delay: Duration) -> Proxy {
         let listener = TcpListener::bind(listen).expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -533,7 +533,7 @@ impl Proxy {
     }
 
     /// Drops every connection currently carried (both directions, both sides).
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for s in self.conns.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }

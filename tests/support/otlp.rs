@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 /// Which OTLP transport delivered a span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// OTLP/gRPC.
     Grpc,
     /// OTLP/HTTP, protobuf.
@@ -38,7 +38,7 @@ pub enum Transport {
 
 /// One received span, ids as lowercase hex.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CollectedSpan {
+pub(crate) struct CollectedSpan {
     /// 32 hex digits.
     pub trace_id: String,
     /// 16 hex digits.
@@ -59,12 +59,12 @@ pub struct CollectedSpan {
 
 impl CollectedSpan {
     /// A span attribute.
-    pub fn attr(&self, key: &str) -> Option<&str> {
+    pub(crate) fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
 
     /// The `service.instance.id` resource attribute (the dmutex node id).
-    pub fn instance(&self) -> Option<&str> {
+    pub(crate) fn instance(&self) -> Option<&str> {
         self.resource.get("service.instance.id").map(String::as_str)
     }
 }
@@ -160,7 +160,7 @@ async fn http_export(
 }
 
 /// A running receiver; dropping it stops both servers.
-pub struct OtlpReceiver {
+pub(crate) struct OtlpReceiver {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     store: Store,
@@ -177,7 +177,7 @@ impl Drop for OtlpReceiver {
 
 impl OtlpReceiver {
     /// Starts both servers on 127.0.0.1, ports chosen by the OS.
-    pub async fn start() -> std::io::Result<Self> {
+    pub(crate) async fn start() -> std::io::Result<Self> {
         let store: Store = Arc::default();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -199,22 +199,22 @@ impl OtlpReceiver {
     }
 
     /// The gRPC endpoint (`http://127.0.0.1:PORT`).
-    pub fn grpc_endpoint(&self) -> String {
+    pub(crate) fn grpc_endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }
 
     /// The OTLP/HTTP base URL (what `OTEL_EXPORTER_OTLP_ENDPOINT` would hold).
-    pub fn http_endpoint(&self) -> String {
+    pub(crate) fn http_endpoint(&self) -> String {
         format!("http://{}", self.http_addr)
     }
 
     /// The full OTLP/HTTP traces URL (base + `/v1/traces`).
-    pub fn http_traces_url(&self) -> String {
+    pub(crate) fn http_traces_url(&self) -> String {
         format!("http://{}/v1/traces", self.http_addr)
     }
 
     /// Every span received so far, in arrival order.
-    pub fn spans(&self) -> Vec<CollectedSpan> {
+    pub(crate) fn spans(&self) -> Vec<CollectedSpan> {
         match self.store.lock() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -222,7 +222,7 @@ impl OtlpReceiver {
     }
 
     /// Forgets the spans received so far.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         match self.store.lock() {
             Ok(mut s) => s.clear(),
             Err(poisoned) => poisoned.into_inner().clear(),
@@ -230,7 +230,7 @@ impl OtlpReceiver {
     }
 
     /// Polls until `done(spans)` holds (`Ok(spans)`) or `timeout` passes (`Err(spans)`, for the message).
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         done: impl Fn(&[CollectedSpan]) -> bool,
         timeout: Duration,

@@ -6,14 +6,14 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 /// Whether this run is CI's (`CI=true`, as CI systems set it).
-pub fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 /// `tool` if `tool --version` runs. Otherwise: under CI, a panic naming the package to install; elsewhere a
 /// SKIPPED line on stderr and `None`. The line is written to the process's stderr itself, not through
 /// `eprintln!`, which the test harness captures and shows only for failing tests or with `--nocapture`.
-pub fn require(tool: &str, package: &str, test: &str) -> Option<String> {
+pub(crate) fn require(tool: &str, package: &str, test: &str) -> Option<String> {
     let ran = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
     if ran.is_ok_and(|s| s.success()) {
         return Some(tool.to_string());

@@ -108,7 +108,7 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let limit = inner.cfg.handshake_timeout;
-    let addr = inner.cfg.peers.get(usize::from(peer.0)).ok_or(TransportError::UnknownPeer(peer))?;
+    let addr = inner.cfg.peers.get(peer.index()).ok_or(TransportError::UnknownPeer(peer))?;
     let addrs: Vec<SocketAddr> = match timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
         Ok(Ok(a)) => a.collect(),
         Ok(Err(e)) => return Err(TransportError::Resolve { addr: addr.clone(), detail: e.to_string() }),

@@ -285,7 +285,7 @@ impl Transport {
             origin: Instant::now(),
         });
         let mut tasks = Vec::new();
-        for i in (0..n).filter(|&i| i != usize::from(inner.cfg.me.0)) {
+        for i in (0..n).filter(|&i| i != inner.cfg.me.index()) {
             tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId(i as u16))));
         }
         tasks.push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
@@ -322,7 +322,7 @@ where
         if to == inner.cfg.me {
             return Err(TransportError::SelfSend);
         }
-        let Some(slot) = inner.peers.get(usize::from(to.0)) else {
+        let Some(slot) = inner.peers.get(to.index()) else {
             return Err(TransportError::UnknownPeer(to));
         };
         if *inner.shutdown.borrow() {
@@ -354,7 +354,7 @@ where
     pub fn status(&self) -> Vec<PeerStatus> {
         let inner = &self.inner;
         (0..inner.peers.len())
-            .filter(|&i| i != usize::from(inner.cfg.me.0))
+            .filter(|&i| i != inner.cfg.me.index())
             .map(|i| {
                 let st = lock(&inner.peers[i].state);
                 PeerStatus {
@@ -510,7 +510,7 @@ impl<T> Inner<T> {
     }
 
     fn slot(&self, peer: NodeId) -> &PeerSlot {
-        &self.peers[usize::from(peer.0)]
+        &self.peers[peer.index()]
     }
 
     fn touch(&self, peer: NodeId) {
