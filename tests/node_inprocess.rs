@@ -329,3 +329,27 @@ fn graceful_shutdown_answers_waiters_releases_leases_and_returns() {
     assert!(token(&granted) > token(&held), "{granted} after {held}");
     assert!(c.client.get(c.url(0, "/healthz")).send().is_err(), "node 0's HTTP port is closed");
 }
+
+/// `GET /v1/locks/{name}` on nodes that do not hold the lock: a holder is named only when the node knows one,
+/// and never a node that is not the holder or owner (no `holder: 0` from the probable-owner default hint).
+#[test]
+fn a_lock_view_names_a_holder_only_when_the_node_knows_it() {
+    let c = Cluster::start("inproc-view", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("view-{algorithm}");
+        let grant = c.grant(1, &lock, json!({ "algorithm": algorithm }));
+        for i in 0..3 {
+            let info = c.get(i, &format!("/v1/locks/{lock}"));
+            let view = &info["algorithms"][algorithm.as_str()];
+            let holder = &view["holder"];
+            assert!(holder.is_null() || *holder == 1, "node {i}, {algorithm}: {view}");
+            if i == 1 {
+                assert_eq!(*holder, 1, "{view}");
+                assert_eq!(view["last_token"], grant["fencing_token"], "{view}");
+            } else {
+                assert!(view["last_token"].is_null(), "node {i}, {algorithm}: {view}");
+            }
+        }
+        assert_eq!(c.release(1, &lock, &grant["lease"]), 200);
+    }
+}
