@@ -253,7 +253,9 @@ fn check_algorithms(what: &str, default: Option<&str>, allowed: Option<&str>) {
     let default = default.unwrap_or_else(|| panic!("{what}: DMUTEX_ALGORITHM is not set"));
     let allowed = allowed.unwrap_or_else(|| panic!("{what}: DMUTEX_ALGORITHMS is not set"));
     let parse = |name: &str| {
-        name.trim().parse::<Algorithm>().unwrap_or_else(|e| panic!("{what}: {name:?} is not an algorithm: {e}"))
+        name.trim()
+            .parse::<Algorithm>()
+            .unwrap_or_else(|e| panic!("{what}: {name:?} is not an algorithm: {e}"))
     };
     let allowed: Vec<Algorithm> = allowed.split(',').map(parse).collect();
     assert_eq!(allowed, Algorithm::ALL.to_vec(), "{what}: the default allows every algorithm");

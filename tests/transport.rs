@@ -4,7 +4,7 @@
 //! checked is what Lamport 1978 assumes of the network: every message arrives exactly once and in order per
 //! pair, across dropped connections; plus restart detection (Hello before data) and handshake refusals.
 
-use dmutex::algo::{Incarnation, LamportTs, NodeId};
+use dmutex::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use dmutex::net::transport::{ClockFn, Inbound, Transport, TransportConfig, TransportHandle};
 use dmutex::net::wire::{self, Envelope, Frame, FrameReader, Nonce, PROTOCOL_VERSION, RefuseReason};
 use std::collections::BTreeMap;
@@ -344,6 +344,7 @@ async fn raw_exchange(addr: SocketAddr, make: impl FnOnce(Nonce) -> Vec<u8>) -> 
 struct HelloSpec<'a> {
     version: u16,
     cluster: &'a str,
+    algorithm: Algorithm,
     node: u16,
     secret: Option<&'a str>,
 }
@@ -352,10 +353,23 @@ fn hello(spec: HelloSpec<'_>) -> impl FnOnce(Nonce) -> Vec<u8> + '_ {
     move |challenge| {
         let nonce = wire::fresh_nonce();
         let (node, inc, clock) = (NodeId(spec.node), Incarnation(5), LamportTs(1));
-        let t = wire::hello_transcript(spec.version, spec.cluster, node, inc, clock, &challenge, &nonce);
+        let all = Algorithm::ALL.to_vec();
+        let t = wire::hello_transcript(
+            spec.version,
+            spec.cluster,
+            spec.algorithm,
+            &all,
+            node,
+            inc,
+            clock,
+            &challenge,
+            &nonce,
+        );
         let frame: Frame<u64> = Frame::Hello {
             version: spec.version,
             cluster: spec.cluster.to_string(),
+            algorithm: spec.algorithm,
+            algorithms: all,
             node,
             incarnation: inc,
             clock,
@@ -379,7 +393,13 @@ async fn bad_handshakes_are_refused_and_counted_and_a_good_peer_still_works() {
     let (a, a_rx) = Transport::start::<u64>(cfg, la, clock());
     let mut a_log = Log::new(a_rx);
     let at = addrs[0];
-    let ok = |node| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node, secret: None };
+    let ok = |node| HelloSpec {
+        version: PROTOCOL_VERSION,
+        cluster: "test",
+        algorithm: Algorithm::Lamport,
+        node,
+        secret: None,
+    };
 
     // Garbage with a plausible length prefix.
     let garbage =
@@ -446,7 +466,13 @@ async fn secrets_must_match() {
     let (a, a_rx) = Transport::start::<u64>(with_secret(0, "right"), la, clock());
     let mut a_log = Log::new(a_rx);
     let at = addrs[0];
-    let spec = |secret| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node: 1, secret };
+    let spec = |secret| HelloSpec {
+        version: PROTOCOL_VERSION,
+        cluster: "test",
+        algorithm: Algorithm::Lamport,
+        node: 1,
+        secret,
+    };
     assert_eq!(raw_exchange(at, hello(spec(None))).await, refused(RefuseReason::BadSecret));
     assert_eq!(raw_exchange(at, hello(spec(Some("wrong")))).await, refused(RefuseReason::BadSecret));
     assert_eq!(a.counters().refused.get("bad_secret"), Some(&2));
@@ -509,4 +535,36 @@ async fn a_message_addressed_to_the_new_incarnation_survives_the_restart_handsha
     assert!(a.counters().discarded_on_restart >= 1);
     a.shutdown().await;
     b2.shutdown().await;
+}
+
+/// Two nodes whose default algorithms differ never connect: each refuses the other's Hello (a configuration
+/// mismatch like another cluster name), counts it under `algorithm_mismatch`, and reports it as `Refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_different_default_algorithms_refuse_each_other() {
+    let (la, lb) = (bind("127.0.0.61").await, bind("127.0.0.62").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let mut cfg_b = config(1, 1, &addrs);
+    cfg_b.algorithm = Algorithm::ProbableOwner;
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start::<u64>(cfg_b, lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    let refused = |seen: &[Inbound<u64>]| {
+        seen.iter().any(|e| matches!(e, Inbound::Refused { reason: RefuseReason::AlgorithmMismatch, .. }))
+    };
+    a_log.until("a refuses b", refused).await;
+    b_log.until("b refuses a", refused).await;
+    // Give the links time for a few more attempts: still nothing gets through.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a_log.drain();
+    b_log.drain();
+    for (name, t, log) in [("a", &a, &a_log), ("b", &b, &b_log)] {
+        let connected = |e: &Inbound<u64>| matches!(e, Inbound::Connected { .. } | Inbound::Hello { .. });
+        assert!(!log.seen.iter().any(connected), "{name} connected: {:?}", log.seen);
+        assert!(t.status().iter().all(|p| !p.connected), "{name}: {:?}", t.status());
+        let c = t.counters();
+        assert!(c.refused.get("algorithm_mismatch").is_some_and(|&n| n >= 1), "{name}: {:?}", c.refused);
+        assert!(c.refused_by_peer.get("algorithm_mismatch").is_some_and(|&n| n >= 1), "{name}: {c:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

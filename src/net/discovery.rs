@@ -260,7 +260,10 @@ pub async fn discover_with<R: Resolver>(
                         }
                         None => {
                             // Our own replica is not in the answer (yet): not a membership we can join.
-                            last = format!("{last}; none of this host's addresses ({}) is among them", ip_list(&local));
+                            last = format!(
+                                "{last}; none of this host's addresses ({}) is among them",
+                                ip_list(&local)
+                            );
                             tracing::info!(name = %spec.name, local = ?local, "discovery: own address not resolved yet");
                         }
                     }

@@ -10,7 +10,8 @@
 //! ```text
 //!  dialer                                   acceptor
 //!    │ ◄──────────── Challenge{nonce_a} ────── │
-//!    │ ── Hello{version, cluster, node, incarnation, clock, nonce_d, mac_d} ──► │  checks, or Refuse{reason}
+//!    │ ── Hello{version, cluster, algorithm, algorithms, node, incarnation, clock, nonce_d, mac_d} ──► │
+//!    │                                           checks, or Refuse{reason}      │
 //!    │ ◄── Welcome{node, incarnation, clock, received, mac_a} ──────────────── │
 //!    │ ── Data{seq, env} … ──►   ◄── Ack{seq} (cumulative) …                    │
 //!    │ ── Bye ──►  (graceful shutdown; either side may send it)                  │
@@ -26,7 +27,7 @@
 //! bincode's own decode limit ([`DECODE_LIMIT`]) bounds what a length field *inside* a body can make the decoder
 //! allocate, so a 1 MiB frame cannot claim a 4 GiB string.
 
-use crate::algo::{Incarnation, LamportTs, NodeId};
+use crate::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use bytes::{Buf, BytesMut};
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
@@ -91,6 +92,8 @@ pub enum RefuseReason {
     BadVersion,
     /// The Hello names another cluster.
     WrongCluster,
+    /// The Hello names another default algorithm (`DMUTEX_ALGORITHM`).
+    AlgorithmMismatch,
     /// The node id is not in the peer list (or the peer at this address is another node).
     UnknownNode,
     /// The dialer claims to be the acceptor itself.
@@ -111,9 +114,10 @@ pub enum RefuseReason {
 
 impl RefuseReason {
     /// Every reason, in a stable order.
-    pub const ALL: [RefuseReason; 10] = [
+    pub const ALL: [RefuseReason; 11] = [
         RefuseReason::BadVersion,
         RefuseReason::WrongCluster,
+        RefuseReason::AlgorithmMismatch,
         RefuseReason::UnknownNode,
         RefuseReason::SelfId,
         RefuseReason::BadSecret,
@@ -129,6 +133,7 @@ impl RefuseReason {
         match self {
             RefuseReason::BadVersion => "bad_version",
             RefuseReason::WrongCluster => "wrong_cluster",
+            RefuseReason::AlgorithmMismatch => "algorithm_mismatch",
             RefuseReason::UnknownNode => "unknown_node",
             RefuseReason::SelfId => "self_id",
             RefuseReason::BadSecret => "bad_secret",
@@ -161,6 +166,11 @@ pub enum Frame<T> {
         version: u16,
         /// The cluster name; must match.
         cluster: String,
+        /// The dialer's default algorithm (`DMUTEX_ALGORITHM`); must match, or requests that name no
+        /// algorithm would run different protocols on different nodes.
+        algorithm: Algorithm,
+        /// The algorithms the dialer accepts in requests (`DMUTEX_ALGORITHMS`); a difference is logged.
+        algorithms: Vec<Algorithm>,
         /// The dialer's node id.
         node: NodeId,
         /// The dialer's incarnation.
@@ -459,12 +469,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The bytes the dialer's Hello MAC covers: label, version, cluster, node, incarnation, clock, the acceptor's
-/// challenge nonce and the dialer's own nonce.
+/// The bytes the dialer's Hello MAC covers: label, version, cluster, default and allowed algorithms, node,
+/// incarnation, clock, the acceptor's challenge nonce and the dialer's own nonce.
 #[allow(clippy::too_many_arguments)]
 pub fn hello_transcript(
     version: u16,
     cluster: &str,
+    algorithm: Algorithm,
+    algorithms: &[Algorithm],
     node: NodeId,
     incarnation: Incarnation,
     clock: LamportTs,
@@ -475,6 +487,11 @@ pub fn hello_transcript(
     put_str(&mut out, "dmutex/v1 hello (dialer -> acceptor)");
     out.extend_from_slice(&version.to_be_bytes());
     put_str(&mut out, cluster);
+    put_str(&mut out, algorithm.as_str());
+    out.extend_from_slice(&(algorithms.len() as u64).to_be_bytes());
+    for a in algorithms {
+        put_str(&mut out, a.as_str());
+    }
     out.extend_from_slice(&node.0.to_be_bytes());
     out.extend_from_slice(&incarnation.0.to_be_bytes());
     out.extend_from_slice(&clock.0.to_be_bytes());
@@ -553,6 +570,8 @@ mod tests {
             Frame::Hello {
                 version: PROTOCOL_VERSION,
                 cluster: "c".into(),
+                algorithm: Algorithm::ProbableOwner,
+                algorithms: Algorithm::ALL.to_vec(),
                 node: NodeId(2),
                 incarnation: Incarnation(9),
                 clock: LamportTs(11),
@@ -650,14 +669,40 @@ mod tests {
     #[test]
     fn macs_bind_the_transcript_and_the_direction() {
         let s = Some(&b"secret"[..]);
-        let t = hello_transcript(1, "c", NodeId(1), Incarnation(2), LamportTs(3), &[1; 32], &[2; 32]);
+        let all = &Algorithm::ALL[..];
+        let lamport = Algorithm::Lamport;
+        let t = hello_transcript(
+            1,
+            "c",
+            lamport,
+            all,
+            NodeId(1),
+            Incarnation(2),
+            LamportTs(3),
+            &[1; 32],
+            &[2; 32],
+        );
         let tag = mac(s, &t);
         assert_eq!(tag.len(), 32);
         assert!(verify_mac(s, &t, &tag));
         assert!(!verify_mac(Some(&b"other"[..]), &t, &tag));
         assert!(!verify_mac(s, &t, &[]));
-        let t2 = hello_transcript(1, "c", NodeId(1), Incarnation(2), LamportTs(3), &[9; 32], &[2; 32]);
+        let t2 = hello_transcript(
+            1,
+            "c",
+            lamport,
+            all,
+            NodeId(1),
+            Incarnation(2),
+            LamportTs(3),
+            &[9; 32],
+            &[2; 32],
+        );
         assert!(!verify_mac(s, &t2, &tag), "another challenge nonce must not verify (replay)");
+        let po = Algorithm::ProbableOwner;
+        let t3 =
+            hello_transcript(1, "c", po, all, NodeId(1), Incarnation(2), LamportTs(3), &[1; 32], &[2; 32]);
+        assert!(!verify_mac(s, &t3, &tag), "the MAC covers the default algorithm");
         let w = welcome_transcript(
             1,
             "c",

@@ -4,7 +4,7 @@
 use super::{Counters, Inner, PeerState, SHUTDOWN_FLUSH, TransportError, WRITE_BATCH, lock, stopped};
 use crate::algo::{Incarnation, LamportTs, NodeId};
 use crate::net::link::ConnId;
-use crate::net::wire::{Frame, FrameReader, FrameWriter};
+use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -83,7 +83,13 @@ where
                 Counters::bump(&inner.counters.connect_failures);
                 if let TransportError::Refused(reason) = &e {
                     Counters::by_reason(&inner.counters.refused_by_peer, *reason);
-                    warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
+                    if *reason == RefuseReason::AlgorithmMismatch {
+                        let ours = inner.cfg.algorithm;
+                        warn!(%peer, reason = reason.as_str(), algorithm = %ours,
+                            "peer refused our handshake: its default algorithm (DMUTEX_ALGORITHM) is not {ours}");
+                    } else {
+                        warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
+                    }
                 } else if matches!(e, TransportError::BadWelcomeMac | TransportError::WrongPeer { .. }) {
                     warn!(%peer, error = %e, "abandoned handshake");
                 } else {

@@ -18,8 +18,9 @@
 //! `handshake_timeout`; nothing busy-loops. Peer addresses are resolved with `lookup_host` at every connect.
 //! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials.
 //!
-//! Refusals: a handshake that fails (garbage, oversized length, wrong version or cluster, unknown or own node
-//! id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a `Refuse` frame when
+//! Refusals: a handshake that fails (garbage, oversized length, wrong version, cluster or default algorithm,
+//! unknown or own node id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a
+//! `Refuse` frame when
 //! possible, is closed, logged with `tracing::warn!` and counted by reason in [`TransportCounters::refused`];
 //! the node stays healthy. Bad frames on established connections are counted in `bad_frames`.
 //!
@@ -29,7 +30,7 @@
 mod accept;
 mod dial;
 
-use crate::algo::{Incarnation, LamportTs, Millis, NodeId};
+use crate::algo::{Algorithm, Incarnation, LamportTs, Millis, NodeId};
 use crate::net::handshake::Handshake;
 use crate::net::link::{Addressed, Link, LinkConfig, LinkEvent};
 use crate::net::wire::{self, Envelope, RefuseReason, WireError};
@@ -62,6 +63,10 @@ pub struct TransportConfig {
     pub incarnation: Incarnation,
     /// Cluster name; peers of another cluster are refused.
     pub cluster: String,
+    /// The default algorithm (`DMUTEX_ALGORITHM`); peers with another one are refused.
+    pub algorithm: Algorithm,
+    /// The algorithms requests may name (`DMUTEX_ALGORITHMS`); a peer with another set is logged, not refused.
+    pub algorithms: Vec<Algorithm>,
     /// Every node's `host:port`, index = node id, this node's own entry included. Resolved at every connect.
     pub peers: Vec<String>,
     /// Cluster secret for the handshake MACs; `None`: no authentication.
@@ -77,12 +82,15 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// A configuration with defaults: no secret, 1 MiB frames, backoff 50 ms … 5 s, 5 s handshake timeout.
+    /// A configuration with defaults: Lamport by default with every algorithm allowed, no secret, 1 MiB frames,
+    /// backoff 50 ms … 5 s, 5 s handshake timeout.
     pub fn new(me: NodeId, incarnation: Incarnation, cluster: impl Into<String>, peers: Vec<String>) -> Self {
         TransportConfig {
             me,
             incarnation,
             cluster: cluster.into(),
+            algorithm: Algorithm::Lamport,
+            algorithms: Algorithm::ALL.to_vec(),
             peers,
             secret: None,
             max_frame: wire::DEFAULT_MAX_FRAME,
@@ -531,6 +539,8 @@ impl<T> Inner<T> {
     fn handshake(&self) -> Handshake<'_> {
         Handshake {
             cluster: &self.cfg.cluster,
+            algorithm: self.cfg.algorithm,
+            algorithms: &self.cfg.algorithms,
             me: self.cfg.me,
             incarnation: self.cfg.incarnation,
             peers: self.cfg.peers.len(),
