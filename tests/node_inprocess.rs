@@ -391,3 +391,26 @@ fn nodes_with_different_default_algorithms_refuse_each_other_visibly() {
         assert_eq!(other["connected"], false, "node {i}: {cluster}");
     }
 }
+
+/// On connected idle links `/v1/cluster` reports the last frame actually received (keepalives every second),
+/// and keepalives are counted as link frames in `/metrics`, never as algorithm messages.
+#[test]
+fn idle_links_report_a_fresh_last_seen_and_keepalives_are_not_algorithm_messages() {
+    let c = Cluster::start("inproc-idle", 3);
+    let before = c.get(0, "/v1/stats")["messages_sent_total"].clone();
+    std::thread::sleep(Duration::from_millis(3000));
+    let cluster = c.get(0, "/v1/cluster");
+    for peer in cluster["peers"].as_array().expect("peers") {
+        assert_eq!(peer["connected"], true, "{cluster}");
+        let ago = peer["last_seen_ms_ago"].as_u64().unwrap_or_else(|| panic!("no last_seen: {cluster}"));
+        assert!(ago < 1500, "last frame {ago} ms ago on a connected idle link: {cluster}");
+    }
+    assert_eq!(c.get(0, "/v1/stats")["messages_sent_total"], before, "keepalives are not algorithm messages");
+    let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("metrics");
+    let sent = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"dmutex_link_frames_total{type="keepalive",direction="sent"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(sent.is_some_and(|n| n >= 2.0), "keepalives sent: {sent:?}");
+}

@@ -568,3 +568,98 @@ async fn peers_with_different_default_algorithms_refuse_each_other() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A TCP proxy that can go silent: it keeps every connection open but forwards nothing (a peer that hangs,
+/// or a network that drops everything without a reset).
+struct SilentProxy {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+}
+
+impl SilentProxy {
+    async fn start(ip: &str, upstream: SocketAddr) -> SilentProxy {
+        let listener = bind(ip).await;
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else { continue };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, flag.clone()));
+                tokio::spawn(pump(ur, dw, flag.clone()));
+            }
+        });
+        SilentProxy { addr, silent }
+    }
+}
+
+/// Copies `from` to `to`, discarding what arrives while `silent` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || (!silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err()) {
+            break;
+        }
+    }
+}
+
+/// An idle link carries keepalives (counted apart, never delivered), so `last_seen` stays fresh; when the
+/// connection goes silent, the dialer notices within `dead_after` and reconnects once it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_links_keep_alive_and_a_silent_connection_is_noticed() {
+    let (la, lb) = (bind("127.0.0.71").await, bind("127.0.0.72").await);
+    let (a_addr, b_addr) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let proxy = SilentProxy::start("127.0.0.73", b_addr).await;
+    let fast = |mut cfg: TransportConfig| {
+        cfg.keepalive = Duration::from_millis(100);
+        cfg.handshake_timeout = Duration::from_millis(200);
+        cfg
+    };
+    let a_cfg = fast(config(0, 1, &[a_addr, proxy.addr]));
+    assert_eq!(a_cfg.dead_after(), Duration::from_millis(400));
+    let (a, a_rx) = Transport::start::<u64>(a_cfg, la, clock());
+    let (b, b_rx) = Transport::start::<u64>(fast(config(1, 1, &[a_addr, b_addr])), lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    let connected = |s: &[Inbound<u64>]| has(s, |e| matches!(e, Inbound::Connected { .. }));
+    a_log.until("a connected", connected).await;
+    b_log.until("b connected", connected).await;
+
+    // Idle for ten keepalive intervals: keepalives both ways, a fresh last_seen, nothing delivered.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for (name, t, log) in [("a", &a, &mut a_log), ("b", &b, &mut b_log)] {
+        log.drain();
+        assert!(!has(&log.seen, |e| matches!(e, Inbound::Message { .. })), "{name}: {:?}", log.seen);
+        let c = t.counters();
+        assert!(c.keepalives_sent >= 5 && c.keepalives_received >= 5, "{name}: {c:?}");
+        let peer = &t.status()[0];
+        assert!(peer.connected, "{name}: {peer:?}");
+        let ago = peer.last_seen.and_then(|t| t.elapsed().ok()).expect("a last_seen");
+        assert!(ago < Duration::from_millis(300), "{name}: last frame {ago:?} ago on an idle link");
+    }
+
+    // The connection A dialled goes silent (no FIN, no RST): A notices and drops its link.
+    proxy.silent.store(true, Ordering::SeqCst);
+    let down = timeout(Duration::from_secs(3), async {
+        while a.status()[0].connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(down.await.is_ok(), "a silent connection was not noticed: {:?}", a.status());
+    a_log.until("a disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { .. }))).await;
+    proxy.silent.store(false, Ordering::SeqCst);
+    let up = timeout(WAIT, async {
+        while !a.status()[0].connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(up.await.is_ok(), "the link did not come back: {:?}", a.status());
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -15,6 +15,7 @@
 //!    │                                           checks, or Refuse{reason}      │
 //!    │ ◄── Welcome{node, incarnation, clock, received, mac_a} ──────────────── │
 //!    │ ── Data{seq, env} … ──►   ◄── Ack{seq} (cumulative) …                    │
+//!    │ ── Keepalive ──►  ◄── Keepalive   (after 1 s without a frame written)     │
 //!    │ ── Bye ──►  (graceful shutdown; either side may send it)                  │
 //! ```
 //!
@@ -209,6 +210,9 @@ pub enum Frame<T> {
     },
     /// Graceful shutdown: no more data will come from this incarnation.
     Bye,
+    /// Link liveness, never delivered to a core: the dialer sends it when it wrote nothing for the keepalive
+    /// interval, the acceptor answers with one, so each end hears from an idle peer and notices a dead one.
+    Keepalive,
 }
 
 impl<T> Frame<T> {
@@ -222,6 +226,7 @@ impl<T> Frame<T> {
             Frame::Data { .. } => "data",
             Frame::Ack { .. } => "ack",
             Frame::Bye => "bye",
+            Frame::Keepalive => "keepalive",
         }
     }
 }
@@ -592,6 +597,7 @@ mod tests {
             },
             Frame::Ack { seq: u64::MAX },
             Frame::Bye,
+            Frame::Keepalive,
         ]
     }
 

@@ -16,7 +16,11 @@
 //! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
 //! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
 //! `handshake_timeout`; nothing busy-loops. Peer addresses are resolved with `lookup_host` at every connect.
-//! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials.
+//! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials. An
+//! outbound link that wrote nothing for `keepalive` (1 s) sends a `Keepalive` frame and the acceptor answers
+//! with one, so an idle link still carries a frame each way every second ([`PeerStatus::last_seen`] is true)
+//! and a connection silent for [`TransportConfig::dead_after`] is closed by either end (the dialer redials).
+//! Keepalives are counted apart and never reach the node.
 //!
 //! Refusals: a handshake that fails (garbage, oversized length, wrong version, cluster or default algorithm,
 //! unknown or own node id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a
@@ -79,6 +83,9 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Bound on connecting and on the handshake, each way.
     pub handshake_timeout: Duration,
+    /// An outbound link that wrote nothing for this long sends a keepalive (answered by the acceptor); a
+    /// connection that carried no frame for [`TransportConfig::dead_after`] is closed (and redialled).
+    pub keepalive: Duration,
 }
 
 impl TransportConfig {
@@ -97,7 +104,14 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(1),
         }
+    }
+
+    /// How long a connection may carry no frame at all before it counts as dead: twice the handshake timeout,
+    /// and at least three keepalive intervals.
+    pub fn dead_after(&self) -> Duration {
+        (self.handshake_timeout * 2).max(self.keepalive * 3)
     }
 }
 
@@ -190,6 +204,10 @@ pub struct TransportCounters {
     pub dropped_unencodable: u64,
     /// Failed outbound connects and handshakes.
     pub connect_failures: u64,
+    /// Keepalive frames written (link-level: not algorithm messages).
+    pub keepalives_sent: u64,
+    /// Keepalive frames read.
+    pub keepalives_received: u64,
 }
 
 /// A transport failure.
@@ -264,6 +282,7 @@ impl Transport {
         cfg.max_frame = cfg.max_frame.clamp(64, wire::MAX_FRAME_CEILING);
         cfg.backoff_min = cfg.backoff_min.max(Duration::from_millis(1));
         cfg.backoff_max = cfg.backoff_max.max(cfg.backoff_min);
+        cfg.keepalive = cfg.keepalive.max(Duration::from_millis(10));
         let n = cfg.peers.len();
         let link_cfg = LinkConfig {
             ack_timeout_ms: (cfg.handshake_timeout * 2).as_millis().min(u128::from(u64::MAX)) as u64,
@@ -388,6 +407,8 @@ where
             bad_frames: c.bad_frames.load(Relaxed),
             dropped_unencodable: c.dropped_unencodable.load(Relaxed),
             connect_failures: c.connect_failures.load(Relaxed),
+            keepalives_sent: c.keepalives_sent.load(Relaxed),
+            keepalives_received: c.keepalives_received.load(Relaxed),
             ..TransportCounters::default()
         };
         for slot in &self.inner.peers {
@@ -480,6 +501,8 @@ pub(super) struct Counters {
     bad_frames: AtomicU64,
     dropped_unencodable: AtomicU64,
     connect_failures: AtomicU64,
+    pub(super) keepalives_sent: AtomicU64,
+    pub(super) keepalives_received: AtomicU64,
 }
 
 impl Counters {
