@@ -206,6 +206,19 @@ pub async fn discover_with<R: Resolver>(
     timeout: Duration,
     options: DiscoveryOptions,
 ) -> Result<Discovered, DiscoveryError> {
+    discover_reporting(resolver, spec, expected, timeout, options, |_| {}).await
+}
+
+/// [`discover_with`], telling `progress` after every lookup what it is waiting for, in words
+/// (`waiting for 5 replicas, 3 resolved: 10.0.0.1, 10.0.0.2, 10.0.0.3`): what `/readyz` shows meanwhile.
+pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
+    resolver: &R,
+    spec: &DnsSpec,
+    expected: Option<usize>,
+    timeout: Duration,
+    options: DiscoveryOptions,
+    progress: P,
+) -> Result<Discovered, DiscoveryError> {
     if let Some(n) = expected
         && (n == 0 || n > usize::from(u16::MAX) + 1)
     {
@@ -223,6 +236,7 @@ pub async fn discover_with<R: Resolver>(
             Err(e) => {
                 // Usual while the service's first replica is not registered yet: keep trying.
                 last = format!("lookup of {} failed: {e}", spec.name);
+                progress(&format!("{DISCOVERY_ENV}={spec}: waiting for DNS: {last}"));
                 tracing::debug!(name = %spec.name, error = %e, "discovery: lookup failed, retrying");
                 previous = None;
                 streak = 0;
@@ -249,6 +263,16 @@ pub async fn discover_with<R: Resolver>(
                 }
                 last = describe(&ips, expected);
                 let size_ok = expected.is_none_or(|n| ips.len() == n);
+                progress(&match expected {
+                    Some(n) if !size_ok => {
+                        format!("waiting for {n} replicas, {} resolved: {}", ips.len(), ip_list(&ips))
+                    }
+                    _ => format!(
+                        "{} replicas resolved: {}; waiting for a stable answer",
+                        ips.len(),
+                        ip_list(&ips)
+                    ),
+                });
                 if size_ok && streak >= want && !ips.is_empty() {
                     let local = resolver.local_addrs(&ips).await;
                     match ips.iter().position(|ip| local.contains(ip)).and_then(|i| u16::try_from(i).ok()) {
@@ -264,6 +288,7 @@ pub async fn discover_with<R: Resolver>(
                                 "{last}; none of this host's addresses ({}) is among them",
                                 ip_list(&local)
                             );
+                            progress(&last);
                             tracing::info!(name = %spec.name, local = ?local, "discovery: own address not resolved yet");
                         }
                     }
@@ -521,6 +546,25 @@ mod tests {
         let r = Scripted::new(vec![nxdomain()], &["10.0.0.1"]);
         let err = discover_with(&r, &spec(), None, Duration::from_millis(20), fast(1)).await.unwrap_err();
         assert!(err.to_string().contains("lookup of node failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn progress_says_what_discovery_waits_for() {
+        let r = Scripted::new(
+            vec![nxdomain(), Ok(vec!["10.0.0.2"]), Ok(vec!["10.0.0.2", "10.0.0.1"])],
+            &["10.0.0.1"],
+        );
+        let seen = Mutex::new(Vec::new());
+        let d = discover_reporting(&r, &spec(), Some(2), Duration::from_secs(5), fast(2), |p: &str| {
+            seen.lock().unwrap().push(p.to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(d.me, 0);
+        let seen = seen.into_inner().unwrap();
+        assert!(seen[0].contains("waiting for DNS: lookup of node failed"), "{seen:?}");
+        assert_eq!(seen[1], "waiting for 2 replicas, 1 resolved: 10.0.0.2");
+        assert_eq!(seen[2], "2 replicas resolved: 10.0.0.1, 10.0.0.2; waiting for a stable answer");
     }
 
     #[tokio::test]
