@@ -664,7 +664,7 @@ impl NodeConfig {
             start_file: raw.string("workload_start_file")?.map(PathBuf::from),
         };
         Ok(NodeConfig {
-            node_id: NodeId(node_id),
+            node_id: NodeId::new(node_id),
             peers,
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -712,7 +712,7 @@ impl NodeConfig {
         if let Some(n) = n
             && self.node_id.index() >= n
         {
-            return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.0, peers: n });
+            return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.get(), peers: n });
         }
         if self.cluster_name.trim().is_empty() {
             return Err(ConfigError::invalid("cluster_name", "must not be empty"));
@@ -899,7 +899,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = load(&three()).unwrap();
-        assert_eq!(c.node_id, NodeId(1));
+        assert_eq!(c.node_id, NodeId::new(1));
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.peers[1], PeerAddr { host: "b".into(), port: 7070 });
         assert_eq!(c.peer_addr, "0.0.0.0:7070".parse().unwrap());
@@ -949,7 +949,7 @@ mod tests {
             ("DMUTEX_LOCK", "ignored: set by `dmutex lock` for its child"),
         ])
         .unwrap();
-        assert_eq!(c.node_id, NodeId(2));
+        assert_eq!(c.node_id, NodeId::new(2));
         // Host names are kept exactly as written, never resolved.
         assert_eq!(c.peers[0].to_string(), "dmutex-0.dmutex:7070");
         assert_eq!(c.peers[2], PeerAddr { host: "::1".into(), port: 7072 });
@@ -1014,7 +1014,7 @@ mod tests {
         let file = TempFile::new("env.toml", "peers = \"x:1,y:1\"\nnode_id = 1\n");
         let path = file.0.to_str().unwrap().to_string();
         let c = load(&[("DMUTEX_CONFIG", &path)]).unwrap();
-        assert_eq!(c.node_id, NodeId(1));
+        assert_eq!(c.node_id, NodeId::new(1));
         assert_eq!(c.peers[1].host, "y");
     }
 
@@ -1041,12 +1041,12 @@ mod tests {
     fn node_id_from_host_name() {
         let mut s = sources(&[("DMUTEX_PEERS", "10.0.0.1:7070,10.0.0.2:7070,10.0.0.3:7070")]);
         s.host_name = Some("dmutex-2".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(2));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(2));
         s.host_name = Some("dmutex-1.dmutex.default.svc.cluster.local".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(1));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(1));
         // An explicit id wins over the host name.
         s.env.insert("DMUTEX_NODE_ID".into(), "0".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(0));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(0));
     }
 
     #[test]

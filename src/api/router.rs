@@ -231,7 +231,7 @@ async fn flow(
     }
     let limit = q.limit.unwrap_or(crate::obs::flow::DEFAULT_CAPACITY).min(crate::obs::flow::DEFAULT_CAPACITY);
     let records = s.node.shared.flow_records(q.lock.as_deref(), q.acquire.as_deref(), limit);
-    Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.0, records }).into_response())
+    Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.get(), records }).into_response())
 }
 
 async fn workload(State(s): State<AppState>) -> Response {

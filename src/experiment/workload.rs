@@ -98,7 +98,7 @@ impl LockService for NodeHandle {
     }
 
     fn lamport_clock(&self) -> u64 {
-        self.shared.clock().0
+        self.shared.clock().get()
     }
 }
 

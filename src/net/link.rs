@@ -340,7 +340,7 @@ impl<P: Addressed> Link<P> {
     /// When acks must have made progress, while data waits for one.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let out = self.out.as_ref().filter(|_| !self.unacked.is_empty())?;
-        Some(Millis(out.progress.0.saturating_add(self.cfg.ack_timeout_ms)))
+        Some(Millis::new(out.progress.get().saturating_add(self.cfg.ack_timeout_ms)))
     }
 
     /// Time passed: gives the outbound connection up if acks made no progress in time. Returns whether it did.
@@ -404,7 +404,8 @@ impl<P: Addressed> Link<P> {
             return None;
         }
         let many = r.delivered - r.acked >= self.cfg.ack_every && !more_buffered;
-        let late = r.unacked_since.is_some_and(|t| now.0 >= t.0.saturating_add(self.cfg.ack_delay_ms));
+        let late =
+            r.unacked_since.is_some_and(|t| now.get() >= t.get().saturating_add(self.cfg.ack_delay_ms));
         if !(many || late) {
             return None;
         }
@@ -419,7 +420,7 @@ impl<P: Addressed> Link<P> {
         if generation.0 != r.generation || r.delivered <= r.acked {
             return None;
         }
-        r.unacked_since.map(|t| Millis(t.0.saturating_add(self.cfg.ack_delay_ms)))
+        r.unacked_since.map(|t| Millis::new(t.get().saturating_add(self.cfg.ack_delay_ms)))
     }
 
     /// The peer said Bye on the connection of `generation`. Returns whether that was the current one.
@@ -490,7 +491,7 @@ impl<P: Addressed> Link<P> {
             self.events.push_back(LinkEvent::Hello { incarnation, clock });
         }
         if change == PeerChange::Restarted {
-            tracing::info!(peer = %self.peer, incarnation = incarnation.0, "peer restarted");
+            tracing::info!(peer = %self.peer, incarnation = incarnation.get(), "peer restarted");
             self.renumber_for(incarnation);
             if self.out.as_ref().is_some_and(|o| o.incarnation < incarnation) {
                 // That connection leads to a dead process.
@@ -543,13 +544,13 @@ mod tests {
     }
 
     const CFG: LinkConfig = LinkConfig { ack_timeout_ms: 100, ack_delay_ms: 5, ack_every: 3 };
-    const T0: Millis = Millis(0);
-    const I1: Incarnation = Incarnation(1);
-    const I2: Incarnation = Incarnation(2);
-    const CLOCK: LamportTs = LamportTs(7);
+    const T0: Millis = Millis::new(0);
+    const I1: Incarnation = Incarnation::new(1);
+    const I2: Incarnation = Incarnation::new(2);
+    const CLOCK: LamportTs = LamportTs::new(7);
 
     fn link() -> Link<Msg> {
-        Link::new(NodeId(1), CFG)
+        Link::new(NodeId::new(1), CFG)
     }
 
     fn events(l: &mut Link<Msg>) -> Vec<LinkEvent> {
@@ -751,18 +752,18 @@ mod tests {
     fn acks_are_coalesced_until_the_delay_or_every_n_frames() {
         let mut l = link();
         let g = l.on_hello(I1, CLOCK).unwrap().generation;
-        l.on_data(Millis(10), g, 1).unwrap();
-        assert_eq!(l.poll_ack(Millis(10), g, false), None);
-        assert_eq!(l.ack_deadline(g), Some(Millis(15)));
-        assert_eq!(l.poll_ack(Millis(15), g, false), Some(1));
+        l.on_data(Millis::new(10), g, 1).unwrap();
+        assert_eq!(l.poll_ack(Millis::new(10), g, false), None);
+        assert_eq!(l.ack_deadline(g), Some(Millis::new(15)));
+        assert_eq!(l.poll_ack(Millis::new(15), g, false), Some(1));
         assert_eq!(l.ack_deadline(g), None);
         // Three frames at once: acked at once, unless another frame is already buffered.
         for seq in 2..=4 {
-            l.on_data(Millis(20), g, seq).unwrap();
+            l.on_data(Millis::new(20), g, seq).unwrap();
         }
-        assert_eq!(l.poll_ack(Millis(20), g, true), None);
-        assert_eq!(l.poll_ack(Millis(20), g, false), Some(4));
-        assert_eq!(l.poll_ack(Millis(99), g, false), None, "nothing new to acknowledge");
+        assert_eq!(l.poll_ack(Millis::new(20), g, true), None);
+        assert_eq!(l.poll_ack(Millis::new(20), g, false), Some(4));
+        assert_eq!(l.poll_ack(Millis::new(99), g, false), None, "nothing new to acknowledge");
     }
 
     #[test]
@@ -770,15 +771,15 @@ mod tests {
         let mut l = link();
         let c = l.on_welcome(T0, I1, CLOCK, 0).unwrap();
         assert_eq!(l.poll_timeout(), None, "an idle link is not probed");
-        l.send(Millis(50), Msg("a", Some(I1)));
+        l.send(Millis::new(50), Msg("a", Some(I1)));
         transmit_all(&mut l, c);
-        assert_eq!(l.poll_timeout(), Some(Millis(150)));
-        assert!(!l.on_timeout(Millis(149)));
-        l.send(Millis(140), Msg("b", Some(I1)));
-        l.on_ack(Millis(140), c, 1).unwrap();
-        assert_eq!(l.poll_timeout(), Some(Millis(240)), "progress restarts the clock");
+        assert_eq!(l.poll_timeout(), Some(Millis::new(150)));
+        assert!(!l.on_timeout(Millis::new(149)));
+        l.send(Millis::new(140), Msg("b", Some(I1)));
+        l.on_ack(Millis::new(140), c, 1).unwrap();
+        assert_eq!(l.poll_timeout(), Some(Millis::new(240)), "progress restarts the clock");
         events(&mut l);
-        assert!(l.on_timeout(Millis(240)));
+        assert!(l.on_timeout(Millis::new(240)));
         assert!(!l.is_current(c));
         assert_eq!(events(&mut l), [LinkEvent::Disconnected]);
     }

@@ -60,7 +60,7 @@ impl LabelSet for MessageLabels {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
         f("algorithm", self.algorithm.as_str());
         f("type", self.kind);
-        f("peer", &self.peer.0.to_string());
+        f("peer", &self.peer.get().to_string());
     }
 }
 
@@ -117,7 +117,7 @@ pub struct PeerLabel(pub NodeId);
 
 impl LabelSet for PeerLabel {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
-        f("peer", &self.0.0.to_string());
+        f("peer", &self.0.get().to_string());
     }
 }
 
@@ -143,7 +143,7 @@ pub struct BuildLabels {
 impl LabelSet for BuildLabels {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
         f("version", self.version);
-        f("node", &self.node.0.to_string());
+        f("node", &self.node.get().to_string());
     }
 }
 
@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_cumulative_histograms() {
         let m = Metrics::new();
-        let l = MessageLabels { algorithm: Algorithm::Lamport, kind: "REQUEST", peer: NodeId(1) };
+        let l = MessageLabels { algorithm: Algorithm::Lamport, kind: "REQUEST", peer: NodeId::new(1) };
         m.messages_sent.inc_by(l, 2);
         m.messages_sent.inc(l);
         m.ready.set((), 1.0);
@@ -457,7 +457,7 @@ mod tests {
     fn series_render_in_label_text_order_and_every_family_has_a_header() {
         let m = Metrics::new();
         for peer in [2, 10, 1] {
-            m.peer_connected.set(PeerLabel(NodeId(peer)), 1.0);
+            m.peer_connected.set(PeerLabel(NodeId::new(peer)), 1.0);
         }
         for a in Algorithm::ALL {
             m.grants.inc(AlgorithmLabel(a));

@@ -233,7 +233,7 @@ impl ProtocolMessage for PoMsg {
     fn flow_detail(&self) -> Option<String> {
         match self {
             PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. } => {
-                Some(format!("redirect to N{}", owner.0))
+                Some(format!("redirect to N{}", owner.get()))
             }
             PoMsg::Rep { outcome: RepOutcome::Granted { epoch, queue, .. }, .. } => {
                 Some(if queue.is_empty() {
@@ -242,7 +242,7 @@ impl ProtocolMessage for PoMsg {
                     format!("grant epoch={epoch} queue={}", queue.len())
                 })
             }
-            PoMsg::OwnerUpdate { owner, epoch, .. } => Some(format!("owner=N{} epoch={epoch}", owner.0)),
+            PoMsg::OwnerUpdate { owner, epoch, .. } => Some(format!("owner=N{} epoch={epoch}", owner.get())),
             _ => None,
         }
     }
@@ -510,7 +510,7 @@ impl Protocol for ProbableOwner {
 
     /// Probable-owner messages carry no Lamport timestamp; the highest epoch known stands in for a clock.
     fn clock(&self) -> LamportTs {
-        LamportTs(self.max_seen.max(self.epoch_clock))
+        LamportTs::new(self.max_seen.max(self.epoch_clock))
     }
 
     fn view(&self, lock: &str) -> LockView {

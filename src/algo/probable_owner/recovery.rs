@@ -28,7 +28,7 @@ impl LockState {
         }
         self.rounds = self.rounds.wrapping_add(1);
         // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
-        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().0;
+        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().get();
         let id = (my_inc << 32) | u64::from(self.rounds);
         let floor = self.max_epoch.max(cx.synced) + 1;
         let mut reports = BTreeMap::new();

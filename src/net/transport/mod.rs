@@ -269,7 +269,7 @@ impl Transport {
             peers: (0..n)
                 .map(|i| PeerSlot {
                     state: Mutex::new(PeerState {
-                        link: Link::new(NodeId(i as u16), link_cfg),
+                        link: Link::new(NodeId::new(i as u16), link_cfg),
                         last_seen: None,
                         replace: None,
                     }),
@@ -286,11 +286,11 @@ impl Transport {
         });
         let mut tasks = Vec::new();
         for i in (0..n).filter(|&i| i != inner.cfg.me.index()) {
-            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId(i as u16))));
+            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId::new(i as u16))));
         }
         tasks.push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
         *lock(&inner.tasks) = tasks;
-        info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.0, peers = n, "transport started");
+        info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.get(), peers = n, "transport started");
         (TransportHandle { inner }, inbound_rx)
     }
 }
@@ -358,7 +358,7 @@ where
             .map(|i| {
                 let st = lock(&inner.peers[i].state);
                 PeerStatus {
-                    node: NodeId(i as u16),
+                    node: NodeId::new(i as u16),
                     addr: inner.cfg.peers.get(i).cloned().unwrap_or_default(),
                     connected: st.link.connected(),
                     last_seen: st.last_seen,
@@ -486,11 +486,11 @@ impl Counters {
 impl<T> Inner<T> {
     /// The links' clock: milliseconds since the transport started.
     fn now(&self) -> Millis {
-        Millis(self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64)
+        Millis::new(self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
     fn instant(&self, at: Millis) -> Instant {
-        self.origin + Duration::from_millis(at.0)
+        self.origin + Duration::from_millis(at.get())
     }
 
     fn emit(&self, ev: Inbound<T>) {
