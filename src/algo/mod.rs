@@ -93,8 +93,8 @@ impl FencingToken {
 
     /// The token of a probable-owner grant: the ownership epoch in the high 32 bits and the grant's
     /// sequence number within that epoch in the low 32.
-    pub fn from_epoch(epoch: u64, seq: u32) -> Self {
-        FencingToken((epoch << 32) | u64::from(seq))
+    pub fn from_epoch(epoch: probable_owner::OwnershipEpoch, seq: u32) -> Self {
+        FencingToken((epoch.get() << 32) | u64::from(seq))
     }
 }
 
@@ -647,7 +647,10 @@ mod tests {
         let b = FencingToken::from_ts(LamportTs::new(5), NodeId::new(4));
         let c = FencingToken::from_ts(LamportTs::new(6), NodeId::new(0));
         assert!(a < b && b < c);
-        assert!(FencingToken::from_epoch(1, u32::MAX) < FencingToken::from_epoch(2, 1));
+        assert!(
+            FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(1), u32::MAX)
+                < FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(2), 1)
+        );
     }
 
     #[test]

@@ -143,27 +143,31 @@ mod tests {
     #[test]
     fn a_transfer_hands_the_queued_requests_contexts_to_the_new_owner() {
         use crate::algo::Incarnation;
-        use crate::algo::probable_owner::{PoMsg, RepOutcome};
+        use crate::algo::probable_owner::{OwnershipEpoch, PoMsg, RepOutcome, Waiter};
         let lock = || "x".to_string();
         let acq = PeerMsg::ProbableOwner(PoMsg::Acq {
             lock: lock(),
             requester: NodeId::new(3),
             seq: 1,
-            epoch: 0,
+            epoch: OwnershipEpoch::ZERO,
             suspect: false,
         });
-        let grant = |queue: Vec<(NodeId, u64)>| {
+        let grant = |queue: Vec<Waiter>| {
             PeerMsg::ProbableOwner(PoMsg::Rep {
                 lock: lock(),
                 seq: 1,
-                outcome: RepOutcome::Granted { epoch: 1, queue, to_incarnation: Incarnation::new(0) },
+                outcome: RepOutcome::Granted {
+                    epoch: OwnershipEpoch::new(1),
+                    queue,
+                    to_incarnation: Incarnation::new(0),
+                },
             })
         };
         // The old owner queued node 3's request, then hands ownership (and the queue) to node 1.
         let mut old_owner = TraceLinks::default();
         let cause = Cause { acquire: Some("a3".into()), ..Cause::default() };
         old_owner.received(NodeId::new(3), &env(acq, "a3"), &cause);
-        let transfer = grant(vec![(NodeId::new(3), 1)]);
+        let transfer = grant(vec![Waiter { node: NodeId::new(3), seq: 1 }]);
         let mut trace = BTreeMap::new();
         old_owner.hand_over(&transfer, &mut trace);
         assert_eq!(trace.get("dmutex-waiter.3.acquire").map(String::as_str), Some("a3"));
