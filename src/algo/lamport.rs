@@ -156,12 +156,13 @@ impl Lamport {
     }
 
     /// Whether the footnote option is on.
-    pub fn ack_elision(&self) -> bool {
+    pub(crate) fn ack_elision(&self) -> bool {
         self.ack_elision
     }
 
     /// The highest timestamp received from `peer` so far (0 if none, or since it restarted).
-    pub fn latest_from(&self, peer: NodeId) -> LamportTs {
+    #[cfg(test)]
+    pub(crate) fn latest_from(&self, peer: NodeId) -> LamportTs {
         LamportTs::new(self.latest.get(peer.index()).copied().unwrap_or(0))
     }
 

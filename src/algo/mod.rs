@@ -17,7 +17,7 @@
 //! leases, the table of peer incarnations, joining after a (re)start); a [`Protocol`] holds only the
 //! distributed algorithm: when to send what, and when this node may enter the critical section.
 
-pub mod engine;
+mod engine;
 pub mod lamport;
 pub mod probable_owner;
 pub mod ricart_agrawala;

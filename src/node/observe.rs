@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Key of the node-local acquire id in a peer message's trace map: the flow records of one acquire are
 /// grouped by it (the trace id when tracing, else `node-incarnation-request`), so diagrams need no backend.
-pub const ACQUIRE_KEY: &str = "dmutex-acquire";
+pub(crate) const ACQUIRE_KEY: &str = "dmutex-acquire";
 
 /// Longest acquire id accepted from a peer (ids are at most 32 hex digits; anything longer is garbage).
 pub(crate) const MAX_ACQUIRE_ID: usize = 64;

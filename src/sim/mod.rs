@@ -1,9 +1,9 @@
-//! Deterministic cluster simulation: N [`Engine`]s on a virtual clock, linked by the real [`Link`]s, driven
+//! Deterministic cluster simulation: N [`Engine`]s on a virtual clock, linked by the real `Link`s, driven
 //! by a seeded workload.
 //!
 //! The same cores that run in the tokio node run here, unchanged: the simulator only feeds events into
 //! [`Engine::handle`] and executes the returned [`Action`]s. Between the cores runs the transport's own link
-//! state machine ([`crate::net::link`]) over simulated connections (`sim/network.rs`): sequence numbers,
+//! state machine (`net::link`) over simulated connections (`sim/network.rs`): sequence numbers,
 //! cumulative acks, resend after a reconnect, duplicate drop, and the discard-on-restart rule, with
 //! handshakes reaching the links and the cores in the order the real transport produces. Everything is
 //! deterministic: time is virtual ([`Millis`]), randomness comes from [`SplitMix64`] streams seeded by

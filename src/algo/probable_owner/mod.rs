@@ -97,7 +97,7 @@ pub struct OwnershipEpoch(u64);
 
 impl OwnershipEpoch {
     /// The epoch before any ownership: what a fresh node's hint and a request sent to the home claim.
-    pub const ZERO: OwnershipEpoch = OwnershipEpoch(0);
+    pub(crate) const ZERO: OwnershipEpoch = OwnershipEpoch(0);
 
     /// The epoch numbered `epoch`.
     pub const fn new(epoch: u64) -> Self {
