@@ -241,24 +241,24 @@ pub enum Event<M> {
     },
     /// A message from a peer.
     Message {
-        /// Sender.
+        /// The peer that sent it (a node outside the cluster is refused with [`CoreError::UnknownPeer`]).
         from: NodeId,
         /// The sender's incarnation when it sent the message; stale incarnations are dropped.
         incarnation: Incarnation,
-        /// Payload.
+        /// The algorithm's message, handed to [`Protocol::on_message`].
         msg: M,
     },
     /// A timer set by [`Action::SetTimer`] fired.
     Timer {
-        /// Which one.
+        /// The id it was set under; a timer cancelled or replaced since never fires.
         timer: TimerId,
     },
     /// A peer introduced itself (handshake): first contact, or a restart when the incarnation changed.
     /// Delivered before any message of that incarnation.
     PeerIncarnation {
-        /// The peer.
+        /// The peer that completed the handshake.
         peer: NodeId,
-        /// Its incarnation.
+        /// The incarnation it announced: newer than the known one means it restarted and lost its state.
         incarnation: Incarnation,
         /// Its Lamport clock at the handshake (IR2 applies to it).
         clock: LamportTs,
@@ -297,25 +297,25 @@ pub enum RejectReason {
 pub enum Action<M> {
     /// Send `msg` to peer `to` (reliable, FIFO per pair).
     Send {
-        /// Destination.
+        /// The peer to send to (never this node).
         to: NodeId,
-        /// Payload.
+        /// The algorithm's message.
         msg: M,
     },
     /// The local request `req` now holds `lock`.
     Granted {
-        /// The request.
+        /// The [`Event::Acquire`] that is granted.
         req: RequestId,
-        /// The lock.
+        /// The lock it asked for.
         lock: LockName,
-        /// Its fencing token.
+        /// The grant's fencing token: larger than every earlier grant's for this lock, cluster-wide.
         token: FencingToken,
     },
     /// The local request `req` ended without a grant.
     Rejected {
-        /// The request.
+        /// The [`Event::Acquire`] that ended; its id may be reused from now on.
         req: RequestId,
-        /// Why.
+        /// Cancelled or timed out.
         reason: RejectReason,
     },
     /// The lease of the local holder `req` ended without a release or keepalive: the engine has released `lock`
@@ -323,19 +323,19 @@ pub enum Action<M> {
     LeaseExpired {
         /// The request whose grant ended.
         req: RequestId,
-        /// Its lock.
+        /// The lock it held, now released.
         lock: LockName,
     },
     /// Deliver [`Event::Timer`] at `at` (replaces an earlier timer with the same id).
     SetTimer {
-        /// Which timer.
+        /// The id the timer fires under.
         timer: TimerId,
-        /// When.
+        /// The time (on the driver's clock) it fires at.
         at: Millis,
     },
     /// Forget a timer.
     CancelTimer {
-        /// Which timer.
+        /// The id of the timer that must not fire.
         timer: TimerId,
     },
 }
@@ -375,17 +375,17 @@ pub enum CoreError {
     /// A message came from an incarnation older than the newest one known.
     #[error("message from stale incarnation {incarnation:?} of node {peer}")]
     StaleIncarnation {
-        /// Sender.
+        /// The peer that sent the message.
         peer: NodeId,
-        /// Its (old) incarnation.
+        /// The incarnation the message came from, older than the newest known.
         incarnation: Incarnation,
     },
     /// A message that makes no sense in the current state (e.g. a RELEASE for a lock never requested).
     #[error("unexpected {kind} from node {from}: {reason}")]
     Unexpected {
-        /// Sender.
+        /// The peer that sent the message.
         from: NodeId,
-        /// Message type.
+        /// Its [`ProtocolMessage::kind`].
         kind: &'static str,
         /// What was wrong.
         reason: &'static str,
@@ -397,14 +397,14 @@ pub enum CoreError {
 pub enum Output<M> {
     /// Send a message.
     Send {
-        /// Destination.
+        /// The peer to send to (never this node).
         to: NodeId,
-        /// Payload.
+        /// The message.
         msg: M,
     },
     /// This node may now enter the critical section of `lock` with `token`.
     Entered {
-        /// The lock.
+        /// The lock whose critical section this node enters; the engine grants it to its oldest local waiter.
         lock: LockName,
         /// The grant's fencing token.
         token: FencingToken,

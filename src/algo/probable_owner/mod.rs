@@ -164,7 +164,7 @@ pub enum RepOutcome {
     },
     /// The sender does not own the lock; try `owner`.
     Redirect {
-        /// The probable owner.
+        /// The node the sender believes owns the lock (the home when it knows no better).
         owner: NodeId,
         /// The epoch at which `owner` was known to own (freshness of the hint).
         epoch: OwnershipEpoch,
@@ -176,7 +176,7 @@ pub enum RepOutcome {
 pub enum PoMsg {
     /// `LOCK_ACQ`: `requester` wants `lock`.
     Acq {
-        /// The lock.
+        /// The lock; every message is about one lock, whose home is [`home_node`] of its name.
         lock: LockName,
         /// The requesting node (always the sender).
         requester: NodeId,
@@ -191,25 +191,25 @@ pub enum PoMsg {
     },
     /// `LOCK_REP`: grant (ownership transfer) or redirect.
     Rep {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The request answered.
+        /// The [`PoMsg::Acq::seq`] of the request answered.
         seq: u64,
         /// Grant or redirect.
         outcome: RepOutcome,
     },
     /// `OWNER_UPDATE`: the sender became the owner at `epoch` (new owner → home).
     OwnerUpdate {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The new owner.
+        /// The node that became the owner (always the sender).
         owner: NodeId,
         /// The epoch at which it became the owner.
         epoch: OwnershipEpoch,
     },
     /// `OWNER_QUERY`: the home asks where the token is (recovery round).
     Query {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
         /// The round, echoed in the report.
         round: u64,
@@ -220,9 +220,9 @@ pub enum PoMsg {
     },
     /// `OWNER_REPORT`: a node's answer to a query.
     Report {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The round answered.
+        /// The [`PoMsg::Query::round`] answered; a report for another round is ignored.
         round: u64,
         /// The epoch of the token this node owns, if it owns it.
         owned: Option<OwnershipEpoch>,
