@@ -21,7 +21,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         let found = dmutex::net::discovery::discover(&spec, cfg.cluster_size, Duration::from_secs(120))
             .await
             .context("DMUTEX_DISCOVERY")?;
-        cfg.node_id = dmutex::algo::NodeId(found.me);
+        cfg.node_id = dmutex::algo::NodeId::new(found.me);
         cfg.peers = found
             .peers
             .iter()
@@ -64,7 +64,7 @@ fn workload_routes(cfg: &NodeConfig) -> Option<Routes> {
         start_file: w.start_file.clone(),
     };
     let out = w.out.clone();
-    let node = cfg.node_id.0;
+    let node = cfg.node_id.get();
     Some(Box::new(move |handle: &NodeHandle| {
         let (tx, rx) = tokio::sync::watch::channel(WorkloadStatus::waiting(iterations));
         let report: Arc<Mutex<Option<WorkloadReport>>> = Arc::new(Mutex::new(None));

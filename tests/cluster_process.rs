@@ -368,13 +368,13 @@ fn peer_probe(addr: &str, make: impl FnOnce(&wire::Nonce) -> Vec<u8>) -> Option<
 
 fn hello(cluster: &str, version: u16, node: u16, secret: &str, challenge: &wire::Nonce) -> Vec<u8> {
     let nonce = wire::fresh_nonce();
-    let (incarnation, clock) = (Incarnation(1), LamportTs(0));
+    let (incarnation, clock) = (Incarnation::new(1), LamportTs::new(0));
     let transcript =
-        wire::hello_transcript(version, cluster, NodeId(node), incarnation, clock, challenge, &nonce);
+        wire::hello_transcript(version, cluster, NodeId::new(node), incarnation, clock, challenge, &nonce);
     let frame: Frame<PeerMsg> = Frame::Hello {
         version,
         cluster: cluster.to_string(),
-        node: NodeId(node),
+        node: NodeId::new(node),
         incarnation,
         clock,
         nonce,
