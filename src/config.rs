@@ -2,7 +2,7 @@
 //!
 //! Layers, lowest to highest priority (the `config` crate merges them):
 //!
-//! 1. built-in defaults ([`DEFAULTS`]);
+//! 1. built-in defaults (`DEFAULTS`);
 //! 2. an optional TOML file (`--config PATH`, else `DMUTEX_CONFIG`), whose keys are the lower-case names below
 //!    without the prefix (`node_id = 2`, `peers = ["a:7070", "b:7070"]` or `peers = "a:7070,b:7070"`);
 //!    an unknown key in the file is an error (a typo must not silently fall back to a default);
@@ -33,7 +33,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// The prefix of every environment variable read here.
-pub const ENV_PREFIX: &str = "DMUTEX";
+pub(crate) const ENV_PREFIX: &str = "DMUTEX";
 
 /// Every configuration key (lower case, without the prefix), in documentation order.
 pub const KEYS: &[&str] = &[
@@ -67,7 +67,7 @@ pub const KEYS: &[&str] = &[
 
 /// Built-in defaults (the lowest layer). Keys absent here have no default (`workload_algorithm` defaults to
 /// `algorithm`, the others are optional).
-pub const DEFAULTS: &[(&str, &str)] = &[
+pub(crate) const DEFAULTS: &[(&str, &str)] = &[
     ("peer_addr", "0.0.0.0:7070"),
     ("http_addr", "0.0.0.0:8080"),
     ("algorithm", "lamport"),
@@ -86,13 +86,13 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// The smallest accepted `DMUTEX_MAX_FRAME_BYTES`: a handshake must fit.
-pub const MIN_FRAME_BYTES: usize = 1024;
+pub(crate) const MIN_FRAME_BYTES: usize = 1024;
 
 /// The environment variable naming the TOML file, when `--config` is not given.
-pub const CONFIG_FILE_ENV: &str = "DMUTEX_CONFIG";
+pub(crate) const CONFIG_FILE_ENV: &str = "DMUTEX_CONFIG";
 
 /// The environment variable name of a configuration key: `node_id` → `DMUTEX_NODE_ID`.
-pub fn env_name(key: &str) -> String {
+pub(crate) fn env_name(key: &str) -> String {
     format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase())
 }
 
@@ -184,7 +184,8 @@ impl ConfigError {
     }
 
     /// The environment variable the error is about.
-    pub fn key(&self) -> &str {
+    #[cfg(test)]
+    fn key(&self) -> &str {
         match self {
             ConfigError::Invalid { key, .. } | ConfigError::BadSocketAddr { key, .. } => key,
             ConfigError::NodeIdOutOfRange { .. } | ConfigError::NodeIdUnknown { .. } => "DMUTEX_NODE_ID",
@@ -214,12 +215,12 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
 
     /// The secret itself, for the one place that needs it (the handshake's HMAC key).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -606,15 +607,6 @@ impl Raw {
 }
 
 impl NodeConfig {
-    /// Loads the configuration from the process environment, the host name, the optional file and the
-    /// command-line overrides (by lower-case key), then validates it.
-    pub fn from_env_and_args(
-        config_file: Option<&Path>,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<NodeConfig, ConfigError> {
-        Self::load(&ConfigSources::from_process(config_file, overrides)?)
-    }
-
     /// Loads and validates the configuration from explicitly given sources.
     pub fn load(sources: &ConfigSources) -> Result<NodeConfig, ConfigError> {
         let raw = merge(sources)?;
@@ -664,7 +656,7 @@ impl NodeConfig {
             start_file: raw.string("workload_start_file")?.map(PathBuf::from),
         };
         Ok(NodeConfig {
-            node_id: NodeId(node_id),
+            node_id: NodeId::new(node_id),
             peers,
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -688,7 +680,7 @@ impl NodeConfig {
 
     /// Checks the rules that tie fields together. [`NodeConfig::load`] calls it; call it again after editing
     /// a configuration by hand.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.peers.is_empty() && self.discovery.is_none() {
             return Err(ConfigError::NoPeers);
         }
@@ -712,7 +704,7 @@ impl NodeConfig {
         if let Some(n) = n
             && self.node_id.index() >= n
         {
-            return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.0, peers: n });
+            return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.get(), peers: n });
         }
         if self.cluster_name.trim().is_empty() {
             return Err(ConfigError::invalid("cluster_name", "must not be empty"));
@@ -769,13 +761,14 @@ impl NodeConfig {
     }
 
     /// The number of nodes, when known (from the peer list, else `cluster_size`).
-    pub fn cluster_len(&self) -> Option<usize> {
+    #[cfg(test)]
+    pub(crate) fn cluster_len(&self) -> Option<usize> {
         if self.peers.is_empty() { self.cluster_size } else { Some(self.peers.len()) }
     }
 }
 
 /// `lamport,probable-owner`: a list of algorithms as `DMUTEX_ALGORITHMS` spells it.
-pub fn algorithm_list(algorithms: &[Algorithm]) -> String {
+pub(crate) fn algorithm_list(algorithms: &[Algorithm]) -> String {
     algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
 }
 
@@ -786,7 +779,7 @@ fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
 
 /// The node id implied by the host name: the index of the one peer whose host is the host name (or whose first
 /// DNS label is the host name's first label), else a trailing `-<n>` on the host name's first label.
-pub fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<u16> {
+pub(crate) fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<u16> {
     let host = host_name?.trim();
     if host.is_empty() {
         return None;
@@ -899,7 +892,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = load(&three()).unwrap();
-        assert_eq!(c.node_id, NodeId(1));
+        assert_eq!(c.node_id, NodeId::new(1));
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.peers[1], PeerAddr { host: "b".into(), port: 7070 });
         assert_eq!(c.peer_addr, "0.0.0.0:7070".parse().unwrap());
@@ -949,7 +942,7 @@ mod tests {
             ("DMUTEX_LOCK", "ignored: set by `dmutex lock` for its child"),
         ])
         .unwrap();
-        assert_eq!(c.node_id, NodeId(2));
+        assert_eq!(c.node_id, NodeId::new(2));
         // Host names are kept exactly as written, never resolved.
         assert_eq!(c.peers[0].to_string(), "dmutex-0.dmutex:7070");
         assert_eq!(c.peers[2], PeerAddr { host: "::1".into(), port: 7072 });
@@ -1014,7 +1007,7 @@ mod tests {
         let file = TempFile::new("env.toml", "peers = \"x:1,y:1\"\nnode_id = 1\n");
         let path = file.0.to_str().unwrap().to_string();
         let c = load(&[("DMUTEX_CONFIG", &path)]).unwrap();
-        assert_eq!(c.node_id, NodeId(1));
+        assert_eq!(c.node_id, NodeId::new(1));
         assert_eq!(c.peers[1].host, "y");
     }
 
@@ -1041,12 +1034,12 @@ mod tests {
     fn node_id_from_host_name() {
         let mut s = sources(&[("DMUTEX_PEERS", "10.0.0.1:7070,10.0.0.2:7070,10.0.0.3:7070")]);
         s.host_name = Some("dmutex-2".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(2));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(2));
         s.host_name = Some("dmutex-1.dmutex.default.svc.cluster.local".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(1));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(1));
         // An explicit id wins over the host name.
         s.env.insert("DMUTEX_NODE_ID".into(), "0".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId(0));
+        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(0));
     }
 
     #[test]

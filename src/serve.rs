@@ -32,7 +32,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
             }
         };
         http_listener = Some(listener);
-        cfg.node_id = dmutex::algo::NodeId(found.me);
+        cfg.node_id = dmutex::algo::NodeId::new(found.me);
         cfg.peers = found
             .peers
             .iter()
@@ -70,7 +70,7 @@ async fn discover_serving(
     let (waiting, reason) = tokio::sync::watch::channel(format!("waiting for DNS discovery ({spec})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let app = dmutex::api::router::waiting_router(reason);
+        let app = dmutex::api::waiting_router(reason);
         let _ = axum::serve(serving, app)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -115,7 +115,7 @@ fn workload_routes(cfg: &NodeConfig) -> Option<Routes> {
         start_file: w.start_file.clone(),
     };
     let out = w.out.clone();
-    let node = cfg.node_id.0;
+    let node = cfg.node_id.get();
     Some(Box::new(move |handle: &NodeHandle| {
         let (tx, rx) = tokio::sync::watch::channel(WorkloadStatus::waiting(iterations));
         let report: Arc<Mutex<Option<WorkloadReport>>> = Arc::new(Mutex::new(None));

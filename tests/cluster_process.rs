@@ -368,14 +368,14 @@ fn peer_probe(addr: &str, make: impl FnOnce(&wire::Nonce) -> Vec<u8>) -> Option<
 
 fn hello(cluster: &str, version: u16, node: u16, secret: &str, challenge: &wire::Nonce) -> Vec<u8> {
     let nonce = wire::fresh_nonce();
-    let (incarnation, clock) = (Incarnation(1), LamportTs(0));
+    let (incarnation, clock) = (Incarnation::new(1), LamportTs::new(0));
     let (algorithm, algorithms) = (Algorithm::Lamport, Algorithm::ALL.to_vec());
     let transcript = wire::hello_transcript(
         version,
         cluster,
         algorithm,
         &algorithms,
-        NodeId(node),
+        NodeId::new(node),
         incarnation,
         clock,
         challenge,
@@ -386,7 +386,7 @@ fn hello(cluster: &str, version: u16, node: u16, secret: &str, challenge: &wire:
         cluster: cluster.to_string(),
         algorithm,
         algorithms,
-        node: NodeId(node),
+        node: NodeId::new(node),
         incarnation,
         clock,
         nonce,

@@ -77,7 +77,7 @@ enum ModelTimer {
 }
 
 /// The length of a forgetful holder's lease (the model's time does not pass; only the timer matters).
-const LEASE: Millis = Millis(10);
+const LEASE: Millis = Millis::new(10);
 
 /// One node: the engine and where its script stands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,10 +116,10 @@ impl<P: Protocol> MutexActor<P> {
     fn feed(&self, state: &mut NodeState<P>, event: Event<P::Msg>, o: &mut Out<Self>) {
         let mut actions = Vec::new();
         // Refusals are counted in the engine's stats, which a property checks.
-        let _ = state.engine.handle(Millis(0), event, &mut actions);
+        let _ = state.engine.handle(Millis::new(0), event, &mut actions);
         for action in actions {
             match action {
-                Action::Send { to, msg } => o.send(Id::from(usize::from(to.0)), Wire(msg)),
+                Action::Send { to, msg } => o.send(Id::from(to.index()), Wire(msg)),
                 Action::Granted { req, token, .. } => {
                     state.holding = Some(req);
                     state.granted += 1;
@@ -144,7 +144,7 @@ impl<P: Protocol> MutexActor<P> {
 
     fn issue(&self, state: &mut NodeState<P>, o: &mut Out<Self>) {
         state.issued += 1;
-        let req = RequestId(u64::from(state.issued));
+        let req = RequestId::new(u64::from(state.issued));
         let ttl = self.forgetful.then_some(LEASE);
         self.feed(state, Event::Acquire { req, lock: LOCK.into(), deadline: None, ttl }, o);
     }
@@ -165,7 +165,7 @@ impl<P: Protocol> Actor for MutexActor<P> {
     type Storage = ();
 
     fn on_start(&self, id: Id, _storage: &Option<()>, o: &mut Out<Self>) -> Self::State {
-        let me = NodeId(usize::from(id) as u16);
+        let me = NodeId::new(usize::from(id) as u16);
         let mut state = NodeState {
             engine: Engine::new(P::fresh(me, self.nodes), Peers::formed(me, self.nodes)),
             issued: 0,
@@ -182,8 +182,8 @@ impl<P: Protocol> Actor for MutexActor<P> {
     }
 
     fn on_msg(&self, _id: Id, state: &mut Cow<Self::State>, src: Id, msg: Self::Msg, o: &mut Out<Self>) {
-        let from = NodeId(usize::from(src) as u16);
-        let event = Event::Message { from, incarnation: Incarnation(0), msg: msg.0 };
+        let from = NodeId::new(usize::from(src) as u16);
+        let event = Event::Message { from, incarnation: Incarnation::new(0), msg: msg.0 };
         self.feed(state.to_mut(), event, o);
     }
 
@@ -416,7 +416,7 @@ mod adapter_self_check {
         }
         fn request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<NoMsg>>) {
             if GREEDY {
-                out.push(Output::Entered { lock: lock.into(), token: FencingToken(1) });
+                out.push(Output::Entered { lock: lock.into(), token: FencingToken::new(1) });
             }
         }
         fn release(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
@@ -433,7 +433,7 @@ mod adapter_self_check {
         fn observe_clock(&mut self, _clock: LamportTs) {}
         fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
         fn clock(&self) -> LamportTs {
-            LamportTs(0)
+            LamportTs::new(0)
         }
         fn view(&self, _lock: &str) -> LockView {
             LockView::default()

@@ -57,7 +57,7 @@ impl Cluster {
         let client = reqwest::blocking::Client::builder().timeout(PATIENCE).build().expect("http client");
         let mut c = Cluster { name: name.to_string(), extra, peers, nodes: Vec::new(), client };
         for (i, peer_listener) in listeners.into_iter().enumerate() {
-            let node = c.launch(i, peer_listener, Incarnation(1));
+            let node = c.launch(i, peer_listener, Incarnation::new(1));
             c.nodes.push(node);
         }
         c
@@ -304,7 +304,7 @@ fn a_crashed_peer_restarts_with_a_new_incarnation_and_tokens_keep_growing() {
         c.post(0, "/v1/locks/r/acquire", json!({ "algorithm": "lamport", "timeout_ms": 5000 }));
     assert_eq!(status, 503, "{body}");
 
-    c.restart(2, Incarnation(2));
+    c.restart(2, Incarnation::new(2));
     let cluster = c.get(0, "/v1/cluster");
     assert_eq!(cluster["peers"][2]["incarnation"], 2, "{cluster}");
     let mut last = token(&before);

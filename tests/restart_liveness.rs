@@ -116,7 +116,7 @@ fn names_used_while_a_node_was_down_serve_everywhere_after_it_is_back() {
     // Step 1: names in use before the crash (probable-owner homes 2, 1, 0, 2, 1, 0); po-f also through node 2,
     // so node 0 (its home) records node 2 as its owner.
     let used: Vec<String> = ["po-a", "po-b", "po-c", "po-d", "po-e", "po-f"].map(String::from).to_vec();
-    let homes: BTreeSet<u16> = used.iter().map(|l| home_node(l, N).0).collect();
+    let homes: BTreeSet<u16> = used.iter().map(|l| home_node(l, N).get()).collect();
     assert_eq!(homes.len(), N, "the names' homes cover every node");
     for algorithm in ALGORITHMS {
         for lock in &used {
@@ -131,7 +131,7 @@ fn names_used_while_a_node_was_down_serve_everywhere_after_it_is_back() {
     let killed = Instant::now();
     let mut fresh = vec!["brand-new".to_string()];
     for home in 0..N as u16 {
-        let name = (0..).map(|k| format!("while-down-{k}")).find(|l| home_node(l, N).0 == home).unwrap();
+        let name = (0..).map(|k| format!("while-down-{k}")).find(|l| home_node(l, N).get() == home).unwrap();
         fresh.push(name);
     }
     let mut during = BTreeMap::<u16, u32>::new();

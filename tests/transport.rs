@@ -21,6 +21,11 @@ type Rx = mpsc::UnboundedReceiver<Inbound<u64>>;
 type Handle = TransportHandle<u64>;
 
 const WAIT: Duration = Duration::from_secs(10);
+/// Node ids and incarnations the tests match on (a `const` can stand in a pattern, a call cannot).
+const NODE_1: NodeId = NodeId::new(1);
+const NODE_2: NodeId = NodeId::new(2);
+const FIRST_RUN: Incarnation = Incarnation::new(1);
+const SECOND_RUN: Incarnation = Incarnation::new(2);
 
 async fn bind(ip: &str) -> TcpListener {
     // `RUST_LOG=dmutex=debug cargo test --test transport -- --nocapture` shows the transport's logs.
@@ -32,13 +37,13 @@ async fn bind(ip: &str) -> TcpListener {
 }
 
 fn clock() -> ClockFn {
-    Arc::new(|| LamportTs(1))
+    Arc::new(|| LamportTs::new(1))
 }
 
 fn config(me: u16, incarnation: u64, peers: &[SocketAddr]) -> TransportConfig {
     let mut cfg = TransportConfig::new(
-        NodeId(me),
-        Incarnation(incarnation),
+        NodeId::new(me),
+        Incarnation::new(incarnation),
         "test",
         peers.iter().map(|a| a.to_string()).collect(),
     );
@@ -49,7 +54,7 @@ fn config(me: u16, incarnation: u64, peers: &[SocketAddr]) -> TransportConfig {
 }
 
 fn env(n: u64) -> Envelope<u64> {
-    Envelope::new(LamportTs(n), n)
+    Envelope::new(LamportTs::new(n), n)
 }
 
 /// Everything one transport emitted, in order, so tests can wait on conditions over the whole history.
@@ -110,7 +115,7 @@ impl Log {
 fn messages_from(seen: &[Inbound<u64>], node: u16) -> Vec<u64> {
     seen.iter()
         .filter_map(|e| match e {
-            Inbound::Message { from, env, .. } if *from == NodeId(node) => Some(env.body),
+            Inbound::Message { from, env, .. } if *from == NodeId::new(node) => Some(env.body),
             _ => None,
         })
         .collect()
@@ -134,7 +139,7 @@ async fn three_nodes_deliver_everything_in_order_exactly_once() {
         for (i, (h, _)) in nodes.iter().enumerate() {
             for j in 0..3u16 {
                 if usize::from(j) != i {
-                    h.send(NodeId(j), env(n)).unwrap();
+                    h.send(NodeId::new(j), env(n)).unwrap();
                 }
             }
         }
@@ -151,16 +156,20 @@ async fn three_nodes_deliver_everything_in_order_exactly_once() {
         log.drain();
         for j in (0..3u16).filter(|j| usize::from(*j) != i) {
             assert_eq!(messages_from(&log.seen, j).len(), N as usize);
-            let hellos = log.seen.iter().filter(|e| matches!(e, Inbound::Hello { peer, .. } if peer.0 == j));
+            let hellos =
+                log.seen.iter().filter(|e| matches!(e, Inbound::Hello { peer, .. } if peer.get() == j));
             assert_eq!(hellos.count(), 1, "one Hello per peer incarnation");
         }
         log.assert_hello_first();
         let status = h.status();
         assert_eq!(status.len(), 2);
-        assert!(status.iter().all(|p| p.connected && p.incarnation == Some(Incarnation(1))), "{status:?}");
+        assert!(
+            status.iter().all(|p| p.connected && p.incarnation == Some(Incarnation::new(1))),
+            "{status:?}"
+        );
         assert_eq!(h.counters().duplicates_dropped, 0);
-        assert!(h.send(NodeId(9), env(0)).is_err());
-        assert!(h.send(NodeId(i as u16), env(0)).is_err());
+        assert!(h.send(NodeId::new(9), env(0)).is_err());
+        assert!(h.send(NodeId::new(i as u16), env(0)).is_err());
     }
     for (h, _) in &nodes {
         h.shutdown().await;
@@ -223,7 +232,7 @@ async fn a_cut_connection_loses_and_duplicates_nothing() {
         let a = a.clone();
         tokio::spawn(async move {
             for n in 0..N {
-                a.send(NodeId(1), env(n)).unwrap();
+                a.send(NodeId::new(1), env(n)).unwrap();
                 if n % 50 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -235,7 +244,7 @@ async fn a_cut_connection_loses_and_duplicates_nothing() {
     timeout(WAIT, async {
         while got.len() < N as usize {
             if let Inbound::Message { from, env, .. } = b_rx.recv().await.unwrap() {
-                assert_eq!(from, NodeId(0));
+                assert_eq!(from, NodeId::new(0));
                 got.push(env.body);
                 if (got.len() == 1500 || got.len() == 3500) && cuts < 2 {
                     cuts += 1;
@@ -279,27 +288,27 @@ async fn a_restarted_peer_says_hello_with_its_new_incarnation_first() {
     let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
     let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
     let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
-    b.send(NodeId(0), env(1)).unwrap();
+    b.send(NodeId::new(0), env(1)).unwrap();
     assert_eq!(a_log.messages(1, 1).await, vec![1]);
-    a.send(NodeId(1), env(2)).unwrap();
+    a.send(NodeId::new(1), env(2)).unwrap();
     assert_eq!(b_log.messages(0, 1).await, vec![2]);
-    a_log.until("connected", |s| has(s, |e| matches!(e, Inbound::Connected { peer: NodeId(1) }))).await;
+    a_log.until("connected", |s| has(s, |e| matches!(e, Inbound::Connected { peer: NODE_1 }))).await;
 
     // Graceful stop: A hears Bye and marks B disconnected promptly.
     let t0 = tokio::time::Instant::now();
     b.shutdown().await;
-    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NodeId(1) }))).await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NODE_1 }))).await;
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert!(!a.status()[0].connected);
 
     // Sent to the old incarnation while it is down: must not reach the new one.
-    a.send(NodeId(1), env(99)).unwrap();
+    a.send(NodeId::new(1), env(99)).unwrap();
 
     let lb2 = TcpListener::bind(addrs[1]).await.expect("rebind the same address");
     let (b2, b2_rx) = Transport::start::<u64>(config(1, 2, &addrs), lb2, clock());
     let mut b2_log = Log::new(b2_rx);
-    b2.send(NodeId(0), env(10)).unwrap();
-    b2.send(NodeId(0), env(11)).unwrap();
+    b2.send(NodeId::new(0), env(10)).unwrap();
+    b2.send(NodeId::new(0), env(11)).unwrap();
     assert_eq!(a_log.messages(1, 3).await, vec![1, 10, 11]);
     a_log.assert_hello_first();
     let hellos: Vec<_> = a_log.seen.iter().filter(|e| matches!(e, Inbound::Hello { .. })).collect();
@@ -307,21 +316,21 @@ async fn a_restarted_peer_says_hello_with_its_new_incarnation_first() {
         matches!(
             hellos[..],
             [
-                Inbound::Hello { peer: NodeId(1), incarnation: Incarnation(1), .. },
-                Inbound::Hello { peer: NodeId(1), incarnation: Incarnation(2), .. }
+                Inbound::Hello { peer: NODE_1, incarnation: FIRST_RUN, .. },
+                Inbound::Hello { peer: NODE_1, incarnation: SECOND_RUN, .. }
             ]
         ),
         "{hellos:?}"
     );
 
     // After seeing the new incarnation, A's messages go to it, numbered afresh.
-    a.send(NodeId(1), env(3)).unwrap();
+    a.send(NodeId::new(1), env(3)).unwrap();
     assert_eq!(b2_log.messages(0, 1).await, vec![3], "the message for the old incarnation was discarded");
     tokio::time::sleep(Duration::from_millis(100)).await;
     b2_log.drain();
     assert_eq!(messages_from(&b2_log.seen, 0), vec![3]);
     assert!(a.counters().discarded_on_restart >= 1);
-    assert_eq!(a.status()[0].incarnation, Some(Incarnation(2)));
+    assert_eq!(a.status()[0].incarnation, Some(Incarnation::new(2)));
     a.shutdown().await;
     b2.shutdown().await;
 }
@@ -352,7 +361,7 @@ struct HelloSpec<'a> {
 fn hello(spec: HelloSpec<'_>) -> impl FnOnce(Nonce) -> Vec<u8> + '_ {
     move |challenge| {
         let nonce = wire::fresh_nonce();
-        let (node, inc, clock) = (NodeId(spec.node), Incarnation(5), LamportTs(1));
+        let (node, inc, clock) = (NodeId::new(spec.node), Incarnation::new(5), LamportTs::new(1));
         let all = Algorithm::ALL.to_vec();
         let t = wire::hello_transcript(
             spec.version,
@@ -446,8 +455,8 @@ async fn bad_handshakes_are_refused_and_counted_and_a_good_peer_still_works() {
     // A good peer still works, both ways.
     let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
     let mut b_log = Log::new(b_rx);
-    b.send(NodeId(0), env(7)).unwrap();
-    a.send(NodeId(1), env(8)).unwrap();
+    b.send(NodeId::new(0), env(7)).unwrap();
+    a.send(NodeId::new(1), env(8)).unwrap();
     assert_eq!(a_log.messages(1, 1).await, vec![7]);
     assert_eq!(b_log.messages(0, 1).await, vec![8]);
     a.shutdown().await;
@@ -481,16 +490,16 @@ async fn secrets_must_match() {
     let (b, b_rx) = Transport::start::<u64>(with_secret(1, "right"), lb, clock());
     let mut b_log = Log::new(b_rx);
     let (c, _c_rx) = Transport::start::<u64>(with_secret(2, "wrong"), lc, clock());
-    b.send(NodeId(0), env(1)).unwrap();
-    a.send(NodeId(1), env(2)).unwrap();
-    c.send(NodeId(0), env(3)).unwrap();
+    b.send(NodeId::new(0), env(1)).unwrap();
+    a.send(NodeId::new(1), env(2)).unwrap();
+    c.send(NodeId::new(0), env(3)).unwrap();
     assert_eq!(a_log.messages(1, 1).await, vec![1]);
     assert_eq!(b_log.messages(0, 1).await, vec![2]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     a_log.drain();
     assert!(!has(&a_log.seen, |e| matches!(
         e,
-        Inbound::Message { from: NodeId(2), .. } | Inbound::Hello { peer: NodeId(2), .. }
+        Inbound::Message { from: NODE_2, .. } | Inbound::Hello { peer: NODE_2, .. }
     )));
     assert!(a.counters().refused.get("bad_secret").copied().unwrap_or(0) >= 3);
     assert!(!c.status()[0].connected);
@@ -510,19 +519,19 @@ async fn a_message_addressed_to_the_new_incarnation_survives_the_restart_handsha
     let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
     let (b, b_rx) = Transport::start::<u64>(config(1, 1, &addrs), lb, clock());
     let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
-    a.send(NodeId(1), env(1)).unwrap();
+    a.send(NodeId::new(1), env(1)).unwrap();
     assert_eq!(b_log.messages(0, 1).await, vec![1]);
     b.shutdown().await;
-    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NodeId(1) }))).await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NODE_1 }))).await;
 
-    let addressed = |n, inc| Envelope { to_incarnation: Some(Incarnation(inc)), ..env(n) };
-    a.send(NodeId(1), addressed(20, 1)).unwrap();
-    a.send(NodeId(1), addressed(21, 2)).unwrap();
+    let addressed = |n, inc| Envelope { to_incarnation: Some(Incarnation::new(inc)), ..env(n) };
+    a.send(NodeId::new(1), addressed(20, 1)).unwrap();
+    a.send(NodeId::new(1), addressed(21, 2)).unwrap();
     let lb2 = TcpListener::bind(addrs[1]).await.expect("rebind the same address");
     let (b2, b2_rx) = Transport::start::<u64>(config(1, 2, &addrs), lb2, clock());
     let mut b2_log = Log::new(b2_rx);
     assert_eq!(b2_log.messages(0, 1).await, vec![21]);
-    a.send(NodeId(1), addressed(22, 2)).unwrap();
+    a.send(NodeId::new(1), addressed(22, 2)).unwrap();
     assert_eq!(b2_log.messages(0, 2).await, vec![21, 22]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     b2_log.drain();

@@ -364,7 +364,7 @@ impl<P: Protocol> Engine<P> {
                     local.requested = false;
                     match local.waiters.pop_front() {
                         Some(Waiter { req, deadline, ttl }) => {
-                            let lease_until = ttl.map(|ttl| Millis(now.0.saturating_add(ttl.0)));
+                            let lease_until = ttl.map(|ttl| Millis::new(now.get().saturating_add(ttl.get())));
                             local.holder = Some(Holder { req, lease_until });
                             if deadline.is_some() {
                                 out.push(Action::CancelTimer { timer: TimerId::Deadline(req) });
@@ -464,31 +464,36 @@ mod tests {
     use crate::algo::{FencingToken, Incarnation};
 
     fn engine(me: u16, n: usize) -> Engine<Lamport> {
-        Engine::new(Lamport::fresh(NodeId(me), n), Peers::formed(NodeId(me), n))
+        Engine::new(Lamport::fresh(NodeId::new(me), n), Peers::formed(NodeId::new(me), n))
     }
 
     fn step(e: &mut Engine<Lamport>, now: u64, event: Event<LamportMsg>) -> Vec<Action<LamportMsg>> {
         let mut out = Vec::new();
-        e.handle(Millis(now), event, &mut out).expect("a well-formed event");
+        e.handle(Millis::new(now), event, &mut out).expect("a well-formed event");
         out
     }
 
     fn acquire(req: u64, ttl: Option<u64>) -> Event<LamportMsg> {
-        Event::Acquire { req: RequestId(req), lock: "a".into(), deadline: None, ttl: ttl.map(Millis) }
+        Event::Acquire {
+            req: RequestId::new(req),
+            lock: "a".into(),
+            deadline: None,
+            ttl: ttl.map(Millis::new),
+        }
     }
 
     fn token_of(actions: &[Action<LamportMsg>], req: u64) -> FencingToken {
         actions
             .iter()
             .find_map(|a| match a {
-                Action::Granted { req: r, token, .. } if *r == RequestId(req) => Some(*token),
+                Action::Granted { req: r, token, .. } if *r == RequestId::new(req) => Some(*token),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("no grant for request {req} in {actions:?}"))
     }
 
     fn lease_timer(req: u64, at: u64) -> Action<LamportMsg> {
-        Action::SetTimer { timer: TimerId::Lease(RequestId(req)), at: Millis(at) }
+        Action::SetTimer { timer: TimerId::Lease(RequestId::new(req)), at: Millis::new(at) }
     }
 
     /// Delivers every message in `out` from `from` to the other engine of a two-node cluster, and what that
@@ -503,8 +508,9 @@ mod tests {
         let mut queue: VecDeque<(usize, Action<LamportMsg>)> = out.into_iter().map(|a| (from, a)).collect();
         while let Some((node, action)) = queue.pop_front() {
             if let Action::Send { to, msg } = action {
-                let to = usize::from(to.0);
-                let event = Event::Message { from: NodeId(node as u16), incarnation: Incarnation(0), msg };
+                let to = to.index();
+                let event =
+                    Event::Message { from: NodeId::new(node as u16), incarnation: Incarnation::new(0), msg };
                 for a in step(&mut engines[to], now, event) {
                     seen[to].push(a.clone());
                     queue.push_back((to, a));
@@ -521,17 +527,17 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Action::Granted { req: RequestId(1), lock: "a".into(), token: token_of(&out, 1) },
+                Action::Granted { req: RequestId::new(1), lock: "a".into(), token: token_of(&out, 1) },
                 lease_timer(1, 110),
             ]
         );
-        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(110)));
+        assert_eq!(e.lease_until(RequestId::new(1)), Some(Millis::new(110)));
         assert_eq!(
-            step(&mut e, 20, Event::Release { req: RequestId(1) }),
-            vec![Action::CancelTimer { timer: TimerId::Lease(RequestId(1)) }]
+            step(&mut e, 20, Event::Release { req: RequestId::new(1) }),
+            vec![Action::CancelTimer { timer: TimerId::Lease(RequestId::new(1)) }]
         );
         // The timer the driver failed to forget is stale: nothing happens.
-        assert_eq!(step(&mut e, 110, Event::Timer { timer: TimerId::Lease(RequestId(1)) }), vec![]);
+        assert_eq!(step(&mut e, 110, Event::Timer { timer: TimerId::Lease(RequestId::new(1)) }), vec![]);
         assert_eq!(e.stats().lease_expiries, 0);
     }
 
@@ -540,24 +546,24 @@ mod tests {
         let mut e = engine(0, 1);
         let first = token_of(&step(&mut e, 0, acquire(1, Some(100))), 1);
         assert_eq!(step(&mut e, 5, acquire(2, Some(100))), vec![]);
-        let out = step(&mut e, 100, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
+        let out = step(&mut e, 100, Event::Timer { timer: TimerId::Lease(RequestId::new(1)) });
         let second = token_of(&out, 2);
         assert_eq!(
             out,
             vec![
-                Action::LeaseExpired { req: RequestId(1), lock: "a".into() },
-                Action::Granted { req: RequestId(2), lock: "a".into(), token: second },
+                Action::LeaseExpired { req: RequestId::new(1), lock: "a".into() },
+                Action::Granted { req: RequestId::new(2), lock: "a".into(), token: second },
                 lease_timer(2, 200),
             ]
         );
         assert!(second > first, "{second:?} after {first:?}");
-        assert_eq!(e.holder("a"), Some(RequestId(2)));
+        assert_eq!(e.holder("a"), Some(RequestId::new(2)));
         assert_eq!(e.stats().lease_expiries, 1);
         // The expired holder no longer holds anything: its late release is refused.
         let mut out = Vec::new();
         assert_eq!(
-            e.handle(Millis(150), Event::Release { req: RequestId(1) }, &mut out),
-            Err(CoreError::UnknownRequest(RequestId(1)))
+            e.handle(Millis::new(150), Event::Release { req: RequestId::new(1) }, &mut out),
+            Err(CoreError::UnknownRequest(RequestId::new(1)))
         );
         assert_eq!(out, vec![]);
     }
@@ -566,14 +572,14 @@ mod tests {
     fn keepalive_moves_the_lease_end_and_never_shortens_it() {
         let mut e = engine(0, 1);
         step(&mut e, 0, acquire(1, Some(100)));
-        let keep = |until: u64| Event::KeepAlive { req: RequestId(1), until: Millis(until) };
+        let keep = |until: u64| Event::KeepAlive { req: RequestId::new(1), until: Millis::new(until) };
         assert_eq!(step(&mut e, 50, keep(150)), vec![lease_timer(1, 150)]);
-        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(150)));
+        assert_eq!(e.lease_until(RequestId::new(1)), Some(Millis::new(150)));
         assert_eq!(step(&mut e, 60, keep(120)), vec![], "an earlier end does not shorten the lease");
-        assert_eq!(e.lease_until(RequestId(1)), Some(Millis(150)));
+        assert_eq!(e.lease_until(RequestId::new(1)), Some(Millis::new(150)));
         // The driver replaced the timer at 100 by the one at 150: only that one fires, and expires the lease.
-        let out = step(&mut e, 150, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
-        assert_eq!(out, vec![Action::LeaseExpired { req: RequestId(1), lock: "a".into() }]);
+        let out = step(&mut e, 150, Event::Timer { timer: TimerId::Lease(RequestId::new(1)) });
+        assert_eq!(out, vec![Action::LeaseExpired { req: RequestId::new(1), lock: "a".into() }]);
         assert_eq!(e.holder("a"), None);
     }
 
@@ -582,13 +588,16 @@ mod tests {
         let mut e = engine(0, 1);
         step(&mut e, 0, acquire(1, Some(100)));
         let mut out = Vec::new();
-        let late = Event::KeepAlive { req: RequestId(1), until: Millis(200) };
-        assert_eq!(e.handle(Millis(100), late, &mut out), Err(CoreError::LeaseExpired(RequestId(1))));
+        let late = Event::KeepAlive { req: RequestId::new(1), until: Millis::new(200) };
+        assert_eq!(
+            e.handle(Millis::new(100), late, &mut out),
+            Err(CoreError::LeaseExpired(RequestId::new(1)))
+        );
         assert_eq!(
             out,
             vec![
-                Action::CancelTimer { timer: TimerId::Lease(RequestId(1)) },
-                Action::LeaseExpired { req: RequestId(1), lock: "a".into() },
+                Action::CancelTimer { timer: TimerId::Lease(RequestId::new(1)) },
+                Action::LeaseExpired { req: RequestId::new(1), lock: "a".into() },
             ]
         );
         assert_eq!(e.holder("a"), None);
@@ -601,13 +610,19 @@ mod tests {
         step(&mut e, 0, acquire(1, None));
         step(&mut e, 0, acquire(2, Some(100)));
         let mut out = Vec::new();
-        let keep = |req: u64| Event::KeepAlive { req: RequestId(req), until: Millis(500) };
-        assert_eq!(e.handle(Millis(1), keep(2), &mut out), Err(CoreError::WrongState(RequestId(2))));
-        assert_eq!(e.handle(Millis(1), keep(9), &mut out), Err(CoreError::UnknownRequest(RequestId(9))));
+        let keep = |req: u64| Event::KeepAlive { req: RequestId::new(req), until: Millis::new(500) };
+        assert_eq!(
+            e.handle(Millis::new(1), keep(2), &mut out),
+            Err(CoreError::WrongState(RequestId::new(2)))
+        );
+        assert_eq!(
+            e.handle(Millis::new(1), keep(9), &mut out),
+            Err(CoreError::UnknownRequest(RequestId::new(9)))
+        );
         // Held until released: there is no lease, so nothing to extend and nothing to expire.
-        assert_eq!(e.handle(Millis(1), keep(1), &mut out), Ok(()));
+        assert_eq!(e.handle(Millis::new(1), keep(1), &mut out), Ok(()));
         assert_eq!(out, vec![]);
-        assert_eq!(e.lease_until(RequestId(1)), None);
+        assert_eq!(e.lease_until(RequestId::new(1)), None);
     }
 
     /// Lamport rule 3 on expiry: the expired holder's RELEASE reaches the peer, whose waiting request enters
@@ -618,13 +633,13 @@ mod tests {
         let out = step(&mut engines[0], 0, acquire(1, Some(50)));
         let seen = exchange(&mut engines, 0, 0, out);
         let first = token_of(&seen[0], 1);
-        assert_eq!(engines[0].holder("a"), Some(RequestId(1)));
+        assert_eq!(engines[0].holder("a"), Some(RequestId::new(1)));
         let out = step(&mut engines[1], 1, acquire(7, None));
         exchange(&mut engines, 1, 1, out);
         assert_eq!(engines[1].holder("a"), None, "node 1 waits behind node 0's lease");
 
-        let out = step(&mut engines[0], 50, Event::Timer { timer: TimerId::Lease(RequestId(1)) });
-        assert!(matches!(out[0], Action::LeaseExpired { req: RequestId(1), .. }), "{out:?}");
+        let out = step(&mut engines[0], 50, Event::Timer { timer: TimerId::Lease(RequestId::new(1)) });
+        assert!(matches!(out[0], Action::LeaseExpired { req, .. } if req == RequestId::new(1)), "{out:?}");
         assert!(
             out.iter().any(|a| matches!(a, Action::Send { msg: LamportMsg::Release { .. }, .. })),
             "{out:?}"
@@ -632,7 +647,7 @@ mod tests {
         let seen = exchange(&mut engines, 50, 0, out);
         let second = token_of(&seen[1], 7);
         assert!(second > first, "{second:?} after {first:?}");
-        assert_eq!(engines[1].holder("a"), Some(RequestId(7)));
+        assert_eq!(engines[1].holder("a"), Some(RequestId::new(7)));
         assert_eq!(engines[0].holder("a"), None);
     }
 }

@@ -156,19 +156,20 @@ impl Lamport {
     }
 
     /// Whether the footnote option is on.
-    pub fn ack_elision(&self) -> bool {
+    pub(crate) fn ack_elision(&self) -> bool {
         self.ack_elision
     }
 
     /// The highest timestamp received from `peer` so far (0 if none, or since it restarted).
-    pub fn latest_from(&self, peer: NodeId) -> LamportTs {
-        LamportTs(self.latest.get(usize::from(peer.0)).copied().unwrap_or(0))
+    #[cfg(test)]
+    pub(crate) fn latest_from(&self, peer: NodeId) -> LamportTs {
+        LamportTs::new(self.latest.get(peer.index()).copied().unwrap_or(0))
     }
 
     /// IR1: tick before a send event; returns the send's timestamp.
     fn tick(&mut self) -> LamportTs {
         self.clock = self.clock.saturating_add(1);
-        LamportTs(self.clock)
+        LamportTs::new(self.clock)
     }
 
     /// IR2 and the bookkeeping for rule 5, for a message from `from` stamped `ts`.
@@ -176,15 +177,15 @@ impl Lamport {
         if from == self.me {
             return Err(CoreError::UnknownPeer(from));
         }
-        let slot = self.latest.get_mut(usize::from(from.0)).ok_or(CoreError::UnknownPeer(from))?;
-        *slot = (*slot).max(ts.0);
-        self.clock = self.clock.max(ts.0).saturating_add(1);
+        let slot = self.latest.get_mut(from.index()).ok_or(CoreError::UnknownPeer(from))?;
+        *slot = (*slot).max(ts.get());
+        self.clock = self.clock.max(ts.get()).saturating_add(1);
         Ok(())
     }
 
     fn send(&mut self, to: NodeId, msg: LamportMsg, out: &mut Vec<Output<LamportMsg>>) {
-        if let (Some(slot), Some(ts)) = (self.last_sent.get_mut(usize::from(to.0)), msg.timestamp()) {
-            *slot = (*slot).max(ts.0);
+        if let (Some(slot), Some(ts)) = (self.last_sent.get_mut(to.index()), msg.timestamp()) {
+            *slot = (*slot).max(ts.get());
         }
         out.push(Output::Send { to, msg });
     }
@@ -202,7 +203,7 @@ impl Lamport {
             if st.in_cs || st.queue.first() != Some(&(t, me)) {
                 continue;
             }
-            let all_later = latest.iter().enumerate().all(|(k, &seen)| k == usize::from(me.0) || seen > t.0);
+            let all_later = latest.iter().enumerate().all(|(k, &seen)| k == me.index() || seen > t.get());
             if all_later {
                 st.in_cs = true;
                 let token = FencingToken::from_ts(t, me);
@@ -301,7 +302,7 @@ impl Protocol for Lamport {
                 st.remove_node(from);
                 st.queue.insert((ts, from));
                 let elide =
-                    self.ack_elision && self.last_sent.get(usize::from(from.0)).is_some_and(|&s| s > ts.0);
+                    self.ack_elision && self.last_sent.get(from.index()).is_some_and(|&s| s > ts.get());
                 if !elide {
                     let reply_ts = self.tick();
                     self.send(from, LamportMsg::Reply { lock, ts: reply_ts }, out);
@@ -338,7 +339,7 @@ impl Protocol for Lamport {
     }
 
     fn observe_clock(&mut self, clock: LamportTs) {
-        self.clock = self.clock.max(clock.0).saturating_add(1);
+        self.clock = self.clock.max(clock.get()).saturating_add(1);
     }
 
     fn peer_restarted(&mut self, peer: NodeId, _peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
@@ -351,15 +352,15 @@ impl Protocol for Lamport {
             if let Some(t) = st.own {
                 // An entered request goes first in the newcomer's queue (timestamp 0): it precedes every live
                 // request, and the newcomer's own requests may carry lower timestamps than `t`.
-                let ts = if st.in_cs { LamportTs(0) } else { t };
+                let ts = if st.in_cs { LamportTs::new(0) } else { t };
                 resend.push(LamportMsg::Request { lock: lock.clone(), ts });
             }
             !st.is_empty()
         });
-        if let Some(slot) = self.latest.get_mut(usize::from(peer.0)) {
+        if let Some(slot) = self.latest.get_mut(peer.index()) {
             *slot = 0;
         }
-        if let Some(slot) = self.last_sent.get_mut(usize::from(peer.0)) {
+        if let Some(slot) = self.last_sent.get_mut(peer.index()) {
             // Whatever was sent to the old incarnation is lost with it.
             *slot = 0;
         }
@@ -373,7 +374,7 @@ impl Protocol for Lamport {
     }
 
     fn clock(&self) -> LamportTs {
-        LamportTs(self.clock)
+        LamportTs::new(self.clock)
     }
 
     fn view(&self, lock: &str) -> LockView {
@@ -392,7 +393,7 @@ impl Protocol for Lamport {
 
     fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
         // Rule 5 needs a message from every other node.
-        peer != self.me && usize::from(peer.0) < self.n()
+        peer != self.me && peer.index() < self.n()
     }
 }
 
@@ -446,16 +447,16 @@ pub(crate) mod testnet {
         pub(crate) fn new(n: usize, make: fn(NodeId, usize) -> P) -> Self {
             let engines = (0..n)
                 .map(|i| {
-                    let me = NodeId(i as u16);
+                    let me = NodeId::new(i as u16);
                     Engine::new(make(me, n), Peers::formed(me, n))
                 })
                 .collect();
             Net {
                 engines,
                 make,
-                incarnations: vec![Incarnation(0); n],
+                incarnations: vec![Incarnation::new(0); n],
                 links: BTreeMap::new(),
-                now: Millis(0),
+                now: Millis::new(0),
                 sent: 0,
                 grants: Vec::new(),
                 refused: 0,
@@ -498,7 +499,7 @@ pub(crate) mod testnet {
                     Action::Send { to, msg } => {
                         let to_inc = self.engines[node].peers().incarnation(*to);
                         let item = Item::Msg { from_inc: self.incarnations[node], to_inc, msg: msg.clone() };
-                        self.links.entry((node, usize::from(to.0))).or_default().push_back(item);
+                        self.links.entry((node, to.index())).or_default().push_back(item);
                         self.sent += 1;
                     }
                     Action::Granted { req, lock, token } => {
@@ -528,13 +529,13 @@ pub(crate) mod testnet {
         pub(crate) fn acquire(&mut self, node: usize, req: u64, lock: &str) -> Vec<Action<P::Msg>> {
             self.handle(
                 node,
-                Event::Acquire { req: RequestId(req), lock: lock.into(), deadline: None, ttl: None },
+                Event::Acquire { req: RequestId::new(req), lock: lock.into(), deadline: None, ttl: None },
             )
         }
 
         /// Shorthand for a release.
         pub(crate) fn release(&mut self, node: usize, req: u64) -> Vec<Action<P::Msg>> {
-            self.handle(node, Event::Release { req: RequestId(req) })
+            self.handle(node, Event::Release { req: RequestId::new(req) })
         }
 
         /// The protocol messages waiting on `from -> to`, oldest first.
@@ -557,7 +558,7 @@ pub(crate) mod testnet {
             let Some(item) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front) else {
                 return Vec::new();
             };
-            let from_id = NodeId(from as u16);
+            let from_id = NodeId::new(from as u16);
             match item {
                 Item::Hello { incarnation, clock, to_inc } => {
                     if to_inc.is_some_and(|i| i != self.incarnations[to]) {
@@ -600,11 +601,11 @@ pub(crate) mod testnet {
         /// itself to every peer behind whatever the old one still had in flight.
         pub(crate) fn restart(&mut self, p: usize) {
             let n = self.n();
-            self.incarnations[p].0 += 1;
+            self.incarnations[p] = Incarnation::new(self.incarnations[p].get() + 1);
             if std::env::var_os("NET_TRACE").is_some() {
                 eprintln!("RESTART {p} as {:?}", self.incarnations[p]);
             }
-            let me = NodeId(p as u16);
+            let me = NodeId::new(p as u16);
             self.engines[p] = Engine::new((self.make)(me, n), Peers::new(me, n, self.incarnations[p]));
             self.timers.retain(|(node, _), _| *node != p);
             for j in (0..n).filter(|&j| j != p) {
@@ -689,7 +690,7 @@ pub(crate) mod testnet {
         let mut rng = Rng::new(seed);
         let mut next_req = 1u64;
         for step in 0..steps {
-            net.now = Millis(step as u64);
+            net.now = Millis::new(step as u64);
             let roll = rng.below(100);
             if roll < 50 {
                 let busy = net.links_busy();
@@ -700,10 +701,11 @@ pub(crate) mod testnet {
             } else if roll < 65 {
                 let node = rng.below(n);
                 let lock = LOCKS[rng.below(LOCKS.len())];
-                let deadline = (rng.below(3) == 0).then(|| Millis(step as u64 + 1 + rng.below(40) as u64));
+                let deadline =
+                    (rng.below(3) == 0).then(|| Millis::new(step as u64 + 1 + rng.below(40) as u64));
                 net.handle(
                     node,
-                    Event::Acquire { req: RequestId(next_req), lock: lock.into(), deadline, ttl: None },
+                    Event::Acquire { req: RequestId::new(next_req), lock: lock.into(), deadline, ttl: None },
                 );
                 next_req += 1;
             } else if roll < 82 {
@@ -786,32 +788,35 @@ mod tests {
     use crate::algo::{Action, Engine, Event, Millis, RejectReason, RequestId, TimerId};
 
     fn req(lock: &str, ts: u64) -> LamportMsg {
-        LamportMsg::Request { lock: lock.into(), ts: LamportTs(ts) }
+        LamportMsg::Request { lock: lock.into(), ts: LamportTs::new(ts) }
     }
     fn rep(lock: &str, ts: u64) -> LamportMsg {
-        LamportMsg::Reply { lock: lock.into(), ts: LamportTs(ts) }
+        LamportMsg::Reply { lock: lock.into(), ts: LamportTs::new(ts) }
     }
     fn rel(lock: &str, ts: u64) -> LamportMsg {
-        LamportMsg::Release { lock: lock.into(), ts: LamportTs(ts) }
+        LamportMsg::Release { lock: lock.into(), ts: LamportTs::new(ts) }
     }
     fn send(to: u16, msg: LamportMsg) -> Action<LamportMsg> {
-        Action::Send { to: NodeId(to), msg }
+        Action::Send { to: NodeId::new(to), msg }
     }
     fn out_send(to: u16, msg: LamportMsg) -> Output<LamportMsg> {
-        Output::Send { to: NodeId(to), msg }
+        Output::Send { to: NodeId::new(to), msg }
     }
     fn granted(req: u64, lock: &str, ts: u64, node: u16) -> Action<LamportMsg> {
         Action::Granted {
-            req: RequestId(req),
+            req: RequestId::new(req),
             lock: lock.into(),
-            token: FencingToken::from_ts(LamportTs(ts), NodeId(node)),
+            token: FencingToken::from_ts(LamportTs::new(ts), NodeId::new(node)),
         }
     }
     fn entered(lock: &str, ts: u64, node: u16) -> Output<LamportMsg> {
-        Output::Entered { lock: lock.into(), token: FencingToken::from_ts(LamportTs(ts), NodeId(node)) }
+        Output::Entered {
+            lock: lock.into(),
+            token: FencingToken::from_ts(LamportTs::new(ts), NodeId::new(node)),
+        }
     }
     fn queue(p: &Lamport, lock: &str) -> Vec<(u64, u16)> {
-        p.view(lock).queue.iter().map(|e| (e.ts.unwrap_or_default().0, e.node.0)).collect()
+        p.view(lock).queue.iter().map(|e| (e.ts.unwrap_or_default().get(), e.node.get())).collect()
     }
     fn lamport(me: NodeId, n: usize) -> Lamport {
         Lamport::fresh(me, n)
@@ -820,7 +825,7 @@ mod tests {
     fn recv(p: &mut Lamport, from: u16, msg: LamportMsg) -> (Vec<Output<LamportMsg>>, Result<(), CoreError>) {
         let mut peers = Peers::formed(p.me, p.n());
         let mut out = Vec::new();
-        let r = p.on_message(NodeId(from), msg, &mut peers, &mut out);
+        let r = p.on_message(NodeId::new(from), msg, &mut peers, &mut out);
         (out, r)
     }
     fn call(
@@ -836,28 +841,28 @@ mod tests {
 
     #[test]
     fn lamport_rule1_request_is_timestamped_queued_and_sent_to_all() {
-        let mut e = Engine::new(Lamport::fresh(NodeId(0), 3), Peers::formed(NodeId(0), 3));
+        let mut e = Engine::new(Lamport::fresh(NodeId::new(0), 3), Peers::formed(NodeId::new(0), 3));
         let mut out = Vec::new();
         e.handle(
-            Millis(0),
-            Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None, ttl: None },
+            Millis::new(0),
+            Event::Acquire { req: RequestId::new(1), lock: "a".into(), deadline: None, ttl: None },
             &mut out,
         )
         .unwrap();
         assert_eq!(out, vec![send(1, req("a", 1)), send(2, req("a", 1))]);
         assert_eq!(queue(e.protocol(), "a"), vec![(1, 0)]);
-        assert_eq!(e.view("a").own_request, Some(LamportTs(1)));
+        assert_eq!(e.view("a").own_request, Some(LamportTs::new(1)));
     }
 
     #[test]
     fn lamport_rule2_request_is_queued_and_acknowledged_with_a_later_timestamp() {
-        let mut p = lamport(NodeId(0), 3);
+        let mut p = lamport(NodeId::new(0), 3);
         // IR2: clock = max(0, 5) + 1 = 6; IR1: the REPLY is a send event, stamped 7.
         let (out, r) = recv(&mut p, 1, req("a", 5));
         assert_eq!(r, Ok(()));
         assert_eq!(out, vec![out_send(1, rep("a", 7))]);
         assert_eq!(queue(&p, "a"), vec![(5, 1)]);
-        assert_eq!(p.view("a").holder, Some(NodeId(1)));
+        assert_eq!(p.view("a").holder, Some(NodeId::new(1)));
         // A re-sent REQUEST replaces the sender's entry: one entry per node per lock.
         let (out, _) = recv(&mut p, 1, req("a", 6));
         assert_eq!(out, vec![out_send(1, rep("a", 9))]);
@@ -866,27 +871,27 @@ mod tests {
 
     #[test]
     fn lamport_ir2_clock_advances_on_every_receipt_and_handshake() {
-        let mut p = lamport(NodeId(0), 3);
+        let mut p = lamport(NodeId::new(0), 3);
         let _ = recv(&mut p, 1, req("a", 5));
-        assert_eq!(p.clock(), LamportTs(7));
+        assert_eq!(p.clock(), LamportTs::new(7));
         // REPLY (even a late one, for no request of ours) and RELEASE both apply IR2.
         assert_eq!(recv(&mut p, 2, rep("x", 10)), (vec![], Ok(())));
-        assert_eq!(p.clock(), LamportTs(11));
-        assert_eq!(p.latest_from(NodeId(2)), LamportTs(10));
+        assert_eq!(p.clock(), LamportTs::new(11));
+        assert_eq!(p.latest_from(NodeId::new(2)), LamportTs::new(10));
         assert_eq!(recv(&mut p, 1, rel("a", 3)), (vec![], Ok(())));
-        assert_eq!(p.clock(), LamportTs(12));
+        assert_eq!(p.clock(), LamportTs::new(12));
         assert!(p.locks.is_empty(), "the emptied lock state is removed");
-        p.observe_clock(LamportTs(20));
-        assert_eq!(p.clock(), LamportTs(21));
+        p.observe_clock(LamportTs::new(20));
+        assert_eq!(p.clock(), LamportTs::new(21));
         // A smaller timestamp still advances the clock by one.
         let _ = recv(&mut p, 2, rep("x", 1));
-        assert_eq!(p.clock(), LamportTs(22));
-        assert_eq!(p.latest_from(NodeId(2)), LamportTs(10), "latest never goes back");
+        assert_eq!(p.clock(), LamportTs::new(22));
+        assert_eq!(p.latest_from(NodeId::new(2)), LamportTs::new(10), "latest never goes back");
     }
 
     #[test]
     fn lamport_ir1_one_clock_is_shared_by_all_locks() {
-        let mut p = lamport(NodeId(0), 2);
+        let mut p = lamport(NodeId::new(0), 2);
         assert_eq!(call(&mut p, Lamport::request, "a"), vec![out_send(1, req("a", 1))]);
         assert_eq!(call(&mut p, Lamport::request, "b"), vec![out_send(1, req("b", 2))]);
         let (out, _) = recv(&mut p, 1, req("c", 1));
@@ -902,7 +907,7 @@ mod tests {
     /// enters with a single REPLY out of two.
     #[test]
     fn lamport_rule5_a_later_request_counts_as_much_as_a_reply() {
-        let mut p = lamport(NodeId(0), 3);
+        let mut p = lamport(NodeId::new(0), 3);
         assert_eq!(
             call(&mut p, Lamport::request, "a"),
             vec![out_send(1, req("a", 1)), out_send(2, req("a", 1))]
@@ -911,7 +916,7 @@ mod tests {
         assert_eq!(out, vec![out_send(1, rep("b", 4))], "node 2 not heard yet: no entry");
         let (out, _) = recv(&mut p, 2, rep("a", 2));
         assert_eq!(out, vec![entered("a", 1, 0)]);
-        assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs(1), NodeId(0))));
+        assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs::new(1), NodeId::new(0))));
         // Node 1's REPLY to "a" arrives later and changes nothing (Entered is emitted once).
         assert_eq!(recv(&mut p, 1, rep("a", 3)), (vec![], Ok(())));
     }
@@ -927,9 +932,9 @@ mod tests {
         net.acquire(0, 1, "a");
         net.deliver(0, 1); // node 1: clock 2, REPLY("a", 3) to node 0
         assert_eq!(net.acquire(1, 2, "a"), vec![send(0, req("a", 4))]);
-        net.handle(0, Event::Cancel { req: RequestId(1) }); // RELEASE("a", 2)
+        net.handle(0, Event::Cancel { req: RequestId::new(1) }); // RELEASE("a", 2)
         net.acquire(0, 3, "b"); // REQUEST("b", 3): only moves node 0's clock
-        net.handle(0, Event::Cancel { req: RequestId(3) }); // RELEASE("b", 4)
+        net.handle(0, Event::Cancel { req: RequestId::new(3) }); // RELEASE("b", 4)
         assert_eq!(net.acquire(0, 4, "a"), vec![send(1, req("a", 5))]);
         assert_eq!(net.in_flight(1, 0), vec![rep("a", 3), req("a", 4)]);
 
@@ -960,7 +965,7 @@ mod tests {
     /// Rule 5 over an explicit queue and `latest`.
     fn rule5(queue: &BTreeSet<(LamportTs, NodeId)>, me: NodeId, t: LamportTs, latest: &[u64]) -> bool {
         queue.first() == Some(&(t, me))
-            && latest.iter().enumerate().all(|(k, &l)| k == usize::from(me.0) || l > t.0)
+            && latest.iter().enumerate().all(|(k, &l)| k == me.index() || l > t.get())
     }
 
     /// A RELEASE goes to the waiters first, in queue order, then to everyone else: the next holder is the
@@ -979,7 +984,7 @@ mod tests {
             .release(0, 1)
             .into_iter()
             .filter_map(|a| match a {
-                Action::Send { to, msg: LamportMsg::Release { .. } } => Some(to.0),
+                Action::Send { to, msg: LamportMsg::Release { .. } } => Some(to.get()),
                 _ => None,
             })
             .collect();
@@ -1006,9 +1011,9 @@ mod tests {
         assert_eq!(net.deliver(0, 2), vec![send(0, rep("a", 6))]);
         assert_eq!(net.acquire(2, 30, "a"), vec![send(0, req("a", 7)), send(1, req("a", 7))]);
         assert_eq!(
-            net.handle(2, Event::Cancel { req: RequestId(30) }),
+            net.handle(2, Event::Cancel { req: RequestId::new(30) }),
             vec![
-                Action::Rejected { req: RequestId(30), reason: RejectReason::Cancelled },
+                Action::Rejected { req: RequestId::new(30), reason: RejectReason::Cancelled },
                 // In node 2's queue order: (1, 1) before (4, 0).
                 send(1, rel("a", 8)),
                 send(0, rel("a", 8)),
@@ -1028,7 +1033,10 @@ mod tests {
         let latest = &net.engines[0].protocol().latest;
         assert_eq!(latest, &vec![0, 7, 8]);
         let after_naive = naive_release_pops_head(before);
-        assert!(rule5(&after_naive, NodeId(0), LamportTs(4), latest), "head-pop lets node 0 enter too early");
+        assert!(
+            rule5(&after_naive, NodeId::new(0), LamportTs::new(4), latest),
+            "head-pop lets node 0 enter too early"
+        );
 
         net.release(1, 10);
         net.deliver_all();
@@ -1055,8 +1063,8 @@ mod tests {
         assert_eq!(
             net.grants.iter().map(|g| g.3).collect::<Vec<_>>(),
             vec![
-                FencingToken::from_ts(LamportTs(1), NodeId(0)),
-                FencingToken::from_ts(LamportTs(1), NodeId(1))
+                FencingToken::from_ts(LamportTs::new(1), NodeId::new(0)),
+                FencingToken::from_ts(LamportTs::new(1), NodeId::new(1))
             ]
         );
     }
@@ -1065,7 +1073,7 @@ mod tests {
     /// requests to it, an entered one with timestamp 0 so that it sorts first there.
     #[test]
     fn lamport_peer_restart_drops_its_state_and_resends_own_requests() {
-        let mut p = lamport(NodeId(0), 3);
+        let mut p = lamport(NodeId::new(0), 3);
         call(&mut p, Lamport::request, "a"); // (1, 0)
         let _ = recv(&mut p, 1, rep("a", 5));
         let (out, _) = recv(&mut p, 2, rep("a", 5));
@@ -1075,11 +1083,11 @@ mod tests {
             vec![out_send(1, req("b", 8)), out_send(2, req("b", 8))]
         );
         let _ = recv(&mut p, 1, req("c", 3)); // (3, 1) queued for c; REPLY 10
-        let peers = Peers::formed(NodeId(0), 3);
+        let peers = Peers::formed(NodeId::new(0), 3);
         let mut out = Vec::new();
-        p.peer_restarted(NodeId(1), &peers, &mut out);
+        p.peer_restarted(NodeId::new(1), &peers, &mut out);
         assert_eq!(out, vec![out_send(1, req("a", 0)), out_send(1, req("b", 8))]);
-        assert_eq!(p.latest_from(NodeId(1)), LamportTs(0));
+        assert_eq!(p.latest_from(NodeId::new(1)), LamportTs::new(0));
         assert!(!p.locks.contains_key("c"), "the restarted node's request died with it");
         // Rule 5 for b now waits for the new incarnation: node 2's message alone is not enough.
         let (out, _) = recv(&mut p, 2, rep("b", 12));
@@ -1123,20 +1131,20 @@ mod tests {
         // The old node 1 pushes its clock up with messages still in flight when it crashes.
         for r in 0..5 {
             net.acquire(1, r, "c");
-            net.handle(1, Event::Cancel { req: RequestId(r) });
+            net.handle(1, Event::Cancel { req: RequestId::new(r) });
         }
         net.restart(1);
         net.deliver(0, 1); // node 0's handshake, clock 0
         assert!(net.engines[1].joined());
         assert_eq!(net.acquire(1, 10, "a"), vec![send(0, req("a", 2))]);
         net.acquire(0, 20, "x"); // sent to the old incarnation: lost
-        net.handle(0, Event::Cancel { req: RequestId(20) });
+        net.handle(0, Event::Cancel { req: RequestId::new(20) });
         net.acquire(0, 21, "a");
         for _ in 0..10 {
             net.deliver(1, 0); // the old incarnation's messages, stamped up to 10
         }
         assert_eq!(net.holders("a"), vec![0]);
-        assert_eq!(net.engines[0].view("a").own_request, Some(LamportTs(3)));
+        assert_eq!(net.engines[0].view("a").own_request, Some(LamportTs::new(3)));
         // Node 0 learns of the restart: the held request goes out with timestamp 0.
         assert_eq!(net.deliver(1, 0), vec![send(1, req("a", 0))]);
         net.deliver_all();
@@ -1156,9 +1164,9 @@ mod tests {
         net.acquire(0, 2, "a");
         net.acquire(2, 3, "a");
         net.deliver(0, 1);
-        net.handle(0, Event::Cancel { req: RequestId(2) });
+        net.handle(0, Event::Cancel { req: RequestId::new(2) });
         net.deliver_all();
-        net.handle(2, Event::Cancel { req: RequestId(3) });
+        net.handle(2, Event::Cancel { req: RequestId::new(3) });
         net.release(1, 1);
         net.deliver_all();
         for e in &net.engines {
@@ -1172,14 +1180,14 @@ mod tests {
     /// sender, which will prove the same thing.
     #[test]
     fn lamport_footnote_ack_elision_skips_redundant_replies() {
-        let mut p = Lamport::with_ack_elision(NodeId(0), 2);
+        let mut p = Lamport::with_ack_elision(NodeId::new(0), 2);
         call(&mut p, Lamport::request, "x"); // REQUEST 1 to node 1
         call(&mut p, Lamport::request, "y"); // REQUEST 2 to node 1
         let (out, _) = recv(&mut p, 1, req("a", 1));
         assert_eq!(out, vec![], "REQUEST 2 already sent to node 1 is later than (1, 1)");
         let (out, _) = recv(&mut p, 1, req("b", 3));
         assert_eq!(out, vec![out_send(1, rep("b", 5)), entered("x", 1, 0), entered("y", 2, 0)]);
-        let mut plain = Lamport::fresh(NodeId(0), 2);
+        let mut plain = Lamport::fresh(NodeId::new(0), 2);
         call(&mut plain, Lamport::request, "x");
         call(&mut plain, Lamport::request, "y");
         assert_eq!(recv(&mut plain, 1, req("a", 1)).0, vec![out_send(1, rep("a", 4))]);
@@ -1221,31 +1229,31 @@ mod tests {
 
     #[test]
     fn lamport_unexpected_messages_are_refused_without_panic() {
-        let mut p = lamport(NodeId(0), 2);
+        let mut p = lamport(NodeId::new(0), 2);
         let (out, r) = recv(&mut p, 1, rel("nope", 4));
         assert_eq!(out, vec![]);
         assert!(matches!(r, Err(CoreError::Unexpected { kind: "RELEASE", .. })));
-        assert_eq!(p.clock(), LamportTs(5), "its timestamp still counts");
+        assert_eq!(p.clock(), LamportTs::new(5), "its timestamp still counts");
         assert!(p.locks.is_empty());
-        assert_eq!(recv(&mut p, 7, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId(7))));
-        assert_eq!(recv(&mut p, 0, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId(0))));
+        assert_eq!(recv(&mut p, 7, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId::new(7))));
+        assert_eq!(recv(&mut p, 0, req("a", 1)).1, Err(CoreError::UnknownPeer(NodeId::new(0))));
         // A huge timestamp saturates instead of overflowing.
         let _ = recv(&mut p, 1, rep("a", u64::MAX));
-        assert_eq!(p.clock(), LamportTs(u64::MAX));
+        assert_eq!(p.clock(), LamportTs::new(u64::MAX));
     }
 
     #[test]
     fn lamport_view_and_needs_peer() {
-        let mut p = lamport(NodeId(1), 3);
+        let mut p = lamport(NodeId::new(1), 3);
         let _ = recv(&mut p, 0, req("a", 1));
         call(&mut p, Lamport::request, "a");
         let v = p.view("a");
-        assert_eq!(v.own_request, Some(LamportTs(4)));
-        assert_eq!(v.holder, Some(NodeId(0)));
+        assert_eq!(v.own_request, Some(LamportTs::new(4)));
+        assert_eq!(v.holder, Some(NodeId::new(0)));
         assert!(!v.held_here);
         assert_eq!(queue(&p, "a"), vec![(1, 0), (4, 1)]);
-        assert!(p.needs_peer("a", NodeId(0)) && p.needs_peer("a", NodeId(2)));
-        assert!(!p.needs_peer("a", NodeId(1)) && !p.needs_peer("a", NodeId(3)));
+        assert!(p.needs_peer("a", NodeId::new(0)) && p.needs_peer("a", NodeId::new(2)));
+        assert!(!p.needs_peer("a", NodeId::new(1)) && !p.needs_peer("a", NodeId::new(3)));
         assert_eq!(p.view("zzz"), LockView::default());
     }
 
@@ -1255,19 +1263,19 @@ mod tests {
     fn lamport_engine_serves_local_waiters_fifo_and_handles_deadline_timers() {
         let mut net = Net::new(2, lamport);
         let dl = |req: u64, at: u64| Event::Acquire {
-            req: RequestId(req),
+            req: RequestId::new(req),
             lock: "a".into(),
-            deadline: Some(Millis(at)),
+            deadline: Some(Millis::new(at)),
             ttl: None,
         };
         assert_eq!(net.acquire(0, 1, "a"), vec![send(1, req("a", 1))]);
         assert_eq!(
             net.handle(0, dl(2, 100)),
-            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(100) }]
+            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId::new(2)), at: Millis::new(100) }]
         );
         assert_eq!(
             net.handle(0, dl(3, 100)),
-            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId(3)), at: Millis(100) }]
+            vec![Action::SetTimer { timer: TimerId::Deadline(RequestId::new(3)), at: Millis::new(100) }]
         );
         assert_eq!(net.acquire(0, 4, "a"), vec![]);
         assert_eq!(net.acquire(1, 5, "a"), vec![send(0, req("a", 1))]); // (1, 1) sorts after (1, 0)
@@ -1277,10 +1285,10 @@ mod tests {
         assert_eq!(net.deliver(1, 0), vec![granted(1, "a", 1, 0)]);
         // Request 3 gives up while waiting: its timer goes, it is rejected; no protocol traffic (2 still waits).
         assert_eq!(
-            net.handle(0, Event::Cancel { req: RequestId(3) }),
+            net.handle(0, Event::Cancel { req: RequestId::new(3) }),
             vec![
-                Action::CancelTimer { timer: TimerId::Deadline(RequestId(3)) },
-                Action::Rejected { req: RequestId(3), reason: RejectReason::Cancelled },
+                Action::CancelTimer { timer: TimerId::Deadline(RequestId::new(3)) },
+                Action::Rejected { req: RequestId::new(3), reason: RejectReason::Cancelled },
             ]
         );
         // Release: RELEASE, then a new REQUEST for the next local waiter, stamped after node 1's (1, 1).
@@ -1290,14 +1298,14 @@ mod tests {
         net.release(1, 5);
         net.deliver_all();
         assert_eq!(net.holders("a"), vec![0]);
-        assert_eq!(net.engines[0].holder("a"), Some(RequestId(2)));
+        assert_eq!(net.engines[0].holder("a"), Some(RequestId::new(2)));
         assert!(net.timers.is_empty(), "request 2's timer was cancelled on grant");
         // Request 4 times out (its timer would not exist; fire one anyway: a stale timer is ignored too).
-        assert_eq!(net.handle(0, Event::Timer { timer: TimerId::Deadline(RequestId(2)) }), vec![]);
+        assert_eq!(net.handle(0, Event::Timer { timer: TimerId::Deadline(RequestId::new(2)) }), vec![]);
         net.release(0, 2);
         net.deliver_all();
-        assert_eq!(net.engines[0].holder("a"), Some(RequestId(4)));
-        let order: Vec<u64> = net.grants.iter().map(|g| g.1.0).collect();
+        assert_eq!(net.engines[0].holder("a"), Some(RequestId::new(4)));
+        let order: Vec<u64> = net.grants.iter().map(|g| g.1.get()).collect();
         assert_eq!(order, vec![1, 5, 2, 4]);
     }
 
@@ -1307,20 +1315,24 @@ mod tests {
         let mut net = Net::new(2, lamport);
         net.acquire(1, 1, "a");
         net.deliver_all();
-        let acquire =
-            Event::Acquire { req: RequestId(2), lock: "a".into(), deadline: Some(Millis(50)), ttl: None };
+        let acquire = Event::Acquire {
+            req: RequestId::new(2),
+            lock: "a".into(),
+            deadline: Some(Millis::new(50)),
+            ttl: None,
+        };
         assert_eq!(
             net.handle(0, acquire),
             vec![
-                Action::SetTimer { timer: TimerId::Deadline(RequestId(2)), at: Millis(50) },
+                Action::SetTimer { timer: TimerId::Deadline(RequestId::new(2)), at: Millis::new(50) },
                 send(1, req("a", 4))
             ]
         );
-        net.now = Millis(50);
+        net.now = Millis::new(50);
         assert_eq!(
-            net.handle(0, Event::Timer { timer: TimerId::Deadline(RequestId(2)) }),
+            net.handle(0, Event::Timer { timer: TimerId::Deadline(RequestId::new(2)) }),
             vec![
-                Action::Rejected { req: RequestId(2), reason: RejectReason::TimedOut },
+                Action::Rejected { req: RequestId::new(2), reason: RejectReason::TimedOut },
                 send(1, rel("a", 5))
             ]
         );

@@ -17,7 +17,7 @@
 //! leases, the table of peer incarnations, joining after a (re)start); a [`Protocol`] holds only the
 //! distributed algorithm: when to send what, and when this node may enter the critical section.
 
-pub mod engine;
+mod engine;
 pub mod lamport;
 pub mod probable_owner;
 pub mod ricart_agrawala;
@@ -29,16 +29,21 @@ pub use engine::{Engine, EngineStats};
 
 /// Identifies a node: its index in the peer list, `0..n`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub u16);
+pub struct NodeId(u16);
 
 impl NodeId {
+    /// The node with peer-list index `id`.
+    pub const fn new(id: u16) -> Self {
+        NodeId(id)
+    }
+
     /// The id as the peer-list index it is (for indexing per-node vectors).
-    pub fn index(self) -> usize {
-        usize::from(self.0)
+    pub const fn index(self) -> usize {
+        self.0 as usize
     }
 
     /// The raw id, as it travels on the wire.
-    pub fn get(self) -> u16 {
+    pub const fn get(self) -> u16 {
         self.0
     }
 }
@@ -51,22 +56,32 @@ impl fmt::Display for NodeId {
 
 /// A Lamport logical timestamp (clock value).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LamportTs(pub u64);
+pub struct LamportTs(u64);
 
 impl LamportTs {
+    /// The clock value `ts`.
+    pub const fn new(ts: u64) -> Self {
+        LamportTs(ts)
+    }
+
     /// The raw value.
-    pub fn get(self) -> u64 {
+    pub const fn get(self) -> u64 {
         self.0
     }
 }
 
 /// A fencing token: strictly increasing per lock, across the cluster, in grant order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FencingToken(pub u64);
+pub struct FencingToken(u64);
 
 impl FencingToken {
+    /// The token with raw value `token` (as a client received it).
+    pub const fn new(token: u64) -> Self {
+        FencingToken(token)
+    }
+
     /// The raw token, as clients compare it against the last token their resource accepted.
-    pub fn get(self) -> u64 {
+    pub const fn get(self) -> u64 {
         self.0
     }
 
@@ -78,40 +93,55 @@ impl FencingToken {
 
     /// The token of a probable-owner grant: the ownership epoch in the high 32 bits and the grant's
     /// sequence number within that epoch in the low 32.
-    pub fn from_epoch(epoch: u64, seq: u32) -> Self {
-        FencingToken((epoch << 32) | u64::from(seq))
+    pub fn from_epoch(epoch: probable_owner::OwnershipEpoch, seq: u32) -> Self {
+        FencingToken((epoch.get() << 32) | u64::from(seq))
     }
 }
 
 /// A local acquire request, named by the runtime. Unique per node (and incarnation).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RequestId(pub u64);
+pub struct RequestId(u64);
 
 impl RequestId {
+    /// The request named `id`.
+    pub const fn new(id: u64) -> Self {
+        RequestId(id)
+    }
+
     /// The raw value.
-    pub fn get(self) -> u64 {
+    pub const fn get(self) -> u64 {
         self.0
     }
 }
 
 /// A process incarnation: changes every time a node starts, so peers can tell a restart from a reconnect.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Incarnation(pub u64);
+pub struct Incarnation(u64);
 
 impl Incarnation {
+    /// The incarnation numbered `n`.
+    pub const fn new(n: u64) -> Self {
+        Incarnation(n)
+    }
+
     /// The raw value.
-    pub fn get(self) -> u64 {
+    pub const fn get(self) -> u64 {
         self.0
     }
 }
 
 /// Virtual or real time in milliseconds since an arbitrary origin. Cores only compare and add.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Millis(pub u64);
+pub struct Millis(u64);
 
 impl Millis {
+    /// `ms` milliseconds after the origin.
+    pub const fn new(ms: u64) -> Self {
+        Millis(ms)
+    }
+
     /// The raw value.
-    pub fn get(self) -> u64 {
+    pub const fn get(self) -> u64 {
         self.0
     }
 }
@@ -211,24 +241,24 @@ pub enum Event<M> {
     },
     /// A message from a peer.
     Message {
-        /// Sender.
+        /// The peer that sent it (a node outside the cluster is refused with [`CoreError::UnknownPeer`]).
         from: NodeId,
         /// The sender's incarnation when it sent the message; stale incarnations are dropped.
         incarnation: Incarnation,
-        /// Payload.
+        /// The algorithm's message, handed to [`Protocol::on_message`].
         msg: M,
     },
     /// A timer set by [`Action::SetTimer`] fired.
     Timer {
-        /// Which one.
+        /// The id it was set under; a timer cancelled or replaced since never fires.
         timer: TimerId,
     },
     /// A peer introduced itself (handshake): first contact, or a restart when the incarnation changed.
     /// Delivered before any message of that incarnation.
     PeerIncarnation {
-        /// The peer.
+        /// The peer that completed the handshake.
         peer: NodeId,
-        /// Its incarnation.
+        /// The incarnation it announced: newer than the known one means it restarted and lost its state.
         incarnation: Incarnation,
         /// Its Lamport clock at the handshake (IR2 applies to it).
         clock: LamportTs,
@@ -267,25 +297,25 @@ pub enum RejectReason {
 pub enum Action<M> {
     /// Send `msg` to peer `to` (reliable, FIFO per pair).
     Send {
-        /// Destination.
+        /// The peer to send to (never this node).
         to: NodeId,
-        /// Payload.
+        /// The algorithm's message.
         msg: M,
     },
     /// The local request `req` now holds `lock`.
     Granted {
-        /// The request.
+        /// The [`Event::Acquire`] that is granted.
         req: RequestId,
-        /// The lock.
+        /// The lock it asked for.
         lock: LockName,
-        /// Its fencing token.
+        /// The grant's fencing token: larger than every earlier grant's for this lock, cluster-wide.
         token: FencingToken,
     },
     /// The local request `req` ended without a grant.
     Rejected {
-        /// The request.
+        /// The [`Event::Acquire`] that ended; its id may be reused from now on.
         req: RequestId,
-        /// Why.
+        /// Cancelled or timed out.
         reason: RejectReason,
     },
     /// The lease of the local holder `req` ended without a release or keepalive: the engine has released `lock`
@@ -293,19 +323,19 @@ pub enum Action<M> {
     LeaseExpired {
         /// The request whose grant ended.
         req: RequestId,
-        /// Its lock.
+        /// The lock it held, now released.
         lock: LockName,
     },
     /// Deliver [`Event::Timer`] at `at` (replaces an earlier timer with the same id).
     SetTimer {
-        /// Which timer.
+        /// The id the timer fires under.
         timer: TimerId,
-        /// When.
+        /// The time (on the driver's clock) it fires at.
         at: Millis,
     },
     /// Forget a timer.
     CancelTimer {
-        /// Which timer.
+        /// The id of the timer that must not fire.
         timer: TimerId,
     },
 }
@@ -345,17 +375,17 @@ pub enum CoreError {
     /// A message came from an incarnation older than the newest one known.
     #[error("message from stale incarnation {incarnation:?} of node {peer}")]
     StaleIncarnation {
-        /// Sender.
+        /// The peer that sent the message.
         peer: NodeId,
-        /// Its (old) incarnation.
+        /// The incarnation the message came from, older than the newest known.
         incarnation: Incarnation,
     },
     /// A message that makes no sense in the current state (e.g. a RELEASE for a lock never requested).
     #[error("unexpected {kind} from node {from}: {reason}")]
     Unexpected {
-        /// Sender.
+        /// The peer that sent the message.
         from: NodeId,
-        /// Message type.
+        /// Its [`ProtocolMessage::kind`].
         kind: &'static str,
         /// What was wrong.
         reason: &'static str,
@@ -367,14 +397,14 @@ pub enum CoreError {
 pub enum Output<M> {
     /// Send a message.
     Send {
-        /// Destination.
+        /// The peer to send to (never this node).
         to: NodeId,
-        /// Payload.
+        /// The message.
         msg: M,
     },
     /// This node may now enter the critical section of `lock` with `token`.
     Entered {
-        /// The lock.
+        /// The lock whose critical section this node enters; the engine grants it to its oldest local waiter.
         lock: LockName,
         /// The grant's fencing token.
         token: FencingToken,
@@ -475,13 +505,13 @@ impl Peers {
     /// A cluster of `n` nodes seen from `me` where every node is already known at incarnation 0
     /// (a cluster formed at time zero: unit tests, simulation, model checking).
     pub fn formed(me: NodeId, n: usize) -> Self {
-        Peers { me, incarnations: vec![Some(Incarnation(0)); n] }
+        Peers { me, incarnations: vec![Some(Incarnation::new(0)); n] }
     }
 
     /// A cluster of `n` nodes seen from `me`, no peer heard yet.
     pub fn new(me: NodeId, n: usize, my_incarnation: Incarnation) -> Self {
         let mut incarnations = vec![None; n];
-        incarnations[usize::from(me.0)] = Some(my_incarnation);
+        incarnations[me.index()] = Some(my_incarnation);
         Peers { me, incarnations }
     }
 
@@ -502,7 +532,7 @@ impl Peers {
 
     /// Every node id, this one included, in order.
     pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.incarnations.len()).map(|i| NodeId(i as u16))
+        (0..self.incarnations.len()).map(|i| NodeId::new(i as u16))
     }
 
     /// Every other node, in order.
@@ -513,12 +543,12 @@ impl Peers {
 
     /// Whether `node` is a member of the cluster.
     pub fn contains(&self, node: NodeId) -> bool {
-        usize::from(node.0) < self.incarnations.len()
+        node.index() < self.incarnations.len()
     }
 
     /// The newest incarnation of `node` heard so far.
     pub fn incarnation(&self, node: NodeId) -> Option<Incarnation> {
-        self.incarnations.get(usize::from(node.0)).copied().flatten()
+        self.incarnations.get(node.index()).copied().flatten()
     }
 
     /// Whether every peer's handshake has been heard.
@@ -528,7 +558,7 @@ impl Peers {
 
     /// Records `node`'s incarnation. Returns what changed.
     pub fn observe(&mut self, node: NodeId, incarnation: Incarnation) -> PeerChange {
-        let Some(slot) = self.incarnations.get_mut(usize::from(node.0)) else {
+        let Some(slot) = self.incarnations.get_mut(node.index()) else {
             return PeerChange::Unknown;
         };
         match *slot {
@@ -598,7 +628,7 @@ pub fn home_node(lock: &str, n: usize) -> NodeId {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    NodeId((h % n.max(1) as u64) as u16)
+    NodeId::new((h % n.max(1) as u64) as u16)
 }
 
 #[cfg(test)]
@@ -608,31 +638,34 @@ mod tests {
     #[test]
     fn home_hash_is_stable_and_documented() {
         // FNV-1a 64 test vectors: "" -> cbf29ce484222325, "a" -> af63dc4c8601ec8c.
-        assert_eq!(home_node("", 1 << 15), NodeId((0xcbf2_9ce4_8422_2325u64 % (1 << 15)) as u16));
-        assert_eq!(home_node("a", 1000), NodeId((0xaf63_dc4c_8601_ec8cu64 % 1000) as u16));
-        assert_eq!(home_node("orders", 1), NodeId(0));
+        assert_eq!(home_node("", 1 << 15), NodeId::new((0xcbf2_9ce4_8422_2325u64 % (1 << 15)) as u16));
+        assert_eq!(home_node("a", 1000), NodeId::new((0xaf63_dc4c_8601_ec8cu64 % 1000) as u16));
+        assert_eq!(home_node("orders", 1), NodeId::new(0));
     }
 
     #[test]
     fn tokens_order_like_the_total_order() {
-        let a = FencingToken::from_ts(LamportTs(5), NodeId(3));
-        let b = FencingToken::from_ts(LamportTs(5), NodeId(4));
-        let c = FencingToken::from_ts(LamportTs(6), NodeId(0));
+        let a = FencingToken::from_ts(LamportTs::new(5), NodeId::new(3));
+        let b = FencingToken::from_ts(LamportTs::new(5), NodeId::new(4));
+        let c = FencingToken::from_ts(LamportTs::new(6), NodeId::new(0));
         assert!(a < b && b < c);
-        assert!(FencingToken::from_epoch(1, u32::MAX) < FencingToken::from_epoch(2, 1));
+        assert!(
+            FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(1), u32::MAX)
+                < FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(2), 1)
+        );
     }
 
     #[test]
     fn peers_track_incarnations() {
-        let mut p = Peers::new(NodeId(0), 3, Incarnation(7));
+        let mut p = Peers::new(NodeId::new(0), 3, Incarnation::new(7));
         assert!(!p.all_known());
-        assert_eq!(p.observe(NodeId(1), Incarnation(1)), PeerChange::Joined);
-        assert_eq!(p.observe(NodeId(1), Incarnation(1)), PeerChange::Same);
-        assert_eq!(p.observe(NodeId(1), Incarnation(0)), PeerChange::Stale);
-        assert_eq!(p.observe(NodeId(1), Incarnation(2)), PeerChange::Restarted);
-        assert_eq!(p.observe(NodeId(9), Incarnation(2)), PeerChange::Unknown);
-        assert_eq!(p.observe(NodeId(2), Incarnation(1)), PeerChange::Joined);
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(1)), PeerChange::Joined);
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(1)), PeerChange::Same);
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(0)), PeerChange::Stale);
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(2)), PeerChange::Restarted);
+        assert_eq!(p.observe(NodeId::new(9), Incarnation::new(2)), PeerChange::Unknown);
+        assert_eq!(p.observe(NodeId::new(2), Incarnation::new(1)), PeerChange::Joined);
         assert!(p.all_known());
-        assert_eq!(p.others().collect::<Vec<_>>(), vec![NodeId(1), NodeId(2)]);
+        assert_eq!(p.others().collect::<Vec<_>>(), vec![NodeId::new(1), NodeId::new(2)]);
     }
 }

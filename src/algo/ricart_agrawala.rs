@@ -107,14 +107,14 @@ pub struct RicartAgrawala {
 impl RicartAgrawala {
     fn tick(&mut self) -> LamportTs {
         self.clock = self.clock.saturating_add(1);
-        LamportTs(self.clock)
+        LamportTs::new(self.clock)
     }
 
     fn receive(&mut self, from: NodeId, ts: LamportTs) -> Result<(), CoreError> {
-        if from == self.me || usize::from(from.0) >= self.n {
+        if from == self.me || from.index() >= self.n {
             return Err(CoreError::UnknownPeer(from));
         }
-        self.clock = self.clock.max(ts.0).saturating_add(1);
+        self.clock = self.clock.max(ts.get()).saturating_add(1);
         Ok(())
     }
 
@@ -220,7 +220,7 @@ impl Protocol for RicartAgrawala {
     }
 
     fn observe_clock(&mut self, clock: LamportTs) {
-        self.clock = self.clock.max(clock.0).saturating_add(1);
+        self.clock = self.clock.max(clock.get()).saturating_add(1);
     }
 
     fn peer_restarted(&mut self, peer: NodeId, _peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
@@ -236,7 +236,7 @@ impl Protocol for RicartAgrawala {
     }
 
     fn clock(&self) -> LamportTs {
-        LamportTs(self.clock)
+        LamportTs::new(self.clock)
     }
 
     fn view(&self, lock: &str) -> LockView {
@@ -259,7 +259,7 @@ impl Protocol for RicartAgrawala {
 
     fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
         // An entry needs a REPLY from every other node.
-        peer != self.me && usize::from(peer.0) < self.n
+        peer != self.me && peer.index() < self.n
     }
 }
 
@@ -270,16 +270,19 @@ mod tests {
     use crate::algo::{Action, Engine, Event, Millis, RejectReason, RequestId};
 
     fn req(lock: &str, ts: u64) -> RaMsg {
-        RaMsg::Request { lock: lock.into(), ts: LamportTs(ts) }
+        RaMsg::Request { lock: lock.into(), ts: LamportTs::new(ts) }
     }
     fn rep(lock: &str, ts: u64, req_ts: u64) -> RaMsg {
-        RaMsg::Reply { lock: lock.into(), ts: LamportTs(ts), req_ts: LamportTs(req_ts) }
+        RaMsg::Reply { lock: lock.into(), ts: LamportTs::new(ts), req_ts: LamportTs::new(req_ts) }
     }
     fn send(to: u16, msg: RaMsg) -> Output<RaMsg> {
-        Output::Send { to: NodeId(to), msg }
+        Output::Send { to: NodeId::new(to), msg }
     }
     fn entered(lock: &str, ts: u64, node: u16) -> Output<RaMsg> {
-        Output::Entered { lock: lock.into(), token: FencingToken::from_ts(LamportTs(ts), NodeId(node)) }
+        Output::Entered {
+            lock: lock.into(),
+            token: FencingToken::from_ts(LamportTs::new(ts), NodeId::new(node)),
+        }
     }
     fn ra(me: NodeId, n: usize) -> RicartAgrawala {
         RicartAgrawala::fresh(me, n)
@@ -287,7 +290,7 @@ mod tests {
     fn recv(p: &mut RicartAgrawala, from: u16, msg: RaMsg) -> Vec<Output<RaMsg>> {
         let mut peers = Peers::formed(p.me, p.n);
         let mut out = Vec::new();
-        p.on_message(NodeId(from), msg, &mut peers, &mut out).expect("accepted");
+        p.on_message(NodeId::new(from), msg, &mut peers, &mut out).expect("accepted");
         out
     }
     fn call(
@@ -303,28 +306,28 @@ mod tests {
 
     #[test]
     fn ra_request_goes_to_every_other_node() {
-        let mut e = Engine::new(ra(NodeId(0), 3), Peers::formed(NodeId(0), 3));
+        let mut e = Engine::new(ra(NodeId::new(0), 3), Peers::formed(NodeId::new(0), 3));
         let mut out = Vec::new();
         e.handle(
-            Millis(0),
-            Event::Acquire { req: RequestId(1), lock: "a".into(), deadline: None, ttl: None },
+            Millis::new(0),
+            Event::Acquire { req: RequestId::new(1), lock: "a".into(), deadline: None, ttl: None },
             &mut out,
         )
         .unwrap();
-        let sends = |to: u16| Action::Send { to: NodeId(to), msg: req("a", 1) };
+        let sends = |to: u16| Action::Send { to: NodeId::new(to), msg: req("a", 1) };
         assert_eq!(out, vec![sends(1), sends(2)]);
-        assert_eq!(e.view("a").own_request, Some(LamportTs(1)));
+        assert_eq!(e.view("a").own_request, Some(LamportTs::new(1)));
     }
 
     /// A node answers at once when it neither holds nor requests the lock; IR2 applies to every receipt.
     #[test]
     fn ra_idle_node_replies_at_once_naming_the_request() {
-        let mut p = ra(NodeId(0), 3);
+        let mut p = ra(NodeId::new(0), 3);
         assert_eq!(recv(&mut p, 1, req("a", 5)), vec![send(1, rep("a", 7, 5))]);
         assert_eq!(recv(&mut p, 2, rep("zzz", 3, 9)), vec![], "a reply for nothing is stale");
-        assert_eq!(p.clock(), LamportTs(8));
-        p.observe_clock(LamportTs(20));
-        assert_eq!(p.clock(), LamportTs(21));
+        assert_eq!(p.clock(), LamportTs::new(8));
+        p.observe_clock(LamportTs::new(20));
+        assert_eq!(p.clock(), LamportTs::new(21));
         assert!(p.locks.is_empty());
     }
 
@@ -332,7 +335,7 @@ mod tests {
     /// timestamps are ordered by node id.
     #[test]
     fn ra_priority_by_timestamp_then_node_id() {
-        let mut p = ra(NodeId(1), 3);
+        let mut p = ra(NodeId::new(1), 3);
         assert_eq!(
             call(&mut p, RicartAgrawala::request, "a"),
             vec![send(0, req("a", 1)), send(2, req("a", 1))]
@@ -342,38 +345,38 @@ mod tests {
         // (1, 1) < (1, 2): deferred.
         assert_eq!(recv(&mut p, 2, req("a", 1)), vec![]);
         // (1, 1) < (9, 0): deferred too.
-        let mut q = ra(NodeId(1), 3);
+        let mut q = ra(NodeId::new(1), 3);
         call(&mut q, RicartAgrawala::request, "a");
         assert_eq!(recv(&mut q, 0, req("a", 9)), vec![]);
         assert_eq!(recv(&mut q, 2, req("a", 0)), vec![send(2, rep("a", 12, 0))]);
         let view = q.view("a");
-        assert_eq!(view.queue.iter().map(|e| e.node.0).collect::<Vec<_>>(), vec![1, 0]);
+        assert_eq!(view.queue.iter().map(|e| e.node.get()).collect::<Vec<_>>(), vec![1, 0]);
     }
 
     /// Deferred requests are answered on release, each REPLY naming the request it answers; requests that
     /// arrive in the critical section are deferred whatever their timestamp.
     #[test]
     fn ra_deferred_requests_are_answered_on_release() {
-        let mut p = ra(NodeId(0), 3);
+        let mut p = ra(NodeId::new(0), 3);
         call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
         assert_eq!(recv(&mut p, 2, req("a", 4)), vec![]);
         assert_eq!(recv(&mut p, 1, rep("a", 2, 1)), vec![]);
         assert_eq!(recv(&mut p, 2, rep("a", 5, 1)), vec![entered("a", 1, 0)]);
         assert_eq!(recv(&mut p, 1, req("a", 1)), vec![], "in the critical section everything waits");
         assert!(p.view("a").held_here);
-        assert_eq!(p.view("a").holder, Some(NodeId(0)));
+        assert_eq!(p.view("a").holder, Some(NodeId::new(0)));
         assert_eq!(
             call(&mut p, RicartAgrawala::release, "a"),
             vec![send(1, rep("a", 9, 1)), send(2, rep("a", 9, 4))]
         );
         assert!(p.locks.is_empty());
-        assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs(1), NodeId(0))));
+        assert_eq!(p.view("a").last_token, Some(FencingToken::from_ts(LamportTs::new(1), NodeId::new(0))));
     }
 
     /// The deferred answers leave oldest request first: the likely next holder hears first.
     #[test]
     fn ra_release_answers_the_oldest_deferred_request_first() {
-        let mut p = ra(NodeId(0), 4);
+        let mut p = ra(NodeId::new(0), 4);
         call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
         for peer in 1..4 {
             recv(&mut p, peer, rep("a", 2, 1));
@@ -385,7 +388,7 @@ mod tests {
         let order: Vec<u16> = call(&mut p, RicartAgrawala::release, "a")
             .into_iter()
             .filter_map(|o| match o {
-                Output::Send { to, .. } => Some(to.0),
+                Output::Send { to, .. } => Some(to.get()),
                 _ => None,
             })
             .collect();
@@ -395,7 +398,7 @@ mod tests {
     /// A REPLY names the request it answers: replies to a withdrawn request do not count for the next one.
     #[test]
     fn ra_stale_reply_to_a_withdrawn_request_is_ignored() {
-        let mut p = ra(NodeId(0), 2);
+        let mut p = ra(NodeId::new(0), 2);
         call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
         assert_eq!(recv(&mut p, 1, req("a", 1)), vec![], "(1, 0) < (1, 1): deferred");
         // Withdrawing answers the deferred request.
@@ -407,16 +410,16 @@ mod tests {
 
     #[test]
     fn ra_peer_restart_drops_its_deferred_request_and_resends_ours_if_unanswered() {
-        let mut p = ra(NodeId(0), 3);
+        let mut p = ra(NodeId::new(0), 3);
         call(&mut p, RicartAgrawala::request, "a"); // (1, 0)
         call(&mut p, RicartAgrawala::request, "b"); // (2, 0)
         recv(&mut p, 1, req("a", 7)); // deferred
         recv(&mut p, 1, rep("b", 8, 2)); // node 1 agreed to b; a still awaits it
         recv(&mut p, 2, rep("b", 8, 2)); // b entered
         recv(&mut p, 1, req("b", 9)); // deferred in the critical section
-        let peers = Peers::formed(NodeId(0), 3);
+        let peers = Peers::formed(NodeId::new(0), 3);
         let mut out = Vec::new();
-        p.peer_restarted(NodeId(1), &peers, &mut out);
+        p.peer_restarted(NodeId::new(1), &peers, &mut out);
         assert_eq!(out, vec![send(1, req("a", 1))]);
         assert!(p.locks.values().all(|st| st.deferred.is_empty()));
         // The old incarnation's requests died with it: releasing answers nobody.
@@ -428,24 +431,28 @@ mod tests {
         let mut net = Net::new(2, ra);
         net.acquire(0, 1, "a");
         net.acquire(0, 2, "a");
-        let acquire =
-            Event::Acquire { req: RequestId(3), lock: "a".into(), deadline: Some(Millis(10)), ttl: None };
+        let acquire = Event::Acquire {
+            req: RequestId::new(3),
+            lock: "a".into(),
+            deadline: Some(Millis::new(10)),
+            ttl: None,
+        };
         net.handle(0, acquire);
         net.acquire(1, 4, "a");
         net.deliver_all();
         assert_eq!(net.holders("a"), vec![0]);
         assert_eq!(
-            net.handle(0, Event::Cancel { req: RequestId(3) }),
+            net.handle(0, Event::Cancel { req: RequestId::new(3) }),
             vec![
-                Action::CancelTimer { timer: crate::algo::TimerId::Deadline(RequestId(3)) },
-                Action::Rejected { req: RequestId(3), reason: RejectReason::Cancelled },
+                Action::CancelTimer { timer: crate::algo::TimerId::Deadline(RequestId::new(3)) },
+                Action::Rejected { req: RequestId::new(3), reason: RejectReason::Cancelled },
             ]
         );
         for (node, r) in [(0, 1), (1, 4), (0, 2)] {
             net.release(node, r);
             net.deliver_all();
         }
-        let order: Vec<u64> = net.grants.iter().map(|g| g.1.0).collect();
+        let order: Vec<u64> = net.grants.iter().map(|g| g.1.get()).collect();
         assert_eq!(order, vec![1, 4, 2], "node 1 is served between node 0's two local waiters");
     }
 
@@ -457,8 +464,8 @@ mod tests {
         net.acquire(0, 2, "a");
         net.acquire(2, 3, "a");
         net.deliver_all();
-        net.handle(0, Event::Cancel { req: RequestId(2) });
-        net.handle(2, Event::Cancel { req: RequestId(3) });
+        net.handle(0, Event::Cancel { req: RequestId::new(2) });
+        net.handle(2, Event::Cancel { req: RequestId::new(3) });
         net.release(1, 1);
         net.deliver_all();
         for e in &net.engines {
@@ -478,18 +485,20 @@ mod tests {
 
     #[test]
     fn ra_unknown_sender_is_refused() {
-        let mut p = ra(NodeId(0), 2);
-        let mut peers = Peers::formed(NodeId(0), 2);
+        let mut p = ra(NodeId::new(0), 2);
+        let mut peers = Peers::formed(NodeId::new(0), 2);
         let mut out = Vec::new();
         assert_eq!(
-            p.on_message(NodeId(5), req("a", 1), &mut peers, &mut out),
-            Err(CoreError::UnknownPeer(NodeId(5)))
+            p.on_message(NodeId::new(5), req("a", 1), &mut peers, &mut out),
+            Err(CoreError::UnknownPeer(NodeId::new(5)))
         );
-        assert_eq!(p.on_message(NodeId(1), rep("a", u64::MAX, 0), &mut peers, &mut out), Ok(()));
-        assert_eq!(p.clock(), LamportTs(u64::MAX));
+        assert_eq!(p.on_message(NodeId::new(1), rep("a", u64::MAX, 0), &mut peers, &mut out), Ok(()));
+        assert_eq!(p.clock(), LamportTs::new(u64::MAX));
         assert!(out.is_empty());
         assert!(
-            p.needs_peer("a", NodeId(1)) && !p.needs_peer("a", NodeId(0)) && !p.needs_peer("a", NodeId(2))
+            p.needs_peer("a", NodeId::new(1))
+                && !p.needs_peer("a", NodeId::new(0))
+                && !p.needs_peer("a", NodeId::new(2))
         );
     }
 

@@ -159,7 +159,7 @@ impl Client {
     }
 
     /// `GET` of the endpoint's `segments` with `query` pairs, decoded as `R`.
-    pub async fn get_json<R: DeserializeOwned>(
+    pub(crate) async fn get_json<R: DeserializeOwned>(
         &self,
         segments: &[&str],
         query: &[(&str, &str)],
@@ -206,7 +206,7 @@ impl Client {
     }
 
     /// `GET /v1/stats`.
-    pub async fn stats(&self) -> Result<Stats, ClientError> {
+    pub(crate) async fn stats(&self) -> Result<Stats, ClientError> {
         self.get_json(&["v1", "stats"], &[]).await
     }
 

@@ -34,7 +34,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// The HTTP status for this error.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Timeout(_) => 408,
@@ -47,7 +47,7 @@ impl ApiError {
     }
 
     /// A stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Timeout(_) => "timeout",
@@ -61,7 +61,7 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> ErrorBody {
+    pub(crate) fn body(&self) -> ErrorBody {
         ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } }
     }
 }

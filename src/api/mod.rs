@@ -2,6 +2,8 @@
 //! the client that speaks to it.
 
 pub mod client;
-pub mod error;
-pub mod router;
+pub(crate) mod error;
+pub(crate) mod router;
 pub mod types;
+
+pub use router::waiting_router;

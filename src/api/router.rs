@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest lock name (bytes).
-pub const MAX_LOCK_NAME: usize = 256;
+pub(crate) const MAX_LOCK_NAME: usize = 256;
 /// Longest acquire timeout a client may ask for.
-pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+pub(crate) const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -44,12 +44,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Extra read-only endpoints contributed by other parts of the program (e.g. the built-in workload).
-pub type Extension = Router<AppState>;
-
 /// State of the HTTP layer.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The node.
     pub node: NodeHandle,
     /// The built-in workload's status, if one is configured.
@@ -59,7 +56,7 @@ pub struct AppState {
 }
 
 /// The router. Tests mount it on a listener they bound themselves.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -141,7 +138,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 /// Checks a lock name: 1–256 bytes of UTF-8 without control characters.
-pub fn validate_lock_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_lock_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_LOCK_NAME {
         return Err(ApiError::BadRequest(format!("lock name must be 1 to {MAX_LOCK_NAME} bytes")));
     }
@@ -251,7 +248,7 @@ async fn flow(
     }
     let limit = q.limit.unwrap_or(crate::obs::flow::DEFAULT_CAPACITY).min(crate::obs::flow::DEFAULT_CAPACITY);
     let records = s.node.shared.flow_records(q.lock.as_deref(), q.acquire.as_deref(), limit);
-    Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.0, records }).into_response())
+    Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.get(), records }).into_response())
 }
 
 async fn workload(State(s): State<AppState>) -> Response {

@@ -111,7 +111,7 @@ pub struct AcquireBody {
 /// one is answered with a 400 that says what is missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReleaseBody {
+pub(crate) struct ReleaseBody {
     /// The lease the grant returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseId>,
@@ -119,7 +119,7 @@ pub struct ReleaseBody {
 
 /// `POST /v1/locks/{name}/release` → 200.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseResponse {
+pub(crate) struct ReleaseResponse {
     /// The lease that held the lock.
     pub lease: LeaseId,
     /// The lock.
@@ -131,11 +131,11 @@ pub struct ReleaseResponse {
 /// The body of `POST /v1/leases/{lease}/keepalive`: `{}`. The node reads nothing from it (the lease is in the
 /// path), so any body is accepted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeepaliveBody {}
+pub(crate) struct KeepaliveBody {}
 
 /// `POST /v1/leases/{lease}/keepalive` → 200: the lease runs for `ttl_ms` from now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeepaliveResponse {
+pub(crate) struct KeepaliveResponse {
     /// The lease kept alive (a client accepts an answer without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseId>,
@@ -146,14 +146,14 @@ pub struct KeepaliveResponse {
 
 /// Every error response: `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The inside of an [`ErrorBody`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable machine-readable code, e.g. `timeout` (see [`crate::api::error::ApiError::code`]).
     pub code: String,
     /// Human-readable explanation.

@@ -71,7 +71,7 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
     let tcfg = TelemetryConfig {
         log: cfg.log.clone(),
         json: cfg.log_format == LogFormat::Json,
-        node_id: cfg.node_id.0,
+        node_id: cfg.node_id.get(),
     };
     // With DNS discovery the node id is only known after discovery, which logs through this subscriber: name
     // the instance by its host name (the container) instead.

@@ -33,7 +33,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
-pub use crate::experiment::workload::CsEntry;
+pub(crate) use crate::experiment::workload::CsEntry;
 
 /// The style every chart's mesh shares: fonts, no minor grid lines, a light major grid.
 fn house_mesh<'m, 'a, 'b, X, Y, XT, YT, DB>(
@@ -51,9 +51,9 @@ where
 }
 
 /// Width of every chart in pixels.
-pub const WIDTH: u32 = 960;
+pub(crate) const WIDTH: u32 = 960;
 /// Height of every chart in pixels.
-pub const HEIGHT: u32 = 480;
+pub(crate) const HEIGHT: u32 = 480;
 /// Width of the legend panel on the right of each chart, in pixels.
 const LEGEND_WIDTH: u32 = 215;
 /// Opacity of data bars and markers (legend swatches are opaque): makes them countable in the SVG.
@@ -127,12 +127,12 @@ pub struct SweepPoint {
 
 impl SweepPoint {
     /// Messages per critical-section entry, `None` without entries.
-    pub fn messages_per_entry(&self) -> Option<f64> {
+    pub(crate) fn messages_per_entry(&self) -> Option<f64> {
         (self.entries > 0).then(|| self.messages as f64 / self.entries as f64)
     }
 
     /// Entries per second, `None` when the run took no (or a non-finite) time.
-    pub fn entries_per_s(&self) -> Option<f64> {
+    pub(crate) fn entries_per_s(&self) -> Option<f64> {
         (self.execution_ms.is_finite() && self.execution_ms > 0.0)
             .then(|| self.entries as f64 / (self.execution_ms / 1000.0))
     }
@@ -181,7 +181,7 @@ fn entry_is_finite(e: &CsEntry) -> bool {
 /// Intervals are `[enter, max(exit, enter)]` and two overlap when each starts strictly before the other ends, so
 /// one that starts exactly when another ends does not overlap it. Entries with non-finite times never overlap.
 /// Cost: a sort per lock plus the number of overlapping pairs.
-pub fn overlaps(entries: &[CsEntry]) -> Vec<bool> {
+pub(crate) fn overlaps(entries: &[CsEntry]) -> Vec<bool> {
     let mut by_lock: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         if entry_is_finite(e) {
@@ -220,7 +220,7 @@ pub fn overlaps(entries: &[CsEntry]) -> Vec<bool> {
 
 /// Waiting-time statistics per node (entries with non-finite times are skipped; a negative wait, which only a
 /// broken clock could produce, counts as zero).
-pub fn latency_stats(entries: &[CsEntry]) -> BTreeMap<u16, LatencyStats> {
+pub(crate) fn latency_stats(entries: &[CsEntry]) -> BTreeMap<u16, LatencyStats> {
     let mut waits: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
     for e in entries.iter().filter(|e| entry_is_finite(e)) {
         waits.entry(e.node).or_default().push((e.enter_ms - e.request_ms).max(0.0));
@@ -386,7 +386,7 @@ fn label_step(n: usize, max: usize) -> usize {
 ///
 /// x: ms since the first request; one row per node (ascending node id, top-down). Each entry is one bar from enter
 /// to exit (at least ~2 px wide, so zero-length sections stay visible), filled with its node's colour, or with
-/// [`WARNING_COLOUR`] if it overlaps another entry of the same lock (see [`overlaps`]); then the title gets
+/// [`WARNING_COLOUR`] if it overlaps another entry of the same lock (see `overlaps`); then the title gets
 /// " — OVERLAP!". A thin grey line marks the request→enter wait. Entries with non-finite times are not drawn.
 pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
     let flags = overlaps(entries);
@@ -471,7 +471,7 @@ pub fn gantt(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
     })
 }
 
-/// Waiting latency (enter − request) per node: mean and p99 bars side by side, y in ms (see [`latency_stats`]).
+/// Waiting latency (enter − request) per node: mean and p99 bars side by side, y in ms (see `latency_stats`).
 pub fn latency(entries: &[CsEntry], title: &str) -> Result<String, ChartError> {
     let stats = latency_stats(entries);
     let names: Vec<String> = stats.keys().map(|n| format!("node {n}")).collect();

@@ -79,7 +79,7 @@ impl ExperimentError {
     }
 
     /// Whether Ctrl-C caused this.
-    pub fn is_interrupted(&self) -> bool {
+    pub(crate) fn is_interrupted(&self) -> bool {
         match self {
             ExperimentError::Interrupted => true,
             ExperimentError::Experiment { error, .. } => error.is_interrupted(),

@@ -2,7 +2,7 @@
 //! cluster` runner, its verdict, reports and charts. Sits on top: nothing else in the crate imports it.
 
 pub mod charts;
-pub mod error;
+pub(crate) mod error;
 pub mod report;
 pub mod runner;
 pub mod verdict;

@@ -18,7 +18,7 @@ const KIND_ORDER: [&str; 3] = ["REQUEST", "REPLY", "RELEASE"];
 const HISTORY_SHOWN: usize = 200;
 
 /// The textbook message cost of one entry (Singhal & Shivaratri 1994, Table 6.1), as printed.
-pub fn textbook_cost(algorithm: Algorithm, nodes: usize) -> String {
+pub(crate) fn textbook_cost(algorithm: Algorithm, nodes: usize) -> String {
     let n1 = nodes.saturating_sub(1);
     match algorithm {
         Algorithm::Lamport => format!("3(N−1) = {}", 3 * n1),
@@ -52,7 +52,7 @@ pub struct EntryRecord {
 
 impl EntryRecord {
     /// Records `entry` of an `algorithm` experiment whose first request was at `origin_ms`.
-    pub fn new(entry: CsEntry, algorithm: Algorithm, origin_ms: f64) -> Self {
+    pub(crate) fn new(entry: CsEntry, algorithm: Algorithm, origin_ms: f64) -> Self {
         let request_timestamp = match algorithm {
             Algorithm::Lamport | Algorithm::RicartAgrawala => Some(entry.fencing_token >> 16),
             Algorithm::ProbableOwner => None,
@@ -119,7 +119,7 @@ pub struct ExperimentResult {
 }
 
 /// Builds an experiment's results from the nodes' reports and stats and the counter's final value.
-pub fn summarize(
+pub(crate) fn summarize(
     algorithm: Algorithm,
     nodes: usize,
     iterations: u32,
@@ -188,7 +188,7 @@ pub fn summarize(
 }
 
 /// `1 node`, `3 nodes`: a count and its noun, singular or plural.
-pub fn count(n: u64, one: &str, many: &str) -> String {
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
 
@@ -229,7 +229,7 @@ pub fn format_results(r: &ExperimentResult) -> String {
 
 /// The textbook messages per entry as a number: 3(N−1) for Lamport, 2(N−1) for Ricart–Agrawala; `None` for
 /// probable-owner, whose cost depends on the owner hints.
-pub fn textbook_per_entry(algorithm: Algorithm, nodes: usize) -> Option<u64> {
+pub(crate) fn textbook_per_entry(algorithm: Algorithm, nodes: usize) -> Option<u64> {
     let n1 = nodes.saturating_sub(1) as u64;
     match algorithm {
         Algorithm::Lamport => Some(3 * n1),
@@ -268,7 +268,7 @@ pub fn format_summary(results: &[ExperimentResult]) -> String {
 }
 
 /// The point an experiment contributes to a sweep's charts and CSV.
-pub fn sweep_point(r: &ExperimentResult) -> SweepPoint {
+pub(crate) fn sweep_point(r: &ExperimentResult) -> SweepPoint {
     SweepPoint {
         algorithm: r.algorithm.as_str().to_string(),
         nodes: u32::try_from(r.nodes).unwrap_or(u32::MAX),
@@ -280,7 +280,7 @@ pub fn sweep_point(r: &ExperimentResult) -> SweepPoint {
 
 /// Writes an experiment's three charts into `dir`: `<algorithm>-gantt.svg`, `<algorithm>-latency.svg` and
 /// `<algorithm>-messages.svg`. Returns the files written.
-pub fn write_experiment_charts(dir: &Path, r: &ExperimentResult) -> Result<Vec<PathBuf>, ChartError> {
+pub(crate) fn write_experiment_charts(dir: &Path, r: &ExperimentResult) -> Result<Vec<PathBuf>, ChartError> {
     let entries: Vec<CsEntry> = r.entries.iter().map(|e| e.entry.clone()).collect();
     let what = format!(
         "{}, {} × {}",
@@ -303,7 +303,7 @@ pub fn write_experiment_charts(dir: &Path, r: &ExperimentResult) -> Result<Vec<P
 }
 
 /// Writes a sweep's `sweep.csv`, `sweep-time.svg` and `sweep-messages.svg` into `dir`.
-pub fn write_sweep_outputs(
+pub(crate) fn write_sweep_outputs(
     dir: &Path,
     points: &[SweepPoint],
     iterations: u32,

@@ -142,7 +142,7 @@ pub struct WorkloadResponse {
 }
 
 /// The loopback addresses of `nodes` nodes on `subnet` (`"127.0.0"` → 127.0.0.1 …).
-pub fn node_addresses(subnet: &str, nodes: usize) -> Result<Vec<Ipv4Addr>, ExperimentError> {
+pub(crate) fn node_addresses(subnet: &str, nodes: usize) -> Result<Vec<Ipv4Addr>, ExperimentError> {
     let invalid = |msg: String| Err(ExperimentError::InvalidArgs(msg));
     if nodes == 0 {
         return invalid("a cluster needs at least one node".into());
@@ -158,7 +158,7 @@ pub fn node_addresses(subnet: &str, nodes: usize) -> Result<Vec<Ipv4Addr>, Exper
 }
 
 /// The environment of node `id`'s process. `start_file`: the common start's file, if the start is common.
-pub fn node_env(
+pub(crate) fn node_env(
     args: &ClusterArgs,
     algorithm: Algorithm,
     id: usize,

@@ -97,7 +97,7 @@ impl Verdict {
 }
 
 /// Every entry of every report, in entry order (by enter time; node and iteration break ties).
-pub fn entry_order(reports: &[WorkloadReport]) -> Vec<CsEntry> {
+pub(crate) fn entry_order(reports: &[WorkloadReport]) -> Vec<CsEntry> {
     let mut entries: Vec<CsEntry> = reports.iter().flat_map(|r| r.entries.iter().cloned()).collect();
     entries.sort_by(|a, b| {
         a.enter_ms.total_cmp(&b.enter_ms).then(a.node.cmp(&b.node)).then(a.iteration.cmp(&b.iteration))

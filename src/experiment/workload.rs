@@ -9,7 +9,7 @@
 //! Assumptions: every node of the run shares one host clock, so the wall-clock timestamps of different
 //! processes (UNIX milliseconds, µs precision) can be compared to detect overlaps. Each node opens the counter
 //! once and the section is one positioned read and one positioned write over the text, without fsync (see
-//! [`CounterFile`]): a section costs two system calls, so a zero-length section measures the lock service.
+//! `CounterFile`): a section costs two system calls, so a zero-length section measures the lock service.
 //!
 //! A common start: with a start file ([`WorkloadConfig::start_file`]), every node waits, once ready, until the
 //! file holds a start time, and then until that time, so all nodes compete from the first entry. `dmutex cluster`
@@ -98,7 +98,7 @@ impl LockService for NodeHandle {
     }
 
     fn lamport_clock(&self) -> u64 {
-        self.shared.clock().0
+        self.shared.clock().get()
     }
 }
 
@@ -159,7 +159,7 @@ impl WorkloadStatus {
     }
 
     /// Whether the workload has stopped (done or failed).
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         matches!(self.state, WorkloadState::Done | WorkloadState::Failed)
     }
 }
@@ -184,14 +184,14 @@ pub struct WorkloadReport {
 }
 
 /// Wall-clock now in UNIX milliseconds with microsecond precision.
-pub fn unix_ms() -> f64 {
+pub(crate) fn unix_ms() -> f64 {
     // A clock before 1970 is a broken host, not a reason to panic: report 0.
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
     micros as f64 / 1000.0
 }
 
 /// Creates the counter file holding `0` unless it exists. Safe when several processes race to create it.
-pub async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
+pub(crate) async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
     let created = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await;
     match created {
         Ok(mut file) => {
@@ -205,7 +205,7 @@ pub async fn ensure_counter_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Reads the counter. An empty file reads as 0 (a creator that has not written yet).
-pub async fn read_counter(path: &Path) -> Result<u64, String> {
+pub(crate) async fn read_counter(path: &Path) -> Result<u64, String> {
     // Plain blocking calls: microseconds on a local file, where tokio::fs would add a thread hand-off per call
     // to every critical section.
     let text =
@@ -224,7 +224,7 @@ pub async fn read_counter(path: &Path) -> Result<u64, String> {
 /// a shorter text is written). With mutual exclusion nobody reads while another node writes; without it, a
 /// reader may see a mix of two values, which parses as a wrong number and shows as a lost update.
 #[derive(Debug)]
-pub struct CounterFile {
+pub(crate) struct CounterFile {
     file: std::fs::File,
     path: PathBuf,
     /// Length of the text last read.
@@ -233,7 +233,7 @@ pub struct CounterFile {
 
 impl CounterFile {
     /// Opens an existing counter file for reading and writing.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -243,7 +243,7 @@ impl CounterFile {
     }
 
     /// Reads the value. An empty file reads as 0.
-    pub fn read(&mut self) -> Result<u64, String> {
+    pub(crate) fn read(&mut self) -> Result<u64, String> {
         use std::os::unix::fs::FileExt;
         // u64::MAX has 20 digits; anything longer is not a counter.
         let mut buf = [0u8; 32];
@@ -259,7 +259,7 @@ impl CounterFile {
     }
 
     /// Writes `value` over the file's text.
-    pub fn write(&mut self, value: u64) -> Result<(), String> {
+    pub(crate) fn write(&mut self, value: u64) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
         let text = value.to_string();
         let err = |e: std::io::Error| format!("writing {}: {e}", self.path.display());
@@ -342,7 +342,7 @@ pub async fn run_workload<S: LockService>(
 /// Waits until `path` holds a start time (UNIX ms), then until that time (at once if it has passed). The
 /// writer replaces the file in one rename, so a file that exists holds the whole number; an empty one counts as
 /// not written yet.
-pub async fn wait_for_start(path: &Path) -> Result<(), String> {
+pub(crate) async fn wait_for_start(path: &Path) -> Result<(), String> {
     loop {
         match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => {
@@ -374,7 +374,7 @@ pub async fn wait_for_start(path: &Path) -> Result<(), String> {
 
 /// Writes the start time `at_ms` (UNIX ms) into `path` for [`wait_for_start`]: into a file beside it first,
 /// then renamed over it, so a reader never sees half a number.
-pub fn write_start_file(path: &Path, at_ms: f64) -> std::io::Result<()> {
+pub(crate) fn write_start_file(path: &Path, at_ms: f64) -> std::io::Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

@@ -281,7 +281,8 @@ mod tests {
     use super::*;
 
     fn hello(algorithm: Algorithm, algorithms: &[Algorithm], challenge: &Nonce) -> Frame<u64> {
-        let (node, incarnation, clock, nonce) = (NodeId(1), Incarnation(1), LamportTs(0), [3; 32]);
+        let (node, incarnation, clock, nonce) =
+            (NodeId::new(1), Incarnation::new(1), LamportTs::new(0), [3; 32]);
         let t = wire::hello_transcript(
             PROTOCOL_VERSION,
             "c",
@@ -314,8 +315,8 @@ mod tests {
             cluster: "c",
             algorithm: Algorithm::Lamport,
             algorithms: &all,
-            me: NodeId(0),
-            incarnation: Incarnation(1),
+            me: NodeId::new(0),
+            incarnation: Incarnation::new(1),
             peers: 3,
             secret: Some(b"s"),
             counters: &counters,

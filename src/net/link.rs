@@ -44,14 +44,14 @@ use crate::algo::{Incarnation, LamportTs, Millis, NodeId, PeerChange};
 use std::collections::VecDeque;
 
 /// What the link needs to know about a message it carries: the peer incarnation its sender addressed.
-pub trait Addressed {
+pub(crate) trait Addressed {
     /// The receiver incarnation the sender's core addressed (`None`: it knew none yet).
     fn to_incarnation(&self) -> Option<Incarnation>;
 }
 
 /// The link's timing parameters (milliseconds on the caller's clock).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LinkConfig {
+pub(crate) struct LinkConfig {
     /// While frames are unacked, acks must make progress within this, or the outbound connection is
     /// presumed dead and given up (the resend and the duplicate filter make a false alarm harmless).
     pub ack_timeout_ms: u64,
@@ -64,15 +64,15 @@ pub struct LinkConfig {
 /// Names one outbound connection of a link (from [`Link::on_welcome`]); events of a connection that the link
 /// gave up are ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(u64);
+pub(crate) struct ConnId(u64);
 
 /// Names one accepted connection (from [`Link::on_hello`]); only the newest generation delivers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Generation(u64);
+pub(crate) struct Generation(u64);
 
 /// What the link tells its driver, in order (drain with [`Link::poll_event`] after every call).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum LinkEvent {
+pub(crate) enum LinkEvent {
     /// A handshake revealed a new incarnation of the peer (first contact or restart). Emitted once per
     /// incarnation, before any of its messages.
     Hello {
@@ -89,7 +89,7 @@ pub enum LinkEvent {
 
 /// Why the link refuses a handshake.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The incarnation is older than the newest one seen for the peer.
     Stale,
     /// That incarnation said Bye; it sends nothing more.
@@ -98,7 +98,7 @@ pub enum Refusal {
 
 /// An accepted inbound handshake: the generation its frames carry, and what to put in the Welcome.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The reader's generation.
     pub generation: Generation,
     /// The highest sequence number delivered from this dialer incarnation (the Welcome's `received`).
@@ -107,7 +107,7 @@ pub struct Accepted {
 
 /// What to do with an inbound data frame.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Deliver it: the next message of the peer's `incarnation`.
     Deliver {
         /// The sender's incarnation.
@@ -119,7 +119,7 @@ pub enum Delivery {
 
 /// An inbound data frame the current stream cannot take; the caller closes that connection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DataError {
+pub(crate) enum DataError {
     /// A newer connection from the peer took over: this one stops without delivering.
     #[error("replaced by a newer connection")]
     Replaced,
@@ -136,7 +136,7 @@ pub enum DataError {
 /// An ack that cannot be right; the caller closes the connection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("ack {seq} beyond sent {sent}")]
-pub struct AckBeyondSent {
+pub(crate) struct AckBeyondSent {
     /// The acknowledged number.
     pub seq: u64,
     /// The highest number ever assigned.
@@ -145,7 +145,7 @@ pub struct AckBeyondSent {
 
 /// Cumulative counters of one link.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LinkStats {
+pub(crate) struct LinkStats {
     /// Data frames transmitted again after a reconnect.
     pub resends: u64,
     /// Inbound data frames received twice and dropped.
@@ -185,7 +185,7 @@ struct RecvSlot {
 /// Both directions of the link to one peer; `P` is the queued outbound message (the transport keeps it
 /// encoded, the simulator keeps the core's message).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Link<P> {
+pub(crate) struct Link<P> {
     /// The peer (for logs).
     peer: NodeId,
     cfg: LinkConfig,
@@ -208,7 +208,7 @@ pub struct Link<P> {
 
 impl<P: Addressed> Link<P> {
     /// A link to `peer`, not met yet.
-    pub fn new(peer: NodeId, cfg: LinkConfig) -> Self {
+    pub(crate) fn new(peer: NodeId, cfg: LinkConfig) -> Self {
         Link {
             peer,
             cfg,
@@ -232,7 +232,7 @@ impl<P: Addressed> Link<P> {
 
     /// Numbers `msg` and queues it until acknowledged; returns its number. Transmit with
     /// [`Link::poll_transmit`].
-    pub fn send(&mut self, now: Millis, msg: P) -> u64 {
+    pub(crate) fn send(&mut self, now: Millis, msg: P) -> u64 {
         if self.unacked.is_empty()
             && let Some(out) = &mut self.out
         {
@@ -247,7 +247,7 @@ impl<P: Addressed> Link<P> {
 
     /// The next message to write on connection `conn`, in order; `None` when everything queued was written
     /// (or `conn` was given up).
-    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<(u64, &P)> {
+    pub(crate) fn poll_transmit(&mut self, conn: ConnId) -> Option<(u64, &P)> {
         let out = self.out.as_mut().filter(|o| o.id == conn)?;
         let front = self.unacked.front()?.0;
         let next = out.sent.max(front - 1) + 1;
@@ -262,12 +262,12 @@ impl<P: Addressed> Link<P> {
     }
 
     /// The number the next [`Link::send`] gets.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
     /// Messages queued and not yet acknowledged.
-    pub fn unacked_len(&self) -> usize {
+    pub(crate) fn unacked_len(&self) -> usize {
         self.unacked.len()
     }
 
@@ -276,7 +276,7 @@ impl<P: Addressed> Link<P> {
 
     /// Our handshake on a new outbound connection completed: the peer answered with its `incarnation`, clock
     /// and `received`. Returns the connection's id, or a refusal (an older process answered).
-    pub fn on_welcome(
+    pub(crate) fn on_welcome(
         &mut self,
         now: Millis,
         incarnation: Incarnation,
@@ -310,7 +310,7 @@ impl<P: Addressed> Link<P> {
     }
 
     /// A cumulative ack arrived on connection `conn`.
-    pub fn on_ack(&mut self, now: Millis, conn: ConnId, seq: u64) -> Result<(), AckBeyondSent> {
+    pub(crate) fn on_ack(&mut self, now: Millis, conn: ConnId, seq: u64) -> Result<(), AckBeyondSent> {
         let Some(out) = self.out.as_mut().filter(|o| o.id == conn) else {
             return Ok(());
         };
@@ -324,7 +324,7 @@ impl<P: Addressed> Link<P> {
     }
 
     /// Connection `conn` closed, failed, or carried a Bye from the acceptor.
-    pub fn on_outbound_closed(&mut self, conn: ConnId) {
+    pub(crate) fn on_outbound_closed(&mut self, conn: ConnId) {
         if self.out.as_ref().is_some_and(|o| o.id == conn) {
             self.out = None;
             self.set_connected(false);
@@ -333,18 +333,18 @@ impl<P: Addressed> Link<P> {
 
     /// Whether `conn` is still the link's outbound connection (the link gives one up when the peer restarted
     /// or said Bye; the driver then closes it).
-    pub fn is_current(&self, conn: ConnId) -> bool {
+    pub(crate) fn is_current(&self, conn: ConnId) -> bool {
         self.out.as_ref().is_some_and(|o| o.id == conn)
     }
 
     /// When acks must have made progress, while data waits for one.
-    pub fn poll_timeout(&self) -> Option<Millis> {
+    pub(crate) fn poll_timeout(&self) -> Option<Millis> {
         let out = self.out.as_ref().filter(|_| !self.unacked.is_empty())?;
-        Some(Millis(out.progress.0.saturating_add(self.cfg.ack_timeout_ms)))
+        Some(Millis::new(out.progress.get().saturating_add(self.cfg.ack_timeout_ms)))
     }
 
     /// Time passed: gives the outbound connection up if acks made no progress in time. Returns whether it did.
-    pub fn on_timeout(&mut self, now: Millis) -> bool {
+    pub(crate) fn on_timeout(&mut self, now: Millis) -> bool {
         match (self.poll_timeout(), &self.out) {
             (Some(deadline), Some(out)) if now >= deadline => {
                 let id = out.id;
@@ -359,7 +359,11 @@ impl<P: Addressed> Link<P> {
     // The peer's connection to us
 
     /// The peer's handshake on our listener: its `incarnation` and clock. Starts a new receive generation.
-    pub fn on_hello(&mut self, incarnation: Incarnation, clock: LamportTs) -> Result<Accepted, Refusal> {
+    pub(crate) fn on_hello(
+        &mut self,
+        incarnation: Incarnation,
+        clock: LamportTs,
+    ) -> Result<Accepted, Refusal> {
         if self.recv.said_bye && self.recv.incarnation == Some(incarnation) {
             return Err(Refusal::SaidBye);
         }
@@ -379,7 +383,12 @@ impl<P: Addressed> Link<P> {
     }
 
     /// A data frame numbered `seq` arrived on the connection of generation `generation`.
-    pub fn on_data(&mut self, now: Millis, generation: Generation, seq: u64) -> Result<Delivery, DataError> {
+    pub(crate) fn on_data(
+        &mut self,
+        now: Millis,
+        generation: Generation,
+        seq: u64,
+    ) -> Result<Delivery, DataError> {
         let r = &mut self.recv;
         let Some(incarnation) = r.incarnation.filter(|_| generation.0 == r.generation) else {
             return Err(DataError::Replaced);
@@ -398,13 +407,19 @@ impl<P: Addressed> Link<P> {
 
     /// The ack to send now on the connection of `generation`, if one is due. `more_buffered`: another frame
     /// is already waiting to be read (an ack at the `ack_every` threshold waits for it).
-    pub fn poll_ack(&mut self, now: Millis, generation: Generation, more_buffered: bool) -> Option<u64> {
+    pub(crate) fn poll_ack(
+        &mut self,
+        now: Millis,
+        generation: Generation,
+        more_buffered: bool,
+    ) -> Option<u64> {
         let r = &mut self.recv;
         if generation.0 != r.generation || r.delivered <= r.acked {
             return None;
         }
         let many = r.delivered - r.acked >= self.cfg.ack_every && !more_buffered;
-        let late = r.unacked_since.is_some_and(|t| now.0 >= t.0.saturating_add(self.cfg.ack_delay_ms));
+        let late =
+            r.unacked_since.is_some_and(|t| now.get() >= t.get().saturating_add(self.cfg.ack_delay_ms));
         if !(many || late) {
             return None;
         }
@@ -414,16 +429,16 @@ impl<P: Addressed> Link<P> {
     }
 
     /// When the delayed ack on the connection of `generation` is due, if one is owed.
-    pub fn ack_deadline(&self, generation: Generation) -> Option<Millis> {
+    pub(crate) fn ack_deadline(&self, generation: Generation) -> Option<Millis> {
         let r = &self.recv;
         if generation.0 != r.generation || r.delivered <= r.acked {
             return None;
         }
-        r.unacked_since.map(|t| Millis(t.0.saturating_add(self.cfg.ack_delay_ms)))
+        r.unacked_since.map(|t| Millis::new(t.get().saturating_add(self.cfg.ack_delay_ms)))
     }
 
     /// The peer said Bye on the connection of `generation`. Returns whether that was the current one.
-    pub fn on_inbound_bye(&mut self, generation: Generation) -> bool {
+    pub(crate) fn on_inbound_bye(&mut self, generation: Generation) -> bool {
         if generation.0 != self.recv.generation || self.recv.incarnation.is_none() {
             return false;
         }
@@ -439,27 +454,27 @@ impl<P: Addressed> Link<P> {
     // State
 
     /// The next event for the driver.
-    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<LinkEvent> {
         self.events.pop_front()
     }
 
     /// The newest peer incarnation seen.
-    pub fn known(&self) -> Option<Incarnation> {
+    pub(crate) fn known(&self) -> Option<Incarnation> {
         self.known
     }
 
     /// Whether the outbound connection is up (see the module doc).
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         self.connected
     }
 
     /// Successful outbound handshakes after the first.
-    pub fn reconnects(&self) -> u64 {
+    pub(crate) fn reconnects(&self) -> u64 {
         self.reconnects
     }
 
     /// The counters.
-    pub fn stats(&self) -> LinkStats {
+    pub(crate) fn stats(&self) -> LinkStats {
         self.stats
     }
 
@@ -490,7 +505,7 @@ impl<P: Addressed> Link<P> {
             self.events.push_back(LinkEvent::Hello { incarnation, clock });
         }
         if change == PeerChange::Restarted {
-            tracing::info!(peer = %self.peer, incarnation = incarnation.0, "peer restarted");
+            tracing::info!(peer = %self.peer, incarnation = incarnation.get(), "peer restarted");
             self.renumber_for(incarnation);
             if self.out.as_ref().is_some_and(|o| o.incarnation < incarnation) {
                 // That connection leads to a dead process.
@@ -543,13 +558,13 @@ mod tests {
     }
 
     const CFG: LinkConfig = LinkConfig { ack_timeout_ms: 100, ack_delay_ms: 5, ack_every: 3 };
-    const T0: Millis = Millis(0);
-    const I1: Incarnation = Incarnation(1);
-    const I2: Incarnation = Incarnation(2);
-    const CLOCK: LamportTs = LamportTs(7);
+    const T0: Millis = Millis::new(0);
+    const I1: Incarnation = Incarnation::new(1);
+    const I2: Incarnation = Incarnation::new(2);
+    const CLOCK: LamportTs = LamportTs::new(7);
 
     fn link() -> Link<Msg> {
-        Link::new(NodeId(1), CFG)
+        Link::new(NodeId::new(1), CFG)
     }
 
     fn events(l: &mut Link<Msg>) -> Vec<LinkEvent> {
@@ -751,18 +766,18 @@ mod tests {
     fn acks_are_coalesced_until_the_delay_or_every_n_frames() {
         let mut l = link();
         let g = l.on_hello(I1, CLOCK).unwrap().generation;
-        l.on_data(Millis(10), g, 1).unwrap();
-        assert_eq!(l.poll_ack(Millis(10), g, false), None);
-        assert_eq!(l.ack_deadline(g), Some(Millis(15)));
-        assert_eq!(l.poll_ack(Millis(15), g, false), Some(1));
+        l.on_data(Millis::new(10), g, 1).unwrap();
+        assert_eq!(l.poll_ack(Millis::new(10), g, false), None);
+        assert_eq!(l.ack_deadline(g), Some(Millis::new(15)));
+        assert_eq!(l.poll_ack(Millis::new(15), g, false), Some(1));
         assert_eq!(l.ack_deadline(g), None);
         // Three frames at once: acked at once, unless another frame is already buffered.
         for seq in 2..=4 {
-            l.on_data(Millis(20), g, seq).unwrap();
+            l.on_data(Millis::new(20), g, seq).unwrap();
         }
-        assert_eq!(l.poll_ack(Millis(20), g, true), None);
-        assert_eq!(l.poll_ack(Millis(20), g, false), Some(4));
-        assert_eq!(l.poll_ack(Millis(99), g, false), None, "nothing new to acknowledge");
+        assert_eq!(l.poll_ack(Millis::new(20), g, true), None);
+        assert_eq!(l.poll_ack(Millis::new(20), g, false), Some(4));
+        assert_eq!(l.poll_ack(Millis::new(99), g, false), None, "nothing new to acknowledge");
     }
 
     #[test]
@@ -770,15 +785,15 @@ mod tests {
         let mut l = link();
         let c = l.on_welcome(T0, I1, CLOCK, 0).unwrap();
         assert_eq!(l.poll_timeout(), None, "an idle link is not probed");
-        l.send(Millis(50), Msg("a", Some(I1)));
+        l.send(Millis::new(50), Msg("a", Some(I1)));
         transmit_all(&mut l, c);
-        assert_eq!(l.poll_timeout(), Some(Millis(150)));
-        assert!(!l.on_timeout(Millis(149)));
-        l.send(Millis(140), Msg("b", Some(I1)));
-        l.on_ack(Millis(140), c, 1).unwrap();
-        assert_eq!(l.poll_timeout(), Some(Millis(240)), "progress restarts the clock");
+        assert_eq!(l.poll_timeout(), Some(Millis::new(150)));
+        assert!(!l.on_timeout(Millis::new(149)));
+        l.send(Millis::new(140), Msg("b", Some(I1)));
+        l.on_ack(Millis::new(140), c, 1).unwrap();
+        assert_eq!(l.poll_timeout(), Some(Millis::new(240)), "progress restarts the clock");
         events(&mut l);
-        assert!(l.on_timeout(Millis(240)));
+        assert!(l.on_timeout(Millis::new(240)));
         assert!(!l.is_current(c));
         assert_eq!(events(&mut l), [LinkEvent::Disconnected]);
     }

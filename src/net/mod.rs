@@ -4,6 +4,6 @@
 
 pub mod discovery;
 mod handshake;
-pub mod link;
+pub(crate) mod link;
 pub mod transport;
 pub mod wire;

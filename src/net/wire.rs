@@ -492,9 +492,9 @@ pub fn hello_transcript(
     for a in algorithms {
         put_str(&mut out, a.as_str());
     }
-    out.extend_from_slice(&node.0.to_be_bytes());
-    out.extend_from_slice(&incarnation.0.to_be_bytes());
-    out.extend_from_slice(&clock.0.to_be_bytes());
+    out.extend_from_slice(&node.get().to_be_bytes());
+    out.extend_from_slice(&incarnation.get().to_be_bytes());
+    out.extend_from_slice(&clock.get().to_be_bytes());
     out.extend_from_slice(challenge);
     out.extend_from_slice(nonce);
     out
@@ -518,11 +518,11 @@ pub fn welcome_transcript(
     put_str(&mut out, "dmutex/v1 welcome (acceptor -> dialer)");
     out.extend_from_slice(&version.to_be_bytes());
     put_str(&mut out, cluster);
-    out.extend_from_slice(&node.0.to_be_bytes());
-    out.extend_from_slice(&incarnation.0.to_be_bytes());
-    out.extend_from_slice(&clock.0.to_be_bytes());
+    out.extend_from_slice(&node.get().to_be_bytes());
+    out.extend_from_slice(&incarnation.get().to_be_bytes());
+    out.extend_from_slice(&clock.get().to_be_bytes());
     out.extend_from_slice(&received.to_be_bytes());
-    out.extend_from_slice(&dialer.0.to_be_bytes());
+    out.extend_from_slice(&dialer.get().to_be_bytes());
     out.extend_from_slice(hello_nonce);
     out.extend_from_slice(challenge);
     out
@@ -572,16 +572,16 @@ mod tests {
                 cluster: "c".into(),
                 algorithm: Algorithm::ProbableOwner,
                 algorithms: Algorithm::ALL.to_vec(),
-                node: NodeId(2),
-                incarnation: Incarnation(9),
-                clock: LamportTs(11),
+                node: NodeId::new(2),
+                incarnation: Incarnation::new(9),
+                clock: LamportTs::new(11),
                 nonce: [1; 32],
                 mac: vec![1, 2, 3],
             },
             Frame::Welcome {
-                node: NodeId(1),
-                incarnation: Incarnation(3),
-                clock: LamportTs(4),
+                node: NodeId::new(1),
+                incarnation: Incarnation::new(3),
+                clock: LamportTs::new(4),
                 received: 77,
                 mac: vec![],
             },
@@ -589,9 +589,9 @@ mod tests {
             Frame::Data {
                 seq: 5,
                 env: Envelope {
-                    ts: LamportTs(3),
+                    ts: LamportTs::new(3),
                     trace,
-                    to_incarnation: Some(Incarnation(4)),
+                    to_incarnation: Some(Incarnation::new(4)),
                     body: "hi".into(),
                 },
             },
@@ -627,7 +627,7 @@ mod tests {
         let err = decode_frame::<String>(&[0, 0x10, 0, 1], DEFAULT_MAX_FRAME).unwrap_err();
         assert!(matches!(err, WireError::Oversized { len, .. } if len == (1 << 20) + 1));
         assert_eq!(err.refuse_reason(), Some(RefuseReason::Oversized));
-        let big = Frame::<String>::Data { seq: 1, env: Envelope::new(LamportTs(0), "x".repeat(200)) };
+        let big = Frame::<String>::Data { seq: 1, env: Envelope::new(LamportTs::new(0), "x".repeat(200)) };
         assert!(matches!(encode_frame(&big, 100), Err(WireError::Oversized { .. })));
     }
 
@@ -675,7 +675,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_data_header_matches_the_derived_encoding_at_every_leb128_width() {
-        let env = Envelope::new(LamportTs(1), "x".to_string());
+        let env = Envelope::new(LamportTs::new(1), "x".to_string());
         let bytes = encode_envelope(&env).unwrap();
         let mut widths = Vec::new();
         for seq in [0, 127, 128, 16_383, 16_384, (1 << 56) - 1, 1 << 56, (1 << 63) - 1, 1 << 63, u64::MAX] {
@@ -708,9 +708,9 @@ mod tests {
             "c",
             lamport,
             all,
-            NodeId(1),
-            Incarnation(2),
-            LamportTs(3),
+            NodeId::new(1),
+            Incarnation::new(2),
+            LamportTs::new(3),
             &[1; 32],
             &[2; 32],
         );
@@ -724,25 +724,34 @@ mod tests {
             "c",
             lamport,
             all,
-            NodeId(1),
-            Incarnation(2),
-            LamportTs(3),
+            NodeId::new(1),
+            Incarnation::new(2),
+            LamportTs::new(3),
             &[9; 32],
             &[2; 32],
         );
         assert!(!verify_mac(s, &t2, &tag), "another challenge nonce must not verify (replay)");
         let po = Algorithm::ProbableOwner;
-        let t3 =
-            hello_transcript(1, "c", po, all, NodeId(1), Incarnation(2), LamportTs(3), &[1; 32], &[2; 32]);
+        let t3 = hello_transcript(
+            1,
+            "c",
+            po,
+            all,
+            NodeId::new(1),
+            Incarnation::new(2),
+            LamportTs::new(3),
+            &[1; 32],
+            &[2; 32],
+        );
         assert!(!verify_mac(s, &t3, &tag), "the MAC covers the default algorithm");
         let w = welcome_transcript(
             1,
             "c",
-            NodeId(1),
-            Incarnation(2),
-            LamportTs(3),
+            NodeId::new(1),
+            Incarnation::new(2),
+            LamportTs::new(3),
             0,
-            NodeId(0),
+            NodeId::new(0),
             &[2; 32],
             &[1; 32],
         );

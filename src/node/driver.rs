@@ -78,12 +78,12 @@ impl Node {
 
     /// The cores' time: milliseconds since the loop started.
     pub(super) fn now(&self) -> Millis {
-        Millis(self.started.elapsed().as_millis() as u64)
+        Millis::new(self.started.elapsed().as_millis() as u64)
     }
 
     /// The instant a core's time stands for.
     pub(super) fn instant_of(&self, at: Millis) -> Instant {
-        self.started + Duration::from_millis(at.0)
+        self.started + Duration::from_millis(at.get())
     }
 
     /// Runs until a shutdown command (or every handle is gone), then shuts down gracefully.

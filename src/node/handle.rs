@@ -68,7 +68,7 @@ impl Shared {
 
     /// The highest Lamport clock of the cores (for handshakes).
     pub fn clock(&self) -> LamportTs {
-        LamportTs(self.clock.load(Ordering::Relaxed))
+        LamportTs::new(self.clock.load(Ordering::Relaxed))
     }
 
     /// Whether shutdown has begun.
@@ -101,7 +101,7 @@ impl Shared {
     }
 
     pub(crate) fn set_clock(&self, clock: LamportTs) {
-        self.clock.store(clock.0, Ordering::Relaxed);
+        self.clock.store(clock.get(), Ordering::Relaxed);
     }
 
     /// From now on: not ready, and new acquires are refused.

@@ -86,10 +86,10 @@ mod tests {
 
     fn lease(req: u64, lock: &str) -> Lease {
         Lease {
-            req: RequestId(req),
+            req: RequestId::new(req),
             algorithm: Algorithm::Lamport,
             lock: lock.into(),
-            token: FencingToken(req),
+            token: FencingToken::new(req),
             ttl: Duration::from_secs(1),
             granted: Instant::now(),
             acquire_id: format!("a{req}"),
@@ -104,13 +104,13 @@ mod tests {
         let b = leases.insert(lease(2, "y"));
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
-        assert_eq!(leases.get(&a).map(|l| l.req), Some(RequestId(1)));
-        assert_eq!(leases.of_request(RequestId(2)).map(|l| l.lock.as_str()), Some("y"));
+        assert_eq!(leases.get(&a).map(|l| l.req), Some(RequestId::new(1)));
+        assert_eq!(leases.of_request(RequestId::new(2)).map(|l| l.lock.as_str()), Some("y"));
         assert_eq!(leases.on_lock("x").map(|(id, _)| id.to_string()).collect::<Vec<_>>(), vec![a.clone()]);
-        assert_eq!(leases.remove_request(RequestId(1)).map(|(id, _)| id), Some(a.clone()));
+        assert_eq!(leases.remove_request(RequestId::new(1)).map(|(id, _)| id), Some(a.clone()));
         assert!(leases.get(&a).is_none());
         assert!(leases.remove(&b).is_some());
-        assert!(leases.of_request(RequestId(2)).is_none());
+        assert!(leases.of_request(RequestId::new(2)).is_none());
         assert_eq!(leases.len(), 0);
     }
 }

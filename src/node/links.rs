@@ -32,7 +32,7 @@ pub(crate) struct TraceLinks {
 }
 
 fn waiter_key(node: NodeId, what: &str) -> String {
-    format!("{WAITER_PREFIX}{}.{what}", node.0)
+    format!("{WAITER_PREFIX}{}.{what}", node.get())
 }
 
 impl TraceLinks {
@@ -110,13 +110,13 @@ mod tests {
     use crate::algo::lamport::LamportMsg;
 
     fn env(body: PeerMsg, acquire: &str) -> Envelope<PeerMsg> {
-        let mut e = Envelope::new(LamportTs(1), body);
+        let mut e = Envelope::new(LamportTs::new(1), body);
         e.trace.insert(ACQUIRE_KEY.into(), acquire.into());
         e
     }
 
     fn lamport(request: bool) -> PeerMsg {
-        let (lock, ts) = ("x".to_string(), LamportTs(1));
+        let (lock, ts) = ("x".to_string(), LamportTs::new(1));
         PeerMsg::Lamport(if request {
             LamportMsg::Request { lock, ts }
         } else {
@@ -129,12 +129,12 @@ mod tests {
         let mut links = TraceLinks::default();
         let request = env(lamport(true), "a1");
         let cause = Cause { acquire: Some("a1".into()), ..Cause::default() };
-        links.received(NodeId(2), &request, &cause);
-        assert!(links.answering(NodeId(1), &lamport(false)).is_none(), "another requester");
-        assert!(links.answering(NodeId(2), &lamport(true)).is_none(), "not an answer");
-        let answered = links.answering(NodeId(2), &lamport(false)).and_then(|c| c.acquire);
+        links.received(NodeId::new(2), &request, &cause);
+        assert!(links.answering(NodeId::new(1), &lamport(false)).is_none(), "another requester");
+        assert!(links.answering(NodeId::new(2), &lamport(true)).is_none(), "not an answer");
+        let answered = links.answering(NodeId::new(2), &lamport(false)).and_then(|c| c.acquire);
         assert_eq!(answered.as_deref(), Some("a1"));
-        assert!(links.answering(NodeId(2), &lamport(false)).is_none(), "taken");
+        assert!(links.answering(NodeId::new(2), &lamport(false)).is_none(), "taken");
         assert_eq!(links.len, 0);
     }
 
@@ -143,37 +143,41 @@ mod tests {
     #[test]
     fn a_transfer_hands_the_queued_requests_contexts_to_the_new_owner() {
         use crate::algo::Incarnation;
-        use crate::algo::probable_owner::{PoMsg, RepOutcome};
+        use crate::algo::probable_owner::{OwnershipEpoch, PoMsg, RepOutcome, Waiter};
         let lock = || "x".to_string();
         let acq = PeerMsg::ProbableOwner(PoMsg::Acq {
             lock: lock(),
-            requester: NodeId(3),
+            requester: NodeId::new(3),
             seq: 1,
-            epoch: 0,
+            epoch: OwnershipEpoch::ZERO,
             suspect: false,
         });
-        let grant = |queue: Vec<(NodeId, u64)>| {
+        let grant = |queue: Vec<Waiter>| {
             PeerMsg::ProbableOwner(PoMsg::Rep {
                 lock: lock(),
                 seq: 1,
-                outcome: RepOutcome::Granted { epoch: 1, queue, to_incarnation: Incarnation(0) },
+                outcome: RepOutcome::Granted {
+                    epoch: OwnershipEpoch::new(1),
+                    queue,
+                    to_incarnation: Incarnation::new(0),
+                },
             })
         };
         // The old owner queued node 3's request, then hands ownership (and the queue) to node 1.
         let mut old_owner = TraceLinks::default();
         let cause = Cause { acquire: Some("a3".into()), ..Cause::default() };
-        old_owner.received(NodeId(3), &env(acq, "a3"), &cause);
-        let transfer = grant(vec![(NodeId(3), 1)]);
+        old_owner.received(NodeId::new(3), &env(acq, "a3"), &cause);
+        let transfer = grant(vec![Waiter { node: NodeId::new(3), seq: 1 }]);
         let mut trace = BTreeMap::new();
         old_owner.hand_over(&transfer, &mut trace);
         assert_eq!(trace.get("dmutex-waiter.3.acquire").map(String::as_str), Some("a3"));
         assert_eq!(old_owner.len, 0, "the old owner no longer answers node 3");
         // The new owner takes the contexts over and answers node 3 in its trace.
         let mut new_owner = TraceLinks::default();
-        let mut arrived = Envelope::new(LamportTs(0), transfer);
+        let mut arrived = Envelope::new(LamportTs::new(0), transfer);
         arrived.trace = trace;
-        new_owner.received(NodeId(0), &arrived, &Cause::default());
-        let answered = new_owner.answering(NodeId(3), &grant(vec![])).and_then(|c| c.acquire);
+        new_owner.received(NodeId::new(0), &arrived, &Cause::default());
+        let answered = new_owner.answering(NodeId::new(3), &grant(vec![])).and_then(|c| c.acquire);
         assert_eq!(answered.as_deref(), Some("a3"));
     }
 }

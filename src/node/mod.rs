@@ -35,12 +35,8 @@ mod run;
 mod status;
 mod timers;
 
-pub use crate::api::types::{
-    AcquireRequest, AlgoLockInfo, ClusterInfo, Grant, LeaseInfo, LockInfo, PeerInfo, Readiness, Stats,
-};
 pub use handle::{NodeHandle, Shared};
 pub use msg::PeerMsg;
-pub use observe::ACQUIRE_KEY;
 pub use run::{Routes, RunConfig, new_incarnation, run};
 
 use crate::algo::{Algorithm, Incarnation, NodeId};
@@ -52,7 +48,7 @@ const PEER_DOWN_AFTER: Duration = Duration::from_millis(1000);
 
 /// A node's static settings, taken from its [`NodeConfig`].
 #[derive(Clone, Debug)]
-pub struct NodeSettings {
+pub(crate) struct NodeSettings {
     /// This node.
     pub me: NodeId,
     /// This process's incarnation.
@@ -77,7 +73,7 @@ pub struct NodeSettings {
 
 impl NodeSettings {
     /// The settings of `cfg`'s node running as `incarnation`.
-    pub fn from_config(cfg: &NodeConfig, incarnation: Incarnation) -> Self {
+    pub(crate) fn from_config(cfg: &NodeConfig, incarnation: Incarnation) -> Self {
         NodeSettings {
             me: cfg.node_id,
             incarnation,

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Key of the node-local acquire id in a peer message's trace map: the flow records of one acquire are
 /// grouped by it (the trace id when tracing, else `node-incarnation-request`), so diagrams need no backend.
-pub const ACQUIRE_KEY: &str = "dmutex-acquire";
+pub(crate) const ACQUIRE_KEY: &str = "dmutex-acquire";
 
 /// Longest acquire id accepted from a peer (ids are at most 32 hex digits; anything longer is garbage).
 pub(crate) const MAX_ACQUIRE_ID: usize = 64;
@@ -148,7 +148,7 @@ impl Observer {
                         "lock.acquire",
                         lock = %lock,
                         algorithm = algorithm.as_str(),
-                        node = self.me.0,
+                        node = self.me.get(),
                         fencing_token = tracing::field::Empty,
                         waited_ms = tracing::field::Empty,
                         outcome = tracing::field::Empty,
@@ -157,8 +157,9 @@ impl Observer {
                     tracing::Span::none()
                 };
                 let otel = telemetry::context_of(&span);
-                let acquire = telemetry::trace_id_of(&span)
-                    .unwrap_or_else(|| format!("{}-{:x}-{}", self.me.0, self.incarnation.0 & 0xffff, req.0));
+                let acquire = telemetry::trace_id_of(&span).unwrap_or_else(|| {
+                    format!("{}-{:x}-{}", self.me.get(), self.incarnation.get() & 0xffff, req.get())
+                });
                 self.local("ACQUIRE", lock, algorithm, &acquire, clock, None);
                 return Cause { acquire: Some(acquire), otel, span: Some(span) };
             }
@@ -168,13 +169,14 @@ impl Observer {
             Seen::Received { from, env } => return self.received(from, env),
             Seen::Sent { to, msg, cause, trace } => self.sent(to, msg, cause, trace),
             Seen::Entered { algorithm, lock, acquire, token, waited, span, clock } => {
-                span.record("fencing_token", token.0);
+                span.record("fencing_token", token.get());
                 span.record("waited_ms", waited.as_millis() as u64);
                 if telemetry::exporting() && telemetry::context_of(span).is_some() {
                     let _enter =
-                        tracing::debug_span!(parent: span, "lock.enter", fencing_token = token.0).entered();
+                        tracing::debug_span!(parent: span, "lock.enter", fencing_token = token.get())
+                            .entered();
                 }
-                self.local("ENTER", lock, algorithm, acquire, clock, Some(format!("token={}", token.0)));
+                self.local("ENTER", lock, algorithm, acquire, clock, Some(format!("token={}", token.get())));
             }
             Seen::Ended { algorithm, lock, acquire, outcome, waited, span, clock } => {
                 let labels = OutcomeLabels { algorithm, outcome };
@@ -205,8 +207,8 @@ impl Observer {
                             "lock.release",
                             lock = %lock,
                             algorithm = algorithm.as_str(),
-                            node = self.me.0,
-                            fencing_token = token.0,
+                            node = self.me.get(),
+                            fencing_token = token.get(),
                         );
                         telemetry::set_parent_context(&span, parent);
                         (telemetry::context_of(&span), Some(span))
@@ -231,7 +233,7 @@ impl Observer {
                 }
                 for &(algorithm, waiting, clock) in &s.cores {
                     m.waiting_requests.set(AlgorithmLabel(algorithm), waiting as f64);
-                    m.lamport_clock.set(AlgorithmLabel(algorithm), clock.0 as f64);
+                    m.lamport_clock.set(AlgorithmLabel(algorithm), clock.get() as f64);
                 }
                 m.held_leases.set((), s.held_leases as f64);
                 for &(peer, n) in &s.reconnects {
@@ -264,9 +266,9 @@ impl Observer {
                 parent: None,
                 "peer.recv",
                 "msg.type" = msg.kind(),
-                "lamport.ts" = msg.timestamp().map_or(env.ts.0, |t| t.0),
-                from = from.0,
-                node = self.me.0,
+                "lamport.ts" = msg.timestamp().map_or(env.ts.get(), |t| t.get()),
+                from = from.get(),
+                node = self.me.get(),
                 lock = %msg.lock(),
                 algorithm = msg.algorithm().as_str(),
                 "msg.detail" = msg.flow_detail(),
@@ -292,9 +294,9 @@ impl Observer {
                 parent: None,
                 "peer.send",
                 "msg.type" = msg.kind(),
-                "lamport.ts" = msg.timestamp().map(|t| t.0),
-                to = to.0,
-                node = self.me.0,
+                "lamport.ts" = msg.timestamp().map(|t| t.get()),
+                to = to.get(),
+                node = self.me.get(),
                 lock = %msg.lock(),
                 algorithm = msg.algorithm().as_str(),
                 "msg.detail" = msg.flow_detail(),
@@ -319,13 +321,13 @@ impl Observer {
     ) {
         self.shared.push_flow(FlowRecord {
             at_unix_ms: unix_ms(),
-            node: self.me.0,
+            node: self.me.get(),
             direction: Direction::Local,
             peer: None,
             kind: Cow::Borrowed(kind),
             lock: lock.to_string(),
             algorithm: algorithm.as_str().into(),
-            lamport_ts: Some(clock.0),
+            lamport_ts: Some(clock.get()),
             trace_id: Some(acquire.to_string()),
             detail,
         });
@@ -335,13 +337,13 @@ impl Observer {
     fn message(&self, direction: Direction, peer: NodeId, msg: &PeerMsg, acquire: Option<&str>) {
         self.shared.push_flow(FlowRecord {
             at_unix_ms: unix_ms(),
-            node: self.me.0,
+            node: self.me.get(),
             direction,
-            peer: Some(peer.0),
+            peer: Some(peer.get()),
             kind: msg.kind().into(),
             lock: msg.lock().to_string(),
             algorithm: msg.algorithm().as_str().into(),
-            lamport_ts: msg.timestamp().map(|t| t.0),
+            lamport_ts: msg.timestamp().map(|t| t.get()),
             trace_id: acquire.map(str::to_string),
             detail: msg.flow_detail(),
         });

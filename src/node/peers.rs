@@ -71,7 +71,7 @@ impl Node {
         let core = self.cores.get(algorithm);
         let mut down = Vec::new();
         for (i, p) in self.peers.iter().enumerate() {
-            let node = NodeId(i as u16);
+            let node = NodeId::new(i as u16);
             if node != self.settings.me && self.peer_down(p) && core.needs_peer(lock, node) {
                 down.push(format!("peer {} ({}) is down", i, self.settings.peers[i]));
             }

@@ -30,7 +30,7 @@ pub(crate) struct Pending {
 }
 
 fn millis(d: Duration) -> Millis {
-    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    Millis::new(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Node {
@@ -55,9 +55,9 @@ impl Node {
             return;
         }
         let timeout = req.timeout.unwrap_or(self.settings.default_timeout);
-        let id = RequestId(self.next_req);
+        let id = RequestId::new(self.next_req);
         self.next_req += 1;
-        let deadline = Millis(self.now().0.saturating_add(millis(timeout).0));
+        let deadline = Millis::new(self.now().get().saturating_add(millis(timeout).get()));
         let clock = self.cores.get(algorithm).clock();
         let mut cause = self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock });
         let span = cause.span.take().unwrap_or_else(tracing::Span::none);
@@ -117,9 +117,9 @@ impl Node {
                 let grant = Grant {
                     name: lock,
                     lease: id.clone().into(),
-                    fencing_token: token.0,
+                    fencing_token: token.get(),
                     algorithm: Some(algorithm),
-                    node_id: Some(self.settings.me.0),
+                    node_id: Some(self.settings.me.get()),
                     waited_ms: Some(waited.as_millis() as u64),
                     ttl_ms: Some(p.ttl.as_millis() as u64),
                 };
@@ -182,7 +182,7 @@ impl Node {
         let gone = || ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"));
         let (algorithm, req, ttl) =
             self.leases.get(lease).map(|l| (l.algorithm, l.req, l.ttl)).ok_or_else(gone)?;
-        let until = Millis(self.now().0.saturating_add(millis(ttl).0));
+        let until = Millis::new(self.now().get().saturating_add(millis(ttl).get()));
         match self.feed(algorithm, Event::KeepAlive { req, until }, &Cause::default()) {
             Ok(()) => Ok(ttl),
             Err(e) => {

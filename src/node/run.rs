@@ -44,7 +44,7 @@ impl RunConfig {
 /// A fresh incarnation: microseconds since the UNIX epoch (grows across restarts of the same node).
 pub fn new_incarnation() -> Incarnation {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
-    Incarnation(micros)
+    Incarnation::new(micros)
 }
 
 /// Aborts a task when dropped, so that dropping [`run`]'s future stops what it started.
@@ -84,8 +84,8 @@ pub async fn run(
     let settings = NodeSettings::from_config(&cfg, incarnation);
     let me = settings.me;
     tracing::info!(
-        node = me.0,
-        incarnation = incarnation.0,
+        node = me.get(),
+        incarnation = incarnation.get(),
         peers = ?settings.peers,
         peer_addr = ?peer_listener.local_addr().ok(),
         http_addr = ?http_listener.local_addr().ok(),

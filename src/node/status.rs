@@ -31,7 +31,7 @@ impl Node {
             ready,
             connected: (self.peers.iter().enumerate())
                 .filter(|(i, _)| *i != me)
-                .map(|(i, p)| (NodeId(i as u16), p.connected))
+                .map(|(i, p)| (NodeId::new(i as u16), p.connected))
                 .collect(),
             cores: Algorithm::ALL
                 .iter()
@@ -56,12 +56,12 @@ impl Node {
             .map(|(id, l)| LeaseInfo {
                 lease: id.to_string(),
                 algorithm: l.algorithm,
-                fencing_token: l.token.0,
+                fencing_token: l.token.get(),
                 expires_in_ms: self
                     .cores
                     .get(l.algorithm)
                     .lease_until(l.req)
-                    .map_or(0, |end| end.0.saturating_sub(now.0)),
+                    .map_or(0, |end| end.get().saturating_sub(now.get())),
             })
             .collect();
         let algorithms = Algorithm::ALL
@@ -100,19 +100,21 @@ impl Node {
                             .map(|t| now.duration_since(t).unwrap_or_default().as_millis() as u64)
                     },
                     incarnation: if me {
-                        Some(self.settings.incarnation.0)
+                        Some(self.settings.incarnation.get())
                     } else {
-                        st.and_then(|p| p.incarnation).map(|i| i.0)
+                        st.and_then(|p| p.incarnation).map(|i| i.get())
                     },
                     reconnects: link.map_or(0, |s| s.reconnects),
                 }
             })
             .collect();
-        let lamport_clock =
-            Algorithm::ALL.iter().map(|a| (a.as_str().to_string(), self.cores.get(*a).clock().0)).collect();
+        let lamport_clock = Algorithm::ALL
+            .iter()
+            .map(|a| (a.as_str().to_string(), self.cores.get(*a).clock().get()))
+            .collect();
         ClusterInfo {
-            node_id: self.settings.me.0,
-            incarnation: self.settings.incarnation.0,
+            node_id: self.settings.me.get(),
+            incarnation: self.settings.incarnation.get(),
             cluster: self.settings.cluster.clone(),
             ready: self.shared.readiness().ready,
             peers,
@@ -135,8 +137,8 @@ impl Node {
             Algorithm::ALL.iter().map(|&a| (a.as_str().to_string(), count(a))).collect::<BTreeMap<_, _>>()
         };
         Stats {
-            node_id: self.settings.me.0,
-            incarnation: self.settings.incarnation.0,
+            node_id: self.settings.me.get(),
+            incarnation: self.settings.incarnation.get(),
             messages_sent: by_type(m.messages_sent.series()),
             messages_received: by_type(m.messages_received.series()),
             messages_sent_total: m.messages_sent.sum(),
@@ -145,7 +147,7 @@ impl Node {
                 m.acquire_outcomes.get(&OutcomeLabels { algorithm: a, outcome: Outcome::Timeout })
             }),
             lease_expiries: m.lease_expiries.sum(),
-            lamport_clock: self.shared.clock().0,
+            lamport_clock: self.shared.clock().get(),
             lamport_ack_elision: self.cores.lamport_ack_elision(),
         }
     }

@@ -72,38 +72,38 @@ mod tests {
     const R: Algorithm = Algorithm::RicartAgrawala;
 
     fn deadline(r: u64) -> TimerId {
-        TimerId::Deadline(RequestId(r))
+        TimerId::Deadline(RequestId::new(r))
     }
 
     #[test]
     fn timers_fire_earliest_first_and_only_when_due() {
         let mut t = TimerTable::default();
-        t.set(L, deadline(1), Millis(30));
-        t.set(R, deadline(2), Millis(10));
-        t.set(L, TimerId::Lease(RequestId(3)), Millis(20));
-        assert_eq!(t.next(), Some(Millis(10)));
-        assert_eq!(t.pop_due(Millis(9)), None);
-        assert_eq!(t.pop_due(Millis(25)), Some((R, deadline(2))));
-        assert_eq!(t.pop_due(Millis(25)), Some((L, TimerId::Lease(RequestId(3)))));
-        assert_eq!(t.pop_due(Millis(25)), None);
-        assert_eq!(t.next(), Some(Millis(30)));
+        t.set(L, deadline(1), Millis::new(30));
+        t.set(R, deadline(2), Millis::new(10));
+        t.set(L, TimerId::Lease(RequestId::new(3)), Millis::new(20));
+        assert_eq!(t.next(), Some(Millis::new(10)));
+        assert_eq!(t.pop_due(Millis::new(9)), None);
+        assert_eq!(t.pop_due(Millis::new(25)), Some((R, deadline(2))));
+        assert_eq!(t.pop_due(Millis::new(25)), Some((L, TimerId::Lease(RequestId::new(3)))));
+        assert_eq!(t.pop_due(Millis::new(25)), None);
+        assert_eq!(t.next(), Some(Millis::new(30)));
         assert_eq!(t.len(), 1);
     }
 
     #[test]
     fn setting_again_moves_a_timer_and_cancel_forgets_it() {
         let mut t = TimerTable::default();
-        let lease = TimerId::Lease(RequestId(1));
-        t.set(L, lease, Millis(10));
-        t.set(L, lease, Millis(50));
-        assert_eq!(t.get(L, lease), Some(Millis(50)));
-        assert_eq!(t.pop_due(Millis(20)), None, "the replaced setting is gone");
+        let lease = TimerId::Lease(RequestId::new(1));
+        t.set(L, lease, Millis::new(10));
+        t.set(L, lease, Millis::new(50));
+        assert_eq!(t.get(L, lease), Some(Millis::new(50)));
+        assert_eq!(t.pop_due(Millis::new(20)), None, "the replaced setting is gone");
         // The same id in another core is another timer.
-        t.set(R, lease, Millis(5));
+        t.set(R, lease, Millis::new(5));
         t.cancel(R, lease);
         t.cancel(R, lease);
         assert_eq!(t.len(), 1);
-        assert_eq!(t.pop_due(Millis(50)), Some((L, lease)));
+        assert_eq!(t.pop_due(Millis::new(50)), Some((L, lease)));
         assert_eq!((t.next(), t.len()), (None, 0));
     }
 }

@@ -66,7 +66,7 @@ pub struct FlowRecord {
 
 impl FlowRecord {
     /// The (sender, receiver) of a message record; `None` for local events or a message without a peer.
-    pub fn endpoints(&self) -> Option<(u16, u16)> {
+    pub(crate) fn endpoints(&self) -> Option<(u16, u16)> {
         match (self.direction, self.peer) {
             (Direction::Sent, Some(p)) => Some((self.node, p)),
             (Direction::Received, Some(p)) => Some((p, self.node)),
@@ -75,7 +75,7 @@ impl FlowRecord {
     }
 
     /// `KIND ts=N detail`, the label of the record's arrow or note (unescaped).
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         let mut s = self.kind.to_string();
         if let Some(ts) = self.lamport_ts {
             let _ = write!(s, " ts={ts}");
@@ -103,13 +103,13 @@ impl Default for FlowLog {
 
 impl FlowLog {
     /// An empty log keeping at most `capacity` records (at least one).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self { capacity, records: VecDeque::with_capacity(capacity.min(DEFAULT_CAPACITY)) }
     }
 
     /// Appends a record, forgetting the oldest one when full.
-    pub fn push(&mut self, record: FlowRecord) {
+    pub(crate) fn push(&mut self, record: FlowRecord) {
         if self.records.len() >= self.capacity {
             self.records.pop_front();
         }
@@ -117,27 +117,23 @@ impl FlowLog {
     }
 
     /// Number of records held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
 
-    /// Whether the log is empty.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
     /// All records held, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &FlowRecord> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &FlowRecord> {
         self.records.iter()
     }
 
     /// The records of one trace, oldest first.
-    pub fn by_trace(&self, trace_id: &str) -> Vec<FlowRecord> {
+    pub(crate) fn by_trace(&self, trace_id: &str) -> Vec<FlowRecord> {
         self.records.iter().filter(|r| r.trace_id.as_deref() == Some(trace_id)).cloned().collect()
     }
 
     /// The last `limit` records about `lock`, oldest first.
-    pub fn recent(&self, lock: &str, limit: usize) -> Vec<FlowRecord> {
+    pub(crate) fn recent(&self, lock: &str, limit: usize) -> Vec<FlowRecord> {
         let mut out: Vec<FlowRecord> =
             self.records.iter().rev().filter(|r| r.lock == lock).take(limit).cloned().collect();
         out.reverse();
@@ -145,7 +141,8 @@ impl FlowLog {
     }
 
     /// The trace id of the newest traced record about `lock` (to find "the last acquire").
-    pub fn latest_trace(&self, lock: &str) -> Option<String> {
+    #[cfg(test)]
+    pub(crate) fn latest_trace(&self, lock: &str) -> Option<String> {
         self.records.iter().rev().filter(|r| r.lock == lock).find_map(|r| r.trace_id.clone())
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 /// Upper bounds (seconds) of the latency histograms: 100 µs … 24 h. Fine below a second for the lock calls
 /// themselves; up to the longest wait an acquire may ask for (1 h) and the default largest lease TTL (24 h)
 /// for waits and holds of `dmutex lock` jobs (backups, cron).
-pub const LATENCY_BUCKETS: [f64; 21] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 21] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0,
     300.0, 900.0, 3600.0, 21600.0, 86400.0,
 ];
@@ -60,7 +60,7 @@ impl LabelSet for MessageLabels {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
         f("algorithm", self.algorithm.as_str());
         f("type", self.kind);
-        f("peer", &self.peer.0.to_string());
+        f("peer", &self.peer.get().to_string());
     }
 }
 
@@ -83,7 +83,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Granted => "granted",
             Outcome::Timeout => "timeout",
@@ -117,7 +117,7 @@ pub struct PeerLabel(pub NodeId);
 
 impl LabelSet for PeerLabel {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
-        f("peer", &self.0.0.to_string());
+        f("peer", &self.0.get().to_string());
     }
 }
 
@@ -159,7 +159,7 @@ pub struct BuildLabels {
 impl LabelSet for BuildLabels {
     fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
         f("version", self.version);
-        f("node", &self.node.0.to_string());
+        f("node", &self.node.get().to_string());
     }
 }
 
@@ -169,7 +169,7 @@ fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
 }
 
 /// A metric family: its Prometheus type and how its series render.
-pub trait Family: Default {
+pub(crate) trait Family: Default {
     /// `counter`, `gauge` or `histogram`.
     const KIND: &'static str;
     /// Appends the family's sample lines (not the `# HELP`/`# TYPE` header).
@@ -210,32 +210,32 @@ impl<L: LabelSet> Counter<L> {
     }
 
     /// Adds `by`. Allocates only for a series seen the first time (label sets are plain values).
-    pub fn inc_by(&self, labels: L, by: u64) {
+    pub(crate) fn inc_by(&self, labels: L, by: u64) {
         *lock(&self.series).entry(labels).or_insert(0) += by;
     }
 
     /// Sets the counter to an absolute value (for counters kept elsewhere, e.g. by the transport).
-    pub fn set(&self, labels: L, value: u64) {
+    pub(crate) fn set(&self, labels: L, value: u64) {
         lock(&self.series).insert(labels, value);
     }
 
     /// One series' value (0 if it was never counted).
-    pub fn get(&self, labels: &L) -> u64 {
+    pub(crate) fn get(&self, labels: &L) -> u64 {
         lock(&self.series).get(labels).copied().unwrap_or(0)
     }
 
     /// The sum over the series whose labels pass `filter`.
-    pub fn sum_where(&self, filter: impl Fn(&L) -> bool) -> u64 {
+    pub(crate) fn sum_where(&self, filter: impl Fn(&L) -> bool) -> u64 {
         lock(&self.series).iter().filter(|(l, _)| filter(l)).map(|(_, v)| *v).sum()
     }
 
     /// The sum over every series.
-    pub fn sum(&self) -> u64 {
+    pub(crate) fn sum(&self) -> u64 {
         self.sum_where(|_| true)
     }
 
     /// Every series, in label order.
-    pub fn series(&self) -> Vec<(L, u64)> {
+    pub(crate) fn series(&self) -> Vec<(L, u64)> {
         lock(&self.series).iter().map(|(l, v)| (l.clone(), *v)).collect()
     }
 }
@@ -266,11 +266,6 @@ impl<L: LabelSet> Gauge<L> {
     pub fn set(&self, labels: L, value: f64) {
         lock(&self.series).insert(labels, value);
     }
-
-    /// One series' value, if set.
-    pub fn get(&self, labels: &L) -> Option<f64> {
-        lock(&self.series).get(labels).copied()
-    }
 }
 
 impl<L: LabelSet> Family for Gauge<L> {
@@ -289,7 +284,7 @@ struct Buckets {
     count: u64,
 }
 
-/// A latency histogram (seconds, [`LATENCY_BUCKETS`]) per label set.
+/// A latency histogram (seconds, `LATENCY_BUCKETS`) per label set.
 #[derive(Debug)]
 pub struct Histogram<L> {
     series: Mutex<BTreeMap<L, Buckets>>,
@@ -313,11 +308,6 @@ impl<L: LabelSet> Histogram<L> {
         }
         h.sum += seconds;
         h.count += 1;
-    }
-
-    /// How many observations one series has.
-    pub fn count(&self, labels: &L) -> u64 {
-        lock(&self.series).get(labels).map_or(0, |h| h.count)
     }
 }
 
@@ -355,7 +345,7 @@ macro_rules! metrics {
 
         impl Metrics {
             /// Prometheus text exposition format 0.0.4.
-            pub fn render(&self) -> String {
+            pub(crate) fn render(&self) -> String {
                 let mut out = String::with_capacity(8192);
                 $(
                     let _ = writeln!(out, "# HELP {} {}", $name, $help);
@@ -402,7 +392,7 @@ metrics! {
 
 impl Metrics {
     /// An empty registry.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }
@@ -445,7 +435,7 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_cumulative_histograms() {
         let m = Metrics::new();
-        let l = MessageLabels { algorithm: Algorithm::Lamport, kind: "REQUEST", peer: NodeId(1) };
+        let l = MessageLabels { algorithm: Algorithm::Lamport, kind: "REQUEST", peer: NodeId::new(1) };
         m.messages_sent.inc_by(l, 2);
         m.messages_sent.inc(l);
         m.ready.set((), 1.0);
@@ -475,7 +465,7 @@ mod tests {
     fn series_render_in_label_text_order_and_every_family_has_a_header() {
         let m = Metrics::new();
         for peer in [2, 10, 1] {
-            m.peer_connected.set(PeerLabel(NodeId(peer)), 1.0);
+            m.peer_connected.set(PeerLabel(NodeId::new(peer)), 1.0);
         }
         for a in Algorithm::ALL {
             m.grants.inc(AlgorithmLabel(a));

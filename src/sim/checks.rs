@@ -13,7 +13,7 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
         lock: String,
         token: FencingToken,
     ) -> Step {
-        note!(self, "    node {node} GRANTED {req:?} {lock} token {:#x}", token.0);
+        note!(self, "    node {node} GRANTED {req:?} {lock} token {:#x}", token.get());
         let Some(r) = self.requests.get(&req) else {
             return Err(format!("node {node} granted {req:?} ({lock}), which is not a live request"));
         };
@@ -35,36 +35,37 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
                 note!(
                     self,
                     "    (every node up at token {:#x} has crashed since: the token is forgotten)",
-                    last.0
+                    last.get()
                 );
                 self.report.fencing_forgotten += 1;
             } else {
                 return Err(format!(
                     "fencing: node {node} granted {lock} with token {:#x}, not above the earlier token {:#x}",
-                    token.0, last.0
+                    token.get(),
+                    last.get()
                 ));
             }
         }
         if matches!(P::ALGORITHM, Algorithm::Lamport | Algorithm::RicartAgrawala)
-            && token.0 & 0xffff != u64::from(node.0)
+            && token.get() & 0xffff != u64::from(node.get())
         {
             return Err(format!(
                 "fencing: node {node} granted {lock} with token {:#x}, whose (ts, node) names node {}",
-                token.0,
-                token.0 & 0xffff
+                token.get(),
+                token.get() & 0xffff
             ));
         }
         self.max_token.insert(lock.clone(), token);
         let up: BTreeSet<NodeId> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].engine.is_some())
-            .map(|i| NodeId(i as u16))
+            .map(|i| NodeId::new(i as u16))
             .collect();
         self.token_witnesses.insert(lock.clone(), up);
         self.holders.insert(lock, (node, req));
         let mut forgetful = false;
         if let Some(r) = self.requests.get_mut(&req) {
             r.state = ReqState::Held(token);
-            r.lease_end = r.ttl.map(|ttl| Millis(self.now.0 + ttl.0));
+            r.lease_end = r.ttl.map(|ttl| Millis::new(self.now.get() + ttl.get()));
             forgetful = r.ttl.is_some();
         }
         self.report.grants += 1;
@@ -72,7 +73,7 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
         self.msgs_since_grant = 0;
         if !forgetful {
             let hold = self.rng.below(self.cfg.max_hold + 1);
-            self.schedule(Millis(self.now.0 + hold), Item::Release { node, req });
+            self.schedule(Millis::new(self.now.get() + hold), Item::Release { node, req });
         }
         Ok(())
     }
@@ -92,7 +93,8 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
         if r.lease_end.is_none_or(|end| self.now < end) {
             return Err(format!(
                 "node {node}: the lease of {req:?} expired at t={}, before its end {:?}",
-                self.now.0, r.lease_end
+                self.now.get(),
+                r.lease_end
             ));
         }
         self.requests.remove(&req);
@@ -152,9 +154,9 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
             let _ = write!(
                 msg,
                 "\n    node {i} (incarnation {}, joined {}, clock {}):",
-                state.incarnation.0,
+                state.incarnation.get(),
                 engine.joined(),
-                engine.clock().0
+                engine.clock().get()
             );
             for lock in &self.lock_names {
                 let _ = write!(

@@ -1,9 +1,9 @@
-//! Deterministic cluster simulation: N [`Engine`]s on a virtual clock, linked by the real [`Link`]s, driven
+//! Deterministic cluster simulation: N [`Engine`]s on a virtual clock, linked by the real `Link`s, driven
 //! by a seeded workload.
 //!
 //! The same cores that run in the tokio node run here, unchanged: the simulator only feeds events into
 //! [`Engine::handle`] and executes the returned [`Action`]s. Between the cores runs the transport's own link
-//! state machine ([`crate::net::link`]) over simulated connections (`sim/network.rs`): sequence numbers,
+//! state machine (`net::link`) over simulated connections (`sim/network.rs`): sequence numbers,
 //! cumulative acks, resend after a reconnect, duplicate drop, and the discard-on-restart rule, with
 //! handshakes reaching the links and the cores in the order the real transport produces. Everything is
 //! deterministic: time is virtual ([`Millis`]), randomness comes from [`SplitMix64`] streams seeded by
@@ -189,10 +189,10 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         let lock_names = (0..cfg.locks.max(1)).map(|i| format!("lock{i}")).collect();
         let nodes = (0..n)
             .map(|i| {
-                let id = NodeId(i as u16);
+                let id = NodeId::new(i as u16);
                 Node {
                     engine: Some(Engine::new(make(id, n), Peers::formed(id, n))),
-                    incarnation: Incarnation(0),
+                    incarnation: Incarnation::new(0),
                     timers: BTreeMap::new(),
                 }
             })
@@ -203,7 +203,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             net_out: NetOut::default(),
             cfg,
             make,
-            now: Millis(0),
+            now: Millis::new(0),
             seq: 0,
             queue: BTreeMap::new(),
             nodes,
@@ -296,7 +296,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         let mut probes = 0;
         for lock in self.used.clone() {
             probes += 1;
-            let node = NodeId(self.rng.below(self.n() as u64) as u16);
+            let node = NodeId::new(self.rng.below(self.n() as u64) as u16);
             self.schedule(self.now, Item::Probe { node, lock });
         }
         self.run_until_quiet()?;
@@ -321,7 +321,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             nodes: self.n(),
             mode: self.cfg.mode,
             step: self.report.steps,
-            time_ms: self.now.0,
+            time_ms: self.now.get(),
             description,
             replay: self.cfg.replay_command(algorithm),
             trace,
@@ -335,23 +335,23 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         match self.cfg.load {
             Load::Random => {
                 for _ in 0..requests {
-                    let at = Millis(self.rng.below(window + 1));
+                    let at = Millis::new(self.rng.below(window + 1));
                     self.schedule(at, Item::Acquire { node: None });
                 }
             }
             Load::Serial => self.maybe_issue_serial(),
             Load::Saturated => {
                 for i in 0..n.min(requests) {
-                    let at = Millis(self.rng.below(self.cfg.max_delay + 1));
-                    self.schedule(at, Item::Acquire { node: Some(NodeId(i as u16)) });
+                    let at = Millis::new(self.rng.below(self.cfg.max_delay + 1));
+                    self.schedule(at, Item::Acquire { node: Some(NodeId::new(i as u16)) });
                 }
             }
         }
         if self.cfg.crash {
             let crashes = 1 + self.rng.below(2);
             for _ in 0..crashes {
-                let at = Millis(self.rng.below(window + 1));
-                let node = NodeId(self.rng.below(n as u64) as u16);
+                let at = Millis::new(self.rng.below(window + 1));
+                let node = NodeId::new(self.rng.below(n as u64) as u16);
                 self.schedule(at, Item::Crash { node });
             }
             self.net.schedule_cuts(window, &mut self.net_out);
@@ -368,7 +368,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             && self.net.data_in_flight() == 0
         {
             self.acquire_pending = true;
-            let at = Millis(self.now.0 + self.delay());
+            let at = Millis::new(self.now.get() + self.delay());
             self.schedule(at, Item::Acquire { node: None });
         }
     }
@@ -381,7 +381,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                     nodes
                         .get(node.index())
                         .and_then(|s| s.engine.as_ref())
-                        .map_or(LamportTs(0), |e| e.clock())
+                        .map_or(LamportTs::new(0), |e| e.clock())
                 };
                 self.net.step(self.now, &mut self.rng, item, clock, &mut self.net_out)?;
                 self.absorb()
@@ -393,12 +393,12 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                     return Ok(());
                 }
                 state.timers.remove(&timer);
-                note!(self, "t={} node {node} timer {timer:?}", self.now.0);
+                note!(self, "t={} node {node} timer {timer:?}", self.now.get());
                 self.feed(node, Event::Timer { timer }, false)
             }
             Item::Acquire { node } => self.acquire(node),
             Item::Probe { node, lock } => {
-                let req = RequestId(self.next_req);
+                let req = RequestId::new(self.next_req);
                 self.next_req += 1;
                 let r = Req {
                     node,
@@ -410,7 +410,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                     cancelling: false,
                 };
                 self.requests.insert(req, r);
-                note!(self, "t={} node {node} PROBE {req:?} {lock}", self.now.0);
+                note!(self, "t={} node {node} PROBE {req:?} {lock}", self.now.get());
                 self.feed(node, Event::Acquire { req, lock, deadline: None, ttl: None }, true)
             }
             Item::Release { node, req } => {
@@ -425,7 +425,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 if let Some(r) = self.requests.remove(&req) {
                     self.holders.remove(&r.lock);
                 }
-                note!(self, "t={} node {node} RELEASE {req:?}", self.now.0);
+                note!(self, "t={} node {node} RELEASE {req:?}", self.now.get());
                 self.feed(node, Event::Release { req }, true)?;
                 self.request_ended(node);
                 Ok(())
@@ -439,7 +439,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 if let Some(r) = self.requests.get_mut(&req) {
                     r.cancelling = true;
                 }
-                note!(self, "t={} node {node} CANCEL {req:?}", self.now.0);
+                note!(self, "t={} node {node} CANCEL {req:?}", self.now.get());
                 self.feed(node, Event::Cancel { req }, true)?;
                 if self.requests.contains_key(&req) {
                     return Err(format!(
@@ -479,7 +479,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             if !self.live(node) {
                 continue;
             }
-            note!(self, "t={} at node {node}: {event:?}", self.now.0);
+            note!(self, "t={} at node {node}: {event:?}", self.now.get());
             self.feed(node, event, false)?;
         }
         Ok(())
@@ -488,12 +488,12 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
     fn acquire(&mut self, node: Option<NodeId>) -> Step {
         self.acquire_pending = false;
         let n = self.n() as u64;
-        let node = node.unwrap_or_else(|| NodeId(self.rng.below(n) as u16));
+        let node = node.unwrap_or_else(|| NodeId::new(self.rng.below(n) as u16));
         let i = self.rng.below(self.lock_names.len() as u64) as usize;
         let lock = self.lock_names[i].clone();
         let deadline_prob = self.cfg.deadline_prob;
         let deadline = if self.rng.chance(deadline_prob) {
-            Some(Millis(self.now.0 + 1 + self.rng.below(4 * self.cfg.max_delay + 4)))
+            Some(Millis::new(self.now.get() + 1 + self.rng.below(4 * self.cfg.max_delay + 4)))
         } else {
             None
         };
@@ -505,7 +505,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         };
         // Drawn only when leases are on, so that the other modes' runs stay as they were.
         let ttl = if self.cfg.lease_prob > 0.0 && self.rng.chance(self.cfg.lease_prob) {
-            Some(Millis(1 + self.rng.below(2 * self.cfg.max_delay + 1)))
+            Some(Millis::new(1 + self.rng.below(2 * self.cfg.max_delay + 1)))
         } else {
             None
         };
@@ -513,7 +513,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             // Nobody to ask: the request is never issued (a client would get a connection error).
             return Ok(());
         }
-        let req = RequestId(self.next_req);
+        let req = RequestId::new(self.next_req);
         self.next_req += 1;
         self.report.issued += 1;
         self.used.insert(lock.clone());
@@ -530,12 +530,12 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             },
         );
         if let Some(after) = cancel_after {
-            self.schedule(Millis(self.now.0 + after), Item::Cancel { node, req });
+            self.schedule(Millis::new(self.now.get() + after), Item::Cancel { node, req });
         }
         note!(
             self,
             "t={} node {node} ACQUIRE {req:?} {lock} deadline {deadline:?} lease {ttl:?}",
-            self.now.0
+            self.now.get()
         );
         self.feed(node, Event::Acquire { req, lock, deadline, ttl }, true)
     }
@@ -560,7 +560,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             // it has heard every peer, what the cluster knows may live only in messages in flight to it).
             return Ok(());
         }
-        note!(self, "t={} node {node} CRASHES", self.now.0);
+        note!(self, "t={} node {node} CRASHES", self.now.get());
         self.report.crashes += 1;
         for witnesses in self.token_witnesses.values_mut() {
             witnesses.remove(&node);
@@ -580,17 +580,17 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         self.net.crash(self.now, node, &mut self.net_out);
         self.absorb()?;
         let downtime = 1 + self.rng.below(5 * self.cfg.max_delay + 5);
-        self.schedule(Millis(self.now.0 + downtime), Item::Restart { node });
+        self.schedule(Millis::new(self.now.get() + downtime), Item::Restart { node });
         Ok(())
     }
 
     fn restart(&mut self, node: NodeId) -> Step {
         let n = self.n();
         let Some(state) = self.nodes.get_mut(node.index()) else { return Ok(()) };
-        let inc = Incarnation(state.incarnation.0 + 1);
+        let inc = Incarnation::new(state.incarnation.get() + 1);
         state.incarnation = inc;
         state.engine = Some(Engine::new((self.make)(node, n), Peers::new(node, n, inc)));
-        note!(self, "t={} node {node} RESTARTS as incarnation {}", self.now.0, inc.0);
+        note!(self, "t={} node {node} RESTARTS as incarnation {}", self.now.get(), inc.get());
         self.net.restart(self.now, node, inc, &mut self.net_out);
         self.absorb()?;
         self.request_ended(node);
@@ -669,7 +669,8 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             RejectReason::TimedOut if r.deadline.is_none_or(|d| self.now < d) => {
                 return Err(format!(
                     "node {node} timed out {req:?} at t={} before its deadline {:?}",
-                    self.now.0, r.deadline
+                    self.now.get(),
+                    r.deadline
                 ));
             }
             _ => {}

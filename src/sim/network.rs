@@ -189,18 +189,19 @@ impl<M: Clone + Debug> Network<M> {
             link_cfg,
             rng: SplitMix64::new(seed ^ 0x6e65_7477_6f72_6b21),
             tracing,
-            up: vec![Some(Incarnation(0)); n],
-            links: (0..n * n).map(|k| Link::new(NodeId((k % n) as u16), link_cfg)).collect(),
+            up: vec![Some(Incarnation::new(0)); n],
+            links: (0..n * n).map(|k| Link::new(NodeId::new((k % n) as u16), link_cfg)).collect(),
             dialers: vec![Dialer::default(); n * n],
             conns: Conns::default(),
             next_conn: 0,
             data_in_flight: 0,
         };
         for (i, j) in net.pairs() {
-            let (di, dj) = (NodeId(i as u16), NodeId(j as u16));
-            let id = net.open_conn(di, dj, Incarnation(0), Incarnation(0));
-            let accepted = net.links[j * n + i].on_hello(Incarnation(0), LamportTs(0));
-            let welcome = net.links[i * n + j].on_welcome(Millis(0), Incarnation(0), LamportTs(0), 0);
+            let (di, dj) = (NodeId::new(i as u16), NodeId::new(j as u16));
+            let id = net.open_conn(di, dj, Incarnation::new(0), Incarnation::new(0));
+            let accepted = net.links[j * n + i].on_hello(Incarnation::new(0), LamportTs::new(0));
+            let welcome =
+                net.links[i * n + j].on_welcome(Millis::new(0), Incarnation::new(0), LamportTs::new(0), 0);
             if let (Some(c), Ok(a), Ok(w)) = (net.conns.get_mut(&id), accepted, welcome) {
                 c.generation = Some(a.generation);
                 c.link_conn = Some(w);
@@ -238,7 +239,7 @@ impl<M: Clone + Debug> Network<M> {
                      incarnation {}",
                     if link.connected() { "connected" } else { "down" },
                     link.known(),
-                    inc_j.0
+                    inc_j.get()
                 ));
             }
         }
@@ -251,10 +252,11 @@ impl<M: Clone + Debug> Network<M> {
             return;
         }
         for _ in 0..self.rng.below(3) {
-            let at = Millis(self.rng.below(window + 1));
+            let at = Millis::new(self.rng.below(window + 1));
             let node = self.rng.below(self.n as u64) as usize;
             let peer = (node + 1 + self.rng.below(self.n as u64 - 1) as usize) % self.n;
-            out.schedule.push((at, NetItem::Cut { node: NodeId(node as u16), peer: NodeId(peer as u16) }));
+            out.schedule
+                .push((at, NetItem::Cut { node: NodeId::new(node as u16), peer: NodeId::new(peer as u16) }));
         }
     }
 
@@ -290,7 +292,7 @@ impl<M: Clone + Debug> Network<M> {
                 acceptor_inc: ai,
                 link_conn: None,
                 generation: None,
-                last: [Millis(0); 2],
+                last: [Millis::new(0); 2],
                 open: [true, true],
                 cut: false,
             },
@@ -312,7 +314,7 @@ impl<M: Clone + Debug> Network<M> {
     ) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let dir = usize::from(!to_acceptor);
-        let at = Millis(now.0 + delay).max(c.last[dir]);
+        let at = Millis::new(now.get() + delay).max(c.last[dir]);
         c.last[dir] = at;
         if matches!(wire, Wire::Data { .. }) {
             self.data_in_flight += 1;
@@ -401,7 +403,7 @@ impl<M: Clone + Debug> Network<M> {
         self.dialers[k].backoff = (ceiling * 2).min(4 * self.max_delay);
         let delay = ceiling.div_ceil(2) + self.rng.below(ceiling / 2 + 1);
         self.dialers[k].pending = true;
-        out.schedule.push((Millis(now.0 + delay), NetItem::Dial { node, peer, inc }));
+        out.schedule.push((Millis::new(now.get() + delay), NetItem::Dial { node, peer, inc }));
     }
 
     /// After a link call at `node` about `peer`: if the link gave its outbound connection up (the peer
@@ -459,10 +461,10 @@ impl<M: Clone + Debug> Network<M> {
                 let Some(id) = self.dialers[k].conn else { return Ok(()) };
                 let Some(c) = self.conns.get_mut(&id) else { return Ok(()) };
                 c.cut = true;
-                self.note(out, || format!("t={} connection {node}→{peer} CUT", now.0));
+                self.note(out, || format!("t={} connection {node}→{peer} CUT", now.get()));
                 // A reset, not a FIN: it overtakes what was in flight, which is lost.
                 for to_acceptor in [true, false] {
-                    let at = Millis(now.0 + self.net_delay());
+                    let at = Millis::new(now.get() + self.net_delay());
                     out.schedule.push((at, NetItem::Frame { conn: id, to_acceptor, wire: Wire::Close }));
                 }
             }
@@ -506,7 +508,7 @@ impl<M: Clone + Debug> Network<M> {
                             c.generation = Some(accepted.generation);
                         }
                         self.note(out, || {
-                            format!("t={} {other}→{end} hello (incarnation {})", now.0, incarnation.0)
+                            format!("t={} {other}→{end} hello (incarnation {})", now.get(), incarnation.get())
                         });
                         core_events(other, &mut self.links[k], end, out);
                         let welcome = Wire::Welcome {
@@ -519,7 +521,9 @@ impl<M: Clone + Debug> Network<M> {
                         self.drop_given_up(now, end, other, out);
                     }
                     Err(refusal) => {
-                        self.note(out, || format!("t={} {other}→{end} hello refused: {refusal:?}", now.0));
+                        self.note(out, || {
+                            format!("t={} {other}→{end} hello refused: {refusal:?}", now.get())
+                        });
                         let delay = self.net_delay();
                         self.put(now, delay, id, false, Wire::Refuse, out);
                     }
@@ -536,7 +540,8 @@ impl<M: Clone + Debug> Network<M> {
                             self.note(out, || {
                                 format!(
                                     "t={} {other}→{end} dropped: addressed to incarnation {:?}",
-                                    now.0, msg.to
+                                    now.get(),
+                                    msg.to
                                 )
                             });
                         } else {
@@ -574,7 +579,8 @@ impl<M: Clone + Debug> Network<M> {
                         self.note(out, || {
                             format!(
                                 "t={} {end}→{other} welcome (incarnation {}, received {received})",
-                                now.0, incarnation.0
+                                now.get(),
+                                incarnation.get()
                             )
                         });
                         core_events(other, &mut self.links[k], end, out);
@@ -625,8 +631,8 @@ impl<M: Clone + Debug> Network<M> {
             self.close_end(now, id, dialer_end, out);
         }
         for j in 0..self.n {
-            let k = self.at(node, NodeId(j as u16));
-            self.links[k] = Link::new(NodeId(j as u16), self.link_cfg);
+            let k = self.at(node, NodeId::new(j as u16));
+            self.links[k] = Link::new(NodeId::new(j as u16), self.link_cfg);
             self.dialers[k] = Dialer::default();
         }
     }
@@ -635,7 +641,7 @@ impl<M: Clone + Debug> Network<M> {
     pub(super) fn restart(&mut self, now: Millis, node: NodeId, inc: Incarnation, out: &mut NetOut<M>) {
         self.up[node.index()] = Some(inc);
         for j in (0..self.n).filter(|&j| j != node.index()) {
-            let peer = NodeId(j as u16);
+            let peer = NodeId::new(j as u16);
             let k = self.at(node, peer);
             // Like the transport, a starting node dials every peer at once.
             self.dialers[k].pending = true;

@@ -54,12 +54,12 @@ impl Central {
         {
             entry.0 = Some(next);
             entry.2 += 1;
-            let token = FencingToken(entry.2);
+            let token = FencingToken::new(entry.2);
             if next == me {
                 self.held.insert(lock.clone());
                 out.push(Output::Entered { lock, token });
             } else {
-                out.push(Output::Send { to: next, msg: ToyMsg::Grant(lock, token.0) });
+                out.push(Output::Send { to: next, msg: ToyMsg::Grant(lock, token.get()) });
             }
         }
     }
@@ -73,20 +73,23 @@ impl Protocol for Central {
     }
     fn request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
         if self.greedy {
-            out.push(Output::Entered { lock: lock.into(), token: FencingToken(u64::from(self.me.0) + 1) });
-        } else if self.me == NodeId(0) {
+            out.push(Output::Entered {
+                lock: lock.into(),
+                token: FencingToken::new(u64::from(self.me.get()) + 1),
+            });
+        } else if self.me == NodeId::new(0) {
             self.coordinate(self.me, ToyMsg::Req(lock.into()), out);
         } else {
-            out.push(Output::Send { to: NodeId(0), msg: ToyMsg::Req(lock.into()) });
+            out.push(Output::Send { to: NodeId::new(0), msg: ToyMsg::Req(lock.into()) });
         }
     }
     fn release(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
         self.held.remove(lock);
         if self.greedy {
-        } else if self.me == NodeId(0) {
+        } else if self.me == NodeId::new(0) {
             self.coordinate(self.me, ToyMsg::Rel(lock.into()), out);
         } else {
-            out.push(Output::Send { to: NodeId(0), msg: ToyMsg::Rel(lock.into()) });
+            out.push(Output::Send { to: NodeId::new(0), msg: ToyMsg::Rel(lock.into()) });
         }
     }
     fn withdraw(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<ToyMsg>>) {}
@@ -100,7 +103,7 @@ impl Protocol for Central {
         match msg {
             ToyMsg::Grant(lock, token) => {
                 self.held.insert(lock.clone());
-                out.push(Output::Entered { lock, token: FencingToken(token) });
+                out.push(Output::Entered { lock, token: FencingToken::new(token) });
             }
             other => self.coordinate(from, other, out),
         }
@@ -109,13 +112,13 @@ impl Protocol for Central {
     fn observe_clock(&mut self, _clock: LamportTs) {}
     fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<ToyMsg>>) {}
     fn clock(&self) -> LamportTs {
-        LamportTs(0)
+        LamportTs::new(0)
     }
     fn view(&self, lock: &str) -> LockView {
         LockView { held_here: self.held.contains(lock), ..LockView::default() }
     }
     fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
-        peer == NodeId(0)
+        peer == NodeId::new(0)
     }
 }
 

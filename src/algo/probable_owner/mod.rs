@@ -88,27 +88,86 @@ use std::collections::{BTreeMap, VecDeque};
 /// every simulated crash run.
 const SUSPECT_AFTER_HOPS_PER_NODE: usize = 8;
 
-/// A remote waiter: the requesting node and its request's sequence number.
-type Waiter = (NodeId, u64);
+/// An ownership epoch of one lock. Every transfer of the token opens the next epoch and a regeneration
+/// opens one above every epoch a live node has seen, so of two claims about who owns a lock the one with the
+/// higher epoch is newer, and the fencing tokens ([`FencingToken::from_epoch`]) of successive grants rise.
+/// Epoch 0 is the initial hint's: nobody has owned the lock yet.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OwnershipEpoch(u64);
+
+impl OwnershipEpoch {
+    /// The epoch before any ownership: what a fresh node's hint and a request sent to the home claim.
+    pub(crate) const ZERO: OwnershipEpoch = OwnershipEpoch(0);
+
+    /// The epoch numbered `epoch`.
+    pub const fn new(epoch: u64) -> Self {
+        OwnershipEpoch(epoch)
+    }
+
+    /// The raw number (the high 32 bits of the epoch's fencing tokens).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The epoch a transfer (or an owner whose grant counter would wrap) opens.
+    fn next(self) -> Self {
+        OwnershipEpoch(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for OwnershipEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A remote node waiting for the lock in an owner's queue (or a pending node's buffer, or a round): the node
+/// and the number of its request, which the grant echoes. One entry per node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Waiter {
+    /// The waiting node.
+    pub node: NodeId,
+    /// Its request number for the lock (the newest one, if it asked again).
+    pub seq: u64,
+}
+
+/// A transfer of the token a node sent: to whom, addressed to which of its incarnations, opening which epoch.
+/// Kept for recovery rounds: a token in flight to a live incarnation is not lost.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The recipient.
+    pub to: NodeId,
+    /// The recipient's incarnation the transfer was addressed to; another incarnation drops it.
+    pub incarnation: Incarnation,
+    /// The epoch the transfer opened.
+    pub epoch: OwnershipEpoch,
+}
+
+/// "`owner` owned the lock at `epoch`": a node's probable-owner hint, or the home's record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct OwnerClaim {
+    owner: NodeId,
+    epoch: OwnershipEpoch,
+}
 
 /// The answer to a `LOCK_ACQ`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RepOutcome {
     /// Ownership moves to the addressee, which takes over the queue.
     Granted {
-        /// The new ownership epoch.
-        epoch: u64,
+        /// The epoch the transfer opens.
+        epoch: OwnershipEpoch,
         /// The remaining waiters, oldest first.
-        queue: Vec<(NodeId, u64)>,
+        queue: Vec<Waiter>,
         /// The incarnation the grant is for; another incarnation drops it.
         to_incarnation: Incarnation,
     },
     /// The sender does not own the lock; try `owner`.
     Redirect {
-        /// The probable owner.
+        /// The node the sender believes owns the lock (the home when it knows no better).
         owner: NodeId,
         /// The epoch at which `owner` was known to own (freshness of the hint).
-        epoch: u64,
+        epoch: OwnershipEpoch,
     },
 }
 
@@ -117,7 +176,7 @@ pub enum RepOutcome {
 pub enum PoMsg {
     /// `LOCK_ACQ`: `requester` wants `lock`.
     Acq {
-        /// The lock.
+        /// The lock; every message is about one lock, whose home is [`home_node`] of its name.
         lock: LockName,
         /// The requesting node (always the sender).
         requester: NodeId,
@@ -126,58 +185,58 @@ pub enum PoMsg {
         /// The epoch at which the requester believes the addressee owns the lock. A pending addressee whose
         /// own hint is at least this new has owned that epoch and moved on, so it redirects instead of
         /// buffering (buffering is only for ownership that may still be travelling to it).
-        epoch: u64,
+        epoch: OwnershipEpoch,
         /// The requester has been redirected too often: the home should run a recovery round.
         suspect: bool,
     },
     /// `LOCK_REP`: grant (ownership transfer) or redirect.
     Rep {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The request answered.
+        /// The [`PoMsg::Acq::seq`] of the request answered.
         seq: u64,
         /// Grant or redirect.
         outcome: RepOutcome,
     },
     /// `OWNER_UPDATE`: the sender became the owner at `epoch` (new owner → home).
     OwnerUpdate {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The new owner.
+        /// The node that became the owner (always the sender).
         owner: NodeId,
-        /// Its epoch.
-        epoch: u64,
+        /// The epoch at which it became the owner.
+        epoch: OwnershipEpoch,
     },
     /// `OWNER_QUERY`: the home asks where the token is (recovery round).
     Query {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
         /// The round, echoed in the report.
         round: u64,
         /// The epoch a regeneration would use; every receiver records it as seen.
-        floor: u64,
+        floor: OwnershipEpoch,
         /// The incarnations the home knows; newer ones fence off dead senders at the receiver.
         incarnations: Vec<(NodeId, Incarnation)>,
     },
     /// `OWNER_REPORT`: a node's answer to a query.
     Report {
-        /// The lock.
+        /// The lock (see [`PoMsg::Acq::lock`]).
         lock: LockName,
-        /// The round answered.
+        /// The [`PoMsg::Query::round`] answered; a report for another round is ignored.
         round: u64,
         /// The epoch of the token this node owns, if it owns it.
-        owned: Option<u64>,
-        /// The last transfer this node sent: recipient, its incarnation, epoch.
-        last_out: Option<(NodeId, Incarnation, u64)>,
+        owned: Option<OwnershipEpoch>,
+        /// The last transfer this node sent.
+        last_out: Option<Transfer>,
         /// The highest epoch this node had seen before the query.
-        max_epoch: u64,
+        max_epoch: OwnershipEpoch,
     },
     /// `EPOCH_SYNC`: sent to a peer that restarted: the highest epoch the sender has seen for any lock. Keeps
     /// the knowledge that an epoch was used alive when the node that used it crashes next, so a regeneration
     /// never reuses an epoch (and a fencing token never repeats) across one crash at a time.
     EpochSync {
         /// The sender's epoch clock.
-        epoch: u64,
+        epoch: OwnershipEpoch,
     },
 }
 
@@ -224,7 +283,7 @@ impl ProtocolMessage for PoMsg {
     fn handed_over(&self) -> Vec<NodeId> {
         match self {
             PoMsg::Rep { outcome: RepOutcome::Granted { queue, .. }, .. } => {
-                queue.iter().map(|(node, _)| *node).collect()
+                queue.iter().map(|w| w.node).collect()
             }
             _ => Vec::new(),
         }
@@ -233,7 +292,7 @@ impl ProtocolMessage for PoMsg {
     fn flow_detail(&self) -> Option<String> {
         match self {
             PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. } => {
-                Some(format!("redirect to N{}", owner.0))
+                Some(format!("redirect to N{}", owner.get()))
             }
             PoMsg::Rep { outcome: RepOutcome::Granted { epoch, queue, .. }, .. } => {
                 Some(if queue.is_empty() {
@@ -242,7 +301,7 @@ impl ProtocolMessage for PoMsg {
                     format!("grant epoch={epoch} queue={}", queue.len())
                 })
             }
-            PoMsg::OwnerUpdate { owner, epoch, .. } => Some(format!("owner=N{} epoch={epoch}", owner.0)),
+            PoMsg::OwnerUpdate { owner, epoch, .. } => Some(format!("owner=N{} epoch={epoch}", owner.get())),
             _ => None,
         }
     }
@@ -251,7 +310,8 @@ impl ProtocolMessage for PoMsg {
 /// The token, while this node owns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Owned {
-    epoch: u64,
+    /// The epoch this node owns the token in.
+    epoch: OwnershipEpoch,
     /// Grants made in this epoch (0 = none yet).
     seq: u32,
     /// Remote waiters, oldest first; one entry per node, never this node.
@@ -276,32 +336,34 @@ struct Pending {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Round {
     id: u64,
-    floor: u64,
+    /// The epoch a regeneration by this round would open (above every epoch the home had seen).
+    floor: OwnershipEpoch,
     reports: BTreeMap<NodeId, Report>,
     /// Requests held until the round decides (this node's own request included).
     waiters: VecDeque<Waiter>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+/// One node's `OWNER_REPORT`, as the round keeps it (the fields are the message's).
 struct Report {
-    owned: Option<u64>,
-    last_out: Option<(NodeId, Incarnation, u64)>,
-    max_epoch: u64,
+    owned: Option<OwnershipEpoch>,
+    last_out: Option<Transfer>,
+    max_epoch: OwnershipEpoch,
 }
 
 /// Everything one node knows about one lock.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LockState {
-    /// Probable owner and the epoch at which it was known to own.
-    hint: (NodeId, u64),
+    /// The probable owner and the epoch at which it was known to own.
+    hint: OwnerClaim,
     owned: Option<Owned>,
     pending: Option<Pending>,
     /// The last transfer this node sent (kept for recovery rounds).
-    last_out: Option<(NodeId, Incarnation, u64)>,
+    last_out: Option<Transfer>,
     /// The highest epoch seen, sent, owned or announced as a floor.
-    max_epoch: u64,
+    max_epoch: OwnershipEpoch,
     /// Home only: the freshest known owner; `None` until a round or an update says.
-    record: Option<(NodeId, u64)>,
+    record: Option<OwnerClaim>,
     /// Home only: the sender of the in-flight transfer a round's case (2) relied on. If it restarts before the
     /// record is confirmed, the recipient may have fenced that transfer off: the round must run again.
     record_via: Option<NodeId>,
@@ -318,7 +380,7 @@ struct LockState {
 /// What a handler needs besides the lock's state.
 struct Ctx<'a> {
     /// Epoch knowledge received in `EPOCH_SYNC` (from before a crash); reports and round floors include it.
-    synced: u64,
+    synced: OwnershipEpoch,
     me: NodeId,
     n: usize,
     home: NodeId,
@@ -334,13 +396,18 @@ impl Ctx<'_> {
     fn is_home(&self) -> bool {
         self.me == self.home
     }
+
+    /// What a node that knows no owner claims when it asks: the home, at no epoch.
+    fn home_claim(&self) -> OwnerClaim {
+        OwnerClaim { owner: self.home, epoch: OwnershipEpoch::ZERO }
+    }
 }
 
 /// Adds a waiter, one entry per node: a newer request of a queued node keeps the old position.
 fn add_waiter(queue: &mut VecDeque<Waiter>, node: NodeId, seq: u64) {
-    match queue.iter_mut().find(|(n, _)| *n == node) {
-        Some(entry) => entry.1 = entry.1.max(seq),
-        None => queue.push_back((node, seq)),
+    match queue.iter_mut().find(|w| w.node == node) {
+        Some(entry) => entry.seq = entry.seq.max(seq),
+        None => queue.push_back(Waiter { node, seq }),
     }
 }
 
@@ -354,9 +421,9 @@ pub struct ProbableOwner {
     /// crash. Reports and round floors include it, so a regeneration never reuses an epoch (fencing tokens
     /// never repeat across one crash at a time). Kept apart from the per-lock epochs so that rounds for
     /// different locks do not push each other's floors.
-    epoch_clock: u64,
+    epoch_clock: OwnershipEpoch,
     /// The highest epoch of any lock's state (kept so [`Protocol::clock`] is O(1)).
-    max_seen: u64,
+    max_seen: OwnershipEpoch,
 }
 
 impl ProbableOwner {
@@ -392,7 +459,13 @@ impl Protocol for ProbableOwner {
     const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
 
     fn fresh(me: NodeId, n: usize) -> Self {
-        ProbableOwner { me, n: n.max(1), locks: BTreeMap::new(), epoch_clock: 0, max_seen: 0 }
+        ProbableOwner {
+            me,
+            n: n.max(1),
+            locks: BTreeMap::new(),
+            epoch_clock: OwnershipEpoch::ZERO,
+            max_seen: OwnershipEpoch::ZERO,
+        }
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
@@ -458,7 +531,7 @@ impl Protocol for ProbableOwner {
                 self.with_lock(&lock, peers, |st, cx| {
                     st.learn(cx, owner, epoch);
                     if st.record.is_none() && st.round.is_none() {
-                        st.record = Some((owner, epoch));
+                        st.record = Some(OwnerClaim { owner, epoch });
                     }
                 });
                 Ok(())
@@ -498,8 +571,8 @@ impl Protocol for ProbableOwner {
     fn peer_restarted(&mut self, peer: NodeId, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
         let (me, n, synced) = (self.me, self.n, self.epoch_clock);
         // First, before anything it may act on: the restarted peer forgot which epochs were used.
-        let known = self.locks.values().map(|st| st.max_epoch).fold(synced.max(self.max_seen), u64::max);
-        if known > 0 && peer != me {
+        let known = self.locks.values().map(|st| st.max_epoch).fold(synced.max(self.max_seen), Ord::max);
+        if known > OwnershipEpoch::ZERO && peer != me {
             out.push(Output::Send { to: peer, msg: PoMsg::EpochSync { epoch: known } });
         }
         for (lock, st) in &mut self.locks {
@@ -510,7 +583,7 @@ impl Protocol for ProbableOwner {
 
     /// Probable-owner messages carry no Lamport timestamp; the highest epoch known stands in for a clock.
     fn clock(&self) -> LamportTs {
-        LamportTs(self.max_seen.max(self.epoch_clock))
+        LamportTs::new(self.max_seen.max(self.epoch_clock).get())
     }
 
     fn view(&self, lock: &str) -> LockView {
@@ -519,7 +592,7 @@ impl Protocol for ProbableOwner {
         };
         let mut queue: Vec<QueueEntry> = Vec::new();
         if let Some(o) = &st.owned {
-            queue.extend(o.queue.iter().map(|&(node, _)| QueueEntry { node, ts: None }));
+            queue.extend(o.queue.iter().map(|w| QueueEntry { node: w.node, ts: None }));
         }
         if st.pending.as_ref().is_some_and(|p| p.wants) {
             queue.push(QueueEntry { node: self.me, ts: None });
@@ -529,7 +602,9 @@ impl Protocol for ProbableOwner {
             // The initial hint `(home, 0)` is where a request goes first, not knowledge of an owner.
             holder: match st.hint {
                 _ if st.owned.is_some() => Some(self.me),
-                (node, epoch) if epoch > 0 && node != self.me => Some(node),
+                OwnerClaim { owner, epoch } if epoch > OwnershipEpoch::ZERO && owner != self.me => {
+                    Some(owner)
+                }
                 _ => None,
             },
             last_token: st.last_token,
@@ -543,7 +618,7 @@ impl Protocol for ProbableOwner {
         match self.locks.get(lock) {
             None => peer == home,
             Some(st) if st.owned.as_ref().is_some_and(|o| o.queue.is_empty()) => false,
-            Some(st) => peer == home || peer == st.hint.0,
+            Some(st) => peer == home || peer == st.hint.owner,
         }
     }
 }

@@ -5,11 +5,11 @@ use super::*;
 impl LockState {
     pub(super) fn new(home: NodeId) -> Self {
         LockState {
-            hint: (home, 0),
+            hint: OwnerClaim { owner: home, epoch: OwnershipEpoch::ZERO },
             owned: None,
             pending: None,
             last_out: None,
-            max_epoch: 0,
+            max_epoch: OwnershipEpoch::ZERO,
             record: None,
             record_via: None,
             round: None,
@@ -20,22 +20,23 @@ impl LockState {
     }
 
     /// Takes in a claim "`owner` owned at `epoch`" if it is not older than what is known.
-    pub(super) fn learn(&mut self, cx: &Ctx<'_>, owner: NodeId, epoch: u64) {
+    pub(super) fn learn(&mut self, cx: &Ctx<'_>, owner: NodeId, epoch: OwnershipEpoch) {
         self.max_epoch = self.max_epoch.max(epoch);
         // Only ownership itself may make a node point at itself.
         if owner == cx.me && self.owned.is_none() {
             return;
         }
-        if epoch >= self.hint.1 {
-            self.hint = (owner, epoch);
+        let claim = OwnerClaim { owner, epoch };
+        if epoch >= self.hint.epoch {
+            self.hint = claim;
         }
         if let Some(rec) = &mut self.record
-            && epoch >= rec.1
+            && epoch >= rec.epoch
         {
-            if *rec != (owner, epoch) {
+            if *rec != claim {
                 self.record_via = None;
             }
-            *rec = (owner, epoch);
+            *rec = claim;
         }
     }
 
@@ -56,14 +57,12 @@ impl LockState {
             // nobody wanted it: want it again and ask again (a duplicate is harmless).
             p.wants = true;
             p.hops = 0;
-            let (target, claim) = self.hint;
-            self.send_own_acq(cx, out, target, claim, false);
+            self.send_own_acq(cx, out, self.hint, false);
             return;
         }
         self.req_seq += 1;
         self.pending = Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0 });
-        let (target, claim) = self.hint;
-        self.send_own_acq(cx, out, target, claim, false);
+        self.send_own_acq(cx, out, self.hint, false);
     }
 
     /// Grants to this node itself (it owns the token and it is free).
@@ -71,31 +70,33 @@ impl LockState {
         let Some(o) = &mut self.owned else { return };
         if o.seq == u32::MAX {
             // The grant counter would wrap: the owner opens a new epoch of its own (only it can).
-            o.epoch += 1;
+            o.epoch = o.epoch.next();
             o.seq = 0;
         }
         o.seq += 1;
         o.held = true;
         let token = FencingToken::from_epoch(o.epoch, o.seq);
         self.max_epoch = self.max_epoch.max(o.epoch);
-        self.hint = (cx.me, o.epoch);
+        self.hint = OwnerClaim { owner: cx.me, epoch: o.epoch };
         self.last_token = Some(token);
         out.push(Output::Entered { lock: cx.lock.to_owned(), token });
     }
 
-    /// Sends this node's pending request towards `target`, believed to own at epoch `claim` (the home when
-    /// `target` is this node).
+    /// Sends this node's pending request towards the owner `claim` names (the home when it names this node).
     pub(super) fn send_own_acq(
         &mut self,
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
-        target: NodeId,
-        claim: u64,
+        claim: OwnerClaim,
         suspect: bool,
     ) {
         let Some(p) = &self.pending else { return };
         let seq = p.seq;
-        let (target, epoch) = if target == cx.me || suspect { (cx.home, 0) } else { (target, claim) };
+        let (target, epoch) = if claim.owner == cx.me || suspect {
+            (cx.home, OwnershipEpoch::ZERO)
+        } else {
+            (claim.owner, claim.epoch)
+        };
         if target == cx.me {
             self.at_home(cx, out, cx.me, seq, suspect);
         } else {
@@ -118,7 +119,7 @@ impl LockState {
             return;
         }
         match self.record {
-            Some((owner, epoch)) if !suspect && owner != requester && owner != cx.me => {
+            Some(OwnerClaim { owner, epoch }) if !suspect && owner != requester && owner != cx.me => {
                 if requester == cx.me {
                     self.learn(cx, owner, epoch);
                     let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, epoch, suspect: false };
@@ -129,7 +130,7 @@ impl LockState {
                 }
             }
             // Unknown, suspected or pointing back at the requester or at this (non-owning) home: find out.
-            _ => self.start_round(cx, out, VecDeque::from([(requester, seq)])),
+            _ => self.start_round(cx, out, VecDeque::from([Waiter { node: requester, seq }])),
         }
     }
 
@@ -140,7 +141,7 @@ impl LockState {
         out: &mut Vec<Output<PoMsg>>,
         requester: NodeId,
         seq: u64,
-        claim: u64,
+        claim: OwnershipEpoch,
         suspect: bool,
     ) {
         if let Some(o) = &mut self.owned {
@@ -155,7 +156,7 @@ impl LockState {
             // a request re-sent to the home after a restart must not wait behind the home's own request,
             // which may itself be buffered at that requester (a wait-for cycle nobody would break).
             match &mut self.pending {
-                Some(p) if !suspect && self.record.is_some_and(|(r, _)| r == cx.me) => {
+                Some(p) if !suspect && self.record.is_some_and(|r| r.owner == cx.me) => {
                     add_waiter(&mut p.buffered, requester, seq);
                 }
                 _ => self.at_home(cx, out, requester, seq, suspect),
@@ -163,7 +164,7 @@ impl LockState {
             return;
         }
         if let Some(p) = &mut self.pending
-            && self.hint.1 < claim
+            && self.hint.epoch < claim
         {
             // The requester knows of an epoch at which we own that we have not seen: ownership may be on its
             // way here. Wait for it rather than answer from stale state. (With a hint at least that new we
@@ -171,7 +172,7 @@ impl LockState {
             add_waiter(&mut p.buffered, requester, seq);
             return;
         }
-        let (hint, epoch) = self.hint;
+        let OwnerClaim { owner: hint, epoch } = self.hint;
         let owner = if hint == requester || hint == cx.me { cx.home } else { hint };
         let outcome = RepOutcome::Redirect { owner, epoch };
         cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
@@ -180,19 +181,19 @@ impl LockState {
     /// Hands the token to the queue head (the caller ensures the lock is not held).
     pub(super) fn transfer(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
         let Some(mut o) = self.owned.take() else { return };
-        let Some((to, seq)) = o.queue.pop_front() else {
+        let Some(Waiter { node: to, seq }) = o.queue.pop_front() else {
             self.owned = Some(o);
             return;
         };
-        let epoch = o.epoch + 1;
+        let epoch = o.epoch.next();
         let to_incarnation = cx.peers.incarnation(to).unwrap_or_default();
         let outcome = RepOutcome::Granted { epoch, queue: o.queue.into_iter().collect(), to_incarnation };
         cx.send(out, to, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
-        self.hint = (to, epoch);
-        self.last_out = Some((to, to_incarnation, epoch));
+        self.hint = OwnerClaim { owner: to, epoch };
+        self.last_out = Some(Transfer { to, incarnation: to_incarnation, epoch });
         self.max_epoch = self.max_epoch.max(epoch);
         if cx.is_home() {
-            self.record = Some((to, epoch));
+            self.record = Some(self.hint);
             self.record_via = None;
         }
     }
@@ -202,8 +203,8 @@ impl LockState {
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
         from: NodeId,
-        epoch: u64,
-        queue: Vec<(NodeId, u64)>,
+        epoch: OwnershipEpoch,
+        queue: Vec<Waiter>,
         to_incarnation: Incarnation,
     ) -> Result<(), CoreError> {
         if cx.peers.incarnation(cx.me) != Some(to_incarnation) {
@@ -217,7 +218,7 @@ impl LockState {
         let owned = match self.owned.take() {
             Some(mut o) => {
                 // Two tokens: the recovery round should make this impossible. Keep one token, lose nobody.
-                tracing::error!(lock = cx.lock, %from, epoch, "grant received while owning");
+                tracing::error!(lock = cx.lock, %from, epoch = epoch.get(), "grant received while owning");
                 result = Err(CoreError::Unexpected { from, kind: "LOCK_REP", reason: "grant while owning" });
                 o.epoch = o.epoch.max(epoch);
                 o
@@ -227,16 +228,16 @@ impl LockState {
         self.owned = Some(owned);
         let buffered = pending.as_ref().map(|p| p.buffered.iter().copied().collect()).unwrap_or_default();
         if let Some(o) = &mut self.owned {
-            for (node, seq) in queue.into_iter().chain::<Vec<_>>(buffered) {
+            for Waiter { node, seq } in queue.into_iter().chain::<Vec<_>>(buffered) {
                 if node != cx.me && cx.peers.contains(node) {
                     add_waiter(&mut o.queue, node, seq);
                 }
             }
         }
         let epoch = self.owned.as_ref().map_or(epoch, |o| o.epoch);
-        self.hint = (cx.me, epoch);
+        self.hint = OwnerClaim { owner: cx.me, epoch };
         if cx.is_home() {
-            self.record = Some((cx.me, epoch));
+            self.record = Some(self.hint);
             self.record_via = None;
         } else if cx.home != from {
             let msg = PoMsg::OwnerUpdate { lock: cx.lock.to_owned(), owner: cx.me, epoch };
@@ -257,7 +258,7 @@ impl LockState {
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
         owner: NodeId,
-        epoch: u64,
+        epoch: OwnershipEpoch,
     ) {
         self.learn(cx, owner, epoch);
         // Any redirect moves our pending request along, even one answering an older request number: entries
@@ -274,10 +275,9 @@ impl LockState {
             if cx.is_home() {
                 // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
                 self.at_home(cx, out, cx.me, seq, true);
-            } else if self.hint.1 >= epoch {
+            } else if self.hint.epoch >= epoch {
                 // The home's round saw us own at `epoch`, but we have moved on since: our own hint is fresher.
-                let (target, claim) = self.hint;
-                self.send_own_acq(cx, out, target, claim, false);
+                self.send_own_acq(cx, out, self.hint, false);
             }
             // Otherwise the home's round found the token in flight to us: the grant is coming. Asking again
             // would only start round after round.
@@ -286,9 +286,9 @@ impl LockState {
         p.hops += 1;
         if p.hops as usize > SUSPECT_AFTER_HOPS_PER_NODE * cx.n {
             p.hops = 0;
-            self.send_own_acq(cx, out, cx.home, 0, true);
+            self.send_own_acq(cx, out, cx.home_claim(), true);
         } else {
-            self.send_own_acq(cx, out, owner, epoch, false);
+            self.send_own_acq(cx, out, OwnerClaim { owner, epoch }, false);
         }
     }
 

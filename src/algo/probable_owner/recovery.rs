@@ -4,7 +4,7 @@
 use super::*;
 
 impl LockState {
-    pub(super) fn own_report(&self, synced: u64) -> Report {
+    pub(super) fn own_report(&self, synced: OwnershipEpoch) -> Report {
         Report {
             owned: self.owned.as_ref().map(|o| o.epoch),
             last_out: self.last_out,
@@ -20,17 +20,17 @@ impl LockState {
         mut waiters: VecDeque<Waiter>,
     ) {
         if let Some(old) = self.round.take() {
-            for (node, seq) in old.waiters.into_iter().rev() {
-                if !waiters.iter().any(|(n, _)| *n == node) {
-                    waiters.push_front((node, seq));
+            for old_waiter in old.waiters.into_iter().rev() {
+                if !waiters.iter().any(|w| w.node == old_waiter.node) {
+                    waiters.push_front(old_waiter);
                 }
             }
         }
         self.rounds = self.rounds.wrapping_add(1);
         // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
-        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().0;
+        let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().get();
         let id = (my_inc << 32) | u64::from(self.rounds);
-        let floor = self.max_epoch.max(cx.synced) + 1;
+        let floor = self.max_epoch.max(cx.synced).next();
         let mut reports = BTreeMap::new();
         reports.insert(cx.me, self.own_report(cx.synced));
         self.max_epoch = floor;
@@ -74,35 +74,35 @@ impl LockState {
         let mut via = None;
         let found = match (&self.owned, owner) {
             // The token reached the home during the round.
-            (Some(o), _) => Some((cx.me, o.epoch)),
+            (Some(o), _) => Some(OwnerClaim { owner: cx.me, epoch: o.epoch }),
             // (1) Somebody owns it.
-            (None, Some((epoch, node))) => Some((node, epoch)),
+            (None, Some((epoch, node))) => Some(OwnerClaim { owner: node, epoch }),
             // (2) The newest transfer is in flight to a live incarnation.
             (None, None) => round
                 .reports
                 .iter()
                 .filter_map(|(sender, rep)| rep.last_out.map(|l| (*sender, l)))
-                .max_by_key(|&(_, (_, _, epoch))| epoch)
-                .filter(|&(_, (to, inc, _))| cx.peers.incarnation(to) == Some(inc))
-                .map(|(sender, (to, _, epoch))| {
+                .max_by_key(|&(_, transfer)| transfer.epoch)
+                .filter(|&(_, transfer)| cx.peers.incarnation(transfer.to) == Some(transfer.incarnation))
+                .map(|(sender, transfer)| {
                     via = Some(sender);
-                    (to, epoch)
+                    OwnerClaim { owner: transfer.to, epoch: transfer.epoch }
                 }),
         };
-        if let Some((owner, epoch)) = found {
+        if let Some(claim) = found {
             // Reports are older than the home's own knowledge: a transfer it saw during the round is fresher.
-            let (owner, epoch, via) = if self.hint.0 != cx.me && self.hint.1 > epoch {
-                (self.hint.0, self.hint.1, None)
+            let (claim, via) = if self.hint.owner != cx.me && self.hint.epoch > claim.epoch {
+                (self.hint, None)
             } else {
-                (owner, epoch, via)
+                (claim, via)
             };
-            self.record = Some((owner, epoch));
+            self.record = Some(claim);
             self.record_via = via;
-            self.learn(cx, owner, epoch);
+            self.learn(cx, claim.owner, claim.epoch);
             self.redispatch(cx, out, round.waiters);
             return;
         }
-        let seen = round.reports.values().map(|rep| rep.max_epoch).max().unwrap_or(0);
+        let seen = round.reports.values().map(|rep| rep.max_epoch).max().unwrap_or_default();
         if seen >= round.floor {
             // Some node has seen an epoch at or above the floor: regenerating there could repeat a token.
             self.max_epoch = self.max_epoch.max(seen);
@@ -113,15 +113,15 @@ impl LockState {
         let pending = self.pending.take();
         let mut queue = VecDeque::new();
         let buffered = pending.as_ref().map(|p| p.buffered.clone()).unwrap_or_default();
-        for (node, seq) in round.waiters.into_iter().chain(buffered) {
-            if node != cx.me {
-                add_waiter(&mut queue, node, seq);
+        for w in round.waiters.into_iter().chain(buffered) {
+            if w.node != cx.me {
+                add_waiter(&mut queue, w.node, w.seq);
             }
         }
-        tracing::info!(lock = cx.lock, epoch = round.floor, "ownership regenerated at the home");
+        tracing::info!(lock = cx.lock, epoch = round.floor.get(), "ownership regenerated at the home");
         self.owned = Some(Owned { epoch: round.floor, seq: 0, queue, held: false });
-        self.hint = (cx.me, round.floor);
-        self.record = Some((cx.me, round.floor));
+        self.hint = OwnerClaim { owner: cx.me, epoch: round.floor };
+        self.record = Some(self.hint);
         self.record_via = None;
         self.max_epoch = self.max_epoch.max(round.floor);
         if pending.is_some_and(|p| p.wants) {
@@ -138,24 +138,23 @@ impl LockState {
         out: &mut Vec<Output<PoMsg>>,
         waiters: VecDeque<Waiter>,
     ) {
-        for (node, seq) in waiters {
+        for Waiter { node, seq } in waiters {
             if node == cx.me {
                 match &self.pending {
                     Some(p) if p.wants || !p.buffered.is_empty() => {
-                        let (target, claim) = self.hint;
-                        self.send_own_acq(cx, out, target, claim, false);
+                        self.send_own_acq(cx, out, self.hint, false);
                     }
                     Some(_) => self.pending = None,
                     None => {}
                 }
-            } else if self.owned.is_none() && self.record.is_some_and(|(r, _)| r == node) {
+            } else if self.owned.is_none() && self.record.is_some_and(|r| r.owner == node) {
                 // The record names the requester itself (a transfer to it is in flight, or its request is
                 // stale): tell it; a new round right away would find the same answer.
-                let epoch = self.record.map_or(0, |(_, e)| e);
+                let epoch = self.record.map_or(OwnershipEpoch::ZERO, |r| r.epoch);
                 let outcome = RepOutcome::Redirect { owner: node, epoch };
                 cx.send(out, node, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
             } else {
-                self.on_acq(cx, out, node, seq, 0, false);
+                self.on_acq(cx, out, node, seq, OwnershipEpoch::ZERO, false);
             }
         }
     }
@@ -165,13 +164,13 @@ impl LockState {
         // Queue, buffer and round entries of `peer` are kept: an entry carries no incarnation, and one that
         // reached us inside a transferred queue may be the *new* incarnation's request. A grant to a node that
         // no longer wants the lock costs one hop (it passes the token on); a dropped request would wait forever.
-        if self.hint.0 == peer {
-            self.hint = (cx.home, self.hint.1);
+        if self.hint.owner == peer {
+            self.hint.owner = cx.home;
         }
         // A round in progress restarts (its reports may predate the restart); a record that names the dead
         // incarnation, or relies on a transfer it sent, must be found again.
         let record_stale = self.owned.is_none()
-            && (self.record.is_some_and(|(r, _)| r == peer) || self.record_via == Some(peer));
+            && (self.record.is_some_and(|r| r.owner == peer) || self.record_via == Some(peer));
         if cx.is_home() && (self.round.is_some() || record_stale) {
             self.start_round(cx, out, VecDeque::new());
         }
@@ -179,12 +178,12 @@ impl LockState {
         let lost = self.owned.is_none()
             && self
                 .last_out
-                .is_some_and(|(to, inc, _)| to == peer && cx.peers.incarnation(peer) != Some(inc));
+                .is_some_and(|t| t.to == peer && cx.peers.incarnation(peer) != Some(t.incarnation));
         match &mut self.pending {
             // Our request may have been in the dead incarnation's queue: ask again (duplicates are harmless).
             Some(p) if p.wants || !p.buffered.is_empty() => {
                 p.hops = 0;
-                self.send_own_acq(cx, out, cx.home, 0, lost);
+                self.send_own_acq(cx, out, cx.home_claim(), lost);
                 return;
             }
             Some(_) => self.pending = None,
@@ -201,7 +200,7 @@ impl LockState {
                     lock: cx.lock.to_owned(),
                     requester: cx.me,
                     seq: 0,
-                    epoch: 0,
+                    epoch: OwnershipEpoch::ZERO,
                     suspect: true,
                 };
                 cx.send(out, cx.home, msg);
@@ -209,14 +208,20 @@ impl LockState {
         }
     }
 
-    pub(super) fn on_query(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, round: u64, floor: u64) {
+    pub(super) fn on_query(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        round: u64,
+        floor: OwnershipEpoch,
+    ) {
         if let Some(p) = &mut self.pending
             && (p.wants || !p.buffered.is_empty())
         {
             // Our request may have ridden in a queue that was lost with a dead incarnation. Re-sending it ahead
             // of the report (same FIFO link) puts it among the round's waiters; duplicates are harmless.
             p.hops = 0;
-            self.send_own_acq(cx, out, cx.home, 0, false);
+            self.send_own_acq(cx, out, cx.home_claim(), false);
         }
         let rep = self.own_report(cx.synced);
         self.max_epoch = self.max_epoch.max(floor);

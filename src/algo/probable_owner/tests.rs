@@ -3,32 +3,55 @@
 use super::*;
 
 fn lock_homed_at(home: u16, n: usize) -> String {
-    (0..).map(|i| format!("lock{i}")).find(|l| home_node(l, n) == NodeId(home)).unwrap_or_default()
+    (0..).map(|i| format!("lock{i}")).find(|l| home_node(l, n) == NodeId::new(home)).unwrap_or_default()
 }
 
 fn send(to: u16, msg: PoMsg) -> Output<PoMsg> {
-    Output::Send { to: NodeId(to), msg }
+    Output::Send { to: NodeId::new(to), msg }
 }
 
 fn acq(lock: &str, requester: u16, seq: u64, epoch: u64) -> PoMsg {
-    PoMsg::Acq { lock: lock.into(), requester: NodeId(requester), seq, epoch, suspect: false }
+    PoMsg::Acq {
+        lock: lock.into(),
+        requester: NodeId::new(requester),
+        seq,
+        epoch: OwnershipEpoch(epoch),
+        suspect: false,
+    }
 }
 
 fn granted(lock: &str, seq: u64, epoch: u64, queue: &[(u16, u64)]) -> PoMsg {
-    let queue = queue.iter().map(|&(n, s)| (NodeId(n), s)).collect();
+    let queue = queue.iter().map(|&(n, seq)| Waiter { node: NodeId::new(n), seq }).collect();
     PoMsg::Rep {
         lock: lock.into(),
         seq,
-        outcome: RepOutcome::Granted { epoch, queue, to_incarnation: Incarnation(0) },
+        outcome: RepOutcome::Granted {
+            epoch: OwnershipEpoch(epoch),
+            queue,
+            to_incarnation: Incarnation::new(0),
+        },
     }
 }
 
 fn redirect(lock: &str, seq: u64, owner: u16, epoch: u64) -> PoMsg {
-    PoMsg::Rep { lock: lock.into(), seq, outcome: RepOutcome::Redirect { owner: NodeId(owner), epoch } }
+    PoMsg::Rep {
+        lock: lock.into(),
+        seq,
+        outcome: RepOutcome::Redirect { owner: NodeId::new(owner), epoch: OwnershipEpoch(epoch) },
+    }
 }
 
 fn entered(lock: &str, epoch: u64, seq: u32) -> Output<PoMsg> {
-    Output::Entered { lock: lock.into(), token: FencingToken::from_epoch(epoch, seq) }
+    Output::Entered { lock: lock.into(), token: token(epoch, seq) }
+}
+
+fn token(epoch: u64, seq: u32) -> FencingToken {
+    FencingToken::from_epoch(OwnershipEpoch(epoch), seq)
+}
+
+/// The home's record "`owner` owned at `epoch`".
+fn claim(owner: u16, epoch: u64) -> OwnerClaim {
+    OwnerClaim { owner: NodeId::new(owner), epoch: OwnershipEpoch(epoch) }
 }
 
 /// A tiny cluster: one FIFO queue per ordered pair, messages stamped with the sender's incarnation, and
@@ -46,9 +69,9 @@ struct Net {
 impl Net {
     fn new(n: usize) -> Self {
         Net {
-            nodes: (0..n).map(|i| ProbableOwner::fresh(NodeId(i as u16), n)).collect(),
-            peers: (0..n).map(|i| Peers::formed(NodeId(i as u16), n)).collect(),
-            incs: vec![Incarnation(0); n],
+            nodes: (0..n).map(|i| ProbableOwner::fresh(NodeId::new(i as u16), n)).collect(),
+            peers: (0..n).map(|i| Peers::formed(NodeId::new(i as u16), n)).collect(),
+            incs: vec![Incarnation::new(0); n],
             links: BTreeMap::new(),
             entries: Vec::new(),
             messages: 0,
@@ -61,9 +84,9 @@ impl Net {
                 Output::Send { to, msg } => {
                     self.messages += 1;
                     let inc = self.incs[usize::from(at)];
-                    self.links.entry((at, to.0)).or_default().push_back((inc, msg.clone()));
+                    self.links.entry((at, to.get())).or_default().push_back((inc, msg.clone()));
                 }
-                Output::Entered { token, .. } => self.entries.push((NodeId(at), *token)),
+                Output::Entered { token, .. } => self.entries.push((NodeId::new(at), *token)),
             }
         }
         outs
@@ -94,7 +117,7 @@ impl Net {
     /// Delivers the oldest message on `from → to`, as the engine would.
     fn deliver(&mut self, from: u16, to: u16) -> Vec<Output<PoMsg>> {
         let (inc, msg) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("a message");
-        let (t, f) = (usize::from(to), NodeId(from));
+        let (t, f) = (usize::from(to), NodeId::new(from));
         let mut out = Vec::new();
         match self.peers[t].incarnation(f) {
             Some(known) if inc < known => return out, // stale incarnation: dropped by the engine
@@ -131,12 +154,12 @@ impl Net {
     fn restart(&mut self, i: u16) {
         let n = self.nodes.len();
         let ix = usize::from(i);
-        self.incs[ix] = Incarnation(self.incs[ix].0 + 1);
-        self.nodes[ix] = ProbableOwner::fresh(NodeId(i), n);
-        let mut peers = Peers::new(NodeId(i), n, self.incs[ix]);
+        self.incs[ix] = Incarnation::new(self.incs[ix].get() + 1);
+        self.nodes[ix] = ProbableOwner::fresh(NodeId::new(i), n);
+        let mut peers = Peers::new(NodeId::new(i), n, self.incs[ix]);
         for p in 0..n {
             if p != ix {
-                peers.observe(NodeId(p as u16), self.incs[p]);
+                peers.observe(NodeId::new(p as u16), self.incs[p]);
             }
         }
         self.peers[ix] = peers;
@@ -149,7 +172,7 @@ impl Net {
 
     /// `at` hears `peer`'s handshake.
     fn handshake(&mut self, at: u16, peer: u16) -> Vec<Output<PoMsg>> {
-        let (a, p) = (usize::from(at), NodeId(peer));
+        let (a, p) = (usize::from(at), NodeId::new(peer));
         let mut out = Vec::new();
         if self.peers[a].observe(p, self.incs[usize::from(peer)]) == PeerChange::Restarted {
             self.nodes[a].peer_restarted(p, &self.peers[a], &mut out);
@@ -158,7 +181,7 @@ impl Net {
     }
 
     fn owner_epoch(&self, i: u16, lock: &str) -> Option<u64> {
-        self.nodes[usize::from(i)].locks.get(lock).and_then(|st| st.owned.as_ref()).map(|o| o.epoch)
+        self.nodes[usize::from(i)].locks.get(lock).and_then(|st| st.owned.as_ref()).map(|o| o.epoch.get())
     }
 }
 
@@ -168,7 +191,7 @@ fn net_with_owner(n: usize) -> (Net, String) {
     let mut net = Net::new(n);
     net.request(1, &lock);
     net.run();
-    assert_eq!(net.entries, vec![(NodeId(1), FencingToken::from_epoch(2, 1))]);
+    assert_eq!(net.entries, vec![(NodeId::new(1), token(2, 1))]);
     (net, lock)
 }
 
@@ -179,11 +202,21 @@ fn first_use_runs_a_round_and_regenerates_at_the_home() {
     // Initial hint: the home.
     assert_eq!(net.request(1, &lock), vec![send(0, acq(&lock, 1, 1, 0))]);
     // A fresh home knows no owner: it asks everyone instead of granting from nothing.
-    let incarnations: Vec<_> = (0..3).map(|i| (NodeId(i), Incarnation(0))).collect();
-    let query =
-        |_| PoMsg::Query { lock: lock.clone(), round: 1, floor: 1, incarnations: incarnations.clone() };
+    let incarnations: Vec<_> = (0..3).map(|i| (NodeId::new(i), Incarnation::new(0))).collect();
+    let query = |_| PoMsg::Query {
+        lock: lock.clone(),
+        round: 1,
+        floor: OwnershipEpoch(1),
+        incarnations: incarnations.clone(),
+    };
     assert_eq!(net.deliver(1, 0), vec![send(1, query(1)), send(2, query(2))]);
-    let report = PoMsg::Report { lock: lock.clone(), round: 1, owned: None, last_out: None, max_epoch: 0 };
+    let report = PoMsg::Report {
+        lock: lock.clone(),
+        round: 1,
+        owned: None,
+        last_out: None,
+        max_epoch: OwnershipEpoch(0),
+    };
     // A pending node re-sends its request ahead of its report (it may have been in a lost queue).
     assert_eq!(net.deliver(0, 1), vec![send(0, acq(&lock, 1, 1, 0)), send(0, report.clone())]);
     assert_eq!(net.deliver(0, 2), vec![send(0, report)]);
@@ -193,7 +226,7 @@ fn first_use_runs_a_round_and_regenerates_at_the_home() {
     assert_eq!(net.deliver(2, 0), vec![send(1, granted(&lock, 1, 2, &[]))]);
     // The sender is the home: no OWNER_UPDATE needed.
     assert_eq!(net.deliver(0, 1), vec![entered(&lock, 2, 1)]);
-    assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(1), 2)));
+    assert_eq!(net.nodes[0].locks[&lock].record, Some(claim(1, 2)));
     assert_eq!(net.messages, 7);
 }
 
@@ -203,7 +236,7 @@ fn home_uses_its_own_lock_after_a_round() {
     let mut net = Net::new(3);
     assert_eq!(net.request(0, &lock).len(), 2); // two queries
     net.run();
-    assert_eq!(net.entries, vec![(NodeId(0), FencingToken::from_epoch(1, 1))]);
+    assert_eq!(net.entries, vec![(NodeId::new(0), token(1, 1))]);
 }
 
 #[test]
@@ -214,7 +247,7 @@ fn uncontended_migration_keeps_the_lock_with_its_last_owner() {
     // Second acquire by the same node: no message at all.
     assert_eq!(net.request(1, &lock), vec![entered(&lock, 2, 2)]);
     assert_eq!(net.messages, before);
-    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId(1)));
+    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId::new(1)));
     assert!(net.nodes[1].view(&lock).held_here);
 }
 
@@ -228,18 +261,18 @@ fn fifo_queue_at_the_owner_and_handoff_on_release() {
     net.run();
     // The owner holds: both wait in its queue, in arrival order.
     let queue: Vec<NodeId> = net.nodes[1].view(&lock).queue.iter().map(|e| e.node).collect();
-    assert_eq!(queue, vec![NodeId(2), NodeId(3)]);
+    assert_eq!(queue, vec![NodeId::new(2), NodeId::new(3)]);
     // Release hands the token and the rest of the queue to the head.
     assert_eq!(net.release(1, &lock), vec![send(2, granted(&lock, 1, 3, &[(3, 1)]))]);
-    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId(2), epoch: 3 };
+    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId::new(2), epoch: OwnershipEpoch(3) };
     assert_eq!(net.deliver(1, 2), vec![send(0, update), entered(&lock, 3, 1)]);
     assert_eq!(net.release(2, &lock), vec![send(3, granted(&lock, 1, 4, &[]))]);
     net.run();
     let tokens: Vec<_> = net.entries.iter().map(|e| e.1).collect();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens grow: {tokens:?}");
-    assert_eq!(net.entries.last(), Some(&(NodeId(3), FencingToken::from_epoch(4, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(3), token(4, 1))));
     // The home's record followed the token.
-    assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(3), 4)));
+    assert_eq!(net.nodes[0].locks[&lock].record, Some(claim(3, 4)));
 }
 
 #[test]
@@ -251,7 +284,7 @@ fn a_non_owner_redirects_along_its_hint_and_the_requester_updates_its_hint() {
     net.run();
     net.release(2, &lock);
     // Node 1's hint points at node 2 (it handed the token there). Node 1 asks there; 2 still owns: grant.
-    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId(2)));
+    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId::new(2)));
     net.request(3, &lock);
     net.run();
     net.release(3, &lock);
@@ -259,9 +292,9 @@ fn a_non_owner_redirects_along_its_hint_and_the_requester_updates_its_hint() {
     assert_eq!(net.request(1, &lock), vec![send(2, acq(&lock, 1, 2, 3))]);
     assert_eq!(net.deliver(1, 2), vec![send(1, redirect(&lock, 2, 3, 4))]);
     assert_eq!(net.deliver(2, 1), vec![send(3, acq(&lock, 1, 2, 4))]);
-    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId(3)));
+    assert_eq!(net.nodes[1].view(&lock).holder, Some(NodeId::new(3)));
     net.run();
-    assert_eq!(net.entries.last(), Some(&(NodeId(1), FencingToken::from_epoch(5, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(1), token(5, 1))));
 }
 
 /// The C++ DSM lock's daemon handler, as its README gives it: a per-node table `lock → (owner, locked)`; on
@@ -330,14 +363,14 @@ fn naive_owner_race_a_request_reaching_the_new_owner_before_its_grant_is_buffere
     // X does not own yet: R's request waits at X. No grant, no redirect.
     assert_eq!(net.deliver(3, 2), vec![]);
     // The token arrives: X enters; R is now in X's queue.
-    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId(2), epoch: 3 };
+    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId::new(2), epoch: OwnershipEpoch(3) };
     assert_eq!(net.deliver(1, 2), vec![send(0, update), entered(&lock, 3, 1)]);
-    assert_eq!(net.nodes[2].view(&lock).queue, vec![QueueEntry { node: NodeId(3), ts: None }]);
+    assert_eq!(net.nodes[2].view(&lock).queue, vec![QueueEntry { node: NodeId::new(3), ts: None }]);
     net.run();
     assert_eq!(net.entries.len(), 2, "R must not be granted while X holds");
     assert_eq!(net.release(2, &lock), vec![send(3, granted(&lock, 1, 4, &[]))]);
     net.run();
-    assert_eq!(net.entries.last(), Some(&(NodeId(3), FencingToken::from_epoch(4, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(3), token(4, 1))));
 }
 
 #[test]
@@ -350,10 +383,10 @@ fn withdraw_while_queued_passes_the_grant_on() {
     assert_eq!(net.withdraw(2, &lock), vec![]);
     // The grant still reaches node 2, which passes it straight to the next waiter and never enters.
     assert_eq!(net.release(1, &lock), vec![send(2, granted(&lock, 1, 3, &[(3, 1)]))]);
-    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId(2), epoch: 3 };
+    let update = PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId::new(2), epoch: OwnershipEpoch(3) };
     assert_eq!(net.deliver(1, 2), vec![send(0, update), send(3, granted(&lock, 1, 4, &[]))]);
     net.run();
-    assert_eq!(net.entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![NodeId(1), NodeId(3)]);
+    assert_eq!(net.entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![NodeId::new(1), NodeId::new(3)]);
 }
 
 #[test]
@@ -369,7 +402,7 @@ fn withdraw_then_redirect_drops_the_request() {
     net.release(1, &lock);
     net.request(2, &lock);
     net.run();
-    assert_eq!(net.entries.last(), Some(&(NodeId(2), FencingToken::from_epoch(3, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(2), token(3, 1))));
 }
 
 #[test]
@@ -379,17 +412,24 @@ fn restart_of_the_owner_runs_a_round_and_regenerates_above_every_epoch_seen() {
     let out = net.handshake(0, 1);
     // First the restarted node learns which epochs were used (EPOCH_SYNC), then the home's record names the
     // dead node: round with floor = max epoch seen (2) + 1.
-    assert_eq!(out[0], Output::Send { to: NodeId(1), msg: PoMsg::EpochSync { epoch: 2 } });
-    assert!(out[1..].iter().all(|o| matches!(o, Output::Send { msg: PoMsg::Query { floor: 3, .. }, .. })));
+    assert_eq!(
+        out[0],
+        Output::Send { to: NodeId::new(1), msg: PoMsg::EpochSync { epoch: OwnershipEpoch(2) } }
+    );
+    assert!(
+        out[1..]
+            .iter()
+            .all(|o| matches!(o, Output::Send { msg: PoMsg::Query { floor: OwnershipEpoch(3), .. }, .. }))
+    );
     assert_eq!(out.len(), 3);
     net.run();
     assert_eq!(net.owner_epoch(0, &lock), Some(3));
-    assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(0), 3)));
+    assert_eq!(net.nodes[0].locks[&lock].record, Some(claim(0, 3)));
     // Node 2 learnt node 1's restart from the query and uses the regenerated token.
     net.request(2, &lock);
     net.run();
-    assert_eq!(net.entries.last(), Some(&(NodeId(2), FencingToken::from_epoch(4, 1))));
-    assert!(FencingToken::from_epoch(4, 1) > FencingToken::from_epoch(2, 1));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(2), token(4, 1))));
+    assert!(token(4, 1) > token(2, 1));
 }
 
 #[test]
@@ -404,7 +444,7 @@ fn a_restarted_home_does_not_assume_it_owns_and_regenerates_above_the_old_epochs
     net.request(2, &lock);
     net.run();
     assert_eq!(net.owner_epoch(0, &lock), None);
-    assert_eq!(net.entries.last(), Some(&(NodeId(2), FencingToken::from_epoch(3, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(2), token(3, 1))));
 }
 
 /// Recovery case (2): a peer restart starts a round while the token is in flight between two live
@@ -419,18 +459,21 @@ fn restart_while_a_transfer_is_in_flight_to_a_live_node_does_not_regenerate() {
     net.release(3, &lock);
     net.request(2, &lock); // home → 1 → 3 → grant 3 → 2, epoch 4, held in flight
     net.run_except(&[(3, 0), (3, 2)]);
-    assert!(matches!(net.peek(3, 2), Some(PoMsg::Rep { outcome: RepOutcome::Granted { epoch: 4, .. }, .. })));
+    assert!(matches!(
+        net.peek(3, 2),
+        Some(PoMsg::Rep { outcome: RepOutcome::Granted { epoch: OwnershipEpoch(4), .. }, .. })
+    ));
     // Node 1 (the owner the home's record names) restarts: the home runs a round.
     net.restart(1);
     // EPOCH_SYNC to the restarted node, then a query to each of the three others.
     assert_eq!(net.handshake(0, 1).len(), 4);
     net.run_except(&[(3, 2)]);
     // Node 3 reported its transfer to node 2 (alive, same incarnation): record = (2, 4), nothing regenerated.
-    assert_eq!(net.nodes[0].locks[&lock].record, Some((NodeId(2), 4)));
+    assert_eq!(net.nodes[0].locks[&lock].record, Some(claim(2, 4)));
     assert!((0..4).all(|i| net.owner_epoch(i, &lock).is_none()));
     net.run();
     assert_eq!(net.owner_epoch(2, &lock), Some(4));
-    assert_eq!(net.entries.last(), Some(&(NodeId(2), FencingToken::from_epoch(4, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(2), token(4, 1))));
     assert_eq!(net.entries.len(), 3);
 }
 
@@ -447,7 +490,7 @@ fn a_transfer_from_a_dead_incarnation_is_fenced_by_the_query() {
     net.run_except(&[(1, 2)]);
     // Nobody owns, the only transfer reported is the home's to the dead node 1: regenerated at the home,
     // and node 2 (whose re-sent request waited in the round) gets the new token.
-    assert_eq!(net.entries.last(), Some(&(NodeId(2), FencingToken::from_epoch(4, 1))));
+    assert_eq!(net.entries.last(), Some(&(NodeId::new(2), token(4, 1))));
     // The old grant arrives late and is dropped (stale incarnation): no second owner.
     assert_eq!(net.deliver(1, 2), vec![]);
     assert_eq!(net.owner_epoch(2, &lock), Some(4));
@@ -460,9 +503,15 @@ fn messages_have_the_papers_names() {
     let kinds: Vec<&str> = [
         acq(&lock, 1, 1, 0),
         redirect(&lock, 1, 0, 0),
-        PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId(1), epoch: 1 },
-        PoMsg::Query { lock: lock.clone(), round: 1, floor: 1, incarnations: vec![] },
-        PoMsg::Report { lock: lock.clone(), round: 1, owned: None, last_out: None, max_epoch: 0 },
+        PoMsg::OwnerUpdate { lock: lock.clone(), owner: NodeId::new(1), epoch: OwnershipEpoch(1) },
+        PoMsg::Query { lock: lock.clone(), round: 1, floor: OwnershipEpoch(1), incarnations: vec![] },
+        PoMsg::Report {
+            lock: lock.clone(),
+            round: 1,
+            owned: None,
+            last_out: None,
+            max_epoch: OwnershipEpoch(0),
+        },
     ]
     .iter()
     .map(ProtocolMessage::kind)
@@ -472,17 +521,17 @@ fn messages_have_the_papers_names() {
 
 #[test]
 fn malformed_messages_are_refused_not_panicked_on() {
-    let mut p = ProbableOwner::fresh(NodeId(1), 3);
-    let mut peers = Peers::formed(NodeId(1), 3);
+    let mut p = ProbableOwner::fresh(NodeId::new(1), 3);
+    let mut peers = Peers::formed(NodeId::new(1), 3);
     let mut out = Vec::new();
     let lock = lock_homed_at(0, 3);
     let forged = acq(&lock, 2, 1, 0); // requester is not the sender
-    assert!(p.on_message(NodeId(0), forged, &mut peers, &mut out).is_err());
-    let q = PoMsg::Query { lock: lock.clone(), round: 1, floor: 1, incarnations: vec![] };
-    assert!(p.on_message(NodeId(2), q, &mut peers, &mut out).is_err()); // not the home
+    assert!(p.on_message(NodeId::new(0), forged, &mut peers, &mut out).is_err());
+    let q = PoMsg::Query { lock: lock.clone(), round: 1, floor: OwnershipEpoch(1), incarnations: vec![] };
+    assert!(p.on_message(NodeId::new(2), q, &mut peers, &mut out).is_err()); // not the home
     let r = redirect(&lock, 1, 99, 1);
-    assert!(p.on_message(NodeId(0), r, &mut peers, &mut out).is_err());
-    assert!(p.on_message(NodeId(9), acq(&lock, 9, 1, 0), &mut peers, &mut out).is_err());
+    assert!(p.on_message(NodeId::new(0), r, &mut peers, &mut out).is_err());
+    assert!(p.on_message(NodeId::new(9), acq(&lock, 9, 1, 0), &mut peers, &mut out).is_err());
     assert_eq!(out, vec![]);
 }
 
@@ -501,7 +550,7 @@ fn seeded_random_schedules_keep_mutual_exclusion_and_finish() {
     impl Check {
         fn entries(&mut self, seed: u64, net: &Net) {
             for &(node, token) in &net.entries[self.seen..] {
-                let i = usize::from(node.0);
+                let i = node.index();
                 assert!(self.wanting[i], "seed {seed}: node {i} entered without wanting");
                 assert!(self.holding.iter().all(|h| !h), "seed {seed}: node {i} entered while another holds");
                 assert!(self.last_token.is_none_or(|t| t < token), "seed {seed}: token did not grow");

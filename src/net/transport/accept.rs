@@ -80,7 +80,7 @@ where
             return;
         }
     };
-    debug!(%remote, peer = %accepted.peer, incarnation = accepted.incarnation.0, "inbound link up");
+    debug!(%remote, peer = %accepted.peer, incarnation = accepted.incarnation.get(), "inbound link up");
     serve_data(&inner, reader, writer, remote, accepted).await;
 }
 
@@ -119,7 +119,7 @@ where
             return Err(AcceptFail::Refuse(RefuseReason::ShuttingDown, format!("node {node} said bye")));
         }
         Err(Refusal::Stale) => {
-            let detail = format!("node {node} incarnation {}", hello.incarnation.0);
+            let detail = format!("node {node} incarnation {}", hello.incarnation.get());
             return Err(AcceptFail::Refuse(RefuseReason::StaleIncarnation, detail));
         }
     };
@@ -281,7 +281,7 @@ async fn serve_data<T>(
                 {
                     let mut st = lock(&slot.state);
                     if st.link.on_inbound_bye(generation) {
-                        info!(%peer, incarnation = incarnation.0, "peer said bye");
+                        info!(%peer, incarnation = incarnation.get(), "peer said bye");
                         st.last_seen = Some(SystemTime::now());
                     }
                     inner.emit_link_events(peer, &mut st);

@@ -213,12 +213,12 @@ where
         match r {
             Ok(conn) => conn,
             Err(_) => {
-                warn!(%peer, incarnation = incarnation.0, "peer answered with a stale incarnation");
+                warn!(%peer, incarnation = incarnation.get(), "peer answered with a stale incarnation");
                 return false;
             }
         }
     };
-    debug!(%peer, %remote, incarnation = incarnation.0, received, "outbound link up");
+    debug!(%peer, %remote, incarnation = incarnation.get(), received, "outbound link up");
     let (ev_tx, mut events) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(read_acks::<T>(reader, ev_tx)));
     let mut idle = Idle { wrote: Instant::now(), heard: Instant::now() };

@@ -1,4 +1,4 @@
-//! Per-peer links over TCP: the I/O around [`Link`], the sans-I/O reliable FIFO link.
+//! Per-peer links over TCP: the I/O around `Link`, the sans-I/O reliable FIFO link.
 //!
 //! Topology: every node *dials* every other peer for its own outbound data (one outbound TCP connection per
 //! peer, owned by that peer's link task) and *accepts* the peers' connections for their data; cumulative acks
@@ -6,8 +6,8 @@
 //! one ordered stream of [`Inbound`] events.
 //!
 //! Everything about reliability — numbering, acks, resend after a reconnect, duplicate drop, replacement of a
-//! connection, restarts and what they void, Bye, the ack-progress deadline — is [`Link`]'s (see
-//! [`crate::net::link`] for the rules). This module only does I/O and drives it: it accepts, dials with
+//! connection, restarts and what they void, Bye, the ack-progress deadline — is `Link`'s (see
+//! `net::link` for the rules). This module only does I/O and drives it: it accepts, dials with
 //! backoff, runs the handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it
 //! what arrives, and emits its events. Each peer's link sits behind its own mutex, held briefly and never
 //! across an await; every event of a peer is emitted under it, so [`Inbound::Hello`] always precedes the
@@ -53,7 +53,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 /// How long [`TransportHandle::shutdown`] spends flushing before it stops the tasks.
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// The node's Lamport clock, read at handshakes.
 pub type ClockFn = Arc<dyn Fn() -> LamportTs + Send + Sync>;
@@ -296,7 +296,7 @@ impl Transport {
             peers: (0..n)
                 .map(|i| PeerSlot {
                     state: Mutex::new(PeerState {
-                        link: Link::new(NodeId(i as u16), link_cfg),
+                        link: Link::new(NodeId::new(i as u16), link_cfg),
                         last_seen: None,
                         replace: None,
                     }),
@@ -313,11 +313,11 @@ impl Transport {
         });
         let mut tasks = Vec::new();
         for i in (0..n).filter(|&i| i != inner.cfg.me.index()) {
-            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId(i as u16))));
+            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId::new(i as u16))));
         }
         tasks.push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
         *lock(&inner.tasks) = tasks;
-        info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.0, peers = n, "transport started");
+        info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.get(), peers = n, "transport started");
         (TransportHandle { inner }, inbound_rx)
     }
 }
@@ -385,7 +385,7 @@ where
             .map(|i| {
                 let st = lock(&inner.peers[i].state);
                 PeerStatus {
-                    node: NodeId(i as u16),
+                    node: NodeId::new(i as u16),
                     addr: inner.cfg.peers.get(i).cloned().unwrap_or_default(),
                     connected: st.link.connected(),
                     last_seen: st.last_seen,
@@ -421,7 +421,7 @@ where
     }
 
     /// Graceful stop: stops accepting, sends what is queued and `Bye` on every link and accepted connection,
-    /// waits up to [`SHUTDOWN_FLUSH`] for acks, then stops every task. Idempotent.
+    /// waits up to `SHUTDOWN_FLUSH` for acks, then stops every task. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
@@ -517,11 +517,11 @@ impl Counters {
 impl<T> Inner<T> {
     /// The links' clock: milliseconds since the transport started.
     fn now(&self) -> Millis {
-        Millis(self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64)
+        Millis::new(self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
     fn instant(&self, at: Millis) -> Instant {
-        self.origin + Duration::from_millis(at.0)
+        self.origin + Duration::from_millis(at.get())
     }
 
     fn emit(&self, ev: Inbound<T>) {
