@@ -1,6 +1,7 @@
-//! `dmutex node`: discovers the peers if asked to, binds the listeners and runs the node
-//! ([`dmutex::node::run`]) until SIGTERM/SIGINT (also as PID 1 in a container), with the built-in workload's
-//! endpoint if one is configured.
+//! `dmutex node`: binds the HTTP listener, discovers the peers if asked to (serving `/healthz`, and 503s that
+//! say what discovery waits for, meanwhile), binds the peer listener and runs the node ([`dmutex::node::run`])
+//! until SIGTERM/SIGINT (also as PID 1 in a container), with the built-in workload's endpoint if one is
+//! configured.
 
 use anyhow::Context as _;
 use axum::routing::get;
@@ -14,13 +15,23 @@ use tokio::net::TcpListener;
 
 /// Runs a node until a termination signal, then shuts it down gracefully.
 pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
+    let http_listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
+    let mut http_listener = Some(http_listener);
     if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
         // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
         let spec = dmutex::net::discovery::DnsSpec { name, port };
         tracing::info!(%spec, expected = ?cfg.cluster_size, "discovering peers");
-        let found = dmutex::net::discovery::discover(&spec, cfg.cluster_size, Duration::from_secs(120))
-            .await
-            .context("DMUTEX_DISCOVERY")?;
+        let listener = http_listener.take().context("the HTTP listener")?;
+        let (found, listener) = tokio::select! {
+            r = discover_serving(&spec, cfg.cluster_size, listener) => r?,
+            signal = termination_signal() => {
+                tracing::info!(signal, "termination signal during discovery");
+                return Ok(());
+            }
+        };
+        http_listener = Some(listener);
         cfg.node_id = dmutex::algo::NodeId::new(found.me);
         cfg.peers = found
             .peers
@@ -30,12 +41,10 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("DMUTEX_DISCOVERY: discovered an unusable address: {e}"))?;
         tracing::info!(node = found.me, peers = ?found.peers, "discovered the cluster");
     }
+    let http_listener = http_listener.context("the HTTP listener")?;
     let peer_listener = TcpListener::bind(cfg.peer_addr)
         .await
         .with_context(|| format!("DMUTEX_PEER_ADDR: cannot listen on {}", cfg.peer_addr))?;
-    let http_listener = TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
     let routes = workload_routes(&cfg);
     let config = RunConfig { routes, ..RunConfig::new(cfg) };
     let signal = async {
@@ -45,6 +54,48 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     dmutex::node::run(peer_listener, http_listener, config, signal).await.context("http server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs DNS discovery while the HTTP port already answers: `/healthz` 200, `/readyz`, `/v1/cluster` and the
+/// lock calls 503 saying what discovery waits for. Gives the listener back for the node once it settles
+/// (connections that arrive in between wait in the listen backlog).
+async fn discover_serving(
+    spec: &dmutex::net::discovery::DnsSpec,
+    expected: Option<usize>,
+    listener: TcpListener,
+) -> anyhow::Result<(dmutex::net::discovery::Discovered, TcpListener)> {
+    use dmutex::net::discovery::{DiscoveryOptions, SystemResolver, discover_reporting};
+    let listener = listener.into_std().context("the HTTP listener")?;
+    let serving = TcpListener::from_std(listener.try_clone().context("the HTTP listener")?)?;
+    let (waiting, reason) = tokio::sync::watch::channel(format!("waiting for DNS discovery ({spec})"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let app = dmutex::api::waiting_router(reason);
+        let _ = axum::serve(serving, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let found = discover_reporting(
+        &SystemResolver,
+        spec,
+        expected,
+        Duration::from_secs(120),
+        DiscoveryOptions::default(),
+        |what: &str| {
+            waiting.send_replace(what.to_string());
+        },
+    )
+    .await;
+    // Stop the waiting server; connections still open on it (keep-alive) get a bounded grace.
+    let _ = stop.send(());
+    let abort = server.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), server).await.is_err() {
+        abort.abort();
+    }
+    let found = found.context("DMUTEX_DISCOVERY")?;
+    Ok((found, TcpListener::from_std(listener)?))
 }
 
 /// The built-in workload, if configured: started once the node runs, its status served at `/v1/workload`.

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{ALGORITHMS, Api, Attempt, Cluster, Proxy, check_intervals, hold_once, poll};
-use dmutex::algo::{Incarnation, LamportTs, NodeId};
+use dmutex::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use dmutex::net::wire::{self, Frame, PROTOCOL_VERSION, RefuseReason};
 use dmutex::node::PeerMsg;
 use serde_json::{Value, json};
@@ -369,11 +369,23 @@ fn peer_probe(addr: &str, make: impl FnOnce(&wire::Nonce) -> Vec<u8>) -> Option<
 fn hello(cluster: &str, version: u16, node: u16, secret: &str, challenge: &wire::Nonce) -> Vec<u8> {
     let nonce = wire::fresh_nonce();
     let (incarnation, clock) = (Incarnation::new(1), LamportTs::new(0));
-    let transcript =
-        wire::hello_transcript(version, cluster, NodeId::new(node), incarnation, clock, challenge, &nonce);
+    let (algorithm, algorithms) = (Algorithm::Lamport, Algorithm::ALL.to_vec());
+    let transcript = wire::hello_transcript(
+        version,
+        cluster,
+        algorithm,
+        &algorithms,
+        NodeId::new(node),
+        incarnation,
+        clock,
+        challenge,
+        &nonce,
+    );
     let frame: Frame<PeerMsg> = Frame::Hello {
         version,
         cluster: cluster.to_string(),
+        algorithm,
+        algorithms,
         node: NodeId::new(node),
         incarnation,
         clock,

@@ -2,9 +2,11 @@
 //! order and names the StatefulSet's pods behind its headless Service in the kustomize namespace;
 //! `scripts/k8s-scale.sh` keeps that true; the compose service can be scaled (no fixed names or host ports);
 //! every OTLP endpoint is paired with the protocol its port speaks (the node's default protocol included); the
-//! image names agree (compose and the build script share `DMUTEX_IMAGE`, Kubernetes pins the crate version).
+//! image names agree (compose and the build script share `DMUTEX_IMAGE`, Kubernetes pins the crate version);
+//! both pass `DMUTEX_ALGORITHMS`, every name in it is an algorithm, and it includes `DMUTEX_ALGORITHM`.
 //! Schema validation is `scripts/validate-k8s.sh`; this test checks what a schema cannot.
 
+use dmutex::algo::Algorithm;
 use dmutex::obs::telemetry::OtlpProtocol;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -244,4 +246,36 @@ fn compose_node_service_can_scale() {
     assert!(env.contains(&"DMUTEX_DISCOVERY=dns:node:7070"), "{env:?}");
     assert!(env.contains(&"DMUTEX_CLUSTER_SIZE=${DMUTEX_CLUSTER_SIZE:-5}"), "{env:?}");
     assert!(!node["healthcheck"].is_badvalue(), "a healthcheck");
+}
+
+/// `DMUTEX_ALGORITHMS` (defaulting to every algorithm) names only algorithms and includes `DMUTEX_ALGORITHM`.
+fn check_algorithms(what: &str, default: Option<&str>, allowed: Option<&str>) {
+    let default = default.unwrap_or_else(|| panic!("{what}: DMUTEX_ALGORITHM is not set"));
+    let allowed = allowed.unwrap_or_else(|| panic!("{what}: DMUTEX_ALGORITHMS is not set"));
+    let parse = |name: &str| {
+        name.trim()
+            .parse::<Algorithm>()
+            .unwrap_or_else(|e| panic!("{what}: {name:?} is not an algorithm: {e}"))
+    };
+    let allowed: Vec<Algorithm> = allowed.split(',').map(parse).collect();
+    assert_eq!(allowed, Algorithm::ALL.to_vec(), "{what}: the default allows every algorithm");
+    assert!(allowed.contains(&parse(default)), "{what}: DMUTEX_ALGORITHMS must include {default}");
+}
+
+#[test]
+fn compose_and_k8s_pass_the_allowed_algorithms() {
+    let compose = load(&root().join("docker-compose.yml")).remove(0);
+    let env: Vec<&str> = compose["services"]["node"]["environment"]
+        .as_vec()
+        .expect("environment list")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let var = |name: &str| {
+        env.iter().find_map(|e| e.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(compose_default)
+    };
+    check_algorithms("docker-compose.yml", var("DMUTEX_ALGORITHM"), var("DMUTEX_ALGORITHMS"));
+    let (_, docs) = kustomization(&root().join("k8s"));
+    let data = &find(&docs, "ConfigMap", "dmutex-config")["data"];
+    check_algorithms("k8s ConfigMap", data["DMUTEX_ALGORITHM"].as_str(), data["DMUTEX_ALGORITHMS"].as_str());
 }

@@ -31,6 +31,8 @@ struct TestNode {
 /// Three nodes on loopback, their peer addresses fixed for the test's life (a restart rebinds its port).
 struct Cluster {
     name: String,
+    /// Per node, configuration keys on top of the common ones.
+    extra: BTreeMap<usize, Vec<(&'static str, String)>>,
     peers: Vec<SocketAddr>,
     nodes: Vec<TestNode>,
     client: reqwest::blocking::Client,
@@ -43,15 +45,21 @@ fn bind() -> TcpListener {
 impl Cluster {
     /// Starts `n` nodes and waits until every one is ready.
     fn start(name: &str, n: usize) -> Cluster {
+        let c = Cluster::launch_all(name, n, BTreeMap::new());
+        c.wait_ready();
+        c
+    }
+
+    /// Starts `n` nodes, node `i` with the extra keys `extra[i]`, without waiting for them to be ready.
+    fn launch_all(name: &str, n: usize, extra: BTreeMap<usize, Vec<(&'static str, String)>>) -> Cluster {
         let listeners: Vec<TcpListener> = (0..n).map(|_| bind()).collect();
         let peers = listeners.iter().map(|l| l.local_addr().expect("local addr")).collect();
         let client = reqwest::blocking::Client::builder().timeout(PATIENCE).build().expect("http client");
-        let mut c = Cluster { name: name.to_string(), peers, nodes: Vec::new(), client };
+        let mut c = Cluster { name: name.to_string(), extra, peers, nodes: Vec::new(), client };
         for (i, peer_listener) in listeners.into_iter().enumerate() {
             let node = c.launch(i, peer_listener, Incarnation::new(1));
             c.nodes.push(node);
         }
-        c.wait_ready();
         c
     }
 
@@ -65,6 +73,7 @@ impl Cluster {
             ("shutdown_grace_ms", "3000".to_string()),
         ]
         .into_iter()
+        .chain(self.extra.get(&i).into_iter().flatten().cloned())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         NodeConfig::load(&ConfigSources { overrides, ..ConfigSources::default() }).expect("node config")
@@ -328,4 +337,80 @@ fn graceful_shutdown_answers_waiters_releases_leases_and_returns() {
     assert_eq!(status, 200, "{granted}");
     assert!(token(&granted) > token(&held), "{granted} after {held}");
     assert!(c.client.get(c.url(0, "/healthz")).send().is_err(), "node 0's HTTP port is closed");
+}
+
+/// `GET /v1/locks/{name}` on nodes that do not hold the lock: a holder is named only when the node knows one,
+/// and never a node that is not the holder or owner (no `holder: 0` from the probable-owner default hint).
+#[test]
+fn a_lock_view_names_a_holder_only_when_the_node_knows_it() {
+    let c = Cluster::start("inproc-view", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("view-{algorithm}");
+        let grant = c.grant(1, &lock, json!({ "algorithm": algorithm }));
+        for i in 0..3 {
+            let info = c.get(i, &format!("/v1/locks/{lock}"));
+            let view = &info["algorithms"][algorithm.as_str()];
+            let holder = &view["holder"];
+            assert!(holder.is_null() || *holder == 1, "node {i}, {algorithm}: {view}");
+            if i == 1 {
+                assert_eq!(*holder, 1, "{view}");
+                assert_eq!(view["last_token"], grant["fencing_token"], "{view}");
+            } else {
+                assert!(view["last_token"].is_null(), "node {i}, {algorithm}: {view}");
+            }
+        }
+        assert_eq!(c.release(1, &lock, &grant["lease"]), 200);
+    }
+}
+
+/// Nodes started with different `DMUTEX_ALGORITHM` defaults never connect: each refuses the other at the
+/// handshake, `/metrics` counts it under `algorithm_mismatch`, `/readyz` stays 503 and `/v1/cluster` shows the
+/// peer as not connected.
+#[test]
+fn nodes_with_different_default_algorithms_refuse_each_other_visibly() {
+    let extra = BTreeMap::from([(1, vec![("algorithm", "probable-owner".to_string())])]);
+    let c = Cluster::launch_all("inproc-mismatch", 2, extra);
+    let deadline = Instant::now() + PATIENCE;
+    let refusals = |i: usize| {
+        let text = c.client.get(c.url(i, "/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("dmutex_refused_connections_total{reason=\"algorithm_mismatch\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    while refusals(0) < 1.0 || refusals(1) < 1.0 {
+        assert!(Instant::now() < deadline, "no algorithm_mismatch refusal counted within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..2 {
+        let ready = c.client.get(c.url(i, "/readyz")).send().expect("readyz");
+        assert_eq!(ready.status(), 503, "node {i} must not be ready");
+        let cluster = c.get(i, "/v1/cluster");
+        let other = &cluster["peers"][1 - i];
+        assert_eq!(other["connected"], false, "node {i}: {cluster}");
+    }
+}
+
+/// On connected idle links `/v1/cluster` reports the last frame actually received (keepalives every second),
+/// and keepalives are counted as link frames in `/metrics`, never as algorithm messages.
+#[test]
+fn idle_links_report_a_fresh_last_seen_and_keepalives_are_not_algorithm_messages() {
+    let c = Cluster::start("inproc-idle", 3);
+    let before = c.get(0, "/v1/stats")["messages_sent_total"].clone();
+    std::thread::sleep(Duration::from_millis(3000));
+    let cluster = c.get(0, "/v1/cluster");
+    for peer in cluster["peers"].as_array().expect("peers") {
+        assert_eq!(peer["connected"], true, "{cluster}");
+        let ago = peer["last_seen_ms_ago"].as_u64().unwrap_or_else(|| panic!("no last_seen: {cluster}"));
+        assert!(ago < 1500, "last frame {ago} ms ago on a connected idle link: {cluster}");
+    }
+    assert_eq!(c.get(0, "/v1/stats")["messages_sent_total"], before, "keepalives are not algorithm messages");
+    let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("metrics");
+    let sent = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"dmutex_link_frames_total{type="keepalive",direction="sent"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(sent.is_some_and(|n| n >= 2.0), "keepalives sent: {sent:?}");
 }

@@ -4,7 +4,7 @@
 //! checked is what Lamport 1978 assumes of the network: every message arrives exactly once and in order per
 //! pair, across dropped connections; plus restart detection (Hello before data) and handshake refusals.
 
-use dmutex::algo::{Incarnation, LamportTs, NodeId};
+use dmutex::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use dmutex::net::transport::{ClockFn, Inbound, Transport, TransportConfig, TransportHandle};
 use dmutex::net::wire::{self, Envelope, Frame, FrameReader, Nonce, PROTOCOL_VERSION, RefuseReason};
 use std::collections::BTreeMap;
@@ -353,6 +353,7 @@ async fn raw_exchange(addr: SocketAddr, make: impl FnOnce(Nonce) -> Vec<u8>) -> 
 struct HelloSpec<'a> {
     version: u16,
     cluster: &'a str,
+    algorithm: Algorithm,
     node: u16,
     secret: Option<&'a str>,
 }
@@ -361,10 +362,23 @@ fn hello(spec: HelloSpec<'_>) -> impl FnOnce(Nonce) -> Vec<u8> + '_ {
     move |challenge| {
         let nonce = wire::fresh_nonce();
         let (node, inc, clock) = (NodeId::new(spec.node), Incarnation::new(5), LamportTs::new(1));
-        let t = wire::hello_transcript(spec.version, spec.cluster, node, inc, clock, &challenge, &nonce);
+        let all = Algorithm::ALL.to_vec();
+        let t = wire::hello_transcript(
+            spec.version,
+            spec.cluster,
+            spec.algorithm,
+            &all,
+            node,
+            inc,
+            clock,
+            &challenge,
+            &nonce,
+        );
         let frame: Frame<u64> = Frame::Hello {
             version: spec.version,
             cluster: spec.cluster.to_string(),
+            algorithm: spec.algorithm,
+            algorithms: all,
             node,
             incarnation: inc,
             clock,
@@ -388,7 +402,13 @@ async fn bad_handshakes_are_refused_and_counted_and_a_good_peer_still_works() {
     let (a, a_rx) = Transport::start::<u64>(cfg, la, clock());
     let mut a_log = Log::new(a_rx);
     let at = addrs[0];
-    let ok = |node| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node, secret: None };
+    let ok = |node| HelloSpec {
+        version: PROTOCOL_VERSION,
+        cluster: "test",
+        algorithm: Algorithm::Lamport,
+        node,
+        secret: None,
+    };
 
     // Garbage with a plausible length prefix.
     let garbage =
@@ -455,7 +475,13 @@ async fn secrets_must_match() {
     let (a, a_rx) = Transport::start::<u64>(with_secret(0, "right"), la, clock());
     let mut a_log = Log::new(a_rx);
     let at = addrs[0];
-    let spec = |secret| HelloSpec { version: PROTOCOL_VERSION, cluster: "test", node: 1, secret };
+    let spec = |secret| HelloSpec {
+        version: PROTOCOL_VERSION,
+        cluster: "test",
+        algorithm: Algorithm::Lamport,
+        node: 1,
+        secret,
+    };
     assert_eq!(raw_exchange(at, hello(spec(None))).await, refused(RefuseReason::BadSecret));
     assert_eq!(raw_exchange(at, hello(spec(Some("wrong")))).await, refused(RefuseReason::BadSecret));
     assert_eq!(a.counters().refused.get("bad_secret"), Some(&2));
@@ -518,4 +544,131 @@ async fn a_message_addressed_to_the_new_incarnation_survives_the_restart_handsha
     assert!(a.counters().discarded_on_restart >= 1);
     a.shutdown().await;
     b2.shutdown().await;
+}
+
+/// Two nodes whose default algorithms differ never connect: each refuses the other's Hello (a configuration
+/// mismatch like another cluster name), counts it under `algorithm_mismatch`, and reports it as `Refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_different_default_algorithms_refuse_each_other() {
+    let (la, lb) = (bind("127.0.0.61").await, bind("127.0.0.62").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let mut cfg_b = config(1, 1, &addrs);
+    cfg_b.algorithm = Algorithm::ProbableOwner;
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start::<u64>(cfg_b, lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    let refused = |seen: &[Inbound<u64>]| {
+        seen.iter().any(|e| matches!(e, Inbound::Refused { reason: RefuseReason::AlgorithmMismatch, .. }))
+    };
+    a_log.until("a refuses b", refused).await;
+    b_log.until("b refuses a", refused).await;
+    // Give the links time for a few more attempts: still nothing gets through.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a_log.drain();
+    b_log.drain();
+    for (name, t, log) in [("a", &a, &a_log), ("b", &b, &b_log)] {
+        let connected = |e: &Inbound<u64>| matches!(e, Inbound::Connected { .. } | Inbound::Hello { .. });
+        assert!(!log.seen.iter().any(connected), "{name} connected: {:?}", log.seen);
+        assert!(t.status().iter().all(|p| !p.connected), "{name}: {:?}", t.status());
+        let c = t.counters();
+        assert!(c.refused.get("algorithm_mismatch").is_some_and(|&n| n >= 1), "{name}: {:?}", c.refused);
+        assert!(c.refused_by_peer.get("algorithm_mismatch").is_some_and(|&n| n >= 1), "{name}: {c:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A TCP proxy that can go silent: it keeps every connection open but forwards nothing (a peer that hangs,
+/// or a network that drops everything without a reset).
+struct SilentProxy {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+}
+
+impl SilentProxy {
+    async fn start(ip: &str, upstream: SocketAddr) -> SilentProxy {
+        let listener = bind(ip).await;
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else { continue };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, flag.clone()));
+                tokio::spawn(pump(ur, dw, flag.clone()));
+            }
+        });
+        SilentProxy { addr, silent }
+    }
+}
+
+/// Copies `from` to `to`, discarding what arrives while `silent` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || (!silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err()) {
+            break;
+        }
+    }
+}
+
+/// An idle link carries keepalives (counted apart, never delivered), so `last_seen` stays fresh; when the
+/// connection goes silent, the dialer notices within `dead_after` and reconnects once it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_links_keep_alive_and_a_silent_connection_is_noticed() {
+    let (la, lb) = (bind("127.0.0.71").await, bind("127.0.0.72").await);
+    let (a_addr, b_addr) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let proxy = SilentProxy::start("127.0.0.73", b_addr).await;
+    let fast = |mut cfg: TransportConfig| {
+        cfg.keepalive = Duration::from_millis(100);
+        cfg.handshake_timeout = Duration::from_millis(200);
+        cfg
+    };
+    let a_cfg = fast(config(0, 1, &[a_addr, proxy.addr]));
+    assert_eq!(a_cfg.dead_after(), Duration::from_millis(400));
+    let (a, a_rx) = Transport::start::<u64>(a_cfg, la, clock());
+    let (b, b_rx) = Transport::start::<u64>(fast(config(1, 1, &[a_addr, b_addr])), lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    let connected = |s: &[Inbound<u64>]| has(s, |e| matches!(e, Inbound::Connected { .. }));
+    a_log.until("a connected", connected).await;
+    b_log.until("b connected", connected).await;
+
+    // Idle for ten keepalive intervals: keepalives both ways, a fresh last_seen, nothing delivered.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for (name, t, log) in [("a", &a, &mut a_log), ("b", &b, &mut b_log)] {
+        log.drain();
+        assert!(!has(&log.seen, |e| matches!(e, Inbound::Message { .. })), "{name}: {:?}", log.seen);
+        let c = t.counters();
+        assert!(c.keepalives_sent >= 5 && c.keepalives_received >= 5, "{name}: {c:?}");
+        let peer = &t.status()[0];
+        assert!(peer.connected, "{name}: {peer:?}");
+        let ago = peer.last_seen.and_then(|t| t.elapsed().ok()).expect("a last_seen");
+        assert!(ago < Duration::from_millis(300), "{name}: last frame {ago:?} ago on an idle link");
+    }
+
+    // The connection A dialled goes silent (no FIN, no RST): A notices and drops its link.
+    proxy.silent.store(true, Ordering::SeqCst);
+    let down = timeout(Duration::from_secs(3), async {
+        while a.status()[0].connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(down.await.is_ok(), "a silent connection was not noticed: {:?}", a.status());
+    a_log.until("a disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { .. }))).await;
+    proxy.silent.store(false, Ordering::SeqCst);
+    let up = timeout(WAIT, async {
+        while !a.status()[0].connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(up.await.is_ok(), "the link did not come back: {:?}", a.status());
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -606,9 +606,11 @@ pub struct QueueEntry {
 pub struct LockView {
     /// Whether this node is in the critical section.
     pub held_here: bool,
-    /// The node this one believes holds or owns the lock, if it knows.
+    /// The node this one believes holds or owns the lock; `None` when this node does not know one (Lamport:
+    /// the head of its queue; Ricart–Agrawala: only itself; probable-owner: the owner it was last told of).
     pub holder: Option<NodeId>,
-    /// The newest fencing token this node has seen for the lock.
+    /// The newest fencing token this node has seen for the lock: one it was granted itself (or, for
+    /// probable-owner, received with the token); `None` on a node that never held it, even if `holder` is known.
     pub last_token: Option<FencingToken>,
     /// The queue as this node sees it (its own request included).
     pub queue: Vec<QueueEntry>,

@@ -5,3 +5,5 @@ pub mod client;
 pub(crate) mod error;
 pub(crate) mod router;
 pub mod types;
+
+pub use router::waiting_router;

@@ -8,7 +8,7 @@
 use crate::algo::Algorithm;
 use crate::api::error::ApiError;
 use crate::api::types::{
-    AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, ReleaseBody,
+    AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, Readiness, ReleaseBody,
     ReleaseResponse,
 };
 use crate::node::NodeHandle;
@@ -74,6 +74,26 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The router of a node that cannot run yet (DNS discovery still waits for its replicas): `/healthz` is 200,
+/// `/readyz` and `/v1/cluster` are 503 with `{"ready": false, "reasons": [what it waits for]}`, and every other
+/// endpoint (the lock calls) answers 503 `unavailable` with the same reason. `waiting` holds the current reason.
+pub fn waiting_router(waiting: tokio::sync::watch::Receiver<String>) -> Router {
+    let not_ready = |w: tokio::sync::watch::Receiver<String>| async move {
+        let r = Readiness { ready: false, reasons: vec![w.borrow().clone()] };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(r)).into_response()
+    };
+    let unavailable = |w: tokio::sync::watch::Receiver<String>| async move {
+        ApiError::Unavailable(format!("the node is not running yet: {}", *w.borrow())).into_response()
+    };
+    let (r1, r2, r3) = (waiting.clone(), waiting.clone(), waiting);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(move || not_ready(r1.clone())))
+        .route("/v1/cluster", get(move || not_ready(r2.clone())))
+        .fallback(move || unavailable(r3.clone()))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// An error answer in the API's JSON shape for a status [`ApiError`] has no variant for.

@@ -117,7 +117,7 @@ pub enum DiscoveryError {
     #[error("invalid expected cluster size {0} (DMUTEX_CLUSTER_SIZE must be 1..=65536)")]
     InvalidSize(usize),
     /// The answer did not settle on a membership that includes this host before the timeout.
-    #[error("{DISCOVERY_ENV}={spec}: no settled membership after {waited:?}: {last}")]
+    #[error("{DISCOVERY_ENV}={spec}: no settled membership after {}: {last}", seconds(*waited))]
     Timeout {
         /// The spec being resolved.
         spec: DnsSpec,
@@ -206,6 +206,19 @@ pub async fn discover_with<R: Resolver>(
     timeout: Duration,
     options: DiscoveryOptions,
 ) -> Result<Discovered, DiscoveryError> {
+    discover_reporting(resolver, spec, expected, timeout, options, |_| {}).await
+}
+
+/// [`discover_with`], telling `progress` after every lookup what it is waiting for, in words
+/// (`waiting for 5 replicas, 3 resolved: 10.0.0.1, 10.0.0.2, 10.0.0.3`): what `/readyz` shows meanwhile.
+pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
+    resolver: &R,
+    spec: &DnsSpec,
+    expected: Option<usize>,
+    timeout: Duration,
+    options: DiscoveryOptions,
+    progress: P,
+) -> Result<Discovered, DiscoveryError> {
     if let Some(n) = expected
         && (n == 0 || n > usize::from(u16::MAX) + 1)
     {
@@ -222,7 +235,8 @@ pub async fn discover_with<R: Resolver>(
         match resolver.resolve(&spec.name, spec.port).await {
             Err(e) => {
                 // Usual while the service's first replica is not registered yet: keep trying.
-                last = format!("lookup of {:?} failed: {e}", spec.name);
+                last = format!("lookup of {} failed: {e}", spec.name);
+                progress(&format!("{DISCOVERY_ENV}={spec}: waiting for DNS: {last}"));
                 tracing::debug!(name = %spec.name, error = %e, "discovery: lookup failed, retrying");
                 previous = None;
                 streak = 0;
@@ -249,6 +263,16 @@ pub async fn discover_with<R: Resolver>(
                 }
                 last = describe(&ips, expected);
                 let size_ok = expected.is_none_or(|n| ips.len() == n);
+                progress(&match expected {
+                    Some(n) if !size_ok => {
+                        format!("waiting for {n} replicas, {} resolved: {}", ips.len(), ip_list(&ips))
+                    }
+                    _ => format!(
+                        "{} replicas resolved: {}; waiting for a stable answer",
+                        ips.len(),
+                        ip_list(&ips)
+                    ),
+                });
                 if size_ok && streak >= want && !ips.is_empty() {
                     let local = resolver.local_addrs(&ips).await;
                     match ips.iter().position(|ip| local.contains(ip)).and_then(|i| u16::try_from(i).ok()) {
@@ -260,7 +284,11 @@ pub async fn discover_with<R: Resolver>(
                         }
                         None => {
                             // Our own replica is not in the answer (yet): not a membership we can join.
-                            last = format!("{last}; none of this host's addresses {local:?} is among them");
+                            last = format!(
+                                "{last}; none of this host's addresses ({}) is among them",
+                                ip_list(&local)
+                            );
+                            progress(&last);
                             tracing::info!(name = %spec.name, local = ?local, "discovery: own address not resolved yet");
                         }
                     }
@@ -287,9 +315,23 @@ fn normalize(addrs: &[SocketAddr]) -> Vec<IpAddr> {
 
 fn describe(ips: &[IpAddr], expected: Option<usize>) -> String {
     match expected {
-        Some(n) => format!("resolved {} of {n} expected replicas {ips:?}", ips.len()),
-        None => format!("resolved {} replicas {ips:?}", ips.len()),
+        Some(n) => format!("resolved {} of {n} expected replicas: {}", ips.len(), ip_list(ips)),
+        None => format!("resolved {} replicas: {}", ips.len(), ip_list(ips)),
     }
+}
+
+/// `10.0.0.1, 10.0.0.2`, or `none`.
+fn ip_list(ips: &[IpAddr]) -> String {
+    if ips.is_empty() {
+        return "none".into();
+    }
+    ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// A duration as people read it: `30 s`, `1.5 s`.
+fn seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 { format!("{} s", ms / 1000) } else { format!("{:.1} s", d.as_secs_f64()) }
 }
 
 #[cfg(test)]
@@ -487,6 +529,42 @@ mod tests {
         let DiscoveryError::Timeout { last, .. } = &err else { panic!("{err}") };
         assert!(last.contains("2 of 5"), "{last}");
         assert!(err.to_string().contains("DMUTEX_DISCOVERY=dns:node:7070"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn errors_list_addresses_as_text_not_debug_output() {
+        let r = Scripted::new(vec![Ok(vec!["10.0.0.2", "10.0.0.1"])], &["10.0.0.9"]);
+        let err = discover_with(&r, &spec(), Some(2), Duration::from_millis(30), fast(1)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("resolved 2 of 2 expected replicas: 10.0.0.1, 10.0.0.2"), "{text}");
+        assert!(text.contains("none of this host's addresses (10.0.0.9) is among them"), "{text}");
+        assert!(!text.contains('[') && !text.contains("Some(") && !text.contains("ms:"), "{text}");
+        let DiscoveryError::Timeout { waited, .. } = &err else { panic!("{err}") };
+        assert!(text.contains(&format!("after {}", seconds(*waited))), "{text}");
+        assert_eq!(seconds(Duration::from_secs(120)), "120 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+        let r = Scripted::new(vec![nxdomain()], &["10.0.0.1"]);
+        let err = discover_with(&r, &spec(), None, Duration::from_millis(20), fast(1)).await.unwrap_err();
+        assert!(err.to_string().contains("lookup of node failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn progress_says_what_discovery_waits_for() {
+        let r = Scripted::new(
+            vec![nxdomain(), Ok(vec!["10.0.0.2"]), Ok(vec!["10.0.0.2", "10.0.0.1"])],
+            &["10.0.0.1"],
+        );
+        let seen = Mutex::new(Vec::new());
+        let d = discover_reporting(&r, &spec(), Some(2), Duration::from_secs(5), fast(2), |p: &str| {
+            seen.lock().unwrap().push(p.to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(d.me, 0);
+        let seen = seen.into_inner().unwrap();
+        assert!(seen[0].contains("waiting for DNS: lookup of node failed"), "{seen:?}");
+        assert_eq!(seen[1], "waiting for 2 replicas, 1 resolved: 10.0.0.2");
+        assert_eq!(seen[2], "2 replicas resolved: 10.0.0.1, 10.0.0.2; waiting for a stable answer");
     }
 
     #[tokio::test]

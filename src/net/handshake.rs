@@ -1,14 +1,14 @@
 //! The handshake on one peer connection: who is calling, checked.
 //!
 //! The acceptor speaks first (`Challenge`), the dialer answers `Hello`, the acceptor checks it (version,
-//! cluster, node id, MAC) and answers `Welcome` or `Refuse` (see [`crate::net::wire`] for the frames and the
+//! cluster, node id, MAC, default algorithm) and answers `Welcome` or `Refuse` (see [`crate::net::wire`] for the frames and the
 //! transcripts the MACs cover). What a handshake *means* for the link — a new incarnation, how far the
 //! acceptor delivered — is decided by [`crate::net::link::Link`], between [`Handshake::accept`] and
 //! [`Handshake::welcome`]. This module does the exchange and the checks; it never decides about incarnations
 //! and never panics on what a peer sends.
 
 use super::transport::{Counters, TransportError};
-use crate::algo::{Incarnation, LamportTs, NodeId};
+use crate::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use crate::net::wire::{
     self, Frame, FrameReader, FrameWriter, Nonce, PROTOCOL_VERSION, RefuseReason, WireError,
 };
@@ -20,6 +20,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 pub(super) struct Handshake<'a> {
     /// The cluster name both sides must share.
     pub cluster: &'a str,
+    /// The default algorithm both sides must share.
+    pub algorithm: Algorithm,
+    /// The algorithms this node accepts in requests (a difference is only logged).
+    pub algorithms: &'a [Algorithm],
     /// This node.
     pub me: NodeId,
     /// This process's incarnation.
@@ -64,6 +68,11 @@ pub(super) enum AcceptFail {
     Silent(String),
 }
 
+/// `lamport,probable-owner`, as `DMUTEX_ALGORITHMS` spells it.
+fn names(algorithms: &[Algorithm]) -> String {
+    algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
+}
+
 type Reader = FrameReader<OwnedReadHalf>;
 type Writer = FrameWriter<OwnedWriteHalf>;
 
@@ -97,7 +106,9 @@ impl Handshake<'_> {
     }
 
     fn check_hello<T>(&self, frame: Frame<T>, challenge: Nonce) -> Result<Hello, AcceptFail> {
-        let Frame::Hello { version, cluster, node, incarnation, clock, nonce, mac } = frame else {
+        let Frame::Hello { version, cluster, algorithm, algorithms, node, incarnation, clock, nonce, mac } =
+            frame
+        else {
             return Err(AcceptFail::Refuse(
                 RefuseReason::Malformed,
                 format!("expected hello, got {}", frame.kind()),
@@ -119,10 +130,37 @@ impl Handshake<'_> {
         if node == self.me {
             return refuse(RefuseReason::SelfId, format!("node {node} is this node"));
         }
-        let transcript =
-            wire::hello_transcript(version, &cluster, node, incarnation, clock, &challenge, &nonce);
+        let transcript = wire::hello_transcript(
+            version,
+            &cluster,
+            algorithm,
+            &algorithms,
+            node,
+            incarnation,
+            clock,
+            &challenge,
+            &nonce,
+        );
         if !wire::verify_mac(self.secret, &transcript, &mac) {
             return refuse(RefuseReason::BadSecret, format!("node {node}: bad or missing MAC"));
+        }
+        if algorithm != self.algorithm {
+            return refuse(
+                RefuseReason::AlgorithmMismatch,
+                format!(
+                    "node {node} has default algorithm {algorithm} (DMUTEX_ALGORITHM), this node {}: requests \
+                     that name no algorithm would run different protocols",
+                    self.algorithm
+                ),
+            );
+        }
+        if algorithms != self.algorithms {
+            tracing::warn!(
+                %node,
+                theirs = %names(&algorithms),
+                ours = %names(self.algorithms),
+                "peer allows other algorithms (DMUTEX_ALGORITHMS); requests may be refused on some nodes only"
+            );
         }
         Ok(Hello { node, incarnation, clock, nonce, challenge })
     }
@@ -180,6 +218,8 @@ impl Handshake<'_> {
         let transcript = wire::hello_transcript(
             PROTOCOL_VERSION,
             self.cluster,
+            self.algorithm,
+            self.algorithms,
             self.me,
             self.incarnation,
             clock,
@@ -189,6 +229,8 @@ impl Handshake<'_> {
         let hello: Frame<T> = Frame::Hello {
             version: PROTOCOL_VERSION,
             cluster: self.cluster.to_owned(),
+            algorithm: self.algorithm,
+            algorithms: self.algorithms.to_vec(),
             node: self.me,
             incarnation: self.incarnation,
             clock,
@@ -231,5 +273,86 @@ impl Handshake<'_> {
             return Err(TransportError::BadWelcomeMac);
         }
         Ok(Welcome { incarnation, clock: their_clock, received })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(algorithm: Algorithm, algorithms: &[Algorithm], challenge: &Nonce) -> Frame<u64> {
+        let (node, incarnation, clock, nonce) =
+            (NodeId::new(1), Incarnation::new(1), LamportTs::new(0), [3; 32]);
+        let t = wire::hello_transcript(
+            PROTOCOL_VERSION,
+            "c",
+            algorithm,
+            algorithms,
+            node,
+            incarnation,
+            clock,
+            challenge,
+            &nonce,
+        );
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: "c".into(),
+            algorithm,
+            algorithms: algorithms.to_vec(),
+            node,
+            incarnation,
+            clock,
+            nonce,
+            mac: wire::mac(Some(b"s"), &t),
+        }
+    }
+
+    #[test]
+    fn a_hello_with_another_default_algorithm_is_refused_naming_both() {
+        let counters = Counters::default();
+        let all = Algorithm::ALL;
+        let hs = Handshake {
+            cluster: "c",
+            algorithm: Algorithm::Lamport,
+            algorithms: &all,
+            me: NodeId::new(0),
+            incarnation: Incarnation::new(1),
+            peers: 3,
+            secret: Some(b"s"),
+            counters: &counters,
+        };
+        let challenge = [7; 32];
+        let refused = hs.check_hello(hello(Algorithm::ProbableOwner, &all, &challenge), challenge);
+        let Err(AcceptFail::Refuse(reason, detail)) = refused else { panic!("accepted") };
+        assert_eq!(reason, RefuseReason::AlgorithmMismatch);
+        assert_eq!(reason.as_str(), "algorithm_mismatch");
+        assert!(detail.contains("probable-owner") && detail.contains("lamport"), "{detail}");
+        // Same default, another allowed set: accepted (only logged).
+        let fewer = [Algorithm::Lamport];
+        assert!(hs.check_hello(hello(Algorithm::Lamport, &fewer, &challenge), challenge).is_ok());
+        // The algorithm is covered by the MAC: a Hello whose algorithm was changed in flight is a bad MAC.
+        let Frame::Hello { mac, nonce, .. } = hello(Algorithm::ProbableOwner, &all, &challenge) else {
+            unreachable!()
+        };
+        let Frame::Hello { algorithm: a, algorithms, node, incarnation, clock, .. } =
+            hello(Algorithm::Lamport, &all, &challenge)
+        else {
+            unreachable!()
+        };
+        let forged: Frame<u64> = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: "c".into(),
+            algorithm: a,
+            algorithms,
+            node,
+            incarnation,
+            clock,
+            nonce,
+            mac,
+        };
+        let Err(AcceptFail::Refuse(reason, _)) = hs.check_hello(forged, challenge) else {
+            panic!("accepted")
+        };
+        assert_eq!(reason, RefuseReason::BadSecret);
     }
 }

@@ -1,7 +1,8 @@
 //! The peer wire protocol: frames, framing and the authenticated handshake.
 //!
 //! A frame on a TCP stream is a 4-byte big-endian body length followed by the body, a [`Frame`] encoded with
-//! bincode 2 (serde, `config::standard()`). The length is checked against a maximum (default
+//! postcard 1 (serde; enum variants and integers as LEB128 varints, strings and sequences with a varint length
+//! prefix, fixed-size arrays as their bytes). The length is checked against a maximum (default
 //! [`DEFAULT_MAX_FRAME`], 1 MiB) *before* anything is allocated, and the body must decode to exactly its length.
 //! Nothing here panics on any input bytes: every malformed input is a [`WireError`].
 //!
@@ -10,9 +11,11 @@
 //! ```text
 //!  dialer                                   acceptor
 //!    │ ◄──────────── Challenge{nonce_a} ────── │
-//!    │ ── Hello{version, cluster, node, incarnation, clock, nonce_d, mac_d} ──► │  checks, or Refuse{reason}
+//!    │ ── Hello{version, cluster, algorithm, algorithms, node, incarnation, clock, nonce_d, mac_d} ──► │
+//!    │                                           checks, or Refuse{reason}      │
 //!    │ ◄── Welcome{node, incarnation, clock, received, mac_a} ──────────────── │
 //!    │ ── Data{seq, env} … ──►   ◄── Ack{seq} (cumulative) …                    │
+//!    │ ── Keepalive ──►  ◄── Keepalive   (after 1 s without a frame written)     │
 //!    │ ── Bye ──►  (graceful shutdown; either side may send it)                  │
 //! ```
 //!
@@ -23,10 +26,11 @@
 //! constant time ([`verify_mac`]). Without a secret the MACs are empty and not checked.
 //!
 //! Invariants: a frame never exceeds the configured maximum on the way out either (the encoder refuses);
-//! bincode's own decode limit ([`DECODE_LIMIT`]) bounds what a length field *inside* a body can make the decoder
-//! allocate, so a 1 MiB frame cannot claim a 4 GiB string.
+//! a length field *inside* a body cannot make the decoder allocate more than the body: postcard takes a
+//! string's bytes from what is left of the body (a longer claim is an error), and a sequence's pre-allocation
+//! hint is dropped when it claims more elements than bytes remain, so a 1 MiB frame cannot claim a 4 GiB string.
 
-use crate::algo::{Incarnation, LamportTs, NodeId};
+use crate::algo::{Algorithm, Incarnation, LamportTs, NodeId};
 use bytes::{Buf, BytesMut};
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
@@ -36,19 +40,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-/// The protocol version spoken by this build. A Hello with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version spoken by this build. A Hello with another version is refused. Version 2: the postcard
+/// codec (version 1 was bincode 2) and the algorithms in the Hello.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default maximum body length of one frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 
-/// The largest maximum frame size a transport accepts; larger configured values are clamped to it so that
-/// [`DECODE_LIMIT`] always covers a legitimate frame.
+/// The largest maximum frame size a transport accepts; larger configured values are clamped to it.
 pub const MAX_FRAME_CEILING: usize = 16 << 20;
-
-/// bincode's decode limit: the most a single body may make the decoder claim (containers claim
-/// `len × size_of::<T>()` before reading their elements, so this is larger than any frame).
-pub const DECODE_LIMIT: usize = 8 * MAX_FRAME_CEILING;
 
 /// Length of a handshake nonce.
 pub const NONCE_LEN: usize = 32;
@@ -57,10 +57,6 @@ pub const NONCE_LEN: usize = 32;
 pub type Nonce = [u8; NONCE_LEN];
 
 const LEN_PREFIX: usize = 4;
-
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<DECODE_LIMIT>()
-}
 
 /// A message from one node to another, as the transport carries it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +87,8 @@ pub enum RefuseReason {
     BadVersion,
     /// The Hello names another cluster.
     WrongCluster,
+    /// The Hello names another default algorithm (`DMUTEX_ALGORITHM`).
+    AlgorithmMismatch,
     /// The node id is not in the peer list (or the peer at this address is another node).
     UnknownNode,
     /// The dialer claims to be the acceptor itself.
@@ -111,9 +109,10 @@ pub enum RefuseReason {
 
 impl RefuseReason {
     /// Every reason, in a stable order.
-    pub const ALL: [RefuseReason; 10] = [
+    pub const ALL: [RefuseReason; 11] = [
         RefuseReason::BadVersion,
         RefuseReason::WrongCluster,
+        RefuseReason::AlgorithmMismatch,
         RefuseReason::UnknownNode,
         RefuseReason::SelfId,
         RefuseReason::BadSecret,
@@ -129,6 +128,7 @@ impl RefuseReason {
         match self {
             RefuseReason::BadVersion => "bad_version",
             RefuseReason::WrongCluster => "wrong_cluster",
+            RefuseReason::AlgorithmMismatch => "algorithm_mismatch",
             RefuseReason::UnknownNode => "unknown_node",
             RefuseReason::SelfId => "self_id",
             RefuseReason::BadSecret => "bad_secret",
@@ -161,6 +161,11 @@ pub enum Frame<T> {
         version: u16,
         /// The cluster name; must match.
         cluster: String,
+        /// The dialer's default algorithm (`DMUTEX_ALGORITHM`); must match, or requests that name no
+        /// algorithm would run different protocols on different nodes.
+        algorithm: Algorithm,
+        /// The algorithms the dialer accepts in requests (`DMUTEX_ALGORITHMS`); a difference is logged.
+        algorithms: Vec<Algorithm>,
         /// The dialer's node id.
         node: NodeId,
         /// The dialer's incarnation.
@@ -205,6 +210,9 @@ pub enum Frame<T> {
     },
     /// Graceful shutdown: no more data will come from this incarnation.
     Bye,
+    /// Link liveness, never delivered to a core: the dialer sends it when it wrote nothing for the keepalive
+    /// interval, the acceptor answers with one, so each end hears from an idle peer and notices a dead one.
+    Keepalive,
 }
 
 impl<T> Frame<T> {
@@ -218,6 +226,7 @@ impl<T> Frame<T> {
             Frame::Data { .. } => "data",
             Frame::Ack { .. } => "ack",
             Frame::Bye => "bye",
+            Frame::Keepalive => "keepalive",
         }
     }
 }
@@ -265,37 +274,38 @@ impl WireError {
 
 /// Encodes `frame` with its length prefix. Fails if the body is longer than `max_frame`.
 pub fn encode_frame<T: Serialize>(frame: &Frame<T>, max_frame: usize) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![0u8; LEN_PREFIX];
-    let body =
-        bincode::serde::encode_to_vec(frame, config()).map_err(|e| WireError::Encode(e.to_string()))?;
-    let max = max_frame.min(u32::MAX as usize);
-    if body.len() > max {
-        return Err(WireError::Oversized { len: body.len(), max: max_frame });
+    let out =
+        postcard::to_extend(frame, vec![0u8; LEN_PREFIX]).map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut out = out;
+    let body = out.len() - LEN_PREFIX;
+    if body > max_frame.min(u32::MAX as usize) {
+        return Err(WireError::Oversized { len: body, max: max_frame });
     }
-    out[..LEN_PREFIX].copy_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    out[..LEN_PREFIX].copy_from_slice(&(body as u32).to_be_bytes());
     Ok(out)
 }
 
-/// bincode's index of the `Data` variant in [`Frame`] (variants are numbered in declaration order).
+/// postcard's index of the `Data` variant in [`Frame`] (variants are numbered in declaration order).
 const DATA_VARIANT: u32 = 4;
 
 /// Room for the length prefix and the longest `Data` header: the variant index and the sequence number,
-/// both varints (at most 1 and 9 bytes).
-const DATA_HEAD_ROOM: usize = LEN_PREFIX + 1 + 9;
+/// both LEB128 varints (1 byte for index 4, at most 10 bytes for a `u64`).
+const DATA_HEAD_ROOM: usize = LEN_PREFIX + 1 + 10;
 
 /// Encodes an envelope on its own, to be framed as `Data` later with any sequence number: the link numbers
 /// (and after a peer restart renumbers) a message without encoding it again.
 pub fn encode_envelope<T: Serialize>(env: &Envelope<T>) -> Result<Vec<u8>, WireError> {
-    bincode::serde::encode_to_vec(env, config()).map_err(|e| WireError::Encode(e.to_string()))
+    postcard::to_stdvec(env).map_err(|e| WireError::Encode(e.to_string()))
 }
 
 /// The length prefix and header of the `Data` frame numbered `seq` around an envelope of `env_len` encoded
 /// bytes, exactly as [`encode_frame`] would write them; fails if the frame would exceed `max_frame`.
 fn data_head(seq: u64, env_len: usize, max_frame: usize) -> Result<([u8; DATA_HEAD_ROOM], usize), WireError> {
     let mut head = [0u8; DATA_HEAD_ROOM];
-    let used = bincode::serde::encode_into_slice((DATA_VARIANT, seq), &mut head[LEN_PREFIX..], config())
-        .map_err(|e| WireError::Encode(e.to_string()))?;
+    // A struct variant is its index followed by its fields, so the header is the pair (index, seq).
+    let used = postcard::to_slice(&(DATA_VARIANT, seq), &mut head[LEN_PREFIX..])
+        .map_err(|e| WireError::Encode(e.to_string()))?
+        .len();
     let body = used + env_len;
     if body > max_frame.min(u32::MAX as usize) {
         return Err(WireError::Oversized { len: body, max: max_frame });
@@ -328,10 +338,10 @@ pub fn decode_frame<T: DeserializeOwned>(
     let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
         return Ok(None);
     };
-    let (frame, used): (Frame<T>, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| WireError::Decode(e.to_string()))?;
-    if used != len {
-        return Err(WireError::Trailing(len - used));
+    let (frame, rest): (Frame<T>, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Trailing(rest.len()));
     }
     Ok(Some((frame, LEN_PREFIX + len)))
 }
@@ -459,12 +469,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The bytes the dialer's Hello MAC covers: label, version, cluster, node, incarnation, clock, the acceptor's
-/// challenge nonce and the dialer's own nonce.
+/// The bytes the dialer's Hello MAC covers: label, version, cluster, default and allowed algorithms, node,
+/// incarnation, clock, the acceptor's challenge nonce and the dialer's own nonce.
 #[allow(clippy::too_many_arguments)]
 pub fn hello_transcript(
     version: u16,
     cluster: &str,
+    algorithm: Algorithm,
+    algorithms: &[Algorithm],
     node: NodeId,
     incarnation: Incarnation,
     clock: LamportTs,
@@ -475,6 +487,11 @@ pub fn hello_transcript(
     put_str(&mut out, "dmutex/v1 hello (dialer -> acceptor)");
     out.extend_from_slice(&version.to_be_bytes());
     put_str(&mut out, cluster);
+    put_str(&mut out, algorithm.as_str());
+    out.extend_from_slice(&(algorithms.len() as u64).to_be_bytes());
+    for a in algorithms {
+        put_str(&mut out, a.as_str());
+    }
     out.extend_from_slice(&node.get().to_be_bytes());
     out.extend_from_slice(&incarnation.get().to_be_bytes());
     out.extend_from_slice(&clock.get().to_be_bytes());
@@ -553,6 +570,8 @@ mod tests {
             Frame::Hello {
                 version: PROTOCOL_VERSION,
                 cluster: "c".into(),
+                algorithm: Algorithm::ProbableOwner,
+                algorithms: Algorithm::ALL.to_vec(),
                 node: NodeId::new(2),
                 incarnation: Incarnation::new(9),
                 clock: LamportTs::new(11),
@@ -578,6 +597,7 @@ mod tests {
             },
             Frame::Ack { seq: u64::MAX },
             Frame::Bye,
+            Frame::Keepalive,
         ]
     }
 
@@ -613,9 +633,9 @@ mod tests {
 
     #[test]
     fn a_body_claiming_a_huge_string_is_an_error_not_an_allocation() {
-        // Hello variant (index 1), version 1, then a string length of u64::MAX (varint 253 + 8 bytes).
-        let mut body = vec![1u8, 1, 253];
-        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        // Hello variant (index 1), version 2, then a cluster-name length of 2^62 (a 9-byte LEB128 varint).
+        let mut body = vec![1u8, 2];
+        body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
         let mut buf = (body.len() as u32).to_be_bytes().to_vec();
         buf.extend(body);
         let err = decode_frame::<String>(&buf, DEFAULT_MAX_FRAME).unwrap_err();
@@ -640,6 +660,37 @@ mod tests {
     }
 
     #[test]
+    fn a_body_claiming_a_huge_sequence_is_an_error_not_an_allocation() {
+        // A Data frame (index 4), seq 1, ts 0, an empty trace map, no incarnation, then a Vec<u64> body that
+        // claims 2^40 elements in a few bytes.
+        let mut body = vec![4u8, 1, 0, 0, 0];
+        body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
+        body.extend_from_slice(&[1, 2, 3]);
+        let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+        buf.extend(body);
+        let err = decode_frame::<Vec<u64>>(&buf, DEFAULT_MAX_FRAME).unwrap_err();
+        assert_eq!(err.refuse_reason(), Some(RefuseReason::Malformed), "{err}");
+        assert!(err.to_string().starts_with("malformed frame: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_data_header_matches_the_derived_encoding_at_every_leb128_width() {
+        let env = Envelope::new(LamportTs::new(1), "x".to_string());
+        let bytes = encode_envelope(&env).unwrap();
+        let mut widths = Vec::new();
+        for seq in [0, 127, 128, 16_383, 16_384, (1 << 56) - 1, 1 << 56, (1 << 63) - 1, 1 << 63, u64::MAX] {
+            let mut w = FrameWriter::new(Vec::new(), DEFAULT_MAX_FRAME);
+            w.write_data(seq, &bytes).await.unwrap();
+            w.flush().await.unwrap();
+            let framed = w.inner.into_inner();
+            let derived = encode_frame(&Frame::Data { seq, env: env.clone() }, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(framed, derived, "seq {seq}");
+            widths.push(derived.len() - LEN_PREFIX - 1 - bytes.len());
+        }
+        assert_eq!(widths, vec![1, 1, 2, 2, 3, 8, 9, 9, 10, 10]);
+    }
+
+    #[test]
     fn trailing_bytes_are_malformed() {
         let mut f = encode_frame(&Frame::<String>::Bye, DEFAULT_MAX_FRAME).unwrap();
         f[3] += 1;
@@ -650,9 +701,13 @@ mod tests {
     #[test]
     fn macs_bind_the_transcript_and_the_direction() {
         let s = Some(&b"secret"[..]);
+        let all = &Algorithm::ALL[..];
+        let lamport = Algorithm::Lamport;
         let t = hello_transcript(
             1,
             "c",
+            lamport,
+            all,
             NodeId::new(1),
             Incarnation::new(2),
             LamportTs::new(3),
@@ -667,6 +722,8 @@ mod tests {
         let t2 = hello_transcript(
             1,
             "c",
+            lamport,
+            all,
             NodeId::new(1),
             Incarnation::new(2),
             LamportTs::new(3),
@@ -674,6 +731,19 @@ mod tests {
             &[2; 32],
         );
         assert!(!verify_mac(s, &t2, &tag), "another challenge nonce must not verify (replay)");
+        let po = Algorithm::ProbableOwner;
+        let t3 = hello_transcript(
+            1,
+            "c",
+            po,
+            all,
+            NodeId::new(1),
+            Incarnation::new(2),
+            LamportTs::new(3),
+            &[1; 32],
+            &[2; 32],
+        );
+        assert!(!verify_mac(s, &t3, &tag), "the MAC covers the default algorithm");
         let w = welcome_transcript(
             1,
             "c",

@@ -14,7 +14,9 @@ use super::msg::PeerMsg;
 use crate::algo::{Algorithm, FencingToken, Incarnation, LamportTs, NodeId, ProtocolMessage, RequestId};
 use crate::net::wire::Envelope;
 use crate::obs::flow::{Direction, FlowRecord};
-use crate::obs::metrics::{AlgorithmLabel, MessageLabels, Outcome, OutcomeLabels, PeerLabel, ReasonLabel};
+use crate::obs::metrics::{
+    AlgorithmLabel, LinkFrameLabels, MessageLabels, Outcome, OutcomeLabels, PeerLabel, ReasonLabel,
+};
 use crate::obs::telemetry;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -57,6 +59,8 @@ pub(crate) struct Status {
     /// Kept by the transport: reconnects per peer, refused handshakes per reason.
     pub(crate) reconnects: Vec<(NodeId, u64)>,
     pub(crate) refused: Vec<(&'static str, u64)>,
+    /// Keepalive frames sent and received (link-level, not algorithm messages).
+    pub(crate) keepalives: (u64, u64),
 }
 
 /// Something the node did or saw.
@@ -238,6 +242,9 @@ impl Observer {
                 for &(reason, n) in &s.refused {
                     m.refused_connections.set(ReasonLabel(reason), n);
                 }
+                let (sent, received) = s.keepalives;
+                m.link_frames.set(LinkFrameLabels { kind: "keepalive", direction: "sent" }, sent);
+                m.link_frames.set(LinkFrameLabels { kind: "keepalive", direction: "received" }, received);
             }
         }
         Cause::default()

@@ -1,4 +1,5 @@
-//! The peers as the node loop sees them: link up or down (from the transport), incarnation, last contact;
+//! The peers as the node loop sees them: link up or down (from the transport), incarnation (the last frame
+//! received is the transport's: [`crate::net::transport::PeerStatus::last_seen`]);
 //! and availability: a request that needs a peer which is down is answered 503 at once (and a waiting one is
 //! withdrawn when a needed peer goes down) instead of sitting out its timeout.
 
@@ -16,7 +17,6 @@ pub(crate) struct PeerState {
     pub(super) connected: bool,
     down_since: Option<Instant>,
     pub(super) incarnation: Option<Incarnation>,
-    pub(super) last_seen: Option<Instant>,
 }
 
 impl Node {
@@ -25,7 +25,6 @@ impl Node {
             Inbound::Hello { peer, incarnation, clock } => {
                 if let Some(p) = self.peers.get_mut(peer.index()) {
                     p.incarnation = Some(incarnation);
-                    p.last_seen = Some(Instant::now());
                 }
                 for algorithm in Algorithm::ALL {
                     let event = Event::PeerIncarnation { peer, incarnation, clock };
@@ -37,9 +36,6 @@ impl Node {
                     // Meant for an earlier life of this node: the sender had not yet seen this incarnation.
                     self.observer.seen(Seen::Dropped { reason: "misaddressed" });
                     return;
-                }
-                if let Some(p) = self.peers.get_mut(from.index()) {
-                    p.last_seen = Some(Instant::now());
                 }
                 let cause = self.observer.seen(Seen::Received { from, env: &env });
                 self.links.received(from, &env, &cause);

@@ -96,6 +96,8 @@ pub async fn run(
     let shared = Shared::new(me, incarnation);
     let clock = shared.clone();
     let mut tcfg = TransportConfig::new(me, incarnation, cfg.cluster_name.clone(), settings.peers.clone());
+    tcfg.algorithm = cfg.algorithm;
+    tcfg.algorithms = cfg.algorithms.clone();
     tcfg.secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_string());
     tcfg.max_frame = cfg.max_frame_bytes;
     let (transport, inbound) =

@@ -7,7 +7,7 @@ use crate::algo::{Algorithm, NodeId};
 use crate::api::types::{AlgoLockInfo, ClusterInfo, LeaseInfo, LockInfo, PeerInfo, Stats};
 use crate::obs::metrics::{AlgorithmLabel, MessageLabels, Outcome, OutcomeLabels};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::SystemTime;
 
 impl Node {
     pub(super) fn update_readiness(&mut self) {
@@ -43,6 +43,7 @@ impl Node {
             held_leases: self.leases.len(),
             reconnects: self.transport.status().iter().map(|s| (s.node, s.reconnects)).collect(),
             refused: counters.refused.into_iter().collect(),
+            keepalives: (counters.keepalives_sent, counters.keepalives_received),
         };
         self.observer.seen(Seen::Status(&status));
     }
@@ -76,7 +77,7 @@ impl Node {
 
     pub(super) fn cluster_info(&self) -> ClusterInfo {
         let status = self.transport.status();
-        let now = Instant::now();
+        let now = SystemTime::now();
         let peers = self
             .settings
             .peers
@@ -85,6 +86,7 @@ impl Node {
             .map(|(i, addr)| {
                 let me = i == self.settings.me.index();
                 let st = self.peers.get(i);
+                let link = status.iter().find(|s| s.node.index() == i);
                 PeerInfo {
                     node: i as u16,
                     address: addr.clone(),
@@ -92,14 +94,17 @@ impl Node {
                     last_seen_ms_ago: if me {
                         Some(0)
                     } else {
-                        st.and_then(|p| p.last_seen).map(|t| now.duration_since(t).as_millis() as u64)
+                        // The last frame received on either connection with the peer (idle links carry
+                        // keepalives every second).
+                        link.and_then(|s| s.last_seen)
+                            .map(|t| now.duration_since(t).unwrap_or_default().as_millis() as u64)
                     },
                     incarnation: if me {
                         Some(self.settings.incarnation.get())
                     } else {
                         st.and_then(|p| p.incarnation).map(|i| i.get())
                     },
-                    reconnects: status.iter().find(|s| s.node.index() == i).map_or(0, |s| s.reconnects),
+                    reconnects: link.map_or(0, |s| s.reconnects),
                 }
             })
             .collect();

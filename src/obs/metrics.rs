@@ -131,6 +131,22 @@ impl LabelSet for ReasonLabel {
     }
 }
 
+/// `type`, `direction`: link-level frames that carry no algorithm message (keepalives).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkFrameLabels {
+    /// The frame type (`keepalive`).
+    pub kind: &'static str,
+    /// `sent` or `received`.
+    pub direction: &'static str,
+}
+
+impl LabelSet for LinkFrameLabels {
+    fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
+        f("type", self.kind);
+        f("direction", self.direction);
+    }
+}
+
 /// `version`, `node`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BuildLabels {
@@ -367,6 +383,8 @@ metrics! {
         "dmutex_peer_reconnects_total", "Reconnections of the link to each peer.";
     refused_connections: Counter<ReasonLabel> =
         "dmutex_refused_connections_total", "Peer connections refused, by reason.";
+    link_frames: Counter<LinkFrameLabels> = "dmutex_link_frames_total",
+        "Link-level peer frames that are no algorithm message (keepalives), by type and direction.";
     bad_frames: Counter<ReasonLabel> =
         "dmutex_bad_frames_total", "Malformed or unexpected peer frames and messages, by reason.";
     ready: Gauge<()> = "dmutex_ready", "1 when the node can grant locks.";
@@ -460,6 +478,6 @@ mod tests {
         for (name, kind, help) in METRICS {
             assert!(text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")), "{name}");
         }
-        assert_eq!(METRICS.len(), 17);
+        assert_eq!(METRICS.len(), 18);
     }
 }

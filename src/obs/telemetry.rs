@@ -460,6 +460,8 @@ pub fn build_tracer_provider(
     };
     let counters = SpanCounters::default();
     let exporter = CountingExporter { inner: exporter, counters: counters.clone() };
+    // The batch processor exports from its own thread, outside the runtime: hence the blocking HTTP client
+    // (`reqwest-blocking-client` in Cargo.toml, where the reason is written down).
     let processor = BatchSpanProcessor::builder(exporter).build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(CountingProcessor { inner: processor, counters: counters.clone() })

@@ -599,7 +599,14 @@ impl Protocol for ProbableOwner {
         }
         LockView {
             held_here: st.owned.as_ref().is_some_and(|o| o.held),
-            holder: if st.owned.is_some() { Some(self.me) } else { Some(st.hint.owner) },
+            // The initial hint `(home, 0)` is where a request goes first, not knowledge of an owner.
+            holder: match st.hint {
+                _ if st.owned.is_some() => Some(self.me),
+                OwnerClaim { owner, epoch } if epoch > OwnershipEpoch::ZERO && owner != self.me => {
+                    Some(owner)
+                }
+                _ => None,
+            },
             last_token: st.last_token,
             queue,
             own_request: None,

@@ -177,8 +177,10 @@ async fn serve_data<T>(
     let slot = inner.slot(peer);
     let mut stop = inner.shutdown.subscribe();
     let mut ack_due: Option<Millis> = None;
+    let mut heard = Instant::now();
     loop {
         let due = ack_due.map(|t| inner.instant(t));
+        let dead_at = heard + inner.cfg.dead_after();
         let frame = tokio::select! {
             biased;
             _ = &mut replaced => {
@@ -209,8 +211,14 @@ async fn serve_data<T>(
                 }
                 continue;
             }
+            _ = tokio::time::sleep_until(dead_at) => {
+                let silent = inner.cfg.dead_after();
+                warn!(%remote, %peer, ?silent, "no frame from the peer on its link; closing it");
+                return;
+            }
             r = reader.read_frame::<T>() => r,
         };
+        heard = Instant::now();
         let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => {
@@ -254,6 +262,20 @@ async fn serve_data<T>(
                 {
                     return;
                 }
+            }
+            Frame::Keepalive => {
+                Counters::bump(&inner.counters.keepalives_received);
+                lock(&slot.state).last_seen = Some(SystemTime::now());
+                let answered = async {
+                    writer.write_frame(&Frame::<T>::Keepalive).await?;
+                    writer.flush().await
+                };
+                if let Err(e) = answered.await {
+                    debug!(%remote, %peer, error = %e, "cannot answer a keepalive; closing");
+                    return;
+                }
+                Counters::bump(&inner.counters.frames_sent);
+                Counters::bump(&inner.counters.keepalives_sent);
             }
             Frame::Bye => {
                 {

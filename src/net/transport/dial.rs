@@ -4,7 +4,7 @@
 use super::{Counters, Inner, PeerState, SHUTDOWN_FLUSH, TransportError, WRITE_BATCH, lock, stopped};
 use crate::algo::{Incarnation, LamportTs, NodeId};
 use crate::net::link::ConnId;
-use crate::net::wire::{Frame, FrameReader, FrameWriter};
+use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,8 +47,15 @@ impl Backoff {
 /// What the reader half of an outbound connection reports to its link task.
 enum AckEvent {
     Ack(u64),
+    Keepalive,
     Bye,
     Closed(String),
+}
+
+/// When an outbound connection last wrote and last read a frame: for keepalives and the dead-link check.
+struct Idle {
+    wrote: Instant,
+    heard: Instant,
 }
 
 struct Established {
@@ -83,7 +90,13 @@ where
                 Counters::bump(&inner.counters.connect_failures);
                 if let TransportError::Refused(reason) = &e {
                     Counters::by_reason(&inner.counters.refused_by_peer, *reason);
-                    warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
+                    if *reason == RefuseReason::AlgorithmMismatch {
+                        let ours = inner.cfg.algorithm;
+                        warn!(%peer, reason = reason.as_str(), algorithm = %ours,
+                            "peer refused our handshake: its default algorithm (DMUTEX_ALGORITHM) is not {ours}");
+                    } else {
+                        warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
+                    }
                 } else if matches!(e, TransportError::BadWelcomeMac | TransportError::WrongPeer { .. }) {
                     warn!(%peer, error = %e, "abandoned handshake");
                 } else {
@@ -156,6 +169,7 @@ where
     loop {
         let ev = match reader.read_frame::<T>().await {
             Ok(Some(Frame::Ack { seq })) => AckEvent::Ack(seq),
+            Ok(Some(Frame::Keepalive)) => AckEvent::Keepalive,
             Ok(Some(Frame::Bye)) => AckEvent::Bye,
             Ok(Some(other)) => {
                 AckEvent::Closed(format!("unexpected {} frame from an acceptor", other.kind()))
@@ -163,7 +177,7 @@ where
             Ok(None) => AckEvent::Closed(String::new()),
             Err(e) => AckEvent::Closed(e.to_string()),
         };
-        let last = !matches!(ev, AckEvent::Ack(_));
+        let last = !matches!(ev, AckEvent::Ack(_) | AckEvent::Keepalive);
         if events.send(ev).is_err() || last {
             return;
         }
@@ -207,8 +221,9 @@ where
     debug!(%peer, %remote, incarnation = incarnation.get(), received, "outbound link up");
     let (ev_tx, mut events) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(read_acks::<T>(reader, ev_tx)));
+    let mut idle = Idle { wrote: Instant::now(), heard: Instant::now() };
     let graceful = loop {
-        match drive(inner, peer, conn, &mut writer, &mut events, stop, remote).await {
+        match drive(inner, peer, conn, &mut writer, &mut events, stop, remote, &mut idle).await {
             Drive::Continue => {}
             Drive::Closed => break false,
             Drive::Stop => {
@@ -230,7 +245,8 @@ enum Drive {
 }
 
 /// One round on an outbound connection: take in the acks that arrived, write what the link transmits, and
-/// wait for the next thing to do.
+/// wait for the next thing to do (a keepalive is due after `keepalive` without a write).
+#[allow(clippy::too_many_arguments)]
 async fn drive<T>(
     inner: &Inner<T>,
     peer: NodeId,
@@ -239,6 +255,7 @@ async fn drive<T>(
     events: &mut mpsc::UnboundedReceiver<AckEvent>,
     stop: &mut watch::Receiver<bool>,
     remote: SocketAddr,
+    idle: &mut Idle,
 ) -> Drive
 where
     T: Serialize,
@@ -255,9 +272,14 @@ where
         loop {
             match events.try_recv() {
                 Ok(AckEvent::Ack(seq)) => {
+                    idle.heard = Instant::now();
                     if let Err(e) = on_ack(inner, &mut st, peer, conn, seq, remote) {
                         return e;
                     }
+                }
+                Ok(AckEvent::Keepalive) => {
+                    idle.heard = Instant::now();
+                    on_keepalive(inner, &mut st);
                 }
                 Ok(other) => {
                     pending = Some(other);
@@ -289,16 +311,25 @@ where
             }
             Counters::bump(&inner.counters.frames_sent);
         }
+        idle.wrote = Instant::now();
         return if writer.flush().await.is_err() { Drive::Closed } else { Drive::Continue };
     }
     let due = deadline.map(|t| inner.instant(t));
+    let dead_at = idle.heard + inner.cfg.dead_after();
+    let keepalive_at = (idle.wrote + inner.cfg.keepalive).min(dead_at);
     tokio::select! {
         biased;
         _ = stopped(stop) => Drive::Stop,
         ev = events.recv() => match ev {
             Some(AckEvent::Ack(seq)) => {
+                idle.heard = Instant::now();
                 let mut st = lock(&slot.state);
                 on_ack(inner, &mut st, peer, conn, seq, remote).err().unwrap_or(Drive::Continue)
+            }
+            Some(AckEvent::Keepalive) => {
+                idle.heard = Instant::now();
+                on_keepalive(inner, &mut lock(&slot.state));
+                Drive::Continue
             }
             Some(other) => closed_by_acceptor(inner, peer, other),
             None => Drive::Closed,
@@ -314,8 +345,33 @@ where
                 Drive::Continue
             }
         }
+        _ = tokio::time::sleep_until(keepalive_at) => {
+            if Instant::now() >= dead_at {
+                let silent = inner.cfg.dead_after();
+                warn!(%peer, ?silent, "no frame from the peer on our link; reconnecting");
+                return Drive::Closed;
+            }
+            let sent = async {
+                writer.write_frame(&Frame::<T>::Keepalive).await?;
+                writer.flush().await
+            };
+            if sent.await.is_err() {
+                return Drive::Closed;
+            }
+            Counters::bump(&inner.counters.frames_sent);
+            Counters::bump(&inner.counters.keepalives_sent);
+            idle.wrote = Instant::now();
+            Drive::Continue
+        }
         _ = slot.wake.notified() => Drive::Continue,
     }
+}
+
+/// A keepalive arrived on our link: the peer is alive (counted apart from data; the link is not involved).
+fn on_keepalive<T>(inner: &Inner<T>, st: &mut PeerState) {
+    Counters::bump(&inner.counters.frames_received);
+    Counters::bump(&inner.counters.keepalives_received);
+    st.last_seen = Some(SystemTime::now());
 }
 
 fn on_ack<T>(
@@ -343,7 +399,7 @@ fn closed_by_acceptor<T>(inner: &Inner<T>, peer: NodeId, ev: AckEvent) -> Drive 
         }
         AckEvent::Closed(why) if why.is_empty() => debug!(%peer, "outbound connection closed by peer"),
         AckEvent::Closed(why) => debug!(%peer, error = %why, "outbound connection failed"),
-        AckEvent::Ack(_) => {}
+        AckEvent::Ack(_) | AckEvent::Keepalive => {}
     }
     Drive::Closed
 }
@@ -384,6 +440,7 @@ async fn graceful_close<T>(
                         break;
                     }
                 }
+                Some(AckEvent::Keepalive) => on_keepalive(inner, &mut lock(&slot.state)),
                 _ => break,
             }
         }

@@ -16,10 +16,15 @@
 //! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
 //! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
 //! `handshake_timeout`; nothing busy-loops. Peer addresses are resolved with `lookup_host` at every connect.
-//! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials.
+//! While data is unacked, acks must make progress within `2 × handshake_timeout`, or the link redials. An
+//! outbound link that wrote nothing for `keepalive` (1 s) sends a `Keepalive` frame and the acceptor answers
+//! with one, so an idle link still carries a frame each way every second ([`PeerStatus::last_seen`] is true)
+//! and a connection silent for [`TransportConfig::dead_after`] is closed by either end (the dialer redials).
+//! Keepalives are counted apart and never reach the node.
 //!
-//! Refusals: a handshake that fails (garbage, oversized length, wrong version or cluster, unknown or own node
-//! id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a `Refuse` frame when
+//! Refusals: a handshake that fails (garbage, oversized length, wrong version, cluster or default algorithm,
+//! unknown or own node id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a
+//! `Refuse` frame when
 //! possible, is closed, logged with `tracing::warn!` and counted by reason in [`TransportCounters::refused`];
 //! the node stays healthy. Bad frames on established connections are counted in `bad_frames`.
 //!
@@ -29,7 +34,7 @@
 mod accept;
 mod dial;
 
-use crate::algo::{Incarnation, LamportTs, Millis, NodeId};
+use crate::algo::{Algorithm, Incarnation, LamportTs, Millis, NodeId};
 use crate::net::handshake::Handshake;
 use crate::net::link::{Addressed, Link, LinkConfig, LinkEvent};
 use crate::net::wire::{self, Envelope, RefuseReason, WireError};
@@ -62,6 +67,10 @@ pub struct TransportConfig {
     pub incarnation: Incarnation,
     /// Cluster name; peers of another cluster are refused.
     pub cluster: String,
+    /// The default algorithm (`DMUTEX_ALGORITHM`); peers with another one are refused.
+    pub algorithm: Algorithm,
+    /// The algorithms requests may name (`DMUTEX_ALGORITHMS`); a peer with another set is logged, not refused.
+    pub algorithms: Vec<Algorithm>,
     /// Every node's `host:port`, index = node id, this node's own entry included. Resolved at every connect.
     pub peers: Vec<String>,
     /// Cluster secret for the handshake MACs; `None`: no authentication.
@@ -74,22 +83,35 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Bound on connecting and on the handshake, each way.
     pub handshake_timeout: Duration,
+    /// An outbound link that wrote nothing for this long sends a keepalive (answered by the acceptor); a
+    /// connection that carried no frame for [`TransportConfig::dead_after`] is closed (and redialled).
+    pub keepalive: Duration,
 }
 
 impl TransportConfig {
-    /// A configuration with defaults: no secret, 1 MiB frames, backoff 50 ms … 5 s, 5 s handshake timeout.
+    /// A configuration with defaults: Lamport by default with every algorithm allowed, no secret, 1 MiB frames,
+    /// backoff 50 ms … 5 s, 5 s handshake timeout.
     pub fn new(me: NodeId, incarnation: Incarnation, cluster: impl Into<String>, peers: Vec<String>) -> Self {
         TransportConfig {
             me,
             incarnation,
             cluster: cluster.into(),
+            algorithm: Algorithm::Lamport,
+            algorithms: Algorithm::ALL.to_vec(),
             peers,
             secret: None,
             max_frame: wire::DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(1),
         }
+    }
+
+    /// How long a connection may carry no frame at all before it counts as dead: twice the handshake timeout,
+    /// and at least three keepalive intervals.
+    pub fn dead_after(&self) -> Duration {
+        (self.handshake_timeout * 2).max(self.keepalive * 3)
     }
 }
 
@@ -182,6 +204,10 @@ pub struct TransportCounters {
     pub dropped_unencodable: u64,
     /// Failed outbound connects and handshakes.
     pub connect_failures: u64,
+    /// Keepalive frames written (link-level: not algorithm messages).
+    pub keepalives_sent: u64,
+    /// Keepalive frames read.
+    pub keepalives_received: u64,
 }
 
 /// A transport failure.
@@ -256,6 +282,7 @@ impl Transport {
         cfg.max_frame = cfg.max_frame.clamp(64, wire::MAX_FRAME_CEILING);
         cfg.backoff_min = cfg.backoff_min.max(Duration::from_millis(1));
         cfg.backoff_max = cfg.backoff_max.max(cfg.backoff_min);
+        cfg.keepalive = cfg.keepalive.max(Duration::from_millis(10));
         let n = cfg.peers.len();
         let link_cfg = LinkConfig {
             ack_timeout_ms: (cfg.handshake_timeout * 2).as_millis().min(u128::from(u64::MAX)) as u64,
@@ -380,6 +407,8 @@ where
             bad_frames: c.bad_frames.load(Relaxed),
             dropped_unencodable: c.dropped_unencodable.load(Relaxed),
             connect_failures: c.connect_failures.load(Relaxed),
+            keepalives_sent: c.keepalives_sent.load(Relaxed),
+            keepalives_received: c.keepalives_received.load(Relaxed),
             ..TransportCounters::default()
         };
         for slot in &self.inner.peers {
@@ -472,6 +501,8 @@ pub(super) struct Counters {
     bad_frames: AtomicU64,
     dropped_unencodable: AtomicU64,
     connect_failures: AtomicU64,
+    pub(super) keepalives_sent: AtomicU64,
+    pub(super) keepalives_received: AtomicU64,
 }
 
 impl Counters {
@@ -531,6 +562,8 @@ impl<T> Inner<T> {
     fn handshake(&self) -> Handshake<'_> {
         Handshake {
             cluster: &self.cfg.cluster,
+            algorithm: self.cfg.algorithm,
+            algorithms: &self.cfg.algorithms,
             me: self.cfg.me,
             incarnation: self.cfg.incarnation,
             peers: self.cfg.peers.len(),
