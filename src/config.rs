@@ -160,7 +160,7 @@ pub enum ConfigError {
     /// The configuration file cannot be read or parsed.
     #[error("DMUTEX_CONFIG: {path}: {message}")]
     File {
-        /// The file.
+        /// The configuration file named by `DMUTEX_CONFIG`.
         path: PathBuf,
         /// What went wrong.
         message: String,
@@ -168,9 +168,9 @@ pub enum ConfigError {
     /// The configuration file has a key this version does not know.
     #[error("DMUTEX_CONFIG: {path}: unknown key {key:?} (known keys: {known})")]
     UnknownKey {
-        /// The file.
+        /// The configuration file named by `DMUTEX_CONFIG`.
         path: PathBuf,
-        /// The unknown key.
+        /// The key as written in the file.
         key: String,
         /// The known keys, comma-separated.
         known: String,

@@ -410,7 +410,7 @@ impl<P: Protocol> Engine<P> {
         self.joined
     }
 
-    /// Counters.
+    /// What this engine has done so far (grants, cancellations, timeouts, refusals, lease expiries).
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }

@@ -47,7 +47,7 @@ impl IntoResponse for ApiError {
 /// State of the HTTP layer.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// The node.
+    /// The handle the handlers send their commands through to the node loop.
     pub node: NodeHandle,
     /// The built-in workload's status, if one is configured.
     pub workload: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,

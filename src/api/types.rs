@@ -122,7 +122,7 @@ pub(crate) struct ReleaseBody {
 pub(crate) struct ReleaseResponse {
     /// The lease that held the lock.
     pub lease: LeaseId,
-    /// The lock.
+    /// The lock released (as in the URL).
     pub name: String,
     /// Always `true` (a failed release is an error response).
     pub released: bool,
@@ -163,7 +163,7 @@ pub(crate) struct ErrorDetail {
 /// An acquire as the node loop takes it: the lock from the URL and the body's values as durations.
 #[derive(Clone, Debug)]
 pub struct AcquireRequest {
-    /// The lock.
+    /// The lock's name from the URL (already validated).
     pub lock: String,
     /// Algorithm (default: the node's).
     pub algorithm: Option<Algorithm>,
@@ -225,7 +225,7 @@ pub struct LeaseInfo {
 /// `GET /v1/locks/{name}`: what this node knows.
 #[derive(Clone, Debug, Serialize)]
 pub struct LockInfo {
-    /// The lock.
+    /// The lock asked about.
     pub name: String,
     /// Leases held through this node.
     pub leases: Vec<LeaseInfo>,

@@ -29,7 +29,7 @@ pub(crate) struct FlowArgs {
         value_name = "URL,URL,..."
     )]
     pub(crate) endpoints: Vec<String>,
-    /// The lock.
+    /// The lock whose message flow to draw.
     #[arg(long, value_name = "NAME")]
     pub(crate) lock: String,
     /// The acquire to draw (default: the latest that entered the critical section).

@@ -25,7 +25,7 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// The subcommands.
+/// What `dmutex` can do: run a node, run an experiment cluster, hold a lock around a command, check health, draw flows.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a cluster node (peer transport + HTTP API). Configured by a TOML file, DMUTEX_* variables and flags.

@@ -97,7 +97,7 @@ pub enum ChartError {
     /// The SVG could not be written to its file.
     #[error("cannot write {path}: {source}")]
     Write {
-        /// The file.
+        /// The chart file that could not be written.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,

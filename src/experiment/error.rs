@@ -35,7 +35,7 @@ pub enum ExperimentError {
     /// A node's HTTP API did not answer a request the experiment needs.
     #[error("node {node}: {request}: {error}")]
     Api {
-        /// The node.
+        /// The node that did not answer.
         node: usize,
         /// The request, e.g. `GET /v1/stats`.
         request: &'static str,

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Names one critical-section entry in a verdict.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryRef {
-    /// The node.
+    /// The node that made the entry.
     pub node: u16,
-    /// Its iteration.
+    /// Which of its iterations.
     pub iteration: u32,
     /// The entry's fencing token.
     pub fencing_token: u64,

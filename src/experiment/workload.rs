@@ -105,9 +105,9 @@ impl LockService for NodeHandle {
 /// One critical-section entry, as the node that made it saw it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CsEntry {
-    /// The node.
+    /// The node that entered.
     pub node: u16,
-    /// The lock.
+    /// The lock it entered.
     pub lock: String,
     /// Which of the node's iterations (0-based).
     pub iteration: u32,
@@ -167,7 +167,7 @@ impl WorkloadStatus {
 /// What one node's workload did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadReport {
-    /// The node.
+    /// The node whose workload this is.
     pub node: u16,
     /// The algorithm used.
     pub algorithm: Algorithm,

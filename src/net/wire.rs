@@ -193,14 +193,14 @@ pub enum Frame<T> {
     },
     /// The handshake failed; the connection closes.
     Refuse {
-        /// Why.
+        /// Which check the Hello failed (version, cluster, algorithm, identity, MAC); logged on both ends.
         reason: RefuseReason,
     },
     /// Dialer → acceptor: one message.
     Data {
         /// 1, 2, 3, … per (dialer incarnation, acceptor incarnation).
         seq: u64,
-        /// The message.
+        /// The core's message with the trace context and the incarnation it is addressed to.
         env: Envelope<T>,
     },
     /// Acceptor → dialer: every data frame up to `seq` was delivered (cumulative).

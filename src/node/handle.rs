@@ -156,7 +156,7 @@ impl NodeHandle {
         self.call(|reply| Command::Cluster { reply }).await
     }
 
-    /// Counters.
+    /// The node's counters per algorithm (grants, messages, timeouts), as `GET /v1/stats` shows them.
     pub async fn stats(&self) -> Result<Stats, ApiError> {
         self.call(|reply| Command::Stats { reply }).await
     }

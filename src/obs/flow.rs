@@ -52,7 +52,7 @@ pub struct FlowRecord {
     /// The message type in the papers' words (REQUEST, REPLY, RELEASE, LOCK_ACQ, …) or the local event
     /// (ENTER, EXIT, GRANT, …).
     pub kind: Cow<'static, str>,
-    /// The lock.
+    /// The lock the message or event is about.
     pub lock: String,
     /// The algorithm (`lamport`, `ricart-agrawala`, `probable-owner`).
     pub algorithm: Cow<'static, str>,

@@ -110,7 +110,7 @@ pub enum TelemetryError {
     /// An `OTEL_*` variable has a value this node does not support.
     #[error("invalid {var}={value:?}: {reason}")]
     InvalidSetting {
-        /// The variable.
+        /// The variable at fault, e.g. `OTEL_EXPORTER_OTLP_PROTOCOL`.
         var: &'static str,
         /// Its value.
         value: String,
@@ -181,7 +181,7 @@ impl fmt::Display for OtlpEndpoint {
 pub struct OtlpSettings {
     /// Where spans go.
     pub endpoint: OtlpEndpoint,
-    /// The transport.
+    /// `grpc` or `http/protobuf` (the default, as the OpenTelemetry specification says).
     pub protocol: OtlpProtocol,
     /// `service.name`.
     pub service_name: String,

@@ -120,7 +120,7 @@ impl TransportConfig {
 pub enum Inbound<T> {
     /// A peer's handshake revealed a new incarnation (first contact or restart). Before any of its messages.
     Hello {
-        /// The peer.
+        /// The peer that (re)connected.
         peer: NodeId,
         /// Its new incarnation.
         incarnation: Incarnation,
@@ -133,24 +133,24 @@ pub enum Inbound<T> {
         from: NodeId,
         /// The sender's incarnation.
         incarnation: Incarnation,
-        /// The message.
+        /// The core's message and the trace context it carries.
         env: Envelope<T>,
     },
     /// Our outbound link to `peer` is up.
     Connected {
-        /// The peer.
+        /// Whose link came up.
         peer: NodeId,
     },
     /// Our outbound link to `peer` went down, or the peer said Bye.
     Disconnected {
-        /// The peer.
+        /// Whose link went down.
         peer: NodeId,
     },
     /// A handshake on our listener was refused.
     Refused {
         /// Where the connection came from.
         remote: SocketAddr,
-        /// Why.
+        /// Which handshake check failed.
         reason: RefuseReason,
     },
     /// An established connection carried a bad or unexpected frame and was closed.
@@ -167,7 +167,7 @@ pub enum Inbound<T> {
 /// One peer as the transport sees it (for `/v1/status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
-    /// The peer.
+    /// The peer's id (its position in the peer list).
     pub node: NodeId,
     /// Its configured address.
     pub addr: String,
@@ -233,7 +233,7 @@ pub enum TransportError {
     Resolve {
         /// The configured address.
         addr: String,
-        /// Why.
+        /// The resolver's error text.
         detail: String,
     },
     /// Connecting or the handshake took longer than `handshake_timeout`.
