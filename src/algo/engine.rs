@@ -103,6 +103,32 @@ impl<P: Protocol> Engine<P> {
         }
     }
 
+    /// An engine for a node that starts inside view `epoch` (a joiner, or a new incarnation rejoining):
+    /// `protocol` must be fresh and built for no members (`P::fresh(me, 0)`); the engine tells it the view's
+    /// members and holds local requests back until it has heard every member's handshake (their clocks).
+    pub fn in_view(
+        protocol: P,
+        me: NodeId,
+        incarnation: super::Incarnation,
+        epoch: u64,
+        members: &[(NodeId, super::Incarnation)],
+    ) -> Self {
+        let mut engine = Engine::new(protocol, Peers::with_members(me, incarnation, [me]));
+        engine.joined = false;
+        if let Some(change) = engine.peers.apply_view(epoch, members) {
+            // A fresh protocol has nothing to tell anyone: its outputs (none) are dropped.
+            engine.protocol.members_changed(
+                &change.removed,
+                &change.added,
+                &engine.peers,
+                &mut engine.scratch,
+            );
+            engine.scratch.clear();
+        }
+        engine.joined = engine.peers.all_known();
+        engine
+    }
+
     /// The single entry point: feed one event, collect the actions in `out` (appended, in order).
     pub fn handle(
         &mut self,

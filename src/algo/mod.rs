@@ -21,6 +21,8 @@ mod engine;
 pub mod lamport;
 pub mod probable_owner;
 pub mod ricart_agrawala;
+#[cfg(test)]
+mod view_tests;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

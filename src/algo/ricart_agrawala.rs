@@ -556,6 +556,25 @@ mod tests {
         }
     }
 
+    /// A view change: the excluded node's awaited reply and deferred request go; a joiner gets the pending
+    /// request and its reply is awaited; an entered request is not re-sent (the joiner's come later anyway).
+    #[test]
+    fn ra_view_change_drops_the_excluded_and_asks_the_joiner() {
+        let mut p = ra(NodeId::new(0), 3);
+        let mut out = call(&mut p, RicartAgrawala::request, "a");
+        call(&mut p, RicartAgrawala::request, "b");
+        recv(&mut p, 2, req("a", 9));
+        recv(&mut p, 1, rep("b", 10, 2));
+        let view = Peers::formed(NodeId::new(0), 1);
+        out.clear();
+        p.members_changed(&[NodeId::new(2)], &[(NodeId::new(7), Incarnation::new(0))], &view, &mut out);
+        assert_eq!(out, vec![send(7, req("a", 1)), send(7, req("b", 2))]);
+        assert_eq!(p.view("a").queue.len(), 1, "node 2's deferred request is dropped");
+        assert!(!p.needs_peer("a", NodeId::new(2)) && p.needs_peer("a", NodeId::new(7)));
+        // "b" had node 1's reply; it still waits for the joiner's.
+        assert_eq!(recv(&mut p, 7, rep("b", 12, 2)), vec![entered("b", 2, 0)]);
+    }
+
     #[test]
     fn ra_random_interleavings_with_restarts() {
         for seed in 0..300 {
