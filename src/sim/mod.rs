@@ -54,9 +54,11 @@ mod network;
 mod rng;
 #[cfg(test)]
 mod tests;
+mod views;
 
 pub use config::{Load, SimConfig, SimMode, SimReport, Violation};
 pub use rng::SplitMix64;
+pub use views::{ViewOracle, ViewSimConfig, ViewSimReport, ViewViolation, run_views};
 
 use crate::algo::{
     Action, Engine, Event, FencingToken, Incarnation, LamportTs, Millis, NodeId, Peers, Protocol,

@@ -619,7 +619,7 @@ impl Protocol for ProbableOwner {
         let homes: Vec<NodeId> = self.locks.keys().map(|lock| self.home(lock)).collect();
         for (((lock, st), home), old_home) in self.locks.iter_mut().zip(homes).zip(old_homes) {
             let cx = Ctx { synced, me, n, home, lock, peers };
-            st.members_changed(&cx, out, removed, old_home);
+            st.members_changed(&cx, out, removed, !added.is_empty(), old_home);
         }
     }
 

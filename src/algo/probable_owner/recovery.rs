@@ -214,12 +214,13 @@ impl LockState {
     }
 
     /// A view was installed: `removed` left the member set (after their leases ran out: they hold nothing),
-    /// and the lock's home may have moved from `old_home` to `cx.home`.
+    /// members joined if `joined`, and the lock's home may have moved from `old_home` to `cx.home`.
     pub(super) fn members_changed(
         &mut self,
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
         removed: &[NodeId],
+        joined: bool,
         old_home: NodeId,
     ) {
         // An excluded node's requests died with its membership: never hand it the token.
@@ -263,6 +264,10 @@ impl LockState {
             // What an excluded node knew or held is gone as if it had restarted: hints, records and rounds
             // that rely on it are found again, and a token handed to it is lost (it is no member any more).
             self.peer_restarted(cx, out, gone);
+        }
+        if joined && cx.is_home() && self.round.is_some() {
+            // The round now needs the joiner's report too, and the joiner never got its query: ask again.
+            self.start_round(cx, out, VecDeque::new());
         }
         if old_home != cx.home
             && let Some(p) = &mut self.pending
