@@ -34,6 +34,13 @@
 //! must not reach the new incarnation). Fencing tokens keep growing across a restart only if the peers'
 //! handshakes to the new incarnation carry clocks read after their cores processed the restart.
 //!
+//! Views ([`Protocol::members_changed`]): rule 5 and the queues run over the installed view's members only.
+//! An excluded member's queue entries and its `latest` are dropped, so a request waiting for it, or behind
+//! its entry, proceeds; a joiner gets this node's live requests exactly as a restarted peer does. Safe under
+//! the membership layer's promise that it excludes a node only after every lease it could have granted ran
+//! out (member leases): the excluded node then holds and requests nothing. A joiner's requests sort after
+//! every live one only if its handshakes carry clocks read after the members installed the view.
+//!
 //! Invariants: at most one queue entry per node per lock; `(T, me)` is in the queue exactly while this node
 //! requests or holds the lock; per-lock state that becomes empty is removed. Fault-free cost: 3(N−1)
 //! messages per entry (fewer with ack elision). Never panics on network input: unexpected messages are

@@ -796,6 +796,34 @@ mod tests {
     }
 
     #[test]
+    fn a_view_reports_who_left_and_who_joined_and_keeps_the_rest() {
+        let mut p = Peers::formed(NodeId::new(0), 3);
+        let view = |m: &[(u16, u64)]| {
+            m.iter().map(|&(id, i)| (NodeId::new(id), Incarnation::new(i))).collect::<Vec<_>>()
+        };
+        let change = p.apply_view(1, &view(&[(0, 0), (1, 0), (7, 3)])).expect("a newer view");
+        assert_eq!(
+            change,
+            ViewChange { removed: vec![NodeId::new(2)], added: vec![(NodeId::new(7), Incarnation::new(3))] }
+        );
+        assert_eq!(p.all().collect::<Vec<_>>(), vec![NodeId::new(0), NodeId::new(1), NodeId::new(7)]);
+        assert_eq!(p.epoch(), 1);
+        assert!(!p.all_known(), "the joiner's handshake is still to come");
+        assert_eq!(p.observe(NodeId::new(7), Incarnation::new(3)), PeerChange::Joined);
+        assert!(p.all_known());
+        assert_eq!(p.observe(NodeId::new(2), Incarnation::new(0)), PeerChange::Unknown, "excluded");
+        // A new incarnation of a member is the old one leaving and the new one joining.
+        let change = p.apply_view(2, &view(&[(0, 0), (1, 1), (7, 3)])).expect("a newer view");
+        assert_eq!(
+            change,
+            ViewChange { removed: vec![NodeId::new(1)], added: vec![(NodeId::new(1), Incarnation::new(1))] }
+        );
+        assert_eq!(p.apply_view(2, &view(&[(0, 0)])), None, "not newer");
+        assert_eq!(p.apply_view(3, &view(&[(1, 1)])), None, "without this node");
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
     fn peers_track_incarnations() {
         let mut p = Peers::new(NodeId::new(0), 3, Incarnation::new(7));
         assert!(!p.all_known());

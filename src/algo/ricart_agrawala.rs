@@ -18,6 +18,12 @@
 //! incarnation already gave stays valid: it was given for a request timestamped before the restart, and the
 //! new incarnation's requests are timestamped after its handshake, so they sort later and are deferred.
 //!
+//! Views ([`Protocol::members_changed`]): replies are awaited only from the installed view's members. An
+//! excluded member's awaited reply and deferred request are dropped; a pending request is sent to every
+//! joiner and its reply awaited (an entered one is not: the joiner's requests are stamped after its
+//! handshakes, sort later and are deferred). Safe under the membership layer's promise that it excludes a
+//! node only after every lease it could have granted ran out (member leases).
+//!
 //! Invariants: per-lock state exists exactly while this node requests or holds the lock; deferred requests
 //! exist only then. Fault-free cost: 2(N−1) messages per entry. Never panics on network input.
 

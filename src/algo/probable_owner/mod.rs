@@ -52,6 +52,20 @@
 //!   incarnation, so a pending node follows any redirect for the lock, not only one echoing its number;
 //!   a redirect naming the node itself is waited on only if its own hint is older than the epoch named.
 //!
+//! # Views
+//!
+//! Once a view is installed ([`Protocol::members_changed`]) the home of a lock is [`rendezvous_home`] of its
+//! name over the view's member ids (before any view: [`home_node`] over the fixed list `0..n`), so a join
+//! moves only the names the joiner now wins and an exclusion only the excluded member's names. A home that
+//! moves loses its record (the new home runs a round on first use); a pending request is re-sent to the new
+//! home. Rounds wait for the members' reports only, so a lock name can be created and a lost owner's token
+//! regenerated while a minority is excluded. An excluded member is handled like a restarted one (hints and
+//! records naming it are found again, a token handed to it counts as lost) and leaves every queue, buffer
+//! and round; a round running when members join starts again so the joiners are asked too. Safe under the
+//! membership layer's promise that it excludes a node only after every lease it could have granted ran out,
+//! and that a message of an older view never reaches a member of a newer one (two nodes that disagree on
+//! the view could both act as a lock's home).
+//!
 //! # Assumptions
 //!
 //! Reliable FIFO links per pair while both ends live; messages of a dead incarnation are dropped by the
@@ -667,15 +681,22 @@ pub fn rendezvous_home(lock: &str, members: &[NodeId]) -> Option<NodeId> {
 }
 
 /// The rendezvous score of member `id` for `lock`: FNV-1a 64 (offset basis 0xcbf29ce484222325, prime
-/// 0x100000001b3) over the lock name's UTF-8 bytes followed by the id's two bytes, big-endian. Stable on
-/// every node, build and platform.
+/// 0x100000001b3) over the lock name's UTF-8 bytes followed by the id's two bytes, big-endian, then
+/// MurmurHash3's 64-bit finaliser (`fmix64`). Stable on every node, build and platform.
+///
+/// The finaliser is needed: plain FNV-1a differs between ids only through the last two byte steps, which
+/// barely mix, and the member with the largest id won half of 2,000 names against five members.
 pub fn hrw_score(lock: &str, id: NodeId) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in lock.as_bytes().iter().chain(id.get().to_be_bytes().iter()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 mod owner;
