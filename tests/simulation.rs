@@ -11,6 +11,11 @@
 //! `DMUTEX_SIM_SEED=42 DMUTEX_SIM_ALGO=lamport DMUTEX_SIM_NODES=3 DMUTEX_SIM_MODE=crashes \
 //!  cargo test --test simulation replay -- --nocapture`.
 //!
+//! View changes (`src/sim/views.rs`): 5,000 seeds per algorithm of "a holder crashes, a lease oracle
+//! excludes it once its leases ran out, node 9 joins", plus a negative control (an oracle that excludes the
+//! holder early must be caught in every run). Replay: `DMUTEX_VIEW_SEED=42 DMUTEX_SIM_ALGO=lamport \
+//! DMUTEX_VIEW_ORACLE=after-leases cargo test --test simulation view_replay -- --nocapture`.
+//!
 //! Soak (a million seeds per algorithm, or `DMUTEX_SIM_RUNS`):
 //! `cargo test --release --test simulation -- --ignored soak`.
 

@@ -10,6 +10,8 @@
 //! what a node sent before it crashed still arrives (and is refused once it is excluded). Handshakes between
 //! a joiner and the members go out after the members installed the view that admits it.
 //!
+//! The victim is a lock holder in half the runs (always with [`ViewOracle::Early`]) and any node otherwise.
+//!
 //! Checked after every step: at most one holder per lock, counting a crashed node's grant as held until its
 //! lease ends (its client cannot know it crashed); fencing tokens strictly increase per lock. At the end:
 //! every request issued to a node that did not crash was granted (liveness over the view changes), and both
@@ -303,15 +305,22 @@ impl<P: Protocol> ViewSim<P> {
         self.feed(node, Event::Acquire { req, lock, deadline: None, ttl })
     }
 
-    /// The next node that holds a lock crashes; every other member then wants that lock at once.
+    /// A holder crashes (with the early oracle always, otherwise in half the runs; else any node, which may
+    /// be waiting or idle); every other member then wants the victim's lock (or `lock0`) at once.
     fn crash(&mut self) -> Result<(), ViewViolation> {
-        let Some(victim) =
-            self.held.iter().map(|g| (g.node, g.lock.clone())).find(|(n, _)| self.engines.contains_key(n))
-        else {
+        let holder =
+            self.held.iter().map(|g| (g.node, g.lock.clone())).find(|(n, _)| self.engines.contains_key(n));
+        let victim = if self.cfg.oracle == ViewOracle::Early || self.rng.chance(0.5) {
+            holder
+        } else {
+            let live: Vec<NodeId> = self.engines.keys().copied().collect();
+            let node = live[self.below(live.len() as u64) as usize];
+            Some((node, "lock0".to_owned()))
+        };
+        let Some((node, lock)) = victim else {
             self.schedule(self.now + 1, Item::Crash);
             return Ok(());
         };
-        let (node, lock) = victim;
         self.engines.remove(&node);
         self.timers.retain(|&(n, _), _| n != node);
         self.links.retain(|&(_, to), _| to != node);
