@@ -432,6 +432,14 @@ mod adapter_self_check {
         }
         fn observe_clock(&mut self, _clock: LamportTs) {}
         fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
+        fn members_changed(
+            &mut self,
+            _removed: &[NodeId],
+            _added: &[(NodeId, Incarnation)],
+            _peers: &Peers,
+            _out: &mut Vec<Output<NoMsg>>,
+        ) {
+        }
         fn clock(&self) -> LamportTs {
             LamportTs::new(0)
         }

@@ -11,6 +11,11 @@
 //! `DMUTEX_SIM_SEED=42 DMUTEX_SIM_ALGO=lamport DMUTEX_SIM_NODES=3 DMUTEX_SIM_MODE=crashes \
 //!  cargo test --test simulation replay -- --nocapture`.
 //!
+//! View changes (`src/sim/views.rs`): 5,000 seeds per algorithm of "a holder crashes, a lease oracle
+//! excludes it once its leases ran out, node 9 joins", plus a negative control (an oracle that excludes the
+//! holder early must be caught in every run). Replay: `DMUTEX_VIEW_SEED=42 DMUTEX_SIM_ALGO=lamport \
+//! DMUTEX_VIEW_ORACLE=after-leases cargo test --test simulation view_replay -- --nocapture`.
+//!
 //! Soak (a million seeds per algorithm, or `DMUTEX_SIM_RUNS`):
 //! `cargo test --release --test simulation -- --ignored soak`.
 
@@ -329,4 +334,84 @@ fn soak() {
         sweep_failures::<ProbableOwner>(SEEDS_PER_CELL, per_cell, &SimMode::ALL).1.len(),
     ];
     assert_eq!(failing, [0, 0, 0], "failing runs (lamport, ricart-agrawala, probable-owner)");
+}
+
+/// Seeds per algorithm of the view-change scenario (`src/sim/views.rs`) in the regular suite.
+const VIEW_SEEDS: u64 = 5_000;
+
+/// Runs the view-change scenario for `seeds` seeds; returns the failures' messages (seed and replay command).
+fn view_failures<P: Protocol>(first_seed: u64, seeds: u64, oracle: sim::ViewOracle) -> Vec<String> {
+    (first_seed..first_seed + seeds)
+        .filter_map(|seed| {
+            let cfg = sim::ViewSimConfig { oracle, ..sim::ViewSimConfig::preset(seed) };
+            sim::run_views::<P>(&cfg).err().map(|v| v.to_string())
+        })
+        .collect()
+}
+
+/// A holder crashes; once its leases have run out the survivors get the view without it and keep granting;
+/// later node 9 joins. Mutual exclusion, rising tokens and every request granted, for every algorithm.
+#[test]
+fn view_changes_keep_every_algorithm_granting() {
+    fn check<P: Protocol>() {
+        let failures = view_failures::<P>(0, VIEW_SEEDS, sim::ViewOracle::AfterLeases);
+        assert!(
+            failures.is_empty(),
+            "{} of {VIEW_SEEDS} runs failed; first:\n{}",
+            failures.len(),
+            failures[0]
+        );
+    }
+    check::<Lamport>();
+    check::<RicartAgrawala>();
+    check::<ProbableOwner>();
+}
+
+/// Negative control: an oracle that excludes the crashed holder before its lease ran out lets a survivor in
+/// while the crashed node's client still holds the lock; the checker must report it in every run.
+#[test]
+fn excluding_a_holder_before_its_lease_ran_out_is_caught() {
+    fn check<P: Protocol>() {
+        let failures = view_failures::<P>(0, 50, sim::ViewOracle::Early);
+        assert_eq!(failures.len(), 50, "{}: the early exclusion went unnoticed in some runs", P::ALGORITHM);
+        assert!(
+            failures[0].contains("mutual exclusion") && failures[0].contains("view_replay"),
+            "{}",
+            failures[0]
+        );
+    }
+    check::<Lamport>();
+    check::<RicartAgrawala>();
+    check::<ProbableOwner>();
+}
+
+/// Replays one view-change run: `DMUTEX_VIEW_SEED`, `DMUTEX_SIM_ALGO`, `DMUTEX_VIEW_ORACLE` (`early` or
+/// `after-leases`).
+#[test]
+fn view_replay() {
+    let Ok(seed) = std::env::var("DMUTEX_VIEW_SEED") else {
+        eprintln!(
+            "view_replay: set DMUTEX_VIEW_SEED (and DMUTEX_SIM_ALGO, DMUTEX_VIEW_ORACLE) to replay a run"
+        );
+        return;
+    };
+    let seed: u64 = seed.parse().expect("DMUTEX_VIEW_SEED must be a number");
+    let algorithm: Algorithm = std::env::var("DMUTEX_SIM_ALGO")
+        .unwrap_or_else(|_| "lamport".into())
+        .parse()
+        .expect("DMUTEX_SIM_ALGO");
+    let oracle = match std::env::var("DMUTEX_VIEW_ORACLE").as_deref() {
+        Ok("early") => sim::ViewOracle::Early,
+        _ => sim::ViewOracle::AfterLeases,
+    };
+    let cfg = sim::ViewSimConfig { oracle, ..sim::ViewSimConfig::preset(seed) };
+    let result = match algorithm {
+        Algorithm::Lamport => sim::run_views::<Lamport>(&cfg),
+        Algorithm::RicartAgrawala => sim::run_views::<RicartAgrawala>(&cfg),
+        Algorithm::ProbableOwner => sim::run_views::<ProbableOwner>(&cfg),
+    };
+    match result {
+        Ok(report) => eprintln!("passed: {report:?}"),
+        Err(v) => panic!("{v}"),
+    }
 }

@@ -15,6 +15,11 @@
 //! could sort before grants already made. The engine therefore holds local requests back until it has heard
 //! every peer's handshake ([`Event::PeerIncarnation`], which carries the peer's clock and applies IR2).
 //!
+//! Views: [`Event::MembersChanged`] replaces the member set ([`Peers::apply_view`]), lets the protocol drop
+//! the excluded members' state and tell the joiners its live requests ([`Protocol::members_changed`]), and
+//! re-evaluates the local waiters. From then on messages from non-members are refused. The engine assumes the
+//! membership layer excluded a node only after every lease it could have granted ran out.
+//!
 //! Must never: panic on any event, let `HashMap` order reach its output, or read a clock.
 
 use super::{
@@ -98,6 +103,32 @@ impl<P: Protocol> Engine<P> {
         }
     }
 
+    /// An engine for a node that starts inside view `epoch` (a joiner, or a new incarnation rejoining):
+    /// `protocol` must be fresh and built for no members (`P::fresh(me, 0)`); the engine tells it the view's
+    /// members and holds local requests back until it has heard every member's handshake (their clocks).
+    pub fn in_view(
+        protocol: P,
+        me: NodeId,
+        incarnation: super::Incarnation,
+        epoch: u64,
+        members: &[(NodeId, super::Incarnation)],
+    ) -> Self {
+        let mut engine = Engine::new(protocol, Peers::with_members(me, incarnation, [me]));
+        engine.joined = false;
+        if let Some(change) = engine.peers.apply_view(epoch, members) {
+            // A fresh protocol has nothing to tell anyone: its outputs (none) are dropped.
+            engine.protocol.members_changed(
+                &change.removed,
+                &change.added,
+                &engine.peers,
+                &mut engine.scratch,
+            );
+            engine.scratch.clear();
+        }
+        engine.joined = engine.peers.all_known();
+        engine
+    }
+
     /// The single entry point: feed one event, collect the actions in `out` (appended, in order).
     pub fn handle(
         &mut self,
@@ -135,6 +166,7 @@ impl<P: Protocol> Engine<P> {
                 self.protocol.observe_clock(clock);
                 self.peer_incarnation(now, peer, incarnation, out)
             }
+            Event::MembersChanged { epoch, members } => self.members_changed(now, epoch, &members, out),
         };
         if result.is_err() {
             self.stats.refused += 1;
@@ -325,6 +357,34 @@ impl<P: Protocol> Engine<P> {
         Ok(())
     }
 
+    /// Installs a view: the peer table first, then the protocol drops the excluded and tells the joiners,
+    /// then every lock with local waiters is pumped again (a waiter may now be served).
+    fn members_changed(
+        &mut self,
+        now: Millis,
+        epoch: u64,
+        members: &[(NodeId, super::Incarnation)],
+        out: &mut Vec<Action<P::Msg>>,
+    ) -> Result<(), CoreError> {
+        if !members.iter().any(|&(id, _)| id == self.peers.me()) {
+            return Err(CoreError::ExcludedFromView { epoch });
+        }
+        let change = self.peers.apply_view(epoch, members).ok_or(CoreError::StaleView { epoch })?;
+        if !change.removed.is_empty() || !change.added.is_empty() {
+            self.protocol.members_changed(&change.removed, &change.added, &self.peers, &mut self.scratch);
+            self.drain(now, out);
+        }
+        if self.joined {
+            let waiting: Vec<LockName> = self.locks.keys().cloned().collect();
+            for lock in waiting {
+                self.pump(now, &lock, out);
+            }
+        } else {
+            self.maybe_join(now, out);
+        }
+        Ok(())
+    }
+
     fn maybe_join(&mut self, now: Millis, out: &mut Vec<Action<P::Msg>>) {
         if self.joined || !self.peers.all_known() {
             return;
@@ -453,7 +513,7 @@ impl<P: Protocol> Engine<P> {
 
     /// Whether a request for `lock` needs `peer` to be reachable to make progress.
     pub fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {
-        self.protocol.needs_peer(lock, peer)
+        peer != self.peers.me() && self.peers.contains(peer) && self.protocol.needs_peer(lock, peer)
     }
 }
 

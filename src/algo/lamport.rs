@@ -34,14 +34,21 @@
 //! must not reach the new incarnation). Fencing tokens keep growing across a restart only if the peers'
 //! handshakes to the new incarnation carry clocks read after their cores processed the restart.
 //!
+//! Views ([`Protocol::members_changed`]): rule 5 and the queues run over the installed view's members only.
+//! An excluded member's queue entries and its `latest` are dropped, so a request waiting for it, or behind
+//! its entry, proceeds; a joiner gets this node's live requests exactly as a restarted peer does. Safe under
+//! the membership layer's promise that it excludes a node only after every lease it could have granted ran
+//! out (member leases): the excluded node then holds and requests nothing. A joiner's requests sort after
+//! every live one only if its handshakes carry clocks read after the members installed the view.
+//!
 //! Invariants: at most one queue entry per node per lock; `(T, me)` is in the queue exactly while this node
 //! requests or holds the lock; per-lock state that becomes empty is removed. Fault-free cost: 3(N−1)
 //! messages per entry (fewer with ack elision). Never panics on network input: unexpected messages are
 //! refused with [`CoreError::Unexpected`] after their timestamp has been taken into account.
 
 use super::{
-    Algorithm, CoreError, FencingToken, LamportTs, LockName, LockView, NodeId, Output, Peers, Protocol,
-    ProtocolMessage, QueueEntry,
+    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output, Peers,
+    Protocol, ProtocolMessage, QueueEntry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,16 +137,23 @@ impl LockState {
     }
 }
 
+/// The timestamps exchanged with one other member.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct PeerClock {
+    /// Highest timestamp received from it (any lock, any message type): `latest[k]` of rule 5.
+    latest: u64,
+    /// Highest timestamp sent to it (only consulted with ack elision).
+    last_sent: u64,
+}
+
 /// One node's state of Lamport's algorithm, for every lock.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Lamport {
     me: NodeId,
     /// The one logical clock, shared by every lock.
     clock: u64,
-    /// Highest timestamp received from each node (any lock, any message type); own slot unused.
-    latest: Vec<u64>,
-    /// Highest timestamp sent to each node (only consulted with ack elision).
-    last_sent: Vec<u64>,
+    /// Every other member: what was last received from it and sent to it. Rule 5 runs over these only.
+    peers: BTreeMap<NodeId, PeerClock>,
     /// The footnote option: skip a `REPLY` that a message already sent makes redundant.
     ack_elision: bool,
     /// Locks with any state; removed when empty.
@@ -163,7 +177,7 @@ impl Lamport {
     /// The highest timestamp received from `peer` so far (0 if none, or since it restarted).
     #[cfg(test)]
     pub(crate) fn latest_from(&self, peer: NodeId) -> LamportTs {
-        LamportTs::new(self.latest.get(peer.index()).copied().unwrap_or(0))
+        LamportTs::new(self.peers.get(&peer).map_or(0, |p| p.latest))
     }
 
     /// IR1: tick before a send event; returns the send's timestamp.
@@ -177,39 +191,56 @@ impl Lamport {
         if from == self.me {
             return Err(CoreError::UnknownPeer(from));
         }
-        let slot = self.latest.get_mut(from.index()).ok_or(CoreError::UnknownPeer(from))?;
-        *slot = (*slot).max(ts.get());
+        let slot = self.peers.get_mut(&from).ok_or(CoreError::UnknownPeer(from))?;
+        slot.latest = slot.latest.max(ts.get());
         self.clock = self.clock.max(ts.get()).saturating_add(1);
         Ok(())
     }
 
     fn send(&mut self, to: NodeId, msg: LamportMsg, out: &mut Vec<Output<LamportMsg>>) {
-        if let (Some(slot), Some(ts)) = (self.last_sent.get_mut(to.index()), msg.timestamp()) {
-            *slot = (*slot).max(ts.get());
+        if let (Some(slot), Some(ts)) = (self.peers.get_mut(&to), msg.timestamp()) {
+            slot.last_sent = slot.last_sent.max(ts.get());
         }
         out.push(Output::Send { to, msg });
-    }
-
-    fn n(&self) -> usize {
-        self.latest.len()
     }
 
     /// Rule 5, checked for every lock with a pending request, in lock-name order.
     fn check_entry(&mut self, out: &mut Vec<Output<LamportMsg>>) {
         let me = self.me;
-        let latest = &self.latest;
+        let peers = &self.peers;
         for (lock, st) in self.locks.iter_mut() {
             let Some(t) = st.own else { continue };
             if st.in_cs || st.queue.first() != Some(&(t, me)) {
                 continue;
             }
-            let all_later = latest.iter().enumerate().all(|(k, &seen)| k == me.index() || seen > t.get());
+            let all_later = peers.values().all(|p| p.latest > t.get());
             if all_later {
                 st.in_cs = true;
                 let token = FencingToken::from_ts(t, me);
                 self.last_token.insert(lock.clone(), token);
                 out.push(Output::Entered { lock: lock.clone(), token });
             }
+        }
+    }
+
+    /// Sends this node's live requests to a peer that knows none of them (restarted or joined): a pending
+    /// request with its timestamp, an entered one with timestamp 0 so that it goes first in the newcomer's
+    /// queue (it precedes every live request, and the newcomer's own requests may carry lower timestamps).
+    fn resend_live_requests(&mut self, peer: NodeId, out: &mut Vec<Output<LamportMsg>>) {
+        let mut resend: Vec<LamportMsg> = self
+            .locks
+            .iter()
+            .filter_map(|(lock, st)| {
+                let t = st.own?;
+                let ts = if st.in_cs { LamportTs::new(0) } else { t };
+                Some(LamportMsg::Request { lock: lock.clone(), ts })
+            })
+            .collect();
+        // In timestamp order, not lock order: rule 5 at the peer reads a message stamped `t` as proof that
+        // every request of ours stamped below `t` has arrived, whatever its lock.
+        resend.sort_by_key(|msg| msg.timestamp());
+        for msg in resend {
+            self.send(peer, msg, out);
         }
     }
 
@@ -253,8 +284,11 @@ impl Protocol for Lamport {
         Lamport {
             me,
             clock: 0,
-            latest: vec![0; n],
-            last_sent: vec![0; n],
+            peers: (0..n)
+                .map(|i| NodeId::new(i as u16))
+                .filter(|&p| p != me)
+                .map(|p| (p, PeerClock::default()))
+                .collect(),
             ack_elision: false,
             locks: BTreeMap::new(),
             last_token: BTreeMap::new(),
@@ -301,8 +335,7 @@ impl Protocol for Lamport {
                 // One entry per node per lock: an entry still present can only be the same request re-sent.
                 st.remove_node(from);
                 st.queue.insert((ts, from));
-                let elide =
-                    self.ack_elision && self.last_sent.get(from.index()).is_some_and(|&s| s > ts.get());
+                let elide = self.ack_elision && self.peers.get(&from).is_some_and(|p| p.last_sent > ts.get());
                 if !elide {
                     let reply_ts = self.tick();
                     self.send(from, LamportMsg::Reply { lock, ts: reply_ts }, out);
@@ -346,30 +379,44 @@ impl Protocol for Lamport {
         if peer == self.me {
             return;
         }
-        let mut resend = Vec::new();
-        self.locks.retain(|lock, st| {
+        self.locks.retain(|_, st| {
             st.remove_node(peer);
-            if let Some(t) = st.own {
-                // An entered request goes first in the newcomer's queue (timestamp 0): it precedes every live
-                // request, and the newcomer's own requests may carry lower timestamps than `t`.
-                let ts = if st.in_cs { LamportTs::new(0) } else { t };
-                resend.push(LamportMsg::Request { lock: lock.clone(), ts });
-            }
             !st.is_empty()
         });
-        if let Some(slot) = self.latest.get_mut(peer.index()) {
-            *slot = 0;
-        }
-        if let Some(slot) = self.last_sent.get_mut(peer.index()) {
+        if let Some(slot) = self.peers.get_mut(&peer) {
             // Whatever was sent to the old incarnation is lost with it.
-            *slot = 0;
+            *slot = PeerClock::default();
         }
-        // In timestamp order, not lock order: rule 5 at the peer reads a message stamped `t` as proof that
-        // every request of ours stamped below `t` has arrived, whatever its lock.
-        resend.sort_by_key(|msg| msg.timestamp());
-        for msg in resend {
-            self.send(peer, msg, out);
+        self.resend_live_requests(peer, out);
+        self.check_entry(out);
+    }
+
+    fn members_changed(
+        &mut self,
+        removed: &[NodeId],
+        added: &[(NodeId, Incarnation)],
+        _peers: &Peers,
+        out: &mut Vec<Output<LamportMsg>>,
+    ) {
+        for &gone in removed {
+            if gone == self.me {
+                continue;
+            }
+            self.peers.remove(&gone);
+            self.locks.retain(|_, st| {
+                st.remove_node(gone);
+                !st.is_empty()
+            });
         }
+        for &(joiner, _) in added {
+            if joiner == self.me {
+                continue;
+            }
+            // A joiner knows nothing: it gets this node's live requests exactly as a restarted peer does.
+            self.peers.insert(joiner, PeerClock::default());
+            self.resend_live_requests(joiner, out);
+        }
+        // Rule 5 over the new members: an excluded node no longer has to be heard from.
         self.check_entry(out);
     }
 
@@ -393,7 +440,7 @@ impl Protocol for Lamport {
 
     fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
         // Rule 5 needs a message from every other node.
-        peer != self.me && peer.index() < self.n()
+        self.peers.contains_key(&peer)
     }
 }
 
@@ -823,7 +870,7 @@ mod tests {
     }
     /// Feeds a message straight to the protocol (no engine), returning its outputs.
     fn recv(p: &mut Lamport, from: u16, msg: LamportMsg) -> (Vec<Output<LamportMsg>>, Result<(), CoreError>) {
-        let mut peers = Peers::formed(p.me, p.n());
+        let mut peers = Peers::formed(p.me, p.peers.len() + 1);
         let mut out = Vec::new();
         let r = p.on_message(NodeId::new(from), msg, &mut peers, &mut out);
         (out, r)
@@ -833,7 +880,7 @@ mod tests {
         f: fn(&mut Lamport, &str, &Peers, &mut Vec<Output<LamportMsg>>),
         lock: &str,
     ) -> Vec<Output<LamportMsg>> {
-        let peers = Peers::formed(p.me, p.n());
+        let peers = Peers::formed(p.me, p.peers.len() + 1);
         let mut out = Vec::new();
         f(p, lock, &peers, &mut out);
         out
@@ -1030,7 +1077,9 @@ mod tests {
         assert_eq!(net.holders("a"), vec![1]);
 
         // The Python simulation's logic on the same state admits node 0 next to the holder.
-        let latest = &net.engines[0].protocol().latest;
+        let latest: Vec<u64> =
+            (0..3).map(|k| net.engines[0].protocol().latest_from(NodeId::new(k)).get()).collect();
+        let latest = &latest;
         assert_eq!(latest, &vec![0, 7, 8]);
         let after_naive = naive_release_pops_head(before);
         assert!(

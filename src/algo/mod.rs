@@ -21,8 +21,11 @@ mod engine;
 pub mod lamport;
 pub mod probable_owner;
 pub mod ricart_agrawala;
+#[cfg(test)]
+mod view_tests;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 pub use engine::{Engine, EngineStats};
@@ -263,6 +266,18 @@ pub enum Event<M> {
         /// Its Lamport clock at the handshake (IR2 applies to it).
         clock: LamportTs,
     },
+    /// The membership layer installed view `epoch`: from now on the algorithms run over `members` only.
+    ///
+    /// Safety rests on the membership layer: it must exclude a node only after every lease that node could
+    /// have granted (its member lease, and with it every grant's lease) has run out. Under that assumption an
+    /// excluded node holds nothing and requests nothing, so dropping its queue entries, deferred requests and
+    /// awaited replies is safe. Messages from a node outside the view are refused from now on.
+    MembersChanged {
+        /// The view's epoch; a view not newer than the last one applied is refused ([`CoreError::StaleView`]).
+        epoch: u64,
+        /// Every member with the incarnation the view admitted (this node included).
+        members: Vec<(NodeId, Incarnation)>,
+    },
 }
 
 impl<M> Event<M> {
@@ -279,6 +294,7 @@ impl<M> Event<M> {
             Event::PeerIncarnation { peer, incarnation, clock } => {
                 Event::PeerIncarnation { peer, incarnation, clock }
             }
+            Event::MembersChanged { epoch, members } => Event::MembersChanged { epoch, members },
         })
     }
 }
@@ -369,9 +385,22 @@ pub enum CoreError {
     /// A keepalive came at or after its lease's end: the lease has expired instead.
     #[error("the lease of request {0:?} has expired")]
     LeaseExpired(RequestId),
-    /// A message came from a node id outside the cluster.
+    /// A message came from a node id outside the cluster (or outside the current view).
     #[error("message from unknown node {0}")]
     UnknownPeer(NodeId),
+    /// [`Event::MembersChanged`] named an epoch not newer than the view already applied.
+    #[error("view {epoch} is not newer than the current one")]
+    StaleView {
+        /// The refused view's epoch.
+        epoch: u64,
+    },
+    /// [`Event::MembersChanged`] installed a view without this node: it is excluded and must stop (a new
+    /// incarnation joins afresh). Nothing changed.
+    #[error("view {epoch} excludes this node")]
+    ExcludedFromView {
+        /// The view's epoch.
+        epoch: u64,
+    },
     /// A message came from an incarnation older than the newest one known.
     #[error("message from stale incarnation {incarnation:?} of node {peer}")]
     StaleIncarnation {
@@ -489,30 +518,87 @@ pub trait Protocol: Clone + fmt::Debug + Eq + std::hash::Hash {
     fn clock(&self) -> LamportTs;
     /// What this node knows about `lock`.
     fn view(&self, lock: &str) -> LockView;
+    /// The member set changed ([`Event::MembersChanged`]): `removed` left it (their state must be dropped: the
+    /// membership layer excluded them only after their leases ran out), `added` joined it (they know nothing
+    /// of this node's requests yet). `peers` is already the new member set. A node listed in both is an old
+    /// incarnation replaced by a new one. Called with both lists in id order, `removed` applied first.
+    fn members_changed(
+        &mut self,
+        removed: &[NodeId],
+        added: &[(NodeId, Incarnation)],
+        peers: &Peers,
+        out: &mut Vec<Output<Self::Msg>>,
+    );
     /// Whether a request for `lock` from this node needs `peer` to be reachable to make progress
-    /// (used to answer 503 promptly instead of waiting out a timeout).
+    /// (used to answer 503 promptly instead of waiting out a timeout). Only members can be needed: the
+    /// engine answers `false` for any other node without asking.
     fn needs_peer(&self, lock: &str, peer: NodeId) -> bool;
 }
 
-/// The peers as the engine knows them: cluster size, own id, and the newest incarnation of each node.
+/// The member set as the engine knows it: own id, every member's id, the newest incarnation of each, and
+/// whether its handshake (which carries its clock) has been heard.
+///
+/// Members are explicit: ids need not be `0..n`. A fixed cluster ([`Peers::new`], [`Peers::formed`]) has the
+/// members `0..n` for ever; a cluster whose membership layer installs views changes them with
+/// [`Peers::apply_view`] (driven by [`Event::MembersChanged`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peers {
     me: NodeId,
-    incarnations: Vec<Option<Incarnation>>,
+    /// The epoch of the last view applied (0: the initial member set).
+    epoch: u64,
+    members: BTreeMap<NodeId, Member>,
+}
+
+/// What the engine knows of one member.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct Member {
+    /// The newest incarnation known (from a handshake or a view); `None` until either told one.
+    incarnation: Option<Incarnation>,
+    /// Whether the handshake of that incarnation has been heard.
+    heard: bool,
+}
+
+impl Member {
+    const UNKNOWN: Member = Member { incarnation: None, heard: false };
+
+    fn heard(incarnation: Incarnation) -> Self {
+        Member { incarnation: Some(incarnation), heard: true }
+    }
+}
+
+/// How [`Peers::apply_view`] changed the member set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewChange {
+    /// Members (or incarnations of members) the view excludes, in id order.
+    pub removed: Vec<NodeId>,
+    /// Members (or new incarnations of members) the view adds, in id order.
+    pub added: Vec<(NodeId, Incarnation)>,
 }
 
 impl Peers {
     /// A cluster of `n` nodes seen from `me` where every node is already known at incarnation 0
     /// (a cluster formed at time zero: unit tests, simulation, model checking).
     pub fn formed(me: NodeId, n: usize) -> Self {
-        Peers { me, incarnations: vec![Some(Incarnation::new(0)); n] }
+        let members = (0..n).map(|i| (NodeId::new(i as u16), Member::heard(Incarnation::new(0)))).collect();
+        Peers { me, epoch: 0, members }
     }
 
     /// A cluster of `n` nodes seen from `me`, no peer heard yet.
     pub fn new(me: NodeId, n: usize, my_incarnation: Incarnation) -> Self {
-        let mut incarnations = vec![None; n];
-        incarnations[me.index()] = Some(my_incarnation);
-        Peers { me, incarnations }
+        Self::with_members(me, my_incarnation, (0..n).map(|i| NodeId::new(i as u16)))
+    }
+
+    /// A cluster of the given members (this node is added if missing) seen from `me`, no peer heard yet: a
+    /// node that starts (or joins) in a view.
+    pub fn with_members(
+        me: NodeId,
+        my_incarnation: Incarnation,
+        members: impl IntoIterator<Item = NodeId>,
+    ) -> Self {
+        let mut members: BTreeMap<NodeId, Member> =
+            members.into_iter().map(|m| (m, Member::UNKNOWN)).collect();
+        members.insert(me, Member::heard(my_incarnation));
+        Peers { me, epoch: 0, members }
     }
 
     /// This node.
@@ -520,59 +606,115 @@ impl Peers {
         self.me
     }
 
-    /// Cluster size.
+    /// The epoch of the last view applied (0 before any).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Number of members, this node included.
     pub fn len(&self) -> usize {
-        self.incarnations.len()
+        self.members.len()
     }
 
-    /// Whether the cluster is empty (never: it contains at least this node).
+    /// Whether the member set is empty (never: it contains at least this node).
     pub fn is_empty(&self) -> bool {
-        self.incarnations.is_empty()
+        self.members.is_empty()
     }
 
-    /// Every node id, this one included, in order.
+    /// Every member id, this one included, in order.
     pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.incarnations.len()).map(|i| NodeId::new(i as u16))
+        self.members.keys().copied()
     }
 
-    /// Every other node, in order.
+    /// Every other member, in order.
     pub fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.me;
         self.all().filter(move |&p| p != me)
     }
 
-    /// Whether `node` is a member of the cluster.
+    /// Whether `node` is a member.
     pub fn contains(&self, node: NodeId) -> bool {
-        node.index() < self.incarnations.len()
+        self.members.contains_key(&node)
     }
 
-    /// The newest incarnation of `node` heard so far.
+    /// The newest incarnation of `node` known so far.
     pub fn incarnation(&self, node: NodeId) -> Option<Incarnation> {
-        self.incarnations.get(node.index()).copied().flatten()
+        self.members.get(&node).and_then(|m| m.incarnation)
     }
 
-    /// Whether every peer's handshake has been heard.
+    /// Whether every member's handshake has been heard.
     pub fn all_known(&self) -> bool {
-        self.incarnations.iter().all(Option::is_some)
+        self.members.values().all(|m| m.heard)
     }
 
-    /// Records `node`'s incarnation. Returns what changed.
+    /// Records a handshake (or a first message) of `node`'s `incarnation`. Returns what changed.
     pub fn observe(&mut self, node: NodeId, incarnation: Incarnation) -> PeerChange {
-        let Some(slot) = self.incarnations.get_mut(node.index()) else {
+        let Some(slot) = self.members.get_mut(&node) else {
             return PeerChange::Unknown;
         };
-        match *slot {
+        match slot.incarnation {
             None => {
-                *slot = Some(incarnation);
+                *slot = Member::heard(incarnation);
                 PeerChange::Joined
             }
             Some(old) if incarnation > old => {
-                *slot = Some(incarnation);
+                *slot = Member::heard(incarnation);
                 PeerChange::Restarted
+            }
+            Some(old) if incarnation == old && !slot.heard => {
+                // The view named this incarnation before its handshake came.
+                slot.heard = true;
+                PeerChange::Joined
             }
             Some(old) if incarnation == old => PeerChange::Same,
             Some(_) => PeerChange::Stale,
         }
+    }
+
+    /// Installs the member set of view `epoch` (this node must be in it) and returns the difference.
+    ///
+    /// A member whose listed incarnation is newer than the one known counts as removed *and* added (the old
+    /// incarnation left, a new one joined); one listed with an older incarnation than a handshake already
+    /// announced keeps the newer one. Added members are not yet heard: their handshake is still to come.
+    /// `None` (and nothing changes) if `epoch` is not newer than the last view or the view omits this node.
+    pub fn apply_view(&mut self, epoch: u64, members: &[(NodeId, Incarnation)]) -> Option<ViewChange> {
+        if epoch <= self.epoch || !members.iter().any(|&(id, _)| id == self.me) {
+            return None;
+        }
+        let listed: BTreeMap<NodeId, Incarnation> = members.iter().copied().collect();
+        let mut change = ViewChange::default();
+        for (&id, member) in &self.members {
+            if id == self.me {
+                continue;
+            }
+            match (listed.get(&id), member.incarnation) {
+                (None, _) => change.removed.push(id),
+                (Some(&new), Some(old)) if new > old => change.removed.push(id),
+                _ => {}
+            }
+        }
+        for (&id, &inc) in &listed {
+            if id == self.me {
+                continue;
+            }
+            match self.members.get_mut(&id) {
+                None => change.added.push((id, inc)),
+                Some(m) => match m.incarnation {
+                    Some(old) if inc > old => change.added.push((id, inc)),
+                    Some(_) => {}
+                    // A member of the fixed list not heard yet: the view only tells its incarnation.
+                    None => m.incarnation = Some(inc),
+                },
+            }
+        }
+        for id in &change.removed {
+            self.members.remove(id);
+        }
+        for &(id, inc) in &change.added {
+            self.members.insert(id, Member { incarnation: Some(inc), heard: false });
+        }
+        self.epoch = epoch;
+        Some(change)
     }
 }
 
@@ -653,6 +795,34 @@ mod tests {
             FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(1), u32::MAX)
                 < FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(2), 1)
         );
+    }
+
+    #[test]
+    fn a_view_reports_who_left_and_who_joined_and_keeps_the_rest() {
+        let mut p = Peers::formed(NodeId::new(0), 3);
+        let view = |m: &[(u16, u64)]| {
+            m.iter().map(|&(id, i)| (NodeId::new(id), Incarnation::new(i))).collect::<Vec<_>>()
+        };
+        let change = p.apply_view(1, &view(&[(0, 0), (1, 0), (7, 3)])).expect("a newer view");
+        assert_eq!(
+            change,
+            ViewChange { removed: vec![NodeId::new(2)], added: vec![(NodeId::new(7), Incarnation::new(3))] }
+        );
+        assert_eq!(p.all().collect::<Vec<_>>(), vec![NodeId::new(0), NodeId::new(1), NodeId::new(7)]);
+        assert_eq!(p.epoch(), 1);
+        assert!(!p.all_known(), "the joiner's handshake is still to come");
+        assert_eq!(p.observe(NodeId::new(7), Incarnation::new(3)), PeerChange::Joined);
+        assert!(p.all_known());
+        assert_eq!(p.observe(NodeId::new(2), Incarnation::new(0)), PeerChange::Unknown, "excluded");
+        // A new incarnation of a member is the old one leaving and the new one joining.
+        let change = p.apply_view(2, &view(&[(0, 0), (1, 1), (7, 3)])).expect("a newer view");
+        assert_eq!(
+            change,
+            ViewChange { removed: vec![NodeId::new(1)], added: vec![(NodeId::new(1), Incarnation::new(1))] }
+        );
+        assert_eq!(p.apply_view(2, &view(&[(0, 0)])), None, "not newer");
+        assert_eq!(p.apply_view(3, &view(&[(1, 1)])), None, "without this node");
+        assert_eq!(p.len(), 3);
     }
 
     #[test]

@@ -18,12 +18,18 @@
 //! incarnation already gave stays valid: it was given for a request timestamped before the restart, and the
 //! new incarnation's requests are timestamped after its handshake, so they sort later and are deferred.
 //!
+//! Views ([`Protocol::members_changed`]): replies are awaited only from the installed view's members. An
+//! excluded member's awaited reply and deferred request are dropped; a pending request is sent to every
+//! joiner and its reply awaited (an entered one is not: the joiner's requests are stamped after its
+//! handshakes, sort later and are deferred). Safe under the membership layer's promise that it excludes a
+//! node only after every lease it could have granted ran out (member leases).
+//!
 //! Invariants: per-lock state exists exactly while this node requests or holds the lock; deferred requests
 //! exist only then. Fault-free cost: 2(N−1) messages per entry. Never panics on network input.
 
 use super::{
-    Algorithm, CoreError, FencingToken, LamportTs, LockName, LockView, NodeId, Output, Peers, Protocol,
-    ProtocolMessage, QueueEntry,
+    Algorithm, CoreError, FencingToken, Incarnation, LamportTs, LockName, LockView, NodeId, Output, Peers,
+    Protocol, ProtocolMessage, QueueEntry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,7 +101,8 @@ struct RaLock {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RicartAgrawala {
     me: NodeId,
-    n: usize,
+    /// Every other member: the nodes whose `REPLY` an entry needs.
+    others: BTreeSet<NodeId>,
     /// The one logical clock, shared by every lock.
     clock: u64,
     /// Locks this node requests or holds.
@@ -111,7 +118,7 @@ impl RicartAgrawala {
     }
 
     fn receive(&mut self, from: NodeId, ts: LamportTs) -> Result<(), CoreError> {
-        if from == self.me || from.index() >= self.n {
+        if !self.others.contains(&from) {
             return Err(CoreError::UnknownPeer(from));
         }
         self.clock = self.clock.max(ts.get()).saturating_add(1);
@@ -154,7 +161,8 @@ impl Protocol for RicartAgrawala {
     const ALGORITHM: Algorithm = Algorithm::RicartAgrawala;
 
     fn fresh(me: NodeId, n: usize) -> Self {
-        RicartAgrawala { me, n, clock: 0, locks: BTreeMap::new(), last_token: BTreeMap::new() }
+        let others = (0..n).map(|i| NodeId::new(i as u16)).filter(|&p| p != me).collect();
+        RicartAgrawala { me, others, clock: 0, locks: BTreeMap::new(), last_token: BTreeMap::new() }
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
@@ -235,6 +243,49 @@ impl Protocol for RicartAgrawala {
         }
     }
 
+    fn members_changed(
+        &mut self,
+        removed: &[NodeId],
+        added: &[(NodeId, Incarnation)],
+        _peers: &Peers,
+        out: &mut Vec<Output<RaMsg>>,
+    ) {
+        for &gone in removed {
+            self.others.remove(&gone);
+            for st in self.locks.values_mut() {
+                // Its REPLY is no longer needed and its deferred request died with its membership.
+                st.awaiting.remove(&gone);
+                st.deferred.remove(&gone);
+            }
+        }
+        for &(joiner, _) in added {
+            if joiner == self.me {
+                continue;
+            }
+            self.others.insert(joiner);
+            for (lock, st) in self.locks.iter_mut() {
+                // A pending request needs the joiner's agreement too; an entered one does not (the joiner's
+                // own requests are stamped after its handshakes, so they sort later and wait for our release).
+                if !st.in_cs {
+                    st.awaiting.insert(joiner);
+                    out.push(Output::Send {
+                        to: joiner,
+                        msg: RaMsg::Request { lock: lock.clone(), ts: st.own },
+                    });
+                }
+            }
+        }
+        let ready: Vec<LockName> = self
+            .locks
+            .iter()
+            .filter(|(_, st)| !st.in_cs && st.awaiting.is_empty())
+            .map(|(l, _)| l.clone())
+            .collect();
+        for lock in ready {
+            self.maybe_enter(&lock, out);
+        }
+    }
+
     fn clock(&self) -> LamportTs {
         LamportTs::new(self.clock)
     }
@@ -259,7 +310,7 @@ impl Protocol for RicartAgrawala {
 
     fn needs_peer(&self, _lock: &str, peer: NodeId) -> bool {
         // An entry needs a REPLY from every other node.
-        peer != self.me && peer.index() < self.n
+        self.others.contains(&peer)
     }
 }
 
@@ -288,7 +339,7 @@ mod tests {
         RicartAgrawala::fresh(me, n)
     }
     fn recv(p: &mut RicartAgrawala, from: u16, msg: RaMsg) -> Vec<Output<RaMsg>> {
-        let mut peers = Peers::formed(p.me, p.n);
+        let mut peers = Peers::formed(p.me, p.others.len() + 1);
         let mut out = Vec::new();
         p.on_message(NodeId::new(from), msg, &mut peers, &mut out).expect("accepted");
         out
@@ -298,7 +349,7 @@ mod tests {
         f: fn(&mut RicartAgrawala, &str, &Peers, &mut Vec<Output<RaMsg>>),
         lock: &str,
     ) -> Vec<Output<RaMsg>> {
-        let peers = Peers::formed(p.me, p.n);
+        let peers = Peers::formed(p.me, p.others.len() + 1);
         let mut out = Vec::new();
         f(p, lock, &peers, &mut out);
         out
@@ -509,6 +560,25 @@ mod tests {
             assert_eq!(net.refused, 0, "seed {seed}");
             simulate(ra, 4, seed, 400, false, false);
         }
+    }
+
+    /// A view change: the excluded node's awaited reply and deferred request go; a joiner gets the pending
+    /// request and its reply is awaited; an entered request is not re-sent (the joiner's come later anyway).
+    #[test]
+    fn ra_view_change_drops_the_excluded_and_asks_the_joiner() {
+        let mut p = ra(NodeId::new(0), 3);
+        let mut out = call(&mut p, RicartAgrawala::request, "a");
+        call(&mut p, RicartAgrawala::request, "b");
+        recv(&mut p, 2, req("a", 9));
+        recv(&mut p, 1, rep("b", 10, 2));
+        let view = Peers::formed(NodeId::new(0), 1);
+        out.clear();
+        p.members_changed(&[NodeId::new(2)], &[(NodeId::new(7), Incarnation::new(0))], &view, &mut out);
+        assert_eq!(out, vec![send(7, req("a", 1)), send(7, req("b", 2))]);
+        assert_eq!(p.view("a").queue.len(), 1, "node 2's deferred request is dropped");
+        assert!(!p.needs_peer("a", NodeId::new(2)) && p.needs_peer("a", NodeId::new(7)));
+        // "b" had node 1's reply; it still waits for the joiner's.
+        assert_eq!(recv(&mut p, 7, rep("b", 12, 2)), vec![entered("b", 2, 0)]);
     }
 
     #[test]

@@ -45,6 +45,9 @@
 //! after fault-free runs). A run that does not go quiet within [`SimConfig::max_steps`] is reported too
 //! (livelock).
 //!
+//! View changes (a crashed holder excluded by a lease oracle, a node joining under a new id) run in their own
+//! smaller scenario, [`run_views`], over plain FIFO links keyed by node id.
+//!
 //! Must never: read the OS clock, use unseeded randomness, let `HashMap` order reach the output, or panic on
 //! anything a core does.
 
@@ -54,9 +57,11 @@ mod network;
 mod rng;
 #[cfg(test)]
 mod tests;
+mod views;
 
 pub use config::{Load, SimConfig, SimMode, SimReport, Violation};
 pub use rng::SplitMix64;
+pub use views::{ViewOracle, ViewSimConfig, ViewSimReport, ViewViolation, run_views};
 
 use crate::algo::{
     Action, Engine, Event, FencingToken, Incarnation, LamportTs, Millis, NodeId, Peers, Protocol,

@@ -111,6 +111,14 @@ impl Protocol for Central {
     }
     fn observe_clock(&mut self, _clock: LamportTs) {}
     fn peer_restarted(&mut self, _peer: NodeId, _peers: &Peers, _out: &mut Vec<Output<ToyMsg>>) {}
+    fn members_changed(
+        &mut self,
+        _removed: &[NodeId],
+        _added: &[(NodeId, Incarnation)],
+        _peers: &Peers,
+        _out: &mut Vec<Output<ToyMsg>>,
+    ) {
+    }
     fn clock(&self) -> LamportTs {
         LamportTs::new(0)
     }

@@ -66,7 +66,12 @@ impl LockState {
     }
 
     pub(super) fn maybe_decide(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
-        if self.round.as_ref().is_none_or(|r| r.reports.len() < cx.n) {
+        // Every member's report (this node's included): a node outside the member set is never waited for.
+        if self
+            .round
+            .as_ref()
+            .is_none_or(|r| r.reports.keys().filter(|&&p| cx.peers.contains(p)).count() < cx.n)
+        {
             return;
         }
         let Some(round) = self.round.take() else { return };
@@ -205,6 +210,71 @@ impl LockState {
                 };
                 cx.send(out, cx.home, msg);
             }
+        }
+    }
+
+    /// A view was installed: `removed` left the member set (after their leases ran out: they hold nothing),
+    /// members joined if `joined`, and the lock's home may have moved from `old_home` to `cx.home`.
+    pub(super) fn members_changed(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        removed: &[NodeId],
+        joined: bool,
+        old_home: NodeId,
+    ) {
+        // An excluded node's requests died with its membership: never hand it the token.
+        if let Some(o) = &mut self.owned {
+            o.queue.retain(|w| cx.peers.contains(w.node));
+        }
+        if let Some(p) = &mut self.pending {
+            p.buffered.retain(|w| cx.peers.contains(w.node));
+        }
+        if let Some(r) = &mut self.round {
+            r.waiters.retain(|w| cx.peers.contains(w.node));
+            r.reports.retain(|p, _| cx.peers.contains(*p));
+        }
+        if old_home != cx.home {
+            // The record lives at the old home: the new one starts without (its first use runs a round), and
+            // a round of the old home is void (its reports go to the new home's round instead).
+            if cx.is_home() {
+                self.record = None;
+                self.record_via = None;
+            } else {
+                let waiters = self.round.take().map(|r| r.waiters).unwrap_or_default();
+                self.record = None;
+                self.record_via = None;
+                // Requests held by the void round ask the new home (the own one is re-sent below).
+                for w in waiters {
+                    if w.node != cx.me {
+                        let redirect = PoMsg::Rep {
+                            lock: cx.lock.to_owned(),
+                            seq: w.seq,
+                            outcome: RepOutcome::Redirect { owner: cx.home, epoch: OwnershipEpoch::ZERO },
+                        };
+                        cx.send(out, w.node, redirect);
+                    }
+                }
+            }
+            if self.hint.owner == old_home && self.hint.epoch == OwnershipEpoch::ZERO {
+                self.hint.owner = cx.home;
+            }
+        }
+        for &gone in removed {
+            // What an excluded node knew or held is gone as if it had restarted: hints, records and rounds
+            // that rely on it are found again, and a token handed to it is lost (it is no member any more).
+            self.peer_restarted(cx, out, gone);
+        }
+        if joined && cx.is_home() && self.round.is_some() {
+            // The round now needs the joiner's report too, and the joiner never got its query: ask again.
+            self.start_round(cx, out, VecDeque::new());
+        }
+        if old_home != cx.home
+            && let Some(p) = &mut self.pending
+            && (p.wants || !p.buffered.is_empty())
+        {
+            p.hops = 0;
+            self.send_own_acq(cx, out, cx.home_claim(), false);
         }
     }
 

@@ -637,3 +637,38 @@ fn seeded_random_schedules_keep_mutual_exclusion_and_finish() {
         assert!(c.wanting.iter().all(|w| !w), "seed {seed}: stuck waiters {:?}", c.wanting);
     }
 }
+
+/// Rendezvous homes (Thaler & Ravishankar 1996): a join moves only the names the joiner now wins, an
+/// exclusion only the excluded member's names; the score is FNV-1a 64 over the name and the id's bytes.
+#[test]
+fn rendezvous_home_moves_only_the_names_it_must() {
+    use crate::algo::probable_owner::{hrw_score, rendezvous_home};
+    // FNV-1a 64 of "a" then bytes 0x00 0x01, step by step from the reference value of "a", then fmix64.
+    let mut h: u64 = 0xaf63_dc4c_8601_ec8c;
+    for b in [0u8, 1] {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    assert_eq!(hrw_score("a", NodeId::new(1)), h ^ (h >> 33));
+    let ids = |v: &[u16]| v.iter().map(|&i| NodeId::new(i)).collect::<Vec<_>>();
+    let before = ids(&[0, 1, 2, 5]);
+    let joined = ids(&[0, 1, 2, 5, 9]);
+    let left = ids(&[0, 2, 5]);
+    let names: Vec<String> = (0..2000).map(|i| format!("lock-{i}")).collect();
+    let (mut to_joiner, mut from_excluded) = (0, 0);
+    for name in &names {
+        let home = rendezvous_home(name, &before).unwrap();
+        let after_join = rendezvous_home(name, &joined).unwrap();
+        assert!(after_join == home || after_join == NodeId::new(9), "{name} moved between old members");
+        to_joiner += usize::from(after_join == NodeId::new(9));
+        let after_leave = rendezvous_home(name, &left).unwrap();
+        assert!(home == NodeId::new(1) || after_leave == home, "{name} moved though its home stayed");
+        from_excluded += usize::from(home == NodeId::new(1));
+    }
+    // About 1/5 of the names move to the joiner and 1/4 had the excluded member as home.
+    assert!((300..500).contains(&to_joiner), "{to_joiner}");
+    assert!((400..600).contains(&from_excluded), "{from_excluded}");
+    assert_eq!(rendezvous_home("a", &[]), None);
+}
