@@ -46,6 +46,8 @@ pub struct Membership {
     /// Local time of the last install.
     installed_at: Millis,
     acceptor: Acceptor,
+    /// The last value this node's acceptor accepted, kept across installs (for checkers and debugging).
+    last_accepted: Option<(Ballot, View)>,
     proposer: Option<Proposer>,
     /// The highest round seen in the instance being decided.
     max_round: u64,
@@ -81,6 +83,7 @@ impl Membership {
             view: None,
             installed_at: Millis::default(),
             acceptor: Acceptor::new(Epoch::FIRST),
+            last_accepted: None,
             proposer: None,
             max_round: 0,
             last_heard: BTreeMap::new(),
@@ -149,6 +152,12 @@ impl Membership {
     /// The value this node's acceptor accepted for the next epoch, with its ballot.
     pub fn accepted(&self) -> Option<(Ballot, &View)> {
         self.acceptor.accepted.as_ref().map(|(b, v)| (*b, v))
+    }
+
+    /// The last value this node's acceptor accepted (for any epoch), with its ballot: unlike
+    /// [`Membership::accepted`] it survives the install of the view it helped decide.
+    pub fn last_accepted(&self) -> Option<(Ballot, &View)> {
+        self.last_accepted.as_ref().map(|(b, v)| (*b, v))
     }
 
     /// The highest ballot this node's acceptor promised for the next epoch.
@@ -642,8 +651,10 @@ impl Membership {
             return Ok(false);
         };
         if epoch <= view.epoch {
-            // Decided already: tell the sender where things stand.
-            Self::send(out, from, Msg::Install { view: view.clone() });
+            // Decided already: tell a proposer where things stand (answers to our own requests just drop).
+            if matches!(kind, "PREPARE" | "ACCEPT") {
+                Self::send(out, from, Msg::Install { view: view.clone() });
+            }
             return Ok(false);
         }
         if epoch > view.epoch.next() {
@@ -726,6 +737,7 @@ impl Membership {
         }
         self.deferred = None;
         let epoch = view.epoch;
+        self.last_accepted = Some((ballot, view.clone()));
         self.acceptor.accept(ballot, view);
         if from == self.me.id {
             self.on_accepted(now, self.me_id(), epoch, ballot, out);
