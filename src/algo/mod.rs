@@ -19,6 +19,7 @@
 
 mod engine;
 pub mod lamport;
+pub mod membership;
 pub mod probable_owner;
 pub mod ricart_agrawala;
 #[cfg(test)]

@@ -1,0 +1,381 @@
+//! Exhaustive model checking (stateright 0.31, breadth-first) of the membership core: three bootstrap nodes,
+//! one joiner, and one crash with amnesia (the crashed node restarts as a new incarnation and joins again).
+//!
+//! Each actor is the very [`Membership`] core the node runs, on stateright's ordered network (reliable FIFO
+//! per directed pair, as the node's links are). Which node crashes and when is the checker's choice; at most
+//! one crash happens in a run (`within_boundary`).
+//!
+//! Time is abstract, and this is the model's main simplification:
+//! - each node has its own local clock, which advances only when one of its timers fires (to that timer's
+//!   deadline); the clocks of different nodes are unrelated;
+//! - a timer fires, and a crashed node restarts, only while no message is in flight to a live node: time
+//!   passes between waves of messages, and every interleaving of one wave's deliveries and crashes is
+//!   explored; races between a timeout and messages still in flight are left to the seeded simulation
+//!   (`tests/simulation_membership.rs`, random delays and reordering);
+//! - a run has a budget of timer firings over all nodes (the size knob of each test);
+//! - heartbeats, acks and the suspect check are not modelled: failure detection and the lease arithmetic
+//!   need clocks related by ρ, and "no view excluding X while X is active on its own clock" is checked by the
+//!   simulation. Consensus safety must hold whatever the timing, which is what is checked here.
+//!
+//! Ghost state (never read by the cores): every view a node installed and every value its acceptor accepted,
+//! tagged with the incarnation that accepted it, kept in stateright's per-actor storage so that a crash does
+//! not erase the record.
+//!
+//! Properties:
+//! - always "at most one view per epoch": no two nodes ever installed different views of one epoch;
+//! - always "installed views were accepted by a majority of their predecessor": for every installed view of
+//!   epoch e+1 the `(id, incarnation)` acceptors that accepted exactly it form a majority of the installed
+//!   view of epoch e;
+//! - eventually "a view beyond the bootstrap is installed" (the joiner's admission, or another change), in
+//!   the runs without a crash: with one, progress may need more timer firings than the budget (another
+//!   proposer's turn, then the lease waits of the replaced incarnation); the simulation checks liveness;
+//! - sometimes "the joiner is admitted", and with the crash "a restarted node learns a view" and (with two
+//!   timer firings, the replaced incarnation's lease waits) "a crashed node is readmitted": the cases are
+//!   reached, so the safety properties are not vacuous.
+//!
+//! Negative control: a driver that gives a restarted process its old incarnation back makes an amnesiac
+//! acceptor count as the one that made promises; the checker must find two views for one epoch.
+
+use dmutex::algo::membership::{Action, Config, Epoch, Event, Member, Membership, Msg, Timer, View};
+use dmutex::algo::{Incarnation, Millis, NodeId};
+use stateright::actor::{
+    Actor, ActorModel, ActorModelAction, ActorModelState, Id, LossyNetwork, Network, Out, model_timeout,
+};
+use stateright::{Checker, HasDiscoveries, Model, Property};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The bootstrap nodes are `0..BOOT`; node `BOOT` is the joiner.
+const BOOT: usize = 3;
+
+/// The size of one check.
+#[derive(Copy, Clone, Debug)]
+struct Params {
+    /// Crashes (with amnesia and a restart) per run: 0 or 1.
+    crashes: usize,
+    /// How many timers may fire in one run, over all nodes (each firing is time passing at one node).
+    timer_budget: u8,
+    /// The negative control: a restart keeps incarnation 0.
+    reuse_incarnation: bool,
+    /// Whether the network may lose messages (then a restarted node asks every other node, not one seed).
+    lossy: bool,
+}
+
+/// The one place this file builds ids, incarnations and times from raw numbers.
+fn node(i: usize) -> NodeId {
+    NodeId(i as u16)
+}
+fn incarnation(i: u64) -> Incarnation {
+    Incarnation(i)
+}
+fn ms(t: u64) -> Millis {
+    Millis(t)
+}
+
+fn member(i: usize, inc: u64) -> Member {
+    Member { id: node(i), incarnation: incarnation(inc), addr: format!("n{i}") }
+}
+
+/// Suspect after 2, lease 2, retry 1 (heartbeat 1 only to satisfy validation; heartbeats are not modelled).
+fn config() -> Config {
+    Config { heartbeat: ms(1), suspect_after: ms(2), lease: ms(2), drift_ppm: 0, retry: ms(2) }
+}
+
+/// A message with the incarnation of its sender (what the transport's handshake tells the receiver).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Wire {
+    incarnation: Incarnation,
+    msg: Msg,
+}
+
+/// What the checker remembers about one node across crashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Ghost {
+    boots: u8,
+    fired: u8,
+    installed: Vec<View>,
+    accepted: Vec<(Incarnation, View)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct NodeState {
+    core: Membership,
+    clock: u64,
+    /// Deadlines of the timers the core set (within the horizon).
+    timers: BTreeMap<Timer, u64>,
+    ghost: Ghost,
+}
+
+#[derive(Clone)]
+struct MemberActor {
+    reuse_incarnation: bool,
+    lossy: bool,
+}
+
+impl MemberActor {
+    fn feed(&self, id: Id, state: &mut NodeState, event: Event, o: &mut Out<Self>) {
+        let mut actions = Vec::new();
+        // Refusals are counted by the core; safety is what the properties check.
+        let _ = state.core.handle(ms(state.clock), event, &mut actions);
+        let me = state.core.me().incarnation;
+        for action in actions {
+            match action {
+                Action::Send { msg: Msg::Heartbeat { .. } | Msg::Ack { .. }, .. } => {}
+                Action::Send { to, msg } => o.send(Id::from(to.index()), Wire { incarnation: me, msg }),
+                Action::SetTimer {
+                    timer: Timer::Heartbeat | Timer::LeaseEnd | Timer::SuspectCheck | Timer::JoinRetry,
+                    ..
+                } => {}
+                Action::SetTimer { timer, at } => {
+                    state.timers.insert(timer, at.get().max(state.clock));
+                    o.set_timer(timer, model_timeout());
+                }
+                Action::InstallView(view) => state.ghost.installed.push(view),
+                Action::Active(_) | Action::Left => {}
+            }
+        }
+        if let Some((_, view)) = state.core.last_accepted() {
+            let record = (me, view.clone());
+            if !state.ghost.accepted.contains(&record) {
+                state.ghost.accepted.push(record);
+            }
+        }
+        let _ = id;
+        o.save(state.ghost.clone());
+    }
+}
+
+impl Actor for MemberActor {
+    type Msg = Wire;
+    type State = NodeState;
+    type Timer = Timer;
+    type Random = ();
+    type Storage = Ghost;
+
+    fn on_start(&self, id: Id, storage: &Option<Ghost>, o: &mut Out<Self>) -> NodeState {
+        let i = usize::from(id);
+        let mut ghost = storage.clone().unwrap_or_default();
+        let boots = ghost.boots;
+        ghost.boots = ghost.boots.saturating_add(1);
+        let inc = if self.reuse_incarnation { 0 } else { u64::from(boots) };
+        let core = Membership::new(config(), member(i, inc)).expect("valid config");
+        let mut state = NodeState { core, clock: 0, timers: BTreeMap::new(), ghost };
+        let event = if i < BOOT && boots == 0 {
+            Event::Bootstrap { members: (0..BOOT).map(|j| member(j, 0)).collect() }
+        } else if i == BOOT && boots == 0 {
+            Event::JoinRequested { seeds: vec![node(0)] }
+        } else {
+            let seeds = if self.lossy {
+                (0..=BOOT).filter(|&j| j != i).map(node).collect()
+            } else {
+                vec![node(if i == 0 { 1 } else { 0 })]
+            };
+            Event::JoinRequested { seeds }
+        };
+        self.feed(id, &mut state, event, o);
+        state
+    }
+
+    fn on_msg(&self, id: Id, state: &mut Cow<NodeState>, src: Id, msg: Wire, o: &mut Out<Self>) {
+        let event =
+            Event::Message { from: node(usize::from(src)), incarnation: msg.incarnation, msg: msg.msg };
+        self.feed(id, state.to_mut(), event, o);
+    }
+
+    fn on_timeout(&self, id: Id, state: &mut Cow<NodeState>, timer: &Timer, o: &mut Out<Self>) {
+        let state = state.to_mut();
+        let Some(at) = state.timers.remove(timer) else { return };
+        state.clock = state.clock.max(at);
+        state.ghost.fired = state.ghost.fired.saturating_add(1);
+        self.feed(id, state, Event::Timer(*timer), o);
+    }
+}
+
+type Inner = ActorModel<MemberActor, Params, ()>;
+type State = ActorModelState<MemberActor>;
+
+/// The actor model, with one restriction on when time passes: with `waves`, a timer fires only while no
+/// message is in flight to a live node (time passes between waves of messages; every interleaving of the
+/// messages of a wave, crashes included, is still explored).
+struct MembershipModel {
+    inner: Inner,
+}
+
+fn ghosts(s: &State) -> impl Iterator<Item = &Ghost> {
+    s.actor_storages.iter().flatten()
+}
+
+fn installed(s: &State) -> BTreeMap<Epoch, Vec<&View>> {
+    let mut by_epoch: BTreeMap<Epoch, Vec<&View>> = BTreeMap::new();
+    for v in ghosts(s).flat_map(|g| &g.installed) {
+        let e = by_epoch.entry(v.epoch).or_default();
+        if !e.contains(&v) {
+            e.push(v);
+        }
+    }
+    by_epoch
+}
+
+fn one_view_per_epoch(_: &MembershipModel, s: &State) -> bool {
+    installed(s).values().all(|views| views.len() == 1)
+}
+
+fn accepted_by_majority_of_predecessor(_: &MembershipModel, s: &State) -> bool {
+    let by_epoch = installed(s);
+    by_epoch.iter().filter(|(e, _)| **e > Epoch::FIRST).all(|(e, views)| {
+        let Some(prev) = by_epoch.get(&Epoch::new(e.get() - 1)).and_then(|p| p.first()) else {
+            return false;
+        };
+        views.iter().all(|v| {
+            let voters = s.actor_storages.iter().enumerate().flat_map(|(i, g)| {
+                g.iter().flat_map(move |g| {
+                    g.accepted.iter().filter(|(_, a)| a == *v).map(move |(inc, _)| (node(i), *inc))
+                })
+            });
+            prev.is_majority(voters)
+        })
+    })
+}
+
+fn beyond_bootstrap(_: &MembershipModel, s: &State) -> bool {
+    installed(s).keys().any(|e| *e > Epoch::FIRST)
+}
+
+fn joiner_admitted(_: &MembershipModel, s: &State) -> bool {
+    ghosts(s).flat_map(|g| &g.installed).any(|v| v.members.contains_key(&node(BOOT)))
+}
+
+fn crashed_readmitted(_: &MembershipModel, s: &State) -> bool {
+    ghosts(s).flat_map(|g| &g.installed).any(|v| v.members.values().any(|m| m.incarnation > incarnation(0)))
+}
+
+fn restarted_learns_a_view(_: &MembershipModel, s: &State) -> bool {
+    s.actor_states
+        .iter()
+        .zip(&s.crashed)
+        .any(|(a, &down)| !down && a.ghost.boots > 1 && a.core.view().is_some())
+}
+
+impl Model for MembershipModel {
+    type State = State;
+    type Action = ActorModelAction<Wire, Timer, ()>;
+
+    fn init_states(&self) -> Vec<State> {
+        self.inner.init_states()
+    }
+
+    fn actions(&self, state: &State, actions: &mut Vec<Self::Action>) {
+        self.inner.actions(state, actions);
+        if state.network.iter_deliverable().any(|env| !state.crashed[usize::from(env.dst)]) {
+            actions.retain(|a| !matches!(a, ActorModelAction::Timeout(..) | ActorModelAction::Recover(..)));
+        }
+    }
+
+    fn next_state(&self, state: &State, action: Self::Action) -> Option<State> {
+        self.inner.next_state(state, action)
+    }
+
+    fn within_boundary(&self, state: &State) -> bool {
+        Model::within_boundary(&self.inner, state)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        let mut properties = vec![
+            Property::always("at most one view per epoch", one_view_per_epoch),
+            Property::always(
+                "installed views were accepted by a majority of their predecessor",
+                accepted_by_majority_of_predecessor,
+            ),
+            Property::sometimes("the joiner is admitted", joiner_admitted),
+        ];
+        if self.inner.cfg.crashes == 0 {
+            // With a crash, progress can need more timer firings than the budget allows (another proposer's
+            // turn, then the lease waits of the replaced incarnation), so a run may end before a decision.
+            properties
+                .push(Property::eventually("a view beyond the bootstrap is installed", beyond_bootstrap));
+        } else {
+            properties.push(Property::sometimes("a restarted node learns a view", restarted_learns_a_view));
+        }
+        if self.inner.cfg.crashes > 0 && self.inner.cfg.timer_budget >= 2 {
+            // Readmission replaces the old incarnation: two acceptors' lease waits (timers) first.
+            properties.push(Property::sometimes("a crashed node is readmitted", crashed_readmitted));
+        }
+        properties
+    }
+}
+
+fn model(params: Params) -> MembershipModel {
+    let inner = ActorModel::new(params, ())
+        .actors(
+            (0..=BOOT)
+                .map(|_| MemberActor { reuse_incarnation: params.reuse_incarnation, lossy: params.lossy }),
+        )
+        .init_network(Network::new_ordered([]))
+        .lossy_network(if params.lossy { LossyNetwork::Yes } else { LossyNetwork::No })
+        .max_crashes(params.crashes)
+        // At most `crashes` crashes per run (a node crashed now, or one that restarted, never a second),
+        // and the budget of timer firings.
+        .within_boundary(|p, s| {
+            let restarts: usize = ghosts(s).map(|g| usize::from(g.boots.saturating_sub(1))).sum();
+            let down = s.crashed.iter().filter(|&&c| c).count();
+            let fired: u8 = ghosts(s).map(|g| g.fired).sum();
+            restarts + down <= p.crashes && fired <= p.timer_budget
+        });
+    MembershipModel { inner }
+}
+
+/// Checks every property exhaustively; prints progress, the state count and the time.
+fn check(name: &str, params: Params) {
+    let started = Instant::now();
+    let mut out = std::io::stderr();
+    let checker = model(params)
+        .checker()
+        .threads(2)
+        .spawn_bfs()
+        .join_and_report(&mut stateright::report::WriteReporter::new(&mut out));
+    eprintln!("{name} {params:?}: {} unique states, {:.1?}", checker.unique_state_count(), started.elapsed());
+    checker.assert_properties();
+}
+
+/// 3 bootstrap nodes + 1 joiner, one crash with amnesia anywhere, one timer firing (a retry, a deferred
+/// accept's end, a rank-delayed proposer, or a wake-up after a promise).
+#[test]
+fn membership_3_nodes_1_joiner_1_crash() {
+    check("3+1, crash", Params { crashes: 1, timer_budget: 1, reuse_incarnation: false, lossy: false });
+}
+
+/// No crash, but up to three timer firings: retries, duelling proposers and adopted values.
+#[test]
+fn membership_3_nodes_1_joiner_3_timeouts() {
+    check("3+1, timeouts", Params { crashes: 0, timer_budget: 3, reuse_incarnation: false, lossy: false });
+}
+
+/// The crash with two timer firings; long, so not in the default run:
+/// `cargo test --release --test model_check_membership membership_3_nodes_1_joiner_1_crash_2_timeouts -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn membership_3_nodes_1_joiner_1_crash_2_timeouts() {
+    check(
+        "3+1, crash, 2 timeouts",
+        Params { crashes: 1, timer_budget: 2, reuse_incarnation: false, lossy: false },
+    );
+}
+
+/// Negative control: a restarted process that comes back under its old incarnation is an acceptor without
+/// its promises, and two views get decided for one epoch. Under the wave abstraction the counterexample needs
+/// lost messages (about 25 steps deep), and this search did not finish within 5 minutes here: not yet a
+/// working control, hence ignored. Run:
+/// `cargo test --release --test model_check_membership reused_incarnation -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn reused_incarnation_after_amnesia_breaks_one_view_per_epoch() {
+    let started = Instant::now();
+    let params = Params { crashes: 1, timer_budget: 1, reuse_incarnation: true, lossy: true };
+    let checker =
+        model(params).checker().threads(2).finish_when(HasDiscoveries::AnyFailures).spawn_bfs().join();
+    eprintln!("mutant {params:?}: {} unique states, {:.1?}", checker.unique_state_count(), started.elapsed());
+    let path = checker.discovery("at most one view per epoch");
+    assert!(path.is_some(), "the checker found no counterexample for the reused-incarnation mutant");
+    eprintln!("counterexample: {} steps", path.map_or(0, |p| p.into_actions().len()));
+}
