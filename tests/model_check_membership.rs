@@ -64,13 +64,13 @@ struct Params {
 
 /// The one place this file builds ids, incarnations and times from raw numbers.
 fn node(i: usize) -> NodeId {
-    NodeId(i as u16)
+    NodeId::new(i as u16)
 }
 fn incarnation(i: u64) -> Incarnation {
-    Incarnation(i)
+    Incarnation::new(i)
 }
 fn ms(t: u64) -> Millis {
-    Millis(t)
+    Millis::new(t)
 }
 
 fn member(i: usize, inc: u64) -> Member {

@@ -55,5 +55,5 @@ pub(super) fn later(t: Millis, d: Millis) -> Millis {
 
 /// A time from its raw value (the one place this module builds a [`Millis`]).
 pub(super) fn at(ms: u64) -> Millis {
-    Millis(ms)
+    Millis::new(ms)
 }

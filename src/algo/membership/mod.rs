@@ -41,7 +41,7 @@ mod view;
 pub use lease::{PPM, exclusion_allowed_at, lease_end};
 pub use machine::{Membership, MembershipStats};
 pub use paxos::Ballot;
-pub use view::{Epoch, Member, View, rendezvous_score};
+pub use view::{Epoch, Member, View};
 
 use crate::algo::{Incarnation, Millis, NodeId};
 use serde::{Deserialize, Serialize};
@@ -67,11 +67,11 @@ impl Config {
     /// Heartbeat 200 ms, S = 1.5 s, L = 1 s, ρ = 1 %, retry 300 ms.
     pub fn standard() -> Self {
         Config {
-            heartbeat: Millis(200),
-            suspect_after: Millis(1500),
-            lease: Millis(1000),
+            heartbeat: Millis::new(200),
+            suspect_after: Millis::new(1500),
+            lease: Millis::new(1000),
             drift_ppm: 10_000,
-            retry: Millis(300),
+            retry: Millis::new(300),
         }
     }
 
@@ -87,7 +87,7 @@ impl Config {
         if u64::from(self.drift_ppm) >= PPM {
             return bad("drift_ppm", "must be below 1 000 000 (ρ < 1)");
         }
-        if lease_end(Millis(0), self.lease, self.drift_ppm) <= self.heartbeat {
+        if lease_end(Millis::new(0), self.lease, self.drift_ppm) <= self.heartbeat {
             return bad(
                 "lease",
                 "L·(1−ρ)/(1+ρ) must exceed the heartbeat interval, or no lease outlives a heartbeat",

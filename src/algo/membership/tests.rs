@@ -2,17 +2,18 @@
 
 use super::paxos::{Acceptor, Proposer};
 use super::*;
+use crate::algo::probable_owner::hrw_score;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The one place these tests build ids, incarnations and times from raw numbers.
 fn id(i: u16) -> NodeId {
-    NodeId(i)
+    NodeId::new(i)
 }
 fn inc(i: u64) -> Incarnation {
-    Incarnation(i)
+    Incarnation::new(i)
 }
 fn ms(t: u64) -> Millis {
-    Millis(t)
+    Millis::new(t)
 }
 
 fn member(i: u16, incarnation: u64) -> Member {
@@ -204,8 +205,8 @@ fn rendezvous_removal_moves_only_the_removed_members_names() {
     // Balanced: each of 5 members holds 20 % ± 5 % of the names.
     assert!(counts.values().all(|&c| (300..=500).contains(&c)), "{counts:?}");
     assert_eq!(view(1, &[]).home_of("x"), None);
-    assert_eq!(rendezvous_score("orders", id(3)), rendezvous_score("orders", id(3)));
-    assert_ne!(rendezvous_score("orders", id(3)), rendezvous_score("orders", id(4)));
+    assert_eq!(hrw_score("orders", id(3)), hrw_score("orders", id(3)));
+    assert_ne!(hrw_score("orders", id(3)), hrw_score("orders", id(4)));
 }
 
 // ---- Paxos steps -----------------------------------------------------------------------------------------

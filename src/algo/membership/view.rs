@@ -7,10 +7,9 @@
 //!
 //! [`View::home_of`] is rendezvous (highest-random-weight) hashing over the members' ids (Thaler and
 //! Ravishankar 1996): each name goes to the member with the highest score `h(name, id)`, so adding a member
-//! moves only the names it now wins, and removing one moves only the names it held. The score is FNV-1a 64
-//! over `name ‖ 0xff ‖ id (2 bytes, little endian)` followed by a 64-bit finaliser (SplitMix64's), so it is
-//! the same on every node, build and platform (never `std`'s randomly seeded hasher). `0xff` never occurs in
-//! UTF-8, so no two (name, id) pairs hash the same bytes.
+//! moves only the names it now wins, and removing one moves only the names it held. The score is the
+//! probable-owner core's `hrw_score` (FNV-1a 64 followed by a 64-bit finaliser), the same on every node, build
+//! and platform (never `std`'s randomly seeded hasher).
 //!
 //! Must never: depend on iteration order of anything but a `BTreeMap`, or on a process-local hash seed.
 
@@ -106,31 +105,11 @@ impl View {
         self.members.keys().copied()
     }
 
-    /// The rendezvous home of `lock`: the member with the highest [`rendezvous_score`] (ties, which need a
-    /// 64-bit collision, go to the lower id). `None` for an empty view.
+    /// The rendezvous home of `lock` over this view's member ids: the same function the probable-owner core
+    /// uses once it runs inside a view ([`crate::algo::probable_owner::rendezvous_home`]), so the membership
+    /// layer and the core always agree on a lock's home. `None` for an empty view.
     pub fn home_of(&self, lock: &str) -> Option<NodeId> {
-        let mut best: Option<(u64, NodeId)> = None;
-        for id in self.ids() {
-            let score = rendezvous_score(lock, id);
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, id));
-            }
-        }
-        best.map(|(_, id)| id)
+        let ids: Vec<NodeId> = self.ids().collect();
+        crate::algo::probable_owner::rendezvous_home(lock, &ids)
     }
-}
-
-/// The rendezvous weight of `(lock, id)`: FNV-1a 64 over `lock ‖ 0xff ‖ id.to_le_bytes()`, then
-/// SplitMix64's finaliser (FNV alone barely mixes the last bytes, which would correlate the ranking of
-/// neighbouring ids across names).
-pub fn rendezvous_score(lock: &str, id: NodeId) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let id = id.get().to_le_bytes();
-    for b in lock.as_bytes().iter().chain([0xffu8].iter()).chain(id.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
 }
