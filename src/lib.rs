@@ -6,7 +6,8 @@
 //!   HTTP ──► api/ (types, router, client) ──► node/ (the loop, cores table, timers, leases, observe)
 //!                                               │  events ▲        │ actions
 //!   peers ─► net/ (wire, link, transport) ──────┘         │        ▼
-//!                                               algo/ (sans-I/O cores: Engine<Lamport | RA | ProbableOwner>)
+//!                                               algo/ (sans-I/O cores: Engine<Lamport | RA | ProbableOwner>,
+//!                                                      and membership/: views, Paxos per epoch, leases)
 //!                                                 ▲
 //!                               sim/ (the deterministic simulator drives the same cores and links)
 //!            obs/ (metrics, traces, flow records) and config are used by node, net and api
