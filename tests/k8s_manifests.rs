@@ -164,18 +164,21 @@ fn k8s_pins_the_crate_version() {
     assert_eq!(rewrite.and_then(|i| i["newTag"].as_str()), Some(version), "kustomization newTag");
 }
 
-#[test]
-fn compose_overlay_pairs_the_otlp_endpoint_with_its_protocol() {
-    let overlay = load(&root().join("observability/docker-compose.yml")).remove(0);
-    let env: Vec<&str> = overlay["services"]["node"]["environment"]
+/// The default value of `name` in a compose file's `node` service environment (`NAME=${NAME:-default}`).
+fn compose_node_var<'a>(compose: &'a Yaml, name: &str) -> Option<&'a str> {
+    compose["services"]["node"]["environment"]
         .as_vec()
         .expect("environment list")
         .iter()
         .filter_map(Yaml::as_str)
-        .collect();
-    let var = |name: &str| {
-        env.iter().find_map(|e| e.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(compose_default)
-    };
+        .find_map(|e| e.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .map(compose_default)
+}
+
+#[test]
+fn compose_overlay_pairs_the_otlp_endpoint_with_its_protocol() {
+    let overlay = load(&root().join("observability/docker-compose.yml")).remove(0);
+    let var = |name: &str| compose_node_var(&overlay, name);
     let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT").expect("the overlay sets an endpoint");
     check_otlp_pair("observability/docker-compose.yml", endpoint, var("OTEL_EXPORTER_OTLP_PROTOCOL"));
 }
@@ -265,15 +268,7 @@ fn check_algorithms(what: &str, default: Option<&str>, allowed: Option<&str>) {
 #[test]
 fn compose_and_k8s_pass_the_allowed_algorithms() {
     let compose = load(&root().join("docker-compose.yml")).remove(0);
-    let env: Vec<&str> = compose["services"]["node"]["environment"]
-        .as_vec()
-        .expect("environment list")
-        .iter()
-        .filter_map(Yaml::as_str)
-        .collect();
-    let var = |name: &str| {
-        env.iter().find_map(|e| e.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(compose_default)
-    };
+    let var = |name: &str| compose_node_var(&compose, name);
     check_algorithms("docker-compose.yml", var("DMUTEX_ALGORITHM"), var("DMUTEX_ALGORITHMS"));
     let (_, docs) = kustomization(&root().join("k8s"));
     let data = &find(&docs, "ConfigMap", "dmutex-config")["data"];

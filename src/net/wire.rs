@@ -702,47 +702,29 @@ mod tests {
     fn macs_bind_the_transcript_and_the_direction() {
         let s = Some(&b"secret"[..]);
         let all = &Algorithm::ALL[..];
-        let lamport = Algorithm::Lamport;
-        let t = hello_transcript(
-            1,
-            "c",
-            lamport,
-            all,
-            NodeId::new(1),
-            Incarnation::new(2),
-            LamportTs::new(3),
-            &[1; 32],
-            &[2; 32],
-        );
+        // The Hello transcript of node 1, incarnation 2, clock 3, with the given default and challenge nonce.
+        let hello = |default: Algorithm, challenge: [u8; 32]| {
+            hello_transcript(
+                1,
+                "c",
+                default,
+                all,
+                NodeId::new(1),
+                Incarnation::new(2),
+                LamportTs::new(3),
+                &challenge,
+                &[2; 32],
+            )
+        };
+        let t = hello(Algorithm::Lamport, [1; 32]);
         let tag = mac(s, &t);
         assert_eq!(tag.len(), 32);
         assert!(verify_mac(s, &t, &tag));
         assert!(!verify_mac(Some(&b"other"[..]), &t, &tag));
         assert!(!verify_mac(s, &t, &[]));
-        let t2 = hello_transcript(
-            1,
-            "c",
-            lamport,
-            all,
-            NodeId::new(1),
-            Incarnation::new(2),
-            LamportTs::new(3),
-            &[9; 32],
-            &[2; 32],
-        );
+        let t2 = hello(Algorithm::Lamport, [9; 32]);
         assert!(!verify_mac(s, &t2, &tag), "another challenge nonce must not verify (replay)");
-        let po = Algorithm::ProbableOwner;
-        let t3 = hello_transcript(
-            1,
-            "c",
-            po,
-            all,
-            NodeId::new(1),
-            Incarnation::new(2),
-            LamportTs::new(3),
-            &[1; 32],
-            &[2; 32],
-        );
+        let t3 = hello(Algorithm::ProbableOwner, [1; 32]);
         assert!(!verify_mac(s, &t3, &tag), "the MAC covers the default algorithm");
         let w = welcome_transcript(
             1,
