@@ -642,16 +642,21 @@ mod tests {
         assert_eq!(err.refuse_reason(), Some(RefuseReason::Malformed));
     }
 
+    /// The bytes `FrameWriter::write_data` puts on the wire for one data frame.
+    async fn written_data_frame(seq: u64, envelope: &[u8]) -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new(), DEFAULT_MAX_FRAME);
+        w.write_data(seq, envelope).await.unwrap();
+        w.flush().await.unwrap();
+        w.inner.into_inner()
+    }
+
     #[tokio::test]
     async fn a_data_frame_built_from_an_encoded_envelope_is_the_derived_encoding() {
         let Frame::Data { env, .. } = sample().swap_remove(4) else { panic!("sample 4 is a data frame") };
         let bytes = encode_envelope(&env).unwrap();
         // Every varint width of the sequence number.
         for seq in [0, 1, 250, 251, 65_535, 65_536, u64::from(u32::MAX) + 1, u64::MAX] {
-            let mut w = FrameWriter::new(Vec::new(), DEFAULT_MAX_FRAME);
-            w.write_data(seq, &bytes).await.unwrap();
-            w.flush().await.unwrap();
-            let framed = w.inner.into_inner();
+            let framed = written_data_frame(seq, &bytes).await;
             let derived = encode_frame(&Frame::Data { seq, env: env.clone() }, DEFAULT_MAX_FRAME).unwrap();
             assert_eq!(framed, derived, "seq {seq}");
             assert!(data_frame_fits(seq, bytes.len(), derived.len() - LEN_PREFIX));
@@ -679,10 +684,7 @@ mod tests {
         let bytes = encode_envelope(&env).unwrap();
         let mut widths = Vec::new();
         for seq in [0, 127, 128, 16_383, 16_384, (1 << 56) - 1, 1 << 56, (1 << 63) - 1, 1 << 63, u64::MAX] {
-            let mut w = FrameWriter::new(Vec::new(), DEFAULT_MAX_FRAME);
-            w.write_data(seq, &bytes).await.unwrap();
-            w.flush().await.unwrap();
-            let framed = w.inner.into_inner();
+            let framed = written_data_frame(seq, &bytes).await;
             let derived = encode_frame(&Frame::Data { seq, env: env.clone() }, DEFAULT_MAX_FRAME).unwrap();
             assert_eq!(framed, derived, "seq {seq}");
             widths.push(derived.len() - LEN_PREFIX - 1 - bytes.len());

@@ -29,6 +29,15 @@ pub struct MembershipStats {
     pub refused: u64,
 }
 
+/// Which epoch a message must be about to pass [`Membership::gate`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum About {
+    /// The installed view's epoch (heartbeats, acks).
+    Installed,
+    /// The epoch being decided: installed + 1 (Paxos messages).
+    Deciding,
+}
+
 /// An ACCEPT held back until the lease waits of the members it excludes are over.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Deferred {
@@ -511,7 +520,7 @@ impl Membership {
             }
             Msg::Join { member } => self.on_join(now, from, inc, member, out),
             Msg::Heartbeat { epoch, sent } => {
-                if !self.current(from, inc, epoch, kind, true, out)? {
+                if !self.gate(from, inc, epoch, About::Installed, kind, true, out)? {
                     return Ok(());
                 }
                 if self.acceptor.promised.is_none() && self.is_member() {
@@ -521,7 +530,7 @@ impl Membership {
                 Ok(())
             }
             Msg::Ack { epoch, sent } => {
-                if !self.current(from, inc, epoch, kind, false, out)? {
+                if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
                     return Ok(());
                 }
                 if let Some(acks) = self.heartbeats.get_mut(&sent) {
@@ -531,7 +540,7 @@ impl Membership {
                 Ok(())
             }
             Msg::Resign { epoch } => {
-                if !self.current(from, inc, epoch, kind, false, out)? {
+                if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
                     return Ok(());
                 }
                 self.resigned.insert(from);
@@ -539,7 +548,15 @@ impl Membership {
                 Ok(())
             }
             Msg::Prepare { epoch, ballot } => {
-                if !self.deciding(from, inc, epoch, kind, out)? {
+                if !self.gate(
+                    from,
+                    inc,
+                    epoch,
+                    About::Deciding,
+                    kind,
+                    matches!(kind, "PREPARE" | "ACCEPT"),
+                    out,
+                )? {
                     return Ok(());
                 }
                 self.max_round = self.max_round.max(ballot.round);
@@ -553,7 +570,15 @@ impl Membership {
                 Ok(())
             }
             Msg::Promise { epoch, ballot, accepted } => {
-                if !self.deciding(from, inc, epoch, kind, out)? {
+                if !self.gate(
+                    from,
+                    inc,
+                    epoch,
+                    About::Deciding,
+                    kind,
+                    matches!(kind, "PREPARE" | "ACCEPT"),
+                    out,
+                )? {
                     return Ok(());
                 }
                 if accepted.as_ref().is_some_and(|(_, v)| v.epoch != epoch) {
@@ -567,7 +592,15 @@ impl Membership {
                 Ok(())
             }
             Msg::Nack { epoch, ballot, promised } => {
-                if !self.deciding(from, inc, epoch, kind, out)? {
+                if !self.gate(
+                    from,
+                    inc,
+                    epoch,
+                    About::Deciding,
+                    kind,
+                    matches!(kind, "PREPARE" | "ACCEPT"),
+                    out,
+                )? {
                     return Ok(());
                 }
                 self.max_round = self.max_round.max(promised.round);
@@ -581,7 +614,15 @@ impl Membership {
                 Ok(())
             }
             Msg::Accept { epoch, ballot, view, resigned } => {
-                if !self.deciding(from, inc, epoch, kind, out)? {
+                if !self.gate(
+                    from,
+                    inc,
+                    epoch,
+                    About::Deciding,
+                    kind,
+                    matches!(kind, "PREPARE" | "ACCEPT"),
+                    out,
+                )? {
                     return Ok(());
                 }
                 if view.epoch != epoch || view.members.is_empty() {
@@ -596,7 +637,15 @@ impl Membership {
                 Ok(())
             }
             Msg::Accepted { epoch, ballot } => {
-                if !self.deciding(from, inc, epoch, kind, out)? {
+                if !self.gate(
+                    from,
+                    inc,
+                    epoch,
+                    About::Deciding,
+                    kind,
+                    matches!(kind, "PREPARE" | "ACCEPT"),
+                    out,
+                )? {
                     return Ok(());
                 }
                 self.on_accepted(now, (from, inc), epoch, ballot, out);
@@ -605,13 +654,17 @@ impl Membership {
         }
     }
 
-    /// Epoch gate for messages about the installed epoch: `Ok(true)` to go on. An older epoch is dropped
-    /// (a heartbeat is answered with the current view when `answer_old`), a newer one asks for the view.
-    fn current(
+    /// Epoch gate: `Ok(true)` to go on with a message about `epoch`, which must be the installed epoch
+    /// (heartbeats and their acks) or the one being decided, installed + 1 (Paxos messages), as `about` says,
+    /// and both ends members of the installed view. An older epoch is dropped (answered with the current view
+    /// when `answer_old`: a stale member or proposer learns where things stand); a newer one asks for the view.
+    #[allow(clippy::too_many_arguments)]
+    fn gate(
         &mut self,
         from: NodeId,
         inc: Incarnation,
         epoch: Epoch,
+        about: About,
         kind: &'static str,
         answer_old: bool,
         out: &mut Vec<Action>,
@@ -620,44 +673,17 @@ impl Membership {
             Self::send(out, from, Msg::ViewQuery);
             return Ok(false);
         };
-        if epoch < view.epoch {
+        let expected = match about {
+            About::Installed => view.epoch,
+            About::Deciding => view.epoch.next(),
+        };
+        if epoch < expected {
             if answer_old {
                 Self::send(out, from, Msg::Install { view: view.clone() });
             }
             return Ok(false);
         }
-        if epoch > view.epoch {
-            Self::send(out, from, Msg::ViewQuery);
-            return Ok(false);
-        }
-        if !view.contains(from, inc) || from == self.me.id {
-            return Err(MembershipError::NotMember { kind, from, incarnation: inc, epoch: view.epoch });
-        }
-        Ok(self.is_member())
-    }
-
-    /// Epoch gate for Paxos messages about `epoch` (the one being decided): `Ok(true)` if it is the
-    /// installed epoch plus one and both ends are members of the installed view.
-    fn deciding(
-        &mut self,
-        from: NodeId,
-        inc: Incarnation,
-        epoch: Epoch,
-        kind: &'static str,
-        out: &mut Vec<Action>,
-    ) -> Result<bool, MembershipError> {
-        let Some(view) = &self.view else {
-            Self::send(out, from, Msg::ViewQuery);
-            return Ok(false);
-        };
-        if epoch <= view.epoch {
-            // Decided already: tell a proposer where things stand (answers to our own requests just drop).
-            if matches!(kind, "PREPARE" | "ACCEPT") {
-                Self::send(out, from, Msg::Install { view: view.clone() });
-            }
-            return Ok(false);
-        }
-        if epoch > view.epoch.next() {
+        if epoch > expected {
             Self::send(out, from, Msg::ViewQuery);
             return Ok(false);
         }
