@@ -249,6 +249,9 @@ pub enum Event<M> {
         from: NodeId,
         /// The sender's incarnation when it sent the message; stale incarnations are dropped.
         incarnation: Incarnation,
+        /// The view epoch the sender was in ([`Action::Send`]'s `epoch`). A message of a newer epoch than
+        /// this node's is held back until this node installs that view; 0 in a cluster without views.
+        epoch: u64,
         /// The algorithm's message, handed to [`Protocol::on_message`].
         msg: M,
     },
@@ -290,7 +293,9 @@ impl<M> Event<M> {
             Event::Release { req } => Event::Release { req },
             Event::KeepAlive { req, until } => Event::KeepAlive { req, until },
             Event::Cancel { req } => Event::Cancel { req },
-            Event::Message { from, incarnation, msg } => Event::Message { from, incarnation, msg: f(msg)? },
+            Event::Message { from, incarnation, epoch, msg } => {
+                Event::Message { from, incarnation, epoch, msg: f(msg)? }
+            }
             Event::Timer { timer } => Event::Timer { timer },
             Event::PeerIncarnation { peer, incarnation, clock } => {
                 Event::PeerIncarnation { peer, incarnation, clock }
@@ -316,6 +321,9 @@ pub enum Action<M> {
     Send {
         /// The peer to send to (never this node).
         to: NodeId,
+        /// The epoch of the view this node is in: the driver carries it to the receiver's
+        /// [`Event::Message`] (a receiver still in an older view holds the message until it catches up).
+        epoch: u64,
         /// The algorithm's message.
         msg: M,
     },
@@ -361,7 +369,7 @@ impl<M> Action<M> {
     /// The same action with its message (if any) converted by `f`.
     pub fn map<N>(self, f: impl FnOnce(M) -> N) -> Action<N> {
         match self {
-            Action::Send { to, msg } => Action::Send { to, msg: f(msg) },
+            Action::Send { to, epoch, msg } => Action::Send { to, epoch, msg: f(msg) },
             Action::Granted { req, lock, token } => Action::Granted { req, lock, token },
             Action::Rejected { req, reason } => Action::Rejected { req, reason },
             Action::LeaseExpired { req, lock } => Action::LeaseExpired { req, lock },
@@ -389,6 +397,14 @@ pub enum CoreError {
     /// A message came from a node id outside the cluster (or outside the current view).
     #[error("message from unknown node {0}")]
     UnknownPeer(NodeId),
+    /// A message of a view newer than this node's could not be held back: the hold-back buffer is full
+    /// ([`Engine`]'s bound). The message is dropped; the sender's links resend nothing, so the membership
+    /// layer must install the view soon (it is the only way a correct peer gets that far ahead).
+    #[error("message of view {epoch} dropped: the hold-back buffer for newer views is full")]
+    HeldBackFull {
+        /// The message's epoch.
+        epoch: u64,
+    },
     /// [`Event::MembersChanged`] named an epoch not newer than the view already applied.
     #[error("view {epoch} is not newer than the current one")]
     StaleView {

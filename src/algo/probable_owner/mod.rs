@@ -548,6 +548,12 @@ impl Protocol for ProbableOwner {
                     })
                 }
                 RepOutcome::Redirect { owner, epoch } => {
+                    if !peers.contains(owner) && self.view.is_some() {
+                        // Sent in an older view to a node this view excluded (a newer view's messages are
+                        // held back until it is installed, so nothing else names a non-member). The
+                        // exclusion already re-sent our request to the home (`peer_restarted`): ignore it.
+                        return Ok(());
+                    }
                     if !peers.contains(owner) {
                         return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
                     }
