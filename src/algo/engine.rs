@@ -360,7 +360,14 @@ impl<P: Protocol> Engine<P> {
             Some(known) if incarnation == known => {}
             // A message from an incarnation whose handshake we have not seen: the transport delivers the
             // handshake first, so treat the message as the introduction.
-            _ => self.peer_incarnation(now, from, incarnation, out)?,
+            _ => {
+                self.peer_incarnation(now, from, incarnation, out)?;
+                if self.peers.incarnation(from) != Some(incarnation) {
+                    // A newer incarnation no view has admitted yet (its messages of the admitting view are
+                    // held back until this node installs it, so only a confused peer gets here).
+                    return Err(CoreError::UnknownPeer(from));
+                }
+            }
         }
         let result = self.protocol.on_message(from, msg, &mut self.peers, &mut self.scratch);
         self.drain(now, out);
@@ -385,7 +392,7 @@ impl<P: Protocol> Engine<P> {
                 self.protocol.peer_restarted(peer, &self.peers, &mut self.scratch);
                 self.drain(now, out);
             }
-            PeerChange::Joined | PeerChange::Same | PeerChange::Stale => {}
+            PeerChange::Joined | PeerChange::Same | PeerChange::Stale | PeerChange::NotAdmitted => {}
         }
         self.maybe_join(now, out);
         Ok(())
@@ -558,6 +565,11 @@ impl<P: Protocol> Engine<P> {
     /// What this node knows about `lock`.
     pub fn view(&self, lock: &str) -> LockView {
         self.protocol.view(lock)
+    }
+
+    /// Whether the protocol asks for a view bump ([`Protocol::wants_view_bump`]).
+    pub fn wants_view_bump(&self) -> bool {
+        self.protocol.wants_view_bump(&self.peers)
     }
 
     /// Whether a request for `lock` needs `peer` to be reachable to make progress.

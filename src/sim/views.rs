@@ -155,6 +155,9 @@ struct Grant {
     lease_end: u64,
 }
 
+/// FIFO links per directed pair: each message with the view epoch its sender was in.
+type Links<M> = BTreeMap<(NodeId, NodeId), VecDeque<(u64, M)>>;
+
 struct ViewSim<P: Protocol> {
     cfg: ViewSimConfig,
     rng: SplitMix64,
@@ -162,7 +165,7 @@ struct ViewSim<P: Protocol> {
     seq: u64,
     queue: BTreeMap<(u64, u64), Item>,
     engines: BTreeMap<NodeId, Engine<P>>,
-    links: BTreeMap<(NodeId, NodeId), VecDeque<(u64, P::Msg)>>,
+    links: Links<P::Msg>,
     /// When each link's last message arrives (FIFO: a later message never overtakes).
     link_clock: BTreeMap<(NodeId, NodeId), u64>,
     timers: BTreeMap<(NodeId, TimerId), Millis>,

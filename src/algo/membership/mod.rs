@@ -13,6 +13,8 @@
 //!   node that restarted later joins instead of bootstrapping again.
 //! - **Join** ([`Event::JoinRequested`]): a node outside the view sends JOIN to seeds until a view lists it; a
 //!   member proposes the next view with it (replacing an older incarnation of the same id).
+//! - **Renew** ([`Event::Renew`]): the same members under the next epoch, for cores whose fencing tokens
+//!   carry the view epoch.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
 //!   proposes its own removal and reports [`Action::Left`] once a view without it is installed.
 //! - **Failure detection**: members heartbeat every [`Config::heartbeat`]; a member not heard from for
@@ -241,6 +243,10 @@ pub enum Event {
     },
     /// Leave gracefully: stop acting, resign, and wait for a view without this node.
     Leave,
+    /// Propose the same members under the next epoch (a *view bump*), unless a newer view is installed
+    /// first. Asked for by a mutex core whose epoch-tagged counters near their range
+    /// ([`crate::algo::Engine::wants_view_bump`]); this node proposes at once.
+    Renew,
     /// A message from another node.
     Message {
         /// Sender.
