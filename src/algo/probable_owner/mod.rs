@@ -110,7 +110,7 @@ const SUSPECT_AFTER_HOPS_PER_NODE: usize = 8;
 /// Epoch 0 is the initial hint's: nobody has owned the lock yet.
 ///
 /// Layout: the view epoch the ownership epoch was opened in, above a 28-bit counter ([`VIEW_SHIFT`]). An
-/// epoch opened in view `v` is at least `v << 28 | 1` ([`OwnershipEpoch::next_in`]), so a token regenerated
+/// epoch opened in view `v` is at least `v << 28 | 1` (`OwnershipEpoch::next_in`), so a token regenerated
 /// after a crash, which always happens in a newer view than any grant the crashed node could have made (a
 /// crash is a view change), is above every token granted before, even when every node that knew the old
 /// epoch crashed (the amnesia case a fixed cluster cannot close). A view that opened 2²⁷ epochs of one lock
