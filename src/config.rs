@@ -889,7 +889,11 @@ impl NodeConfig {
     /// so the default acquire timeout must exceed it; a graceful leave takes at most as long.
     pub fn view_change_bound(&self) -> Duration {
         let m = &self.membership;
-        let ms = m.suspect_after.get().saturating_add(m.lease.get()).saturating_add(m.retry.get().saturating_mul(2));
+        let ms = m
+            .suspect_after
+            .get()
+            .saturating_add(m.lease.get())
+            .saturating_add(m.retry.get().saturating_mul(2));
         Duration::from_millis(ms)
     }
 
@@ -1129,9 +1133,15 @@ mod tests {
     /// field at fault and shows all the timing values, and the exit code is 2.
     #[test]
     fn impossible_membership_timing_names_the_key() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        /// The variables set, the key the error must name, and what it must say.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (&[("DMUTEX_HEARTBEAT_MS", "0")], "DMUTEX_HEARTBEAT_MS", "must be above 0"),
-            (&[("DMUTEX_SUSPECT_TIMEOUT_MS", "200")], "DMUTEX_SUSPECT_TIMEOUT_MS", "must exceed the heartbeat"),
+            (
+                &[("DMUTEX_SUSPECT_TIMEOUT_MS", "200")],
+                "DMUTEX_SUSPECT_TIMEOUT_MS",
+                "must exceed the heartbeat",
+            ),
             (
                 &[("DMUTEX_HEARTBEAT_MS", "1000"), ("DMUTEX_SUSPECT_TIMEOUT_MS", "3000")],
                 "DMUTEX_MEMBER_LEASE_MS",
@@ -1148,7 +1158,10 @@ mod tests {
             assert_eq!(e.exit_code(), 2);
             let text = e.to_string();
             assert!(text.starts_with(&format!("{key}: ")) && text.contains(says), "{extra:?}: {text}");
-            assert!(text.contains("DMUTEX_HEARTBEAT_MS=") && text.contains("DMUTEX_CLOCK_DRIFT_PPM="), "{text}");
+            assert!(
+                text.contains("DMUTEX_HEARTBEAT_MS=") && text.contains("DMUTEX_CLOCK_DRIFT_PPM="),
+                "{text}"
+            );
         }
         assert!(load(&with(&[("DMUTEX_CLOCK_DRIFT_PPM", "300000")])).is_ok(), "ρ = 30 % is still possible");
         // Every field the core can name has a key.
@@ -1169,7 +1182,8 @@ mod tests {
         assert_eq!(e.key(), "DMUTEX_DEFAULT_TIMEOUT_MS");
         assert!(e.to_string().contains("DMUTEX_SUSPECT_TIMEOUT_MS + DMUTEX_MEMBER_LEASE_MS"), "{e}");
         assert!(
-            load(&with(&[("DMUTEX_SUSPECT_TIMEOUT_MS", "40000"), ("DMUTEX_DEFAULT_TIMEOUT_MS", "60000")])).is_ok()
+            load(&with(&[("DMUTEX_SUSPECT_TIMEOUT_MS", "40000"), ("DMUTEX_DEFAULT_TIMEOUT_MS", "60000")]))
+                .is_ok()
         );
     }
 

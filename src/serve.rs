@@ -203,6 +203,9 @@ mod tests {
         let configured = config(&[("DMUTEX_DISCOVERY", "dns:node:7070"), ("DMUTEX_NODE_ID", "1")]);
         assert_eq!(discovered_id(&configured, 1, &spec).unwrap(), NodeId::new(1));
         let e = discovered_id(&configured, 2, &spec).unwrap_err().to_string();
-        assert!(e.starts_with("DMUTEX_NODE_ID: 1 is configured, but DNS discovery (dns:node:7070) places"), "{e}");
+        assert!(
+            e.starts_with("DMUTEX_NODE_ID: 1 is configured, but DNS discovery (dns:node:7070) places"),
+            "{e}"
+        );
     }
 }

@@ -153,8 +153,12 @@ fn check_k8s(dir: &Path) -> usize {
         // Entry i is pod ordinal i, which is node id i (the node reads the ordinal from its host name).
         assert_eq!(*peer, format!("{sts_name}-{i}.{service_name}.{ns}.svc.cluster.local:{peer_port}"));
     }
-    assert_eq!(str_of(&data["DMUTEX_BOOTSTRAP_EXPECT"], "DMUTEX_BOOTSTRAP_EXPECT"), replicas.to_string());
-    assert!(data["DMUTEX_CLUSTER_SIZE"].is_badvalue(), "one name for the bootstrap size: DMUTEX_BOOTSTRAP_EXPECT");
+    let expect = str_of(&data["DMUTEX_BOOTSTRAP_EXPECT"], "DMUTEX_BOOTSTRAP_EXPECT");
+    assert_eq!(expect, replicas.to_string(), "DMUTEX_BOOTSTRAP_EXPECT is the replica count");
+    assert!(
+        data["DMUTEX_CLUSTER_SIZE"].is_badvalue(),
+        "one name for the bootstrap size: DMUTEX_BOOTSTRAP_EXPECT"
+    );
     // The bootstrap needs every node: pods must not wait for each other to be ready before they start.
     assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"), "podManagementPolicy");
 
@@ -393,8 +397,10 @@ fn compose_node_service_can_scale() {
 
     // The environment a replica gets (compose defaults) is a valid node configuration, and the grace period
     // before SIGKILL covers its graceful stop.
-    let node_env =
-        env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), compose_default(v).to_string()));
+    let node_env = env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), compose_default(v).to_string()));
     // A container's host name is its id.
     let cfg = node_config("docker-compose.yml", node_env.collect(), "3f4e5d6c7b8a");
     assert_eq!(cfg.bootstrap_expect, Some(5));
