@@ -103,7 +103,12 @@ fn membership_keeps_one_view_per_epoch_lease_safety_and_liveness() {
             assert!(t.partitions.contains_key(kind), "no {kind} partition: {t:?}");
         }
         assert!(t.deferred_accepts > 0, "no ACCEPT ever waited for a lease: the lease rule went unexercised");
-        assert!(t.majority_lost * 100 <= t.runs, "liveness unchecked in {} of {} runs", t.majority_lost, t.runs);
+        assert!(
+            t.majority_lost * 100 <= t.runs,
+            "liveness unchecked in {} of {} runs",
+            t.majority_lost,
+            t.runs
+        );
     }
 }
 
@@ -142,7 +147,9 @@ fn a_driver_ignoring_its_member_lease_is_caught() {
 #[test]
 fn replay() {
     let Ok(seed) = std::env::var("DMUTEX_MEMSIM_SEED") else {
-        eprintln!("replay: set DMUTEX_MEMSIM_SEED (and DMUTEX_MEMSIM_SCENARIO, DMUTEX_MEMSIM_MUTANT) to replay a run");
+        eprintln!(
+            "replay: set DMUTEX_MEMSIM_SEED (and DMUTEX_MEMSIM_SCENARIO, DMUTEX_MEMSIM_MUTANT) to replay a run"
+        );
         return;
     };
     let seed: u64 = seed.parse().expect("DMUTEX_MEMSIM_SEED must be a number");
@@ -152,8 +159,7 @@ fn replay() {
         .unwrap_or_else(|_| "none".into())
         .parse()
         .expect("DMUTEX_MEMSIM_MUTANT");
-    let lines: usize =
-        std::env::var("DMUTEX_MEMSIM_TRACE").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let lines: usize = std::env::var("DMUTEX_MEMSIM_TRACE").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
     let cfg = MemberSimConfig { trace_lines: lines, ..MemberSimConfig::preset_with(seed, scenario, mutant) };
     eprintln!("replaying {cfg:?}");
     match sim::run_membership(&cfg) {

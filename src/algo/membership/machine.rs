@@ -68,8 +68,10 @@ pub struct Membership {
     heartbeats: BTreeMap<Millis, BTreeSet<NodeId>>,
     lease_until: Option<Millis>,
     active: bool,
-    /// Nodes asking to be admitted.
-    joins: BTreeMap<NodeId, Member>,
+    /// Nodes asking to be admitted, with when their latest JOIN came. A JOIN not renewed for S is ignored
+    /// (a live joiner re-sends it every retry while it is outside the view): the joiner may have died, or
+    /// have been admitted and removed in views this node missed.
+    joins: BTreeMap<NodeId, (Member, Millis)>,
     /// Members that resigned (stopped acting) and wait for their removal.
     resigned: BTreeSet<NodeId>,
     leaving: bool,
@@ -356,7 +358,7 @@ impl Membership {
         self.max_round = 0;
         self.deferred = None;
         self.heartbeats.clear();
-        self.joins.retain(|id, m| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
+        self.joins.retain(|id, (m, _)| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
         self.resigned.retain(|id| view.members.contains_key(id));
         self.last_heard.retain(|id, (inc, _)| view.contains(*id, *inc));
         for m in view.members.values() {
@@ -404,7 +406,10 @@ impl Membership {
         for id in self.suspected(now).iter().chain(&self.resigned) {
             members.remove(id);
         }
-        for m in self.joins.values() {
+        for (m, heard) in self.joins.values() {
+            if later(*heard, self.cfg.suspect_after) <= now {
+                continue;
+            }
             if members.get(&m.id).is_none_or(|cur| cur.incarnation < m.incarnation) {
                 members.insert(m.id, m.clone());
             }
@@ -859,9 +864,9 @@ impl Membership {
             Self::send(out, from, Msg::Install { view: view.clone() });
             return Ok(());
         }
-        let newer = self.joins.get(&member.id).is_none_or(|m| m.incarnation <= member.incarnation);
+        let newer = self.joins.get(&member.id).is_none_or(|(m, _)| m.incarnation <= member.incarnation);
         if newer {
-            self.joins.insert(member.id, member);
+            self.joins.insert(member.id, (member, now));
         }
         self.schedule(now, out);
         Ok(())

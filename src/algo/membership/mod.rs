@@ -12,7 +12,9 @@
 //!   same list (ids *and* incarnations, e.g. as learnt from the handshakes of a `DMUTEX_PEERS` cluster); a
 //!   node that restarted later joins instead of bootstrapping again.
 //! - **Join** ([`Event::JoinRequested`]): a node outside the view sends JOIN to seeds until a view lists it; a
-//!   member proposes the next view with it (replacing an older incarnation of the same id).
+//!   member proposes the next view with it (replacing an older incarnation of the same id). A JOIN not
+//!   renewed for [`Config::suspect_after`] is forgotten, so a joiner that died, or was admitted and removed
+//!   in views this member missed, is not admitted again from a stale request.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
 //!   proposes its own removal and reports [`Action::Left`] once a view without it is installed.
 //! - **Failure detection**: members heartbeat every [`Config::heartbeat`]; a member not heard from for

@@ -437,6 +437,30 @@ fn join_admits_the_node_replacing_an_older_incarnation() {
     assert!((0..4).all(|i| c.epoch(i) == 3 && c.nodes[&id(i)].is_active(ms(6000))));
 }
 
+/// Found by the membership simulation (seed 84, `tests/simulation_membership.rs`): a member that missed
+/// the views in which a joiner was admitted and removed again (it was partitioned) still held the joiner's
+/// JOIN, and once back in the view proposed to admit a process that had long gone, leaving a dead member in
+/// the view for `S + L`. Rule: a JOIN not renewed for S is forgotten (a live joiner re-sends every retry
+/// while it is outside the view).
+#[test]
+fn join_not_renewed_for_s_is_forgotten() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.cut.insert(id(2));
+    // One JOIN of node 3 reaches node 2 only; then node 3 dies (it is never added to the cluster).
+    let join = Msg::Join { member: member(3, 0) };
+    c.feed(id(2), Event::Message { from: id(3), incarnation: inc(0), msg: join });
+    c.run_until(3000);
+    assert_eq!(c.ids(0), vec![0, 1], "node 2 is excluded while cut off");
+    c.cut.clear();
+    c.run_until(8000);
+    assert_eq!(c.ids(0), vec![0, 1, 2], "node 2 is readmitted after the partition");
+    let ghost =
+        c.log.iter().any(|(_, _, a)| matches!(a, Action::InstallView(v) if v.members.contains_key(&id(3))));
+    assert!(!ghost, "a view admitted node 3 from a JOIN not renewed for S");
+    assert!((0..3).all(|i| c.epoch(i) == c.epoch(0) && c.nodes[&id(i)].is_active(ms(8000))));
+}
+
 #[test]
 fn leave_resigns_then_removal_needs_no_lease_wait() {
     let mut c = Cluster::bootstrap(3);

@@ -34,12 +34,7 @@ impl Ghost {
             if known == view {
                 return Ok(false);
             }
-            return Err(format!(
-                "two views for epoch {}: {} and {}",
-                view.epoch,
-                show(known),
-                show(view)
-            ));
+            return Err(format!("two views for epoch {}: {} and {}", view.epoch, show(known), show(view)));
         }
         if view.epoch > Epoch::FIRST {
             let prev = Epoch::new(view.epoch.get() - 1);
@@ -47,9 +42,7 @@ impl Ghost {
                 return Err(format!("view {} installed before any view of epoch {prev}", show(view)));
             };
             let decided = self.accepted.get(&view.epoch).is_some_and(|by_value| {
-                by_value
-                    .iter()
-                    .any(|((_, v), voters)| v == view && base.is_majority(voters.iter().copied()))
+                by_value.iter().any(|((_, v), voters)| v == view && base.is_majority(voters.iter().copied()))
             });
             if !decided {
                 let voters: BTreeSet<_> = self

@@ -183,7 +183,11 @@ impl MemberSim {
             time_ms: self.now,
             description,
             replay: self.cfg.replay_command(),
-            trace: if trace.is_empty() { String::new() } else { format!("  last steps:\n    {}", trace.join("\n    ")) },
+            trace: if trace.is_empty() {
+                String::new()
+            } else {
+                format!("  last steps:\n    {}", trace.join("\n    "))
+            },
         }
     }
 
@@ -399,7 +403,10 @@ impl MemberSim {
         let at = (*last).max(self.now + delay);
         *last = at;
         self.last_arrival = self.last_arrival.max(at);
-        self.schedule(at, Item::Deliver { env: Envelope { from, from_inc, to, to_serial, msg }, arrived: false });
+        self.schedule(
+            at,
+            Item::Deliver { env: Envelope { from, from_inc, to, to_serial, msg }, arrived: false },
+        );
     }
 
     fn delay(&mut self) -> u64 {
@@ -611,9 +618,9 @@ impl MemberSim {
 }
 
 /// `now − before`, per message type (types with no new message left out).
-fn diff(now: &BTreeMap<&'static str, u64>, before: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
-    now.iter()
-        .map(|(&k, &n)| (k, n - before.get(k).copied().unwrap_or(0)))
-        .filter(|&(_, n)| n > 0)
-        .collect()
+fn diff(
+    now: &BTreeMap<&'static str, u64>,
+    before: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    now.iter().map(|(&k, &n)| (k, n - before.get(k).copied().unwrap_or(0))).filter(|&(_, n)| n > 0).collect()
 }

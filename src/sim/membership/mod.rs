@@ -54,11 +54,11 @@ mod clock;
 mod driver;
 mod faults;
 
-use crate::algo::membership::{self, Config};
-#[cfg(doc)]
-use crate::algo::membership::Membership;
 #[cfg(doc)]
 use crate::algo::Incarnation;
+#[cfg(doc)]
+use crate::algo::membership::Membership;
+use crate::algo::membership::{self, Config};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -116,10 +116,9 @@ impl fmt::Display for Scenario {
 impl std::str::FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scenario::ALL
-            .into_iter()
-            .find(|sc| sc.as_str() == s.to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown scenario {s:?} (expected one of {:?})", Scenario::ALL.map(Scenario::as_str)))
+        Scenario::ALL.into_iter().find(|sc| sc.as_str() == s.to_ascii_lowercase()).ok_or_else(|| {
+            format!("unknown scenario {s:?} (expected one of {:?})", Scenario::ALL.map(Scenario::as_str))
+        })
     }
 }
 
