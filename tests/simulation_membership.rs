@@ -93,6 +93,9 @@ fn membership_keeps_one_view_per_epoch_lease_safety_and_liveness() {
     let started = Instant::now();
     let (t, failures) = sweep(0, seeds, Mutant::None);
     eprintln!("{seeds} runs in {:.1} s: {t:?}", started.elapsed().as_secs_f64());
+    for f in &failures {
+        eprintln!("FAILED {}", f.lines().take(2).collect::<Vec<_>>().join(" | "));
+    }
     assert!(failures.is_empty(), "{} of {seeds} runs failed; first:\n{}", failures.len(), failures[0]);
     if seeds >= 1000 {
         for scenario in [Scenario::Chaos, Scenario::Scale, Scenario::Rolling] {

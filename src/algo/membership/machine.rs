@@ -72,8 +72,9 @@ pub struct Membership {
     /// (a live joiner re-sends it every retry while it is outside the view): the joiner may have died, or
     /// have been admitted and removed in views this node missed.
     joins: BTreeMap<NodeId, (Member, Millis)>,
-    /// Members that resigned (stopped acting) and wait for their removal.
-    resigned: BTreeSet<NodeId>,
+    /// Members that resigned (stopped acting) and wait for their removal, at the incarnation that resigned:
+    /// a later incarnation of the same id has promised nothing of the kind.
+    resigned: BTreeSet<(NodeId, Incarnation)>,
     leaving: bool,
     deferred: Option<Deferred>,
     /// While joining: the nodes to ask.
@@ -261,7 +262,7 @@ impl Membership {
         let epoch = view.epoch;
         self.leaving = true;
         self.set_active(false, out);
-        self.resigned.insert(self.me.id);
+        self.resigned.insert(self.me_id());
         for to in self.others() {
             Self::send(out, to, Msg::Resign { epoch });
         }
@@ -359,7 +360,7 @@ impl Membership {
         self.deferred = None;
         self.heartbeats.clear();
         self.joins.retain(|id, (m, _)| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
-        self.resigned.retain(|id| view.members.contains_key(id));
+        self.resigned.retain(|&(id, inc)| view.contains(id, inc));
         self.last_heard.retain(|id, (inc, _)| view.contains(*id, *inc));
         for m in view.members.values() {
             self.last_heard.entry(m.id).or_insert((m.incarnation, now));
@@ -403,9 +404,10 @@ impl Membership {
     fn desired(&self, now: Millis) -> Option<View> {
         let view = self.view.as_ref()?;
         let mut members = view.members.clone();
-        for id in self.suspected(now).iter().chain(&self.resigned) {
-            members.remove(id);
+        for id in self.suspected(now) {
+            members.remove(&id);
         }
+        members.retain(|&id, m| !self.resigned.contains(&(id, m.incarnation)));
         for (m, heard) in self.joins.values() {
             if later(*heard, self.cfg.suspect_after) <= now {
                 continue;
@@ -424,9 +426,16 @@ impl Membership {
             return 0;
         }
         let suspected = self.suspected(now);
-        let live =
-            self.others().into_iter().filter(|id| !suspected.contains(id) && !self.resigned.contains(id));
+        let live = self.others().into_iter().filter(|&id| !suspected.contains(&id) && !self.has_resigned(id));
         live.filter(|&id| id < self.me.id).count() as u64
+    }
+
+    /// Whether the member `id` of the installed view resigned (at the incarnation the view lists).
+    fn has_resigned(&self, id: NodeId) -> bool {
+        self.view
+            .as_ref()
+            .and_then(|v| v.members.get(&id))
+            .is_some_and(|m| self.resigned.contains(&(id, m.incarnation)))
     }
 
     /// Starts a proposal now if this node ranks first, or sets the Propose timer for its turn.
@@ -548,7 +557,7 @@ impl Membership {
                 if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
                     return Ok(());
                 }
-                self.resigned.insert(from);
+                self.resigned.insert((from, inc));
                 self.schedule(now, out);
                 Ok(())
             }
@@ -712,7 +721,7 @@ impl Membership {
             return;
         };
         let Some(value) = p.promise(&view, voter, accepted) else { return };
-        let resigned: Vec<NodeId> = self.resigned.iter().copied().collect();
+        let resigned: Vec<NodeId> = self.resigned.iter().map(|&(id, _)| id).collect();
         for to in self.others() {
             Self::send(
                 out,
@@ -728,7 +737,7 @@ impl Membership {
     fn accept_wait(&self, next: &View) -> Millis {
         let Some(view) = &self.view else { return Millis::default() };
         view.excluded_by(next)
-            .filter(|m| !self.resigned.contains(&m.id))
+            .filter(|m| !self.resigned.contains(&(m.id, m.incarnation)))
             .map(|m| {
                 exclusion_allowed_at(self.last_ack.get(&m.id).copied(), self.installed_at, self.cfg.lease)
             })
@@ -757,7 +766,10 @@ impl Membership {
             self.promised_to(now, ballot, out);
         }
         if let Some(base) = &self.view {
-            self.resigned.extend(resigned.iter().filter(|id| base.members.contains_key(id)));
+            // The ids name members of the base view both ends share (the epoch gate saw to that).
+            let at_base =
+                resigned.iter().filter_map(|id| base.members.get(id)).map(|m| (m.id, m.incarnation));
+            self.resigned.extend(at_base);
         }
         let wait = self.accept_wait(&view);
         if now < wait {

@@ -163,7 +163,8 @@ pub enum Msg {
         ballot: Ballot,
         /// The proposed view.
         view: View,
-        /// Members the proposer knows have resigned (no lease wait for them).
+        /// Members of the base view (at the incarnation it lists) the proposer knows have resigned: no lease
+        /// wait for them.
         resigned: Vec<NodeId>,
     },
     /// Paxos 2b.

@@ -461,6 +461,49 @@ fn join_not_renewed_for_s_is_forgotten() {
     assert!((0..3).all(|i| c.epoch(i) == c.epoch(0) && c.nodes[&id(i)].is_active(ms(8000))));
 }
 
+/// Found by the membership simulation (seed 2068, `tests/simulation_membership.rs`), a lease-safety breach:
+/// node 3 heard node 0 resign, then missed the view that removed it (cut off) and, back in the view, still
+/// counted id 0 as resigned when node 0's next incarnation had been admitted. It proposed to exclude the new
+/// incarnation, and as "resigned" needs no lease wait, the acceptors agreed while that incarnation was
+/// active. Rule: a resignation belongs to the incarnation that resigned.
+#[test]
+fn resignation_belongs_to_the_incarnation_that_resigned() {
+    let mut c = Cluster::bootstrap(4);
+    c.run_until(1000);
+    // Node 3 hears node 0 resign, then is cut off before the view without node 0 is decided.
+    c.cut.insert(id(3));
+    c.feed(
+        id(3),
+        Event::Message { from: id(0), incarnation: inc(0), msg: Msg::Resign { epoch: Epoch::FIRST } },
+    );
+    let out = c.feed(id(0), Event::Leave);
+    assert_eq!(out.first(), Some(&Action::Active(false)));
+    c.settle();
+    c.run_until(1500);
+    assert!(c.log.iter().any(|(_, n, a)| *n == id(0) && *a == Action::Left), "node 0 left");
+    c.nodes.remove(&id(0));
+    c.run_until(4000);
+    assert_eq!(c.ids(1), vec![1, 2], "node 3 is excluded while cut off");
+    // Node 0 comes back as incarnation 1 and is admitted; then node 3 is reachable again and rejoins.
+    c.add(member(0, 1));
+    c.feed(id(0), Event::JoinRequested { seeds: vec![id(1)] });
+    c.settle();
+    c.run_until(7000);
+    assert_eq!(c.ids(1), vec![0, 1, 2]);
+    assert!(c.nodes[&id(0)].is_active(ms(7000)));
+    let admitted = c.epoch(1);
+    c.cut.clear();
+    c.run_until(15_000);
+    assert_eq!(c.ids(1), vec![0, 1, 2, 3], "node 3 is readmitted");
+    let excluded = c.log.iter().find_map(|(t, _, a)| match a {
+        Action::InstallView(v) if v.epoch.get() > admitted && !v.contains(id(0), inc(1)) => {
+            Some((*t, v.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(excluded, None, "node 0's new incarnation was excluded as if it had resigned");
+}
+
 #[test]
 fn leave_resigns_then_removal_needs_no_lease_wait() {
     let mut c = Cluster::bootstrap(3);
