@@ -75,6 +75,9 @@ pub struct Membership {
     /// Members that resigned (stopped acting) and wait for their removal, at the incarnation that resigned:
     /// a later incarnation of the same id has promised nothing of the kind.
     resigned: BTreeSet<(NodeId, Incarnation)>,
+    /// Per id, the newest incarnation known to have resigned and been removed: it never becomes a member
+    /// again (a restart is a new incarnation), so a JOIN of it, or of an older one, is stale.
+    retired: BTreeMap<NodeId, Incarnation>,
     leaving: bool,
     deferred: Option<Deferred>,
     /// While joining: the nodes to ask.
@@ -105,6 +108,7 @@ impl Membership {
             active: false,
             joins: BTreeMap::new(),
             resigned: BTreeSet::new(),
+            retired: BTreeMap::new(),
             leaving: false,
             deferred: None,
             seeds: None,
@@ -175,6 +179,12 @@ impl Membership {
     /// The highest ballot this node's acceptor promised for the next epoch.
     pub fn promised(&self) -> Option<Ballot> {
         self.acceptor.promised
+    }
+
+    /// Whether this node would propose a new view at local time `now`: it suspects a member, knows of a
+    /// resignation, or has a join request. For checkers: in a quiet cluster no member wants a change.
+    pub fn wants_change(&self, now: Millis) -> bool {
+        self.is_member() && self.desired(now).is_some()
     }
 
     /// Counters.
@@ -360,6 +370,10 @@ impl Membership {
         self.deferred = None;
         self.heartbeats.clear();
         self.joins.retain(|id, (m, _)| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
+        for &(id, inc) in self.resigned.iter().filter(|&&(id, inc)| !view.contains(id, inc)) {
+            let newest = self.retired.entry(id).or_insert(inc);
+            *newest = (*newest).max(inc);
+        }
         self.resigned.retain(|&(id, inc)| view.contains(id, inc));
         self.last_heard.retain(|id, (inc, _)| view.contains(*id, *inc));
         for m in view.members.values() {
@@ -400,11 +414,18 @@ impl Membership {
     }
 
     /// The next view this node would propose: the current one without suspected or resigned members, with
-    /// the nodes asking to join. `None` if nothing changes (or nothing would be left).
+    /// the nodes asking to join. `None` if nothing changes (or nothing would be left), or if this node does
+    /// not hear a majority of its view.
     fn desired(&self, now: Millis) -> Option<View> {
         let view = self.view.as_ref()?;
+        let suspected = self.suspected(now);
+        // A member that hears no majority of its view (itself included) could not get a view decided, and
+        // what it would propose (everyone it cannot hear removed) is likely wrong: it is the one cut off.
+        if view.members.len().saturating_sub(suspected.len()) < view.majority() {
+            return None;
+        }
         let mut members = view.members.clone();
-        for id in self.suspected(now) {
+        for id in suspected {
             members.remove(&id);
         }
         members.retain(|&id, m| !self.resigned.contains(&(id, m.incarnation)));
@@ -869,6 +890,10 @@ impl Membership {
         if let Some(cur) = view.members.get(&member.id)
             && cur.incarnation > member.incarnation
         {
+            return Ok(());
+        }
+        if self.retired.get(&member.id).is_some_and(|&gone| member.incarnation <= gone) {
+            // A JOIN sent before its sender was admitted, arriving after it left: stale.
             return Ok(());
         }
         if view.contains(member.id, member.incarnation) || !self.is_member() || self.leaving {

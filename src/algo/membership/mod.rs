@@ -16,10 +16,12 @@
 //!   renewed for [`Config::suspect_after`] is forgotten, so a joiner that died, or was admitted and removed
 //!   in views this member missed, is not admitted again from a stale request.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
-//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed.
+//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed. An
+//!   incarnation that resigned never becomes a member again: a late JOIN of it is ignored.
 //! - **Failure detection**: members heartbeat every [`Config::heartbeat`]; a member not heard from for
 //!   [`Config::suspect_after`] (S) is proposed for exclusion. The proposer is chosen deterministically: the
-//!   lowest-id member a node does not suspect proposes at once, the others after `rank × retry`.
+//!   lowest-id member a node does not suspect proposes at once, the others after `rank × retry`. A member
+//!   that hears no majority of its view (itself included) proposes no change: it is the one cut off.
 //! - **Member leases** (rule and proof sketch in `lease.rs`): a member is *active* until
 //!   `t + ⌊L·(1−ρ)/(1+ρ)⌋` on its own clock after a majority acked its heartbeat of local time `t`, and the
 //!   driver grants only while [`Action::Active`] last said `true` (and checks [`Membership::is_active`]

@@ -376,7 +376,8 @@ fn minority_cannot_install_a_view() {
     c.run_until(20_000);
     assert_eq!(c.epoch(0), 1);
     assert_eq!(c.epoch(1), 1);
-    assert!(c.nodes[&id(0)].stats().proposals > 0, "the minority tried");
+    // Each of them hears only itself, no majority of the view: it does not even try.
+    assert_eq!(c.nodes[&id(0)].stats().proposals, 0, "a member that hears no majority proposed");
     assert!(!c.nodes[&id(0)].is_active(ms(20_000)) && !c.nodes[&id(1)].is_active(ms(20_000)));
     assert_eq!(c.ids(2), vec![2, 3, 4]);
     assert!(c.nodes[&id(4)].is_active(ms(20_000)));
@@ -502,6 +503,89 @@ fn resignation_belongs_to_the_incarnation_that_resigned() {
         _ => None,
     });
     assert_eq!(excluded, None, "node 0's new incarnation was excluded as if it had resigned");
+}
+
+/// Found by the membership simulation (seed 2384, `tests/simulation_membership.rs`), a permanent loss of
+/// the cluster with every node alive: a node whose incoming traffic had been cut (one way) for longer than
+/// L suspected every other member just before it heard them again and proposed a view of itself alone. It
+/// accepted that value at once (its own lease waits were over), so every later ballot whose promises
+/// included its own had to propose it again (P2c), and with one other member paused every majority did:
+/// the others accepted after their lease waits. Rule: a member proposes a change only while it hears from
+/// a majority of its view (itself included); one that cannot could not get a view decided anyway, and the
+/// members that hear a majority propose what is needed.
+#[test]
+fn a_member_that_hears_no_majority_proposes_no_change() {
+    /// Feeds `event`, then every timer due by `until`; returns the PREPAREs sent, with their times.
+    fn drive(
+        node: &mut Membership,
+        timers: &mut BTreeMap<Timer, Millis>,
+        at: Millis,
+        event: Event,
+        until: u64,
+    ) -> Vec<Millis> {
+        let mut prepares = Vec::new();
+        let mut next = Some((at, event));
+        while let Some((now, event)) = next.take() {
+            let mut out = Vec::new();
+            let _ = node.handle(now, event, &mut out);
+            for a in out {
+                match a {
+                    Action::SetTimer { timer, at } => {
+                        timers.insert(timer, at);
+                    }
+                    Action::Send { msg: Msg::Prepare { .. }, .. } => prepares.push(now),
+                    _ => {}
+                }
+            }
+            let due = timers.iter().map(|(&t, &at)| (at, t)).min().filter(|&(at, _)| at.get() <= until);
+            if let Some((at, timer)) = due {
+                timers.remove(&timer);
+                next = Some((at, Event::Timer(timer)));
+            }
+        }
+        prepares
+    }
+    let mut node = Membership::new(cfg(), member(1, 0)).unwrap();
+    let mut timers = BTreeMap::new();
+    let members: Vec<Member> = (0..3).map(|i| member(i, 0)).collect();
+    // Nobody is heard from: node 1 soon suspects both others, and ranks first among the members it hears.
+    let prepares = drive(&mut node, &mut timers, ms(0), Event::Bootstrap { members }, 2000);
+    assert!(prepares.is_empty(), "proposed while hearing no majority, at {prepares:?}");
+    // Hearing node 0 again (with itself a majority), it proposes to exclude node 2 at its next suspect check
+    // (2100), one retry later for its rank (node 0 ranks first); one PREPARE to each other member.
+    let heartbeat = Msg::Heartbeat { epoch: Epoch::FIRST, sent: ms(1) };
+    let event = Event::Message { from: id(0), incarnation: inc(0), msg: heartbeat };
+    let prepares = drive(&mut node, &mut timers, ms(2001), event, 2150);
+    assert_eq!(prepares, vec![ms(2150); 2], "hearing a majority again, node 1 proposes excluding node 2");
+}
+
+/// Found by the membership simulation (seed 2885, scale scenario, `tests/simulation_membership.rs`): a JOIN
+/// node 4 had sent before its admission arrived late, after node 4 had left and exited, and readmitted the
+/// departed process (a dead member in the view until its exclusion, `S + L` later). Rule: an incarnation
+/// that resigned never becomes a member again (a restart is a new incarnation), so its JOINs are stale.
+#[test]
+fn a_join_from_an_incarnation_that_resigned_is_ignored() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.add(member(3, 0));
+    c.feed(id(3), Event::JoinRequested { seeds: vec![id(0)] });
+    c.settle();
+    c.run_until(2000);
+    assert_eq!(c.ids(0), vec![0, 1, 2, 3]);
+    c.feed(id(3), Event::Leave);
+    c.settle();
+    c.run_until(2500);
+    assert!(c.log.iter().any(|(_, n, a)| *n == id(3) && *a == Action::Left), "node 3 left");
+    c.nodes.remove(&id(3));
+    assert_eq!(c.ids(0), vec![0, 1, 2]);
+    let removed = c.epoch(0);
+    // Node 3's JOIN from before its admission arrives now.
+    let late = Msg::Join { member: member(3, 0) };
+    c.feed(id(1), Event::Message { from: id(3), incarnation: inc(0), msg: late });
+    c.settle();
+    c.run_until(5000);
+    assert_eq!(c.epoch(0), removed, "a view changed after the late JOIN");
+    assert!((0..3).all(|i| c.ids(i) == [0, 1, 2] && c.nodes[&id(i)].is_active(ms(5000))));
 }
 
 #[test]

@@ -463,8 +463,9 @@ impl MemberSim {
     }
 
     /// Every live process that should be a member (not leaving): in the newest view, which lists exactly
-    /// them, and active; nobody paused, nobody still leaving, and no instance for the next epoch under way
-    /// (no acceptor has promised a ballot: a suspicion from before the network settled is still running).
+    /// them, and active; nobody paused, nobody still leaving, no member that wants a change (a suspicion or
+    /// a join request from before the network settled), and no instance for the next epoch under way (no
+    /// acceptor has promised a ballot).
     pub(super) fn converged(&self) -> bool {
         let Some(newest) = self.ghost.newest() else { return false };
         if newest.members.len() != self.procs.len() {
@@ -476,6 +477,7 @@ impl MemberSim {
                 && newest.contains(id, p.inc)
                 && p.core.view() == Some(newest)
                 && p.core.promised().is_none()
+                && !p.core.wants_change(p.clock.local(self.now))
                 && p.core.is_active(p.clock.local(self.now))
         })
     }
