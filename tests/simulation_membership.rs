@@ -37,6 +37,8 @@ struct Totals {
     exits: u64,
     skipped: u64,
     majority_lost: u64,
+    /// The first few seeds whose newest view lost its majority for good (liveness unchecked).
+    majority_lost_seeds: Vec<u64>,
     max_converge_ms: u64,
     views: u64,
     deferred_accepts: u64,
@@ -44,7 +46,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, scenario: Scenario, r: &MemberSimReport) {
+    fn add(&mut self, seed: u64, scenario: Scenario, r: &MemberSimReport) {
         self.runs += 1;
         *self.scenarios.entry(scenario).or_default() += 1;
         let f = &r.faults;
@@ -62,7 +64,12 @@ impl Totals {
         self.skipped += f.skipped;
         match r.liveness {
             Liveness::Converged { after_ms } => self.max_converge_ms = self.max_converge_ms.max(after_ms),
-            Liveness::MajorityLost => self.majority_lost += 1,
+            Liveness::MajorityLost => {
+                self.majority_lost += 1;
+                if self.majority_lost_seeds.len() < 10 {
+                    self.majority_lost_seeds.push(seed);
+                }
+            }
             Liveness::NotReached => {}
         }
         self.views += r.views;
@@ -78,7 +85,7 @@ fn sweep(first: u64, seeds: u64, mutant: Mutant) -> (Totals, Vec<String>) {
     for seed in first..first + seeds {
         let cfg = MemberSimConfig::preset_with(seed, None, mutant);
         match sim::run_membership(&cfg) {
-            Ok(report) => totals.add(cfg.scenario, &report),
+            Ok(report) => totals.add(seed, cfg.scenario, &report),
             Err(v) => failures.push(v.to_string()),
         }
     }
@@ -166,7 +173,10 @@ fn replay() {
     let cfg = MemberSimConfig { trace_lines: lines, ..MemberSimConfig::preset_with(seed, scenario, mutant) };
     eprintln!("replaying {cfg:?}");
     match sim::run_membership(&cfg) {
-        Ok(report) => eprintln!("passed: {report:#?}"),
+        Ok(report) => {
+            eprintln!("last steps:\n  {}", report.trace.join("\n  "));
+            eprintln!("passed: {:#?}", MemberSimReport { trace: Vec::new(), ..report });
+        }
         Err(v) => panic!("{v}"),
     }
 }

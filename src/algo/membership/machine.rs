@@ -321,7 +321,9 @@ impl Membership {
 
     fn heartbeat(&mut self, now: Millis, out: &mut Vec<Action>) {
         let Some(view) = &self.view else { return };
-        if !self.is_member() || self.leaving {
+        // A leaving member keeps heartbeating (it gains no lease: `check_lease`): if it missed the view that
+        // removed it, a member of that view answers with it, and the leaver learns that it left.
+        if !self.is_member() {
             return;
         }
         let epoch = view.epoch;

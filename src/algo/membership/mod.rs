@@ -16,7 +16,8 @@
 //!   renewed for [`Config::suspect_after`] is forgotten, so a joiner that died, or was admitted and removed
 //!   in views this member missed, is not admitted again from a stale request.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
-//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed. An
+//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed. It keeps
+//!   heartbeating meanwhile (without a lease), so that it learns that view even if it missed it. An
 //!   incarnation that resigned never becomes a member again: a late JOIN of it is ignored.
 //! - **Failure detection**: members heartbeat every [`Config::heartbeat`]; a member not heard from for
 //!   [`Config::suspect_after`] (S) is proposed for exclusion. The proposer is chosen deterministically: the

@@ -588,6 +588,35 @@ fn a_join_from_an_incarnation_that_resigned_is_ignored() {
     assert!((0..3).all(|i| c.ids(i) == [0, 1, 2] && c.nodes[&id(i)].is_active(ms(5000))));
 }
 
+/// Found by the membership simulation (seed 4259, `tests/simulation_membership.rs`): a node told to leave
+/// while it heard nobody (its incoming traffic cut) resigned, the others removed it, and then nothing ever
+/// reached it again (it was no longer a member, and a leaving node sent nothing), so it waited for
+/// [`Action::Left`] forever. Rule: a leaving member keeps sending heartbeats (it gains no lease from them)
+/// until a view without it is installed; a member of a newer epoch answers one with that view.
+#[test]
+fn a_leaver_that_missed_its_removal_learns_it_from_the_answers_to_its_heartbeats() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.cut.insert(id(2));
+    c.run_until(1400);
+    // Node 2 hears nobody now; it is told to leave, and only its RESIGN gets out.
+    let resign = Msg::Resign { epoch: Epoch::FIRST };
+    c.feed(id(2), Event::Leave);
+    for to in [0, 1] {
+        c.feed(id(to), Event::Message { from: id(2), incarnation: inc(0), msg: resign.clone() });
+    }
+    c.settle();
+    c.run_until(2000);
+    assert_eq!(c.ids(0), vec![0, 1], "the others removed the leaver");
+    c.cut.clear();
+    c.run_until(3000);
+    assert!(
+        c.log.iter().any(|(_, n, a)| *n == id(2) && *a == Action::Left),
+        "the leaver never learnt it left"
+    );
+    assert!(!c.nodes[&id(2)].is_active(ms(3000)));
+}
+
 #[test]
 fn leave_resigns_then_removal_needs_no_lease_wait() {
     let mut c = Cluster::bootstrap(3);

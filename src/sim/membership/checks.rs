@@ -65,6 +65,11 @@ impl Ghost {
         Ok(true)
     }
 
+    /// Every value some acceptor accepted for `epoch` (each may still be decided).
+    pub(super) fn accepted_values(&self, epoch: Epoch) -> impl Iterator<Item = &View> {
+        self.accepted.get(&epoch).into_iter().flat_map(|by_value| by_value.keys().map(|(_, v)| v))
+    }
+
     /// The newest view installed anywhere.
     pub(super) fn newest(&self) -> Option<&View> {
         self.views.values().next_back()

@@ -8,7 +8,7 @@ use super::checks::{Ghost, show};
 use super::clock::LocalClock;
 use super::faults::{Followup, Step as PlanStep};
 use super::{Liveness, MemberSimConfig, MemberSimReport, MemberViolation, Mutant, Scenario, ViewChangeCost};
-use crate::algo::membership::{Action, Ballot, Epoch, Event, Member, Membership, Msg, PPM, Timer};
+use crate::algo::membership::{Action, Ballot, Epoch, Event, Member, Membership, Msg, PPM, Timer, View};
 use crate::algo::{Incarnation, Millis, NodeId};
 use crate::sim::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -218,6 +218,7 @@ impl MemberSim {
         self.report.final_epoch = self.ghost.newest().map_or(0, |v| v.epoch.get());
         self.report.steps = self.steps;
         self.report.end_ms = self.now;
+        self.report.trace = self.trace.into();
         Ok(self.report)
     }
 
@@ -493,17 +494,21 @@ impl MemberSim {
         live < newest.majority()
     }
 
-    /// The members of the newest view that stay up if `id` goes down: enough for a majority?
+    /// Whether, with `id` down, a majority of the newest view stays up, and of every value accepted for the
+    /// next epoch (any of them may be the next view).
     pub(super) fn keeps_majority(&self, id: NodeId) -> bool {
         let Some(newest) = self.ghost.newest() else { return true };
-        let up = newest
-            .members
-            .values()
-            .filter(|m| {
-                m.id != id && self.procs.get(&m.id).is_some_and(|p| p.inc == m.incarnation && !p.leaving)
-            })
-            .count();
-        up >= newest.majority()
+        let up = |view: &View| {
+            let up = view
+                .members
+                .values()
+                .filter(|m| {
+                    m.id != id && self.procs.get(&m.id).is_some_and(|p| p.inc == m.incarnation && !p.leaving)
+                })
+                .count();
+            up >= view.majority()
+        };
+        up(newest) && self.ghost.accepted_values(newest.epoch.next()).all(up)
     }
 
     /// The plan is done and nothing is pending: no more slow messages; once those in flight have arrived
@@ -601,12 +606,14 @@ impl MemberSim {
             .map(|(id, p)| {
                 let local = p.clock.local(self.now);
                 format!(
-                    "{id}#{}: view {}, active {}{}{}",
+                    "{id}#{}: view {}, active {}{}{}{}{}",
                     p.inc.get(),
                     p.core.view().map_or_else(|| "none".into(), show),
                     p.core.is_active(local),
                     if p.paused { ", paused" } else { "" },
                     if p.leaving { ", leaving" } else { "" },
+                    if p.core.wants_change(local) { ", wants a change" } else { "" },
+                    p.core.promised().map_or(String::new(), |b| format!(", promised {b:?}")),
                 )
             })
             .collect();

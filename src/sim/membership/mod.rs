@@ -213,13 +213,17 @@ impl MemberSimConfig {
             Scenario::Chaos => 3 + rng.below(3) as usize,
             _ => 3,
         };
+        // Slow messages only in chaos: the scripted scenarios wait for convergence between their steps, and
+        // with round trips longer than the retry interval proposers duel (Paxos needs a stable network for
+        // progress), so there the network stays fast.
+        let slow = rng.below(30);
         MemberSimConfig {
             seed,
             scenario,
             nodes,
             membership: Self::sim_timing(),
             max_delay: 2 + rng.below(19),
-            slow_per_mille: rng.below(30),
+            slow_per_mille: if scenario == Scenario::Chaos { slow } else { 0 },
             faults: 2 + rng.below(4) as usize,
             mutant: Mutant::None,
             trace_lines: 0,
@@ -237,6 +241,9 @@ impl MemberSimConfig {
             if scenario != Scenario::Chaos {
                 cfg.nodes = 3;
             }
+        }
+        if cfg.scenario != Scenario::Chaos {
+            cfg.slow_per_mille = 0;
         }
         cfg.mutant = mutant;
         cfg
@@ -406,6 +413,8 @@ pub struct MemberSimReport {
     pub steps: u64,
     /// Global time at the end.
     pub end_ms: u64,
+    /// The last steps, if [`MemberSimConfig::trace_lines`] asked for them.
+    pub trace: Vec<String>,
 }
 
 /// An invariant a run broke. `Display` names the seed and the replay command.
