@@ -207,6 +207,9 @@ impl MemberSim {
             if let Err(e) = self.step(item).and_then(|()| self.check_leases()) {
                 return Err(self.violation(e));
             }
+            if self.change.as_ref().is_some_and(|c| c.at < self.now) && self.converged() {
+                self.change_done();
+            }
             if self.done {
                 break;
             }
@@ -532,22 +535,27 @@ impl MemberSim {
         });
     }
 
+    /// Ends the measurement of a single view change, if one runs (at the first step that converged).
+    fn change_done(&mut self) {
+        let Some(c) = self.change.take() else { return };
+        let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
+        self.report.change = Some(ViewChangeCost {
+            nodes_before: c.nodes_before,
+            nodes_after: self.procs.len() as u64,
+            messages: diff(&self.report.messages, &c.messages),
+            ballots: self.report.ballots - c.ballots,
+            epochs: epoch.get() - c.epoch.get(),
+            deferred_accepts: self.report.deferred_accepts - c.deferred,
+            duration_ms: self.now - c.at,
+        });
+    }
+
     fn settle(&mut self) -> Step {
         let end = self.faults_end.unwrap_or(self.now);
         if self.converged() {
             self.report.liveness = Liveness::Converged { after_ms: self.now - end };
             let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
-            if let Some(c) = self.change.take() {
-                self.report.change = Some(ViewChangeCost {
-                    nodes_before: c.nodes_before,
-                    nodes_after: self.procs.len() as u64,
-                    messages: diff(&self.report.messages, &c.messages),
-                    ballots: self.report.ballots - c.ballots,
-                    epochs: epoch.get() - c.epoch.get(),
-                    deferred_accepts: self.report.deferred_accepts - c.deferred,
-                    duration_ms: self.now - c.at,
-                });
-            }
+            self.change_done();
             note!(self, "converged in epoch {epoch}");
             self.tail = Some(Tail { from: self.now, epoch, messages: self.report.messages.clone() });
             let tail = 5 * self.cfg.membership.heartbeat.get();
