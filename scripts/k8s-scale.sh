@@ -37,7 +37,9 @@ PEERS=""
 for ((i = 0; i < N; i++)); do
     PEERS+="${PEERS:+,}$STS-$i.$SVC.$NAMESPACE.svc.$DOMAIN:$PORT"
 done
+# DMUTEX_CLUSTER_SIZE is the old name of DMUTEX_BOOTSTRAP_EXPECT: rewritten too where a copy still uses it.
 sed -i -e "s|^\( *DMUTEX_PEERS: *\).*|\1\"$PEERS\"|" \
+    -e "s|^\( *DMUTEX_BOOTSTRAP_EXPECT: *\).*|\1\"$N\"|" \
     -e "s|^\( *DMUTEX_CLUSTER_SIZE: *\).*|\1\"$N\"|" "$K8S/configmap.yaml"
 sed -i "s|^\(  replicas: *\).*|\1$N|" "$K8S/statefulset.yaml"
 echo "==> k8s/ now describes $N nodes: $PEERS"

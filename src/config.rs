@@ -19,11 +19,19 @@
 //!   `dmutex-2.dmutex:7070` must reach the transport as written, to be resolved on every reconnect);
 //! - the node id is `DMUTEX_NODE_ID`, else the index of the one peer entry whose host is this machine's host
 //!   name (or whose first DNS label is), else a trailing `-<n>` on the host name's first label (`dmutex-2`);
+//!   [`NodeConfig::node_id_source`] says which, so a configured id is never silently replaced (by discovery);
+//! - `DMUTEX_BOOTSTRAP_EXPECT` is the bootstrap size; `DMUTEX_CLUSTER_SIZE`, its old name, still works, and the
+//!   two set to different values is an error naming both;
+//! - the membership timing knobs (`DMUTEX_HEARTBEAT_MS`, `DMUTEX_SUSPECT_TIMEOUT_MS`, `DMUTEX_MEMBER_LEASE_MS`,
+//!   `DMUTEX_CLOCK_DRIFT_PPM`, `DMUTEX_MEMBERSHIP_RETRY_MS`) default to
+//!   [`membership::Config::standard`] and are checked by [`membership::Config::validate`] and against the
+//!   acquire timeout; the result is [`NodeConfig::membership`];
 //! - the cluster secret is never printed: it is held in a [`Secret`] whose `Debug` is redacted;
 //! - nothing reads the process environment or the host name except [`ConfigSources::from_process`], so tests
 //!   inject both (mutating the process environment races between tests and is `unsafe` in edition 2024).
 
-use crate::algo::{Algorithm, NodeId};
+use crate::algo::membership;
+use crate::algo::{Algorithm, Millis, NodeId};
 use config::{Environment, File, FileFormat, Source};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,7 +63,13 @@ pub const KEYS: &[&str] = &[
     "max_ttl_ms",
     "shutdown_grace_ms",
     "discovery",
+    "bootstrap_expect",
     "cluster_size",
+    "heartbeat_ms",
+    "suspect_timeout_ms",
+    "member_lease_ms",
+    "clock_drift_ppm",
+    "membership_retry_ms",
     "workload_iterations",
     "workload_cs_ms",
     "workload_lock",
@@ -80,6 +94,12 @@ pub(crate) const DEFAULTS: &[(&str, &str)] = &[
     ("default_timeout_ms", "30000"),
     ("default_ttl_ms", "15000"),
     ("shutdown_grace_ms", "3000"),
+    // membership::Config::standard() (the `defaults` test checks that they agree).
+    ("heartbeat_ms", "200"),
+    ("suspect_timeout_ms", "1500"),
+    ("member_lease_ms", "1000"),
+    ("clock_drift_ppm", "10000"),
+    ("membership_retry_ms", "300"),
     ("workload_iterations", "0"),
     ("workload_cs_ms", "10"),
     ("workload_lock", "cs"),
@@ -87,6 +107,20 @@ pub(crate) const DEFAULTS: &[(&str, &str)] = &[
 
 /// The smallest accepted `DMUTEX_MAX_FRAME_BYTES`: a handshake must fit.
 pub(crate) const MIN_FRAME_BYTES: usize = 1024;
+
+/// What [`NodeConfig::graceful_stop_bound`] allows after the shutdown grace and the leave: the HTTP server's
+/// drain, the end of the node loop and the trace flush (`node::run` and `obs::telemetry::SHUTDOWN_TIMEOUT`
+/// stay inside it; a test in `node::run` checks).
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// The membership timing keys, each with the [`membership::Config`] field it sets.
+const MEMBERSHIP_KEYS: &[(&str, &str)] = &[
+    ("heartbeat", "heartbeat_ms"),
+    ("suspect_after", "suspect_timeout_ms"),
+    ("lease", "member_lease_ms"),
+    ("drift_ppm", "clock_drift_ppm"),
+    ("retry", "membership_retry_ms"),
+];
 
 /// The environment variable naming the TOML file, when `--config` is not given.
 pub(crate) const CONFIG_FILE_ENV: &str = "DMUTEX_CONFIG";
@@ -112,7 +146,7 @@ pub enum ConfigError {
     NodeIdOutOfRange {
         /// The configured id.
         id: u16,
-        /// How many peers (or `DMUTEX_CLUSTER_SIZE`) there are.
+        /// How many peers (or `DMUTEX_BOOTSTRAP_EXPECT`) there are.
         peers: usize,
     },
     /// No node id was configured and none could be derived from the host name.
@@ -340,6 +374,21 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Where a node's id came from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum NodeIdSource {
+    /// `DMUTEX_NODE_ID` (the file's `node_id`, `--node-id`): the id stays what was configured, whatever the host
+    /// name or DNS says.
+    Configured,
+    /// The index of the one `DMUTEX_PEERS` entry naming this host.
+    PeerEntry,
+    /// The trailing `-<n>` of the host name's first label (a StatefulSet pod's ordinal).
+    HostOrdinal,
+    /// Not known until DNS discovery settles: the node's place among the sorted discovered addresses (the id
+    /// is 0 until then).
+    Discovery,
+}
+
 /// The built-in workload a node can run against its own cluster (used by `dmutex cluster` and the demos).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadConfig {
@@ -365,6 +414,8 @@ pub struct WorkloadConfig {
 pub struct NodeConfig {
     /// This node's id: its index in `peers`.
     pub node_id: NodeId,
+    /// Where `node_id` came from.
+    pub node_id_source: NodeIdSource,
     /// Every node's peer address in node-id order, this node's own included. Empty only with `discovery`.
     pub peers: Vec<PeerAddr>,
     /// Where to listen for peers.
@@ -398,8 +449,16 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How to find peers when `peers` is empty.
     pub discovery: Option<Discovery>,
-    /// The expected number of nodes (checked against `peers`; bounds the node id with `discovery`).
-    pub cluster_size: Option<usize>,
+    /// The number of nodes the cluster bootstraps with (`DMUTEX_BOOTSTRAP_EXPECT`, old name
+    /// `DMUTEX_CLUSTER_SIZE`): checked against `peers`; with `discovery`, how many replicas to wait for (and
+    /// the bound on the node id).
+    pub bootstrap_expect: Option<usize>,
+    /// The key `bootstrap_expect` was read from (`bootstrap_expect`, or its old name `cluster_size`), so that an
+    /// error about it names what was written.
+    pub bootstrap_expect_key: &'static str,
+    /// The membership core's timing (heartbeat, S, L, ρ, retry), validated. The node does not run the
+    /// membership core yet: until it does, these values are checked but change nothing.
+    pub membership: membership::Config,
     /// The built-in workload.
     pub workload: WorkloadConfig,
 }
@@ -618,14 +677,37 @@ impl NodeConfig {
     fn parse(raw: &Raw, host_name: Option<&str>) -> Result<NodeConfig, ConfigError> {
         let peers = raw.peers()?;
         let discovery_set = raw.string("discovery")?.is_some_and(|d| !d.trim().is_empty());
-        let node_id = match raw.number::<u16>("node_id")? {
-            Some(id) => id,
+        let (node_id, node_id_source) = match raw.number::<u16>("node_id")? {
+            Some(id) => (id, NodeIdSource::Configured),
             None => match node_id_from_host(host_name, &peers) {
-                Some(id) => id,
+                Some(found) => found,
                 // With discovery the id comes from the node's place in the discovered, sorted membership.
-                None if discovery_set && peers.is_empty() => 0,
+                None if discovery_set && peers.is_empty() => (0, NodeIdSource::Discovery),
                 None => return Err(ConfigError::NodeIdUnknown { host: host_name.map(str::to_string) }),
             },
+        };
+        let (bootstrap_expect, bootstrap_expect_key) =
+            match (raw.number::<usize>("bootstrap_expect")?, raw.number::<usize>("cluster_size")?) {
+                (Some(plain), Some(old)) if plain != old => {
+                    return Err(ConfigError::invalid(
+                        "bootstrap_expect",
+                        format!(
+                            "{plain} differs from DMUTEX_CLUSTER_SIZE ({old}), its old name: set only \
+                             DMUTEX_BOOTSTRAP_EXPECT"
+                        ),
+                    ));
+                }
+                (Some(plain), _) => (Some(plain), "bootstrap_expect"),
+                (None, Some(old)) => (Some(old), "cluster_size"),
+                (None, None) => (None, "bootstrap_expect"),
+            };
+        let standard = membership::Config::standard();
+        let membership = membership::Config {
+            heartbeat: raw.number("heartbeat_ms")?.map_or(standard.heartbeat, Millis::new),
+            suspect_after: raw.number("suspect_timeout_ms")?.map_or(standard.suspect_after, Millis::new),
+            lease: raw.number("member_lease_ms")?.map_or(standard.lease, Millis::new),
+            drift_ppm: raw.number("clock_drift_ppm")?.unwrap_or(standard.drift_ppm),
+            retry: raw.number("membership_retry_ms")?.map_or(standard.retry, Millis::new),
         };
         let algorithm = raw.algorithm("algorithm")?.unwrap_or(Algorithm::Lamport);
         let secret = match (raw.string("cluster_secret")?, raw.string("cluster_secret_file")?) {
@@ -657,6 +739,7 @@ impl NodeConfig {
         };
         Ok(NodeConfig {
             node_id: NodeId::new(node_id),
+            node_id_source,
             peers,
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -673,7 +756,9 @@ impl NodeConfig {
             max_ttl: raw.millis("max_ttl_ms")?,
             shutdown_grace: raw.millis("shutdown_grace_ms")?.unwrap_or(Duration::from_secs(3)),
             discovery: raw.parsed("discovery")?,
-            cluster_size: raw.number("cluster_size")?,
+            bootstrap_expect,
+            bootstrap_expect_key,
+            membership,
             workload,
         })
     }
@@ -689,18 +774,19 @@ impl NodeConfig {
                 return Err(ConfigError::DuplicatePeer { first: j, second: i, entry: a.to_string() });
             }
         }
-        if let Some(size) = self.cluster_size {
+        if let Some(size) = self.bootstrap_expect {
+            let key = self.bootstrap_expect_key;
             if size == 0 || size > usize::from(u16::MAX) {
-                return Err(ConfigError::invalid("cluster_size", format!("{size} is not in 1..=65535")));
+                return Err(ConfigError::invalid(key, format!("{size} is not in 1..=65535")));
             }
             if !self.peers.is_empty() && size != self.peers.len() {
                 return Err(ConfigError::invalid(
-                    "cluster_size",
+                    key,
                     format!("{size} does not match the {} entries of DMUTEX_PEERS", self.peers.len()),
                 ));
             }
         }
-        let n = if self.peers.is_empty() { self.cluster_size } else { Some(self.peers.len()) };
+        let n = if self.peers.is_empty() { self.bootstrap_expect } else { Some(self.peers.len()) };
         if let Some(n) = n
             && self.node_id.index() >= n
         {
@@ -757,13 +843,72 @@ impl NodeConfig {
         if self.workload.lock.trim().is_empty() {
             return Err(ConfigError::invalid("workload_lock", "must not be empty"));
         }
+        self.membership.validate().map_err(|e| self.membership_error(&e))?;
+        let bound = self.view_change_bound();
+        if self.default_timeout <= bound {
+            return Err(ConfigError::invalid(
+                "default_timeout_ms",
+                format!(
+                    "{} must exceed the longest view change, {} ms (DMUTEX_SUSPECT_TIMEOUT_MS + \
+                     DMUTEX_MEMBER_LEASE_MS + 2 × DMUTEX_MEMBERSHIP_RETRY_MS), or an acquire that names no \
+                     timeout fails while a crashed node is being excluded",
+                    self.default_timeout.as_millis(),
+                    bound.as_millis()
+                ),
+            ));
+        }
         Ok(())
     }
 
-    /// The number of nodes, when known (from the peer list, else `cluster_size`).
+    /// A [`membership::ConfigError`] as a [`ConfigError`] naming the key of the field at fault, with every
+    /// timing value (a combination is wrong, not one number).
+    fn membership_error(&self, e: &membership::ConfigError) -> ConfigError {
+        let m = &self.membership;
+        let key = MEMBERSHIP_KEYS
+            .iter()
+            .find(|(field, _)| *field == e.field)
+            .map_or_else(|| format!("{ENV_PREFIX}_MEMBERSHIP ({})", e.field), |(_, key)| env_name(key));
+        ConfigError::Invalid {
+            key,
+            message: format!(
+                "{} (DMUTEX_HEARTBEAT_MS={}, DMUTEX_SUSPECT_TIMEOUT_MS={}, DMUTEX_MEMBER_LEASE_MS={}, \
+                 DMUTEX_CLOCK_DRIFT_PPM={}, DMUTEX_MEMBERSHIP_RETRY_MS={})",
+                e.reason,
+                m.heartbeat.get(),
+                m.suspect_after.get(),
+                m.lease.get(),
+                m.drift_ppm,
+                m.retry.get()
+            ),
+        }
+    }
+
+    /// The longest a view change that excludes a crashed member should take, on the local clock: S to suspect
+    /// it, L for the acceptors' lease wait, and two retry intervals as the margin for a proposer that starts
+    /// late (its rank) or retries once. An acquire on a majority node waits at most this for a view change,
+    /// so the default acquire timeout must exceed it; a graceful leave takes at most as long.
+    pub fn view_change_bound(&self) -> Duration {
+        let m = &self.membership;
+        let ms = m
+            .suspect_after
+            .get()
+            .saturating_add(m.lease.get())
+            .saturating_add(m.retry.get().saturating_mul(2));
+        Duration::from_millis(ms)
+    }
+
+    /// How long a node may take to exit after SIGTERM: the shutdown grace (answer waiters, release leases), a
+    /// graceful leave (at most [`NodeConfig::view_change_bound`], once the node runs the membership core), and
+    /// [`STOP_MARGIN`]. A deployment's grace period before SIGKILL (Kubernetes
+    /// `terminationGracePeriodSeconds`, compose `stop_grace_period`) must be at least this.
+    pub fn graceful_stop_bound(&self) -> Duration {
+        self.shutdown_grace.saturating_add(self.view_change_bound()).saturating_add(STOP_MARGIN)
+    }
+
+    /// The number of nodes, when known (from the peer list, else `bootstrap_expect`).
     #[cfg(test)]
     pub(crate) fn cluster_len(&self) -> Option<usize> {
-        if self.peers.is_empty() { self.cluster_size } else { Some(self.peers.len()) }
+        if self.peers.is_empty() { self.bootstrap_expect } else { Some(self.peers.len()) }
     }
 }
 
@@ -777,9 +922,9 @@ fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
     a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
 }
 
-/// The node id implied by the host name: the index of the one peer whose host is the host name (or whose first
-/// DNS label is the host name's first label), else a trailing `-<n>` on the host name's first label.
-pub(crate) fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<u16> {
+/// The node id implied by the host name, and how: the index of the one peer whose host is the host name (or
+/// whose first DNS label is the host name's first label), else a trailing `-<n>` on the host name's first label.
+pub(crate) fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> Option<(u16, NodeIdSource)> {
     let host = host_name?.trim();
     if host.is_empty() {
         return None;
@@ -795,13 +940,13 @@ pub(crate) fn node_id_from_host(host_name: Option<&str>, peers: &[PeerAddr]) -> 
         .map(|(i, _)| i)
         .collect();
     if let [only] = matches[..] {
-        return u16::try_from(only).ok();
+        return u16::try_from(only).ok().map(|id| (id, NodeIdSource::PeerEntry));
     }
     let (_, digits) = label.rsplit_once('-')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().map(|id| (id, NodeIdSource::HostOrdinal))
 }
 
 /// Merges defaults < file < environment < overrides.
@@ -912,6 +1057,134 @@ mod tests {
         assert_eq!(c.workload.lock, "cs");
         assert_eq!(c.workload.algorithm, Algorithm::Lamport);
         assert_eq!(c.workload.out, None);
+        assert_eq!(c.bootstrap_expect, None);
+        // The DEFAULTS table spells out the core's standard timing.
+        assert_eq!(c.membership, membership::Config::standard());
+        assert_eq!(c.view_change_bound(), Duration::from_millis(1500 + 1000 + 2 * 300));
+        assert_eq!(c.graceful_stop_bound(), Duration::from_millis(3000 + 3100) + STOP_MARGIN);
+    }
+
+    #[test]
+    fn bootstrap_expect_and_its_old_name() {
+        let discovery = [("DMUTEX_DISCOVERY", "dns:node:7070")];
+        let size = |extra: &[(&str, &str)]| {
+            let mut pairs = discovery.to_vec();
+            pairs.extend_from_slice(extra);
+            load(&pairs).map(|c| (c.bootstrap_expect, c.bootstrap_expect_key))
+        };
+        assert_eq!(size(&[("DMUTEX_BOOTSTRAP_EXPECT", "5")]), Ok((Some(5), "bootstrap_expect")));
+        assert_eq!(size(&[("DMUTEX_CLUSTER_SIZE", "5")]), Ok((Some(5), "cluster_size")));
+        // Both, agreeing: fine (a deployment moving to the new name may carry both for a while).
+        let both = size(&[("DMUTEX_BOOTSTRAP_EXPECT", "5"), ("DMUTEX_CLUSTER_SIZE", "5")]);
+        assert_eq!(both, Ok((Some(5), "bootstrap_expect")));
+        // Both, disagreeing: an error naming both keys.
+        let e = size(&[("DMUTEX_BOOTSTRAP_EXPECT", "5"), ("DMUTEX_CLUSTER_SIZE", "3")]).unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_BOOTSTRAP_EXPECT");
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "DMUTEX_BOOTSTRAP_EXPECT: 5 differs from DMUTEX_CLUSTER_SIZE (3), its old name: set only \
+             DMUTEX_BOOTSTRAP_EXPECT"
+        );
+        // Across layers too: the old name in the file, the new one in the environment.
+        let file = TempFile::new("old-size.toml", "cluster_size = 3\n");
+        let s = ConfigSources {
+            config_file: Some(file.0.clone()),
+            ..sources(&[("DMUTEX_DISCOVERY", "dns:node:7070"), ("DMUTEX_BOOTSTRAP_EXPECT", "4")])
+        };
+        assert_eq!(NodeConfig::load(&s).unwrap_err().key(), "DMUTEX_BOOTSTRAP_EXPECT");
+        // A mismatch with the peer list names the key that was written.
+        let e = load(&with(&[("DMUTEX_BOOTSTRAP_EXPECT", "4")])).unwrap_err();
+        assert_eq!(e.to_string(), "DMUTEX_BOOTSTRAP_EXPECT: 4 does not match the 3 entries of DMUTEX_PEERS");
+        let e = load(&with(&[("DMUTEX_CLUSTER_SIZE", "4")])).unwrap_err();
+        assert_eq!(e.to_string(), "DMUTEX_CLUSTER_SIZE: 4 does not match the 3 entries of DMUTEX_PEERS");
+        // The bound on the node id under discovery comes from either name.
+        let e = size(&[("DMUTEX_BOOTSTRAP_EXPECT", "3"), ("DMUTEX_NODE_ID", "3")]).unwrap_err();
+        assert_eq!(e, ConfigError::NodeIdOutOfRange { id: 3, peers: 3 });
+    }
+
+    #[test]
+    fn membership_timing_from_env_and_file() {
+        let c = load(&with(&[
+            ("DMUTEX_HEARTBEAT_MS", "100"),
+            ("DMUTEX_SUSPECT_TIMEOUT_MS", "900"),
+            ("DMUTEX_MEMBER_LEASE_MS", "600"),
+            ("DMUTEX_CLOCK_DRIFT_PPM", "0"),
+            ("DMUTEX_MEMBERSHIP_RETRY_MS", "50"),
+        ]))
+        .unwrap();
+        let expected = membership::Config {
+            heartbeat: Millis::new(100),
+            suspect_after: Millis::new(900),
+            lease: Millis::new(600),
+            drift_ppm: 0,
+            retry: Millis::new(50),
+        };
+        assert_eq!(c.membership, expected);
+        assert_eq!(c.view_change_bound(), Duration::from_millis(900 + 600 + 100));
+        let file = TempFile::new("timing.toml", "heartbeat_ms = 50\nsuspect_timeout_ms = 400\n");
+        let s = ConfigSources { config_file: Some(file.0.clone()), ..sources(&three()) };
+        let c = NodeConfig::load(&s).unwrap();
+        assert_eq!((c.membership.heartbeat, c.membership.suspect_after), (Millis::new(50), Millis::new(400)));
+        assert_eq!(c.membership.lease, membership::Config::standard().lease, "unset keys keep the default");
+    }
+
+    /// Every rule of `membership::Config::validate`, reached through the keys: the error names the key of the
+    /// field at fault and shows all the timing values, and the exit code is 2.
+    #[test]
+    fn impossible_membership_timing_names_the_key() {
+        /// The variables set, the key the error must name, and what it must say.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[("DMUTEX_HEARTBEAT_MS", "0")], "DMUTEX_HEARTBEAT_MS", "must be above 0"),
+            (
+                &[("DMUTEX_SUSPECT_TIMEOUT_MS", "200")],
+                "DMUTEX_SUSPECT_TIMEOUT_MS",
+                "must exceed the heartbeat",
+            ),
+            (
+                &[("DMUTEX_HEARTBEAT_MS", "1000"), ("DMUTEX_SUSPECT_TIMEOUT_MS", "3000")],
+                "DMUTEX_MEMBER_LEASE_MS",
+                "no lease outlives a heartbeat",
+            ),
+            // ρ = 30 %: L·0.7/1.3 = 538 ms, still above the 200 ms heartbeat; ρ = 80 %: 111 ms, not.
+            (&[("DMUTEX_CLOCK_DRIFT_PPM", "800000")], "DMUTEX_MEMBER_LEASE_MS", "no lease outlives"),
+            (&[("DMUTEX_CLOCK_DRIFT_PPM", "1000000")], "DMUTEX_CLOCK_DRIFT_PPM", "below 1 000 000"),
+            (&[("DMUTEX_MEMBERSHIP_RETRY_MS", "0")], "DMUTEX_MEMBERSHIP_RETRY_MS", "must be above 0"),
+        ];
+        for (extra, key, says) in cases {
+            let e = load(&with(extra)).unwrap_err();
+            assert_eq!(e.key(), *key, "{extra:?}: {e}");
+            assert_eq!(e.exit_code(), 2);
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("{key}: ")) && text.contains(says), "{extra:?}: {text}");
+            assert!(
+                text.contains("DMUTEX_HEARTBEAT_MS=") && text.contains("DMUTEX_CLOCK_DRIFT_PPM="),
+                "{text}"
+            );
+        }
+        assert!(load(&with(&[("DMUTEX_CLOCK_DRIFT_PPM", "300000")])).is_ok(), "ρ = 30 % is still possible");
+        // Every field the core can name has a key.
+        for (field, key) in MEMBERSHIP_KEYS {
+            assert!(KEYS.contains(key), "{field}: {key}");
+        }
+    }
+
+    #[test]
+    fn the_default_acquire_timeout_must_outlast_a_view_change() {
+        // S + L + 2 × retry = 1500 + 1000 + 600 = 3100 ms.
+        assert!(load(&with(&[("DMUTEX_DEFAULT_TIMEOUT_MS", "3101")])).is_ok());
+        let e = load(&with(&[("DMUTEX_DEFAULT_TIMEOUT_MS", "3100")])).unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_DEFAULT_TIMEOUT_MS");
+        assert!(e.to_string().contains("must exceed the longest view change, 3100 ms"), "{e}");
+        // Raising S is what breaks it here; the error still names the timeout, and says what the bound is made of.
+        let e = load(&with(&[("DMUTEX_SUSPECT_TIMEOUT_MS", "40000")])).unwrap_err();
+        assert_eq!(e.key(), "DMUTEX_DEFAULT_TIMEOUT_MS");
+        assert!(e.to_string().contains("DMUTEX_SUSPECT_TIMEOUT_MS + DMUTEX_MEMBER_LEASE_MS"), "{e}");
+        assert!(
+            load(&with(&[("DMUTEX_SUSPECT_TIMEOUT_MS", "40000"), ("DMUTEX_DEFAULT_TIMEOUT_MS", "60000")]))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -927,7 +1200,7 @@ mod tests {
             ("DMUTEX_LOG", "dmutex=debug"),
             ("DMUTEX_LOG_FORMAT", "json"),
             ("DMUTEX_MAX_FRAME_BYTES", "4096"),
-            ("DMUTEX_DEFAULT_TIMEOUT_MS", "100"),
+            ("DMUTEX_DEFAULT_TIMEOUT_MS", "5000"),
             ("DMUTEX_DEFAULT_TTL_MS", "200"),
             ("DMUTEX_MAX_TTL_MS", "300"),
             ("DMUTEX_SHUTDOWN_GRACE_MS", "400"),
@@ -955,11 +1228,12 @@ mod tests {
         assert_eq!(c.log, "dmutex=debug");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.max_frame_bytes, 4096);
-        assert_eq!(c.default_timeout, Duration::from_millis(100));
+        assert_eq!(c.default_timeout, Duration::from_millis(5000));
         assert_eq!(c.default_ttl, Duration::from_millis(200));
         assert_eq!(c.max_ttl, Some(Duration::from_millis(300)));
         assert_eq!(c.shutdown_grace, Duration::from_millis(400));
-        assert_eq!(c.cluster_size, Some(3));
+        assert_eq!(c.bootstrap_expect, Some(3));
+        assert_eq!(c.bootstrap_expect_key, "cluster_size", "the old name still works");
         assert_eq!(
             c.workload,
             WorkloadConfig {
@@ -1034,21 +1308,24 @@ mod tests {
     fn node_id_from_host_name() {
         let mut s = sources(&[("DMUTEX_PEERS", "10.0.0.1:7070,10.0.0.2:7070,10.0.0.3:7070")]);
         s.host_name = Some("dmutex-2".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(2));
+        let c = NodeConfig::load(&s).unwrap();
+        assert_eq!((c.node_id, c.node_id_source), (NodeId::new(2), NodeIdSource::HostOrdinal));
         s.host_name = Some("dmutex-1.dmutex.default.svc.cluster.local".into());
         assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(1));
-        // An explicit id wins over the host name.
+        // An explicit id wins over the host name, and says it was configured.
         s.env.insert("DMUTEX_NODE_ID".into(), "0".into());
-        assert_eq!(NodeConfig::load(&s).unwrap().node_id, NodeId::new(0));
+        let c = NodeConfig::load(&s).unwrap();
+        assert_eq!((c.node_id, c.node_id_source), (NodeId::new(0), NodeIdSource::Configured));
     }
 
     #[test]
     fn node_id_from_matching_peer_entry() {
         // Compose-style names: node-1 is entry 0, so the peer list beats the trailing number.
         let peers = ["node-1:7070", "node-2:7070", "node-3:7070"].map(|p| p.parse::<PeerAddr>().unwrap());
-        assert_eq!(node_id_from_host(Some("node-2"), &peers), Some(1));
+        assert_eq!(node_id_from_host(Some("node-2"), &peers), Some((1, NodeIdSource::PeerEntry)));
         let k8s = ["dmutex-0.dmutex:7070", "dmutex-1.dmutex:7070"].map(|p| p.parse::<PeerAddr>().unwrap());
-        assert_eq!(node_id_from_host(Some("dmutex-1"), &k8s), Some(1));
+        assert_eq!(node_id_from_host(Some("dmutex-1"), &k8s), Some((1, NodeIdSource::PeerEntry)));
+        assert_eq!(node_id_from_host(Some("dmutex-4"), &k8s), Some((4, NodeIdSource::HostOrdinal)));
         // Several matches (all on localhost): fall back to the trailing number, here none.
         let local = ["localhost:1", "localhost:2"].map(|p| p.parse::<PeerAddr>().unwrap());
         assert_eq!(node_id_from_host(Some("localhost"), &local), None);
@@ -1166,6 +1443,9 @@ mod tests {
         let c = load(&[("DMUTEX_DISCOVERY", "dns:dmutex-headless:7070"), ("DMUTEX_NODE_ID", "4")]).unwrap();
         assert_eq!(c.discovery, Some(Discovery::Dns { name: "dmutex-headless".into(), port: 7070 }));
         assert_eq!(c.cluster_len(), None);
+        assert_eq!(c.node_id_source, NodeIdSource::Configured, "discovery must not replace it silently");
+        let c = load(&[("DMUTEX_DISCOVERY", "dns:dmutex-headless:7070")]).unwrap();
+        assert_eq!((c.node_id, c.node_id_source), (NodeId::new(0), NodeIdSource::Discovery));
     }
 
     #[test]
@@ -1219,6 +1499,15 @@ mod tests {
             ("DMUTEX_SHUTDOWN_GRACE_MS", "1s"),
             ("DMUTEX_CLUSTER_SIZE", "4"),
             ("DMUTEX_CLUSTER_SIZE", "0"),
+            ("DMUTEX_BOOTSTRAP_EXPECT", "4"),
+            ("DMUTEX_BOOTSTRAP_EXPECT", "0"),
+            ("DMUTEX_BOOTSTRAP_EXPECT", "three"),
+            ("DMUTEX_HEARTBEAT_MS", "0"),
+            ("DMUTEX_HEARTBEAT_MS", "-1"),
+            ("DMUTEX_SUSPECT_TIMEOUT_MS", "1.5s"),
+            ("DMUTEX_MEMBER_LEASE_MS", "x"),
+            ("DMUTEX_CLOCK_DRIFT_PPM", "5000000000"),
+            ("DMUTEX_MEMBERSHIP_RETRY_MS", "0"),
             ("DMUTEX_CLUSTER_NAME", " "),
             ("DMUTEX_LOG_FORMAT", "xml"),
             ("DMUTEX_WORKLOAD_ITERATIONS", "many"),

@@ -5,7 +5,8 @@
 
 use anyhow::Context as _;
 use axum::routing::get;
-use dmutex::config::NodeConfig;
+use dmutex::algo::NodeId;
+use dmutex::config::{NodeConfig, NodeIdSource};
 use dmutex::experiment::runner::WorkloadResponse;
 use dmutex::experiment::workload::{WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload};
 use dmutex::node::{NodeHandle, Routes, RunConfig};
@@ -22,17 +23,18 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
         // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
         let spec = dmutex::net::discovery::DnsSpec { name, port };
-        tracing::info!(%spec, expected = ?cfg.cluster_size, "discovering peers");
+        tracing::info!(%spec, expected = ?cfg.bootstrap_expect, "discovering peers");
         let listener = http_listener.take().context("the HTTP listener")?;
         let (found, listener) = tokio::select! {
-            r = discover_serving(&spec, cfg.cluster_size, listener) => r?,
+            r = discover_serving(&spec, cfg.bootstrap_expect, listener) => r?,
             signal = termination_signal() => {
                 tracing::info!(signal, "termination signal during discovery");
                 return Ok(());
             }
         };
         http_listener = Some(listener);
-        cfg.node_id = dmutex::algo::NodeId::new(found.me);
+        cfg.node_id = discovered_id(&cfg, found.me, &spec)?;
+        cfg.node_id_source = NodeIdSource::Discovery;
         cfg.peers = found
             .peers
             .iter()
@@ -54,6 +56,24 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     dmutex::node::run(peer_listener, http_listener, config, signal).await.context("http server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node id DNS discovery gives this node (its place among the sorted addresses). A configured
+/// `DMUTEX_NODE_ID` is a promise that the id is stable: when discovery places the node elsewhere, that is an
+/// error, not a silent renumbering.
+fn discovered_id(
+    cfg: &NodeConfig,
+    place: u16,
+    spec: &dmutex::net::discovery::DnsSpec,
+) -> anyhow::Result<NodeId> {
+    if cfg.node_id_source == NodeIdSource::Configured && cfg.node_id.get() != place {
+        anyhow::bail!(
+            "DMUTEX_NODE_ID: {} is configured, but DNS discovery ({spec}) places this node at {place} among the \
+             sorted addresses; with DMUTEX_DISCOVERY the id is that place (unset DMUTEX_NODE_ID)",
+            cfg.node_id.get()
+        );
+    }
+    Ok(NodeId::new(place))
 }
 
 /// Runs DNS discovery while the HTTP port already answers: `/healthz` 200, `/readyz`, `/v1/cluster` and the
@@ -162,5 +182,30 @@ async fn termination_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmutex::config::ConfigSources;
+
+    fn config(env: &[(&str, &str)]) -> NodeConfig {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        NodeConfig::load(&ConfigSources { env, ..ConfigSources::default() }).expect("configuration")
+    }
+
+    #[test]
+    fn discovery_never_renumbers_a_configured_node_id() {
+        let spec = dmutex::net::discovery::DnsSpec { name: "node".into(), port: 7070 };
+        let derived = config(&[("DMUTEX_DISCOVERY", "dns:node:7070")]);
+        assert_eq!(discovered_id(&derived, 2, &spec).unwrap(), NodeId::new(2));
+        let configured = config(&[("DMUTEX_DISCOVERY", "dns:node:7070"), ("DMUTEX_NODE_ID", "1")]);
+        assert_eq!(discovered_id(&configured, 1, &spec).unwrap(), NodeId::new(1));
+        let e = discovered_id(&configured, 2, &spec).unwrap_err().to_string();
+        assert!(
+            e.starts_with("DMUTEX_NODE_ID: 1 is configured, but DNS discovery (dns:node:7070) places"),
+            "{e}"
+        );
     }
 }

@@ -647,4 +647,19 @@ fn invalid_configuration_exits_2_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("DMUTEX_ALGORITHM"), "the message names the key: {stderr}");
+    // An impossible membership timing (S not above the heartbeat).
+    let out = c.command(0).env("DMUTEX_SUSPECT_TIMEOUT_MS", "100").output().expect("run dmutex node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("DMUTEX_SUSPECT_TIMEOUT_MS: must exceed the heartbeat"), "{stderr}");
+    // The bootstrap size under its plain name and its old one, disagreeing: both named.
+    let out = c
+        .command(0)
+        .env("DMUTEX_BOOTSTRAP_EXPECT", "3")
+        .env("DMUTEX_CLUSTER_SIZE", "4")
+        .output()
+        .expect("run dmutex node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("DMUTEX_BOOTSTRAP_EXPECT: 3 differs from DMUTEX_CLUSTER_SIZE (4)"), "{stderr}");
 }

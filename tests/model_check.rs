@@ -119,7 +119,8 @@ impl<P: Protocol> MutexActor<P> {
         let _ = state.engine.handle(Millis::new(0), event, &mut actions);
         for action in actions {
             match action {
-                Action::Send { to, msg } => o.send(Id::from(to.index()), Wire(msg)),
+                // A fixed cluster: every message is of view 0.
+                Action::Send { to, msg, .. } => o.send(Id::from(to.index()), Wire(msg)),
                 Action::Granted { req, token, .. } => {
                     state.holding = Some(req);
                     state.granted += 1;
@@ -183,7 +184,7 @@ impl<P: Protocol> Actor for MutexActor<P> {
 
     fn on_msg(&self, _id: Id, state: &mut Cow<Self::State>, src: Id, msg: Self::Msg, o: &mut Out<Self>) {
         let from = NodeId::new(usize::from(src) as u16);
-        let event = Event::Message { from, incarnation: Incarnation::new(0), msg: msg.0 };
+        let event = Event::Message { from, incarnation: Incarnation::new(0), epoch: 0, msg: msg.0 };
         self.feed(state.to_mut(), event, o);
     }
 

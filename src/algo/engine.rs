@@ -20,6 +20,15 @@
 //! re-evaluates the local waiters. From then on messages from non-members are refused. The engine assumes the
 //! membership layer excluded a node only after every lease it could have granted ran out.
 //!
+//! Epochs on messages: every [`Action::Send`] carries the epoch of the view the engine is in, and a message
+//! of a *newer* epoch than the receiver's is held back (in arrival order, at most [`MAX_HELD`]) until the
+//! receiver installs that view, then delivered before anything else happens in it. The sender acted on
+//! the newer view (e.g. it became a lock's probable-owner home and queried the others); a receiver still in the
+//! old view would judge the message by the old member set and home and refuse it, and the round would wait
+//! for an answer that never comes. Messages of an *older* epoch are delivered as usual: their sender is
+//! still judged by the current member set (an excluded sender is refused), and views never reorder a
+//! link's messages, so FIFO per pair holds.
+//!
 //! Must never: panic on any event, let `HashMap` order reach its output, or read a clock.
 
 use super::{
@@ -27,6 +36,20 @@ use super::{
     RejectReason, RequestId, TimerId,
 };
 use std::collections::{BTreeMap, VecDeque};
+
+/// The most messages of newer views an engine holds back; beyond it a message is refused
+/// ([`CoreError::HeldBackFull`]). A correct peer is at most one view change ahead, and what it sends in that
+/// window is a few messages per lock.
+pub(crate) const MAX_HELD: usize = 4096;
+
+/// A message of a newer view, waiting until this node installs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Held<M> {
+    from: NodeId,
+    incarnation: super::Incarnation,
+    epoch: u64,
+    msg: M,
+}
 
 /// Counters kept by the engine.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -85,6 +108,8 @@ pub struct Engine<P: Protocol> {
     locks: BTreeMap<LockName, LocalLock>,
     requests: BTreeMap<RequestId, LockName>,
     stats: EngineStats,
+    /// Messages of newer views than `peers.epoch()`, in arrival order.
+    held: VecDeque<Held<P::Msg>>,
     scratch: Vec<Output<P::Msg>>,
 }
 
@@ -99,6 +124,7 @@ impl<P: Protocol> Engine<P> {
             locks: BTreeMap::new(),
             requests: BTreeMap::new(),
             stats: EngineStats::default(),
+            held: VecDeque::new(),
             scratch: Vec::new(),
         }
     }
@@ -161,7 +187,15 @@ impl<P: Protocol> Engine<P> {
                     None => Ok(()),
                 }
             }
-            Event::Message { from, incarnation, msg } => self.message(now, from, incarnation, msg, out),
+            Event::Message { from, incarnation, epoch, msg } if epoch > self.peers.epoch() => {
+                if self.held.len() >= MAX_HELD {
+                    Err(CoreError::HeldBackFull { epoch })
+                } else {
+                    self.held.push_back(Held { from, incarnation, epoch, msg });
+                    Ok(())
+                }
+            }
+            Event::Message { from, incarnation, msg, .. } => self.message(now, from, incarnation, msg, out),
             Event::PeerIncarnation { peer, incarnation, clock } => {
                 self.protocol.observe_clock(clock);
                 self.peer_incarnation(now, peer, incarnation, out)
@@ -326,7 +360,14 @@ impl<P: Protocol> Engine<P> {
             Some(known) if incarnation == known => {}
             // A message from an incarnation whose handshake we have not seen: the transport delivers the
             // handshake first, so treat the message as the introduction.
-            _ => self.peer_incarnation(now, from, incarnation, out)?,
+            _ => {
+                self.peer_incarnation(now, from, incarnation, out)?;
+                if self.peers.incarnation(from) != Some(incarnation) {
+                    // A newer incarnation no view has admitted yet (its messages of the admitting view are
+                    // held back until this node installs it, so only a confused peer gets here).
+                    return Err(CoreError::UnknownPeer(from));
+                }
+            }
         }
         let result = self.protocol.on_message(from, msg, &mut self.peers, &mut self.scratch);
         self.drain(now, out);
@@ -351,7 +392,7 @@ impl<P: Protocol> Engine<P> {
                 self.protocol.peer_restarted(peer, &self.peers, &mut self.scratch);
                 self.drain(now, out);
             }
-            PeerChange::Joined | PeerChange::Same | PeerChange::Stale => {}
+            PeerChange::Joined | PeerChange::Same | PeerChange::Stale | PeerChange::NotAdmitted => {}
         }
         self.maybe_join(now, out);
         Ok(())
@@ -373,6 +414,16 @@ impl<P: Protocol> Engine<P> {
         if !change.removed.is_empty() || !change.added.is_empty() {
             self.protocol.members_changed(&change.removed, &change.added, &self.peers, &mut self.scratch);
             self.drain(now, out);
+        }
+        // Messages sent in this view (or an older one) that came early: delivered now, in arrival order. A
+        // refusal among them (a sender this view excludes) is counted like any refused message.
+        let (ready, later): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| h.epoch <= epoch);
+        self.held = later;
+        for Held { from, incarnation, msg, .. } in ready {
+            if self.message(now, from, incarnation, msg, out).is_err() {
+                self.stats.refused += 1;
+            }
         }
         if self.joined {
             let waiting: Vec<LockName> = self.locks.keys().cloned().collect();
@@ -418,7 +469,7 @@ impl<P: Protocol> Engine<P> {
         let mut outputs = std::mem::take(&mut self.scratch);
         for output in outputs.drain(..) {
             match output {
-                Output::Send { to, msg } => out.push(Action::Send { to, msg }),
+                Output::Send { to, msg } => out.push(Action::Send { to, epoch: self.peers.epoch(), msg }),
                 Output::Entered { lock, token } => {
                     let local = self.locks.entry(lock.clone()).or_default();
                     local.requested = false;
@@ -443,7 +494,7 @@ impl<P: Protocol> Engine<P> {
                             self.protocol.release(&lock, &self.peers, &mut again);
                             for o in again {
                                 if let Output::Send { to, msg } = o {
-                                    out.push(Action::Send { to, msg });
+                                    out.push(Action::Send { to, epoch: self.peers.epoch(), msg });
                                 }
                             }
                             self.locks.remove(&lock);
@@ -458,6 +509,11 @@ impl<P: Protocol> Engine<P> {
     /// The protocol (read-only), e.g. for its clock or counters.
     pub fn protocol(&self) -> &P {
         &self.protocol
+    }
+
+    /// How many messages of newer views are held back.
+    pub fn held_back(&self) -> usize {
+        self.held.len()
     }
 
     /// The peer table.
@@ -509,6 +565,11 @@ impl<P: Protocol> Engine<P> {
     /// What this node knows about `lock`.
     pub fn view(&self, lock: &str) -> LockView {
         self.protocol.view(lock)
+    }
+
+    /// Whether the protocol asks for a view bump ([`Protocol::wants_view_bump`]).
+    pub fn wants_view_bump(&self) -> bool {
+        self.protocol.wants_view_bump(&self.peers)
     }
 
     /// Whether a request for `lock` needs `peer` to be reachable to make progress.
@@ -567,10 +628,10 @@ mod tests {
         let mut seen = vec![Vec::new(), Vec::new()];
         let mut queue: VecDeque<(usize, Action<LamportMsg>)> = out.into_iter().map(|a| (from, a)).collect();
         while let Some((node, action)) = queue.pop_front() {
-            if let Action::Send { to, msg } = action {
+            if let Action::Send { to, epoch, msg } = action {
                 let to = to.index();
-                let event =
-                    Event::Message { from: NodeId::new(node as u16), incarnation: Incarnation::new(0), msg };
+                let from = NodeId::new(node as u16);
+                let event = Event::Message { from, incarnation: Incarnation::new(0), epoch, msg };
                 for a in step(&mut engines[to], now, event) {
                     seen[to].push(a.clone());
                     queue.push_back((to, a));

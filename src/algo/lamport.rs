@@ -462,7 +462,7 @@ pub(crate) mod testnet {
         Hello { incarnation: Incarnation, clock: LamportTs, to_inc: Option<Incarnation> },
         /// A protocol message with the sender's incarnation and the receiver's incarnation the sender's core
         /// knew when it sent it: the transport never hands a message to a later incarnation.
-        Msg { from_inc: Incarnation, to_inc: Option<Incarnation>, msg: M },
+        Msg { from_inc: Incarnation, to_inc: Option<Incarnation>, epoch: u64, msg: M },
     }
 
     /// N engines connected by reliable FIFO links.
@@ -543,9 +543,14 @@ pub(crate) mod testnet {
             }
             for action in out {
                 match action {
-                    Action::Send { to, msg } => {
+                    Action::Send { to, epoch, msg } => {
                         let to_inc = self.engines[node].peers().incarnation(*to);
-                        let item = Item::Msg { from_inc: self.incarnations[node], to_inc, msg: msg.clone() };
+                        let item = Item::Msg {
+                            from_inc: self.incarnations[node],
+                            to_inc,
+                            epoch: *epoch,
+                            msg: msg.clone(),
+                        };
                         self.links.entry((node, to.index())).or_default().push_back(item);
                         self.sent += 1;
                     }
@@ -628,11 +633,11 @@ pub(crate) mod testnet {
                     self.route(to, &out);
                     out
                 }
-                Item::Msg { from_inc, to_inc, msg } => {
+                Item::Msg { from_inc, to_inc, epoch, msg } => {
                     if to_inc != Some(self.incarnations[to]) {
                         return Vec::new();
                     }
-                    self.handle(to, Event::Message { from: from_id, incarnation: from_inc, msg })
+                    self.handle(to, Event::Message { from: from_id, incarnation: from_inc, epoch, msg })
                 }
             }
         }
@@ -844,7 +849,7 @@ mod tests {
         LamportMsg::Release { lock: lock.into(), ts: LamportTs::new(ts) }
     }
     fn send(to: u16, msg: LamportMsg) -> Action<LamportMsg> {
-        Action::Send { to: NodeId::new(to), msg }
+        Action::Send { to: NodeId::new(to), epoch: 0, msg }
     }
     fn out_send(to: u16, msg: LamportMsg) -> Output<LamportMsg> {
         Output::Send { to: NodeId::new(to), msg }
@@ -1031,7 +1036,7 @@ mod tests {
             .release(0, 1)
             .into_iter()
             .filter_map(|a| match a {
-                Action::Send { to, msg: LamportMsg::Release { .. } } => Some(to.get()),
+                Action::Send { to, msg: LamportMsg::Release { .. }, .. } => Some(to.get()),
                 _ => None,
             })
             .collect();

@@ -95,10 +95,11 @@ impl FencingToken {
         FencingToken((ts.0 << 16) | u64::from(node.0))
     }
 
-    /// The token of a probable-owner grant: the ownership epoch in the high 32 bits and the grant's
-    /// sequence number within that epoch in the low 32.
-    pub fn from_epoch(epoch: probable_owner::OwnershipEpoch, seq: u32) -> Self {
-        FencingToken((epoch.get() << 32) | u64::from(seq))
+    /// The token of a probable-owner grant: the ownership epoch (48 bits, whose high bits are the view
+    /// epoch it was opened in: [`probable_owner::OwnershipEpoch`]) above the grant's sequence number within
+    /// that ownership epoch (16 bits).
+    pub fn from_epoch(epoch: probable_owner::OwnershipEpoch, seq: u16) -> Self {
+        FencingToken((epoch.get() << 16) | u64::from(seq))
     }
 }
 
@@ -249,6 +250,9 @@ pub enum Event<M> {
         from: NodeId,
         /// The sender's incarnation when it sent the message; stale incarnations are dropped.
         incarnation: Incarnation,
+        /// The view epoch the sender was in ([`Action::Send`]'s `epoch`). A message of a newer epoch than
+        /// this node's is held back until this node installs that view; 0 in a cluster without views.
+        epoch: u64,
         /// The algorithm's message, handed to [`Protocol::on_message`].
         msg: M,
     },
@@ -290,7 +294,9 @@ impl<M> Event<M> {
             Event::Release { req } => Event::Release { req },
             Event::KeepAlive { req, until } => Event::KeepAlive { req, until },
             Event::Cancel { req } => Event::Cancel { req },
-            Event::Message { from, incarnation, msg } => Event::Message { from, incarnation, msg: f(msg)? },
+            Event::Message { from, incarnation, epoch, msg } => {
+                Event::Message { from, incarnation, epoch, msg: f(msg)? }
+            }
             Event::Timer { timer } => Event::Timer { timer },
             Event::PeerIncarnation { peer, incarnation, clock } => {
                 Event::PeerIncarnation { peer, incarnation, clock }
@@ -316,6 +322,9 @@ pub enum Action<M> {
     Send {
         /// The peer to send to (never this node).
         to: NodeId,
+        /// The epoch of the view this node is in: the driver carries it to the receiver's
+        /// [`Event::Message`] (a receiver still in an older view holds the message until it catches up).
+        epoch: u64,
         /// The algorithm's message.
         msg: M,
     },
@@ -361,7 +370,7 @@ impl<M> Action<M> {
     /// The same action with its message (if any) converted by `f`.
     pub fn map<N>(self, f: impl FnOnce(M) -> N) -> Action<N> {
         match self {
-            Action::Send { to, msg } => Action::Send { to, msg: f(msg) },
+            Action::Send { to, epoch, msg } => Action::Send { to, epoch, msg: f(msg) },
             Action::Granted { req, lock, token } => Action::Granted { req, lock, token },
             Action::Rejected { req, reason } => Action::Rejected { req, reason },
             Action::LeaseExpired { req, lock } => Action::LeaseExpired { req, lock },
@@ -389,6 +398,14 @@ pub enum CoreError {
     /// A message came from a node id outside the cluster (or outside the current view).
     #[error("message from unknown node {0}")]
     UnknownPeer(NodeId),
+    /// A message of a view newer than this node's could not be held back: the hold-back buffer is full
+    /// ([`Engine`]'s bound). The message is dropped; the sender's links resend nothing, so the membership
+    /// layer must install the view soon (it is the only way a correct peer gets that far ahead).
+    #[error("message of view {epoch} dropped: the hold-back buffer for newer views is full")]
+    HeldBackFull {
+        /// The message's epoch.
+        epoch: u64,
+    },
     /// [`Event::MembersChanged`] named an epoch not newer than the view already applied.
     #[error("view {epoch} is not newer than the current one")]
     StaleView {
@@ -534,6 +551,12 @@ pub trait Protocol: Clone + fmt::Debug + Eq + std::hash::Hash {
     /// (used to answer 503 promptly instead of waiting out a timeout). Only members can be needed: the
     /// engine answers `false` for any other node without asking.
     fn needs_peer(&self, lock: &str, peer: NodeId) -> bool;
+    /// Whether a counter that carries the view epoch in its high bits (probable owner's ownership epochs)
+    /// is near the end of the current view's range: the driver should then ask the membership layer for a
+    /// new view with the same members ([`membership::Event::Renew`]). Never in a cluster without views.
+    fn wants_view_bump(&self, _peers: &Peers) -> bool {
+        false
+    }
 }
 
 /// The member set as the engine knows it: own id, every member's id, the newest incarnation of each, and
@@ -548,6 +571,9 @@ pub struct Peers {
     /// The epoch of the last view applied (0: the initial member set).
     epoch: u64,
     members: BTreeMap<NodeId, Member>,
+    /// Handshakes of incarnations newer than the view admitted (views only): heard already when a view
+    /// admits them.
+    early: BTreeMap<NodeId, Incarnation>,
 }
 
 /// What the engine knows of one member.
@@ -581,7 +607,7 @@ impl Peers {
     /// (a cluster formed at time zero: unit tests, simulation, model checking).
     pub fn formed(me: NodeId, n: usize) -> Self {
         let members = (0..n).map(|i| (NodeId::new(i as u16), Member::heard(Incarnation::new(0)))).collect();
-        Peers { me, epoch: 0, members }
+        Peers { me, epoch: 0, members, early: BTreeMap::new() }
     }
 
     /// A cluster of `n` nodes seen from `me`, no peer heard yet.
@@ -599,7 +625,7 @@ impl Peers {
         let mut members: BTreeMap<NodeId, Member> =
             members.into_iter().map(|m| (m, Member::UNKNOWN)).collect();
         members.insert(me, Member::heard(my_incarnation));
-        Peers { me, epoch: 0, members }
+        Peers { me, epoch: 0, members, early: BTreeMap::new() }
     }
 
     /// This node.
@@ -649,6 +675,10 @@ impl Peers {
     }
 
     /// Records a handshake (or a first message) of `node`'s `incarnation`. Returns what changed.
+    ///
+    /// Once views are applied (epoch above 0) the member set changes only through views: a newer
+    /// incarnation of a member is [`PeerChange::NotAdmitted`] until a view lists it (its handshake is kept, so
+    /// that view finds it heard).
     pub fn observe(&mut self, node: NodeId, incarnation: Incarnation) -> PeerChange {
         let Some(slot) = self.members.get_mut(&node) else {
             return PeerChange::Unknown;
@@ -657,6 +687,11 @@ impl Peers {
             None => {
                 *slot = Member::heard(incarnation);
                 PeerChange::Joined
+            }
+            Some(old) if incarnation > old && self.epoch > 0 => {
+                let early = self.early.entry(node).or_insert(incarnation);
+                *early = (*early).max(incarnation);
+                PeerChange::NotAdmitted
             }
             Some(old) if incarnation > old => {
                 *slot = Member::heard(incarnation);
@@ -712,8 +747,10 @@ impl Peers {
             self.members.remove(id);
         }
         for &(id, inc) in &change.added {
-            self.members.insert(id, Member { incarnation: Some(inc), heard: false });
+            let heard = self.early.get(&id) == Some(&inc);
+            self.members.insert(id, Member { incarnation: Some(inc), heard });
         }
+        self.early.retain(|id, inc| listed.get(id).is_some_and(|listed| listed < inc));
         self.epoch = epoch;
         Some(change)
     }
@@ -730,6 +767,8 @@ pub enum PeerChange {
     Same,
     /// Older than the one known: ignore.
     Stale,
+    /// Newer than the incarnation the current view admitted: not a member until a view lists it.
+    NotAdmitted,
     /// Not a cluster member.
     Unknown,
 }
@@ -793,7 +832,7 @@ mod tests {
         let c = FencingToken::from_ts(LamportTs::new(6), NodeId::new(0));
         assert!(a < b && b < c);
         assert!(
-            FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(1), u32::MAX)
+            FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(1), u16::MAX)
                 < FencingToken::from_epoch(probable_owner::OwnershipEpoch::new(2), 1)
         );
     }
@@ -824,6 +863,20 @@ mod tests {
         assert_eq!(p.apply_view(2, &view(&[(0, 0)])), None, "not newer");
         assert_eq!(p.apply_view(3, &view(&[(1, 1)])), None, "without this node");
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn with_views_a_new_incarnation_is_a_member_only_once_a_view_lists_it() {
+        let mut p = Peers::formed(NodeId::new(0), 3);
+        let view =
+            |inc: u64| vec![(NodeId::new(0), Incarnation::new(0)), (NodeId::new(1), Incarnation::new(inc))];
+        p.apply_view(1, &view(0)).expect("a newer view");
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(1)), PeerChange::NotAdmitted);
+        assert_eq!(p.incarnation(NodeId::new(1)), Some(Incarnation::new(0)), "still the admitted one");
+        let change = p.apply_view(2, &view(1)).expect("a newer view");
+        assert_eq!(change.removed, vec![NodeId::new(1)]);
+        assert!(p.all_known(), "its handshake came before the view and counts as heard");
+        assert_eq!(p.observe(NodeId::new(1), Incarnation::new(1)), PeerChange::Same);
     }
 
     #[test]

@@ -365,7 +365,7 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        let sends = |to: u16| Action::Send { to: NodeId::new(to), msg: req("a", 1) };
+        let sends = |to: u16| Action::Send { to: NodeId::new(to), epoch: 0, msg: req("a", 1) };
         assert_eq!(out, vec![sends(1), sends(2)]);
         assert_eq!(e.view("a").own_request, Some(LamportTs::new(1)));
     }

@@ -18,10 +18,13 @@ fn id(n: u16) -> NodeId {
     NodeId::new(n)
 }
 
+/// FIFO links per directed pair: each message with the view epoch its sender was in.
+type Links<M> = BTreeMap<(NodeId, NodeId), VecDeque<(u64, M)>>;
+
 /// Engines under arbitrary ids, reliable FIFO links between them, a record of every grant.
 struct ViewNet<P: Protocol> {
     engines: BTreeMap<NodeId, Engine<P>>,
-    links: BTreeMap<(NodeId, NodeId), VecDeque<P::Msg>>,
+    links: Links<P::Msg>,
     grants: Vec<(NodeId, RequestId, LockName, FencingToken)>,
     /// Events the engines refused, with the refusal.
     refused: Vec<(NodeId, CoreError)>,
@@ -45,7 +48,9 @@ impl<P: Protocol> ViewNet<P> {
         }
         for action in &out {
             match action {
-                Action::Send { to, msg } => self.links.entry((node, *to)).or_default().push_back(msg.clone()),
+                Action::Send { to, epoch, msg } => {
+                    self.links.entry((node, *to)).or_default().push_back((*epoch, msg.clone()))
+                }
                 Action::Granted { req, lock, token } => {
                     if let Some(&(_, _, _, last)) = self.grants.iter().rev().find(|g| &g.2 == lock) {
                         assert!(*token > last, "token for {lock} went back: {last:?} then {token:?}");
@@ -74,10 +79,11 @@ impl<P: Protocol> ViewNet<P> {
     /// Delivers every message in flight, in link order, until the network is quiet.
     fn deliver_all(&mut self) {
         while let Some((&(from, to), _)) = self.links.iter().find(|(_, q)| !q.is_empty()) {
-            let msg = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("non-empty link");
+            let (epoch, msg) =
+                self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("non-empty link");
             let incarnation =
                 self.engines.get(&to).and_then(|e| e.peers().incarnation(from)).unwrap_or_default();
-            self.handle(to, Event::Message { from, incarnation, msg });
+            self.handle(to, Event::Message { from, incarnation, epoch, msg });
         }
     }
 
@@ -241,6 +247,89 @@ fn stale_views_and_views_without_this_node_are_refused() {
     );
     assert_eq!(e.peers().all().collect::<Vec<_>>(), vec![id(0), id(1)]);
     assert_eq!(out, vec![]);
+}
+
+/// A message of a newer view waits until this node installs that view, then is handled in it (in arrival
+/// order); a message of the current or an older view is handled at once; every send carries the epoch.
+#[test]
+fn messages_of_a_newer_view_wait_for_it() {
+    let mut e = Engine::new(Lamport::fresh(id(0), 3), Peers::formed(id(0), 3));
+    let view = |members: &[u16]| members.iter().map(|&m| (id(m), Incarnation::new(0))).collect::<Vec<_>>();
+    let request = |ts: u64| crate::algo::lamport::LamportMsg::Request {
+        lock: "a".into(),
+        ts: crate::algo::LamportTs::new(ts),
+    };
+    let mut out = Vec::new();
+    let msg =
+        |epoch, ts| Event::Message { from: id(1), incarnation: Incarnation::new(0), epoch, msg: request(ts) };
+    e.handle(Millis::new(0), msg(2, 5), &mut out).expect("held, not refused");
+    e.handle(Millis::new(0), msg(2, 6), &mut out).expect("held, not refused");
+    assert_eq!((out.len(), e.held_back(), e.view("a").queue.len()), (0, 2, 0), "nothing handled yet");
+    e.handle(Millis::new(0), Event::MembersChanged { epoch: 2, members: view(&[0, 1, 2]) }, &mut out)
+        .expect("a newer view");
+    assert_eq!(e.held_back(), 0);
+    let acks: Vec<(NodeId, u64)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, epoch, .. } => Some((*to, *epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![(id(1), 2), (id(1), 2)], "both requests acknowledged, in view 2");
+    out.clear();
+    // An older view's message is handled at once (its sender is still a member).
+    e.handle(Millis::new(0), msg(1, 7), &mut out).expect("handled");
+    assert_eq!(out.len(), 1);
+    assert_eq!(e.held_back(), 0);
+}
+
+/// The hold-back buffer is bounded: a peer that floods messages of future views is refused, never buffered
+/// without limit.
+#[test]
+fn the_hold_back_buffer_is_bounded() {
+    let mut e = Engine::new(Lamport::fresh(id(0), 2), Peers::formed(id(0), 2));
+    let mut out = Vec::new();
+    let msg = |ts| Event::Message {
+        from: id(1),
+        incarnation: Incarnation::new(0),
+        epoch: 9,
+        msg: crate::algo::lamport::LamportMsg::Release {
+            lock: "a".into(),
+            ts: crate::algo::LamportTs::new(ts),
+        },
+    };
+    for ts in 0..crate::algo::engine::MAX_HELD as u64 {
+        e.handle(Millis::new(0), msg(ts), &mut out).expect("held");
+    }
+    assert_eq!(e.handle(Millis::new(0), msg(0), &mut out), Err(CoreError::HeldBackFull { epoch: 9 }));
+    assert_eq!(e.held_back(), crate::algo::engine::MAX_HELD);
+    assert_eq!(e.stats().refused, 1);
+}
+
+/// Probable owner's tokens carry the view epoch: the home that owns a lock grants itself and crashes
+/// without anyone else having seen the epoch (the amnesia case a fixed cluster cannot close); the view that
+/// excludes it has a higher epoch, so the token the new home regenerates is still above the lost one.
+#[test]
+fn a_token_regenerated_in_a_later_view_is_above_one_nobody_remembers() {
+    let members: Vec<u16> = vec![0, 1, 2, 3];
+    let ids: Vec<NodeId> = members.iter().map(|&m| id(m)).collect();
+    let lock = (0..)
+        .map(|i| format!("lock{i}"))
+        .find(|l| super::probable_owner::rendezvous_home(l, &ids) == Some(id(0)))
+        .expect("a name homed at node 0");
+    let mut net = ViewNet::<ProbableOwner>::new(4);
+    net.install(&members, None);
+    net.acquire(0, 1, &lock);
+    net.deliver_all();
+    let lost = net.granted(0, 1).expect("the home grants itself");
+    assert_eq!(lost.get() >> (16 + super::probable_owner::VIEW_SHIFT), 1, "opened in view 1");
+    net.crash(0, false);
+    net.install(&[1, 2, 3], None);
+    net.acquire(1, 1, &lock);
+    net.deliver_all();
+    let regenerated = net.granted(1, 1).expect("granted after the exclusion");
+    assert!(regenerated > lost, "token {regenerated:?} repeats or precedes the lost {lost:?}");
+    assert_eq!(regenerated.get() >> (16 + super::probable_owner::VIEW_SHIFT), 2, "opened in view 2");
 }
 
 macro_rules! per_algorithm {

@@ -41,8 +41,9 @@ use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// The protocol version spoken by this build. A Hello with another version is refused. Version 2: the postcard
-/// codec (version 1 was bincode 2) and the algorithms in the Hello.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// codec (version 1 was bincode 2) and the algorithms in the Hello. Version 3: the sender's view epoch in
+/// every [`Envelope`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default maximum body length of one frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
@@ -69,6 +70,9 @@ pub struct Envelope<T> {
     /// addressed to an earlier life of itself: a core's message must never reach the incarnation that came
     /// after the one it was meant for (a stale REPLY would satisfy Lamport's rule 5 there).
     pub to_incarnation: Option<Incarnation>,
+    /// The epoch of the view the sending core was in (0 in a cluster without views); a receiver in an older
+    /// view holds the message back until it installs that one.
+    pub epoch: u64,
     /// The payload (the node's enum of algorithm messages).
     pub body: T,
 }
@@ -76,7 +80,7 @@ pub struct Envelope<T> {
 impl<T> Envelope<T> {
     /// An envelope without trace context.
     pub fn new(ts: LamportTs, body: T) -> Self {
-        Envelope { ts, trace: BTreeMap::new(), to_incarnation: None, body }
+        Envelope { ts, trace: BTreeMap::new(), to_incarnation: None, epoch: 0, body }
     }
 }
 
@@ -592,6 +596,7 @@ mod tests {
                     ts: LamportTs::new(3),
                     trace,
                     to_incarnation: Some(Incarnation::new(4)),
+                    epoch: 9,
                     body: "hi".into(),
                 },
             },

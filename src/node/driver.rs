@@ -194,7 +194,7 @@ impl Node {
 
     fn execute(&mut self, algorithm: Algorithm, action: Action<PeerMsg>, cause: &Cause) {
         match action {
-            Action::Send { to, msg } => self.send(algorithm, to, msg, cause),
+            Action::Send { to, epoch, msg } => self.send(algorithm, to, epoch, msg, cause),
             Action::Granted { req, lock, token } => self.granted(algorithm, req, lock, token, cause),
             Action::Rejected { req, reason } => self.rejected(req, reason),
             Action::LeaseExpired { req, lock } => self.lease_expired(req, &lock),
@@ -203,7 +203,14 @@ impl Node {
         }
     }
 
-    fn send(&mut self, algorithm: Algorithm, to: crate::algo::NodeId, msg: PeerMsg, cause: &Cause) {
+    fn send(
+        &mut self,
+        algorithm: Algorithm,
+        to: crate::algo::NodeId,
+        epoch: u64,
+        msg: PeerMsg,
+        cause: &Cause,
+    ) {
         // An answer joins the trace of the request it answers (remembered when it arrived), which for a
         // deferred REPLY or a handoff is not the work that happens to send it.
         let answered = self.links.answering(to, &msg);
@@ -213,7 +220,7 @@ impl Node {
         self.observer.seen(Seen::Sent { to, msg: &msg, cause, trace: &mut trace });
         let core = self.cores.get(algorithm);
         let ts = msg.timestamp().unwrap_or_else(|| core.clock());
-        let env = Envelope { ts, trace, to_incarnation: core.peer_incarnation(to), body: msg };
+        let env = Envelope { ts, trace, to_incarnation: core.peer_incarnation(to), epoch, body: msg };
         if let Err(e) = self.transport.send(to, env) {
             tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
         }

@@ -40,7 +40,8 @@ impl Node {
                 let cause = self.observer.seen(Seen::Received { from, env: &env });
                 self.links.received(from, &env, &cause);
                 let algorithm = env.body.algorithm();
-                self.work.push_back((algorithm, Event::Message { from, incarnation, msg: env.body }, cause));
+                let event = Event::Message { from, incarnation, epoch: env.epoch, msg: env.body };
+                self.work.push_back((algorithm, event, cause));
             }
             Inbound::Connected { peer } => {
                 if let Some(p) = self.peers.get_mut(peer.index()) {

@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 /// How long the HTTP server may take to finish its responses after the node has shut down.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the node loop may take to end once the HTTP server stopped.
+const NODE_LOOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Extra HTTP endpoints mounted next to the API, built once the node runs (they may talk to it).
 pub type Routes = Box<dyn FnOnce(&NodeHandle) -> Router + Send>;
 
@@ -147,11 +150,24 @@ pub async fn run(
             Err(_) => tracing::warn!("http server did not stop within {HTTP_GRACE:?}"),
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), &mut node_task.0).await;
+    let _ = tokio::time::timeout(NODE_LOOP_GRACE, &mut node_task.0).await;
     // The node loop stopped the transport as its last step, unless the grace ran out: then this does.
     drop(stop_transport);
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `dmutex node` does after the shutdown grace (this HTTP drain, the node loop's end, then the trace
+    /// flush) fits in the margin that deployment grace periods are sized with.
+    #[test]
+    fn the_stop_after_the_grace_fits_the_configured_margin() {
+        let after_grace = HTTP_GRACE + NODE_LOOP_GRACE + crate::obs::telemetry::SHUTDOWN_TIMEOUT;
+        assert!(after_grace <= crate::config::STOP_MARGIN, "{after_grace:?}");
     }
 }

@@ -632,7 +632,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
 
     fn apply(&mut self, node: NodeId, action: Action<P::Msg>) -> Step {
         match action {
-            Action::Send { to, msg } => {
+            Action::Send { to, epoch, msg } => {
                 note!(self, "    {node}→{to} send {msg:?}");
                 if to == node || to.index() >= self.n() {
                     return Err(format!("node {node} sent {msg:?} to invalid destination {to}"));
@@ -642,7 +642,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 *self.report.messages_by_kind.entry(msg.kind()).or_insert(0) += 1;
                 let state = &self.nodes[node.index()];
                 let to_inc = state.engine.as_ref().and_then(|e| e.peers().incarnation(to));
-                let msg = SimMsg { msg, to: to_inc };
+                let msg = SimMsg { msg, to: to_inc, epoch };
                 self.net.send(self.now, &mut self.rng, node, to, msg, &mut self.net_out);
                 self.drain_schedule();
                 Ok(())

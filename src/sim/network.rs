@@ -31,6 +31,8 @@ use std::fmt::Debug;
 pub(super) struct SimMsg<M> {
     pub msg: M,
     pub to: Option<Incarnation>,
+    /// The sender's view epoch.
+    pub epoch: u64,
 }
 
 impl<M> Addressed for SimMsg<M> {
@@ -545,8 +547,10 @@ impl<M: Clone + Debug> Network<M> {
                                 )
                             });
                         } else {
-                            out.deliver
-                                .push_back((end, Event::Message { from: other, incarnation, msg: msg.msg }));
+                            out.deliver.push_back((
+                                end,
+                                Event::Message { from: other, incarnation, epoch: msg.epoch, msg: msg.msg },
+                            ));
                         }
                     }
                     Ok(Delivery::Duplicate) => {}

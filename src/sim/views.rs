@@ -155,6 +155,9 @@ struct Grant {
     lease_end: u64,
 }
 
+/// FIFO links per directed pair: each message with the view epoch its sender was in.
+type Links<M> = BTreeMap<(NodeId, NodeId), VecDeque<(u64, M)>>;
+
 struct ViewSim<P: Protocol> {
     cfg: ViewSimConfig,
     rng: SplitMix64,
@@ -162,7 +165,7 @@ struct ViewSim<P: Protocol> {
     seq: u64,
     queue: BTreeMap<(u64, u64), Item>,
     engines: BTreeMap<NodeId, Engine<P>>,
-    links: BTreeMap<(NodeId, NodeId), VecDeque<P::Msg>>,
+    links: Links<P::Msg>,
     /// When each link's last message arrives (FIFO: a later message never overtakes).
     link_clock: BTreeMap<(NodeId, NodeId), u64>,
     timers: BTreeMap<(NodeId, TimerId), Millis>,
@@ -255,11 +258,11 @@ impl<P: Protocol> ViewSim<P> {
     fn step(&mut self, item: Item) -> Result<(), ViewViolation> {
         match item {
             Item::Deliver { from, to } => {
-                let Some(msg) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front) else {
+                let Some((epoch, msg)) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front) else {
                     return Ok(());
                 };
                 let incarnation = Incarnation::new(0);
-                self.feed(to, Event::Message { from, incarnation, msg })
+                self.feed(to, Event::Message { from, incarnation, epoch, msg })
             }
             Item::Acquire => {
                 let live: Vec<NodeId> = self.engines.keys().copied().collect();
@@ -404,12 +407,12 @@ impl<P: Protocol> ViewSim<P> {
 
     fn apply(&mut self, node: NodeId, action: Action<P::Msg>) -> Result<(), ViewViolation> {
         match action {
-            Action::Send { to, msg } => {
+            Action::Send { to, epoch, msg } => {
                 let delay = 1 + self.below(self.cfg.max_delay);
                 let clock = self.link_clock.entry((node, to)).or_default();
                 let at = (*clock).max(self.now + delay);
                 *clock = at;
-                self.links.entry((node, to)).or_default().push_back(msg);
+                self.links.entry((node, to)).or_default().push_back((epoch, msg));
                 self.schedule(at, Item::Deliver { from: node, to });
             }
             Action::Granted { req, lock, token } => {

@@ -79,6 +79,8 @@ pub struct Membership {
     /// again (a restart is a new incarnation), so a JOIN of it, or of an older one, is stale.
     retired: BTreeMap<NodeId, Incarnation>,
     leaving: bool,
+    /// [`Event::Renew`] asked for a view after this epoch with the same members.
+    renew_after: Option<Epoch>,
     deferred: Option<Deferred>,
     /// While joining: the nodes to ask.
     seeds: Option<Vec<NodeId>>,
@@ -110,6 +112,7 @@ impl Membership {
             resigned: BTreeSet::new(),
             retired: BTreeMap::new(),
             leaving: false,
+            renew_after: None,
             deferred: None,
             seeds: None,
             propose_at: None,
@@ -128,6 +131,7 @@ impl Membership {
             Event::Bootstrap { members } => self.bootstrap(now, members, out),
             Event::JoinRequested { seeds } => self.join_requested(now, seeds, out),
             Event::Leave => self.leave(now, out),
+            Event::Renew => self.renew(now, out),
             Event::Message { from, incarnation, msg } => self.message(now, from, incarnation, msg, out),
             Event::Timer(timer) => {
                 self.timer(now, timer, out);
@@ -280,6 +284,15 @@ impl Membership {
         Ok(())
     }
 
+    fn renew(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<(), MembershipError> {
+        let Some(view) = self.view.as_ref().filter(|_| self.is_member()) else {
+            return Err(MembershipError::WrongState { event: "renew", reason: "not a member" });
+        };
+        self.renew_after = Some(view.epoch);
+        self.schedule(now, out);
+        Ok(())
+    }
+
     fn set_active(&mut self, active: bool, out: &mut Vec<Action>) {
         if self.active != active {
             self.active = active;
@@ -377,6 +390,7 @@ impl Membership {
             *newest = (*newest).max(inc);
         }
         self.resigned.retain(|&(id, inc)| view.contains(id, inc));
+        self.renew_after = self.renew_after.filter(|&e| e >= view.epoch);
         self.last_heard.retain(|id, (inc, _)| view.contains(*id, *inc));
         for m in view.members.values() {
             self.last_heard.entry(m.id).or_insert((m.incarnation, now));
@@ -439,13 +453,15 @@ impl Membership {
                 members.insert(m.id, m.clone());
             }
         }
-        (!members.is_empty() && members != view.members).then(|| View { epoch: view.epoch.next(), members })
+        let renew = self.renew_after == Some(view.epoch);
+        (!members.is_empty() && (members != view.members || renew))
+            .then(|| View { epoch: view.epoch.next(), members })
     }
 
     /// This node's place in the proposer order: 0 for the lowest-id member it neither suspects nor knows
     /// resigned (and for a leaving node, which proposes its own removal at once).
     fn rank(&self, now: Millis) -> u64 {
-        if self.leaving {
+        if self.leaving || self.renew_after.is_some() {
             return 0;
         }
         let suspected = self.suspected(now);

@@ -15,6 +15,8 @@
 //!   member proposes the next view with it (replacing an older incarnation of the same id). A JOIN not
 //!   renewed for [`Config::suspect_after`] is forgotten, so a joiner that died, or was admitted and removed
 //!   in views this member missed, is not admitted again from a stale request.
+//! - **Renew** ([`Event::Renew`]): the same members under the next epoch, for cores whose fencing tokens
+//!   carry the view epoch.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
 //!   proposes its own removal and reports [`Action::Left`] once a view without it is installed. It keeps
 //!   heartbeating meanwhile (without a lease), so that it learns that view even if it missed it. An
@@ -247,6 +249,10 @@ pub enum Event {
     },
     /// Leave gracefully: stop acting, resign, and wait for a view without this node.
     Leave,
+    /// Propose the same members under the next epoch (a *view bump*), unless a newer view is installed
+    /// first. Asked for by a mutex core whose epoch-tagged counters near their range
+    /// ([`crate::algo::Engine::wants_view_bump`]); this node proposes at once.
+    Renew,
     /// A message from another node.
     Message {
         /// Sender.

@@ -792,3 +792,26 @@ fn malformed_and_conflicting_messages_are_refused_not_panicked_on() {
     assert_eq!(n.view().unwrap().epoch, Epoch::FIRST);
     assert_eq!(n.promised(), None, "the malformed ACCEPT promised nothing");
 }
+
+/// A view bump: the same members under the next epoch, decided like any view; asked for once per epoch
+/// (a second Renew in the same epoch does not bump twice), refused on a non-member.
+#[test]
+fn renew_decides_the_same_members_under_the_next_epoch() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(500);
+    assert_eq!(c.epoch(2), 1);
+    c.feed(id(2), Event::Renew);
+    c.feed(id(2), Event::Renew);
+    c.settle();
+    c.run_until(2000);
+    for i in 0..3 {
+        assert_eq!((c.epoch(i), c.ids(i)), (2, vec![0, 1, 2]), "node {i}");
+        assert!(c.nodes[&id(i)].is_active(c.now), "node {i} keeps its lease over a bump");
+    }
+    let mut outsider = Membership::new(cfg(), member(5, 0)).unwrap();
+    let mut out = Vec::new();
+    assert!(matches!(
+        outsider.handle(ms(0), Event::Renew, &mut out),
+        Err(MembershipError::WrongState { event: "renew", .. })
+    ));
+}

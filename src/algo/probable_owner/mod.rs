@@ -10,7 +10,9 @@
 //!   `Granted`) moves the token *and* the owner's FIFO queue of remote waiters to the queue head. The sender
 //!   forgets ownership when it sends, so the token is in exactly one place: an owner or one message in flight.
 //!   `epoch` increases on every transfer and regeneration; `seq` counts the owner's grants within its epoch;
-//!   the fencing token is [`FencingToken::from_epoch`]`(epoch, seq)`.
+//!   the fencing token is [`FencingToken::from_epoch`]`(epoch, seq)`. With views, an epoch carries the view
+//!   epoch it was opened in in its high bits ([`OwnershipEpoch`]), so a regeneration after a crash is above
+//!   every earlier token even if every node that knew the last one crashed.
 //! * **Hints** (Li & Hudak 1989, dynamic distributed manager): every node keeps `(probable owner, epoch)`,
 //!   initially `(home, 0)`, where `home = `[`home_node`]. A sender of a transfer points its hint at the
 //!   recipient; a redirect updates the hint if it is not older. A non-owner answers `LOCK_ACQ` with
@@ -106,8 +108,22 @@ const SUSPECT_AFTER_HOPS_PER_NODE: usize = 8;
 /// opens one above every epoch a live node has seen, so of two claims about who owns a lock the one with the
 /// higher epoch is newer, and the fencing tokens ([`FencingToken::from_epoch`]) of successive grants rise.
 /// Epoch 0 is the initial hint's: nobody has owned the lock yet.
+///
+/// Layout: the view epoch the ownership epoch was opened in, above a 28-bit counter ([`VIEW_SHIFT`]). An
+/// epoch opened in view `v` is at least `v << 28 | 1` (`OwnershipEpoch::next_in`), so a token regenerated
+/// after a crash, which always happens in a newer view than any grant the crashed node could have made (a
+/// crash is a view change), is above every token granted before, even when every node that knew the old
+/// epoch crashed (the amnesia case a fixed cluster cannot close). A view that opened 2²⁷ epochs of one lock
+/// asks for a new view ([`crate::algo::Protocol::wants_view_bump`]) long before its counter could reach the
+/// next view's range. In a cluster without views (view 0) the counter simply counts.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OwnershipEpoch(u64);
+
+/// The bits of an [`OwnershipEpoch`] below its view epoch.
+pub const VIEW_SHIFT: u32 = 28;
+
+/// An ownership epoch counter at or above this within its view makes the core ask for a new view.
+const BUMP_AT: u64 = 1 << (VIEW_SHIFT - 1);
 
 impl OwnershipEpoch {
     /// The epoch before any ownership: what a fresh node's hint and a request sent to the home claim.
@@ -118,14 +134,20 @@ impl OwnershipEpoch {
         OwnershipEpoch(epoch)
     }
 
-    /// The raw number (the high 32 bits of the epoch's fencing tokens).
+    /// The raw number (the high 48 bits of the epoch's fencing tokens).
     pub const fn get(self) -> u64 {
         self.0
     }
 
-    /// The epoch a transfer (or an owner whose grant counter would wrap) opens.
-    fn next(self) -> Self {
-        OwnershipEpoch(self.0 + 1)
+    /// The view epoch this ownership epoch was opened in (0 in a cluster without views).
+    pub const fn view(self) -> u64 {
+        self.0 >> VIEW_SHIFT
+    }
+
+    /// The epoch a transfer, a regeneration (or an owner whose grant counter would wrap) opens in view
+    /// `view`: the next number, and at least the first of `view`'s range.
+    fn next_in(self, view: u64) -> Self {
+        OwnershipEpoch((self.0 + 1).max((view << VIEW_SHIFT) | 1))
     }
 }
 
@@ -327,7 +349,7 @@ struct Owned {
     /// The epoch this node owns the token in.
     epoch: OwnershipEpoch,
     /// Grants made in this epoch (0 = none yet).
-    seq: u32,
+    seq: u16,
     /// Remote waiters, oldest first; one entry per node, never this node.
     queue: VecDeque<Waiter>,
     /// Whether this node is in the critical section.
@@ -403,6 +425,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The view epoch this node is in (0 without views).
+    fn view(&self) -> u64 {
+        self.peers.epoch()
+    }
+
     fn send(&self, out: &mut Vec<Output<PoMsg>>, to: NodeId, msg: PoMsg) {
         out.push(Output::Send { to, msg });
     }
@@ -548,6 +575,12 @@ impl Protocol for ProbableOwner {
                     })
                 }
                 RepOutcome::Redirect { owner, epoch } => {
+                    if !peers.contains(owner) && self.view.is_some() {
+                        // Sent in an older view to a node this view excluded (a newer view's messages are
+                        // held back until it is installed, so nothing else names a non-member). The
+                        // exclusion already re-sent our request to the home (`peer_restarted`): ignore it.
+                        return Ok(());
+                    }
                     if !peers.contains(owner) {
                         return Err(Self::unexpected(from, kind, "redirect to a node outside the cluster"));
                     }
@@ -667,6 +700,15 @@ impl Protocol for ProbableOwner {
             queue,
             own_request: None,
         }
+    }
+
+    fn wants_view_bump(&self, peers: &Peers) -> bool {
+        let view = peers.epoch();
+        if view == 0 {
+            return false;
+        }
+        let near_end = |e: OwnershipEpoch| e.view() == view && (e.get() & ((1 << VIEW_SHIFT) - 1)) >= BUMP_AT;
+        near_end(self.max_seen) || self.locks.values().any(|st| near_end(st.max_epoch))
     }
 
     fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {

@@ -68,9 +68,9 @@ impl LockState {
     /// Grants to this node itself (it owns the token and it is free).
     pub(super) fn enter(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
         let Some(o) = &mut self.owned else { return };
-        if o.seq == u32::MAX {
+        if o.seq == u16::MAX {
             // The grant counter would wrap: the owner opens a new epoch of its own (only it can).
-            o.epoch = o.epoch.next();
+            o.epoch = o.epoch.next_in(cx.view());
             o.seq = 0;
         }
         o.seq += 1;
@@ -185,7 +185,7 @@ impl LockState {
             self.owned = Some(o);
             return;
         };
-        let epoch = o.epoch.next();
+        let epoch = o.epoch.next_in(cx.view());
         let to_incarnation = cx.peers.incarnation(to).unwrap_or_default();
         let outcome = RepOutcome::Granted { epoch, queue: o.queue.into_iter().collect(), to_incarnation };
         cx.send(out, to, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });

@@ -30,7 +30,7 @@ impl LockState {
         // Mixing in the incarnation keeps a report meant for a previous life of this home out of this round.
         let my_inc = cx.peers.incarnation(cx.me).unwrap_or_default().get();
         let id = (my_inc << 32) | u64::from(self.rounds);
-        let floor = self.max_epoch.max(cx.synced).next();
+        let floor = self.max_epoch.max(cx.synced).next_in(cx.view());
         let mut reports = BTreeMap::new();
         reports.insert(cx.me, self.own_report(cx.synced));
         self.max_epoch = floor;

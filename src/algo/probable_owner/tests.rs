@@ -41,11 +41,11 @@ fn redirect(lock: &str, seq: u64, owner: u16, epoch: u64) -> PoMsg {
     }
 }
 
-fn entered(lock: &str, epoch: u64, seq: u32) -> Output<PoMsg> {
+fn entered(lock: &str, epoch: u64, seq: u16) -> Output<PoMsg> {
     Output::Entered { lock: lock.into(), token: token(epoch, seq) }
 }
 
-fn token(epoch: u64, seq: u32) -> FencingToken {
+fn token(epoch: u64, seq: u16) -> FencingToken {
     FencingToken::from_epoch(OwnershipEpoch(epoch), seq)
 }
 
@@ -671,4 +671,27 @@ fn rendezvous_home_moves_only_the_names_it_must() {
     assert!((300..500).contains(&to_joiner), "{to_joiner}");
     assert!((400..600).contains(&from_excluded), "{from_excluded}");
     assert_eq!(rendezvous_home("a", &[]), None);
+}
+
+/// Ownership epochs open in their view's range, and a counter past half of it asks for a view bump (only
+/// in the view it belongs to, never without views).
+#[test]
+fn epochs_open_in_the_views_range_and_ask_for_a_bump_near_its_end() {
+    let e = OwnershipEpoch(7);
+    assert_eq!(e.next_in(0), OwnershipEpoch(8), "without views the counter counts");
+    assert_eq!(e.next_in(3), OwnershipEpoch((3 << VIEW_SHIFT) | 1), "the first epoch of view 3");
+    assert_eq!(OwnershipEpoch((3 << VIEW_SHIFT) | 5).next_in(3).view(), 3);
+    let me = NodeId::new(0);
+    let mut peers = Peers::formed(me, 3);
+    let mut p = ProbableOwner::fresh(me, 3);
+    p.max_seen = OwnershipEpoch(BUMP_AT);
+    assert!(!p.wants_view_bump(&peers), "view 0 has no views to bump");
+    let members: Vec<(NodeId, Incarnation)> = (0..3).map(|i| (NodeId::new(i), Incarnation::new(0))).collect();
+    peers.apply_view(1, &members).expect("a newer view");
+    p.max_seen = OwnershipEpoch((1 << VIEW_SHIFT) | (BUMP_AT - 1));
+    assert!(!p.wants_view_bump(&peers));
+    p.max_seen = OwnershipEpoch((1 << VIEW_SHIFT) | BUMP_AT);
+    assert!(p.wants_view_bump(&peers));
+    peers.apply_view(2, &members).expect("a newer view");
+    assert!(!p.wants_view_bump(&peers), "an epoch of an older view is no reason to bump again");
 }
