@@ -9,6 +9,7 @@
 //! (plus `DMUTEX_MEMSIM_SCENARIO` / `DMUTEX_MEMSIM_MUTANT` when the failure's command names them;
 //! `DMUTEX_MEMSIM_TRACE=<lines>` keeps more of the trace than the last 400 steps).
 
+use dmutex::algo::Algorithm;
 use dmutex::algo::membership::Config;
 use dmutex::sim::{self, Liveness, MemberSimConfig, MemberSimReport, Mutant, Scenario};
 use std::collections::BTreeMap;
@@ -39,6 +40,13 @@ struct Totals {
     majority_lost: u64,
     /// The first few seeds whose newest view lost its majority for good (liveness unchecked).
     majority_lost_seeds: Vec<u64>,
+    grants: BTreeMap<Algorithm, u64>,
+    probes: u64,
+    unavailable: u64,
+    inactive_grants: u64,
+    renewals: u64,
+    lost_on_disconnect: u64,
+    max_settle_ms: u64,
     max_converge_ms: u64,
     views: u64,
     deferred_accepts: u64,
@@ -72,6 +80,15 @@ impl Totals {
             }
             Liveness::NotReached => {}
         }
+        for (algo, n) in &r.mutex.grants {
+            *self.grants.entry(*algo).or_default() += n;
+        }
+        self.probes += r.mutex.probes;
+        self.unavailable += r.mutex.unavailable;
+        self.inactive_grants += r.mutex.inactive_grants;
+        self.renewals += r.mutex.renewals;
+        self.lost_on_disconnect += r.mutex.lost_on_disconnect;
+        self.max_settle_ms = self.max_settle_ms.max(r.mutex.settled_after_ms.unwrap_or(0));
         self.views += r.views;
         self.deferred_accepts += r.deferred_accepts;
         self.steps += r.steps;
@@ -82,8 +99,9 @@ impl Totals {
 fn sweep(first: u64, seeds: u64, mutant: Mutant) -> (Totals, Vec<String>) {
     let mut totals = Totals::default();
     let mut failures = Vec::new();
+    let engines = std::env::var("DMUTEX_MEMSIM_ENGINES").map_or(true, |v| v != "0");
     for seed in first..first + seeds {
-        let cfg = MemberSimConfig::preset_with(seed, None, mutant);
+        let cfg = MemberSimConfig { engines, ..MemberSimConfig::preset_with(seed, None, mutant) };
         match sim::run_membership(&cfg) {
             Ok(report) => totals.add(seed, cfg.scenario, &report),
             Err(v) => failures.push(v.to_string()),
@@ -92,19 +110,21 @@ fn sweep(first: u64, seeds: u64, mutant: Mutant) -> (Totals, Vec<String>) {
     (totals, failures)
 }
 
-/// The regular sweep: every invariant holds in every run, every kind of fault happened, and liveness was
-/// checked in (nearly) every run.
-#[test]
-fn membership_keeps_one_view_per_epoch_lease_safety_and_liveness() {
-    let seeds = runs();
+/// The regular sweep runs in this many tests (shards of consecutive seeds), so that they use every core.
+const SHARDS: u64 = 4;
+
+/// Shard `shard` of the regular sweep: every invariant holds in every run, every kind of fault happened,
+/// liveness was checked in (nearly) every run, and every algorithm granted.
+fn sweep_shard(shard: u64) {
+    let per = runs().div_ceil(SHARDS);
     let started = Instant::now();
-    let (t, failures) = sweep(0, seeds, Mutant::None);
-    eprintln!("{seeds} runs in {:.1} s: {t:?}", started.elapsed().as_secs_f64());
+    let (t, failures) = sweep(shard * per, per, Mutant::None);
+    eprintln!("shard {shard}: {per} runs in {:.1} s: {t:?}", started.elapsed().as_secs_f64());
     for f in &failures {
         eprintln!("FAILED {}", f.lines().take(2).collect::<Vec<_>>().join(" | "));
     }
-    assert!(failures.is_empty(), "{} of {seeds} runs failed; first:\n{}", failures.len(), failures[0]);
-    if seeds >= 1000 {
+    assert!(failures.is_empty(), "{} of {per} runs failed; first:\n{}", failures.len(), failures[0]);
+    if per >= 1000 {
         for scenario in [Scenario::Chaos, Scenario::Scale, Scenario::Rolling] {
             assert!(t.scenarios.get(&scenario).is_some_and(|&n| n > 0), "no {scenario} run");
         }
@@ -119,7 +139,33 @@ fn membership_keeps_one_view_per_epoch_lease_safety_and_liveness() {
             t.majority_lost,
             t.runs
         );
+        if std::env::var("DMUTEX_MEMSIM_ENGINES").map_or(true, |v| v != "0") {
+            for algo in Algorithm::ALL {
+                assert!(t.grants.get(&algo).is_some_and(|&n| n > 0), "{algo} never granted: {t:?}");
+            }
+            assert!(t.inactive_grants > 0, "no grant ever came while its node was not active: {t:?}");
+        }
     }
+}
+
+#[test]
+fn sweep_shard_0() {
+    sweep_shard(0);
+}
+
+#[test]
+fn sweep_shard_1() {
+    sweep_shard(1);
+}
+
+#[test]
+fn sweep_shard_2() {
+    sweep_shard(2);
+}
+
+#[test]
+fn sweep_shard_3() {
+    sweep_shard(3);
 }
 
 /// Searches seeds `0..limit` with `mutant` for a lease-safety violation; returns it with its seed.

@@ -64,8 +64,8 @@ mod views;
 
 pub use config::{Load, SimConfig, SimMode, SimReport, Violation};
 pub use membership::{
-    FaultCounts, Liveness, MemberSimConfig, MemberSimReport, MemberViolation, Mutant, Scenario, StableRates,
-    ViewChangeCost, run_membership,
+    FaultCounts, Liveness, MemberSimConfig, MemberSimReport, MemberViolation, Mutant, MutexReport, Scenario,
+    StableRates, ViewChangeCost, run_membership,
 };
 pub use rng::SplitMix64;
 pub use views::{ViewOracle, ViewSimConfig, ViewSimReport, ViewViolation, run_views};

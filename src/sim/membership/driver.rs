@@ -6,10 +6,11 @@
 
 use super::checks::{Ghost, show};
 use super::clock::LocalClock;
+use super::engines::{EngineBody, Engines, Mutex};
 use super::faults::{Followup, Step as PlanStep};
 use super::{Liveness, MemberSimConfig, MemberSimReport, MemberViolation, Mutant, Scenario, ViewChangeCost};
 use crate::algo::membership::{Action, Ballot, Epoch, Event, Member, Membership, Msg, PPM, Timer, View};
-use crate::algo::{Incarnation, Millis, NodeId};
+use crate::algo::{Algorithm, Incarnation, Millis, NodeId, RequestId, TimerId};
 use crate::sim::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -24,7 +25,17 @@ pub(super) struct Envelope {
     pub(super) to: NodeId,
     /// The receiving process (a message to an earlier life of `to` is lost).
     pub(super) to_serial: u64,
-    pub(super) msg: Msg,
+    pub(super) msg: Payload,
+}
+
+/// What an envelope carries.
+#[derive(Clone, Debug)]
+pub(super) enum Payload {
+    /// A membership message (lossy: partitions drop it).
+    Member(Msg),
+    /// An engine message or handshake (reliable: partitions delay it), tagged with the sender's epoch and
+    /// the global time it was sent.
+    Engine { epoch: u64, sent: u64, body: EngineBody },
 }
 
 /// Something scheduled at a global time.
@@ -40,8 +51,14 @@ pub(super) enum Item {
     Followup(Followup),
     /// After the faults: is every live process an active member of one view yet?
     Settle,
-    /// The end of the stable tail.
+    /// The end of the stable tail (polled until the engines have settled too).
     TailEnd,
+    /// An engine timer of process `serial` of node `id`, valid while that engine still has it set for `at`.
+    EngineTimer { id: NodeId, serial: u64, algo: Algorithm, timer: TimerId, at: Millis },
+    /// The workload issues an acquire at a random process.
+    Acquire,
+    /// A holder leaves the critical section.
+    Release { id: NodeId, serial: u64, algo: Algorithm, req: RequestId },
 }
 
 /// One live process.
@@ -63,6 +80,17 @@ pub(super) struct Proc {
     accepted: Option<(Ballot, Epoch)>,
     /// The latest member-lease end the driver saw (what the [`Mutant::IgnoreLease`] driver goes by).
     seen_lease: Option<Millis>,
+    /// The mutex engines, while the process is a member of the view they run over.
+    pub(super) engines: Option<Engines>,
+    /// Engine envelopes waiting for the engines to reach their epoch (or to exist), in arrival order.
+    pub(super) held: VecDeque<Envelope>,
+}
+
+impl Proc {
+    /// The latest member-lease end the driver saw.
+    pub(super) fn seen_lease(&self) -> Option<Millis> {
+        self.seen_lease
+    }
 }
 
 /// Where the measurement of a single view change started.
@@ -100,6 +128,10 @@ pub(super) struct MemberSim {
     last_arrival: u64,
     /// Directed pairs cut by the active partition.
     pub(super) blocked: BTreeSet<(NodeId, NodeId)>,
+    /// When the active partition heals.
+    pub(super) heal_at: u64,
+    /// The mutex engines' requests, grants and connections.
+    pub(super) mutex: Mutex,
     pub(super) ghost: Ghost,
     pub(super) report: MemberSimReport,
     trace: VecDeque<String>,
@@ -146,6 +178,8 @@ impl MemberSim {
             link_clock: BTreeMap::new(),
             last_arrival: 0,
             blocked: BTreeSet::new(),
+            heal_at: 0,
+            mutex: Mutex::default(),
             ghost: Ghost::default(),
             report: MemberSimReport { clock_rates: (u64::MAX, 0), ..MemberSimReport::default() },
             trace: VecDeque::new(),
@@ -204,7 +238,9 @@ impl MemberSim {
             if self.steps > self.cfg.max_steps {
                 return Err(self.violation(format!("no end after {} steps", self.cfg.max_steps)));
             }
-            if let Err(e) = self.step(item).and_then(|()| self.check_leases()) {
+            let checked =
+                self.step(item).and_then(|()| self.check_leases()).and_then(|()| self.check_mutex());
+            if let Err(e) = checked {
                 return Err(self.violation(e));
             }
             if self.change.as_ref().is_some_and(|c| c.at < self.now) && self.converged() {
@@ -217,6 +253,9 @@ impl MemberSim {
         if !self.done {
             return Err(self.violation("the event queue ran dry before the run ended".into()));
         }
+        let (refused, expiries) = self.engine_totals();
+        self.report.mutex.refused_by_live_engines = refused;
+        self.report.mutex.lease_expiries_live = expiries;
         self.report.views = self.ghost.count();
         self.report.final_epoch = self.ghost.newest().map_or(0, |v| v.epoch.get());
         self.report.steps = self.steps;
@@ -237,6 +276,13 @@ impl MemberSim {
         }
         self.plan = self.build_plan().into();
         self.schedule(0, Item::Plan);
+        if self.cfg.engines {
+            let beat = self.cfg.membership.heartbeat.get();
+            for _ in 0..self.cfg.acquires {
+                let at = 2 * beat + self.rng.below(30 * beat);
+                self.schedule(at, Item::Acquire);
+            }
+        }
         Ok(())
     }
 
@@ -264,6 +310,8 @@ impl MemberSim {
             rejoin_after: None,
             accepted: None,
             seen_lease: None,
+            engines: None,
+            held: VecDeque::new(),
         };
         self.procs.insert(id, proc);
         self.known_ids.insert(id);
@@ -315,6 +363,11 @@ impl MemberSim {
             Item::Followup(f) => self.followup(f),
             Item::Settle => self.settle(),
             Item::TailEnd => self.tail_end(),
+            Item::EngineTimer { id, serial, algo, timer, at } => {
+                self.engine_timer(id, serial, algo, timer, at)
+            }
+            Item::Acquire => self.random_acquire(),
+            Item::Release { id, serial, algo, req } => self.release(id, serial, algo, req),
         }
     }
 
@@ -323,7 +376,8 @@ impl MemberSim {
             self.report.dropped += 1;
             return Ok(());
         };
-        if !arrived && self.blocked.contains(&(env.from, env.to)) {
+        let member = matches!(env.msg, Payload::Member(_));
+        if member && !arrived && self.blocked.contains(&(env.from, env.to)) {
             self.report.dropped += 1;
             return Ok(());
         }
@@ -332,7 +386,12 @@ impl MemberSim {
             return Ok(());
         }
         note!(self, "{} <- {}#{} {:?}", env.to, env.from, env.from_inc.get(), env.msg);
-        self.feed(env.to, Event::Message { from: env.from, incarnation: env.from_inc, msg: env.msg })
+        match env.msg {
+            Payload::Member(msg) => {
+                self.feed(env.to, Event::Message { from: env.from, incarnation: env.from_inc, msg })
+            }
+            Payload::Engine { .. } => self.deliver_engine(env),
+        }
     }
 
     /// Feeds one event to `id`'s core and executes what it asks for.
@@ -381,9 +440,15 @@ impl MemberSim {
             Action::InstallView(view) => {
                 note!(self, "{id} INSTALL {}", show(&view));
                 self.ghost.installed(&view)?;
+                if self.cfg.engines {
+                    self.engines_install(id, &view)?;
+                }
             }
             Action::Active(active) => {
                 note!(self, "{id} active {active}");
+                if !active && self.cfg.engines {
+                    self.lost_lease(id)?;
+                }
             }
             Action::Left => self.exit(id),
         }
@@ -392,25 +457,36 @@ impl MemberSim {
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         *self.report.messages.entry(msg.kind()).or_default() += 1;
+        if self.blocked.contains(&(from, to)) {
+            self.report.dropped += 1;
+            return;
+        }
+        self.transmit(from, to, Payload::Member(msg), 0);
+    }
+
+    /// Sends over the reliable engine connection: a partition between the two delays the message until it
+    /// heals (the link resends then) instead of losing it.
+    pub(super) fn send_reliable(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+        let not_before = if self.blocked.contains(&(from, to)) { self.heal_at } else { 0 };
+        self.transmit(from, to, payload, not_before);
+    }
+
+    /// Puts a message on the FIFO connection between the current processes of `from` and `to`, arriving
+    /// after a random delay (and not before `not_before`); lost if `to` has no process.
+    fn transmit(&mut self, from: NodeId, to: NodeId, msg: Payload, not_before: u64) {
         let Some(sender) = self.procs.get(&from) else { return };
         let (from_inc, from_serial) = (sender.inc, sender.serial);
         let Some(to_serial) = self.procs.get(&to).map(|p| p.serial) else {
             self.report.dropped += 1;
             return;
         };
-        if self.blocked.contains(&(from, to)) {
-            self.report.dropped += 1;
-            return;
-        }
         let delay = self.delay();
         let last = self.link_clock.entry((from_serial, to_serial)).or_default();
-        let at = (*last).max(self.now + delay);
+        let at = (*last).max(self.now.max(not_before) + delay);
         *last = at;
         self.last_arrival = self.last_arrival.max(at);
-        self.schedule(
-            at,
-            Item::Deliver { env: Envelope { from, from_inc, to, to_serial, msg }, arrived: false },
-        );
+        let env = Envelope { from, from_inc, to, to_serial, msg };
+        self.schedule(at, Item::Deliver { env, arrived: false });
     }
 
     fn delay(&mut self) -> u64 {
@@ -425,6 +501,7 @@ impl MemberSim {
 
     /// The process of `id` exits after [`Action::Left`]; it may come back later as a new incarnation.
     fn exit(&mut self, id: NodeId) {
+        self.forget_requests(id, false);
         let Some(p) = self.procs.remove(&id) else { return };
         self.report.faults.exits += 1;
         note!(self, "{id}#{} exits", p.inc.get());
@@ -434,7 +511,7 @@ impl MemberSim {
     }
 
     /// Whether the driver of process `p` (node `id`) acts at its local time `local`.
-    fn acting(&self, id: NodeId, p: &Proc, local: Millis) -> bool {
+    pub(super) fn acting(&self, id: NodeId, p: &Proc, local: Millis) -> bool {
         if self.cfg.mutant == Mutant::IgnoreLease && id == self.victim {
             let grace = self.cfg.membership.lease.get();
             return p.seen_lease.is_some_and(|u| local.get() < u.get().saturating_add(grace));
@@ -558,6 +635,9 @@ impl MemberSim {
             self.change_done();
             note!(self, "converged in epoch {epoch}");
             self.tail = Some(Tail { from: self.now, epoch, messages: self.report.messages.clone() });
+            if self.cfg.engines {
+                self.issue_probes()?;
+            }
             let tail = 5 * self.cfg.membership.heartbeat.get();
             self.schedule(self.now + tail, Item::TailEnd);
             return Ok(());
@@ -583,6 +663,15 @@ impl MemberSim {
     }
 
     fn tail_end(&mut self) -> Step {
+        let Some(from) = self.tail.as_ref().map(|t| t.from) else { return Ok(()) };
+        if !self.mutex_settled(from + PROBE_BOUND)? {
+            let poll = (self.cfg.membership.heartbeat.get() / 2).max(1);
+            self.schedule(self.now + poll, Item::TailEnd);
+            return Ok(());
+        }
+        if let Some(at) = self.mutex.probes_at {
+            self.report.mutex.settled_after_ms = Some(self.now - at);
+        }
         let Some(tail) = self.tail.take() else { return Ok(()) };
         let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
         if !self.converged() || epoch != tail.epoch {
@@ -633,6 +722,9 @@ impl MemberSim {
         matches!(self.cfg.scenario, Scenario::OneCrash | Scenario::OneJoin | Scenario::OneLeave)
     }
 }
+
+/// How long after convergence every probe must have been granted (and every earlier request answered).
+const PROBE_BOUND: u64 = 4000;
 
 /// `now − before`, per message type (types with no new message left out).
 fn diff(

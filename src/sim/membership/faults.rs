@@ -80,7 +80,7 @@ impl MemberSim {
                         _ => Inject::Leave,
                     };
                     plan.push(Step::Inject(fault));
-                    plan.push(Step::Sleep(self.rng.below(12 * beat)));
+                    plan.push(Step::Sleep(self.rng.below(8 * beat)));
                 }
             }
             Scenario::Scale => {
@@ -253,6 +253,7 @@ impl MemberSim {
                 *self.report.faults.partitions.entry(kind).or_default() += 1;
                 self.blocked = cut;
                 let span = beat + self.rng.below(20 * beat);
+                self.heal_at = self.now + span;
                 self.follow(span, Followup::Heal);
             }
             Inject::Join => {
@@ -301,6 +302,7 @@ impl MemberSim {
             note!(self, "crash of {id} skipped: the newest view would lose its majority");
             return false;
         }
+        self.forget_requests(id, true);
         let Some(p) = self.procs.remove(&id) else { return false };
         if p.rejoin_after.is_some() {
             // It was leaving and would have come back: the crash's own restart takes that over.

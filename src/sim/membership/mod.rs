@@ -52,8 +52,10 @@
 mod checks;
 mod clock;
 mod driver;
+mod engines;
 mod faults;
 
+use crate::algo::Algorithm;
 #[cfg(doc)]
 use crate::algo::Incarnation;
 #[cfg(doc)]
@@ -182,6 +184,10 @@ pub struct MemberSimConfig {
     pub faults: usize,
     /// A broken driver, or [`Mutant::None`].
     pub mutant: Mutant,
+    /// Whether every process runs the three mutex engines over its views (phase 2).
+    pub engines: bool,
+    /// Acquires the workload issues at random processes, engines and times while the faults last.
+    pub acquires: usize,
     /// Keep this many trace lines of the last steps (0: none; a failing run is replayed with a trace).
     pub trace_lines: usize,
     /// Give up (and report it) after this many steps.
@@ -209,8 +215,12 @@ impl MemberSimConfig {
             6 | 7 => Scenario::Scale,
             _ => Scenario::Rolling,
         };
-        let nodes = match scenario {
-            Scenario::Chaos => 3 + rng.below(3) as usize,
+        // Mostly 3 and 4 nodes (each member heartbeats every other one, so a 5-node run costs twice a
+        // 3-node one); the scale scenario reaches 5 anyway.
+        let nodes = match (scenario, rng.below(10)) {
+            (Scenario::Chaos, 0..=4) => 3,
+            (Scenario::Chaos, 5..=7) => 4,
+            (Scenario::Chaos, _) => 5,
             _ => 3,
         };
         // Slow messages only in chaos: the scripted scenarios wait for convergence between their steps, and
@@ -226,6 +236,8 @@ impl MemberSimConfig {
             slow_per_mille: if scenario == Scenario::Chaos { slow } else { 0 },
             faults: 2 + rng.below(4) as usize,
             mutant: Mutant::None,
+            engines: true,
+            acquires: 6 + rng.below(10) as usize,
             trace_lines: 0,
             max_steps: 400_000,
         }
@@ -413,8 +425,39 @@ pub struct MemberSimReport {
     pub steps: u64,
     /// Global time at the end.
     pub end_ms: u64,
+    /// What the mutex engines did.
+    pub mutex: MutexReport,
     /// The last steps, if [`MemberSimConfig::trace_lines`] asked for them.
     pub trace: Vec<String>,
+}
+
+/// What the mutex engines on top of the membership did in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MutexReport {
+    /// Acquires issued to active members (probes included).
+    pub issued: u64,
+    /// Grants handed to clients, per algorithm.
+    pub grants: BTreeMap<Algorithm, u64>,
+    /// Probes issued after convergence (one per member and algorithm).
+    pub probes: u64,
+    /// Acquires refused: the process was not an active member.
+    pub unavailable: u64,
+    /// Grants an engine made while its process was not active: released at once, never handed out.
+    pub inactive_grants: u64,
+    /// Engine events refused (a [`crate::algo::CoreError`]), counted by the driver.
+    pub refused: u64,
+    /// Refusals the engines still alive at the end counted themselves (held-back messages included).
+    pub refused_by_live_engines: u64,
+    /// Lease expiries the engines still alive at the end counted.
+    pub lease_expiries_live: u64,
+    /// View bumps ([`membership::Event::Renew`]) the engines asked for.
+    pub renewals: u64,
+    /// Engine messages lost because their connection was torn down (a view excluded one end).
+    pub lost_on_disconnect: u64,
+    /// Engine messages and handshakes sent, by algorithm (`HELLO` for handshakes).
+    pub messages: BTreeMap<&'static str, u64>,
+    /// ms from the probes to every probe granted and every earlier request answered.
+    pub settled_after_ms: Option<u64>,
 }
 
 /// An invariant a run broke. `Display` names the seed and the replay command.
