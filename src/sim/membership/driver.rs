@@ -289,12 +289,17 @@ impl MemberSim {
     /// Starts a new process for `id` (a new incarnation, a fresh clock, a fresh core); the caller tells it
     /// to bootstrap or to join.
     pub(super) fn spawn(&mut self, id: NodeId) -> Step {
+        let rate = self.draw_rate(id);
+        let base = self.rng.below(1 << 30);
+        self.spawn_with(id, LocalClock::new(self.now, base, rate))
+    }
+
+    /// [`MemberSim::spawn`] with a given clock.
+    fn spawn_with(&mut self, id: NodeId, clock: LocalClock) -> Step {
+        let (rate, base) = (clock.rate_ppm(), clock.local(self.now).get());
         let inc = self.incarnations.get(&id).map_or(0, |i| i + 1);
         self.incarnations.insert(id, inc);
         let inc = Incarnation::new(inc);
-        let rate = self.draw_rate(id);
-        let base = self.rng.below(1 << 30);
-        let clock = LocalClock::new(self.now, base, rate);
         let me = Member { id, incarnation: inc, addr: format!("n{id}") };
         let core = Membership::new(self.cfg.membership, me).map_err(|e| e.to_string())?;
         self.next_serial += 1;
@@ -320,6 +325,17 @@ impl MemberSim {
         self.report.clock_rates = (lo.min(rate), hi.max(rate));
         note!(self, "start {id}#{} clock rate {rate} ppm, reads {}", inc.get(), base);
         Ok(())
+    }
+
+    /// An excluded process starts again under a new incarnation, keeping its clock, and asks to be admitted.
+    fn reincarnate(&mut self, id: NodeId) -> Step {
+        self.forget_requests(id, false);
+        let Some(p) = self.procs.remove(&id) else { return Ok(()) };
+        note!(self, "{id}#{} was excluded: it rejoins as a new incarnation", p.inc.get());
+        self.report.faults.reincarnations += 1;
+        self.spawn_with(id, p.clock)?;
+        let seeds: Vec<NodeId> = self.known_ids.iter().copied().filter(|&s| s != id).collect();
+        self.feed(id, Event::JoinRequested { seeds })
     }
 
     /// A new process of `id` that asks every id that ever ran to admit it.
@@ -399,6 +415,7 @@ impl MemberSim {
         let Some(p) = self.procs.get_mut(&id) else { return Ok(()) };
         let local = p.clock.local(self.now);
         let (ballots, deferred) = (p.core.stats().proposals, p.core.stats().deferred_accepts);
+        let was_member = p.core.is_member();
         let mut out = Vec::new();
         let refused = p.core.handle(local, event, &mut out).err();
         self.report.ballots += p.core.stats().proposals - ballots;
@@ -423,6 +440,18 @@ impl MemberSim {
             note!(self, "{id} refused: {e}");
         }
         for action in out {
+            if let Action::InstallView(view) = &action
+                && !view.contains(id, inc)
+                && was_member
+                && self.procs.get(&id).is_some_and(|p| !p.leaving)
+            {
+                // Excluded while alive: it must not come back as the member it was (its engines start
+                // afresh, and a peer must not take the new stint for the old one), so the driver restarts it
+                // in place as a new incarnation (the engines' contract: `CoreError::ExcludedFromView`), and
+                // what the old core still asked for is dropped.
+                self.apply(id, action)?;
+                return self.reincarnate(id);
+            }
             self.apply(id, action)?;
         }
         Ok(())
@@ -627,12 +656,12 @@ impl MemberSim {
         });
     }
 
+    /// After the faults: polls until every live process is an active member of one view, then starts the
+    /// stable tail. Fails once the bound has passed without a tail that stayed stable.
     fn settle(&mut self) -> Step {
-        let end = self.faults_end.unwrap_or(self.now);
         if self.converged() {
-            self.report.liveness = Liveness::Converged { after_ms: self.now - end };
-            let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
             self.change_done();
+            let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
             note!(self, "converged in epoch {epoch}");
             self.tail = Some(Tail { from: self.now, epoch, messages: self.report.messages.clone() });
             if self.cfg.engines {
@@ -648,22 +677,40 @@ impl MemberSim {
             self.done = true;
             return Ok(());
         }
-        let bound = self.cfg.liveness_bound();
-        if self.now - end > bound {
-            return Err(format!(
-                "liveness: {} ms after the faults ended (bound {bound} ms) the live processes are not all \
-                 active members of the newest view: {}",
-                self.now - end,
-                self.state_summary()
-            ));
-        }
+        self.within_bound("the live processes are not all active members of the newest view")?;
         let poll = (self.cfg.membership.heartbeat.get() / 2).max(1);
         self.schedule(self.now + poll, Item::Settle);
         Ok(())
     }
 
+    /// `Err` once the liveness bound after the end of the faults has passed.
+    fn within_bound(&self, what: &str) -> Step {
+        let end = self.faults_end.unwrap_or(self.now);
+        let bound = self.cfg.liveness_bound();
+        if self.now - end > bound {
+            return Err(format!(
+                "liveness: {} ms after the faults ended (bound {bound} ms) {what}: {}",
+                self.now - end,
+                self.state_summary()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The end of the stable tail: the view must not have changed (else settling starts over, within the
+    /// bound: a suspicion or join request from before the network settled may still change it once), and
+    /// the engines must have granted every probe.
     fn tail_end(&mut self) -> Step {
-        let Some(from) = self.tail.as_ref().map(|t| t.from) else { return Ok(()) };
+        let Some((from, tail_epoch)) = self.tail.as_ref().map(|t| (t.from, t.epoch)) else { return Ok(()) };
+        let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
+        if !self.converged() || epoch != tail_epoch {
+            note!(self, "the view changed after converging in epoch {tail_epoch}: settling again");
+            self.report.late_view_changes += 1;
+            self.tail = None;
+            self.within_bound(&format!("the view did not stay stable (it converged in epoch {tail_epoch})"))?;
+            self.schedule(self.now, Item::Settle);
+            return Ok(());
+        }
         if !self.mutex_settled(from + PROBE_BOUND)? {
             let poll = (self.cfg.membership.heartbeat.get() / 2).max(1);
             self.schedule(self.now + poll, Item::TailEnd);
@@ -673,14 +720,8 @@ impl MemberSim {
             self.report.mutex.settled_after_ms = Some(self.now - at);
         }
         let Some(tail) = self.tail.take() else { return Ok(()) };
-        let epoch = self.ghost.newest().map_or(Epoch::NONE, |v| v.epoch);
-        if !self.converged() || epoch != tail.epoch {
-            return Err(format!(
-                "liveness: the view did not stay stable after converging in epoch {} (now epoch {epoch}): {}",
-                tail.epoch,
-                self.state_summary()
-            ));
-        }
+        let end = self.faults_end.unwrap_or(tail.from);
+        self.report.liveness = Liveness::Converged { after_ms: tail.from - end };
         let sent = diff(&self.report.messages, &tail.messages);
         let count = |kind: &str| sent.get(kind).copied().unwrap_or(0);
         self.report.stable = super::StableRates {

@@ -37,11 +37,19 @@
 //!   excluding X is installed, X is not active at that global moment" and "X never becomes active again in
 //!   an epoch up to that one".
 //!
-//! **Liveness**: once the faults are over (partitions healed, pauses ended, crashed nodes restarted), every
-//! live process must, within [`MemberSimConfig::liveness_bound`], be a member of one and the same newest view,
-//! which lists exactly the live processes, and be active; then it must stay so for a stable tail in which
-//! heartbeat and ack rates are measured ([`StableRates`]). Runs in which the newest view has lost its majority
-//! for good are reported ([`Liveness::MajorityLost`]), not failed.
+//! **Liveness**: once the faults are over (partitions healed, pauses ended, crashed nodes restarted, and every
+//! message of the fault period delivered), every live process must, within
+//! [`MemberSimConfig::liveness_bound`], be a member of one and the same newest view, which lists exactly the
+//! live processes, be active, want no change and have no instance under way; and it must then stay so for a
+//! stable tail of five heartbeats, in which heartbeat and ack rates are measured ([`StableRates`]). A view
+//! change in the tail (a suspicion that started before the network settled) starts settling over, still
+//! within the bound ([`MemberSimReport::late_view_changes`]). Runs in which the newest view has lost its
+//! majority for good are reported ([`Liveness::MajorityLost`]), not failed.
+//!
+//! **Mutex engines** (phase 2, `engines.rs`): Lamport, Ricart–Agrawala and probable owner on every process,
+//! over the views it installs and gated by its member lease; mutual exclusion over grants valid on the
+//! holder's clock, fencing tokens, and after convergence a probe at every member for every algorithm. An
+//! excluded process rejoins as a new incarnation (the engines' contract).
 //!
 //! **Mutants** ([`Mutant`], in this driver only, never in the core): a node whose clock runs at `1 − 3ρ`, and a
 //! driver that keeps acting for `L` after its member lease ended. The checker must catch both.
@@ -314,6 +322,8 @@ pub struct FaultCounts {
     pub exits: u64,
     /// Crashes and leaves not injected (a majority of the newest view would not have stayed up).
     pub skipped: u64,
+    /// Processes excluded while alive that the driver restarted in place as a new incarnation.
+    pub reincarnations: u64,
 }
 
 /// Whether the liveness condition was checked.
@@ -415,6 +425,9 @@ pub struct MemberSimReport {
     pub ballots: u64,
     /// ACCEPTs deferred for a lease wait, all processes.
     pub deferred_accepts: u64,
+    /// Times the view changed after the cluster had converged (a suspicion or a join request from before
+    /// the network settled), so that settling started over.
+    pub late_view_changes: u64,
     /// Heartbeat cost in the stable view at the end.
     pub stable: StableRates,
     /// The single view change's cost (single-fault scenarios only).
