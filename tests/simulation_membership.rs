@@ -199,6 +199,25 @@ fn a_driver_ignoring_its_member_lease_is_caught() {
     assert!(message.contains("DMUTEX_MEMSIM_MUTANT=ignore-lease"), "{message}");
 }
 
+/// Negative control (c), for the engines: drivers that let clients keep their grants past the member lease
+/// (no release on `Active(false)`, validity by TTL alone). The membership core is unchanged, so views and
+/// leases stay safe; the mutual-exclusion check over valid grants must catch a second holder.
+#[test]
+fn grants_kept_past_the_member_lease_break_mutual_exclusion_and_are_caught() {
+    let found = (0..2000).find_map(|seed| {
+        let cfg = MemberSimConfig::preset_with(seed, Some(Scenario::Chaos), Mutant::KeepGrants);
+        match sim::run_membership(&cfg) {
+            Err(v) if v.description.starts_with("mutual exclusion") => Some((seed, v.to_string())),
+            Err(v) => panic!("seed {seed}: another violation than mutual exclusion:\n{v}"),
+            Ok(_) => None,
+        }
+    });
+    let (seed, message) =
+        found.expect("no mutual-exclusion violation in 2000 seeds with grants kept past the lease");
+    eprintln!("kept grants caught at seed {seed}:\n{message}");
+    assert!(message.contains("DMUTEX_MEMSIM_MUTANT=keep-grants"), "{message}");
+}
+
 /// Replays one run from the environment (what a failure's message says to run), with a trace.
 #[test]
 fn replay() {

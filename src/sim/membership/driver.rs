@@ -327,13 +327,20 @@ impl MemberSim {
         Ok(())
     }
 
-    /// An excluded process starts again under a new incarnation, keeping its clock, and asks to be admitted.
+    /// An excluded process starts again under a new incarnation, keeping its clock and the view that
+    /// excluded it (it is the same process: that view is no amnesia, and it may be the only live record that
+    /// the view was decided), and asks to be admitted.
     fn reincarnate(&mut self, id: NodeId) -> Step {
         self.forget_requests(id, false);
         let Some(p) = self.procs.remove(&id) else { return Ok(()) };
         note!(self, "{id}#{} was excluded: it rejoins as a new incarnation", p.inc.get());
         self.report.faults.reincarnations += 1;
+        let last = p.core.view().cloned();
         self.spawn_with(id, p.clock)?;
+        let inc = self.procs.get(&id).map(|q| q.inc).unwrap_or_default();
+        if let Some(view) = last {
+            self.feed(id, Event::Message { from: id, incarnation: inc, msg: Msg::Install { view } })?;
+        }
         let seeds: Vec<NodeId> = self.known_ids.iter().copied().filter(|&s| s != id).collect();
         self.feed(id, Event::JoinRequested { seeds })
     }

@@ -192,8 +192,8 @@ pub(super) struct Mutex {
     pub(super) reqs: BTreeMap<(Algorithm, RequestId), Req>,
     orphans: Vec<Orphan>,
     last_token: BTreeMap<(Algorithm, String), FencingToken>,
-    /// Per unordered pair of ids: when their engine connection was last torn down.
-    disconnected: BTreeMap<(NodeId, NodeId), u64>,
+    /// Per unordered pair of processes (id and incarnation): when their engine connection was torn down.
+    disconnected: BTreeMap<(Proc, Proc), u64>,
     /// Per (sender process, receiver process): the connection (its last teardown time) on which the sender
     /// has sent its handshake. A connection handshakes both ways, so a handshake on a newer one is answered.
     hello_sent: BTreeMap<(u64, u64), u64>,
@@ -201,7 +201,11 @@ pub(super) struct Mutex {
     pub(super) probes_at: Option<u64>,
 }
 
-fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+/// A process, as its peers know it.
+type Proc = (NodeId, Incarnation);
+
+/// The connection between two processes, either way round.
+fn pair(a: Proc, b: Proc) -> (Proc, Proc) {
     (a.min(b), a.max(b))
 }
 
@@ -438,6 +442,7 @@ impl MemberSim {
         for ((algo, req), state) in mine {
             match state {
                 ReqState::Waiting => self.engine_event(id, algo, Event::Cancel { req })?,
+                ReqState::Held { .. } if self.cfg.mutant == super::Mutant::KeepGrants => {}
                 ReqState::Held { .. } => {
                     self.mutex.reqs.remove(&(algo, req));
                     self.engine_event(id, algo, Event::Release { req })?;
@@ -455,15 +460,15 @@ impl MemberSim {
             if p.engines.is_some() {
                 note!(self, "{id} drops its engines: {} excludes it", show(view));
                 self.forget_requests(id, false);
-                let others: Vec<NodeId> = self
+                let others: Vec<Proc> = self
                     .procs
                     .get(&id)
                     .into_iter()
                     .flat_map(|p| p.engines.iter())
-                    .flat_map(|e| e.members.iter().map(|&(m, _)| m))
+                    .flat_map(|e| e.members.iter().copied())
                     .collect();
                 for other in others {
-                    self.mutex.disconnected.insert(pair(id, other), self.now);
+                    self.mutex.disconnected.insert(pair((id, inc), other), self.now);
                 }
                 if let Some(p) = self.procs.get_mut(&id) {
                     p.engines = None;
@@ -477,8 +482,8 @@ impl MemberSim {
             None => (members.iter().map(|&(m, _)| m).filter(|&m| m != id).collect::<Vec<_>>(), true),
             Some(e) if epoch <= e.epoch => return Ok(()),
             Some(e) => {
-                for &(gone, _) in e.members.difference(&members) {
-                    self.mutex.disconnected.insert(pair(id, gone), self.now);
+                for &gone in e.members.difference(&members) {
+                    self.mutex.disconnected.insert(pair((id, inc), gone), self.now);
                 }
                 (members.difference(&e.members).map(|&(m, _)| m).filter(|&m| m != id).collect(), false)
             }
@@ -533,7 +538,7 @@ impl MemberSim {
         for key in mine {
             let Some(r) = self.mutex.reqs.remove(&key) else { continue };
             if let (true, ReqState::Held { token, at }) = (crashed, r.state)
-                && self.acting(id, p, local)
+                && self.grant_valid(id, p, local)
             {
                 let end = Millis::new((at.get() + r.ttl.get()).min(acting_until.get()));
                 let until = p.clock.fires_at(end, self.now);
@@ -552,7 +557,8 @@ impl MemberSim {
         if matches!(body, EngineBody::Hello { .. })
             && let (Some(p), Some(q)) = (self.procs.get(&from), self.procs.get(&to))
         {
-            let generation = self.mutex.disconnected.get(&pair(from, to)).copied().unwrap_or(0);
+            let link = pair((from, p.inc), (to, q.inc));
+            let generation = self.mutex.disconnected.get(&link).copied().unwrap_or(0);
             self.mutex.hello_sent.insert((p.serial, q.serial), generation);
         }
         let payload = Payload::Engine { epoch, sent: self.now, body };
@@ -563,7 +569,9 @@ impl MemberSim {
     /// An engine envelope arrived at its process (or is released from the driver's hold).
     pub(super) fn deliver_engine(&mut self, env: Envelope) -> Step {
         let Payload::Engine { sent, epoch, body } = &env.msg else { return Ok(()) };
-        if self.mutex.disconnected.get(&pair(env.from, env.to)).is_some_and(|&cut| *sent < cut) {
+        let Some(to_inc) = self.procs.get(&env.to).map(|p| p.inc) else { return Ok(()) };
+        let link = pair((env.from, env.from_inc), (env.to, to_inc));
+        if self.mutex.disconnected.get(&link).is_some_and(|&cut| *sent < cut) {
             self.report.mutex.lost_on_disconnect += 1;
             return Ok(());
         }
@@ -588,7 +596,7 @@ impl MemberSim {
                 let Some(p) = self.procs.get(&env.to) else { return Ok(()) };
                 let Some(e) = p.engines.as_ref() else { return Ok(()) };
                 let from_serial = self.procs.get(&env.from).map(|q| q.serial);
-                let generation = self.mutex.disconnected.get(&pair(env.from, env.to)).copied().unwrap_or(0);
+                let generation = self.mutex.disconnected.get(&link).copied().unwrap_or(0);
                 let greeted = from_serial
                     .is_some_and(|q| self.mutex.hello_sent.get(&(p.serial, q)) == Some(&generation));
                 if from_serial.is_some() && !greeted {
@@ -616,7 +624,7 @@ impl MemberSim {
                 && let Some(p) = self.procs.get(&r.id).filter(|p| p.serial == r.serial)
             {
                 let local = p.clock.local(now);
-                if local.get() < at.get() + r.ttl.get() && self.acting(r.id, p, local) {
+                if local.get() < at.get() + r.ttl.get() && self.grant_valid(r.id, p, local) {
                     valid.push(((algo, r.lock.as_str()), Some(req)));
                 }
             }
@@ -716,9 +724,18 @@ impl MemberSim {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
+    /// Whether the client of a grant at process `p` of `id` may still use it at local time `local` (its
+    /// TTL aside): while the process acts; always, for the [`super::Mutant::KeepGrants`] drivers.
+    fn grant_valid(&self, id: NodeId, p: &super::driver::Proc, local: Millis) -> bool {
+        self.cfg.mutant == super::Mutant::KeepGrants || self.acting(id, p, local)
+    }
+
     /// The global time until which process `p` of `id` acts at most (its member lease, or what the mutant
     /// goes by), on its own clock.
     fn acting_until(&self, id: NodeId, p: &super::driver::Proc) -> Millis {
+        if self.cfg.mutant == super::Mutant::KeepGrants {
+            return Millis::new(u64::MAX);
+        }
         if self.cfg.mutant == super::Mutant::IgnoreLease && id == self.victim {
             let grace = self.cfg.membership.lease.get();
             return Millis::new(p.seen_lease().map_or(0, |u| u.get() + grace));

@@ -51,8 +51,9 @@
 //! holder's clock, fencing tokens, and after convergence a probe at every member for every algorithm. An
 //! excluded process rejoins as a new incarnation (the engines' contract).
 //!
-//! **Mutants** ([`Mutant`], in this driver only, never in the core): a node whose clock runs at `1 − 3ρ`, and a
-//! driver that keeps acting for `L` after its member lease ended. The checker must catch both.
+//! **Mutants** ([`Mutant`], in this driver only, never in the core): a node whose clock runs at `1 − 3ρ`, a
+//! driver that keeps acting for `L` after its member lease ended, and drivers that let clients keep their
+//! grants past the member lease. The checker must catch all three.
 //!
 //! Must never: read the OS clock, use unseeded randomness, let `HashMap` order reach the output, or panic on
 //! anything a core does.
@@ -142,6 +143,10 @@ pub enum Mutant {
     /// One node's driver ignores the end of its member lease: it keeps acting until the lease's end plus `L`
     /// (also after [`membership::Action::Active`]`(false)`).
     IgnoreLease,
+    /// Every driver lets its clients keep their grants until their TTL even after the member lease ended
+    /// (no release on [`membership::Action::Active`]`(false)`, validity by TTL alone). The membership core
+    /// stays correct, so lease safety holds; mutual exclusion must be seen to break.
+    KeepGrants,
 }
 
 impl Mutant {
@@ -151,6 +156,7 @@ impl Mutant {
             Mutant::None => "none",
             Mutant::SlowClock => "slow-clock",
             Mutant::IgnoreLease => "ignore-lease",
+            Mutant::KeepGrants => "keep-grants",
         }
     }
 }
@@ -168,7 +174,10 @@ impl std::str::FromStr for Mutant {
             "none" => Ok(Mutant::None),
             "slow-clock" | "slow_clock" | "drift" => Ok(Mutant::SlowClock),
             "ignore-lease" | "ignore_lease" => Ok(Mutant::IgnoreLease),
-            other => Err(format!("unknown mutant {other:?} (expected none, slow-clock or ignore-lease)")),
+            "keep-grants" | "keep_grants" => Ok(Mutant::KeepGrants),
+            other => Err(format!(
+                "unknown mutant {other:?} (expected none, slow-clock, ignore-lease or keep-grants)"
+            )),
         }
     }
 }
