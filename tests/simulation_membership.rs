@@ -1,11 +1,16 @@
 //! Seeded simulation of whole nodes driven by the real membership core (`src/sim/membership/`): drifting
 //! clocks, partitions (split, one-way, bridge), pauses, amnesia crashes (also twice in a row), joins, leaves,
-//! scaling 3 → 5 → 3 and rolling restarts. Checked after every step: one view per epoch, every view accepted
-//! by a majority of its predecessor, and lease safety (no process acts while a view excluding it is
-//! installed); at the end, liveness (every live process an active member of one view within the bound).
+//! scaling 3 → 5 → 3 and rolling restarts, with Lamport, Ricart–Agrawala and probable owner running on every
+//! node over the views and gated by the member lease. Checked after every step: one view per epoch, every
+//! view accepted by a majority of its predecessor, lease safety (no process acts while a view excluding it is
+//! installed), at most one holder per algorithm and lock whose grant is valid on its own clock, fencing
+//! tokens rising per lock; at the end, liveness (every live process an active member of one view within the
+//! bound, and a probe per member and algorithm granted).
 //!
-//! Runs: `DMUTEX_MEMSIM_RUNS` seeds (default [`RUNS`]). Replay a failure:
-//! `DMUTEX_MEMSIM_SEED=<seed> cargo test --test simulation_membership replay -- --nocapture`
+//! Runs: `DMUTEX_MEMSIM_RUNS` seeds (default [`RUNS`]) split over [`SHARDS`] tests, so that they use every
+//! core; `DMUTEX_MEMSIM_ENGINES=0` runs the membership alone. Soak:
+//! `DMUTEX_MEMSIM_RUNS=100000 cargo test --release --test simulation_membership sweep -- --nocapture`.
+//! Replay a failure: `DMUTEX_MEMSIM_SEED=<seed> cargo test --test simulation_membership replay -- --nocapture`
 //! (plus `DMUTEX_MEMSIM_SCENARIO` / `DMUTEX_MEMSIM_MUTANT` when the failure's command names them;
 //! `DMUTEX_MEMSIM_TRACE=<lines>` keeps more of the trace than the last 400 steps).
 
@@ -235,7 +240,12 @@ fn replay() {
         .parse()
         .expect("DMUTEX_MEMSIM_MUTANT");
     let lines: usize = std::env::var("DMUTEX_MEMSIM_TRACE").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
-    let cfg = MemberSimConfig { trace_lines: lines, ..MemberSimConfig::preset_with(seed, scenario, mutant) };
+    let engines = std::env::var("DMUTEX_MEMSIM_ENGINES").map_or(true, |v| v != "0");
+    let cfg = MemberSimConfig {
+        trace_lines: lines,
+        engines,
+        ..MemberSimConfig::preset_with(seed, scenario, mutant)
+    };
     eprintln!("replaying {cfg:?}");
     match sim::run_membership(&cfg) {
         Ok(report) => {

@@ -80,6 +80,8 @@ pub(super) struct Engines {
     po: Engine<ProbableOwner>,
     /// Engine timers (local times).
     timers: BTreeMap<(Algorithm, TimerId), Millis>,
+    /// The epoch in which the engines last asked for a view bump (asked once per view).
+    renew_asked: Option<u64>,
 }
 
 impl Engines {
@@ -94,6 +96,7 @@ impl Engines {
             ra: Engine::in_view(RicartAgrawala::fresh(me, 0), me, inc, epoch, &list),
             po: Engine::in_view(ProbableOwner::fresh(me, 0), me, inc, epoch, &list),
             timers: BTreeMap::new(),
+            renew_asked: None,
         }
     }
 
@@ -244,7 +247,10 @@ impl MemberSim {
         if refused {
             self.report.mutex.refused += 1;
         }
-        let bump = e.wants_view_bump();
+        let bump = e.renew_asked != Some(e.epoch) && e.wants_view_bump();
+        if bump {
+            e.renew_asked = Some(e.epoch);
+        }
         for action in actions {
             self.engine_action(id, algo, action)?;
         }
@@ -641,15 +647,12 @@ impl MemberSim {
             if *k != key {
                 continue;
             }
-            match req.and_then(|req| self.mutex.reqs.get(&(key.0, req)).map(|r| (req, r))) {
-                Some((req, r)) => {
-                    let (inc, token) = match (self.procs.get(&r.id), r.state) {
-                        (Some(p), ReqState::Held { token, .. }) => (p.inc.get(), token.get()),
-                        _ => (0, 0),
-                    };
-                    who.push(format!("node {}#{inc} ({req:?}, token {token:#x})", r.id));
-                }
-                None => {}
+            if let Some((req, r)) = req.and_then(|req| self.mutex.reqs.get(&(key.0, req)).map(|r| (req, r))) {
+                let (inc, token) = match (self.procs.get(&r.id), r.state) {
+                    (Some(p), ReqState::Held { token, .. }) => (p.inc.get(), token.get()),
+                    _ => (0, 0),
+                };
+                who.push(format!("node {}#{inc} ({req:?}, token {token:#x})", r.id));
             }
         }
         for o in self.mutex.orphans.iter().filter(|o| (o.algo, o.lock.as_str()) == key) {

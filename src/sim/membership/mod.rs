@@ -293,11 +293,14 @@ impl MemberSimConfig {
     /// The shell command that replays this run, if it is a preset (else the config to pass).
     pub fn replay_command(&self) -> String {
         let preset = Self::preset_with(self.seed, Some(self.scenario), self.mutant);
-        let plain = MemberSimConfig { trace_lines: self.trace_lines, ..preset.clone() };
+        let plain = MemberSimConfig { trace_lines: self.trace_lines, engines: self.engines, ..preset };
         if *self != plain {
             return format!("dmutex::sim::run_membership(&{self:?})");
         }
         let mut cmd = format!("DMUTEX_MEMSIM_SEED={}", self.seed);
+        if !self.engines {
+            cmd += " DMUTEX_MEMSIM_ENGINES=0";
+        }
         if self.scenario != Self::preset(self.seed).scenario {
             cmd += &format!(" DMUTEX_MEMSIM_SCENARIO={}", self.scenario);
         }
