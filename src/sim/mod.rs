@@ -46,13 +46,16 @@
 //! (livelock).
 //!
 //! View changes (a crashed holder excluded by a lease oracle, a node joining under a new id) run in their own
-//! smaller scenario, [`run_views`], over plain FIFO links keyed by node id.
+//! smaller scenario, [`run_views`], over plain FIFO links keyed by node id. Whole nodes driven by the real
+//! membership core (no oracle), with drifting clocks, partitions, pauses, amnesia crashes, joins, leaves and
+//! rolling restarts, run in [`run_membership`].
 //!
 //! Must never: read the OS clock, use unseeded randomness, let `HashMap` order reach the output, or panic on
 //! anything a core does.
 
 mod checks;
 mod config;
+mod membership;
 mod network;
 mod rng;
 #[cfg(test)]
@@ -60,6 +63,10 @@ mod tests;
 mod views;
 
 pub use config::{Load, SimConfig, SimMode, SimReport, Violation};
+pub use membership::{
+    FaultCounts, Liveness, MemberSimConfig, MemberSimReport, MemberViolation, Mutant, MutexReport, Scenario,
+    StableRates, ViewChangeCost, run_membership,
+};
 pub use rng::SplitMix64;
 pub use views::{ViewOracle, ViewSimConfig, ViewSimReport, ViewViolation, run_views};
 

@@ -68,10 +68,16 @@ pub struct Membership {
     heartbeats: BTreeMap<Millis, BTreeSet<NodeId>>,
     lease_until: Option<Millis>,
     active: bool,
-    /// Nodes asking to be admitted.
-    joins: BTreeMap<NodeId, Member>,
-    /// Members that resigned (stopped acting) and wait for their removal.
-    resigned: BTreeSet<NodeId>,
+    /// Nodes asking to be admitted, with when their latest JOIN came. A JOIN not renewed for S is ignored
+    /// (a live joiner re-sends it every retry while it is outside the view): the joiner may have died, or
+    /// have been admitted and removed in views this node missed.
+    joins: BTreeMap<NodeId, (Member, Millis)>,
+    /// Members that resigned (stopped acting) and wait for their removal, at the incarnation that resigned:
+    /// a later incarnation of the same id has promised nothing of the kind.
+    resigned: BTreeSet<(NodeId, Incarnation)>,
+    /// Per id, the newest incarnation known to have resigned and been removed: it never becomes a member
+    /// again (a restart is a new incarnation), so a JOIN of it, or of an older one, is stale.
+    retired: BTreeMap<NodeId, Incarnation>,
     leaving: bool,
     /// [`Event::Renew`] asked for a view after this epoch with the same members.
     renew_after: Option<Epoch>,
@@ -104,6 +110,7 @@ impl Membership {
             active: false,
             joins: BTreeMap::new(),
             resigned: BTreeSet::new(),
+            retired: BTreeMap::new(),
             leaving: false,
             renew_after: None,
             deferred: None,
@@ -176,6 +183,12 @@ impl Membership {
     /// The highest ballot this node's acceptor promised for the next epoch.
     pub fn promised(&self) -> Option<Ballot> {
         self.acceptor.promised
+    }
+
+    /// Whether this node would propose a new view at local time `now`: it suspects a member, knows of a
+    /// resignation, or has a join request. For checkers: in a quiet cluster no member wants a change.
+    pub fn wants_change(&self, now: Millis) -> bool {
+        self.is_member() && self.desired(now).is_some()
     }
 
     /// Counters.
@@ -263,7 +276,7 @@ impl Membership {
         let epoch = view.epoch;
         self.leaving = true;
         self.set_active(false, out);
-        self.resigned.insert(self.me.id);
+        self.resigned.insert(self.me_id());
         for to in self.others() {
             Self::send(out, to, Msg::Resign { epoch });
         }
@@ -321,7 +334,9 @@ impl Membership {
 
     fn heartbeat(&mut self, now: Millis, out: &mut Vec<Action>) {
         let Some(view) = &self.view else { return };
-        if !self.is_member() || self.leaving {
+        // A leaving member keeps heartbeating (it gains no lease: `check_lease`): if it missed the view that
+        // removed it, a member of that view answers with it, and the leaver learns that it left.
+        if !self.is_member() {
             return;
         }
         let epoch = view.epoch;
@@ -369,8 +384,12 @@ impl Membership {
         self.max_round = 0;
         self.deferred = None;
         self.heartbeats.clear();
-        self.joins.retain(|id, m| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
-        self.resigned.retain(|id| view.members.contains_key(id));
+        self.joins.retain(|id, (m, _)| view.members.get(id).is_none_or(|v| v.incarnation < m.incarnation));
+        for &(id, inc) in self.resigned.iter().filter(|&&(id, inc)| !view.contains(id, inc)) {
+            let newest = self.retired.entry(id).or_insert(inc);
+            *newest = (*newest).max(inc);
+        }
+        self.resigned.retain(|&(id, inc)| view.contains(id, inc));
         self.renew_after = self.renew_after.filter(|&e| e >= view.epoch);
         self.last_heard.retain(|id, (inc, _)| view.contains(*id, *inc));
         for m in view.members.values() {
@@ -411,14 +430,25 @@ impl Membership {
     }
 
     /// The next view this node would propose: the current one without suspected or resigned members, with
-    /// the nodes asking to join. `None` if nothing changes (or nothing would be left).
+    /// the nodes asking to join. `None` if nothing changes (or nothing would be left), or if this node does
+    /// not hear a majority of its view.
     fn desired(&self, now: Millis) -> Option<View> {
         let view = self.view.as_ref()?;
-        let mut members = view.members.clone();
-        for id in self.suspected(now).iter().chain(&self.resigned) {
-            members.remove(id);
+        let suspected = self.suspected(now);
+        // A member that hears no majority of its view (itself included) could not get a view decided, and
+        // what it would propose (everyone it cannot hear removed) is likely wrong: it is the one cut off.
+        if view.members.len().saturating_sub(suspected.len()) < view.majority() {
+            return None;
         }
-        for m in self.joins.values() {
+        let mut members = view.members.clone();
+        for id in suspected {
+            members.remove(&id);
+        }
+        members.retain(|&id, m| !self.resigned.contains(&(id, m.incarnation)));
+        for (m, heard) in self.joins.values() {
+            if later(*heard, self.cfg.suspect_after) <= now {
+                continue;
+            }
             if members.get(&m.id).is_none_or(|cur| cur.incarnation < m.incarnation) {
                 members.insert(m.id, m.clone());
             }
@@ -435,9 +465,16 @@ impl Membership {
             return 0;
         }
         let suspected = self.suspected(now);
-        let live =
-            self.others().into_iter().filter(|id| !suspected.contains(id) && !self.resigned.contains(id));
+        let live = self.others().into_iter().filter(|&id| !suspected.contains(&id) && !self.has_resigned(id));
         live.filter(|&id| id < self.me.id).count() as u64
+    }
+
+    /// Whether the member `id` of the installed view resigned (at the incarnation the view lists).
+    fn has_resigned(&self, id: NodeId) -> bool {
+        self.view
+            .as_ref()
+            .and_then(|v| v.members.get(&id))
+            .is_some_and(|m| self.resigned.contains(&(id, m.incarnation)))
     }
 
     /// Starts a proposal now if this node ranks first, or sets the Propose timer for its turn.
@@ -559,7 +596,7 @@ impl Membership {
                 if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
                     return Ok(());
                 }
-                self.resigned.insert(from);
+                self.resigned.insert((from, inc));
                 self.schedule(now, out);
                 Ok(())
             }
@@ -723,7 +760,7 @@ impl Membership {
             return;
         };
         let Some(value) = p.promise(&view, voter, accepted) else { return };
-        let resigned: Vec<NodeId> = self.resigned.iter().copied().collect();
+        let resigned: Vec<NodeId> = self.resigned.iter().map(|&(id, _)| id).collect();
         for to in self.others() {
             Self::send(
                 out,
@@ -739,7 +776,7 @@ impl Membership {
     fn accept_wait(&self, next: &View) -> Millis {
         let Some(view) = &self.view else { return Millis::default() };
         view.excluded_by(next)
-            .filter(|m| !self.resigned.contains(&m.id))
+            .filter(|m| !self.resigned.contains(&(m.id, m.incarnation)))
             .map(|m| {
                 exclusion_allowed_at(self.last_ack.get(&m.id).copied(), self.installed_at, self.cfg.lease)
             })
@@ -768,7 +805,10 @@ impl Membership {
             self.promised_to(now, ballot, out);
         }
         if let Some(base) = &self.view {
-            self.resigned.extend(resigned.iter().filter(|id| base.members.contains_key(id)));
+            // The ids name members of the base view both ends share (the epoch gate saw to that).
+            let at_base =
+                resigned.iter().filter_map(|id| base.members.get(id)).map(|m| (m.id, m.incarnation));
+            self.resigned.extend(at_base);
         }
         let wait = self.accept_wait(&view);
         if now < wait {
@@ -870,14 +910,18 @@ impl Membership {
         {
             return Ok(());
         }
+        if self.retired.get(&member.id).is_some_and(|&gone| member.incarnation <= gone) {
+            // A JOIN sent before its sender was admitted, arriving after it left: stale.
+            return Ok(());
+        }
         if view.contains(member.id, member.incarnation) || !self.is_member() || self.leaving {
             // Admitted already, or we cannot admit: the view tells the joiner whom to ask.
             Self::send(out, from, Msg::Install { view: view.clone() });
             return Ok(());
         }
-        let newer = self.joins.get(&member.id).is_none_or(|m| m.incarnation <= member.incarnation);
+        let newer = self.joins.get(&member.id).is_none_or(|(m, _)| m.incarnation <= member.incarnation);
         if newer {
-            self.joins.insert(member.id, member);
+            self.joins.insert(member.id, (member, now));
         }
         self.schedule(now, out);
         Ok(())

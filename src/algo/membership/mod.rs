@@ -12,14 +12,19 @@
 //!   same list (ids *and* incarnations, e.g. as learnt from the handshakes of a `DMUTEX_PEERS` cluster); a
 //!   node that restarted later joins instead of bootstrapping again.
 //! - **Join** ([`Event::JoinRequested`]): a node outside the view sends JOIN to seeds until a view lists it; a
-//!   member proposes the next view with it (replacing an older incarnation of the same id).
+//!   member proposes the next view with it (replacing an older incarnation of the same id). A JOIN not
+//!   renewed for [`Config::suspect_after`] is forgotten, so a joiner that died, or was admitted and removed
+//!   in views this member missed, is not admitted again from a stale request.
 //! - **Renew** ([`Event::Renew`]): the same members under the next epoch, for cores whose fencing tokens
 //!   carry the view epoch.
 //! - **Leave** ([`Event::Leave`]): the member stops acting ([`Action::Active`]`(false)`), says so (RESIGN),
-//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed.
+//!   proposes its own removal and reports [`Action::Left`] once a view without it is installed. It keeps
+//!   heartbeating meanwhile (without a lease), so that it learns that view even if it missed it. An
+//!   incarnation that resigned never becomes a member again: a late JOIN of it is ignored.
 //! - **Failure detection**: members heartbeat every [`Config::heartbeat`]; a member not heard from for
 //!   [`Config::suspect_after`] (S) is proposed for exclusion. The proposer is chosen deterministically: the
-//!   lowest-id member a node does not suspect proposes at once, the others after `rank × retry`.
+//!   lowest-id member a node does not suspect proposes at once, the others after `rank × retry`. A member
+//!   that hears no majority of its view (itself included) proposes no change: it is the one cut off.
 //! - **Member leases** (rule and proof sketch in `lease.rs`): a member is *active* until
 //!   `t + ⌊L·(1−ρ)/(1+ρ)⌋` on its own clock after a majority acked its heartbeat of local time `t`, and the
 //!   driver grants only while [`Action::Active`] last said `true` (and checks [`Membership::is_active`]
@@ -163,7 +168,8 @@ pub enum Msg {
         ballot: Ballot,
         /// The proposed view.
         view: View,
-        /// Members the proposer knows have resigned (no lease wait for them).
+        /// Members of the base view (at the incarnation it lists) the proposer knows have resigned: no lease
+        /// wait for them.
         resigned: Vec<NodeId>,
     },
     /// Paxos 2b.

@@ -376,7 +376,8 @@ fn minority_cannot_install_a_view() {
     c.run_until(20_000);
     assert_eq!(c.epoch(0), 1);
     assert_eq!(c.epoch(1), 1);
-    assert!(c.nodes[&id(0)].stats().proposals > 0, "the minority tried");
+    // Each of them hears only itself, no majority of the view: it does not even try.
+    assert_eq!(c.nodes[&id(0)].stats().proposals, 0, "a member that hears no majority proposed");
     assert!(!c.nodes[&id(0)].is_active(ms(20_000)) && !c.nodes[&id(1)].is_active(ms(20_000)));
     assert_eq!(c.ids(2), vec![2, 3, 4]);
     assert!(c.nodes[&id(4)].is_active(ms(20_000)));
@@ -435,6 +436,185 @@ fn join_admits_the_node_replacing_an_older_incarnation() {
     let replaced = c.installed_at(0, 3).unwrap();
     assert!(replaced.get() >= 2400 + 1000 - 100, "replacement at {replaced:?}");
     assert!((0..4).all(|i| c.epoch(i) == 3 && c.nodes[&id(i)].is_active(ms(6000))));
+}
+
+/// Found by the membership simulation (seed 84, `tests/simulation_membership.rs`): a member that missed
+/// the views in which a joiner was admitted and removed again (it was partitioned) still held the joiner's
+/// JOIN, and once back in the view proposed to admit a process that had long gone, leaving a dead member in
+/// the view for `S + L`. Rule: a JOIN not renewed for S is forgotten (a live joiner re-sends every retry
+/// while it is outside the view).
+#[test]
+fn join_not_renewed_for_s_is_forgotten() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.cut.insert(id(2));
+    // One JOIN of node 3 reaches node 2 only; then node 3 dies (it is never added to the cluster).
+    let join = Msg::Join { member: member(3, 0) };
+    c.feed(id(2), Event::Message { from: id(3), incarnation: inc(0), msg: join });
+    c.run_until(3000);
+    assert_eq!(c.ids(0), vec![0, 1], "node 2 is excluded while cut off");
+    c.cut.clear();
+    c.run_until(8000);
+    assert_eq!(c.ids(0), vec![0, 1, 2], "node 2 is readmitted after the partition");
+    let ghost =
+        c.log.iter().any(|(_, _, a)| matches!(a, Action::InstallView(v) if v.members.contains_key(&id(3))));
+    assert!(!ghost, "a view admitted node 3 from a JOIN not renewed for S");
+    assert!((0..3).all(|i| c.epoch(i) == c.epoch(0) && c.nodes[&id(i)].is_active(ms(8000))));
+}
+
+/// Found by the membership simulation (seed 2068, `tests/simulation_membership.rs`), a lease-safety breach:
+/// node 3 heard node 0 resign, then missed the view that removed it (cut off) and, back in the view, still
+/// counted id 0 as resigned when node 0's next incarnation had been admitted. It proposed to exclude the new
+/// incarnation, and as "resigned" needs no lease wait, the acceptors agreed while that incarnation was
+/// active. Rule: a resignation belongs to the incarnation that resigned.
+#[test]
+fn resignation_belongs_to_the_incarnation_that_resigned() {
+    let mut c = Cluster::bootstrap(4);
+    c.run_until(1000);
+    // Node 3 hears node 0 resign, then is cut off before the view without node 0 is decided.
+    c.cut.insert(id(3));
+    c.feed(
+        id(3),
+        Event::Message { from: id(0), incarnation: inc(0), msg: Msg::Resign { epoch: Epoch::FIRST } },
+    );
+    let out = c.feed(id(0), Event::Leave);
+    assert_eq!(out.first(), Some(&Action::Active(false)));
+    c.settle();
+    c.run_until(1500);
+    assert!(c.log.iter().any(|(_, n, a)| *n == id(0) && *a == Action::Left), "node 0 left");
+    c.nodes.remove(&id(0));
+    c.run_until(4000);
+    assert_eq!(c.ids(1), vec![1, 2], "node 3 is excluded while cut off");
+    // Node 0 comes back as incarnation 1 and is admitted; then node 3 is reachable again and rejoins.
+    c.add(member(0, 1));
+    c.feed(id(0), Event::JoinRequested { seeds: vec![id(1)] });
+    c.settle();
+    c.run_until(7000);
+    assert_eq!(c.ids(1), vec![0, 1, 2]);
+    assert!(c.nodes[&id(0)].is_active(ms(7000)));
+    let admitted = c.epoch(1);
+    c.cut.clear();
+    c.run_until(15_000);
+    assert_eq!(c.ids(1), vec![0, 1, 2, 3], "node 3 is readmitted");
+    let excluded = c.log.iter().find_map(|(t, _, a)| match a {
+        Action::InstallView(v) if v.epoch.get() > admitted && !v.contains(id(0), inc(1)) => {
+            Some((*t, v.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(excluded, None, "node 0's new incarnation was excluded as if it had resigned");
+}
+
+/// Found by the membership simulation (seed 2384, `tests/simulation_membership.rs`), a permanent loss of
+/// the cluster with every node alive: a node whose incoming traffic had been cut (one way) for longer than
+/// L suspected every other member just before it heard them again and proposed a view of itself alone. It
+/// accepted that value at once (its own lease waits were over), so every later ballot whose promises
+/// included its own had to propose it again (P2c), and with one other member paused every majority did:
+/// the others accepted after their lease waits. Rule: a member proposes a change only while it hears from
+/// a majority of its view (itself included); one that cannot could not get a view decided anyway, and the
+/// members that hear a majority propose what is needed.
+#[test]
+fn a_member_that_hears_no_majority_proposes_no_change() {
+    /// Feeds `event`, then every timer due by `until`; returns the PREPAREs sent, with their times.
+    fn drive(
+        node: &mut Membership,
+        timers: &mut BTreeMap<Timer, Millis>,
+        at: Millis,
+        event: Event,
+        until: u64,
+    ) -> Vec<Millis> {
+        let mut prepares = Vec::new();
+        let mut next = Some((at, event));
+        while let Some((now, event)) = next.take() {
+            let mut out = Vec::new();
+            let _ = node.handle(now, event, &mut out);
+            for a in out {
+                match a {
+                    Action::SetTimer { timer, at } => {
+                        timers.insert(timer, at);
+                    }
+                    Action::Send { msg: Msg::Prepare { .. }, .. } => prepares.push(now),
+                    _ => {}
+                }
+            }
+            let due = timers.iter().map(|(&t, &at)| (at, t)).min().filter(|&(at, _)| at.get() <= until);
+            if let Some((at, timer)) = due {
+                timers.remove(&timer);
+                next = Some((at, Event::Timer(timer)));
+            }
+        }
+        prepares
+    }
+    let mut node = Membership::new(cfg(), member(1, 0)).unwrap();
+    let mut timers = BTreeMap::new();
+    let members: Vec<Member> = (0..3).map(|i| member(i, 0)).collect();
+    // Nobody is heard from: node 1 soon suspects both others, and ranks first among the members it hears.
+    let prepares = drive(&mut node, &mut timers, ms(0), Event::Bootstrap { members }, 2000);
+    assert!(prepares.is_empty(), "proposed while hearing no majority, at {prepares:?}");
+    // Hearing node 0 again (with itself a majority), it proposes to exclude node 2 at its next suspect check
+    // (2100), one retry later for its rank (node 0 ranks first); one PREPARE to each other member.
+    let heartbeat = Msg::Heartbeat { epoch: Epoch::FIRST, sent: ms(1) };
+    let event = Event::Message { from: id(0), incarnation: inc(0), msg: heartbeat };
+    let prepares = drive(&mut node, &mut timers, ms(2001), event, 2150);
+    assert_eq!(prepares, vec![ms(2150); 2], "hearing a majority again, node 1 proposes excluding node 2");
+}
+
+/// Found by the membership simulation (seed 2885, scale scenario, `tests/simulation_membership.rs`): a JOIN
+/// node 4 had sent before its admission arrived late, after node 4 had left and exited, and readmitted the
+/// departed process (a dead member in the view until its exclusion, `S + L` later). Rule: an incarnation
+/// that resigned never becomes a member again (a restart is a new incarnation), so its JOINs are stale.
+#[test]
+fn a_join_from_an_incarnation_that_resigned_is_ignored() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.add(member(3, 0));
+    c.feed(id(3), Event::JoinRequested { seeds: vec![id(0)] });
+    c.settle();
+    c.run_until(2000);
+    assert_eq!(c.ids(0), vec![0, 1, 2, 3]);
+    c.feed(id(3), Event::Leave);
+    c.settle();
+    c.run_until(2500);
+    assert!(c.log.iter().any(|(_, n, a)| *n == id(3) && *a == Action::Left), "node 3 left");
+    c.nodes.remove(&id(3));
+    assert_eq!(c.ids(0), vec![0, 1, 2]);
+    let removed = c.epoch(0);
+    // Node 3's JOIN from before its admission arrives now.
+    let late = Msg::Join { member: member(3, 0) };
+    c.feed(id(1), Event::Message { from: id(3), incarnation: inc(0), msg: late });
+    c.settle();
+    c.run_until(5000);
+    assert_eq!(c.epoch(0), removed, "a view changed after the late JOIN");
+    assert!((0..3).all(|i| c.ids(i) == [0, 1, 2] && c.nodes[&id(i)].is_active(ms(5000))));
+}
+
+/// Found by the membership simulation (seed 4259, `tests/simulation_membership.rs`): a node told to leave
+/// while it heard nobody (its incoming traffic cut) resigned, the others removed it, and then nothing ever
+/// reached it again (it was no longer a member, and a leaving node sent nothing), so it waited for
+/// [`Action::Left`] forever. Rule: a leaving member keeps sending heartbeats (it gains no lease from them)
+/// until a view without it is installed; a member of a newer epoch answers one with that view.
+#[test]
+fn a_leaver_that_missed_its_removal_learns_it_from_the_answers_to_its_heartbeats() {
+    let mut c = Cluster::bootstrap(3);
+    c.run_until(1000);
+    c.cut.insert(id(2));
+    c.run_until(1400);
+    // Node 2 hears nobody now; it is told to leave, and only its RESIGN gets out.
+    let resign = Msg::Resign { epoch: Epoch::FIRST };
+    c.feed(id(2), Event::Leave);
+    for to in [0, 1] {
+        c.feed(id(to), Event::Message { from: id(2), incarnation: inc(0), msg: resign.clone() });
+    }
+    c.settle();
+    c.run_until(2000);
+    assert_eq!(c.ids(0), vec![0, 1], "the others removed the leaver");
+    c.cut.clear();
+    c.run_until(3000);
+    assert!(
+        c.log.iter().any(|(_, n, a)| *n == id(2) && *a == Action::Left),
+        "the leaver never learnt it left"
+    );
+    assert!(!c.nodes[&id(2)].is_active(ms(3000)));
 }
 
 #[test]
