@@ -23,6 +23,10 @@ pub struct MembershipStats {
     pub decided: u64,
     /// ACCEPTs held back until a lease wait was over.
     pub deferred_accepts: u64,
+    /// Values this node's acceptor accepted (phase 2b), its own proposals' included. A checker that reads
+    /// [`Membership::last_accepted`] after each event learns from this how many it may have missed: one
+    /// event can accept a view, decide it, and accept the next one.
+    pub accepts: u64,
     /// Heartbeats sent.
     pub heartbeats: u64,
     /// Events refused with a [`MembershipError`].
@@ -820,6 +824,7 @@ impl Membership {
         self.deferred = None;
         let epoch = view.epoch;
         self.last_accepted = Some((ballot, view.clone()));
+        self.stats.accepts += 1;
         self.acceptor.accept(ballot, view);
         if from == self.me.id {
             self.on_accepted(now, self.me_id(), epoch, ballot, out);

@@ -7,8 +7,10 @@ use crate::algo::membership::{Ballot, Epoch, View};
 use crate::algo::{Incarnation, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Who accepted what: per epoch, per `(ballot, view)`, the accepting `(id, incarnation)`s.
-type Accepts = BTreeMap<Epoch, BTreeMap<(Ballot, View), BTreeSet<(NodeId, Incarnation)>>>;
+/// Who accepted what: per epoch, per `(ballot, view)`, the accepting `(id, incarnation)`s. A ballot of
+/// `None` is an accept whose ballot the driver could not see (it was overwritten within the same event, by
+/// the accept of the next epoch after deciding this one); it counts for every ballot of its view.
+type Accepts = BTreeMap<Epoch, BTreeMap<(Option<Ballot>, View), BTreeSet<(NodeId, Incarnation)>>>;
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Ghost {
@@ -18,7 +20,7 @@ pub(super) struct Ghost {
 
 impl Ghost {
     /// Records that `voter` accepted `view` at `ballot`.
-    pub(super) fn accepted(&mut self, voter: (NodeId, Incarnation), ballot: Ballot, view: &View) {
+    pub(super) fn accepted(&mut self, voter: (NodeId, Incarnation), ballot: Option<Ballot>, view: &View) {
         let by_value = self.accepted.entry(view.epoch).or_default();
         if let Some(voters) = by_value.get_mut(&(ballot, view.clone())) {
             voters.insert(voter);
@@ -42,7 +44,15 @@ impl Ghost {
                 return Err(format!("view {} installed before any view of epoch {prev}", show(view)));
             };
             let decided = self.accepted.get(&view.epoch).is_some_and(|by_value| {
-                by_value.iter().any(|((_, v), voters)| v == view && base.is_majority(voters.iter().copied()))
+                let of_view = || by_value.iter().filter(|((_, v), _)| v == view);
+                let unseen: Vec<(NodeId, Incarnation)> = of_view()
+                    .filter(|((b, _), _)| b.is_none())
+                    .flat_map(|(_, s)| s.iter().copied())
+                    .collect();
+                base.is_majority(unseen.iter().copied())
+                    || of_view().any(|((b, _), voters)| {
+                        b.is_some() && base.is_majority(voters.iter().chain(&unseen).copied())
+                    })
             });
             if !decided {
                 let voters: BTreeSet<_> = self

@@ -422,6 +422,7 @@ impl MemberSim {
         let Some(p) = self.procs.get_mut(&id) else { return Ok(()) };
         let local = p.clock.local(self.now);
         let (ballots, deferred) = (p.core.stats().proposals, p.core.stats().deferred_accepts);
+        let accepts = p.core.stats().accepts;
         let was_member = p.core.is_member();
         let mut out = Vec::new();
         let refused = p.core.handle(local, event, &mut out).err();
@@ -437,10 +438,28 @@ impl MemberSim {
         } else {
             None
         };
+        let missed = (p.core.stats().accepts - accepts).saturating_sub(u64::from(new_accept.is_some()));
         let inc = p.inc;
-        if let Some((ballot, view)) = new_accept {
-            note!(self, "{id} accepted {} at {ballot:?}", show(&view));
-            self.ghost.accepted((id, inc), ballot, &view);
+        if let Some((ballot, view)) = &new_accept {
+            note!(self, "{id} accepted {} at {ballot:?}", show(view));
+            self.ghost.accepted((id, inc), Some(*ballot), view);
+        }
+        if missed > 0 {
+            // One event accepted a view, decided and installed it, and accepted the next one: the views it
+            // installed below the last accept's epoch are the ones accepted in between (ballot unseen).
+            let last = new_accept.as_ref().map_or(Epoch::NONE, |(_, v)| v.epoch);
+            let below: Vec<&View> = out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::InstallView(v) if v.epoch < last => Some(v),
+                    _ => None,
+                })
+                .collect();
+            let missed = usize::try_from(missed).unwrap_or(usize::MAX).min(below.len());
+            for view in &below[below.len() - missed..] {
+                note!(self, "{id} accepted {} (within the same event)", show(view));
+                self.ghost.accepted((id, inc), None, view);
+            }
         }
         if let Some(e) = refused {
             self.report.refused += 1;
@@ -599,21 +618,34 @@ impl MemberSim {
         })
     }
 
-    /// Whether the newest view has fewer live members than a majority (no view can be decided any more).
-    fn majority_lost(&self) -> bool {
-        let Some(newest) = self.ghost.newest() else { return false };
-        let live = newest
-            .members
-            .values()
-            .filter(|m| self.procs.get(&m.id).is_some_and(|p| p.inc == m.incarnation))
-            .count();
-        live < newest.majority()
+    /// The newest view a live process (other than `except`) has installed: if newer ones were installed
+    /// only by processes that died since, the live ones must decide the next epoch among its members.
+    fn newest_known(&self, except: Option<NodeId>) -> Option<&View> {
+        self.procs
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter_map(|(_, p)| p.core.view())
+            .max_by_key(|v| v.epoch)
     }
 
-    /// Whether, with `id` down, a majority of the newest view stays up, and of every value accepted for the
-    /// next epoch (any of them may be the next view).
+    /// Whether the newest view, or the newest one a live process knows, has fewer live members than a
+    /// majority (no view can be decided any more).
+    fn majority_lost(&self) -> bool {
+        let live = |view: &View| {
+            let live = view
+                .members
+                .values()
+                .filter(|m| self.procs.get(&m.id).is_some_and(|p| p.inc == m.incarnation))
+                .count();
+            live >= view.majority()
+        };
+        self.ghost.newest().is_some_and(|v| !live(v)) || self.newest_known(None).is_some_and(|v| !live(v))
+    }
+
+    /// Whether, with `id` down, a majority stays up of the newest view, of the newest view another live
+    /// process knows, and of every value accepted for the epoch after either (any of them may be the view
+    /// the others must decide on next).
     pub(super) fn keeps_majority(&self, id: NodeId) -> bool {
-        let Some(newest) = self.ghost.newest() else { return true };
         let up = |view: &View| {
             let up = view
                 .members
@@ -624,7 +656,10 @@ impl MemberSim {
                 .count();
             up >= view.majority()
         };
-        up(newest) && self.ghost.accepted_values(newest.epoch.next()).all(up)
+        [self.ghost.newest(), self.newest_known(Some(id))]
+            .into_iter()
+            .flatten()
+            .all(|v| up(v) && self.ghost.accepted_values(v.epoch.next()).all(up))
     }
 
     /// The plan is done and nothing is pending: no more slow messages; once those in flight have arrived

@@ -12,8 +12,9 @@
 //!   fresh clock, a new [`Incarnation`] and a fresh core that asks the seeds to admit it (amnesia).
 //! - Network: each message takes a seeded random delay; per directed connection (sender process, receiver
 //!   process) delivery is FIFO, as the real links are. A message to a process that has died since it was
-//!   sent is lost; one its sender sent before dying still arrives. While a partition is active, messages
-//!   across it (one direction or both) are dropped, at sending and at arrival; partitions heal later.
+//!   sent is lost; one its sender sent before dying still arrives. While a partition is active, membership
+//!   messages across it (one direction or both) are dropped, at sending and at arrival, and engine messages
+//!   wait for the heal (the real links resend); partitions heal later.
 //!   Kinds: a minority (or half) cut off, one node's outgoing or incoming traffic cut, and a bridge node
 //!   that sees both sides of an otherwise split cluster. Before the faults end some messages are slow
 //!   (up to `2·S`), which makes FIFO hold back the messages behind them.
@@ -24,8 +25,12 @@
 //!   the process exits on [`membership::Action::Left`]); scaling 3 → 5 → 3; a rolling restart of every node
 //!   (leave, exit, restart as a new incarnation, rejoin, one node at a time); single faults in a quiet
 //!   cluster, for the cost of one view change.
-//! - A crash or a leave is injected only if a majority of the newest view stays up (otherwise the cluster
-//!   is lost for good, by design: a restarted process is never its predecessor's acceptor).
+//! - A crash or a leave is injected only if a majority of the newest view, and of every value accepted for
+//!   the next epoch, stays up (otherwise the cluster is lost for good, by design: a restarted process is
+//!   never its predecessor's acceptor).
+//! - Driver rules: a process excluded while alive (not leaving) restarts in place as a new incarnation that
+//!   keeps its clock and starts from the view that excluded it (the engines' contract, see `engines.rs`); a
+//!   leaving process exits on [`membership::Action::Left`].
 //!
 //! **Checked after every step**, in global time (a breach ends the run with a [`MemberViolation`] naming the
 //! seed and the replay command; never a panic):
