@@ -3,11 +3,12 @@
 //! may agree to exclude it, as [`exclusion_allowed_at`] computes it, whatever the clock rates within `1 ± ρ`.
 //!
 //! One case is a heartbeat and its ack, in real time (milliseconds, exact rationals; the send is real time 0):
-//! - member X sends a heartbeat at its local time `t` (integer ms, what the core is given as `now`); its
+//! - member X sends a heartbeat when its clock reads `t` (a whole millisecond, what the core is given as
+//!   `now`; events happen exactly on whole local milliseconds, as on the simulator's virtual clocks); its
 //!   clock runs at rate `r_X`, so X stays active until its clock reads `lease_end(t, L, ρ)`, real time
 //!   `(lease_end − t) / r_X`;
-//! - acceptor A acks it `delay` later in real time (any delay ≥ 0, in quarter milliseconds), at its local
-//!   time `a`; A's clock runs at rate `r_A`, and A installed its view at local time `installed_at` (before
+//! - acceptor A acks it `delay` later in real time (any delay ≥ 0, in quarter milliseconds), when its clock
+//!   reads `a`; A's clock runs at rate `r_A`, and A installed its view at local time `installed_at` (before
 //!   or after the ack); A may accept a view excluding X once its clock reads
 //!   `exclusion_allowed_at(Some(a), installed_at, L)`, real time `delay + (allowed − a) / r_A`;
 //! - X's and A's readings `t` and `a` range independently, so every offset between the two clocks is
@@ -70,7 +71,10 @@ impl Holder {
     /// The local time at which the lease of a heartbeat sent at `t` ends.
     fn lease_end(self, t: u64, lease: u64, rho: u64) -> u64 {
         match self {
-            Holder::Core => lease_end(Millis::new(t), Millis::new(lease), rho as u32).get(),
+            Holder::Core => {
+                lease_end(Millis::new(t), Millis::new(lease), u32::try_from(rho).expect("ρ fits in u32"))
+                    .get()
+            }
             Holder::IgnoresShortening => t + lease,
             Holder::RoundsUp => t + (lease * (PPM - rho)).div_ceil(PPM + rho),
         }
