@@ -10,7 +10,7 @@
 //!   `t + ⌊L·(1−ρ)/(1+ρ)⌋` on its own clock ([`lease_end`]); it acts (grants) only while active.
 //! - **Acceptor side.** An acceptor records `last_ack[X]`, its local time when it acked X's heartbeat, and
 //!   accepts a view that excludes X (drops it, or replaces its incarnation) only when, on its own clock,
-//!   `now ≥ last_ack[X] + L` and `now ≥ installed_at + L`, where `installed_at` is when it installed its
+//!   `now ≥ last_ack[X] + L + 1` and `now ≥ installed_at + L + 1` (the tick: truncated clock readings), where `installed_at` is when it installed its
 //!   current view ([`exclusion_allowed_at`]). The second term covers members that joined recently (they never
 //!   saw X's acks) and acks X collected in an older epoch from members that later left the quorum.
 //! - **Freezing.** An acceptor that has promised a ballot for epoch `e+1` stops acking epoch-`e` heartbeats,
@@ -42,10 +42,13 @@ pub fn lease_end(sent: Millis, lease: Millis, drift_ppm: u32) -> Millis {
 }
 
 /// The earliest local time at which an acceptor may accept a view excluding a member it last acked at
-/// `last_ack` (if ever), having installed its current view at `installed_at`.
+/// `last_ack` (if ever), having installed its current view at `installed_at`: `L` after it, plus one
+/// millisecond. The extra tick absorbs truncated clock readings: a driver that reads whole milliseconds
+/// (`elapsed().as_millis()`) records an ack up to one tick before it happened, and without the tick the
+/// member's lease could outlive the wait by under a millisecond (found by `tests/model_check_lease.rs`).
 pub fn exclusion_allowed_at(last_ack: Option<Millis>, installed_at: Millis, lease: Millis) -> Millis {
     let from = last_ack.map_or(installed_at, |a| a.max(installed_at));
-    at(from.get().saturating_add(lease.get()))
+    at(from.get().saturating_add(lease.get()).saturating_add(1))
 }
 
 /// `t` plus `d` (saturating).

@@ -29,7 +29,7 @@
 //!   `t + ⌊L·(1−ρ)/(1+ρ)⌋` on its own clock after a majority acked its heartbeat of local time `t`, and the
 //!   driver grants only while [`Action::Active`] last said `true` (and checks [`Membership::is_active`]
 //!   against its clock before each grant). An acceptor accepts a view excluding X only once
-//!   `now ≥ max(last_ack[X], installed_at) + L` on its own clock; it stops acking heartbeats once it has
+//!   `now ≥ max(last_ack[X], installed_at) + L + 1` on its own clock (one tick for truncated readings); it stops acking heartbeats once it has
 //!   promised a ballot for the next epoch; early ACCEPTs are deferred until the wait is over. Timing
 //!   assumption: local clock rates within `1 ± ρ` of real time; message delays and pauses unbounded.
 //! - **Epochs on messages**: a message of an older epoch is dropped (a heartbeat of an older epoch is answered

@@ -644,9 +644,10 @@ fn lease_gained_and_lost_with_drift_arithmetic_at_the_boundaries() {
     assert_eq!(lease_end(ms(0), ms(3), 200_000), ms(2)); // 3·0.8/1.2 = 2 exactly
     assert_eq!(lease_end(ms(0), ms(3), 200_001), ms(1)); // just above: rounds down to 1
     assert_eq!(lease_end(ms(u64::MAX - 1), ms(1000), 0), ms(u64::MAX));
-    assert_eq!(exclusion_allowed_at(Some(ms(40)), ms(10), ms(1000)), ms(1040));
-    assert_eq!(exclusion_allowed_at(Some(ms(5)), ms(10), ms(1000)), ms(1010));
-    assert_eq!(exclusion_allowed_at(None, ms(10), ms(1000)), ms(1010));
+    // L after the later of the last ack and the install, plus the tick for truncated clock readings.
+    assert_eq!(exclusion_allowed_at(Some(ms(40)), ms(10), ms(1000)), ms(1041));
+    assert_eq!(exclusion_allowed_at(Some(ms(5)), ms(10), ms(1000)), ms(1011));
+    assert_eq!(exclusion_allowed_at(None, ms(10), ms(1000)), ms(1011));
 
     // Holder side in a 3-node view: one ack (plus itself) is a majority and starts the lease at `sent`.
     let mut n = Membership::new(cfg(), member(0, 0)).unwrap();
