@@ -68,6 +68,7 @@ mod clock;
 mod driver;
 mod engines;
 mod faults;
+mod settle;
 
 use crate::algo::Algorithm;
 #[cfg(doc)]
