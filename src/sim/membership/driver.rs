@@ -569,8 +569,8 @@ impl MemberSim {
             let epoch = p.core.view().map_or(Epoch::NONE, |v| v.epoch);
             if let Some(v) = self.ghost.excluding(epoch, id, p.inc) {
                 return Err(format!(
-                    "lease safety: node {id}#{} acts at its local time {} (member lease until {:?}, its epoch \
-                     {epoch}, clock rate {} ppm{}) while view {} that excludes it is installed",
+                    "lease safety: node {id}#{} acts at its local time {} (member lease until {:?}, its \
+                     epoch {epoch}, clock rate {} ppm{}) while view {} that excludes it is installed",
                     p.inc.get(),
                     local.get(),
                     p.core.lease_until().map(Millis::get),
