@@ -37,7 +37,8 @@ fn main() {
         let quiet = run(Scenario::Quiet, nodes, 1);
         let s = &quiet.stable;
         println!(
-            "N={nodes} stable view: {:.1} HEARTBEAT + {:.1} ACK per second per node ({} other messages in {} ms)",
+            "N={nodes} stable view: {:.1} HEARTBEAT + {:.1} ACK per second per node \
+             ({} other messages in {} ms)",
             s.heartbeats_per_node_per_s(),
             s.acks_per_node_per_s(),
             s.other,

@@ -10,9 +10,10 @@
 //! Runs: `DMUTEX_MEMSIM_RUNS` seeds (default [`RUNS`]) split over [`SHARDS`] tests, so that they use every
 //! core; `DMUTEX_MEMSIM_ENGINES=0` runs the membership alone. Soak:
 //! `DMUTEX_MEMSIM_RUNS=100000 cargo test --release --test simulation_membership sweep -- --nocapture`.
-//! Replay a failure: `DMUTEX_MEMSIM_SEED=<seed> cargo test --test simulation_membership replay -- --nocapture`
-//! (plus `DMUTEX_MEMSIM_SCENARIO` / `DMUTEX_MEMSIM_MUTANT` when the failure's command names them;
-//! `DMUTEX_MEMSIM_TRACE=<lines>` keeps more of the trace than the last 400 steps).
+//! Replay a failure:
+//! `DMUTEX_MEMSIM_SEED=<seed> cargo test --test simulation_membership replay -- --nocapture` (plus
+//! `DMUTEX_MEMSIM_SCENARIO` / `DMUTEX_MEMSIM_MUTANT` / `DMUTEX_MEMSIM_ENGINES` when the failure's command
+//! names them; `DMUTEX_MEMSIM_TRACE=<lines>` keeps more of the trace than the last 400 steps).
 
 use dmutex::algo::Algorithm;
 use dmutex::algo::membership::Config;
@@ -228,7 +229,8 @@ fn grants_kept_past_the_member_lease_break_mutual_exclusion_and_are_caught() {
 fn replay() {
     let Ok(seed) = std::env::var("DMUTEX_MEMSIM_SEED") else {
         eprintln!(
-            "replay: set DMUTEX_MEMSIM_SEED (and DMUTEX_MEMSIM_SCENARIO, DMUTEX_MEMSIM_MUTANT) to replay a run"
+            "replay: set DMUTEX_MEMSIM_SEED (and DMUTEX_MEMSIM_SCENARIO, DMUTEX_MEMSIM_MUTANT, \
+             DMUTEX_MEMSIM_ENGINES) to replay a run"
         );
         return;
     };
@@ -292,8 +294,8 @@ fn view_change_costs_at_the_standard_timing() {
             let report = cost(scenario, nodes, timing, 1);
             let c = report.change.expect("a single-fault run measures its view change");
             eprintln!(
-                "N={nodes} {scenario}: {} -> {} members, {} ms, {} ballot(s), {} epoch(s), {} deferred accept(s), \
-                 {} protocol messages {:?}",
+                "N={nodes} {scenario}: {} -> {} members, {} ms, {} ballot(s), {} epoch(s), \
+                 {} deferred accept(s), {} protocol messages {:?}",
                 c.nodes_before,
                 c.nodes_after,
                 c.duration_ms,

@@ -438,11 +438,11 @@ fn join_admits_the_node_replacing_an_older_incarnation() {
     assert!((0..4).all(|i| c.epoch(i) == 3 && c.nodes[&id(i)].is_active(ms(6000))));
 }
 
-/// Found by the membership simulation (seed 84, `tests/simulation_membership.rs`): a member that missed
-/// the views in which a joiner was admitted and removed again (it was partitioned) still held the joiner's
-/// JOIN, and once back in the view proposed to admit a process that had long gone, leaving a dead member in
-/// the view for `S + L`. Rule: a JOIN not renewed for S is forgotten (a live joiner re-sends every retry
-/// while it is outside the view).
+/// Found by the membership simulation (`tests/simulation_membership.rs`, seed 84 at commit 8a7caeb): a member
+/// that missed the views in which a joiner was admitted and removed again (it was partitioned) still held the
+/// joiner's JOIN, and once back in the view proposed to admit a process that had long gone, leaving a dead
+/// member in the view for `S + L`. Rule: a JOIN not renewed for S is forgotten (a live joiner re-sends every
+/// retry while it is outside the view).
 #[test]
 fn join_not_renewed_for_s_is_forgotten() {
     let mut c = Cluster::bootstrap(3);
@@ -462,11 +462,11 @@ fn join_not_renewed_for_s_is_forgotten() {
     assert!((0..3).all(|i| c.epoch(i) == c.epoch(0) && c.nodes[&id(i)].is_active(ms(8000))));
 }
 
-/// Found by the membership simulation (seed 2068, `tests/simulation_membership.rs`), a lease-safety breach:
-/// node 3 heard node 0 resign, then missed the view that removed it (cut off) and, back in the view, still
-/// counted id 0 as resigned when node 0's next incarnation had been admitted. It proposed to exclude the new
-/// incarnation, and as "resigned" needs no lease wait, the acceptors agreed while that incarnation was
-/// active. Rule: a resignation belongs to the incarnation that resigned.
+/// Found by the membership simulation (`tests/simulation_membership.rs`, seed 2068 at commit e85ad3a), a
+/// lease-safety breach: node 3 heard node 0 resign, then missed the view that removed it (cut off) and, back
+/// in the view, still counted id 0 as resigned when node 0's next incarnation had been admitted. It proposed
+/// to exclude the new incarnation, and as "resigned" needs no lease wait, the acceptors agreed while that
+/// incarnation was active. Rule: a resignation belongs to the incarnation that resigned.
 #[test]
 fn resignation_belongs_to_the_incarnation_that_resigned() {
     let mut c = Cluster::bootstrap(4);
@@ -505,14 +505,14 @@ fn resignation_belongs_to_the_incarnation_that_resigned() {
     assert_eq!(excluded, None, "node 0's new incarnation was excluded as if it had resigned");
 }
 
-/// Found by the membership simulation (seed 2384, `tests/simulation_membership.rs`), a permanent loss of
-/// the cluster with every node alive: a node whose incoming traffic had been cut (one way) for longer than
-/// L suspected every other member just before it heard them again and proposed a view of itself alone. It
-/// accepted that value at once (its own lease waits were over), so every later ballot whose promises
-/// included its own had to propose it again (P2c), and with one other member paused every majority did:
-/// the others accepted after their lease waits. Rule: a member proposes a change only while it hears from
-/// a majority of its view (itself included); one that cannot could not get a view decided anyway, and the
-/// members that hear a majority propose what is needed.
+/// Found by the membership simulation (`tests/simulation_membership.rs`, seed 2384 at commit a8e57c3), a
+/// permanent loss of the cluster with every node alive: a node whose incoming traffic had been cut (one way)
+/// for longer than L suspected every other member just before it heard them again and proposed a view of
+/// itself alone. It accepted that value at once (its own lease waits were over), so every later ballot whose
+/// promises included its own had to propose it again (P2c), and with one other member paused every majority
+/// did: the others accepted after their lease waits. Rule: a member proposes a change only while it hears
+/// from a majority of its view (itself included); one that cannot could not get a view decided anyway, and
+/// the members that hear a majority propose what is needed.
 #[test]
 fn a_member_that_hears_no_majority_proposes_no_change() {
     /// Feeds `event`, then every timer due by `until`; returns the PREPAREs sent, with their times.
@@ -559,10 +559,11 @@ fn a_member_that_hears_no_majority_proposes_no_change() {
     assert_eq!(prepares, vec![ms(2150); 2], "hearing a majority again, node 1 proposes excluding node 2");
 }
 
-/// Found by the membership simulation (seed 2885, scale scenario, `tests/simulation_membership.rs`): a JOIN
-/// node 4 had sent before its admission arrived late, after node 4 had left and exited, and readmitted the
-/// departed process (a dead member in the view until its exclusion, `S + L` later). Rule: an incarnation
-/// that resigned never becomes a member again (a restart is a new incarnation), so its JOINs are stale.
+/// Found by the membership simulation (`tests/simulation_membership.rs`, scale scenario, seed 2885 at commit
+/// a8e57c3): a JOIN node 4 had sent before its admission arrived late, after node 4 had left and exited, and
+/// readmitted the departed process (a dead member in the view until its exclusion, `S + L` later). Rule: an
+/// incarnation that resigned never becomes a member again (a restart is a new incarnation), so its JOINs are
+/// stale.
 #[test]
 fn a_join_from_an_incarnation_that_resigned_is_ignored() {
     let mut c = Cluster::bootstrap(3);
@@ -588,11 +589,11 @@ fn a_join_from_an_incarnation_that_resigned_is_ignored() {
     assert!((0..3).all(|i| c.ids(i) == [0, 1, 2] && c.nodes[&id(i)].is_active(ms(5000))));
 }
 
-/// Found by the membership simulation (seed 4259, `tests/simulation_membership.rs`): a node told to leave
-/// while it heard nobody (its incoming traffic cut) resigned, the others removed it, and then nothing ever
-/// reached it again (it was no longer a member, and a leaving node sent nothing), so it waited for
-/// [`Action::Left`] forever. Rule: a leaving member keeps sending heartbeats (it gains no lease from them)
-/// until a view without it is installed; a member of a newer epoch answers one with that view.
+/// Found by the membership simulation (`tests/simulation_membership.rs`, seed 4259 at commit 85b9d35): a node
+/// told to leave while it heard nobody (its incoming traffic cut) resigned, the others removed it, and then
+/// nothing ever reached it again (it was no longer a member, and a leaving node sent nothing), so it waited
+/// for [`Action::Left`] forever. Rule: a leaving member keeps sending heartbeats (it gains no lease from
+/// them) until a view without it is installed; a member of a newer epoch answers one with that view.
 #[test]
 fn a_leaver_that_missed_its_removal_learns_it_from_the_answers_to_its_heartbeats() {
     let mut c = Cluster::bootstrap(3);

@@ -42,8 +42,8 @@
 //!   excluding X is installed, X is not active at that global moment" and "X never becomes active again in
 //!   an epoch up to that one".
 //!
-//! **Liveness**: once the faults are over (partitions healed, pauses ended, crashed nodes restarted, and every
-//! message of the fault period delivered), every live process must, within
+//! **Liveness**: once the faults are over (partitions healed, pauses ended, crashed nodes restarted, and
+//! every message of the fault period delivered), every live process must, within
 //! [`MemberSimConfig::liveness_bound`], be a member of one and the same newest view, which lists exactly the
 //! live processes, be active, want no change and have no instance under way; and it must then stay so for a
 //! stable tail of five heartbeats, in which heartbeat and ack rates are measured ([`StableRates`]). A view
@@ -68,6 +68,7 @@ mod clock;
 mod driver;
 mod engines;
 mod faults;
+mod settle;
 
 use crate::algo::Algorithm;
 #[cfg(doc)]
