@@ -31,6 +31,14 @@ impl SplitMix64 {
         // 53 random bits make an exactly representable fraction in [0, 1).
         ((self.next_u64() >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
     }
+
+    /// Shuffles `items` in place (Fisher–Yates, one [`SplitMix64::below`] draw per position from the end).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,21 @@ enum About {
     Deciding,
 }
 
+/// What [`Membership::gate`] checks a message against: its epoch, which epoch it must be about, and whether
+/// an older epoch is answered with the current view (heartbeats, PREPARE and ACCEPT: a stale member or
+/// proposer learns where things stand). `None` for the messages that are not about one epoch.
+fn gated(msg: &Msg) -> Option<(Epoch, About, bool)> {
+    match *msg {
+        Msg::Heartbeat { epoch, .. } => Some((epoch, About::Installed, true)),
+        Msg::Ack { epoch, .. } | Msg::Resign { epoch } => Some((epoch, About::Installed, false)),
+        Msg::Prepare { epoch, .. } | Msg::Accept { epoch, .. } => Some((epoch, About::Deciding, true)),
+        Msg::Promise { epoch, .. } | Msg::Nack { epoch, .. } | Msg::Accepted { epoch, .. } => {
+            Some((epoch, About::Deciding, false))
+        }
+        Msg::Install { .. } | Msg::ViewQuery | Msg::Join { .. } => None,
+    }
+}
+
 /// An ACCEPT held back until the lease waits of the members it excludes are over.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Deferred {
@@ -567,6 +582,11 @@ impl Membership {
         {
             self.last_heard.insert(from, (inc, now));
         }
+        if let Some((epoch, about, answer_old)) = gated(&msg)
+            && !self.gate(from, inc, epoch, about, kind, answer_old, out)?
+        {
+            return Ok(());
+        }
         match msg {
             Msg::Install { view } => self.on_install(now, from, view, out),
             Msg::ViewQuery => {
@@ -577,45 +597,25 @@ impl Membership {
             }
             Msg::Join { member } => self.on_join(now, from, inc, member, out),
             Msg::Heartbeat { epoch, sent } => {
-                if !self.gate(from, inc, epoch, About::Installed, kind, true, out)? {
-                    return Ok(());
-                }
                 if self.acceptor.promised.is_none() && self.is_member() {
                     self.last_ack.insert(from, now);
                     Self::send(out, from, Msg::Ack { epoch, sent });
                 }
                 Ok(())
             }
-            Msg::Ack { epoch, sent } => {
-                if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
-                    return Ok(());
-                }
+            Msg::Ack { sent, .. } => {
                 if let Some(acks) = self.heartbeats.get_mut(&sent) {
                     acks.insert(from);
                     self.check_lease(now, sent, out);
                 }
                 Ok(())
             }
-            Msg::Resign { epoch } => {
-                if !self.gate(from, inc, epoch, About::Installed, kind, false, out)? {
-                    return Ok(());
-                }
+            Msg::Resign { .. } => {
                 self.resigned.insert((from, inc));
                 self.schedule(now, out);
                 Ok(())
             }
             Msg::Prepare { epoch, ballot } => {
-                if !self.gate(
-                    from,
-                    inc,
-                    epoch,
-                    About::Deciding,
-                    kind,
-                    matches!(kind, "PREPARE" | "ACCEPT"),
-                    out,
-                )? {
-                    return Ok(());
-                }
                 self.max_round = self.max_round.max(ballot.round);
                 match self.acceptor.prepare(ballot) {
                     Ok(accepted) => {
@@ -627,17 +627,6 @@ impl Membership {
                 Ok(())
             }
             Msg::Promise { epoch, ballot, accepted } => {
-                if !self.gate(
-                    from,
-                    inc,
-                    epoch,
-                    About::Deciding,
-                    kind,
-                    matches!(kind, "PREPARE" | "ACCEPT"),
-                    out,
-                )? {
-                    return Ok(());
-                }
                 if accepted.as_ref().is_some_and(|(_, v)| v.epoch != epoch) {
                     return Err(MembershipError::Malformed {
                         kind,
@@ -648,18 +637,7 @@ impl Membership {
                 self.on_promise(now, (from, inc), epoch, ballot, accepted, out);
                 Ok(())
             }
-            Msg::Nack { epoch, ballot, promised } => {
-                if !self.gate(
-                    from,
-                    inc,
-                    epoch,
-                    About::Deciding,
-                    kind,
-                    matches!(kind, "PREPARE" | "ACCEPT"),
-                    out,
-                )? {
-                    return Ok(());
-                }
+            Msg::Nack { ballot, promised, .. } => {
                 self.max_round = self.max_round.max(promised.round);
                 if self.proposer.as_ref().is_some_and(|p| p.ballot == ballot && promised > ballot) {
                     self.proposer = None;
@@ -671,17 +649,6 @@ impl Membership {
                 Ok(())
             }
             Msg::Accept { epoch, ballot, view, resigned } => {
-                if !self.gate(
-                    from,
-                    inc,
-                    epoch,
-                    About::Deciding,
-                    kind,
-                    matches!(kind, "PREPARE" | "ACCEPT"),
-                    out,
-                )? {
-                    return Ok(());
-                }
                 if view.epoch != epoch || view.members.is_empty() {
                     return Err(MembershipError::Malformed {
                         kind,
@@ -694,17 +661,6 @@ impl Membership {
                 Ok(())
             }
             Msg::Accepted { epoch, ballot } => {
-                if !self.gate(
-                    from,
-                    inc,
-                    epoch,
-                    About::Deciding,
-                    kind,
-                    matches!(kind, "PREPARE" | "ACCEPT"),
-                    out,
-                )? {
-                    return Ok(());
-                }
                 self.on_accepted(now, (from, inc), epoch, ballot, out);
                 Ok(())
             }

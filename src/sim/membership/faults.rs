@@ -87,7 +87,7 @@ impl MemberSim {
                 plan.extend([Step::Inject(Inject::Start(id(n))), Step::Converged]);
                 plan.extend([Step::Inject(Inject::Start(id(n + 1))), Step::Converged]);
                 let mut ids: Vec<u16> = (0..n + 2).collect();
-                self.shuffle(&mut ids);
+                self.rng.shuffle(&mut ids);
                 for &leaver in &ids[..2] {
                     plan.extend([Step::Inject(Inject::LeaveNode(id(leaver))), Step::Exited(id(leaver))]);
                     plan.push(Step::Converged);
@@ -112,13 +112,6 @@ impl MemberSim {
             Scenario::Quiet => {}
         }
         plan
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.rng.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
     }
 
     /// Runs the plan's next step.
@@ -345,7 +338,7 @@ impl MemberSim {
         if ids.len() < 2 {
             return ("none", cut);
         }
-        self.shuffle(&mut ids);
+        self.rng.shuffle(&mut ids);
         let both = |cut: &mut BTreeSet<(NodeId, NodeId)>, a: &[NodeId], b: &[NodeId]| {
             for &x in a {
                 for &y in b {
