@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
-pub(super) async fn run_acceptor<T>(inner: Arc<Inner<T>>, listener: TcpListener)
+pub(super) async fn run_acceptor<T>(inner: Arc<Inner<T>>, listener: Arc<TcpListener>)
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {

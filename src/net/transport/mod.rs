@@ -272,8 +272,21 @@ impl Transport {
     /// Starts accepting on `listener` (bound by the caller) and one link task per other peer. Returns the
     /// handle and the ordered stream of [`Inbound`] events. Must be called inside a tokio runtime.
     pub fn start<T>(
-        mut cfg: TransportConfig,
+        cfg: TransportConfig,
         listener: TcpListener,
+        clock: ClockFn,
+    ) -> (TransportHandle<T>, mpsc::UnboundedReceiver<Inbound<T>>)
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        Self::start_shared(cfg, Arc::new(listener), clock)
+    }
+
+    /// [`Transport::start`] on a listener the caller keeps: after [`TransportHandle::shutdown`] another
+    /// transport (a new incarnation of this process) can start on the same bound address.
+    pub fn start_shared<T>(
+        mut cfg: TransportConfig,
+        listener: Arc<TcpListener>,
         clock: ClockFn,
     ) -> (TransportHandle<T>, mpsc::UnboundedReceiver<Inbound<T>>)
     where
