@@ -70,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "member_lease_ms",
     "clock_drift_ppm",
     "membership_retry_ms",
+    "test_clock_rate_ppm",
     "workload_iterations",
     "workload_cs_ms",
     "workload_lock",
@@ -456,9 +457,12 @@ pub struct NodeConfig {
     /// The key `bootstrap_expect` was read from (`bootstrap_expect`, or its old name `cluster_size`), so that an
     /// error about it names what was written.
     pub bootstrap_expect_key: &'static str,
-    /// The membership core's timing (heartbeat, S, L, ρ, retry), validated. The node does not run the
-    /// membership core yet: until it does, these values are checked but change nothing.
+    /// The membership core's timing (heartbeat, S, L, ρ, retry), validated.
     pub membership: membership::Config,
+    /// For fault tests only (`DMUTEX_TEST_CLOCK_RATE_PPM`): the node's clock runs at this rate, in parts per
+    /// million of real time (default 1 000 000). Within `1 ± ρ` the membership layer stays safe; beyond it
+    /// the timing assumption is broken on purpose (the nemesis suite's negative control).
+    pub test_clock_rate_ppm: u32,
     /// The built-in workload.
     pub workload: WorkloadConfig,
 }
@@ -759,6 +763,16 @@ impl NodeConfig {
             bootstrap_expect,
             bootstrap_expect_key,
             membership,
+            test_clock_rate_ppm: match raw.number::<u32>("test_clock_rate_ppm")? {
+                None => 1_000_000,
+                Some(rate) if (100_000..=10_000_000).contains(&rate) => rate,
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        "test_clock_rate_ppm",
+                        "must be between 100000 and 10000000 (0.1× to 10× real time)",
+                    ));
+                }
+            },
             workload,
         })
     }
@@ -779,10 +793,14 @@ impl NodeConfig {
             if size == 0 || size > usize::from(u16::MAX) {
                 return Err(ConfigError::invalid(key, format!("{size} is not in 1..=65535")));
             }
-            if !self.peers.is_empty() && size != self.peers.len() {
+            if !self.peers.is_empty() && size > self.peers.len() {
                 return Err(ConfigError::invalid(
                     key,
-                    format!("{size} does not match the {} entries of DMUTEX_PEERS", self.peers.len()),
+                    format!(
+                        "{size} exceeds the {} entries of DMUTEX_PEERS (the first {size} form the cluster, \
+                         the others join it)",
+                        self.peers.len()
+                    ),
                 ));
             }
         }
@@ -1095,9 +1113,14 @@ mod tests {
         assert_eq!(NodeConfig::load(&s).unwrap_err().key(), "DMUTEX_BOOTSTRAP_EXPECT");
         // A mismatch with the peer list names the key that was written.
         let e = load(&with(&[("DMUTEX_BOOTSTRAP_EXPECT", "4")])).unwrap_err();
-        assert_eq!(e.to_string(), "DMUTEX_BOOTSTRAP_EXPECT: 4 does not match the 3 entries of DMUTEX_PEERS");
+        let more =
+            "4 exceeds the 3 entries of DMUTEX_PEERS (the first 4 form the cluster, the others join it)";
+        assert_eq!(e.to_string(), format!("DMUTEX_BOOTSTRAP_EXPECT: {more}"));
         let e = load(&with(&[("DMUTEX_CLUSTER_SIZE", "4")])).unwrap_err();
-        assert_eq!(e.to_string(), "DMUTEX_CLUSTER_SIZE: 4 does not match the 3 entries of DMUTEX_PEERS");
+        assert_eq!(e.to_string(), format!("DMUTEX_CLUSTER_SIZE: {more}"));
+        // Fewer than the list: the first two form the cluster, node 2 joins it later.
+        let c = load(&with(&[("DMUTEX_BOOTSTRAP_EXPECT", "2")])).unwrap();
+        assert_eq!((c.bootstrap_expect, c.peers.len()), (Some(2), 3));
         // The bound on the node id under discovery comes from either name.
         let e = size(&[("DMUTEX_BOOTSTRAP_EXPECT", "3"), ("DMUTEX_NODE_ID", "3")]).unwrap_err();
         assert_eq!(e, ConfigError::NodeIdOutOfRange { id: 3, peers: 3 });

@@ -61,8 +61,13 @@ impl Node {
         shared: Arc<Shared>,
     ) -> Result<Self, crate::algo::membership::ConfigError> {
         let n = settings.peers.len();
-        let member =
-            MemberLayer::new(settings.membership, settings.me, settings.incarnation, &settings.peers)?;
+        let member = MemberLayer::new(
+            settings.membership,
+            settings.me,
+            settings.incarnation,
+            &settings.peers,
+            settings.formation_size,
+        )?;
         Ok(Node {
             cores: Cores::new(&settings),
             member,
@@ -82,14 +87,22 @@ impl Node {
         })
     }
 
-    /// The cores' time: milliseconds since the loop started.
+    /// The cores' time: milliseconds since the loop started (at the test clock rate, if one is set).
     pub(super) fn now(&self) -> Millis {
-        Millis::new(self.started.elapsed().as_millis() as u64)
+        let real = self.started.elapsed().as_millis() as u64;
+        match self.settings.clock_rate_ppm {
+            1_000_000 => Millis::new(real),
+            rate => Millis::new((u128::from(real) * u128::from(rate) / 1_000_000) as u64),
+        }
     }
 
     /// The instant a core's time stands for.
     pub(super) fn instant_of(&self, at: Millis) -> Instant {
-        self.started + Duration::from_millis(at.get())
+        let real = match self.settings.clock_rate_ppm {
+            1_000_000 => at.get(),
+            rate => (u128::from(at.get()) * 1_000_000).div_ceil(u128::from(rate)) as u64,
+        };
+        self.started + Duration::from_millis(real)
     }
 
     /// The earliest timer of the cores and the membership layer, as an instant.

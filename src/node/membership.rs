@@ -30,6 +30,7 @@ use crate::algo::membership::{
 use crate::algo::{Algorithm, Event, Incarnation, LamportTs, Millis, NodeId};
 use crate::api::error::ApiError;
 use crate::net::wire::Envelope;
+use crate::obs::flow::{Direction, FlowRecord};
 use crate::obs::metrics::{CauseLabel, LinkFrameLabels};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
@@ -50,6 +51,8 @@ pub(crate) enum Exit {
     Reincarnate {
         /// The view that excluded this process.
         view: Option<View>,
+        /// The leases its clients lost (the next incarnation still answers 409 `lease_lost` for them).
+        lost: Vec<String>,
     },
 }
 
@@ -83,16 +86,19 @@ pub(crate) struct MemberLayer {
 }
 
 impl MemberLayer {
-    /// The layer of a node `me` (at `addr`) among the configured `peers` (index = id).
+    /// The layer of a node `me` among the configured `peers` (index = id), of which the first `forming`
+    /// form view 1 (a node beyond them joins a running cluster).
     pub(crate) fn new(
         cfg: membership::Config,
         me: NodeId,
         incarnation: Incarnation,
         peers: &[String],
+        forming: usize,
     ) -> Result<Self, membership::ConfigError> {
         let addr = peers.get(me.index()).cloned().unwrap_or_default();
         let member = Member { id: me, incarnation, addr };
-        let configured = peers.iter().enumerate().map(|(i, a)| (NodeId::new(i as u16), a.clone()));
+        let configured =
+            peers.iter().take(forming).enumerate().map(|(i, a)| (NodeId::new(i as u16), a.clone()));
         Ok(MemberLayer {
             formation: Formation::new(member.clone(), configured, cfg.retry),
             core: Membership::new(cfg, member)?,
@@ -232,13 +238,18 @@ impl Node {
                 self.member_event(membership::Event::Message { from, incarnation, msg });
             }
             MemberMsg::Form(msg) => self.form_event(FormEvent::Message { from, incarnation, msg }),
-            MemberMsg::Clocks(_) => self.to_engines(from, incarnation, env),
+            MemberMsg::Clocks(_) => self.deliver_to_cores(from, incarnation, env),
         }
     }
 
     /// An engine message or clocks: into the cores if they are in its view (engine messages: if they exist),
     /// else held.
-    pub(super) fn to_engines(&mut self, from: NodeId, incarnation: Incarnation, env: Envelope<NodeMsg>) {
+    pub(super) fn deliver_to_cores(
+        &mut self,
+        from: NodeId,
+        incarnation: Incarnation,
+        env: Envelope<NodeMsg>,
+    ) {
         let ready = match (&self.member.engines, &env.body) {
             (None, _) => false,
             (Some((epoch, _)), NodeMsg::Member(MemberMsg::Clocks(_))) => env.epoch <= *epoch,
@@ -283,7 +294,7 @@ impl Node {
             });
         self.member.held = later.into();
         for (from, incarnation, env) in ready {
-            self.to_engines(from, incarnation, env);
+            self.deliver_to_cores(from, incarnation, env);
         }
     }
 
@@ -293,14 +304,10 @@ impl Node {
         let epoch = view.epoch.get();
         let members: BTreeSet<(NodeId, Incarnation)> =
             view.members.values().map(|m| (m.id, m.incarnation)).collect();
-        self.count_view_change(&view, &members);
+        let cause = self.count_view_change(&view, &members);
+        self.record_view(&view, &cause);
         self.shared.metrics.view_epoch.set((), epoch as f64);
         self.shared.metrics.view_members.set((), members.len() as f64);
-        tracing::info!(
-            epoch,
-            members = ?members.iter().map(|(id, inc)| format!("{id}#{}", inc.get())).collect::<Vec<_>>(),
-            "view installed"
-        );
         for m in view.members.values() {
             // A member this node was not configured with (a live join): dial it at the view's address.
             if m.id != me && self.settings.peers.get(m.id.index()).is_none() {
@@ -317,7 +324,8 @@ impl Node {
                         epoch,
                         "excluded from the view while alive: restarting as a new incarnation"
                     );
-                    self.member.exit = Some(Exit::Reincarnate { view: Some(view) });
+                    let lost = self.member.lost.iter().cloned().collect();
+                    self.member.exit = Some(Exit::Reincarnate { view: Some(view), lost });
                 }
             }
             return;
@@ -347,27 +355,66 @@ impl Node {
         self.release_held();
     }
 
-    /// Counts a view change under its causes.
-    fn count_view_change(&mut self, view: &View, members: &BTreeSet<(NodeId, Incarnation)>) {
+    /// Counts a view change under its causes; returns them as text (`crash of 2, join of 3`).
+    fn count_view_change(&mut self, view: &View, members: &BTreeSet<(NodeId, Incarnation)>) -> String {
         let m = &self.shared.metrics;
         let Some((_, old)) = self.member.engines.as_ref() else {
             let cause = if view.epoch == Epoch::FIRST { "bootstrap" } else { "join" };
             m.view_changes.inc(CauseLabel(cause));
-            return;
+            return cause.to_string();
         };
-        let mut counted = false;
+        let mut causes = Vec::new();
         for gone in old.difference(members) {
             let cause = if self.member.resigned.contains(gone) { "leave" } else { "crash" };
             m.view_changes.inc(CauseLabel(cause));
-            counted = true;
+            causes.push(format!("{cause} of {}", gone.0));
         }
-        if members.difference(old).next().is_some() {
+        for new in members.difference(old) {
             m.view_changes.inc(CauseLabel("join"));
-            counted = true;
+            causes.push(format!("join of {}", new.0));
         }
-        if !counted {
+        if causes.is_empty() {
             m.view_changes.inc(CauseLabel("renew"));
+            causes.push("renew".into());
         }
+        causes.join(", ")
+    }
+
+    /// A view change as a span (Jaeger: who proposed, whether this node accepted it) and a flow record.
+    fn record_view(&self, view: &View, cause: &str) {
+        let members: Vec<String> =
+            view.members.values().map(|m| format!("{}#{}", m.id, m.incarnation.get())).collect();
+        let accepted = self.member.core.last_accepted().filter(|(_, v)| *v == view).map(|(b, _)| b);
+        let proposer = accepted.map_or_else(|| "unknown".to_string(), |b| b.node.to_string());
+        let span = tracing::info_span!(
+            "membership.view_change",
+            epoch = view.epoch.get(),
+            members = %members.join(" "),
+            cause,
+            proposer = %proposer,
+            accepted_here = accepted.is_some(),
+            node = self.settings.me.get(),
+        );
+        span.in_scope(|| tracing::info!(epoch = view.epoch.get(), cause, "view installed"));
+        self.shared.push_flow(FlowRecord {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0),
+            node: self.settings.me.get(),
+            direction: Direction::Local,
+            peer: None,
+            kind: "VIEW".into(),
+            lock: String::new(),
+            algorithm: "membership".into(),
+            lamport_ts: None,
+            trace_id: None,
+            detail: Some(format!(
+                "epoch {}: {} ({cause}; proposed by {proposer})",
+                view.epoch.get(),
+                members.join(" ")
+            )),
+        });
     }
 
     /// The member lease was gained or lost.
@@ -449,7 +496,10 @@ impl Node {
 
     /// A new incarnation of an excluded process: it starts from the view that excluded it (so it knows the
     /// members) and asks to be admitted.
-    pub(super) fn rejoin(&mut self, view: Option<View>) {
+    pub(super) fn rejoin(&mut self, view: Option<View>, lost: Vec<String>) {
+        for lease in lost {
+            self.member.remember_lost(lease);
+        }
         let me = self.settings.me;
         if let Some(view) = view {
             let incarnation = self.settings.incarnation;

@@ -66,6 +66,12 @@ pub(crate) struct NodeSettings {
     pub max_ttl: Duration,
     /// The membership layer's timing (heartbeat, S, L, ρ, retry).
     pub membership: crate::algo::membership::Config,
+    /// How many of `peers` (the first ones) form view 1; the others join a running cluster.
+    pub formation_size: usize,
+    /// Longest a graceful leave waits for the view without this node.
+    pub leave_wait: Duration,
+    /// The rate of the node's clock in parts per million of real time (fault tests only).
+    pub clock_rate_ppm: u32,
     /// Default algorithm for requests that name none.
     pub default_algorithm: Algorithm,
     /// Lamport's footnote option (no REPLY made redundant by a later message already sent).
@@ -84,6 +90,9 @@ impl NodeSettings {
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
             membership: cfg.membership,
+            formation_size: cfg.bootstrap_expect.unwrap_or(cfg.peers.len()).min(cfg.peers.len()),
+            leave_wait: cfg.view_change_bound(),
+            clock_rate_ppm: cfg.test_clock_rate_ppm,
             default_algorithm: cfg.algorithm,
             lamport_ack_elision: cfg.lamport_ack_elision,
         }

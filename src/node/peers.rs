@@ -39,7 +39,7 @@ impl Node {
                     return;
                 }
                 match env.body {
-                    NodeMsg::Algo(_) => self.to_engines(from, incarnation, env),
+                    NodeMsg::Algo(_) => self.deliver_to_cores(from, incarnation, env),
                     NodeMsg::Member(_) => self.on_member_msg(from, incarnation, env),
                 }
             }

@@ -15,9 +15,6 @@ use crate::obs::telemetry;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Longest a graceful stop waits for the view that removes this node (a leave takes a round or two).
-pub(crate) const LEAVE_WAIT: Duration = Duration::from_secs(3);
-
 /// A local acquire that has not been answered yet.
 pub(crate) struct Pending {
     pub(super) algorithm: Algorithm,
@@ -100,10 +97,21 @@ impl Node {
             return;
         };
         if !self.may_grant() {
-            // The driver rule: a node without its member lease never hands out a grant.
+            // The driver rule: a node without its member lease never hands out a grant. The lock goes back
+            // at once and the client hears why.
             let why = self.unavailable().unwrap_or_else(|| "no member lease".into());
-            self.pending.insert(req, p);
-            self.withdraw(req, ApiError::Unavailable(why));
+            self.observer.seen(Seen::Ended {
+                algorithm,
+                lock: &lock,
+                acquire: &p.acquire_id,
+                outcome: Outcome::Unavailable,
+                waited: p.started.elapsed(),
+                span: &p.span,
+                clock: self.cores.get(algorithm).clock(),
+            });
+            if let Some(reply) = p.reply.take() {
+                let _ = reply.send(Err(p.withdrawn.take().unwrap_or(ApiError::Unavailable(why))));
+            }
             self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
             return;
         }
@@ -277,7 +285,7 @@ impl Node {
 
     /// Refuses new acquires, answers every waiter, releases every lease (telling peers), leaves the view
     /// (keeps handling peer input and membership timers until a view without this node is installed, or
-    /// [`LEAVE_WAIT`] has passed), then flushes and stops the transport.
+    /// the leave bound `S + L + 2·retry` has passed), then flushes and stops the transport.
     pub(super) async fn graceful_shutdown(
         &mut self,
         inbound: &mut mpsc::UnboundedReceiver<Inbound<NodeMsg>>,
@@ -309,7 +317,8 @@ impl Node {
         }
         self.member_event(crate::algo::membership::Event::Leave);
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
+        let wait = self.settings.leave_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         while !self.member.left {
             let next = self.member.next_timer().map(|at| self.instant_of(at)).unwrap_or(deadline.into());
             let wake = tokio::time::Instant::from_std(next).min(deadline);
@@ -317,7 +326,7 @@ impl Node {
                 Some(input) = inbound.recv() => self.on_inbound(input),
                 () = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!("left without seeing the view that removes this node ({LEAVE_WAIT:?})");
+                        tracing::warn!("left without seeing the view that removes this node ({wait:?})");
                         return;
                     }
                     self.fire_member_timers();

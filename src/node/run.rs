@@ -112,14 +112,14 @@ impl Lives {
                     return;
                 }
             };
-            if let Some(view) = rejoin.take() {
-                node.rejoin(view);
+            if let Some((view, lost)) = rejoin.take() {
+                node.rejoin(view, lost);
             }
             let (exit, back) = node.run(commands, inbound).await;
             commands = back;
             match exit {
                 Exit::Shutdown => return,
-                Exit::Reincarnate { view } => {
+                Exit::Reincarnate { view, lost } => {
                     let next = new_incarnation().get().max(incarnation.get() + 1);
                     tracing::warn!(
                         old = incarnation.get(),
@@ -127,7 +127,7 @@ impl Lives {
                         "excluded while alive: starting again as a new incarnation, which joins"
                     );
                     settings.incarnation = Incarnation::new(next);
-                    rejoin = Some(view);
+                    rejoin = Some((view, lost));
                 }
             }
         }
@@ -194,7 +194,7 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: refusing new acquires, answering waiters, releasing leases");
-    let grace = cfg.shutdown_grace;
+    let grace = cfg.shutdown_grace + cfg.view_change_bound();
     if tokio::time::timeout(grace, handle.shutdown()).await.is_err() {
         tracing::warn!("node shutdown took longer than {grace:?}");
     }
