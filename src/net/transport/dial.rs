@@ -448,31 +448,33 @@ async fn graceful_close<T>(
     let flush = kind == StopKind::Shutdown;
     let deadline = Instant::now() + SHUTDOWN_FLUSH;
     let work = async {
-        while flush {
-            let batch: Vec<(u64, Bytes)> = {
-                let mut st = lock(&slot.state);
-                std::iter::from_fn(|| st.link.poll_transmit(conn).map(|(s, q)| (s, q.bytes.clone())))
-                    .take(WRITE_BATCH)
-                    .collect()
-            };
-            if batch.is_empty() {
-                break;
-            }
-            for (seq, bytes) in &batch {
-                writer.write_data(*seq, bytes).await?;
-                Counters::bump(&inner.counters.frames_sent);
-            }
-        }
-        writer.flush().await?;
-        while flush && lock(&slot.state).link.unacked_len() > 0 {
-            match events.recv().await {
-                Some(AckEvent::Ack(seq)) => {
-                    if lock(&slot.state).link.on_ack(inner.now(), conn, seq).is_err() {
-                        break;
-                    }
+        if flush {
+            loop {
+                let batch: Vec<(u64, Bytes)> = {
+                    let mut st = lock(&slot.state);
+                    std::iter::from_fn(|| st.link.poll_transmit(conn).map(|(s, q)| (s, q.bytes.clone())))
+                        .take(WRITE_BATCH)
+                        .collect()
+                };
+                if batch.is_empty() {
+                    break;
                 }
-                Some(AckEvent::Keepalive) => on_keepalive(inner, &mut lock(&slot.state)),
-                _ => break,
+                for (seq, bytes) in &batch {
+                    writer.write_data(*seq, bytes).await?;
+                    Counters::bump(&inner.counters.frames_sent);
+                }
+            }
+            writer.flush().await?;
+            while lock(&slot.state).link.unacked_len() > 0 {
+                match events.recv().await {
+                    Some(AckEvent::Ack(seq)) => {
+                        if lock(&slot.state).link.on_ack(inner.now(), conn, seq).is_err() {
+                            break;
+                        }
+                    }
+                    Some(AckEvent::Keepalive) => on_keepalive(inner, &mut lock(&slot.state)),
+                    _ => break,
+                }
             }
         }
         writer.write_frame(&Frame::<T>::Bye).await?;

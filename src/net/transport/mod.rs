@@ -1,17 +1,18 @@
 //! Per-peer links over TCP: the I/O around `Link`, the sans-I/O reliable FIFO link.
 //!
-//! Topology: every node *dials* every other peer for its own outbound data (one outbound TCP connection per
-//! peer, owned by that peer's link task) and *accepts* the peers' connections for their data; cumulative acks
-//! flow back on the same connection. So each direction of each pair is its own stream, and the node core sees
-//! one ordered stream of [`Inbound`] events.
+//! Topology: every node *dials* every other peer it has an address for, for its own outbound data (one
+//! outbound TCP connection per peer, owned by that peer's link task) and *accepts* the peers' connections
+//! for their data; cumulative acks flow back on the same connection. So each direction of each pair is its
+//! own stream, and the node core sees one ordered stream of [`Inbound`] events.
 //!
 //! Everything about reliability — numbering, acks, resend after a reconnect, duplicate drop, replacement of a
-//! connection, restarts and what they void, Bye, the ack-progress deadline — is `Link`'s (see
-//! `net::link` for the rules). This module only does I/O and drives it: it accepts, dials with
-//! backoff, runs the handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it
-//! what arrives, and emits its events. Each peer's link sits behind its own mutex, held briefly and never
-//! across an await; every event of a peer is emitted under it, so [`Inbound::Hello`] always precedes the
-//! messages of that incarnation, and a message the node sends after handling it is numbered for it.
+//! connection, restarts and what they void, Bye, the ack-progress deadline — is `Link`'s (see `net::link`
+//! for the rules). This module only does I/O and drives it: it accepts, dials with backoff, runs the
+//! handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it what arrives, and emits
+//! its events. Each peer's link sits behind its own mutex (in the peer's slot of the table below), held
+//! briefly and never across an await; every event of a peer is emitted under it, so [`Inbound::Hello`]
+//! always precedes the messages of that incarnation, and a message the node sends after handling it is
+//! numbered for it.
 //!
 //! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
 //! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
@@ -22,11 +23,46 @@
 //! and a connection silent for [`TransportConfig::dead_after`] is closed by either end (the dialer redials).
 //! Keepalives are counted apart and never reach the node.
 //!
+//! The peer table is dynamic. It holds one slot per peer, keyed by [`NodeId`] (ids need not be dense; this
+//! node has none): the initial ones come from [`TransportConfig::peers`] (index = id), and the membership layer
+//! changes it at run time.
+//! - [`TransportHandle::add_peer`] makes a slot and starts its link task, or changes the address a slot dials
+//!   from its next connect on. Idempotent; adding this node does nothing.
+//! - [`TransportHandle::remove_peer`] forgets the slot at once: what was queued for the peer is dropped
+//!   (counted in `dropped_on_remove`), no event about it is emitted any more, `send` to it is
+//!   [`TransportError::UnknownPeer`]; in the background its link task and its accepted connection say `Bye`
+//!   and end, so the peer sees a clean end ([`Inbound::Disconnected`]) and not a timeout.
+//! - With [`TransportConfig::accept_unknown`] the acceptor takes a handshake from an id it has no slot for,
+//!   after every check a known peer passes (version, cluster, MAC, default algorithm), and makes a slot with
+//!   no dial address: its messages are delivered (`Hello` first, as for anyone), ours to it queue until
+//!   `add_peer` gives the address. At most [`TransportConfig::max_unknown`] such slots exist at a time (an
+//!   unknown id over that is refused as `unknown_node` and counted as `unknown_node_limit`); one leaves the
+//!   count when it is added or removed, never by itself, since forgetting a live peer's link state would
+//!   break its numbering. So a flood of made-up ids costs a bounded table, and the node removes what its
+//!   membership does not know. Without the flag such handshakes are refused as `unknown_node`, as before.
+//! - The Hello does not carry the dialer's own address, and the wire is unchanged (protocol version 3): the
+//!   membership view, not the handshake, is where addresses come from and when dialling starts (a node
+//!   learns a joiner's address with its admission), and an address taken from a Hello — unauthenticated
+//!   without a secret — would let anyone point our dialer at any `host:port`.
+//!
+//! A removed member comes back only as a new incarnation. A removed slot's link leaves the newest incarnation
+//! it saw behind as the id's *floor*; a later slot of that id (re-added, or accepted as unknown) refuses
+//! handshakes at or below it, either way round (`stale_incarnation`). This keeps `Link`'s rules sound
+//! across a removal: both ends number the stream between one pair of incarnations, and our new slot starts
+//! at zero, so resuming the old pair would disagree with the peer's link (and our `Bye` on removal already
+//! told that incarnation we are done with it). Against a newer incarnation the new slot is *first contact*:
+//! [`Inbound::Hello`] is emitted and what was queued since `add_peer` is kept, as it was meant for whoever
+//! answers — a restart would discard every message not addressed to that incarnation, and the node may have
+//! sent them before learning it.
+//!
+//! [`Transport::start_shared`] runs on a listener the caller keeps, so after
+//! [`TransportHandle::shutdown`] the next incarnation of this process can start on the same bound socket.
+//!
 //! Refusals: a handshake that fails (garbage, oversized length, wrong version, cluster or default algorithm,
-//! unknown or own node id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a
-//! `Refuse` frame when
-//! possible, is closed, logged with `tracing::warn!` and counted by reason in [`TransportCounters::refused`];
-//! the node stays healthy. Bad frames on established connections are counted in `bad_frames`.
+//! own node id, missing or bad MAC when a secret is configured, unknown node id, stale incarnation, timeout)
+//! gets a `Refuse` frame when possible, is closed, logged with `tracing::warn!` and counted by reason in
+//! [`TransportCounters::refused`]; the node stays healthy. Bad frames on established connections are counted
+//! in `bad_frames`.
 //!
 //! This module never panics on network input and never blocks the caller: [`TransportHandle::send`] only
 //! encodes and enqueues.
