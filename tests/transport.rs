@@ -743,7 +743,7 @@ async fn peers_added_at_runtime_with_unconfigured_ids_talk_both_ways() {
     assert_eq!(status[0].incarnation, Some(FIRST_RUN));
     a.shutdown().await;
     b.shutdown().await;
-    assert_eq!(a.link_tasks(), 0);
+    eventually("every link task ended", || a.link_tasks() == 0 && b.link_tasks() == 0).await;
 }
 
 /// After remove_peer: the other side sees Disconnected, sends to the removed id are UnknownPeer, its link task
@@ -786,6 +786,8 @@ async fn a_removed_peer_is_disconnected_forgotten_and_returns_only_as_a_new_inca
     a.add_peer(NODE_1, addrs[1].to_string());
     a.send(NODE_1, env(5)).unwrap();
     eventually("a refuses b's old incarnation", || refused_count(&a, "stale_incarnation") >= 1).await;
+    let abandoned = |h: &Handle| h.counters().refused_by_peer.values().sum::<u64>();
+    eventually("a's dial to b's old incarnation fails", || abandoned(&a) >= 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     a_log.drain();
     let after: Vec<_> = a_log.seen[removed_at..].iter().filter(|e| about(e, NODE_1)).collect();

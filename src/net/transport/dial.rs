@@ -229,7 +229,9 @@ where
     let peer = slot.id;
     if slot.below_floor(incarnation) {
         // A removed member comes back only as a new incarnation (see the module doc).
-        warn!(%peer, incarnation = incarnation.get(), "peer answered with an incarnation from before its removal");
+        let inc = incarnation.get();
+        warn!(%peer, incarnation = inc, "peer answered with an incarnation from before its removal");
+        Counters::by_reason(&inner.counters.refused_by_peer, RefuseReason::StaleIncarnation);
         return false;
     }
     let conn = {
@@ -241,6 +243,7 @@ where
             Ok(conn) => conn,
             Err(_) => {
                 warn!(%peer, incarnation = incarnation.get(), "peer answered with a stale incarnation");
+                Counters::by_reason(&inner.counters.refused_by_peer, RefuseReason::StaleIncarnation);
                 return false;
             }
         }
