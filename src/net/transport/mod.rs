@@ -69,15 +69,17 @@
 
 mod accept;
 mod dial;
+mod slot;
 mod table;
 
 use crate::algo::{Algorithm, Incarnation, LamportTs, Millis, NodeId};
 use crate::net::handshake::Handshake;
-use crate::net::link::{Addressed, Link, LinkConfig, LinkEvent, LinkStats};
+use crate::net::link::{LinkConfig, LinkEvent, LinkStats};
 use crate::net::wire::{self, Envelope, RefuseReason, WireError};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use slot::{PeerSlot, PeerState, Queued, Stop, StopKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -85,7 +87,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, SystemTime};
 use table::{Added, PeerTable};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -619,111 +621,6 @@ struct Inner<T> {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The origin of the links' clock.
     origin: Instant,
-}
-
-/// One peer: its link, its dial address, and the signal that stops its tasks when it is removed. Tasks hold
-/// their slot, so a removed slot's tasks never touch a newer slot of the same id.
-struct PeerSlot {
-    id: NodeId,
-    state: Mutex<PeerState>,
-    /// Wakes the peer's link task: data was queued, the link gave its connection up, or the slot was removed.
-    wake: Notify,
-    /// Where the link task dials (read at every connect); `None`: accepted from an unknown id, not added yet.
-    addr: Mutex<Option<String>>,
-    /// Set once, when the slot is removed: its link task and its accepted connection say Bye and end.
-    removed: watch::Sender<bool>,
-    /// Handshakes at or below this incarnation are refused: the id was removed after seeing it.
-    floor: Option<Incarnation>,
-}
-
-impl PeerSlot {
-    fn new(id: NodeId, link_cfg: LinkConfig, floor: Option<Incarnation>) -> Self {
-        PeerSlot {
-            id,
-            state: Mutex::new(PeerState {
-                link: Link::new(id, link_cfg),
-                last_seen: None,
-                replace: None,
-                removed: false,
-            }),
-            wake: Notify::new(),
-            addr: Mutex::new(None),
-            removed: watch::channel(false).0,
-            floor,
-        }
-    }
-
-    /// Whether a handshake at `incarnation` is below this slot's floor (see [`PeerSlot::floor`]).
-    fn below_floor(&self, incarnation: Incarnation) -> bool {
-        self.floor.is_some_and(|f| incarnation <= f)
-    }
-
-    fn touch(&self) {
-        lock(&self.state).last_seen = Some(SystemTime::now());
-    }
-}
-
-struct PeerState {
-    link: Link<Queued>,
-    /// When a frame from the peer last arrived, on either connection.
-    last_seen: Option<SystemTime>,
-    /// Dropping it tells the reader of the peer's current connection that a newer one replaced it.
-    replace: Option<oneshot::Sender<()>>,
-    /// The slot was removed: nothing more is queued or emitted.
-    removed: bool,
-}
-
-/// Why a task was told to stop.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum StopKind {
-    /// The transport shuts down: flush what is queued, then say Bye.
-    Shutdown,
-    /// The peer was removed: what was queued is dropped; say Bye.
-    Removed,
-}
-
-/// A peer task's two stop signals: the transport's shutdown and its slot's removal.
-struct Stop {
-    shutdown: watch::Receiver<bool>,
-    removed: watch::Receiver<bool>,
-}
-
-impl Stop {
-    fn new<T>(inner: &Inner<T>, slot: &PeerSlot) -> Self {
-        Stop { shutdown: inner.shutdown.subscribe(), removed: slot.removed.subscribe() }
-    }
-
-    /// The stop already requested, if any.
-    fn requested(&self) -> Option<StopKind> {
-        if *self.shutdown.borrow() {
-            Some(StopKind::Shutdown)
-        } else if *self.removed.borrow() {
-            Some(StopKind::Removed)
-        } else {
-            None
-        }
-    }
-
-    /// Resolves once a stop is requested.
-    async fn wait(&mut self) -> StopKind {
-        tokio::select! {
-            biased;
-            _ = stopped(&mut self.shutdown) => StopKind::Shutdown,
-            _ = stopped(&mut self.removed) => StopKind::Removed,
-        }
-    }
-}
-
-/// A message waiting in a link: encoded once, with the peer incarnation its sender addressed.
-struct Queued {
-    to: Option<Incarnation>,
-    bytes: Bytes,
-}
-
-impl Addressed for Queued {
-    fn to_incarnation(&self) -> Option<Incarnation> {
-        self.to
-    }
 }
 
 /// Counters shared by the tasks (the links count resends, duplicates and discards themselves).
