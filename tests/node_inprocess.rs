@@ -143,6 +143,27 @@ impl Cluster {
         }
     }
 
+    /// Starts one more node, outside the running nodes' peer list: its own list names them and itself (its id
+    /// is the next index). Waits until it is ready (admitted and caught up). Returns its index.
+    fn join_new(&mut self) -> usize {
+        let listener = bind();
+        self.peers.push(listener.local_addr().expect("local addr"));
+        let i = self.nodes.len();
+        let node = self.launch(i, listener, Incarnation::new(1));
+        self.nodes.push(node);
+        self.wait_ready();
+        i
+    }
+
+    /// The ids in node `i`'s installed view.
+    fn view(&self, i: usize) -> Vec<u64> {
+        let cluster = self.get(i, "/v1/cluster");
+        cluster["view"]["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["node_id"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
     fn url(&self, i: usize, path: &str) -> String {
         format!("http://{}{path}", self.nodes[i].http)
     }
@@ -158,7 +179,11 @@ impl Cluster {
                 if ready {
                     break;
                 }
-                assert!(Instant::now() < deadline, "node {i} not ready within {PATIENCE:?}");
+                if Instant::now() >= deadline {
+                    let why = self.client.get(self.url(i, "/readyz")).send().and_then(|r| r.text());
+                    let cluster = self.client.get(self.url(i, "/v1/cluster")).send().and_then(|r| r.text());
+                    panic!("node {i} not ready within {PATIENCE:?}: {why:?}\n{cluster:?}");
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -434,4 +459,38 @@ fn idle_links_report_a_fresh_last_seen_and_heartbeats_are_not_algorithm_messages
         .and_then(|v| v.parse::<f64>().ok());
     // Two peers, one heartbeat each per 200 ms, for more than 3 s.
     assert!(sent.is_some_and(|n| n >= 20.0), "heartbeats sent: {sent:?}");
+}
+
+/// Live join and graceful leave: a node whose id is not in the running nodes' peer list (its own list names
+/// them and itself) is admitted without anyone restarting, serves every algorithm with tokens above every
+/// earlier one, and on a graceful stop leaves the view; the others go on granting.
+#[test]
+fn a_node_outside_the_peer_list_joins_live_and_leaves_gracefully() {
+    let mut c = Cluster::start("inproc-join", 3);
+    let mut last = BTreeMap::new();
+    let mut round = |c: &Cluster, nodes: &[usize]| {
+        for algorithm in Algorithm::ALL {
+            for &i in nodes {
+                let lock = format!("join-{algorithm}");
+                let g = c.grant(i, &lock, json!({ "algorithm": algorithm }));
+                let prev = last.insert(algorithm, token(&g)).unwrap_or(0);
+                assert!(token(&g) > prev, "{algorithm} on node {i}: {g} after token {prev}");
+                assert_eq!(c.release(i, &lock, &g["lease"]), 200);
+            }
+        }
+    };
+    round(&c, &[0, 1, 2]);
+    let joined = c.join_new();
+    assert_eq!(joined, 3);
+    for i in 0..4 {
+        assert_eq!(c.view(i), vec![0, 1, 2, 3], "node {i}'s view after the join");
+    }
+    round(&c, &[3, 0, 1, 2]);
+    let (result, took) = c.shutdown(3);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(took < Duration::from_secs(5), "the leave took {took:?}");
+    for i in 0..3 {
+        assert_eq!(c.view(i), vec![0, 1, 2], "node {i}'s view after the leave");
+    }
+    round(&c, &[0, 1, 2]);
 }

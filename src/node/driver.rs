@@ -46,7 +46,8 @@ pub(crate) struct Node {
     pub(super) pending: BTreeMap<RequestId, Pending>,
     pub(super) leases: Leases,
     pub(super) timers: super::timers::TimerTable,
-    pub(super) peers: Vec<PeerState>,
+    /// Every peer heard of (configured, in a view, or a joiner), by id.
+    pub(super) peers: BTreeMap<crate::algo::NodeId, PeerState>,
     pub(super) links: TraceLinks,
     /// Events for the cores, in order, with what caused them.
     pub(super) work: VecDeque<(Algorithm, Event<PeerMsg>, Cause)>,
@@ -79,7 +80,7 @@ impl Node {
             pending: BTreeMap::new(),
             leases: Leases::default(),
             timers: Default::default(),
-            peers: (0..n).map(|_| PeerState::default()).collect(),
+            peers: (0..n).map(|i| (crate::algo::NodeId::new(i as u16), PeerState::default())).collect(),
             links: TraceLinks::default(),
             work: VecDeque::new(),
             actions: Vec::new(),

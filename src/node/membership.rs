@@ -83,6 +83,8 @@ pub(crate) struct MemberLayer {
     lost_set: BTreeSet<String>,
     /// Since when this member has been without its member lease.
     no_majority_since: Option<Instant>,
+    /// Nodes outside the peer list, and when they were last heard from.
+    pub(super) strangers: BTreeMap<NodeId, Instant>,
 }
 
 impl MemberLayer {
@@ -114,6 +116,7 @@ impl MemberLayer {
             lost: VecDeque::new(),
             lost_set: BTreeSet::new(),
             no_majority_since: None,
+            strangers: BTreeMap::new(),
         })
     }
 
@@ -232,12 +235,24 @@ impl Node {
             .inc(LinkFrameLabels { kind: body.kind(), direction: "received" });
         match body.clone() {
             MemberMsg::Core(msg) => {
-                if let Msg::Resign { .. } = msg {
-                    self.member.resigned.insert((from, incarnation));
+                match &msg {
+                    Msg::Resign { .. } => {
+                        self.member.resigned.insert((from, incarnation));
+                    }
+                    Msg::Join { member } if member.id == from => {
+                        // A node outside the peer list asks to be admitted: answer it at the address it gives.
+                        self.dial(from, &member.addr);
+                    }
+                    _ => {}
                 }
                 self.member_event(membership::Event::Message { from, incarnation, msg });
             }
-            MemberMsg::Form(msg) => self.form_event(FormEvent::Message { from, incarnation, msg }),
+            MemberMsg::Form(msg) => {
+                if let membership::FormMsg::Query { addr } = &msg {
+                    self.dial(from, addr);
+                }
+                self.form_event(FormEvent::Message { from, incarnation, msg })
+            }
             MemberMsg::Clocks(_) => self.deliver_to_cores(from, incarnation, env),
         }
     }
@@ -310,8 +325,17 @@ impl Node {
         self.shared.metrics.view_members.set((), members.len() as f64);
         for m in view.members.values() {
             // A member this node was not configured with (a live join): dial it at the view's address.
-            if m.id != me && self.settings.peers.get(m.id.index()).is_none() {
-                tracing::warn!(peer = %m.id, addr = %m.addr, "a view lists a node outside the peer list");
+            self.dial(m.id, &m.addr);
+        }
+        if let Some((_, old)) = &self.member.engines {
+            let gone: Vec<NodeId> = old
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !view.members.contains_key(id) && !self.configured(*id))
+                .collect();
+            for id in gone {
+                tracing::info!(peer = %id, "removed from the view: its link is closed");
+                self.transport.remove_peer(id);
             }
         }
         if !view.contains(me, inc) {
@@ -470,6 +494,7 @@ impl Node {
     /// Housekeeping for the membership layer: formation queries, a view bump if a core wants one, the
     /// time-without-majority counter.
     pub(super) fn member_housekeeping(&mut self) {
+        self.forget_strangers();
         if self.member.core.view().is_none() {
             self.form_event(FormEvent::Tick);
         }
@@ -512,6 +537,47 @@ impl Node {
         let seeds =
             (0..self.settings.peers.len()).map(|i| NodeId::new(i as u16)).filter(|&id| id != me).collect();
         self.member_event(membership::Event::JoinRequested { seeds });
+    }
+
+    /// Whether `id` is in the configured peer list (a seed: its link stays for the node's life).
+    fn configured(&self, id: NodeId) -> bool {
+        id.index() < self.settings.peers.len()
+    }
+
+    /// Makes sure the transport dials `id` (a node outside the peer list) at `addr`.
+    fn dial(&mut self, id: NodeId, addr: &str) {
+        if id != self.settings.me && !self.configured(id) && !addr.is_empty() {
+            self.transport.add_peer(id, addr.to_string());
+        }
+    }
+
+    /// Notes that a node outside the peer list was heard from (a joiner keeps talking: formation queries,
+    /// then JOINs every retry).
+    pub(super) fn heard(&mut self, from: NodeId) {
+        if !self.configured(from) {
+            self.member.strangers.insert(from, Instant::now());
+        }
+    }
+
+    /// Closes the links of nodes outside the peer list that are not in the view and were not heard from for
+    /// 2·S (a bound on what a flood of unknown ids can hold; the transport refuses a removed incarnation
+    /// for good, so a live joiner, which talks every retry, is never removed).
+    pub(super) fn forget_strangers(&mut self) {
+        let quiet = std::time::Duration::from_millis(self.settings.membership.suspect_after.get()) * 2;
+        let in_view = |id: NodeId| self.member.core.view().is_some_and(|v| v.members.contains_key(&id));
+        let gone: Vec<NodeId> = self
+            .member
+            .strangers
+            .iter()
+            .filter(|(id, at)| at.elapsed() >= quiet && !in_view(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            tracing::debug!(peer = %id, "closing the link of a node that is neither a member nor joining");
+            self.member.strangers.remove(&id);
+            self.transport.remove_peer(id);
+            self.peers.remove(&id);
+        }
     }
 
     /// The transport announced an incarnation of `peer`.

@@ -27,12 +27,12 @@ impl Node {
     pub(super) fn on_inbound(&mut self, input: Inbound<NodeMsg>) {
         match input {
             Inbound::Hello { peer, incarnation, clock: _ } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
-                    p.incarnation = Some(incarnation);
-                }
+                self.peers.entry(peer).or_default().incarnation = Some(incarnation);
+                self.heard(peer);
                 self.member_hello(peer, incarnation);
             }
             Inbound::Message { from, incarnation, env } => {
+                self.heard(from);
                 if env.to_incarnation.is_some_and(|to| to != self.settings.incarnation) {
                     // Meant for an earlier life of this node: the sender had not yet seen this incarnation.
                     self.observer.seen(Seen::Dropped { reason: "misaddressed" });
@@ -44,12 +44,10 @@ impl Node {
                 }
             }
             Inbound::Connected { peer } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
-                    p.connected = true;
-                }
+                self.peers.entry(peer).or_default().connected = true;
             }
             Inbound::Disconnected { peer } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
+                if let Some(p) = self.peers.get_mut(&peer) {
                     p.connected = false;
                 }
             }

@@ -98,6 +98,9 @@ impl Lives {
             tcfg.algorithms = self.cfg.algorithms.clone();
             tcfg.secret = self.cfg.cluster_secret.as_ref().map(|s| s.expose().to_string());
             tcfg.max_frame = self.cfg.max_frame_bytes;
+            // Nodes outside the peer list may join: their handshakes are taken (bounded by the transport) and
+            // the membership layer decides whether they are admitted.
+            tcfg.accept_unknown = true;
             let (transport, inbound) = Transport::start_shared::<NodeMsg>(
                 tcfg,
                 self.listener.clone(),
@@ -112,8 +115,11 @@ impl Lives {
                     return;
                 }
             };
-            if let Some((view, lost)) = rejoin.take() {
-                node.rejoin(view, lost);
+            match rejoin.take() {
+                Some((view, lost)) => node.rejoin(view, lost),
+                // A node beyond the forming set never forms view 1: it asks to join from the start.
+                None if settings.me.index() >= settings.formation_size => node.rejoin(None, Vec::new()),
+                None => {}
             }
             let (exit, back) = node.run(commands, inbound).await;
             commands = back;

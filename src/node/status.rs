@@ -29,9 +29,9 @@ impl Node {
         let counters = self.transport.counters();
         let status = Status {
             ready,
-            connected: (self.peers.iter().enumerate())
-                .filter(|(i, _)| *i != me)
-                .map(|(i, p)| (NodeId::new(i as u16), p.connected))
+            connected: (self.peers.iter())
+                .filter(|(id, _)| id.index() != me)
+                .map(|(id, p)| (*id, p.connected))
                 .collect(),
             cores: Algorithm::ALL
                 .iter()
@@ -85,7 +85,7 @@ impl Node {
             .enumerate()
             .map(|(i, addr)| {
                 let me = i == self.settings.me.index();
-                let st = self.peers.get(i);
+                let st = self.peers.get(&NodeId::new(i as u16));
                 let link = status.iter().find(|s| s.node.index() == i);
                 PeerInfo {
                     node: i as u16,
@@ -130,7 +130,7 @@ impl Node {
                         addr: m.addr.clone(),
                         incarnation: m.incarnation.get(),
                         connected: m.id == self.settings.me
-                            || self.peers.get(m.id.index()).is_some_and(|p| p.connected),
+                            || self.peers.get(&m.id).is_some_and(|p| p.connected),
                     })
                     .collect(),
             }),

@@ -34,8 +34,12 @@ use std::collections::BTreeMap;
 /// A formation message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FormMsg {
-    /// "Do you have a view?"
-    Query,
+    /// "Do you have a view?", with the sender's peer address (a node outside the receiver's peer list is
+    /// answered there).
+    Query {
+        /// Where the sender listens for peers.
+        addr: String,
+    },
     /// The answer: the sender's installed epoch, `None` if it has none (a promise, see the module doc).
     State {
         /// The installed epoch.
@@ -52,7 +56,7 @@ impl FormMsg {
     /// The message type, for counters.
     pub fn kind(&self) -> &'static str {
         match self {
-            FormMsg::Query => "FORM_QUERY",
+            FormMsg::Query { .. } => "FORM_QUERY",
             FormMsg::State { .. } => "FORM_STATE",
             FormMsg::Form { .. } => "FORM",
         }
@@ -129,19 +133,13 @@ pub struct Formation {
 }
 
 impl Formation {
-    /// Formation for `me` among `configured` (id → address, `me` may be listed); queries are re-sent every
-    /// `retry`.
+    /// Formation for `me` among `configured` (id → address, `me` included); queries are re-sent every
+    /// `retry`. A node that is not among `configured` takes no part: it is done at once (it joins).
     pub fn new(me: Member, configured: impl IntoIterator<Item = (NodeId, String)>, retry: Millis) -> Self {
+        let configured: BTreeMap<NodeId, String> = configured.into_iter().collect();
+        let phase = if configured.contains_key(&me.id) { Phase::Waiting } else { Phase::Done };
         let others = configured.into_iter().filter(|(id, _)| *id != me.id).collect();
-        Formation {
-            me,
-            others,
-            known: BTreeMap::new(),
-            empty: BTreeMap::new(),
-            phase: Phase::Waiting,
-            retry,
-            last_ask: None,
-        }
+        Formation { me, others, known: BTreeMap::new(), empty: BTreeMap::new(), phase, retry, last_ask: None }
     }
 
     /// The node that may decide the first list: the lowest configured id.
@@ -191,13 +189,13 @@ impl Formation {
         match event {
             FormEvent::Hello { peer, incarnation } => {
                 if self.observe(peer, incarnation) && self.phase == Phase::Waiting {
-                    out.push(FormAction::Send { to: peer, msg: FormMsg::Query });
+                    out.push(FormAction::Send { to: peer, msg: self.query() });
                 }
             }
             FormEvent::Message { from, incarnation, msg } => {
                 if !self.others.contains_key(&from) {
                     // Not configured: formation is among the configured nodes only (a joiner joins).
-                    if msg == FormMsg::Query {
+                    if matches!(msg, FormMsg::Query { .. }) {
                         out.push(FormAction::Send { to: from, msg: FormMsg::State { epoch: installed } });
                     }
                     return;
@@ -214,12 +212,16 @@ impl Formation {
                 {
                     self.last_ask = Some(now);
                     for (&id, _) in self.known.iter().filter(|(id, _)| !self.empty.contains_key(id)) {
-                        out.push(FormAction::Send { to: id, msg: FormMsg::Query });
+                        out.push(FormAction::Send { to: id, msg: self.query() });
                     }
                     self.try_form(out);
                 }
             }
         }
+    }
+
+    fn query(&self) -> FormMsg {
+        FormMsg::Query { addr: self.me.addr.clone() }
     }
 
     /// Records `incarnation` of `peer`; whether it is newer than what was known.
@@ -245,7 +247,7 @@ impl Formation {
         out: &mut Vec<FormAction>,
     ) {
         match msg {
-            FormMsg::Query => {
+            FormMsg::Query { .. } => {
                 out.push(FormAction::Send { to: from, msg: FormMsg::State { epoch: installed } });
             }
             FormMsg::State { epoch: Some(_) } => {
@@ -368,7 +370,7 @@ mod tests {
         let mut f = formation(1, 5, 2);
         step(&mut f, None, hello(0, 1));
         step(&mut f, None, hello(0, 2));
-        let out = step(&mut f, None, msg(0, 2, FormMsg::Query));
+        let out = step(&mut f, None, msg(0, 2, FormMsg::Query { addr: "n0:7070".into() }));
         assert_eq!(out, vec![FormAction::Send { to: NodeId::new(0), msg: FormMsg::State { epoch: None } }]);
         let old = vec![member(0, 1), member(1, 5)];
         assert!(formed(&step(&mut f, None, msg(0, 1, FormMsg::Form { members: old }))).is_none());
@@ -395,7 +397,7 @@ mod tests {
         assert_eq!(out, vec![FormAction::Join { seeds: vec![NodeId::new(2), NodeId::new(1)] }]);
         assert!(f.done());
         // A member answers queries with its epoch.
-        let out = step(&mut f, Some(5), msg(1, 1, FormMsg::Query));
+        let out = step(&mut f, Some(5), msg(1, 1, FormMsg::Query { addr: "n1:7070".into() }));
         assert_eq!(
             out,
             vec![FormAction::Send { to: NodeId::new(1), msg: FormMsg::State { epoch: Some(Epoch::new(5)) } }]
@@ -410,7 +412,10 @@ mod tests {
         step(&mut f, None, msg(1, 1, FormMsg::State { epoch: None }));
         // Node 1 restarts before node 2 answers: its old answer no longer counts.
         let out = step(&mut f, None, hello(1, 2));
-        assert_eq!(out, vec![FormAction::Send { to: NodeId::new(1), msg: FormMsg::Query }]);
+        assert_eq!(
+            out,
+            vec![FormAction::Send { to: NodeId::new(1), msg: FormMsg::Query { addr: "n0:7070".into() } }]
+        );
         assert!(formed(&step(&mut f, None, msg(2, 1, FormMsg::State { epoch: None }))).is_none());
         // An answer of the old incarnation arriving late is ignored too.
         assert!(formed(&step(&mut f, None, msg(1, 1, FormMsg::State { epoch: None }))).is_none());
@@ -419,11 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_outside_the_forming_set_takes_no_part() {
+        let configured = (0..3).map(|i| (NodeId::new(i), format!("n{i}:7070")));
+        let mut f = Formation::new(member(5, 1), configured, Millis::new(300));
+        assert!(f.done() && f.waiting_for().is_none());
+        step(&mut f, None, hello(0, 1));
+        assert!(step(&mut f, None, FormEvent::Tick).is_empty());
+    }
+
+    #[test]
     fn unconfigured_nodes_are_answered_but_never_counted() {
         let mut f = formation(0, 1, 2);
         let out = step(&mut f, None, msg(9, 1, FormMsg::State { epoch: None }));
         assert!(out.is_empty());
-        let out = step(&mut f, Some(3), msg(9, 1, FormMsg::Query));
+        let out = step(&mut f, Some(3), msg(9, 1, FormMsg::Query { addr: "n9:7070".into() }));
         assert_eq!(
             out,
             vec![FormAction::Send { to: NodeId::new(9), msg: FormMsg::State { epoch: Some(Epoch::new(3)) } }]
