@@ -48,6 +48,7 @@ pub const KEYS: &[&str] = &[
     "node_id",
     "peers",
     "peer_addr",
+    "advertise_addr",
     "http_addr",
     "algorithm",
     "algorithms",
@@ -421,6 +422,10 @@ pub struct NodeConfig {
     pub peers: Vec<PeerAddr>,
     /// Where to listen for peers.
     pub peer_addr: SocketAddr,
+    /// The `host:port` other nodes reach this node's peer port at, when this node is not in the peer list
+    /// (`DMUTEX_ADVERTISE_ADDR`): a node whose id is beyond `DMUTEX_PEERS` joins a running cluster with the
+    /// listed nodes as seeds (Kubernetes: pod `dmutex-5` with the three seeds in the ConfigMap).
+    pub advertise_addr: Option<PeerAddr>,
     /// Where to serve the HTTP API.
     pub http_addr: SocketAddr,
     /// The algorithm used when a request names none.
@@ -746,6 +751,12 @@ impl NodeConfig {
             node_id_source,
             peers,
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
+            advertise_addr: match raw.string("advertise_addr")? {
+                None => None,
+                Some(a) => {
+                    Some(a.parse::<PeerAddr>().map_err(|e| ConfigError::invalid("advertise_addr", e))?)
+                }
+            },
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
             algorithm,
             algorithms: raw.algorithms()?.unwrap_or_else(|| Algorithm::ALL.to_vec()),
@@ -807,7 +818,9 @@ impl NodeConfig {
         let n = if self.peers.is_empty() { self.bootstrap_expect } else { Some(self.peers.len()) };
         if let Some(n) = n
             && self.node_id.index() >= n
+            && (self.advertise_addr.is_none() || self.peers.is_empty())
         {
+            // Beyond the list is fine for a joiner that says where it can be reached.
             return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.get(), peers: n });
         }
         if self.cluster_name.trim().is_empty() {

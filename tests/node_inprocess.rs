@@ -144,11 +144,18 @@ impl Cluster {
     }
 
     /// Starts one more node, outside the running nodes' peer list: its own list names them and itself (its id
-    /// is the next index). Waits until it is ready (admitted and caught up). Returns its index.
-    fn join_new(&mut self) -> usize {
+    /// is the next index), or with `seeds_only` just them, its own address given as `DMUTEX_ADVERTISE_ADDR`.
+    /// Waits until it is ready (admitted and caught up). Returns its index.
+    fn join_new(&mut self, seeds_only: bool) -> usize {
         let listener = bind();
-        self.peers.push(listener.local_addr().expect("local addr"));
+        let addr = listener.local_addr().expect("local addr");
         let i = self.nodes.len();
+        if seeds_only {
+            let seeds: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+            let extra = vec![("peers", seeds.join(",")), ("advertise_addr", addr.to_string())];
+            self.extra.insert(i, extra);
+        }
+        self.peers.push(addr);
         let node = self.launch(i, listener, Incarnation::new(1));
         self.nodes.push(node);
         self.wait_ready();
@@ -466,7 +473,18 @@ fn idle_links_report_a_fresh_last_seen_and_heartbeats_are_not_algorithm_messages
 /// earlier one, and on a graceful stop leaves the view; the others go on granting.
 #[test]
 fn a_node_outside_the_peer_list_joins_live_and_leaves_gracefully() {
-    let mut c = Cluster::start("inproc-join", 3);
+    join_and_leave("inproc-join", false);
+}
+
+/// The same for a node whose peer list names only the seeds (the Kubernetes way: pod `dmutex-3` with the
+/// ConfigMap's three seeds and its own address in `DMUTEX_ADVERTISE_ADDR`).
+#[test]
+fn a_node_beyond_the_seed_list_joins_with_its_advertised_address() {
+    join_and_leave("inproc-join-seeds", true);
+}
+
+fn join_and_leave(name: &str, seeds_only: bool) {
+    let mut c = Cluster::start(name, 3);
     let mut last = BTreeMap::new();
     let mut round = |c: &Cluster, nodes: &[usize]| {
         for algorithm in Algorithm::ALL {
@@ -480,7 +498,7 @@ fn a_node_outside_the_peer_list_joins_live_and_leaves_gracefully() {
         }
     };
     round(&c, &[0, 1, 2]);
-    let joined = c.join_new();
+    let joined = c.join_new(seeds_only);
     assert_eq!(joined, 3);
     for i in 0..4 {
         assert_eq!(c.view(i), vec![0, 1, 2, 3], "node {i}'s view after the join");

@@ -62,13 +62,12 @@ impl Node {
         shared: Arc<Shared>,
     ) -> Result<Self, crate::algo::membership::ConfigError> {
         let n = settings.peers.len();
-        let member = MemberLayer::new(
-            settings.membership,
-            settings.me,
-            settings.incarnation,
-            &settings.peers,
-            settings.formation_size,
-        )?;
+        let me = crate::algo::membership::Member {
+            id: settings.me,
+            incarnation: settings.incarnation,
+            addr: settings.advertise.clone(),
+        };
+        let member = MemberLayer::new(settings.membership, me, &settings.peers, settings.formation_size)?;
         Ok(Node {
             cores: Cores::new(&settings),
             member,

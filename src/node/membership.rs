@@ -88,17 +88,15 @@ pub(crate) struct MemberLayer {
 }
 
 impl MemberLayer {
-    /// The layer of a node `me` among the configured `peers` (index = id), of which the first `forming`
-    /// form view 1 (a node beyond them joins a running cluster).
+    /// The layer of a node `me` (its id, incarnation and advertised address) among the configured `peers`
+    /// (index = id), of which the first `forming` form view 1 (a node beyond them joins a running cluster).
     pub(crate) fn new(
         cfg: membership::Config,
-        me: NodeId,
-        incarnation: Incarnation,
+        me: Member,
         peers: &[String],
         forming: usize,
     ) -> Result<Self, membership::ConfigError> {
-        let addr = peers.get(me.index()).cloned().unwrap_or_default();
-        let member = Member { id: me, incarnation, addr };
+        let member = me;
         let configured =
             peers.iter().take(forming).enumerate().map(|(i, a)| (NodeId::new(i as u16), a.clone()));
         Ok(MemberLayer {

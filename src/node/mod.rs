@@ -66,6 +66,8 @@ pub(crate) struct NodeSettings {
     pub max_ttl: Duration,
     /// The membership layer's timing (heartbeat, S, L, ρ, retry).
     pub membership: crate::algo::membership::Config,
+    /// Where the other nodes reach this node (its entry in `peers`, or `DMUTEX_ADVERTISE_ADDR`).
+    pub advertise: String,
     /// How many of `peers` (the first ones) form view 1; the others join a running cluster.
     pub formation_size: usize,
     /// Longest a graceful leave waits for the view without this node.
@@ -90,6 +92,12 @@ impl NodeSettings {
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
             membership: cfg.membership,
+            advertise: cfg
+                .advertise_addr
+                .as_ref()
+                .or(cfg.peers.get(cfg.node_id.index()))
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             formation_size: cfg.bootstrap_expect.unwrap_or(cfg.peers.len()).min(cfg.peers.len()),
             leave_wait: cfg.view_change_bound(),
             clock_rate_ppm: cfg.test_clock_rate_ppm,
