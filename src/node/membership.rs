@@ -212,10 +212,22 @@ impl Node {
             _ => self.member.epoch().map_or(0, Epoch::get),
         };
         self.shared.metrics.membership_messages.inc(LinkFrameLabels { kind: body.kind(), direction: "sent" });
+        // A member is addressed at the incarnation its view admitted (the one its clocks and heartbeats are
+        // for, even before this node's transport saw that incarnation's handshake); anyone else at the newest
+        // incarnation the transport announced.
+        let admitted = match &body {
+            MemberMsg::Clocks(_) => self
+                .member
+                .engines
+                .as_ref()
+                .and_then(|(_, m)| m.iter().find(|(id, _)| *id == to).map(|(_, inc)| *inc)),
+            _ => self.member.core.view().and_then(|v| v.members.get(&to)).map(|m| m.incarnation),
+        };
+        let known = self.member.known.get(&to).copied();
         let env = Envelope {
             ts: LamportTs::default(),
             trace: BTreeMap::new(),
-            to_incarnation: self.member.known.get(&to).copied(),
+            to_incarnation: admitted.or(known),
             epoch,
             body: NodeMsg::Member(body),
         };
@@ -387,7 +399,9 @@ impl Node {
         };
         let mut causes = Vec::new();
         for gone in old.difference(members) {
-            let cause = if self.member.resigned.contains(gone) { "leave" } else { "crash" };
+            let left = self.member.resigned.contains(gone)
+                || (gone.0 == self.settings.me && self.shared.shutting_down());
+            let cause = if left { "leave" } else { "crash" };
             m.view_changes.inc(CauseLabel(cause));
             causes.push(format!("{cause} of {}", gone.0));
         }
