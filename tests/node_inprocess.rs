@@ -108,7 +108,9 @@ impl Cluster {
     /// Kills node `i`: its runtime is dropped with every task on it (no graceful shutdown, no goodbye).
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        node.stop.take();
+        // Dropping the stop sender would end `run`'s shutdown future, which is a graceful stop (a leave):
+        // a crash keeps it pending for ever.
+        std::mem::forget(node.stop.take());
         node.done.take();
         if let Some(rt) = node.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
