@@ -254,8 +254,10 @@ fn check_k8s(dir: &Path) -> usize {
     let update = &spec["updateStrategy"];
     assert_eq!(update["type"].as_str(), Some("RollingUpdate"), "updateStrategy");
     let rolling = &update["rollingUpdate"];
-    assert!(rolling["maxUnavailable"].is_badvalue() || rolling["maxUnavailable"].as_i64() == Some(1));
-    assert!(rolling["partition"].is_badvalue() || rolling["partition"].as_i64() == Some(0));
+    let one_of =
+        |field: &str, allowed: i64| rolling[field].is_badvalue() || rolling[field].as_i64() == Some(allowed);
+    assert!(one_of("maxUnavailable", 1), "rollingUpdate.maxUnavailable: one pod at a time");
+    assert!(one_of("partition", 0), "rollingUpdate.partition: every pod is updated");
 
     // The headless Service behind the names: resolvable before readiness, selecting these pods.
     let headless = &find(&docs, "Service", service_name)["spec"];
