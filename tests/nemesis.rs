@@ -177,6 +177,40 @@ fn fault_free_run_passes_every_check() {
     let j = s.finish();
     let fenced = j.writes.iter().filter(|w| !w.accepted).count();
     assert_eq!(fenced, 0, "without faults no write is fenced off");
+    controls_on_a_real_journal(j);
+}
+
+/// Negative controls on the fault-free run's real journal: the checks have material to work on, and one
+/// broken record among thousands of good ones fails them.
+fn controls_on_a_real_journal(j: Journal) {
+    let t = Timeline::new();
+    let released: Vec<&ledger::Hold> = j.holds.iter().filter(|h| h.released_ok()).collect();
+    assert!(released.len() > 1000, "too few accepted holds to check: {}", released.len());
+    // A fake holder overlapping a real one: a copy of the first hold granted again half-way through it.
+    let mut fake = j.clone();
+    let first = released[0].clone();
+    let mut twin = first.clone();
+    twin.client = 999;
+    twin.lease = format!("{}-fake", first.lease);
+    twin.token = u64::MAX;
+    twin.granted = first.granted + (first.end().expect("released") - first.granted) / 2;
+    fake.holds.push(twin);
+    let v = ledger::check_overlaps(&fake.holds, &t);
+    assert!(v.len() == 1 && v[0].starts_with("overlap:"), "the overlapping fake holder is caught: {v:?}");
+    // A valid holder (its release answered 200 later) whose write with an older token the ledger refused.
+    let mut fake = j.clone();
+    fake.writes.push(ledger::WriteRecord {
+        client: first.client,
+        key: first.key.clone(),
+        token: first.token.saturating_sub(1),
+        lease: first.lease.clone(),
+        at: first.granted,
+        accepted: false,
+        highest_before: Some(first.token),
+    });
+    let v = ledger::check_fencing(&fake, &t);
+    assert!(v.len() == 1 && v[0].starts_with("fencing:"), "the fenced-off valid holder is caught: {v:?}");
+    assert_eq!(ledger::check_fencing(&j, &t), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -309,7 +343,16 @@ fn a_minority_cut_off_answers_503_while_the_majority_grants() {
     let cut = Instant::now();
     s.declare(&[0, 1], &[], "partition {0,1} | {2,3,4}");
     s.mesh.as_ref().expect("mesh").partition(&[0, 1]);
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(SETTLE);
+    for i in 0..N {
+        let (status, body) = s.api.get(i, "/readyz");
+        let want = if i <= 1 { 503 } else { 200 };
+        if status != want {
+            s.failures
+                .push(format!("partition: node {i}'s /readyz answered {status} {body} (expected {want})"));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(cut.elapsed()));
     let healed = Instant::now();
     s.mesh.as_ref().expect("mesh").heal();
     s.declare(&[0, 1], &[], "heal");

@@ -261,9 +261,10 @@ impl Mesh {
 }
 
 /// Whether every node in `nodes` answers `GET /v1/cluster` and they agree: each is ready, each sees every
-/// other member connected with the incarnation that member reports for itself, and every field that describes
-/// the membership (`view`, `epoch`, `members`, when the node reports one) is the same on all of them. `Err`
-/// says what differs.
+/// other node connected with the incarnation that node reports for itself, and — where the node reports its
+/// membership (`view`, `member`, `majority`) — each is a member holding its member lease, and all have
+/// installed the same view (epoch, and members with their incarnations) made of exactly `nodes`, each at its
+/// current incarnation. `Err` says what differs.
 pub(crate) fn converged(api: &Api, nodes: &[usize]) -> Result<(), String> {
     let mut infos = Vec::new();
     for &i in nodes {
@@ -273,9 +274,24 @@ pub(crate) fn converged(api: &Api, nodes: &[usize]) -> Result<(), String> {
         }
         infos.push((i, v));
     }
+    let view_of = |v: &Value| {
+        let members: Option<Vec<(u64, u64)>> = v["view"]["members"].as_array().map(|ms| {
+            ms.iter()
+                .map(|m| (m["node_id"].as_u64().unwrap_or(u64::MAX), m["incarnation"].as_u64().unwrap_or(0)))
+                .collect()
+        });
+        (v["view"]["epoch"].as_u64(), members)
+    };
+    let (first, first_info) = &infos[0];
+    let first_view = view_of(first_info);
     for (i, v) in &infos {
         if v["ready"] != json!(true) {
             return Err(format!("node {i} is not ready: {v}"));
+        }
+        for flag in ["member", "majority"] {
+            if !v[flag].is_null() && v[flag] != json!(true) {
+                return Err(format!("node {i} reports {flag} = {}", v[flag]));
+            }
         }
         for (j, w) in &infos {
             if i == j {
@@ -295,10 +311,17 @@ pub(crate) fn converged(api: &Api, nodes: &[usize]) -> Result<(), String> {
                 ));
             }
         }
-        for field in ["view", "epoch", "members"] {
-            let (j, w) = &infos[0];
-            if v[field] != w[field] {
-                return Err(format!("{field} differs: node {i} has {}, node {j} has {}", v[field], w[field]));
+        if v.get("view").is_some() {
+            let view = view_of(v);
+            if view != first_view {
+                return Err(format!("node {i} has view {view:?}, node {first} has {first_view:?}"));
+            }
+            let want: Vec<(u64, u64)> =
+                infos.iter().map(|(j, w)| (*j as u64, w["incarnation"].as_u64().unwrap_or(0))).collect();
+            if view.1.as_ref() != Some(&want) {
+                return Err(format!(
+                    "node {i}'s view {view:?} is not every node at its incarnation {want:?}"
+                ));
             }
         }
     }
