@@ -296,6 +296,17 @@ fn a_stopped_nodes_client_loses_its_lease_to_a_rival_with_a_larger_token() {
         let wrote = s.ledger.write(victim.client, &victim.key, victim.token, &victim.lease);
         let rel = release(&s.api, victim);
         s.ledger.held(victim.clone());
+        say(&format!(
+            "nemesis sigstop: {algorithm}: victim token {} via node {V}: after SIGCONT keepalive {ka}, write \
+             accepted {wrote}, release {rel}; rival: {}",
+            victim.token,
+            rival.as_ref().map_or("not granted".to_string(), |(r, ok)| format!(
+                "token {} via node {} granted {:.3} s after SIGSTOP, write accepted {ok}",
+                r.token,
+                r.node,
+                (r.granted - stopped).as_secs_f64()
+            ))
+        ));
         if ka != 409 || rel != 409 {
             s.failures.push(format!(
                 "sigstop: {algorithm}: the stopped node's lease answered keepalive {ka}, release {rel} after \
@@ -366,6 +377,12 @@ fn a_minority_cut_off_answers_503_while_the_majority_grants() {
     if minority.is_empty() {
         s.failures.push("partition: no acquire at the minority was answered during the partition".into());
     }
+    let refused = minority.iter().filter(|a| a.status == 503).count();
+    say(&format!(
+        "nemesis partition: {refused} of {} acquires at the minority answered 503 (sent {:?} after the cut or later)",
+        minority.len(),
+        SETTLE
+    ));
     for a in minority {
         let took = a.answered - a.sent;
         if a.status != 503 || took > Duration::from_secs(1) {

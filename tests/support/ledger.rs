@@ -528,26 +528,18 @@ pub(crate) fn figures(name: &str, j: &Journal, t: &Timeline, end: Instant) -> St
         let secs = to.saturating_duration_since(*from).as_secs_f64().max(1e-3);
         let _ = write!(s, " {phase} {:.0} grants/s ({secs:.1} s);", n as f64 / secs);
     }
-    let mut on_majority: Vec<Instant> = grants
-        .iter()
-        .filter(|a| t.majority_throughout(a.node, a.answered, a.answered))
-        .map(|a| a.answered)
-        .collect();
-    on_majority.sort();
-    let mut gap = (Duration::ZERO, t.start);
-    let mut last = t.phases.first().map_or(t.start, |p| p.0);
-    for &g in on_majority.iter().chain(std::iter::once(&end)) {
-        if g.saturating_duration_since(last) > gap.0 {
-            gap = (g.saturating_duration_since(last), last);
-        }
-        last = last.max(g);
-    }
+    let (gap, from) = longest_gap(grants.iter().copied(), t, end);
     let _ = write!(
         s,
-        " longest gap between grants on majority nodes {:.0} ms (from {:.1} s);",
-        gap.0.as_secs_f64() * 1000.0,
-        t.secs(gap.1)
+        " longest gap between grants on majority nodes {:.0} ms (from {:.1} s; per algorithm",
+        gap.as_secs_f64() * 1000.0,
+        t.secs(from)
     );
+    for algorithm in ["lamport", "ricart-agrawala", "probable-owner"] {
+        let (gap, _) = longest_gap(grants.iter().copied().filter(|a| a.key.0 == algorithm), t, end);
+        let _ = write!(s, " {algorithm} {:.0}", gap.as_secs_f64() * 1000.0);
+    }
+    s.push_str(");");
     let mut lat: Vec<Duration> = grants.iter().map(|a| a.answered - a.sent).collect();
     lat.sort();
     let p99 = lat.get((lat.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
@@ -565,6 +557,29 @@ pub(crate) fn figures(name: &str, j: &Journal, t: &Timeline, end: Instant) -> St
     }
     let _ = write!(s, " answers {statuses:?}");
     s
+}
+
+/// The longest time without a grant answered by a node in the majority, from the first phase to `end`, and
+/// when it began.
+fn longest_gap<'a>(
+    grants: impl Iterator<Item = &'a AcquireRecord>,
+    t: &Timeline,
+    end: Instant,
+) -> (Duration, Instant) {
+    let mut on_majority: Vec<Instant> = grants
+        .filter(|a| t.majority_throughout(a.node, a.answered, a.answered))
+        .map(|a| a.answered)
+        .collect();
+    on_majority.sort();
+    let mut gap = (Duration::ZERO, t.start);
+    let mut last = t.phases.first().map_or(t.start, |p| p.0);
+    for g in on_majority.into_iter().chain(std::iter::once(end)) {
+        if g.saturating_duration_since(last) > gap.0 {
+            gap = (g.saturating_duration_since(last), last);
+        }
+        last = last.max(g);
+    }
+    gap
 }
 
 #[cfg(test)]
@@ -724,7 +739,7 @@ mod tests {
         }
         let line = figures("control", &j, &t, ms(t0, 2000));
         assert!(line.contains("before 2 grants/s (1.0 s); during 1 grants/s (1.0 s)"), "{line}");
-        assert!(line.contains("longest gap between grants on majority nodes 1000 ms (from 1.0 s)"), "{line}");
+        assert!(line.contains("longest gap between grants on majority nodes 1000 ms (from 1.0 s; per algorithm lamport 2000 ricart-agrawala 1000"), "{line}");
         assert!(line.contains("p99 100.0 ms"), "{line}");
     }
 }
