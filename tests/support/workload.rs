@@ -339,3 +339,38 @@ pub(crate) fn wait_converged(api: &Api, nodes: &[usize], limit: Duration) -> Res
         }
     }
 }
+
+/// Watches the test process's own scheduling: a thread that sleeps 10 ms at a time and records every wake-up
+/// later than `threshold` (the machine was starved; see [`crate::ledger::Timeline::stalls`]).
+pub(crate) struct StallMonitor {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<(Instant, Instant)>>,
+}
+
+impl StallMonitor {
+    /// Starts watching.
+    pub(crate) fn start(threshold: Duration) -> StallMonitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut stalls = Vec::new();
+            let mut last = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                let now = Instant::now();
+                if now - last > threshold {
+                    stalls.push((last, now));
+                }
+                last = now;
+            }
+            stalls
+        });
+        StallMonitor { stop, thread }
+    }
+
+    /// Stops watching; returns the stalls seen.
+    pub(crate) fn stop(self) -> Vec<(Instant, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("stall monitor")
+    }
+}
