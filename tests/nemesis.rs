@@ -34,6 +34,8 @@ const N: usize = 5;
 const SETTLE: Duration = Duration::from_millis(3600);
 /// A wake-up of the test process this late means the machine was starved (see `Rules::stall_grace`).
 const STALL: Duration = Duration::from_millis(400);
+/// The clients' HTTP timeout: an acquire never answered (a deadline violation) costs this much, not 60 s.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the cluster must take to agree again after a fault ends.
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -71,7 +73,7 @@ impl Scenario {
         let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[]);
         let mesh = mesh.then(|| Mesh::install(&mut c));
         c.spawn_all();
-        let api = c.api();
+        let api = c.api().with_timeout(HTTP_TIMEOUT);
         if let Err(e) = wait_converged(&api, &all(), CONVERGE) {
             panic!("{name}: the fresh cluster does not agree: {e}\nlogs in {}", c.dir.display());
         }
@@ -134,10 +136,12 @@ impl Scenario {
         if let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
             self.failures.push(format!("convergence: at the end, not within {CONVERGE:?}: {e}"));
         }
+        // The figures end when the clients are told to stop, not when the last of them returns (one stuck in a
+        // request that is never answered returns only at the HTTP timeout).
+        let end = Instant::now();
         if let Some(w) = self.work.take() {
             w.stop();
         }
-        let end = Instant::now();
         if let Some(m) = self.stalls.take() {
             self.t.stalls = m.stop();
         }
@@ -180,10 +184,10 @@ fn env_u64(key: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------------------
 // Without faults.
 
-/// Thirty clients for 6 s without a fault: every check passes, every algorithm grants on every node.
+/// Thirty clients for 5 s without a fault: every check passes, every algorithm grants on every node.
 #[test]
 fn fault_free_run_passes_every_check() {
-    let mut s = Scenario::start("fault-free", false, ClientConfig::default(), Duration::from_secs(6));
+    let mut s = Scenario::start("fault-free", false, ClientConfig::default(), Duration::from_secs(5));
     let (from, to) = (s.t.start, Instant::now());
     for i in 0..N {
         s.expect_grants(&[i], from, to, &format!("at node {i} without faults"));
@@ -282,7 +286,7 @@ fn the_same_node_killed_and_restarted_twice() {
     }
     s.t.phase("after");
     let rejoined = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(3));
     s.expect_grants(&all(), rejoined, Instant::now(), "after the second rejoin");
     s.finish();
 }
@@ -290,7 +294,7 @@ fn the_same_node_killed_and_restarted_twice() {
 // ---------------------------------------------------------------------------------------------------------
 // (b) SIGSTOP past a lease.
 
-/// Node 4's clients hold `fenced` (one lease per algorithm, TTL 1.5 s) when node 4 is stopped for 6 s: rivals
+/// Node 4's clients hold `fenced` (one lease per algorithm, TTL 1.5 s) when node 4 is stopped for 5 s: rivals
 /// through the other nodes are granted `fenced` meanwhile with larger tokens; after SIGCONT the stopped
 /// node's clients' keepalives and releases answer 409 and their writes are fenced off.
 #[test]
@@ -328,7 +332,7 @@ fn a_stopped_nodes_client_loses_its_lease_to_a_rival_with_a_larger_token() {
         })
         .collect();
     let rivals: Vec<_> = rivals.into_iter().map(|r| r.join().expect("rival")).collect();
-    std::thread::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed()));
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
     send_signal(pid, "CONT");
     let continued = Instant::now();
     s.declare(&[V], &[], "SIGCONT node 4");
@@ -387,7 +391,7 @@ fn a_stopped_nodes_client_loses_its_lease_to_a_rival_with_a_larger_token() {
 // ---------------------------------------------------------------------------------------------------------
 // (c) A partition.
 
-/// Nodes {0, 1} are cut off from {2, 3, 4} for 8 s through the proxy mesh, then healed: the majority side
+/// Nodes {0, 1} are cut off from {2, 3, 4} for 7 s through the proxy mesh, then healed: the majority side
 /// grants every algorithm, the minority answers 503 at once (once its member lease has run out), and all
 /// five agree again after the heal.
 #[test]
@@ -406,7 +410,7 @@ fn a_minority_cut_off_answers_503_while_the_majority_grants() {
                 .push(format!("partition: node {i}'s /readyz answered {status} {body} (expected {want})"));
         }
     }
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(cut.elapsed()));
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(cut.elapsed()));
     let healed = Instant::now();
     s.mesh.as_ref().expect("mesh").heal();
     s.declare(&[0, 1], &[], "heal");

@@ -256,6 +256,12 @@ impl Api {
         Api { urls, client }
     }
 
+    /// The same nodes through a client that gives up on a request after `timeout` (status 0), instead of 60 s.
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> Api {
+        let client = reqwest::blocking::Client::builder().timeout(timeout).build().expect("client");
+        Api { urls: self.urls.clone(), client }
+    }
+
     /// Base URL of node i.
     pub(crate) fn url(&self, i: usize) -> String {
         self.urls[i].clone()
