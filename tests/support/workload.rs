@@ -286,7 +286,8 @@ pub(crate) fn converged(api: &Api, nodes: &[usize]) -> Result<(), String> {
     let first_view = view_of(first_info);
     for (i, v) in &infos {
         if v["ready"] != json!(true) {
-            return Err(format!("node {i} is not ready: {v}"));
+            let (status, why) = api.get(*i, "/readyz");
+            return Err(format!("node {i} is not ready (/readyz {status} {why}): {v}"));
         }
         for flag in ["member", "majority"] {
             if !v[flag].is_null() && v[flag] != json!(true) {
