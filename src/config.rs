@@ -48,6 +48,7 @@ pub const KEYS: &[&str] = &[
     "node_id",
     "peers",
     "peer_addr",
+    "advertise_addr",
     "http_addr",
     "algorithm",
     "algorithms",
@@ -70,6 +71,7 @@ pub const KEYS: &[&str] = &[
     "member_lease_ms",
     "clock_drift_ppm",
     "membership_retry_ms",
+    "test_clock_rate_ppm",
     "workload_iterations",
     "workload_cs_ms",
     "workload_lock",
@@ -420,6 +422,10 @@ pub struct NodeConfig {
     pub peers: Vec<PeerAddr>,
     /// Where to listen for peers.
     pub peer_addr: SocketAddr,
+    /// The `host:port` other nodes reach this node's peer port at, when this node is not in the peer list
+    /// (`DMUTEX_ADVERTISE_ADDR`): a node whose id is beyond `DMUTEX_PEERS` joins a running cluster with the
+    /// listed nodes as seeds (Kubernetes: pod `dmutex-5` with the three seeds in the ConfigMap).
+    pub advertise_addr: Option<PeerAddr>,
     /// Where to serve the HTTP API.
     pub http_addr: SocketAddr,
     /// The algorithm used when a request names none.
@@ -456,9 +462,12 @@ pub struct NodeConfig {
     /// The key `bootstrap_expect` was read from (`bootstrap_expect`, or its old name `cluster_size`), so that an
     /// error about it names what was written.
     pub bootstrap_expect_key: &'static str,
-    /// The membership core's timing (heartbeat, S, L, ρ, retry), validated. The node does not run the
-    /// membership core yet: until it does, these values are checked but change nothing.
+    /// The membership core's timing (heartbeat, S, L, ρ, retry), validated.
     pub membership: membership::Config,
+    /// For fault tests only (`DMUTEX_TEST_CLOCK_RATE_PPM`): the node's clock runs at this rate, in parts per
+    /// million of real time (default 1 000 000). Within `1 ± ρ` the membership layer stays safe; beyond it
+    /// the timing assumption is broken on purpose (the nemesis suite's negative control).
+    pub test_clock_rate_ppm: u32,
     /// The built-in workload.
     pub workload: WorkloadConfig,
 }
@@ -742,6 +751,12 @@ impl NodeConfig {
             node_id_source,
             peers,
             peer_addr: raw.socket_addr("peer_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7070))),
+            advertise_addr: match raw.string("advertise_addr")? {
+                None => None,
+                Some(a) => {
+                    Some(a.parse::<PeerAddr>().map_err(|e| ConfigError::invalid("advertise_addr", e))?)
+                }
+            },
             http_addr: raw.socket_addr("http_addr")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
             algorithm,
             algorithms: raw.algorithms()?.unwrap_or_else(|| Algorithm::ALL.to_vec()),
@@ -759,6 +774,16 @@ impl NodeConfig {
             bootstrap_expect,
             bootstrap_expect_key,
             membership,
+            test_clock_rate_ppm: match raw.number::<u32>("test_clock_rate_ppm")? {
+                None => 1_000_000,
+                Some(rate) if (100_000..=10_000_000).contains(&rate) => rate,
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        "test_clock_rate_ppm",
+                        "must be between 100000 and 10000000 (0.1× to 10× real time)",
+                    ));
+                }
+            },
             workload,
         })
     }
@@ -779,17 +804,23 @@ impl NodeConfig {
             if size == 0 || size > usize::from(u16::MAX) {
                 return Err(ConfigError::invalid(key, format!("{size} is not in 1..=65535")));
             }
-            if !self.peers.is_empty() && size != self.peers.len() {
+            if !self.peers.is_empty() && size > self.peers.len() {
                 return Err(ConfigError::invalid(
                     key,
-                    format!("{size} does not match the {} entries of DMUTEX_PEERS", self.peers.len()),
+                    format!(
+                        "{size} exceeds the {} entries of DMUTEX_PEERS (the first {size} form the cluster, \
+                         the others join it)",
+                        self.peers.len()
+                    ),
                 ));
             }
         }
         let n = if self.peers.is_empty() { self.bootstrap_expect } else { Some(self.peers.len()) };
         if let Some(n) = n
             && self.node_id.index() >= n
+            && (self.advertise_addr.is_none() || self.peers.is_empty())
         {
+            // Beyond the list is fine for a joiner that says where it can be reached.
             return Err(ConfigError::NodeIdOutOfRange { id: self.node_id.get(), peers: n });
         }
         if self.cluster_name.trim().is_empty() {
@@ -1095,9 +1126,14 @@ mod tests {
         assert_eq!(NodeConfig::load(&s).unwrap_err().key(), "DMUTEX_BOOTSTRAP_EXPECT");
         // A mismatch with the peer list names the key that was written.
         let e = load(&with(&[("DMUTEX_BOOTSTRAP_EXPECT", "4")])).unwrap_err();
-        assert_eq!(e.to_string(), "DMUTEX_BOOTSTRAP_EXPECT: 4 does not match the 3 entries of DMUTEX_PEERS");
+        let more =
+            "4 exceeds the 3 entries of DMUTEX_PEERS (the first 4 form the cluster, the others join it)";
+        assert_eq!(e.to_string(), format!("DMUTEX_BOOTSTRAP_EXPECT: {more}"));
         let e = load(&with(&[("DMUTEX_CLUSTER_SIZE", "4")])).unwrap_err();
-        assert_eq!(e.to_string(), "DMUTEX_CLUSTER_SIZE: 4 does not match the 3 entries of DMUTEX_PEERS");
+        assert_eq!(e.to_string(), format!("DMUTEX_CLUSTER_SIZE: {more}"));
+        // Fewer than the list: the first two form the cluster, node 2 joins it later.
+        let c = load(&with(&[("DMUTEX_BOOTSTRAP_EXPECT", "2")])).unwrap();
+        assert_eq!((c.bootstrap_expect, c.peers.len()), (Some(2), 3));
         // The bound on the node id under discovery comes from either name.
         let e = size(&[("DMUTEX_BOOTSTRAP_EXPECT", "3"), ("DMUTEX_NODE_ID", "3")]).unwrap_err();
         assert_eq!(e, ConfigError::NodeIdOutOfRange { id: 3, peers: 3 });

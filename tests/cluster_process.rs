@@ -146,6 +146,15 @@ fn messages_per_entry_5_nodes() {
 // ---------------------------------------------------------------------------------------------------------
 // 3. kill -9 one node mid-run, restart it.
 
+/// Sets the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn incarnation_of(api: &Api, i: usize) -> u64 {
     let (s, v) = api.get(i, "/v1/cluster");
     assert_eq!(s, 200, "{v}");
@@ -160,10 +169,14 @@ fn peer_incarnation(api: &Api, i: usize, peer: usize) -> Option<u64> {
     v["peers"][peer]["incarnation"].as_u64()
 }
 
+/// `kill -9` one node of three while nine clients (every algorithm, every node) contend: the survivors are a
+/// majority, so they keep granting every algorithm (requests wait for the view that excludes the dead node,
+/// never a 503), stay ready, and the restarted node (a new incarnation) is admitted again and serves.
 #[test]
 fn kill_9_and_restart() {
     const N: usize = 3;
-    const TIMEOUT_MS: u64 = 3000;
+    // Well above the longest view change an acquire may wait for (S + L + 2 retry = 3.1 s by default).
+    const TIMEOUT_MS: u64 = 8000;
     let mut c = Cluster::start("kill9", N, &[]);
     let api = c.api();
     let old_inc = incarnation_of(&api, 2);
@@ -172,13 +185,15 @@ fn kill_9_and_restart() {
     let grants = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let killed_at = Mutex::new(None::<Instant>);
+    let mut stall = Duration::ZERO;
     std::thread::scope(|s| {
+        // A failed assertion below must not leave the clients running (the scope would wait for ever).
+        let _stop_clients = StopOnDrop(&stop);
         for t in 0..9 {
             let (api, intervals, attempts, grants, stop) = (&api, &intervals, &attempts, &grants, &stop);
             s.spawn(move || {
                 let node = t % N;
                 let algorithm = ALGORITHMS[t / N];
-                // Probable-owner homes: "k" on node 2 (the one killed), "k3" on node 0.
                 let lock = if t % 2 == 0 { "k" } else { "k3" };
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
@@ -205,15 +220,39 @@ fn kill_9_and_restart() {
             poll(Duration::from_secs(30), || grants.load(Ordering::Relaxed) >= 30),
             "no progress before kill"
         );
-        *killed_at.lock().unwrap() = Some(Instant::now());
+        let at = Instant::now();
+        *killed_at.lock().unwrap() = Some(at);
         c.kill9(2);
-        // The surviving nodes notice: acquires that need node 2 are answered 503 (or 408), promptly.
-        let saw_refusal = poll(Duration::from_secs(10), || {
-            attempts.lock().unwrap().iter().any(|(_, a)| a.node != 2 && matches!(a.status, 503 | 408))
-        });
-        assert!(saw_refusal, "no 503/408 from the surviving nodes after the kill\n{}", c.logs());
-        let ready0 = api.get(0, "/readyz").0;
-        assert_eq!(ready0, 503, "node 0 must not be ready while node 2 is down");
+        // The survivors' view excludes node 2 within S + L and a round or two ...
+        let view_of = |i: usize| -> Vec<u64> {
+            let (_, cluster) = api.get(i, "/v1/cluster");
+            cluster["view"]["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|m| m["node_id"].as_u64()).collect())
+                .unwrap_or_default()
+        };
+        assert!(
+            poll(Duration::from_secs(10), || view_of(0) == [0, 1] && view_of(1) == [0, 1]),
+            "the survivors' view does not exclude node 2: {:?} {:?}\n{}",
+            view_of(0),
+            view_of(1),
+            c.logs()
+        );
+        eprintln!("kill9: node 2 excluded {:?} after the kill", at.elapsed());
+        // ... and then they grant every algorithm, stay ready, and the contending clients go on.
+        for algorithm in ALGORITHMS {
+            for i in 0..2 {
+                api.lock_once(i, "after-kill", algorithm);
+            }
+        }
+        let (ready0, body) = api.get(0, "/readyz");
+        assert_eq!(ready0, 200, "node 0 holds a majority and stays ready: {body}");
+        let before = grants.load(Ordering::Relaxed);
+        assert!(
+            poll(Duration::from_secs(15), || grants.load(Ordering::Relaxed) >= before + 30),
+            "the survivors stopped granting after the kill\n{}",
+            c.logs()
+        );
         c.spawn(2);
         c.wait_ready(Duration::from_secs(30));
         let new_inc = incarnation_of(&api, 2);
@@ -240,20 +279,26 @@ fn kill_9_and_restart() {
     let killed_at = killed_at.into_inner().unwrap().expect("killed");
     let attempts = attempts.into_inner().unwrap();
     let limit = Duration::from_millis(TIMEOUT_MS + 1500);
-    let mut refused = 0;
     let mut slowest = Duration::ZERO;
     for (sent, a) in &attempts {
         slowest = slowest.max(a.took);
         assert!(a.took <= limit, "an acquire took {:?} (timeout {TIMEOUT_MS} ms): {a:?}", a.took);
+        let answered = *sent + a.took;
         match a.status {
-            200 => {}
-            503 | 408 => refused += 1,
-            // Node 2 itself is unreachable while it is down.
-            0 if a.node == 2 && *sent + a.took >= killed_at => {}
-            _ => panic!("unexpected answer {a:?}"),
+            200 => {
+                if a.node != 2 && answered > killed_at {
+                    stall = stall.max(a.took);
+                }
+            }
+            // Node 2 itself is unreachable while it is down, and refuses until it is admitted again.
+            0 | 503 if a.node == 2 && answered >= killed_at => {}
+            _ => panic!("unexpected answer {a:?} (a majority node must not refuse for a dead minority)"),
         }
     }
-    eprintln!("kill9: {} attempts, {refused} answered 503/408, slowest {slowest:?}", attempts.len());
+    eprintln!(
+        "kill9: {} attempts, slowest {slowest:?}, longest wait on a survivor after the kill {stall:?}",
+        attempts.len()
+    );
     check_intervals(intervals.into_inner().unwrap()).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
@@ -426,15 +471,13 @@ fn bad_peer_and_http_input_is_refused() {
     assert_eq!(version, Some(RefuseReason::BadVersion));
     let secret = peer_probe(&addr, |ch| hello(&cluster, PROTOCOL_VERSION, 1, "not-the-secret", ch));
     assert_eq!(secret, Some(RefuseReason::BadSecret));
+    // An id outside the peer list that knows the secret may be a joiner: its handshake is taken (the
+    // membership layer decides whether it is admitted), not refused; a flood of them is bounded (transport).
     let unknown = peer_probe(&addr, |ch| hello(&cluster, PROTOCOL_VERSION, 9, SECRET, ch));
-    assert_eq!(unknown, Some(RefuseReason::UnknownNode));
-    for (reason, at_least) in [
-        ("malformed", 1.0),
-        ("oversized", 2.0),
-        ("bad_version", 1.0),
-        ("bad_secret", 1.0),
-        ("unknown_node", 1.0),
-    ] {
+    assert_eq!(unknown, None, "a possible joiner is not refused");
+    for (reason, at_least) in
+        [("malformed", 1.0), ("oversized", 2.0), ("bad_version", 1.0), ("bad_secret", 1.0)]
+    {
         let counted = poll(Duration::from_secs(5), || {
             api.metric(0, "dmutex_refused_connections_total", &[("reason", reason)]) >= at_least
         });

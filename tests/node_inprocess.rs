@@ -143,6 +143,34 @@ impl Cluster {
         }
     }
 
+    /// Starts one more node, outside the running nodes' peer list: its own list names them and itself (its id
+    /// is the next index), or with `seeds_only` just them, its own address given as `DMUTEX_ADVERTISE_ADDR`.
+    /// Waits until it is ready (admitted and caught up). Returns its index.
+    fn join_new(&mut self, seeds_only: bool) -> usize {
+        let listener = bind();
+        let addr = listener.local_addr().expect("local addr");
+        let i = self.nodes.len();
+        if seeds_only {
+            let seeds: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+            let extra = vec![("peers", seeds.join(",")), ("advertise_addr", addr.to_string())];
+            self.extra.insert(i, extra);
+        }
+        self.peers.push(addr);
+        let node = self.launch(i, listener, Incarnation::new(1));
+        self.nodes.push(node);
+        self.wait_ready();
+        i
+    }
+
+    /// The ids in node `i`'s installed view.
+    fn view(&self, i: usize) -> Vec<u64> {
+        let cluster = self.get(i, "/v1/cluster");
+        cluster["view"]["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["node_id"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
     fn url(&self, i: usize, path: &str) -> String {
         format!("http://{}{path}", self.nodes[i].http)
     }
@@ -158,7 +186,11 @@ impl Cluster {
                 if ready {
                     break;
                 }
-                assert!(Instant::now() < deadline, "node {i} not ready within {PATIENCE:?}");
+                if Instant::now() >= deadline {
+                    let why = self.client.get(self.url(i, "/readyz")).send().and_then(|r| r.text());
+                    let cluster = self.client.get(self.url(i, "/v1/cluster")).send().and_then(|r| r.text());
+                    panic!("node {i} not ready within {PATIENCE:?}: {why:?}\n{cluster:?}");
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -299,14 +331,33 @@ fn a_crashed_peer_restarts_with_a_new_incarnation_and_tokens_keep_growing() {
     assert_eq!(c.release(2, "r", &before["lease"]), 200);
 
     c.crash(2);
-    // Lamport needs every peer: once node 2's link has been down a while, node 0 says so at once.
-    let (status, body) =
-        c.post(0, "/v1/locks/r/acquire", json!({ "algorithm": "lamport", "timeout_ms": 5000 }));
-    assert_eq!(status, 503, "{body}");
+    // A majority is left: an acquire on node 0 waits for the view that excludes node 2 (S + L + a round),
+    // then is granted; every algorithm grants on the survivors.
+    let started = Instant::now();
+    let g = c.grant(0, "r", json!({ "algorithm": "lamport", "timeout_ms": 8000 }));
+    assert!(token(&g) > token(&before), "{g} after {before}");
+    assert!(started.elapsed() < Duration::from_secs(6), "granted after {:?}", started.elapsed());
+    assert_eq!(c.release(0, "r", &g["lease"]), 200);
+    let cluster = c.get(0, "/v1/cluster");
+    let members: Vec<u64> = cluster["view"]["members"]
+        .as_array()
+        .expect("view members")
+        .iter()
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, vec![0, 1], "{cluster}");
+    assert_eq!(cluster["majority"], true, "{cluster}");
+    let before = g;
 
     c.restart(2, Incarnation::new(2));
     let cluster = c.get(0, "/v1/cluster");
     assert_eq!(cluster["peers"][2]["incarnation"], 2, "{cluster}");
+    let rejoined = cluster["view"]["members"]
+        .as_array()
+        .expect("view")
+        .iter()
+        .any(|m| m["node_id"] == 2 && m["incarnation"] == 2);
+    assert!(rejoined, "node 2 is back in the view as incarnation 2: {cluster}");
     let mut last = token(&before);
     for (i, algorithm) in [(2, "lamport"), (0, "lamport"), (2, "probable-owner"), (1, "ricart-agrawala")] {
         let g = c.grant(i, "r", json!({ "algorithm": algorithm }));
@@ -392,10 +443,11 @@ fn nodes_with_different_default_algorithms_refuse_each_other_visibly() {
     }
 }
 
-/// On connected idle links `/v1/cluster` reports the last frame actually received (keepalives every second),
-/// and keepalives are counted as link frames in `/metrics`, never as algorithm messages.
+/// On connected idle links `/v1/cluster` reports the last frame actually received (membership heartbeats
+/// every 200 ms, keepalives when nothing else flows), and heartbeats are counted as membership messages in
+/// `/metrics`, never as algorithm messages.
 #[test]
-fn idle_links_report_a_fresh_last_seen_and_keepalives_are_not_algorithm_messages() {
+fn idle_links_report_a_fresh_last_seen_and_heartbeats_are_not_algorithm_messages() {
     let c = Cluster::start("inproc-idle", 3);
     let before = c.get(0, "/v1/stats")["messages_sent_total"].clone();
     std::thread::sleep(Duration::from_millis(3000));
@@ -405,12 +457,58 @@ fn idle_links_report_a_fresh_last_seen_and_keepalives_are_not_algorithm_messages
         let ago = peer["last_seen_ms_ago"].as_u64().unwrap_or_else(|| panic!("no last_seen: {cluster}"));
         assert!(ago < 1500, "last frame {ago} ms ago on a connected idle link: {cluster}");
     }
-    assert_eq!(c.get(0, "/v1/stats")["messages_sent_total"], before, "keepalives are not algorithm messages");
+    assert_eq!(c.get(0, "/v1/stats")["messages_sent_total"], before, "heartbeats are not algorithm messages");
     let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("metrics");
     let sent = metrics
         .lines()
-        .find(|l| l.starts_with(r#"dmutex_link_frames_total{type="keepalive",direction="sent"}"#))
+        .find(|l| l.starts_with(r#"dmutex_membership_messages_total{type="HEARTBEAT",direction="sent"}"#))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
-    assert!(sent.is_some_and(|n| n >= 2.0), "keepalives sent: {sent:?}");
+    // Two peers, one heartbeat each per 200 ms, for more than 3 s.
+    assert!(sent.is_some_and(|n| n >= 20.0), "heartbeats sent: {sent:?}");
+}
+
+/// Live join and graceful leave: a node whose id is not in the running nodes' peer list (its own list names
+/// them and itself) is admitted without anyone restarting, serves every algorithm with tokens above every
+/// earlier one, and on a graceful stop leaves the view; the others go on granting.
+#[test]
+fn a_node_outside_the_peer_list_joins_live_and_leaves_gracefully() {
+    join_and_leave("inproc-join", false);
+}
+
+/// The same for a node whose peer list names only the seeds (the Kubernetes way: pod `dmutex-3` with the
+/// ConfigMap's three seeds and its own address in `DMUTEX_ADVERTISE_ADDR`).
+#[test]
+fn a_node_beyond_the_seed_list_joins_with_its_advertised_address() {
+    join_and_leave("inproc-join-seeds", true);
+}
+
+fn join_and_leave(name: &str, seeds_only: bool) {
+    let mut c = Cluster::start(name, 3);
+    let mut last = BTreeMap::new();
+    let mut round = |c: &Cluster, nodes: &[usize]| {
+        for algorithm in Algorithm::ALL {
+            for &i in nodes {
+                let lock = format!("join-{algorithm}");
+                let g = c.grant(i, &lock, json!({ "algorithm": algorithm }));
+                let prev = last.insert(algorithm, token(&g)).unwrap_or(0);
+                assert!(token(&g) > prev, "{algorithm} on node {i}: {g} after token {prev}");
+                assert_eq!(c.release(i, &lock, &g["lease"]), 200);
+            }
+        }
+    };
+    round(&c, &[0, 1, 2]);
+    let joined = c.join_new(seeds_only);
+    assert_eq!(joined, 3);
+    for i in 0..4 {
+        assert_eq!(c.view(i), vec![0, 1, 2, 3], "node {i}'s view after the join");
+    }
+    round(&c, &[3, 0, 1, 2]);
+    let (result, took) = c.shutdown(3);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(took < Duration::from_secs(5), "the leave took {took:?}");
+    for i in 0..3 {
+        assert_eq!(c.view(i), vec![0, 1, 2], "node {i}'s view after the leave");
+    }
+    round(&c, &[0, 1, 2]);
 }

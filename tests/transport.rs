@@ -672,3 +672,268 @@ async fn idle_links_keep_alive_and_a_silent_connection_is_noticed() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The dynamic peer table: add_peer, remove_peer, unknown ids, start_shared.
+
+/// Polls `cond` every 10 ms until it holds or [`WAIT`] passes.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let r = timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(r.await.is_ok(), "timed out waiting for {what}");
+}
+
+fn refused_count(h: &Handle, key: &str) -> u64 {
+    h.counters().refused.get(key).copied().unwrap_or(0)
+}
+
+/// Whether an event is about `peer` (Refused and BadFrame name no peer id).
+fn about(e: &Inbound<u64>, node: NodeId) -> bool {
+    match e {
+        Inbound::Hello { peer, .. } | Inbound::Connected { peer } | Inbound::Disconnected { peer } => {
+            *peer == node
+        }
+        Inbound::Message { from, .. } => *from == node,
+        Inbound::Refused { .. } | Inbound::BadFrame { .. } => false,
+    }
+}
+
+/// Two nodes whose ids were never configured (7 and 9, no peers at start) find each other through add_peer,
+/// and messages flow both ways; adding again or adding self changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_added_at_runtime_with_unconfigured_ids_talk_both_ways() {
+    let (la, lb) = (bind("127.0.0.81").await, bind("127.0.0.82").await);
+    let (a_addr, b_addr) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let (n7, n9) = (NodeId::new(7), NodeId::new(9));
+    let (a, a_rx) = Transport::start::<u64>(config(7, 1, &[]), la, clock());
+    let (b, b_rx) = Transport::start::<u64>(config(9, 1, &[]), lb, clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    assert!(a.status().is_empty());
+    assert!(
+        matches!(a.send(n9, env(0)), Err(dmutex::net::transport::TransportError::UnknownPeer(p)) if p == n9)
+    );
+
+    a.add_peer(n9, b_addr.to_string());
+    a.add_peer(n9, b_addr.to_string());
+    a.add_peer(n7, a_addr.to_string());
+    assert_eq!(a.link_tasks(), 1, "one link task per added peer, none for self");
+    // Queued before B knows A: it waits (B refuses A's handshake as unknown until its own add_peer).
+    a.send(n9, env(1)).unwrap();
+    eventually("b refuses the unknown node 7", || refused_count(&b, "unknown_node") >= 1).await;
+    b.add_peer(n7, a_addr.to_string());
+    b.send(n7, env(2)).unwrap();
+    assert_eq!(b_log.messages(7, 1).await, vec![1]);
+    assert_eq!(a_log.messages(9, 1).await, vec![2]);
+    for n in 3..50 {
+        a.send(n9, env(n)).unwrap();
+        b.send(n7, env(n)).unwrap();
+    }
+    let rest: Vec<u64> = std::iter::once(1).chain(3..50).collect();
+    assert_eq!(b_log.messages(7, rest.len()).await, rest);
+    let rest: Vec<u64> = std::iter::once(2).chain(3..50).collect();
+    assert_eq!(a_log.messages(9, rest.len()).await, rest);
+    a_log.assert_hello_first();
+    b_log.assert_hello_first();
+    let status = a.status();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!((status[0].node, status[0].addr.as_str()), (n9, b_addr.to_string().as_str()));
+    assert_eq!(status[0].incarnation, Some(FIRST_RUN));
+    a.shutdown().await;
+    b.shutdown().await;
+    eventually("every link task ended", || a.link_tasks() == 0 && b.link_tasks() == 0).await;
+}
+
+/// After remove_peer: the other side sees Disconnected, sends to the removed id are UnknownPeer, its link task
+/// ends, and the transport emits nothing more about it. Re-added, the same incarnation stays shut out (a
+/// removed member comes back only as a new incarnation); a new incarnation of it is met as first contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_peer_is_disconnected_forgotten_and_returns_only_as_a_new_incarnation() {
+    let (la, lb) = (bind("127.0.0.91").await, bind("127.0.0.92").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let lb = Arc::new(lb);
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start_shared::<u64>(config(1, 1, &addrs), lb.clone(), clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    a.send(NODE_1, env(1)).unwrap();
+    b.send(NodeId::new(0), env(2)).unwrap();
+    assert_eq!(b_log.messages(0, 1).await, vec![1]);
+    assert_eq!(a_log.messages(1, 1).await, vec![2]);
+    b_log.until("b connected", |s| has(s, |e| matches!(e, Inbound::Connected { .. }))).await;
+    assert_eq!(a.link_tasks(), 1);
+
+    a.remove_peer(NODE_1);
+    a.remove_peer(NODE_1); // idempotent
+    let removed_at = {
+        a_log.drain();
+        a_log.seen.len()
+    };
+    assert!(matches!(a.send(NODE_1, env(3)), Err(dmutex::net::transport::TransportError::UnknownPeer(_))));
+    assert!(a.status().is_empty());
+    b_log
+        .until("b sees a disconnect", |s| {
+            has(s, |e| matches!(e, Inbound::Disconnected { peer } if peer.get() == 0))
+        })
+        .await;
+    eventually("a's link task to b ends", || a.link_tasks() == 0).await;
+    // B still sends to A: A refuses the id it no longer knows, and delivers nothing of it.
+    b.send(NodeId::new(0), env(4)).unwrap();
+    eventually("a refuses the removed node", || refused_count(&a, "unknown_node") >= 1).await;
+
+    // Re-added while the same incarnation of B runs: refused both ways as stale.
+    a.add_peer(NODE_1, addrs[1].to_string());
+    a.send(NODE_1, env(5)).unwrap();
+    eventually("a refuses b's old incarnation", || refused_count(&a, "stale_incarnation") >= 1).await;
+    let abandoned = |h: &Handle| h.counters().refused_by_peer.values().sum::<u64>();
+    eventually("a's dial to b's old incarnation fails", || abandoned(&a) >= 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a_log.drain();
+    let after: Vec<_> = a_log.seen[removed_at..].iter().filter(|e| about(e, NODE_1)).collect();
+    assert!(after.is_empty(), "events about the removed incarnation: {after:?}");
+    assert!(!a.status()[0].connected);
+
+    // B restarts on the same listener: A meets the new incarnation, and what it queued for node 1 since the
+    // re-add arrives there.
+    b.shutdown().await;
+    let (b2, b2_rx) = Transport::start_shared::<u64>(config(1, 2, &addrs), lb.clone(), clock());
+    let mut b2_log = Log::new(b2_rx);
+    b2.send(NodeId::new(0), env(6)).unwrap();
+    assert_eq!(b2_log.messages(0, 1).await, vec![5]);
+    a_log.until("b's second run", |s| messages_from(s, 1).contains(&6)).await;
+    a_log.assert_hello_first();
+    let hellos: Vec<_> =
+        a_log.seen[removed_at..].iter().filter(|e| matches!(e, Inbound::Hello { .. })).collect();
+    assert!(
+        matches!(hellos[..], [Inbound::Hello { peer: NODE_1, incarnation: SECOND_RUN, .. }]),
+        "{hellos:?}"
+    );
+    assert_eq!(messages_from(&a_log.seen, 1), vec![2, 6], "nothing B's first run sent after the removal");
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+/// What was queued for a peer that never answered is dropped and counted when it is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_peer_drops_and_counts_what_was_queued_for_it() {
+    let la = bind("127.0.0.95").await;
+    let a_addr = la.local_addr().unwrap();
+    // An address where nothing listens.
+    let gone = bind("127.0.0.96").await.local_addr().unwrap();
+    let (a, _a_rx) = Transport::start::<u64>(config(0, 1, &[a_addr, gone]), la, clock());
+    for n in 0..3 {
+        a.send(NODE_1, env(n)).unwrap();
+    }
+    a.remove_peer(NODE_1);
+    assert_eq!(a.counters().dropped_on_remove, 3);
+    eventually("the link task ends", || a.link_tasks() == 0).await;
+    a.shutdown().await;
+}
+
+/// Without accept_unknown an unconfigured id is refused; with it, the id gets a slot without an address
+/// (its messages are delivered, ours wait for add_peer), and at most `max_unknown` such slots exist: the
+/// next unknown id is refused and counted as `unknown_node_limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_accepted_only_when_allowed_and_within_the_bound() {
+    let (l_strict, la, lb) =
+        (bind("127.0.0.101").await, bind("127.0.0.102").await, bind("127.0.0.103").await);
+    let (strict_addr, a_addr, b_addr) =
+        (l_strict.local_addr().unwrap(), la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let ok = |node| HelloSpec {
+        version: PROTOCOL_VERSION,
+        cluster: "test",
+        algorithm: Algorithm::Lamport,
+        node,
+        secret: None,
+    };
+    let (strict, _strict_rx) = Transport::start::<u64>(config(0, 1, &[strict_addr]), l_strict, clock());
+    assert_eq!(raw_exchange(strict_addr, hello(ok(9))).await, refused(RefuseReason::UnknownNode));
+    assert_eq!(refused_count(&strict, "unknown_node"), 1);
+    assert!(strict.status().is_empty());
+
+    let mut a_cfg = config(0, 1, &[a_addr]);
+    a_cfg.accept_unknown = true;
+    assert_eq!(a_cfg.max_unknown, 64);
+    let (a, a_rx) = Transport::start::<u64>(a_cfg, la, clock());
+    let mut a_log = Log::new(a_rx);
+    // B (id 9) knows A; A has never heard of B.
+    let (b, b_rx) = Transport::start::<u64>(config(9, 1, &[a_addr]), lb, clock());
+    let mut b_log = Log::new(b_rx);
+    b.send(NodeId::new(0), env(1)).unwrap();
+    assert_eq!(a_log.messages(9, 1).await, vec![1]);
+    a_log.assert_hello_first();
+    let status = a.status();
+    assert_eq!(status.len(), 1);
+    assert_eq!((status[0].node.get(), status[0].addr.as_str()), (9, ""), "{status:?}");
+    // Ours to it wait for its address.
+    a.send(NodeId::new(9), env(2)).unwrap();
+    assert_eq!(a.link_tasks(), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b_log.drain();
+    assert!(messages_from(&b_log.seen, 0).is_empty());
+    a.add_peer(NodeId::new(9), b_addr.to_string());
+    assert_eq!(b_log.messages(0, 1).await, vec![2]);
+    assert_eq!(a.status()[0].addr, b_addr.to_string());
+
+    // B no longer counts as unknown: 64 more unknown ids fit, the 65th is refused.
+    for i in 0..64 {
+        let answer = raw_exchange(a_addr, hello(ok(100 + i))).await;
+        assert!(matches!(answer, Some(Frame::Welcome { .. })), "unknown id {} refused: {answer:?}", 100 + i);
+    }
+    assert_eq!(raw_exchange(a_addr, hello(ok(164))).await, refused(RefuseReason::UnknownNode));
+    assert_eq!(refused_count(&a, "unknown_node_limit"), 1);
+    // A known id still gets in (a reconnect), and so does an unknown one once a place frees up.
+    a.remove_peer(NodeId::new(100));
+    assert!(matches!(raw_exchange(a_addr, hello(ok(164))).await, Some(Frame::Welcome { .. })));
+    let ids: Vec<u16> = a.status().iter().map(|p| p.node.get()).collect();
+    let expect: Vec<u16> = std::iter::once(9).chain(101..=164).collect();
+    assert_eq!(ids, expect, "status lists every peer in id order");
+    a_log.drain();
+    assert!(has(&a_log.seen, |e| matches!(e, Inbound::Refused { reason: RefuseReason::UnknownNode, .. })));
+    for h in [&strict, &a, &b] {
+        h.shutdown().await;
+    }
+}
+
+/// A transport shut down on a listener the caller keeps, and a new one started on it (the next incarnation
+/// of this process): peers redial the same address and see a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_transport_on_the_same_shared_listener_is_seen_as_a_restart() {
+    let (la, lb) = (bind("127.0.0.111").await, bind("127.0.0.112").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let lb = Arc::new(lb);
+    let (a, a_rx) = Transport::start::<u64>(config(0, 1, &addrs), la, clock());
+    let (b, b_rx) = Transport::start_shared::<u64>(config(1, 1, &addrs), lb.clone(), clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    b.send(NodeId::new(0), env(1)).unwrap();
+    a.send(NODE_1, env(2)).unwrap();
+    assert_eq!(a_log.messages(1, 1).await, vec![1]);
+    assert_eq!(b_log.messages(0, 1).await, vec![2]);
+    b.shutdown().await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NODE_1 }))).await;
+
+    let (b2, b2_rx) = Transport::start_shared::<u64>(config(1, 2, &addrs), lb, clock());
+    let mut b2_log = Log::new(b2_rx);
+    b2.send(NodeId::new(0), env(3)).unwrap();
+    assert_eq!(a_log.messages(1, 2).await, vec![1, 3]);
+    a.send(NODE_1, env(4)).unwrap();
+    assert_eq!(b2_log.messages(0, 1).await, vec![4]);
+    let hellos: Vec<_> = a_log.seen.iter().filter(|e| matches!(e, Inbound::Hello { .. })).collect();
+    assert!(
+        matches!(
+            hellos[..],
+            [
+                Inbound::Hello { peer: NODE_1, incarnation: FIRST_RUN, .. },
+                Inbound::Hello { peer: NODE_1, incarnation: SECOND_RUN, .. }
+            ]
+        ),
+        "{hellos:?}"
+    );
+    eventually("a reconnected to the new incarnation", || {
+        a.status()[0].connected && a.status()[0].incarnation == Some(SECOND_RUN)
+    })
+    .await;
+    a.shutdown().await;
+    b2.shutdown().await;
+}

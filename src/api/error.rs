@@ -21,6 +21,10 @@ pub enum ApiError {
     /// The lease is unknown, expired or already released, or does not hold this lock.
     #[error("{0}")]
     LeaseNotFound(String),
+    /// The lease was ended by the node because it lost its member lease (it could no longer reach a majority
+    /// of its view): the lock may already be someone else's.
+    #[error("{0}")]
+    LeaseLost(String),
     /// The request was cancelled.
     #[error("request cancelled")]
     Cancelled,
@@ -38,7 +42,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Timeout(_) => 408,
-            ApiError::LeaseNotFound(_) => 409,
+            ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) => 409,
             ApiError::TooLarge => 413,
             ApiError::Cancelled => 499,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::LeaseNotFound(_) => "lease_not_found",
+            ApiError::LeaseLost(_) => "lease_lost",
             ApiError::Cancelled => "cancelled",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Internal(_) => "internal",

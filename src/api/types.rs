@@ -207,6 +207,34 @@ pub struct ClusterInfo {
     pub lamport_clock: BTreeMap<String, u64>,
     /// Whether Lamport's footnote option (no redundant REPLY) is on.
     pub lamport_ack_elision: bool,
+    /// The view this node has installed (`None` before the cluster formed or while joining).
+    pub view: Option<ViewInfo>,
+    /// Whether this node is a member of its installed view.
+    pub member: bool,
+    /// Whether this node holds its member lease: a majority of its view acked it recently, so it may grant.
+    pub majority: bool,
+}
+
+/// A view as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ViewInfo {
+    /// The view's epoch (rises by one per view change).
+    pub epoch: u64,
+    /// Its members, in id order.
+    pub members: Vec<ViewMember>,
+}
+
+/// One member of a view.
+#[derive(Clone, Debug, Serialize)]
+pub struct ViewMember {
+    /// Node id.
+    pub node_id: u16,
+    /// Its peer address.
+    pub addr: String,
+    /// The incarnation the view admitted.
+    pub incarnation: u64,
+    /// Whether this node's link to it is up (always true for this node itself).
+    pub connected: bool,
 }
 
 /// One lease as seen in `GET /v1/locks/{name}`.

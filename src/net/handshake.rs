@@ -1,8 +1,9 @@
 //! The handshake on one peer connection: who is calling, checked.
 //!
 //! The acceptor speaks first (`Challenge`), the dialer answers `Hello`, the acceptor checks it (version,
-//! cluster, node id, MAC, default algorithm) and answers `Welcome` or `Refuse` (see [`crate::net::wire`] for the frames and the
-//! transcripts the MACs cover). What a handshake *means* for the link — a new incarnation, how far the
+//! cluster, not our own node id, MAC, default algorithm) and answers `Welcome` or `Refuse` (see
+//! [`crate::net::wire`] for the frames and the transcripts the MACs cover). Whether the id is in the peer
+//! table (or may join it) is the transport's check, made after these. What a handshake *means* for the link — a new incarnation, how far the
 //! acceptor delivered — is decided by [`crate::net::link::Link`], between [`Handshake::accept`] and
 //! [`Handshake::welcome`]. This module does the exchange and the checks; it never decides about incarnations
 //! and never panics on what a peer sends.
@@ -28,8 +29,6 @@ pub(super) struct Handshake<'a> {
     pub me: NodeId,
     /// This process's incarnation.
     pub incarnation: Incarnation,
-    /// The cluster size: node ids `0..peers` are members.
-    pub peers: usize,
     /// The cluster secret for the MACs.
     pub secret: Option<&'a [u8]>,
     /// Frame counters to bump.
@@ -64,6 +63,9 @@ pub(super) struct Welcome {
 pub(super) enum AcceptFail {
     /// Tell the dialer and count it.
     Refuse(RefuseReason, String),
+    /// An unknown id over the bound on unknown slots: tell the dialer `unknown_node`, count it as
+    /// `unknown_node_limit`.
+    UnknownLimit(String),
     /// Nothing to tell (closed before saying anything, socket error).
     Silent(String),
 }
@@ -123,9 +125,6 @@ impl Handshake<'_> {
         }
         if cluster != self.cluster {
             return refuse(RefuseReason::WrongCluster, format!("cluster {cluster:?}"));
-        }
-        if node.index() >= self.peers {
-            return refuse(RefuseReason::UnknownNode, format!("node {node}"));
         }
         if node == self.me {
             return refuse(RefuseReason::SelfId, format!("node {node} is this node"));
@@ -317,7 +316,6 @@ mod tests {
             algorithms: &all,
             me: NodeId::new(0),
             incarnation: Incarnation::new(1),
-            peers: 3,
             secret: Some(b"s"),
             counters: &counters,
         };

@@ -22,8 +22,6 @@ pub(crate) trait CoreView {
     fn clock(&self) -> LamportTs;
     /// The newest incarnation of `peer` the core knows (what its messages are addressed to).
     fn peer_incarnation(&self, peer: NodeId) -> Option<Incarnation>;
-    /// Whether a request for `lock` needs `peer` to be reachable to make progress.
-    fn needs_peer(&self, lock: &str, peer: NodeId) -> bool;
     /// What the core knows about `lock`.
     fn view(&self, lock: &str) -> LockView;
     /// How many local requests wait for `lock`.
@@ -41,9 +39,6 @@ impl<P: Protocol> CoreView for Engine<P> {
     }
     fn peer_incarnation(&self, peer: NodeId) -> Option<Incarnation> {
         self.peers().incarnation(peer)
-    }
-    fn needs_peer(&self, lock: &str, peer: NodeId) -> bool {
-        Engine::needs_peer(self, lock, peer)
     }
     fn view(&self, lock: &str) -> LockView {
         Engine::view(self, lock)
@@ -65,6 +60,11 @@ struct Slot<P: Protocol> {
 impl<P: Carried> Slot<P> {
     fn new(protocol: P, peers: Peers) -> Self {
         Slot { engine: Engine::new(protocol, peers), actions: Vec::new() }
+    }
+
+    fn in_view(protocol: P, settings: &NodeSettings, epoch: u64, members: &[(NodeId, Incarnation)]) -> Self {
+        let engine = Engine::in_view(protocol, settings.me, settings.incarnation, epoch, members);
+        Slot { engine, actions: Vec::new() }
     }
 
     fn handle(
@@ -109,6 +109,34 @@ impl Cores {
             ra: Slot::new(RicartAgrawala::fresh(me, n), Peers::new(me, n, inc)),
             po: Slot::new(ProbableOwner::fresh(me, n), Peers::new(me, n, inc)),
         }
+    }
+
+    /// Fresh cores for a node whose first view is `epoch` with `members` (this node among them): they hold
+    /// local requests until every member's handshake ([`Event::PeerIncarnation`]) has been heard.
+    pub(crate) fn in_view(settings: &NodeSettings, epoch: u64, members: &[(NodeId, Incarnation)]) -> Self {
+        let me = settings.me;
+        let lamport = if settings.lamport_ack_elision {
+            Lamport::with_ack_elision(me, 0)
+        } else {
+            Lamport::fresh(me, 0)
+        };
+        Cores {
+            lamport: Slot::in_view(lamport, settings, epoch, members),
+            ra: Slot::in_view(RicartAgrawala::fresh(me, 0), settings, epoch, members),
+            po: Slot::in_view(ProbableOwner::fresh(me, 0), settings, epoch, members),
+        }
+    }
+
+    /// Whether any core asks for a view bump (its epoch-tagged counters near their range).
+    pub(crate) fn wants_view_bump(&self) -> bool {
+        self.lamport.engine.wants_view_bump()
+            || self.ra.engine.wants_view_bump()
+            || self.po.engine.wants_view_bump()
+    }
+
+    /// The three cores' clocks, in [`Algorithm::ALL`] order (what the in-view handshake carries).
+    pub(crate) fn clocks(&self) -> [LamportTs; 3] {
+        [self.lamport.engine.clock(), self.ra.engine.clock(), self.po.engine.clock()]
     }
 
     /// Feeds `event` to `algorithm`'s core; its actions are appended to `out`.

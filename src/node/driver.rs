@@ -14,7 +14,8 @@ use super::cores::Cores;
 use super::handle::{Command, Shared};
 use super::leases::Leases;
 use super::links::TraceLinks;
-use super::msg::PeerMsg;
+use super::membership::{Exit, MemberLayer};
+use super::msg::{NodeMsg, PeerMsg};
 use super::observe::{Cause, Observer, Seen};
 use super::peers::PeerState;
 use super::requests::Pending;
@@ -33,7 +34,9 @@ const HOUSEKEEPING: Duration = Duration::from_millis(50);
 pub(crate) struct Node {
     pub(super) settings: NodeSettings,
     pub(super) cores: Cores,
-    pub(super) transport: TransportHandle<PeerMsg>,
+    /// The membership layer: views, member lease, formation of view 1.
+    pub(super) member: MemberLayer,
+    pub(super) transport: TransportHandle<NodeMsg>,
     pub(super) shared: Arc<Shared>,
     pub(super) observer: Observer,
     /// The origin of the cores' time ([`Millis`]).
@@ -43,7 +46,8 @@ pub(crate) struct Node {
     pub(super) pending: BTreeMap<RequestId, Pending>,
     pub(super) leases: Leases,
     pub(super) timers: super::timers::TimerTable,
-    pub(super) peers: Vec<PeerState>,
+    /// Every peer heard of (configured, in a view, or a joiner), by id.
+    pub(super) peers: BTreeMap<crate::algo::NodeId, PeerState>,
     pub(super) links: TraceLinks,
     /// Events for the cores, in order, with what caused them.
     pub(super) work: VecDeque<(Algorithm, Event<PeerMsg>, Cause)>,
@@ -54,63 +58,88 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn new(
         settings: NodeSettings,
-        transport: TransportHandle<PeerMsg>,
+        transport: TransportHandle<NodeMsg>,
         shared: Arc<Shared>,
-    ) -> Self {
+    ) -> Result<Self, crate::algo::membership::ConfigError> {
         let n = settings.peers.len();
-        Node {
+        let me = crate::algo::membership::Member {
+            id: settings.me,
+            incarnation: settings.incarnation,
+            addr: settings.advertise.clone(),
+        };
+        let member = MemberLayer::new(settings.membership, me, &settings.peers, settings.formation_size)?;
+        Ok(Node {
             cores: Cores::new(&settings),
+            member,
             transport,
-            observer: Observer::new(shared.clone()),
+            observer: Observer::new(shared.clone(), settings.incarnation),
             shared,
             started: Instant::now(),
             next_req: 1,
             pending: BTreeMap::new(),
             leases: Leases::default(),
             timers: Default::default(),
-            peers: (0..n).map(|_| PeerState::default()).collect(),
+            peers: (0..n).map(|i| (crate::algo::NodeId::new(i as u16), PeerState::default())).collect(),
             links: TraceLinks::default(),
             work: VecDeque::new(),
             actions: Vec::new(),
             settings,
-        }
+        })
     }
 
-    /// The cores' time: milliseconds since the loop started.
+    /// The cores' time: milliseconds since the loop started (at the test clock rate, if one is set).
     pub(super) fn now(&self) -> Millis {
-        Millis::new(self.started.elapsed().as_millis() as u64)
+        let real = self.started.elapsed().as_millis() as u64;
+        match self.settings.clock_rate_ppm {
+            1_000_000 => Millis::new(real),
+            rate => Millis::new((u128::from(real) * u128::from(rate) / 1_000_000) as u64),
+        }
     }
 
     /// The instant a core's time stands for.
     pub(super) fn instant_of(&self, at: Millis) -> Instant {
-        self.started + Duration::from_millis(at.get())
+        let real = match self.settings.clock_rate_ppm {
+            1_000_000 => at.get(),
+            rate => (u128::from(at.get()) * 1_000_000).div_ceil(u128::from(rate)) as u64,
+        };
+        self.started + Duration::from_millis(real)
     }
 
-    /// Runs until a shutdown command (or every handle is gone), then shuts down gracefully.
+    /// The earliest timer of the cores and the membership layer, as an instant.
+    fn next_timer(&self) -> Option<Instant> {
+        let at = match (self.timers.next(), self.member.next_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        at.map(|at| self.instant_of(at))
+    }
+
+    /// Runs until a shutdown command (or every handle is gone), then shuts down gracefully; or until a view
+    /// excludes this process while it is alive. Gives the command channel back for the next incarnation.
     pub(crate) async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut inbound: mpsc::UnboundedReceiver<Inbound<PeerMsg>>,
-    ) {
+        mut inbound: mpsc::UnboundedReceiver<Inbound<NodeMsg>>,
+    ) -> (Exit, mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.housekeeping();
         loop {
-            let next_timer = self.timers.next().map(|at| self.instant_of(at));
+            let next_timer = self.next_timer();
             let sleep = tokio::time::sleep_until(
                 next_timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into(),
             );
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown { reply }) => {
-                        self.graceful_shutdown().await;
+                        self.graceful_shutdown(&mut inbound).await;
                         let _ = reply.send(());
-                        return;
+                        return (Exit::Shutdown, commands);
                     }
                     Some(cmd) => self.on_command(cmd),
                     None => {
-                        self.graceful_shutdown().await;
-                        return;
+                        self.graceful_shutdown(&mut inbound).await;
+                        return (Exit::Shutdown, commands);
                     }
                 },
                 Some(input) = inbound.recv() => self.on_inbound(input),
@@ -118,6 +147,10 @@ impl Node {
                 _ = tick.tick() => self.housekeeping(),
             }
             self.run_work();
+            if let Some(exit) = self.member.exit.take() {
+                self.transport.shutdown().await;
+                return (exit, commands);
+            }
         }
     }
 
@@ -147,7 +180,8 @@ impl Node {
     }
 
     /// Queues the due timers' events; a lease's expiry is caused by its `lock.release`.
-    fn fire_timers(&mut self) {
+    pub(super) fn fire_timers(&mut self) {
+        self.fire_member_timers();
         let now = self.now();
         while let Some((algorithm, timer)) = self.timers.pop_due(now) {
             let cause = match timer {
@@ -220,7 +254,13 @@ impl Node {
         self.observer.seen(Seen::Sent { to, msg: &msg, cause, trace: &mut trace });
         let core = self.cores.get(algorithm);
         let ts = msg.timestamp().unwrap_or_else(|| core.clock());
-        let env = Envelope { ts, trace, to_incarnation: core.peer_incarnation(to), epoch, body: msg };
+        let env = Envelope {
+            ts,
+            trace,
+            to_incarnation: core.peer_incarnation(to),
+            epoch,
+            body: NodeMsg::Algo(msg),
+        };
         if let Err(e) = self.transport.send(to, env) {
             tracing::warn!(peer = %to, error = %e, "cannot queue a peer message");
         }
@@ -229,6 +269,7 @@ impl Node {
     /// Housekeeping tick: waiting requests that need a peer which is down are answered 503 now rather than at
     /// their timeout; readiness and gauges are refreshed.
     fn housekeeping(&mut self) {
+        self.member_housekeeping();
         self.withdraw_unavailable();
         self.update_readiness();
         self.run_work();

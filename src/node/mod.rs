@@ -10,8 +10,11 @@
 //!      Cores: Engine<Lamport> | Engine<RA> | Engine<ProbableOwner>                   cores.rs
 //!        Send → transport     Granted / Rejected / LeaseExpired → the client         requests.rs, leases.rs
 //!        SetTimer / CancelTimer → TimerTable                                         timers.rs
+//!   Membership (views by majority, member lease) + Formation (view 1 once):          membership.rs
+//!     InstallView → cores created in / moved to the view; Active(false) → clients 503 / leases lost;
+//!     excluded while alive → the loop ends and run() starts a new incarnation that joins
 //!   every happening → Observer::seen (metrics, flow log, spans)                      observe.rs, links.rs
-//!   peers up/down, availability (503 instead of a timeout)                           peers.rs
+//!   peers up/down, what arrives from them, availability (503 only without a lease)   peers.rs
 //!   lock info, cluster info, /v1/stats, readiness and gauges                         status.rs
 //! ```
 //!
@@ -27,6 +30,7 @@ mod driver;
 mod handle;
 mod leases;
 mod links;
+mod membership;
 mod msg;
 mod observe;
 mod peers;
@@ -36,15 +40,12 @@ mod status;
 mod timers;
 
 pub use handle::{NodeHandle, Shared};
-pub use msg::PeerMsg;
+pub use msg::{MemberMsg, NodeMsg, PeerMsg};
 pub use run::{Routes, RunConfig, new_incarnation, run};
 
 use crate::algo::{Algorithm, Incarnation, NodeId};
 use crate::config::NodeConfig;
 use std::time::Duration;
-
-/// How long a peer's link must have been down before requests that need it are answered 503.
-const PEER_DOWN_AFTER: Duration = Duration::from_millis(1000);
 
 /// A node's static settings, taken from its [`NodeConfig`].
 #[derive(Clone, Debug)]
@@ -63,8 +64,16 @@ pub(crate) struct NodeSettings {
     pub default_ttl: Duration,
     /// Largest TTL a client may ask for.
     pub max_ttl: Duration,
-    /// A peer whose link has been down this long counts as down (503 for requests that need it).
-    pub peer_down_after: Duration,
+    /// The membership layer's timing (heartbeat, S, L, ρ, retry).
+    pub membership: crate::algo::membership::Config,
+    /// Where the other nodes reach this node (its entry in `peers`, or `DMUTEX_ADVERTISE_ADDR`).
+    pub advertise: String,
+    /// How many of `peers` (the first ones) form view 1; the others join a running cluster.
+    pub formation_size: usize,
+    /// Longest a graceful leave waits for the view without this node.
+    pub leave_wait: Duration,
+    /// The rate of the node's clock in parts per million of real time (fault tests only).
+    pub clock_rate_ppm: u32,
     /// Default algorithm for requests that name none.
     pub default_algorithm: Algorithm,
     /// Lamport's footnote option (no REPLY made redundant by a later message already sent).
@@ -82,7 +91,16 @@ impl NodeSettings {
             default_timeout: cfg.default_timeout,
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
-            peer_down_after: PEER_DOWN_AFTER,
+            membership: cfg.membership,
+            advertise: cfg
+                .advertise_addr
+                .as_ref()
+                .or(cfg.peers.get(cfg.node_id.index()))
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            formation_size: cfg.bootstrap_expect.unwrap_or(cfg.peers.len()).min(cfg.peers.len()),
+            leave_wait: cfg.view_change_bound(),
+            clock_rate_ppm: cfg.test_clock_rate_ppm,
             default_algorithm: cfg.algorithm,
             lamport_ack_elision: cfg.lamport_ack_elision,
         }

@@ -1,15 +1,49 @@
-//! [`PeerMsg`], the body of every peer frame: one algorithm's message, and how each core's messages are put
-//! into it and taken out again.
+//! [`NodeMsg`], the body of every peer frame: one algorithm's message ([`PeerMsg`], and how each core's
+//! messages are put into it and taken out again) or one of the membership layer ([`MemberMsg`]).
 //!
 //! Everything the node needs to know about a message (its type, lock, whether it asks or answers, what it
 //! hands over) comes from [`ProtocolMessage`], which [`PeerMsg`] implements by asking the message inside:
 //! nothing here or elsewhere in the node names an algorithm's message variants.
 
 use crate::algo::lamport::{Lamport, LamportMsg};
+use crate::algo::membership::{FormMsg, Msg};
 use crate::algo::probable_owner::{PoMsg, ProbableOwner};
 use crate::algo::ricart_agrawala::{RaMsg, RicartAgrawala};
 use crate::algo::{Algorithm, LamportTs, NodeId, Protocol, ProtocolMessage};
 use serde::{Deserialize, Serialize};
+
+/// The body of every peer frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeMsg {
+    /// A message of one algorithm's core (its envelope's epoch is the sender's engine view).
+    Algo(PeerMsg),
+    /// A message of the membership layer (never counted as an algorithm message).
+    Member(MemberMsg),
+}
+
+/// What the membership layer of two nodes says to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemberMsg {
+    /// The membership core's message (heartbeats, Paxos, joins, leaves).
+    Core(Msg),
+    /// Forming view 1 ([`crate::algo::membership::Formation`]).
+    Form(FormMsg),
+    /// The engines' handshake inside a view: the sender's Lamport clock in each core (Lamport,
+    /// Ricart–Agrawala, probable owner), sent to every member a view adds (and by a node whose engines are new
+    /// to every member), tagged with that view's epoch and carried on the same FIFO link as engine messages.
+    Clocks([LamportTs; 3]),
+}
+
+impl MemberMsg {
+    /// The message type, for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MemberMsg::Core(m) => m.kind(),
+            MemberMsg::Form(m) => m.kind(),
+            MemberMsg::Clocks(_) => "CLOCKS",
+        }
+    }
+}
 
 /// The body of every peer message: one algorithm's message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -131,8 +131,9 @@ fn unix_ms() -> f64 {
 }
 
 impl Observer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let (me, incarnation) = (shared.me, shared.incarnation);
+    /// The observer of incarnation `incarnation` of the node `shared` belongs to.
+    pub(crate) fn new(shared: Arc<Shared>, incarnation: crate::algo::Incarnation) -> Self {
+        let me = shared.me;
         Observer { shared, me, incarnation }
     }
 

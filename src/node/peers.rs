@@ -1,59 +1,53 @@
-//! The peers as the node loop sees them: link up or down (from the transport), incarnation (the last frame
-//! received is the transport's: [`crate::net::transport::PeerStatus::last_seen`]);
-//! and availability: a request that needs a peer which is down is answered 503 at once (and a waiting one is
-//! withdrawn when a needed peer goes down) instead of sitting out its timeout.
+//! The peers as the node loop sees them: link up or down and incarnation (from the transport; the last frame
+//! received is the transport's: [`crate::net::transport::PeerStatus::last_seen`]); and what arrives from
+//! them: handshakes go to the membership layer (never to the cores: inside a view the cores' handshake is
+//! the membership layer's clocks message), algorithm messages to the cores (held until the cores are in
+//! their view), membership messages to the membership layer.
+//!
+//! Availability: a request is answered 503 at once when the node cannot grant (no view yet, or no member
+//! lease: it does not reach a majority). A peer that is down does not make requests fail on a node that
+//! holds its lease: they wait until the view excludes that peer.
 
 use super::driver::Node;
-use super::msg::PeerMsg;
+use super::msg::{NodeMsg, PeerMsg};
 use super::observe::Seen;
-use crate::algo::{Algorithm, Event, Incarnation, NodeId, RequestId};
+use crate::algo::{Event, Incarnation, NodeId, RequestId};
 use crate::api::error::ApiError;
 use crate::net::transport::Inbound;
-use std::time::Instant;
+use crate::net::wire::Envelope;
 
 /// One peer's link and identity.
 #[derive(Default)]
 pub(crate) struct PeerState {
     pub(super) connected: bool,
-    down_since: Option<Instant>,
     pub(super) incarnation: Option<Incarnation>,
 }
 
 impl Node {
-    pub(super) fn on_inbound(&mut self, input: Inbound<PeerMsg>) {
+    pub(super) fn on_inbound(&mut self, input: Inbound<NodeMsg>) {
         match input {
-            Inbound::Hello { peer, incarnation, clock } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
-                    p.incarnation = Some(incarnation);
-                }
-                for algorithm in Algorithm::ALL {
-                    let event = Event::PeerIncarnation { peer, incarnation, clock };
-                    self.work.push_back((algorithm, event, Default::default()));
-                }
+            Inbound::Hello { peer, incarnation, clock: _ } => {
+                self.peers.entry(peer).or_default().incarnation = Some(incarnation);
+                self.heard(peer);
+                self.member_hello(peer, incarnation);
             }
             Inbound::Message { from, incarnation, env } => {
+                self.heard(from);
                 if env.to_incarnation.is_some_and(|to| to != self.settings.incarnation) {
                     // Meant for an earlier life of this node: the sender had not yet seen this incarnation.
                     self.observer.seen(Seen::Dropped { reason: "misaddressed" });
                     return;
                 }
-                let cause = self.observer.seen(Seen::Received { from, env: &env });
-                self.links.received(from, &env, &cause);
-                let algorithm = env.body.algorithm();
-                let event = Event::Message { from, incarnation, epoch: env.epoch, msg: env.body };
-                self.work.push_back((algorithm, event, cause));
-            }
-            Inbound::Connected { peer } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
-                    p.connected = true;
-                    p.down_since = None;
+                match env.body {
+                    NodeMsg::Algo(_) => self.deliver_to_cores(from, incarnation, env),
+                    NodeMsg::Member(_) => self.on_member_msg(from, incarnation, env),
                 }
             }
+            Inbound::Connected { peer } => {
+                self.peers.entry(peer).or_default().connected = true;
+            }
             Inbound::Disconnected { peer } => {
-                if let Some(p) = self.peers.get_mut(peer.index()) {
-                    if p.connected || p.down_since.is_none() {
-                        p.down_since = Some(Instant::now());
-                    }
+                if let Some(p) = self.peers.get_mut(&peer) {
                     p.connected = false;
                 }
             }
@@ -67,37 +61,27 @@ impl Node {
         }
     }
 
+    /// An algorithm message for cores that are in a view: observed, then queued for its core.
+    pub(super) fn algo_message(&mut self, from: NodeId, incarnation: Incarnation, env: Envelope<PeerMsg>) {
+        let cause = self.observer.seen(Seen::Received { from, env: &env });
+        self.links.received(from, &env, &cause);
+        let algorithm = env.body.algorithm();
+        let event = Event::Message { from, incarnation, epoch: env.epoch, msg: env.body };
+        self.work.push_back((algorithm, event, cause));
+    }
+
     /// Why a request for `lock` with `algorithm` cannot be served now, if it cannot.
-    pub(super) fn unavailable(&self, algorithm: Algorithm, lock: &str) -> Option<String> {
-        let core = self.cores.get(algorithm);
-        let mut down = Vec::new();
-        for (i, p) in self.peers.iter().enumerate() {
-            let node = NodeId::new(i as u16);
-            if node != self.settings.me && self.peer_down(p) && core.needs_peer(lock, node) {
-                down.push(format!("peer {} ({}) is down", i, self.settings.peers[i]));
-            }
-        }
-        if !down.is_empty() {
-            Some(down.join("; "))
-        } else if !core.joined() {
-            Some("not yet joined: waiting for every peer's handshake".into())
-        } else {
-            None
-        }
+    pub(super) fn unavailable(&self) -> Option<String> {
+        self.member_unavailable()
     }
 
-    /// A peer counts as down once its link has been down for `peer_down_after` (a reconnect is not an outage).
-    fn peer_down(&self, p: &PeerState) -> bool {
-        !p.connected && p.down_since.is_none_or(|t| t.elapsed() >= self.settings.peer_down_after)
-    }
-
-    /// Withdraws the waiting requests that need a peer which is down (they are answered 503).
+    /// Withdraws the waiting requests that can no longer be served (they are answered 503).
     pub(super) fn withdraw_unavailable(&mut self) {
         let doomed: Vec<(RequestId, String)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.withdrawn.is_none())
-            .filter_map(|(id, p)| self.unavailable(p.algorithm, &p.lock).map(|why| (*id, why)))
+            .filter_map(|(id, _)| self.unavailable().map(|why| (*id, why)))
             .collect();
         for (id, why) in doomed {
             self.withdraw(id, ApiError::Unavailable(why));

@@ -4,14 +4,16 @@
 
 use super::driver::Node;
 use super::leases::Lease;
+use super::msg::NodeMsg;
 use super::observe::{Cause, Seen};
 use crate::algo::{Algorithm, Event, FencingToken, Millis, RejectReason, RequestId};
 use crate::api::error::ApiError;
 use crate::api::types::{AcquireRequest, Grant};
+use crate::net::transport::Inbound;
 use crate::obs::metrics::Outcome;
 use crate::obs::telemetry;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A local acquire that has not been answered yet.
 pub(crate) struct Pending {
@@ -49,7 +51,7 @@ impl Node {
             ))));
             return;
         }
-        if let Some(why) = self.unavailable(algorithm, &req.lock) {
+        if let Some(why) = self.unavailable() {
             self.observer.seen(Seen::Answered { algorithm, outcome: Outcome::Unavailable });
             let _ = reply.send(Err(ApiError::Unavailable(why)));
             return;
@@ -94,6 +96,25 @@ impl Node {
             self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
             return;
         };
+        if !self.may_grant() {
+            // The driver rule: a node without its member lease never hands out a grant. The lock goes back
+            // at once and the client hears why.
+            let why = self.unavailable().unwrap_or_else(|| "no member lease".into());
+            self.observer.seen(Seen::Ended {
+                algorithm,
+                lock: &lock,
+                acquire: &p.acquire_id,
+                outcome: Outcome::Unavailable,
+                waited: p.started.elapsed(),
+                span: &p.span,
+                clock: self.cores.get(algorithm).clock(),
+            });
+            if let Some(reply) = p.reply.take() {
+                let _ = reply.send(Err(p.withdrawn.take().unwrap_or(ApiError::Unavailable(why))));
+            }
+            self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
+            return;
+        }
         let waited = p.started.elapsed();
         let clock = self.cores.get(algorithm).clock();
         let (acquire, span) = (p.acquire_id.as_str(), &p.span);
@@ -173,15 +194,30 @@ impl Node {
                 Ok(())
             }
             Some(_) => Err(ApiError::LeaseNotFound(format!("lease {lease} does not hold lock {lock:?}"))),
-            None => Err(ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"))),
+            None => Err(self.lease_gone(lease)),
+        }
+    }
+
+    /// The error for a lease this node does not hold (any more).
+    fn lease_gone(&self, lease: &str) -> ApiError {
+        if self.member.was_lost(lease) {
+            ApiError::LeaseLost(format!(
+                "lease {lease} was lost: this node lost its member lease (no majority reached), so the lock may \
+                 be held by someone else now"
+            ))
+        } else {
+            ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"))
         }
     }
 
     /// Extends a lease by its TTL, in its core (which refuses a keepalive that comes too late).
     pub(super) fn keepalive(&mut self, lease: &str) -> Result<Duration, ApiError> {
         let gone = || ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"));
-        let (algorithm, req, ttl) =
-            self.leases.get(lease).map(|l| (l.algorithm, l.req, l.ttl)).ok_or_else(gone)?;
+        let (algorithm, req, ttl) = self
+            .leases
+            .get(lease)
+            .map(|l| (l.algorithm, l.req, l.ttl))
+            .ok_or_else(|| self.lease_gone(lease))?;
         let until = Millis::new(self.now().get().saturating_add(millis(ttl).get()));
         match self.feed(algorithm, Event::KeepAlive { req, until }, &Cause::default()) {
             Ok(()) => Ok(ttl),
@@ -247,9 +283,13 @@ impl Node {
         self.work.push_back((p.algorithm, Event::Cancel { req: id }, cause));
     }
 
-    /// Refuses new acquires, answers every waiter, releases every lease (telling peers), then flushes and
-    /// stops the transport.
-    pub(super) async fn graceful_shutdown(&mut self) {
+    /// Refuses new acquires, answers every waiter, releases every lease (telling peers), leaves the view
+    /// (keeps handling peer input and membership timers until a view without this node is installed, or
+    /// the leave bound `S + L + 2·retry` has passed), then flushes and stops the transport.
+    pub(super) async fn graceful_shutdown(
+        &mut self,
+        inbound: &mut mpsc::UnboundedReceiver<Inbound<NodeMsg>>,
+    ) {
         self.shared.begin_shutdown();
         let waiting: Vec<RequestId> = self.pending.keys().copied().collect();
         for id in waiting {
@@ -265,6 +305,35 @@ impl Node {
                 let _ = reply.send(Err(ApiError::ShuttingDown));
             }
         }
+        self.leave_view(inbound).await;
         self.transport.shutdown().await;
+    }
+
+    /// Graceful leave: resign and wait (handling peer input and timers) for a view without this node.
+    async fn leave_view(&mut self, inbound: &mut mpsc::UnboundedReceiver<Inbound<NodeMsg>>) {
+        let alone = self.member.core.view().is_none_or(|v| v.members.len() <= 1);
+        if !self.member.core.is_member() || alone {
+            return;
+        }
+        self.member_event(crate::algo::membership::Event::Leave);
+        let started = Instant::now();
+        let wait = self.settings.leave_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.member.left {
+            let next = self.member.next_timer().map(|at| self.instant_of(at)).unwrap_or(deadline.into());
+            let wake = tokio::time::Instant::from_std(next).min(deadline);
+            tokio::select! {
+                Some(input) = inbound.recv() => self.on_inbound(input),
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!("left without seeing the view that removes this node ({wait:?})");
+                        return;
+                    }
+                    self.fire_member_timers();
+                }
+            }
+            self.run_work();
+        }
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "left the view");
     }
 }

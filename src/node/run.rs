@@ -4,8 +4,9 @@
 
 use super::NodeSettings;
 use super::driver::Node;
-use super::handle::{NodeHandle, Shared};
-use super::msg::PeerMsg;
+use super::handle::{Command, NodeHandle, Shared};
+use super::membership::Exit;
+use super::msg::NodeMsg;
 use crate::algo::Incarnation;
 use crate::api::router::{AppState, router};
 use crate::config::NodeConfig;
@@ -59,14 +60,82 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Stops the transport (gracefully, in the background) if [`run`]'s future is dropped before it finished:
-/// its tasks are not ours to abort.
-struct StopTransport(Option<TransportHandle<PeerMsg>>);
+/// Stops the current transport (gracefully, in the background) if [`run`]'s future is dropped before it
+/// finished: its tasks are not ours to abort.
+struct StopTransport(Arc<std::sync::Mutex<Option<TransportHandle<NodeMsg>>>>);
 
 impl Drop for StopTransport {
     fn drop(&mut self) {
-        if let (Some(t), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+        let current = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(t), Ok(rt)) = (current, tokio::runtime::Handle::try_current()) {
             rt.spawn(async move { t.shutdown().await });
+        }
+    }
+}
+
+/// The incarnations of one node process: each runs a transport on the same listener and a node loop on the
+/// same command channel; a view that excludes the process while it is alive ends one and starts the next.
+struct Lives {
+    cfg: NodeConfig,
+    listener: Arc<TcpListener>,
+    shared: Arc<Shared>,
+    current: Arc<std::sync::Mutex<Option<TransportHandle<NodeMsg>>>>,
+}
+
+impl Lives {
+    async fn run(self, mut settings: NodeSettings, mut commands: mpsc::Receiver<Command>) {
+        let mut rejoin = None;
+        loop {
+            let incarnation = settings.incarnation;
+            let clock = self.shared.clone();
+            let mut tcfg = TransportConfig::new(
+                settings.me,
+                incarnation,
+                self.cfg.cluster_name.clone(),
+                settings.peers.clone(),
+            );
+            tcfg.algorithm = self.cfg.algorithm;
+            tcfg.algorithms = self.cfg.algorithms.clone();
+            tcfg.secret = self.cfg.cluster_secret.as_ref().map(|s| s.expose().to_string());
+            tcfg.max_frame = self.cfg.max_frame_bytes;
+            // Nodes outside the peer list may join: their handshakes are taken (bounded by the transport) and
+            // the membership layer decides whether they are admitted.
+            tcfg.accept_unknown = true;
+            let (transport, inbound) = Transport::start_shared::<NodeMsg>(
+                tcfg,
+                self.listener.clone(),
+                Arc::new(move || clock.clock()),
+            );
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(transport.clone());
+            let mut node = match Node::new(settings.clone(), transport.clone(), self.shared.clone()) {
+                Ok(node) => node,
+                Err(e) => {
+                    tracing::error!("cannot start the node: {e}");
+                    transport.shutdown().await;
+                    return;
+                }
+            };
+            match rejoin.take() {
+                Some((view, lost)) => node.rejoin(view, lost),
+                // A node beyond the forming set never forms view 1: it asks to join from the start.
+                None if settings.me.index() >= settings.formation_size => node.rejoin(None, Vec::new()),
+                None => {}
+            }
+            let (exit, back) = node.run(commands, inbound).await;
+            commands = back;
+            match exit {
+                Exit::Shutdown => return,
+                Exit::Reincarnate { view, lost } => {
+                    let next = new_incarnation().get().max(incarnation.get() + 1);
+                    tracing::warn!(
+                        old = incarnation.get(),
+                        new = next,
+                        "excluded while alive: starting again as a new incarnation, which joins"
+                    );
+                    settings.incarnation = Incarnation::new(next);
+                    rejoin = Some((view, lost));
+                }
+            }
         }
     }
 }
@@ -97,20 +166,14 @@ pub async fn run(
     );
 
     let shared = Shared::new(me, incarnation);
-    let clock = shared.clone();
-    let mut tcfg = TransportConfig::new(me, incarnation, cfg.cluster_name.clone(), settings.peers.clone());
-    tcfg.algorithm = cfg.algorithm;
-    tcfg.algorithms = cfg.algorithms.clone();
-    tcfg.secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_string());
-    tcfg.max_frame = cfg.max_frame_bytes;
-    let (transport, inbound) =
-        Transport::start::<PeerMsg>(tcfg, peer_listener, Arc::new(move || clock.clock()));
-    let stop_transport = StopTransport(Some(transport.clone()));
+    let listener = Arc::new(peer_listener);
+    let current = Arc::new(std::sync::Mutex::new(None::<TransportHandle<NodeMsg>>));
+    let stop_transport = StopTransport(current.clone());
 
     let (tx, commands) = mpsc::channel(1024);
     let handle = NodeHandle::new(tx, shared.clone());
-    let mut node_task =
-        AbortOnDrop(tokio::spawn(Node::new(settings, transport, shared).run(commands, inbound)));
+    let lives = Lives { cfg: cfg.clone(), listener, shared: shared.clone(), current };
+    let mut node_task = AbortOnDrop(tokio::spawn(lives.run(settings, commands)));
 
     let api = router(AppState { node: handle.clone(), workload: None, algorithms: cfg.algorithms.clone() });
     let app = match routes {
@@ -137,7 +200,7 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: refusing new acquires, answering waiters, releasing leases");
-    let grace = cfg.shutdown_grace;
+    let grace = cfg.shutdown_grace + cfg.view_change_bound();
     if tokio::time::timeout(grace, handle.shutdown()).await.is_err() {
         tracing::warn!("node shutdown took longer than {grace:?}");
     }

@@ -4,7 +4,9 @@
 use super::driver::Node;
 use super::observe::{Seen, Status};
 use crate::algo::{Algorithm, NodeId};
-use crate::api::types::{AlgoLockInfo, ClusterInfo, LeaseInfo, LockInfo, PeerInfo, Stats};
+use crate::api::types::{
+    AlgoLockInfo, ClusterInfo, LeaseInfo, LockInfo, PeerInfo, Stats, ViewInfo, ViewMember,
+};
 use crate::obs::metrics::{AlgorithmLabel, MessageLabels, Outcome, OutcomeLabels};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -16,22 +18,20 @@ impl Node {
         if self.shared.shutting_down() {
             reasons.push("shutting down".to_string());
         }
-        for (i, p) in self.peers.iter().enumerate() {
-            if i != me && !p.connected {
-                reasons.push(format!("peer {} ({}) is not connected", i, self.settings.peers[i]));
-            }
-        }
-        if !self.cores.all_joined() {
-            reasons.push("waiting for every peer's handshake".into());
+        if let Some(why) = self.member_unavailable() {
+            reasons.push(why);
+        } else if !self.cores.all_joined() {
+            let members = self.member.engines.as_ref().map_or(0, |(_, m)| m.len());
+            reasons.push(format!("catching up: waiting for the clocks of the view's {members} members"));
         }
         let ready = reasons.is_empty();
         self.shared.set_ready(ready, reasons);
         let counters = self.transport.counters();
         let status = Status {
             ready,
-            connected: (self.peers.iter().enumerate())
-                .filter(|(i, _)| *i != me)
-                .map(|(i, p)| (NodeId::new(i as u16), p.connected))
+            connected: (self.peers.iter())
+                .filter(|(id, _)| id.index() != me)
+                .map(|(id, p)| (*id, p.connected))
                 .collect(),
             cores: Algorithm::ALL
                 .iter()
@@ -85,7 +85,7 @@ impl Node {
             .enumerate()
             .map(|(i, addr)| {
                 let me = i == self.settings.me.index();
-                let st = self.peers.get(i);
+                let st = self.peers.get(&NodeId::new(i as u16));
                 let link = status.iter().find(|s| s.node.index() == i);
                 PeerInfo {
                     node: i as u16,
@@ -120,6 +120,22 @@ impl Node {
             peers,
             lamport_clock,
             lamport_ack_elision: self.cores.lamport_ack_elision(),
+            view: self.member.core.view().map(|v| ViewInfo {
+                epoch: v.epoch.get(),
+                members: v
+                    .members
+                    .values()
+                    .map(|m| ViewMember {
+                        node_id: m.id.get(),
+                        addr: m.addr.clone(),
+                        incarnation: m.incarnation.get(),
+                        connected: m.id == self.settings.me
+                            || self.peers.get(&m.id).is_some_and(|p| p.connected),
+                    })
+                    .collect(),
+            }),
+            member: self.member.core.is_member(),
+            majority: self.may_grant(),
         }
     }
 

@@ -147,6 +147,16 @@ impl LabelSet for LinkFrameLabels {
     }
 }
 
+/// `cause`: why a view changed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CauseLabel(pub &'static str);
+
+impl LabelSet for CauseLabel {
+    fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
+        f("cause", self.0);
+    }
+}
+
 /// `version`, `node`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BuildLabels {
@@ -388,6 +398,16 @@ metrics! {
     bad_frames: Counter<ReasonLabel> =
         "dmutex_bad_frames_total", "Malformed or unexpected peer frames and messages, by reason.";
     ready: Gauge<()> = "dmutex_ready", "1 when the node can grant locks.";
+    view_epoch: Gauge<()> = "dmutex_view_epoch", "Epoch of the installed membership view (0 before one).";
+    view_members: Gauge<()> = "dmutex_view_members", "Members of the installed view.";
+    view_changes: Counter<CauseLabel> = "dmutex_view_changes_total",
+        "Views installed, by cause (bootstrap, join, crash, leave, renew; one view may count under several).";
+    member_lease: Gauge<()> = "dmutex_member_lease",
+        "1 while this node holds its member lease (a majority of its view acked it): it may grant.";
+    no_majority_ms: Counter<()> = "dmutex_no_majority_milliseconds_total",
+        "Time this node spent as a member without its member lease (no majority reached), in milliseconds.";
+    membership_messages: Counter<LinkFrameLabels> = "dmutex_membership_messages_total",
+        "Membership messages (heartbeats, acks, view changes, formation, engine handshakes), by type and direction.";
 }
 
 impl Metrics {
@@ -478,6 +498,6 @@ mod tests {
         for (name, kind, help) in METRICS {
             assert!(text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")), "{name}");
         }
-        assert_eq!(METRICS.len(), 18);
+        assert_eq!(METRICS.len(), 24);
     }
 }

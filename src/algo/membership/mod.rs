@@ -9,7 +9,8 @@
 //!   list it. At most one view per epoch, and a minority can never install one.
 //! - **Bootstrap** ([`Event::Bootstrap`]): every node given the same initial member list installs it as view 1
 //!   without a round. This is the one step not decided by a majority, so the driver must hand every node the
-//!   same list (ids *and* incarnations, e.g. as learnt from the handshakes of a `DMUTEX_PEERS` cluster); a
+//!   same list (ids *and* incarnations); [`Formation`] (`bootstrap.rs`) is how the node does it: only the
+//!   lowest configured id decides the list, after every configured node answered that it has no view; a
 //!   node that restarted later joins instead of bootstrapping again.
 //! - **Join** ([`Event::JoinRequested`]): a node outside the view sends JOIN to seeds until a view lists it; a
 //!   member proposes the next view with it (replacing an older incarnation of the same id). A JOIN not
@@ -38,6 +39,7 @@
 //! Must never: panic on any message, count a non-member or a stale incarnation as a voter, let a lease be
 //! longer than the rule allows, or let `HashMap` order reach its output.
 
+mod bootstrap;
 mod lease;
 mod machine;
 mod paxos;
@@ -45,6 +47,7 @@ mod paxos;
 mod tests;
 mod view;
 
+pub use bootstrap::{FormAction, FormEvent, FormMsg, Formation};
 pub use lease::{PPM, exclusion_allowed_at, lease_end};
 pub use machine::{Membership, MembershipStats};
 pub use paxos::Ballot;

@@ -1,7 +1,8 @@
-//! The accepting side: the listener, the handshake's link decision, and the reader of each peer's data
-//! stream (delivery, duplicates, coalesced acks, Bye).
+//! The accepting side: the listener, the handshake's admission and link decision, and the reader of each
+//! peer's data stream (delivery, duplicates, coalesced acks, Bye).
 
-use super::{Counters, Inbound, Inner, SHUTDOWN_FLUSH, lock, stopped};
+use super::table::Unadmitted;
+use super::{Counters, Inbound, Inner, PeerSlot, SHUTDOWN_FLUSH, Stop, lock, stopped};
 use crate::algo::{Incarnation, Millis, NodeId};
 use crate::net::handshake::{AcceptFail, Hello};
 use crate::net::link::{DataError, Delivery, Generation, Refusal};
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
-pub(super) async fn run_acceptor<T>(inner: Arc<Inner<T>>, listener: TcpListener)
+pub(super) async fn run_acceptor<T>(inner: Arc<Inner<T>>, listener: Arc<TcpListener>)
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
@@ -51,7 +52,7 @@ where
 
 /// An accepted connection's place in its peer's link.
 struct Accepted {
-    peer: NodeId,
+    slot: Arc<PeerSlot>,
     incarnation: Incarnation,
     generation: Generation,
     replaced: oneshot::Receiver<()>,
@@ -69,22 +70,28 @@ where
     let accepted = match hs {
         Ok(Ok(a)) => a,
         Ok(Err(AcceptFail::Refuse(reason, detail))) => {
-            return refuse(&inner, &mut reader, &mut writer, remote, reason, &detail).await;
+            let key = reason.as_str();
+            return refuse(&inner, &mut reader, &mut writer, remote, (reason, key), &detail).await;
+        }
+        Ok(Err(AcceptFail::UnknownLimit(detail))) => {
+            let why = (RefuseReason::UnknownNode, "unknown_node_limit");
+            return refuse(&inner, &mut reader, &mut writer, remote, why, &detail).await;
         }
         Err(_) => {
-            let reason = RefuseReason::Timeout;
-            return refuse(&inner, &mut reader, &mut writer, remote, reason, "handshake timed out").await;
+            let why = (RefuseReason::Timeout, RefuseReason::Timeout.as_str());
+            return refuse(&inner, &mut reader, &mut writer, remote, why, "handshake timed out").await;
         }
         Ok(Err(AcceptFail::Silent(detail))) => {
             debug!(%remote, %detail, "incoming connection closed during handshake");
             return;
         }
     };
-    debug!(%remote, peer = %accepted.peer, incarnation = accepted.incarnation.get(), "inbound link up");
+    debug!(%remote, peer = %accepted.slot.id, incarnation = accepted.incarnation.get(), "inbound link up");
     serve_data(&inner, reader, writer, remote, accepted).await;
 }
 
-/// The acceptor's handshake: checks, then the link decides about the incarnation, then the Welcome.
+/// The acceptor's handshake: checks, then the table admits the id (its slot, or a new one for an unknown id),
+/// then the link decides about the incarnation, then the Welcome.
 async fn accept<T>(
     inner: &Inner<T>,
     reader: &mut FrameReader<OwnedReadHalf>,
@@ -99,9 +106,34 @@ where
     if *inner.shutdown.borrow() {
         return Err(AcceptFail::Refuse(RefuseReason::ShuttingDown, String::new()));
     }
+    let stale = |node: NodeId| {
+        let detail = format!("node {node} incarnation {}", hello.incarnation.get());
+        AcceptFail::Refuse(RefuseReason::StaleIncarnation, detail)
+    };
+    let unknown = |node: NodeId| AcceptFail::Refuse(RefuseReason::UnknownNode, format!("node {node}"));
+    let link_cfg = inner.link_cfg;
+    let admitted = inner.table_mut().admit(node, hello.incarnation, inner.cfg.accept_unknown, |floor| {
+        PeerSlot::new(node, link_cfg, floor)
+    });
+    let slot = match admitted {
+        Ok(slot) => slot,
+        Err(Unadmitted::Unknown) => return Err(unknown(node)),
+        Err(Unadmitted::Stale) => return Err(stale(node)),
+        Err(Unadmitted::Limit) => {
+            let max = inner.cfg.max_unknown;
+            return Err(AcceptFail::UnknownLimit(format!("node {node}: already {max} unknown peers")));
+        }
+    };
+    if slot.below_floor(hello.incarnation) {
+        // A removed member comes back only as a new incarnation (see the module doc).
+        return Err(stale(node));
+    }
     let (replace, replaced) = oneshot::channel();
     let accepted = {
-        let mut st = lock(&inner.slot(node).state);
+        let mut st = lock(&slot.state);
+        if st.removed {
+            return Err(unknown(node));
+        }
         let r = st.link.on_hello(hello.incarnation, hello.clock);
         if r.is_ok() {
             st.last_seen = Some(SystemTime::now());
@@ -112,20 +144,17 @@ where
         r
     };
     // A restart may have made the link give its outbound connection up.
-    inner.slot(node).wake.notify_one();
+    slot.wake.notify_one();
     let accepted = match accepted {
         Ok(a) => a,
         Err(Refusal::SaidBye) => {
             return Err(AcceptFail::Refuse(RefuseReason::ShuttingDown, format!("node {node} said bye")));
         }
-        Err(Refusal::Stale) => {
-            let detail = format!("node {node} incarnation {}", hello.incarnation.get());
-            return Err(AcceptFail::Refuse(RefuseReason::StaleIncarnation, detail));
-        }
+        Err(Refusal::Stale) => return Err(stale(node)),
     };
     let silent = |e: WireError| AcceptFail::Silent(e.to_string());
     hs.welcome::<T>(writer, &hello, (inner.clock)(), accepted.received).await.map_err(silent)?;
-    Ok(Accepted { peer: node, incarnation: hello.incarnation, generation: accepted.generation, replaced })
+    Ok(Accepted { slot, incarnation: hello.incarnation, generation: accepted.generation, replaced })
 }
 
 async fn refuse<T: Serialize>(
@@ -133,10 +162,10 @@ async fn refuse<T: Serialize>(
     reader: &mut FrameReader<OwnedReadHalf>,
     writer: &mut FrameWriter<OwnedWriteHalf>,
     remote: SocketAddr,
-    reason: RefuseReason,
+    (reason, counted_as): (RefuseReason, &'static str),
     detail: &str,
 ) {
-    Counters::by_reason(&inner.counters.refused, reason);
+    Counters::by_key(&inner.counters.refused, counted_as);
     warn!(%remote, reason = reason.as_str(), %detail, "refused peer connection");
     let frame: Frame<T> = Frame::Refuse { reason };
     let sent = timeout(Duration::from_secs(1), async {
@@ -173,9 +202,9 @@ async fn serve_data<T>(
 ) where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    let Accepted { peer, incarnation, generation, mut replaced } = acc;
-    let slot = inner.slot(peer);
-    let mut stop = inner.shutdown.subscribe();
+    let Accepted { slot, incarnation, generation, mut replaced } = acc;
+    let peer = slot.id;
+    let mut stop = Stop::new(inner, &slot);
     let mut ack_due: Option<Millis> = None;
     let mut heard = Instant::now();
     loop {
@@ -187,7 +216,8 @@ async fn serve_data<T>(
                 debug!(%remote, %peer, "inbound connection replaced by a newer one");
                 return;
             }
-            _ = stopped(&mut stop) => {
+            // Shutdown or removal: either way this end closes cleanly.
+            _ = stop.wait() => {
                 let bye = timeout(SHUTDOWN_FLUSH, async {
                     writer.write_frame(&Frame::<T>::Bye).await?;
                     writer.close().await
@@ -243,7 +273,9 @@ async fn serve_data<T>(
                     match st.link.on_data(now, generation, seq) {
                         Ok(Delivery::Deliver { incarnation }) => {
                             st.last_seen = Some(SystemTime::now());
-                            inner.emit(Inbound::Message { from: peer, incarnation, env });
+                            if !st.removed {
+                                inner.emit(Inbound::Message { from: peer, incarnation, env });
+                            }
                         }
                         Ok(Delivery::Duplicate) => st.last_seen = Some(SystemTime::now()),
                         Err(DataError::Replaced) => return,

@@ -1,7 +1,9 @@
-//! The dialing side: one task per peer that dials with backoff, runs our handshake, writes what the link
-//! transmits, feeds it the acks, and closes gracefully on shutdown.
+//! The dialing side: one task per peer with a dial address that dials with backoff, runs our handshake,
+//! writes what the link transmits, feeds it the acks, and closes gracefully on shutdown or removal.
 
-use super::{Counters, Inner, PeerState, SHUTDOWN_FLUSH, TransportError, WRITE_BATCH, lock, stopped};
+use super::{
+    Counters, Inner, PeerSlot, PeerState, SHUTDOWN_FLUSH, Stop, StopKind, TransportError, WRITE_BATCH, lock,
+};
 use crate::algo::{Incarnation, LamportTs, NodeId};
 use crate::net::link::ConnId;
 use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason};
@@ -10,10 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
@@ -67,22 +70,45 @@ struct Established {
     remote: SocketAddr,
 }
 
-pub(super) async fn run_link<T>(inner: Arc<Inner<T>>, peer: NodeId)
+/// Starts `slot`'s link task (its address is set) and keeps its handle for the shutdown.
+pub(super) fn spawn_link<T>(inner: &Arc<Inner<T>>, slot: Arc<PeerSlot>)
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    inner.counters.link_tasks.fetch_add(1, Relaxed);
+    let task = tokio::spawn(run_link(inner.clone(), slot));
+    let mut tasks = lock(&inner.tasks);
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(task);
+}
+
+/// Counts a link task out when it ends, however it ends.
+struct Running<'a>(&'a Counters);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.link_tasks.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn run_link<T>(inner: Arc<Inner<T>>, slot: Arc<PeerSlot>)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let _running = Running(&inner.counters);
+    let peer = slot.id;
     let mut backoff = Backoff::new(inner.cfg.backoff_min, inner.cfg.backoff_max);
-    let mut stop = inner.shutdown.subscribe();
+    let mut stop = Stop::new(&inner, &slot);
     loop {
         let dialed = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return,
-            r = dial::<T>(&inner, peer) => r,
+            _ = stop.wait() => return,
+            r = dial::<T>(&inner, &slot) => r,
         };
         match dialed {
             Ok(est) => {
                 backoff.reset();
-                if connected(&inner, peer, &mut stop, est).await {
+                if connected(&inner, &slot, &mut stop, est).await {
                     return;
                 }
             }
@@ -109,19 +135,20 @@ where
         let delay = backoff.next_delay();
         tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return,
+            _ = stop.wait() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-/// Resolves, connects and performs the dialer's side of the handshake.
-async fn dial<T>(inner: &Inner<T>, peer: NodeId) -> Result<Established, TransportError>
+/// Resolves the slot's current address, connects and performs the dialer's side of the handshake.
+async fn dial<T>(inner: &Inner<T>, slot: &PeerSlot) -> Result<Established, TransportError>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    let peer = slot.id;
     let limit = inner.cfg.handshake_timeout;
-    let addr = inner.cfg.peers.get(peer.index()).ok_or(TransportError::UnknownPeer(peer))?;
+    let addr = lock(&slot.addr).clone().ok_or(TransportError::UnknownPeer(peer))?;
     let addrs: Vec<SocketAddr> = match timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
         Ok(Ok(a)) => a.collect(),
         Ok(Err(e)) => return Err(TransportError::Resolve { addr: addr.clone(), detail: e.to_string() }),
@@ -193,18 +220,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Drives an established outbound connection. Returns `true` after a graceful shutdown.
-async fn connected<T>(
-    inner: &Inner<T>,
-    peer: NodeId,
-    stop: &mut watch::Receiver<bool>,
-    est: Established,
-) -> bool
+/// Drives an established outbound connection. Returns `true` when the task is to end (shutdown or removal).
+async fn connected<T>(inner: &Inner<T>, slot: &PeerSlot, stop: &mut Stop, est: Established) -> bool
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let Established { mut writer, reader, incarnation, clock, received, remote } = est;
-    let slot = inner.slot(peer);
+    let peer = slot.id;
+    if slot.below_floor(incarnation) {
+        // A removed member comes back only as a new incarnation (see the module doc).
+        let inc = incarnation.get();
+        warn!(%peer, incarnation = inc, "peer answered with an incarnation from before its removal");
+        Counters::by_reason(&inner.counters.refused_by_peer, RefuseReason::StaleIncarnation);
+        return false;
+    }
     let conn = {
         let mut st = lock(&slot.state);
         let r = st.link.on_welcome(inner.now(), incarnation, clock, received);
@@ -214,6 +243,7 @@ where
             Ok(conn) => conn,
             Err(_) => {
                 warn!(%peer, incarnation = incarnation.get(), "peer answered with a stale incarnation");
+                Counters::by_reason(&inner.counters.refused_by_peer, RefuseReason::StaleIncarnation);
                 return false;
             }
         }
@@ -223,11 +253,11 @@ where
     let _reader = AbortOnDrop(tokio::spawn(read_acks::<T>(reader, ev_tx)));
     let mut idle = Idle { wrote: Instant::now(), heard: Instant::now() };
     let graceful = loop {
-        match drive(inner, peer, conn, &mut writer, &mut events, stop, remote, &mut idle).await {
+        match drive(inner, slot, conn, &mut writer, &mut events, stop, remote, &mut idle).await {
             Drive::Continue => {}
             Drive::Closed => break false,
-            Drive::Stop => {
-                graceful_close(inner, peer, conn, &mut writer, &mut events).await;
+            Drive::Stop(kind) => {
+                graceful_close(inner, slot, conn, &mut writer, &mut events, kind).await;
                 break true;
             }
         }
@@ -241,7 +271,7 @@ where
 enum Drive {
     Continue,
     Closed,
-    Stop,
+    Stop(StopKind),
 }
 
 /// One round on an outbound connection: take in the acks that arrived, write what the link transmits, and
@@ -249,22 +279,22 @@ enum Drive {
 #[allow(clippy::too_many_arguments)]
 async fn drive<T>(
     inner: &Inner<T>,
-    peer: NodeId,
+    slot: &PeerSlot,
     conn: ConnId,
     writer: &mut FrameWriter<OwnedWriteHalf>,
     events: &mut mpsc::UnboundedReceiver<AckEvent>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
     remote: SocketAddr,
     idle: &mut Idle,
 ) -> Drive
 where
     T: Serialize,
 {
-    if *stop.borrow() {
+    if let Some(kind) = stop.requested() {
         // Checked here too: under a steady stream of sends the wait below may not come round for a while.
-        return Drive::Stop;
+        return Drive::Stop(kind);
     }
-    let slot = inner.slot(peer);
+    let peer = slot.id;
     let mut pending = None;
     let (batch, deadline) = {
         let mut st = lock(&slot.state);
@@ -302,7 +332,7 @@ where
         (batch, st.link.poll_timeout())
     };
     if let Some(ev) = pending {
-        return closed_by_acceptor(inner, peer, ev);
+        return closed_by_acceptor(slot, ev, &inner.counters);
     }
     if !batch.is_empty() {
         for (seq, bytes) in &batch {
@@ -319,7 +349,7 @@ where
     let keepalive_at = (idle.wrote + inner.cfg.keepalive).min(dead_at);
     tokio::select! {
         biased;
-        _ = stopped(stop) => Drive::Stop,
+        kind = stop.wait() => Drive::Stop(kind),
         ev = events.recv() => match ev {
             Some(AckEvent::Ack(seq)) => {
                 idle.heard = Instant::now();
@@ -331,7 +361,7 @@ where
                 on_keepalive(inner, &mut lock(&slot.state));
                 Drive::Continue
             }
-            Some(other) => closed_by_acceptor(inner, peer, other),
+            Some(other) => closed_by_acceptor(slot, other, &inner.counters),
             None => Drive::Closed,
         },
         _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
@@ -390,12 +420,13 @@ fn on_ack<T>(
     })
 }
 
-fn closed_by_acceptor<T>(inner: &Inner<T>, peer: NodeId, ev: AckEvent) -> Drive {
+fn closed_by_acceptor(slot: &PeerSlot, ev: AckEvent, counters: &Counters) -> Drive {
+    let peer = slot.id;
     match ev {
         AckEvent::Bye => {
-            Counters::bump(&inner.counters.frames_received);
+            Counters::bump(&counters.frames_received);
             info!(%peer, "peer said bye on our link");
-            inner.touch(peer);
+            slot.touch();
         }
         AckEvent::Closed(why) if why.is_empty() => debug!(%peer, "outbound connection closed by peer"),
         AckEvent::Closed(why) => debug!(%peer, error = %why, "outbound connection failed"),
@@ -404,44 +435,49 @@ fn closed_by_acceptor<T>(inner: &Inner<T>, peer: NodeId, ev: AckEvent) -> Drive 
     Drive::Closed
 }
 
-/// Shutdown on an established link: send what is queued, wait briefly for acks, say Bye.
+/// Shutdown on an established link: send what is queued, wait briefly for acks, say Bye. On removal, only
+/// Bye: what was queued is dropped.
 async fn graceful_close<T>(
     inner: &Inner<T>,
-    peer: NodeId,
+    slot: &PeerSlot,
     conn: ConnId,
     writer: &mut FrameWriter<OwnedWriteHalf>,
     events: &mut mpsc::UnboundedReceiver<AckEvent>,
+    kind: StopKind,
 ) where
     T: Serialize,
 {
-    let slot = inner.slot(peer);
+    let peer = slot.id;
+    let flush = kind == StopKind::Shutdown;
     let deadline = Instant::now() + SHUTDOWN_FLUSH;
     let work = async {
-        loop {
-            let batch: Vec<(u64, Bytes)> = {
-                let mut st = lock(&slot.state);
-                std::iter::from_fn(|| st.link.poll_transmit(conn).map(|(s, q)| (s, q.bytes.clone())))
-                    .take(WRITE_BATCH)
-                    .collect()
-            };
-            if batch.is_empty() {
-                break;
-            }
-            for (seq, bytes) in &batch {
-                writer.write_data(*seq, bytes).await?;
-                Counters::bump(&inner.counters.frames_sent);
-            }
-        }
-        writer.flush().await?;
-        while lock(&slot.state).link.unacked_len() > 0 {
-            match events.recv().await {
-                Some(AckEvent::Ack(seq)) => {
-                    if lock(&slot.state).link.on_ack(inner.now(), conn, seq).is_err() {
-                        break;
-                    }
+        if flush {
+            loop {
+                let batch: Vec<(u64, Bytes)> = {
+                    let mut st = lock(&slot.state);
+                    std::iter::from_fn(|| st.link.poll_transmit(conn).map(|(s, q)| (s, q.bytes.clone())))
+                        .take(WRITE_BATCH)
+                        .collect()
+                };
+                if batch.is_empty() {
+                    break;
                 }
-                Some(AckEvent::Keepalive) => on_keepalive(inner, &mut lock(&slot.state)),
-                _ => break,
+                for (seq, bytes) in &batch {
+                    writer.write_data(*seq, bytes).await?;
+                    Counters::bump(&inner.counters.frames_sent);
+                }
+            }
+            writer.flush().await?;
+            while lock(&slot.state).link.unacked_len() > 0 {
+                match events.recv().await {
+                    Some(AckEvent::Ack(seq)) => {
+                        if lock(&slot.state).link.on_ack(inner.now(), conn, seq).is_err() {
+                            break;
+                        }
+                    }
+                    Some(AckEvent::Keepalive) => on_keepalive(inner, &mut lock(&slot.state)),
+                    _ => break,
+                }
             }
         }
         writer.write_frame(&Frame::<T>::Bye).await?;

@@ -1,17 +1,18 @@
 //! Per-peer links over TCP: the I/O around `Link`, the sans-I/O reliable FIFO link.
 //!
-//! Topology: every node *dials* every other peer for its own outbound data (one outbound TCP connection per
-//! peer, owned by that peer's link task) and *accepts* the peers' connections for their data; cumulative acks
-//! flow back on the same connection. So each direction of each pair is its own stream, and the node core sees
-//! one ordered stream of [`Inbound`] events.
+//! Topology: every node *dials* every other peer it has an address for, for its own outbound data (one
+//! outbound TCP connection per peer, owned by that peer's link task) and *accepts* the peers' connections
+//! for their data; cumulative acks flow back on the same connection. So each direction of each pair is its
+//! own stream, and the node core sees one ordered stream of [`Inbound`] events.
 //!
 //! Everything about reliability — numbering, acks, resend after a reconnect, duplicate drop, replacement of a
-//! connection, restarts and what they void, Bye, the ack-progress deadline — is `Link`'s (see
-//! `net::link` for the rules). This module only does I/O and drives it: it accepts, dials with
-//! backoff, runs the handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it
-//! what arrives, and emits its events. Each peer's link sits behind its own mutex, held briefly and never
-//! across an await; every event of a peer is emitted under it, so [`Inbound::Hello`] always precedes the
-//! messages of that incarnation, and a message the node sends after handling it is numbered for it.
+//! connection, restarts and what they void, Bye, the ack-progress deadline — is `Link`'s (see `net::link`
+//! for the rules). This module only does I/O and drives it: it accepts, dials with backoff, runs the
+//! handshake (`net/handshake.rs`), frames, writes what the link transmits, feeds it what arrives, and emits
+//! its events. Each peer's link sits behind its own mutex (in the peer's slot of the table below), held
+//! briefly and never across an await; every event of a peer is emitted under it, so [`Inbound::Hello`]
+//! always precedes the messages of that incarnation, and a message the node sends after handling it is
+//! numbered for it.
 //!
 //! Reconnects use capped exponential backoff (`backoff_min` doubling to `backoff_max`, with jitter in
 //! `[d/2, d]`), reset after a successful handshake; connects and handshakes are bounded by
@@ -22,38 +23,80 @@
 //! and a connection silent for [`TransportConfig::dead_after`] is closed by either end (the dialer redials).
 //! Keepalives are counted apart and never reach the node.
 //!
+//! The peer table is dynamic. It holds one slot per peer, keyed by [`NodeId`] (ids need not be dense; this
+//! node has none): the initial ones come from [`TransportConfig::peers`] (index = id), and the membership layer
+//! changes it at run time.
+//! - [`TransportHandle::add_peer`] makes a slot and starts its link task, or changes the address a slot dials
+//!   from its next connect on. Idempotent; adding this node does nothing.
+//! - [`TransportHandle::remove_peer`] forgets the slot at once: what was queued for the peer is dropped
+//!   (counted in `dropped_on_remove`), no event about it is emitted any more, `send` to it is
+//!   [`TransportError::UnknownPeer`]; in the background its link task and its accepted connection say `Bye`
+//!   and end, so the peer sees a clean end ([`Inbound::Disconnected`]) and not a timeout.
+//! - With [`TransportConfig::accept_unknown`] the acceptor takes a handshake from an id it has no slot for,
+//!   after every check a known peer passes (version, cluster, MAC, default algorithm), and makes a slot with
+//!   no dial address: its messages are delivered (`Hello` first, as for anyone), ours to it queue until
+//!   `add_peer` gives the address. At most [`TransportConfig::max_unknown`] such slots exist at a time (an
+//!   unknown id over that is refused as `unknown_node` and counted as `unknown_node_limit`); one leaves the
+//!   count when it is added or removed, never by itself, since forgetting a live peer's link state would
+//!   break its numbering. So a flood of made-up ids costs a bounded table, and the node removes what its
+//!   membership does not know. Without the flag such handshakes are refused as `unknown_node`, as before.
+//! - The Hello does not carry the dialer's own address, and the wire is unchanged (protocol version 3): the
+//!   membership view, not the handshake, is where addresses come from and when dialling starts (a node
+//!   learns a joiner's address with its admission), and an address taken from a Hello — unauthenticated
+//!   without a secret — would let anyone point our dialer at any `host:port`.
+//!
+//! A removed member comes back only as a new incarnation. A removed slot's link leaves the newest incarnation
+//! it saw behind as the id's *floor*; a later slot of that id (re-added, or accepted as unknown) refuses
+//! handshakes at or below it, either way round (`stale_incarnation`). This keeps `Link`'s rules sound
+//! across a removal: both ends number the stream between one pair of incarnations, and our new slot starts
+//! at zero, so resuming the old pair would disagree with the peer's link (and our `Bye` on removal already
+//! told that incarnation we are done with it). Against a newer incarnation the new slot is *first contact*:
+//! [`Inbound::Hello`] is emitted and what was queued since `add_peer` is kept, as it was meant for whoever
+//! answers — a restart would discard every message not addressed to that incarnation, and the node may have
+//! sent them before learning it.
+//!
+//! [`Transport::start_shared`] runs on a listener the caller keeps, so after
+//! [`TransportHandle::shutdown`] the next incarnation of this process can start on the same bound socket.
+//!
 //! Refusals: a handshake that fails (garbage, oversized length, wrong version, cluster or default algorithm,
-//! unknown or own node id, missing or bad MAC when a secret is configured, stale incarnation, timeout) gets a
-//! `Refuse` frame when
-//! possible, is closed, logged with `tracing::warn!` and counted by reason in [`TransportCounters::refused`];
-//! the node stays healthy. Bad frames on established connections are counted in `bad_frames`.
+//! own node id, missing or bad MAC when a secret is configured, unknown node id, stale incarnation, timeout)
+//! gets a `Refuse` frame when possible, is closed, logged with `tracing::warn!` and counted by reason in
+//! [`TransportCounters::refused`]; the node stays healthy. Bad frames on established connections are counted
+//! in `bad_frames`.
 //!
 //! This module never panics on network input and never blocks the caller: [`TransportHandle::send`] only
 //! encodes and enqueues.
 
 mod accept;
 mod dial;
+mod slot;
+mod table;
 
 use crate::algo::{Algorithm, Incarnation, LamportTs, Millis, NodeId};
 use crate::net::handshake::Handshake;
-use crate::net::link::{Addressed, Link, LinkConfig, LinkEvent};
+use crate::net::link::{LinkConfig, LinkEvent, LinkStats};
 use crate::net::wire::{self, Envelope, RefuseReason, WireError};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use slot::{PeerSlot, PeerState, Queued, Stop, StopKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
+use table::{Added, PeerTable};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How long [`TransportHandle::shutdown`] spends flushing before it stops the tasks.
 pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Default of [`TransportConfig::max_unknown`].
+pub const DEFAULT_MAX_UNKNOWN: usize = 64;
 
 /// The node's Lamport clock, read at handshakes.
 pub type ClockFn = Arc<dyn Fn() -> LamportTs + Send + Sync>;
@@ -71,8 +114,17 @@ pub struct TransportConfig {
     pub algorithm: Algorithm,
     /// The algorithms requests may name (`DMUTEX_ALGORITHMS`); a peer with another set is logged, not refused.
     pub algorithms: Vec<Algorithm>,
-    /// Every node's `host:port`, index = node id, this node's own entry included. Resolved at every connect.
+    /// The initial peers: every node's `host:port`, index = node id, this node's own entry included. Resolved
+    /// at every connect. Peers added later ([`TransportHandle::add_peer`]) need not have dense ids.
     pub peers: Vec<String>,
+    /// Accept handshakes from node ids that are not in the peer table (with every other check as for a known
+    /// peer): the acceptor makes a slot without a dial address for them, so their messages are delivered;
+    /// ours to them queue until [`TransportHandle::add_peer`] gives the address. Default `false`: refused as
+    /// `unknown_node`.
+    pub accept_unknown: bool,
+    /// With `accept_unknown`: the most slots accepted from unknown ids and not added since; a handshake from
+    /// one more unknown id is refused (`unknown_node` on the wire, counted as `unknown_node_limit`).
+    pub max_unknown: usize,
     /// Cluster secret for the handshake MACs; `None`: no authentication.
     pub secret: Option<String>,
     /// Maximum frame body size (clamped to [`wire::MAX_FRAME_CEILING`]).
@@ -90,7 +142,8 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// A configuration with defaults: Lamport by default with every algorithm allowed, no secret, 1 MiB frames,
-    /// backoff 50 ms … 5 s, 5 s handshake timeout.
+    /// backoff 50 ms … 5 s, 5 s handshake timeout, unknown node ids refused (at most
+    /// [`DEFAULT_MAX_UNKNOWN`] of them once `accept_unknown` is set).
     pub fn new(me: NodeId, incarnation: Incarnation, cluster: impl Into<String>, peers: Vec<String>) -> Self {
         TransportConfig {
             me,
@@ -99,6 +152,8 @@ impl TransportConfig {
             algorithm: Algorithm::Lamport,
             algorithms: Algorithm::ALL.to_vec(),
             peers,
+            accept_unknown: false,
+            max_unknown: DEFAULT_MAX_UNKNOWN,
             secret: None,
             max_frame: wire::DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(50),
@@ -167,9 +222,9 @@ pub enum Inbound<T> {
 /// One peer as the transport sees it (for `/v1/status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
-    /// The peer's id (its position in the peer list).
+    /// The peer's id.
     pub node: NodeId,
-    /// Its configured address.
+    /// The address we dial; empty for a peer accepted from an unknown id and not added yet.
     pub addr: String,
     /// Whether our outbound link is up (see the module doc).
     pub connected: bool,
@@ -188,7 +243,8 @@ pub struct TransportCounters {
     pub frames_sent: u64,
     /// Frames read, all types.
     pub frames_received: u64,
-    /// Handshakes we refused, by [`RefuseReason::as_str`].
+    /// Handshakes we refused, by [`RefuseReason::as_str`]; an unknown id over
+    /// [`TransportConfig::max_unknown`] counts as `unknown_node_limit` (it is told `unknown_node`).
     pub refused: BTreeMap<&'static str, u64>,
     /// Our handshakes that a peer refused (or that we abandoned on a bad Welcome), by reason.
     pub refused_by_peer: BTreeMap<&'static str, u64>,
@@ -202,6 +258,8 @@ pub struct TransportCounters {
     pub discarded_on_restart: u64,
     /// Outgoing messages dropped because they could not be encoded within the maximum frame size.
     pub dropped_unencodable: u64,
+    /// Queued or unacked frames dropped because their peer was removed ([`TransportHandle::remove_peer`]).
+    pub dropped_on_remove: u64,
     /// Failed outbound connects and handshakes.
     pub connect_failures: u64,
     /// Keepalive frames written (link-level: not algorithm messages).
@@ -213,7 +271,7 @@ pub struct TransportCounters {
 /// A transport failure.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The node id is not in the peer list.
+    /// The node id is not in the peer table (never added, or removed).
     #[error("unknown peer {0}")]
     UnknownPeer(NodeId),
     /// A node does not send to itself over the network.
@@ -272,8 +330,22 @@ impl Transport {
     /// Starts accepting on `listener` (bound by the caller) and one link task per other peer. Returns the
     /// handle and the ordered stream of [`Inbound`] events. Must be called inside a tokio runtime.
     pub fn start<T>(
-        mut cfg: TransportConfig,
+        cfg: TransportConfig,
         listener: TcpListener,
+        clock: ClockFn,
+    ) -> (TransportHandle<T>, mpsc::UnboundedReceiver<Inbound<T>>)
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        Self::start_shared(cfg, Arc::new(listener), clock)
+    }
+
+    /// [`Transport::start`] on a listener the caller keeps: after [`TransportHandle::shutdown`] the transport
+    /// no longer accepts on it, and a new transport (a new incarnation of this process) can start on the same
+    /// bound socket, so peers redial the same address and meet the new incarnation.
+    pub fn start_shared<T>(
+        mut cfg: TransportConfig,
+        listener: Arc<TcpListener>,
         clock: ClockFn,
     ) -> (TransportHandle<T>, mpsc::UnboundedReceiver<Inbound<T>>)
     where
@@ -283,40 +355,40 @@ impl Transport {
         cfg.backoff_min = cfg.backoff_min.max(Duration::from_millis(1));
         cfg.backoff_max = cfg.backoff_max.max(cfg.backoff_min);
         cfg.keepalive = cfg.keepalive.max(Duration::from_millis(10));
-        let n = cfg.peers.len();
         let link_cfg = LinkConfig {
             ack_timeout_ms: (cfg.handshake_timeout * 2).as_millis().min(u128::from(u64::MAX)) as u64,
             ack_delay_ms: ACK_DELAY_MS,
             ack_every: ACK_EVERY,
         };
+        let mut table = PeerTable::new(cfg.me, cfg.max_unknown);
+        let mut initial = Vec::new();
+        for (i, addr) in cfg.peers.iter().enumerate().take(usize::from(u16::MAX) + 1) {
+            let id = NodeId::new(i as u16);
+            if let Added::New(slot) = table.add(id, |floor| PeerSlot::new(id, link_cfg, floor)) {
+                *lock(&slot.addr) = Some(addr.clone());
+                initial.push(slot);
+            }
+        }
         let (inbound, inbound_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             secret: cfg.secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            peers: (0..n)
-                .map(|i| PeerSlot {
-                    state: Mutex::new(PeerState {
-                        link: Link::new(NodeId::new(i as u16), link_cfg),
-                        last_seen: None,
-                        replace: None,
-                    }),
-                    wake: Notify::new(),
-                })
-                .collect(),
+            peers: RwLock::new(table),
+            link_cfg,
             cfg,
             clock,
             inbound,
             counters: Counters::default(),
+            retired: Mutex::new(LinkStats::default()),
             shutdown: shutdown_tx,
             tasks: Mutex::new(Vec::new()),
             origin: Instant::now(),
         });
-        let mut tasks = Vec::new();
-        for i in (0..n).filter(|&i| i != inner.cfg.me.index()) {
-            tasks.push(tokio::spawn(dial::run_link(inner.clone(), NodeId::new(i as u16))));
+        for slot in initial {
+            dial::spawn_link(&inner, slot);
         }
-        tasks.push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
-        *lock(&inner.tasks) = tasks;
+        lock(&inner.tasks).push(tokio::spawn(accept::run_acceptor(inner.clone(), listener)));
+        let n = inner.table().iter().count();
         info!(node = %inner.cfg.me, incarnation = inner.cfg.incarnation.get(), peers = n, "transport started");
         (TransportHandle { inner }, inbound_rx)
     }
@@ -343,13 +415,14 @@ impl<T> TransportHandle<T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Enqueues `env` for `to` without blocking. Messages to one peer leave in the order they were enqueued.
+    /// Enqueues `env` for `to` without blocking. Messages to one peer leave in the order they were enqueued;
+    /// to a peer without a dial address yet they wait for [`TransportHandle::add_peer`].
     pub fn send(&self, to: NodeId, env: Envelope<T>) -> Result<(), TransportError> {
         let inner = &self.inner;
         if to == inner.cfg.me {
             return Err(TransportError::SelfSend);
         }
-        let Some(slot) = inner.peers.get(to.index()) else {
+        let Some(slot) = inner.table().get(to).cloned() else {
             return Err(TransportError::UnknownPeer(to));
         };
         if *inner.shutdown.borrow() {
@@ -364,6 +437,9 @@ where
         };
         {
             let mut st = lock(&slot.state);
+            if st.removed {
+                return Err(TransportError::UnknownPeer(to));
+            }
             if !wire::data_frame_fits(st.link.next_seq(), encoded.len(), inner.cfg.max_frame) {
                 drop(st);
                 let e = WireError::Oversized { len: encoded.len(), max: inner.cfg.max_frame };
@@ -377,16 +453,73 @@ where
         Ok(())
     }
 
-    /// The state of every other peer, in node order.
-    pub fn status(&self) -> Vec<PeerStatus> {
+    /// Adds peer `id` at `addr` and starts its link task; for a peer in the table, sets the address its link
+    /// dials from the next connect on (a peer accepted from an unknown id gets its first address and link
+    /// task). Idempotent; adding this node, or adding after shutdown, does nothing. A removed id comes back
+    /// as a fresh slot that only takes an incarnation newer than the newest one seen before the removal
+    /// (see the module doc).
+    pub fn add_peer(&self, id: NodeId, addr: String) {
         let inner = &self.inner;
-        (0..inner.peers.len())
-            .filter(|&i| i != inner.cfg.me.index())
-            .map(|i| {
-                let st = lock(&inner.peers[i].state);
+        if *inner.shutdown.borrow() {
+            debug!(peer = %id, "add_peer after shutdown ignored");
+            return;
+        }
+        let link_cfg = inner.link_cfg;
+        let added = inner.table_mut().add(id, |floor| PeerSlot::new(id, link_cfg, floor));
+        match added {
+            Added::Me => {}
+            Added::New(slot) | Added::Addressed(slot) => {
+                info!(peer = %id, %addr, "peer added");
+                *lock(&slot.addr) = Some(addr);
+                dial::spawn_link(inner, slot);
+            }
+            Added::Known(slot) => {
+                let mut current = lock(&slot.addr);
+                if current.as_deref() != Some(addr.as_str()) {
+                    info!(peer = %id, %addr, "peer address changed");
+                    *current = Some(addr);
+                }
+            }
+        }
+    }
+
+    /// Removes peer `id`: drops what is queued for it, stops its link task and closes its connections with
+    /// `Bye`, and forgets its slot; no event of it is emitted once this returns, and [`TransportHandle::send`]
+    /// to it answers [`TransportError::UnknownPeer`]. The close runs in the background (never blocks). An id
+    /// not in the table is ignored.
+    pub fn remove_peer(&self, id: NodeId) {
+        let inner = &self.inner;
+        let removed = inner.table_mut().remove(id, |slot| lock(&slot.state).link.known().max(slot.floor));
+        let Some(slot) = removed else { return };
+        let dropped = {
+            let mut st = lock(&slot.state);
+            st.removed = true;
+            while st.link.poll_event().is_some() {}
+            let s = st.link.stats();
+            let mut retired = lock(&inner.retired);
+            retired.resends += s.resends;
+            retired.duplicates_dropped += s.duplicates_dropped;
+            retired.discarded_on_restart += s.discarded_on_restart;
+            st.link.unacked_len()
+        };
+        inner.counters.dropped_on_remove.fetch_add(dropped as u64, Relaxed);
+        slot.removed.send_replace(true);
+        slot.wake.notify_one();
+        info!(peer = %id, dropped, "peer removed");
+    }
+
+    /// The state of every other peer in the table (configured, added, or accepted from an unknown id), in id
+    /// order.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.inner
+            .table()
+            .iter()
+            .map(|(node, slot)| {
+                let addr = lock(&slot.addr).clone().unwrap_or_default();
+                let st = lock(&slot.state);
                 PeerStatus {
-                    node: NodeId::new(i as u16),
-                    addr: inner.cfg.peers.get(i).cloned().unwrap_or_default(),
+                    node,
+                    addr,
                     connected: st.link.connected(),
                     last_seen: st.last_seen,
                     incarnation: st.link.known(),
@@ -396,22 +529,32 @@ where
             .collect()
     }
 
+    /// Link tasks still running: one per peer with a dial address, plus those of removed peers that are still
+    /// closing their connection.
+    pub fn link_tasks(&self) -> usize {
+        self.inner.counters.link_tasks.load(Relaxed)
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> TransportCounters {
         let c = &self.inner.counters;
+        let retired = *lock(&self.inner.retired);
         let mut out = TransportCounters {
             frames_sent: c.frames_sent.load(Relaxed),
             frames_received: c.frames_received.load(Relaxed),
             refused: lock(&c.refused).clone(),
             refused_by_peer: lock(&c.refused_by_peer).clone(),
             bad_frames: c.bad_frames.load(Relaxed),
+            resends: retired.resends,
+            duplicates_dropped: retired.duplicates_dropped,
+            discarded_on_restart: retired.discarded_on_restart,
             dropped_unencodable: c.dropped_unencodable.load(Relaxed),
+            dropped_on_remove: c.dropped_on_remove.load(Relaxed),
             connect_failures: c.connect_failures.load(Relaxed),
             keepalives_sent: c.keepalives_sent.load(Relaxed),
             keepalives_received: c.keepalives_received.load(Relaxed),
-            ..TransportCounters::default()
         };
-        for slot in &self.inner.peers {
+        for (_, slot) in self.inner.table().iter() {
             let s = lock(&slot.state).link.stats();
             out.resends += s.resends;
             out.duplicates_dropped += s.duplicates_dropped;
@@ -421,7 +564,8 @@ where
     }
 
     /// Graceful stop: stops accepting, sends what is queued and `Bye` on every link and accepted connection,
-    /// waits up to `SHUTDOWN_FLUSH` for acks, then stops every task. Idempotent.
+    /// waits up to `SHUTDOWN_FLUSH` for acks, then stops every task. Idempotent. The listener stays bound
+    /// if the caller holds it (see [`Transport::start_shared`]).
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
@@ -451,44 +595,32 @@ const ACK_EVERY: u64 = 256;
 /// Most frames written between two looks at acks and commands.
 const WRITE_BATCH: usize = 512;
 
+fn read<X>(m: &RwLock<X>) -> RwLockReadGuard<'_, X> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<X>(m: &RwLock<X>) -> RwLockWriteGuard<'_, X> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Inner<T> {
     cfg: TransportConfig,
     secret: Option<Vec<u8>>,
     clock: ClockFn,
     inbound: mpsc::UnboundedSender<Inbound<T>>,
-    /// One per node id (this node's own is never used).
-    peers: Vec<PeerSlot>,
+    /// The peers by node id (never this node). Locked briefly, never across an await, and never while a
+    /// slot's state is locked (the order is table, then slot).
+    peers: RwLock<PeerTable<PeerSlot>>,
+    /// The configuration of every new slot's link.
+    link_cfg: LinkConfig,
     counters: Counters,
+    /// The link counters of removed slots, so the totals stay cumulative.
+    retired: Mutex<LinkStats>,
     shutdown: watch::Sender<bool>,
+    /// The acceptor and every link task (finished ones are pruned when a new one starts).
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The origin of the links' clock.
     origin: Instant,
-}
-
-struct PeerSlot {
-    state: Mutex<PeerState>,
-    /// Wakes the peer's link task: data was queued, or the link gave its connection up.
-    wake: Notify,
-}
-
-struct PeerState {
-    link: Link<Queued>,
-    /// When a frame from the peer last arrived, on either connection.
-    last_seen: Option<SystemTime>,
-    /// Dropping it tells the reader of the peer's current connection that a newer one replaced it.
-    replace: Option<oneshot::Sender<()>>,
-}
-
-/// A message waiting in a link: encoded once, with the peer incarnation its sender addressed.
-struct Queued {
-    to: Option<Incarnation>,
-    bytes: Bytes,
-}
-
-impl Addressed for Queued {
-    fn to_incarnation(&self) -> Option<Incarnation> {
-        self.to
-    }
 }
 
 /// Counters shared by the tasks (the links count resends, duplicates and discards themselves).
@@ -500,7 +632,10 @@ pub(super) struct Counters {
     pub(super) refused_by_peer: Mutex<BTreeMap<&'static str, u64>>,
     bad_frames: AtomicU64,
     dropped_unencodable: AtomicU64,
+    dropped_on_remove: AtomicU64,
     connect_failures: AtomicU64,
+    /// Link tasks running (see [`TransportHandle::link_tasks`]).
+    pub(super) link_tasks: AtomicUsize,
     pub(super) keepalives_sent: AtomicU64,
     pub(super) keepalives_received: AtomicU64,
 }
@@ -510,7 +645,10 @@ impl Counters {
         c.fetch_add(1, Relaxed);
     }
     pub(super) fn by_reason(m: &Mutex<BTreeMap<&'static str, u64>>, reason: RefuseReason) {
-        *lock(m).entry(reason.as_str()).or_default() += 1;
+        Self::by_key(m, reason.as_str());
+    }
+    pub(super) fn by_key(m: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+        *lock(m).entry(key).or_default() += 1;
     }
 }
 
@@ -529,9 +667,13 @@ impl<T> Inner<T> {
         let _ = self.inbound.send(ev);
     }
 
-    /// Emits what the link has to say; called with the peer's lock held, so events stay in link order.
+    /// Emits what the link has to say; called with the peer's lock held, so events stay in link order. A
+    /// removed slot's events are dropped.
     fn emit_link_events(&self, peer: NodeId, st: &mut PeerState) {
         while let Some(ev) = st.link.poll_event() {
+            if st.removed {
+                continue;
+            }
             self.emit(match ev {
                 LinkEvent::Hello { incarnation, clock } => Inbound::Hello { peer, incarnation, clock },
                 LinkEvent::Connected => Inbound::Connected { peer },
@@ -540,12 +682,12 @@ impl<T> Inner<T> {
         }
     }
 
-    fn slot(&self, peer: NodeId) -> &PeerSlot {
-        &self.peers[peer.index()]
+    fn table(&self) -> RwLockReadGuard<'_, PeerTable<PeerSlot>> {
+        read(&self.peers)
     }
 
-    fn touch(&self, peer: NodeId) {
-        lock(&self.slot(peer).state).last_seen = Some(SystemTime::now());
+    fn table_mut(&self) -> RwLockWriteGuard<'_, PeerTable<PeerSlot>> {
+        write(&self.peers)
     }
 
     fn bad_frame(&self, remote: SocketAddr, peer: Option<NodeId>, error: String) {
@@ -566,7 +708,6 @@ impl<T> Inner<T> {
             algorithms: &self.cfg.algorithms,
             me: self.cfg.me,
             incarnation: self.cfg.incarnation,
-            peers: self.cfg.peers.len(),
             secret: self.secret.as_deref(),
             counters: &self.counters,
         }
