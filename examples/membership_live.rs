@@ -151,7 +151,9 @@ impl Cluster {
 
     fn crash(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.stop.take();
+        // Dropping the stop sender would end `run`'s shutdown future, which is a graceful stop (a leave):
+        // a crash keeps it pending for ever.
+        std::mem::forget(n.stop.take());
         n.done.take();
         if let Some(rt) = n.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));

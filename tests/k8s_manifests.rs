@@ -1,26 +1,31 @@
-//! The deployment files agree with each other: the Kubernetes peer list has exactly `replicas` entries in ordinal
-//! order and names the StatefulSet's pods behind its headless Service in the kustomize namespace, and
-//! `DMUTEX_BOOTSTRAP_EXPECT` is that count; `scripts/k8s-scale.sh` keeps that true; the compose service can be
-//! scaled (no fixed names or host ports); every OTLP endpoint is paired with the protocol its port speaks (the
-//! node's default protocol included); the image names agree (compose and the build script share
-//! `DMUTEX_IMAGE`, Kubernetes pins the crate version); both pass `DMUTEX_ALGORITHMS`, every name in it is an
-//! algorithm, and it includes `DMUTEX_ALGORITHM`.
+//! The deployment files agree with each other: the Kubernetes seed list (`DMUTEX_PEERS`) names the first
+//! `DMUTEX_BOOTSTRAP_EXPECT` pods of the StatefulSet behind its headless Service in the kustomize namespace, in
+//! ordinal order, and `replicas` starts every seed; the compose service can be scaled (no fixed names or host
+//! ports); every OTLP endpoint is paired with the protocol its port speaks (the node's default protocol
+//! included); the image names agree (compose and the build script share `DMUTEX_IMAGE`, Kubernetes pins the
+//! crate version); both pass `DMUTEX_ALGORITHMS`, every name in it is an algorithm, and it includes
+//! `DMUTEX_ALGORITHM`.
 //!
-//! Rolling updates: the environment each deployment gives a node loads as a valid configuration (the node's
-//! own parser), and the grace period before SIGKILL (`terminationGracePeriodSeconds`, `stop_grace_period`)
+//! Scaling without restarts: the environment pods 0, 2, 3 and 7 get (the ConfigMap, then the container's env
+//! with Kubernetes' `$(VAR)` expansion and the pod's name and namespace from the downward API) loads through the
+//! node's own parser; each pod's id is its ordinal, each advertises its name under the headless Service, the
+//! seeds (0..2) are the formation set and advertise their own `DMUTEX_PEERS` entry, and a pod beyond them is a
+//! valid joiner (without `DMUTEX_ADVERTISE_ADDR` it would be refused with `NodeIdOutOfRange`, which
+//! `k8s_pod_beyond_the_seeds_without_an_advertised_address_is_refused` checks).
+//!
+//! Rolling updates: the grace period before SIGKILL (`terminationGracePeriodSeconds`, `stop_grace_period`)
 //! covers that configuration's graceful stop (shutdown grace + a leave + margin, at least 10 s); the pods have
-//! readiness on `/readyz` and liveness on `/healthz`; a PodDisruptionBudget of one selects them; pods start in
-//! parallel (bootstrap needs all of them). `check_k8s_catches_broken_manifests` breaks each of those in a copy
-//! and asserts the check fails.
+//! readiness on `/readyz` and liveness on `/healthz`; the StatefulSet updates one pod at a time; a
+//! PodDisruptionBudget of one selects them; pods start in parallel (formation needs every seed).
+//! `check_k8s_catches_broken_manifests` breaks each of those in a copy and asserts the check fails.
 //!
 //! Schema validation is `scripts/validate-k8s.sh`; this test checks what a schema cannot.
 
 use dmutex::algo::Algorithm;
-use dmutex::config::{ConfigSources, NodeConfig};
+use dmutex::config::{ConfigError, ConfigSources, NodeConfig, NodeIdSource};
 use dmutex::obs::telemetry::OtlpProtocol;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -71,11 +76,88 @@ fn check_otlp_pair(what: &str, endpoint: &str, protocol: Option<&str>) {
 /// The shortest grace period before SIGKILL accepted whatever the configuration says.
 const MIN_GRACE: Duration = Duration::from_secs(10);
 
-/// The node configuration a deployment's environment gives (`DMUTEX_*` only), loaded by the node's own parser.
-fn node_config(what: &str, env: BTreeMap<String, String>, host_name: &str) -> NodeConfig {
+/// What the node's own parser makes of a deployment's environment (`DMUTEX_*` only) on a host of that name.
+fn load_node_config(env: BTreeMap<String, String>, host_name: &str) -> Result<NodeConfig, ConfigError> {
     let env = env.into_iter().filter(|(k, _)| k.starts_with("DMUTEX_")).collect();
     let sources = ConfigSources { env, host_name: Some(host_name.to_string()), ..ConfigSources::default() };
-    NodeConfig::load(&sources).unwrap_or_else(|e| panic!("{what}: not a valid node configuration: {e}"))
+    NodeConfig::load(&sources)
+}
+
+/// The node configuration a deployment's environment gives, which must be valid.
+fn node_config(what: &str, env: BTreeMap<String, String>, host_name: &str) -> NodeConfig {
+    load_node_config(env, host_name).unwrap_or_else(|e| panic!("{what}: not a valid node configuration: {e}"))
+}
+
+/// A container `env` value as Kubernetes expands it: `$(NAME)` of a variable defined before it (by `envFrom`
+/// or an earlier `env` entry) is replaced, `$$` is a literal `$`, any other reference stays as written.
+fn k8s_expand(value: &str, defined: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some((name, after)) = rest.strip_prefix("$(").and_then(|r| r.split_once(')')) {
+            match defined.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The StatefulSet's pods that the checks load: seeds 0 and 2 (the first and the last of the formation set),
+/// the first pod beyond them and one further out.
+const PODS: [u16; 4] = [0, 2, 3, 7];
+
+/// The environment of the StatefulSet pod with this ordinal (the ConfigMaps of `envFrom`, then the container's
+/// `env` in order: values expanded as Kubernetes does, the downward API's pod name and namespace, an optional
+/// secret absent), and its host name (the pod name).
+fn pod_env(dir: &Path, ordinal: u16) -> (BTreeMap<String, String>, String) {
+    let (ns, docs) = kustomization(dir);
+    let sts = docs.iter().find(|d| d["kind"].as_str() == Some("StatefulSet")).expect("a StatefulSet");
+    let pod_name = format!("{}-{ordinal}", str_of(&sts["metadata"]["name"], "StatefulSet name"));
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    for source in container["envFrom"].as_vec().into_iter().flatten() {
+        let name = str_of(&source["configMapRef"]["name"], "envFrom: only configMapRef is modelled");
+        for (k, v) in find(&docs, "ConfigMap", name)["data"].as_hash().expect("ConfigMap data") {
+            env.insert(str_of(k, "ConfigMap key").to_string(), str_of(v, "ConfigMap value").to_string());
+        }
+    }
+    for e in container["env"].as_vec().expect("env") {
+        let name = str_of(&e["name"], "env name");
+        let from = &e["valueFrom"];
+        let value = if let Some(value) = e["value"].as_str() {
+            k8s_expand(value, &env)
+        } else if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+            match path {
+                "metadata.name" => pod_name.clone(),
+                "metadata.namespace" => ns.clone(),
+                other => panic!("env {name}: fieldRef {other} is not modelled"),
+            }
+        } else if from["secretKeyRef"]["optional"].as_bool() == Some(true) {
+            continue; // the secret may be absent: then the variable is unset
+        } else {
+            panic!("env {name}: a source this test does not model: {e:?}");
+        };
+        env.insert(name.to_string(), value);
+    }
+    (env, pod_name)
+}
+
+/// What the node's parser makes of the environment of the pod with this ordinal.
+fn pod_config(dir: &Path, ordinal: u16) -> Result<NodeConfig, ConfigError> {
+    let (env, host_name) = pod_env(dir, ordinal);
+    load_node_config(env, &host_name)
 }
 
 /// A grace period before SIGKILL must cover the node's graceful stop (and never be below [`MIN_GRACE`]).
@@ -147,20 +229,35 @@ fn check_k8s(dir: &Path) -> usize {
         .find_map(|e| e["configMapRef"]["name"].as_str())
         .expect("envFrom configMapRef");
     let data = &find(&docs, "ConfigMap", cm_name)["data"];
+    let pod_addr = |i: u16| format!("{sts_name}-{i}.{service_name}.{ns}.svc.cluster.local:{peer_port}");
     let peers: Vec<&str> = str_of(&data["DMUTEX_PEERS"], "DMUTEX_PEERS").split(',').collect();
-    assert_eq!(peers.len(), replicas, "DMUTEX_PEERS must have one entry per replica");
-    for (i, peer) in peers.iter().enumerate() {
+    let expect: usize = str_of(&data["DMUTEX_BOOTSTRAP_EXPECT"], "DMUTEX_BOOTSTRAP_EXPECT")
+        .parse()
+        .expect("DMUTEX_BOOTSTRAP_EXPECT is a number");
+    assert_eq!(
+        peers.len(),
+        expect,
+        "DMUTEX_PEERS lists the seeds: the DMUTEX_BOOTSTRAP_EXPECT pods that form"
+    );
+    for (i, peer) in (0u16..).zip(&peers) {
         // Entry i is pod ordinal i, which is node id i (the node reads the ordinal from its host name).
-        assert_eq!(*peer, format!("{sts_name}-{i}.{service_name}.{ns}.svc.cluster.local:{peer_port}"));
+        assert_eq!(*peer, pod_addr(i));
     }
-    let expect = str_of(&data["DMUTEX_BOOTSTRAP_EXPECT"], "DMUTEX_BOOTSTRAP_EXPECT");
-    assert_eq!(expect, replicas.to_string(), "DMUTEX_BOOTSTRAP_EXPECT is the replica count");
+    assert!(replicas >= expect, "replicas ({replicas}) must start every seed: formation needs all {expect}");
     assert!(
         data["DMUTEX_CLUSTER_SIZE"].is_badvalue(),
         "one name for the bootstrap size: DMUTEX_BOOTSTRAP_EXPECT"
     );
-    // The bootstrap needs every node: pods must not wait for each other to be ready before they start.
+    // Formation needs every seed: pods must not wait for each other to be ready before they start.
     assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"), "podManagementPolicy");
+    // Rolling updates replace one pod at a time (each gated by readiness), every pod (no partition).
+    let update = &spec["updateStrategy"];
+    assert_eq!(update["type"].as_str(), Some("RollingUpdate"), "updateStrategy");
+    let rolling = &update["rollingUpdate"];
+    let one_of =
+        |field: &str, allowed: i64| rolling[field].is_badvalue() || rolling[field].as_i64() == Some(allowed);
+    assert!(one_of("maxUnavailable", 1), "rollingUpdate.maxUnavailable: one pod at a time");
+    assert!(one_of("partition", 0), "rollingUpdate.partition: every pod is updated");
 
     // The headless Service behind the names: resolvable before readiness, selecting these pods.
     let headless = &find(&docs, "Service", service_name)["spec"];
@@ -211,24 +308,37 @@ fn check_k8s(dir: &Path) -> usize {
         check_otlp_pair("k8s/statefulset.yaml", endpoint, var("OTEL_EXPORTER_OTLP_PROTOCOL"));
     }
 
-    // What pod 0 is given (the ConfigMap, then the container's own values) is a valid node configuration, and
-    // the grace period before SIGKILL covers its graceful stop.
-    let mut node_env: BTreeMap<String, String> = data
-        .as_hash()
-        .expect("ConfigMap data")
-        .iter()
-        .map(|(k, v)| (str_of(k, "ConfigMap key").to_string(), str_of(v, "ConfigMap value").to_string()))
-        .collect();
-    for e in env {
-        if let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) {
-            node_env.insert(name.to_string(), value.to_string());
-        }
-    }
-    let cfg = node_config("k8s: pod 0", node_env, &format!("{sts_name}-0"));
-    assert_eq!(cfg.node_id.get(), 0, "pod {sts_name}-0 is node 0");
+    // What each pod is given is a valid node configuration: its id is its ordinal, it advertises its own name
+    // under the headless Service, the seeds form the cluster and any other pod joins; and the grace period
+    // before SIGKILL covers its graceful stop.
     let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds");
     let grace = Duration::from_secs(u64::try_from(grace).expect("a grace period >= 0"));
-    check_grace("k8s terminationGracePeriodSeconds", grace, &cfg);
+    for ordinal in PODS {
+        let what = format!("k8s: pod {sts_name}-{ordinal}");
+        let cfg = pod_config(dir, ordinal)
+            .unwrap_or_else(|e| panic!("{what}: not a valid node configuration: {e}"));
+        assert_eq!(cfg.node_id.get(), ordinal, "{what}: the node id is the ordinal");
+        let own = pod_addr(ordinal);
+        assert_eq!(
+            cfg.advertise_addr.as_ref().map(ToString::to_string),
+            Some(own.clone()),
+            "{what}: advertise"
+        );
+        // How many of the peers form view 1 (the node's rule: the first DMUTEX_BOOTSTRAP_EXPECT of them).
+        let formation = cfg.bootstrap_expect.unwrap_or(cfg.peers.len()).min(cfg.peers.len());
+        assert_eq!(formation, expect, "{what}: the seeds are the formation set");
+        if usize::from(ordinal) < formation {
+            assert_eq!(cfg.node_id_source, NodeIdSource::PeerEntry, "{what}: a seed finds its own entry");
+            assert_eq!(
+                cfg.peers[usize::from(ordinal)].to_string(),
+                own,
+                "{what}: a seed advertises its entry"
+            );
+        } else {
+            assert_eq!(cfg.node_id_source, NodeIdSource::HostOrdinal, "{what}: a joiner's id is its ordinal");
+        }
+        check_grace(&format!("{what}: terminationGracePeriodSeconds"), grace, &cfg);
+    }
     replicas
 }
 
@@ -264,29 +374,95 @@ fn check_k8s_catches_broken_manifests() {
     let breakages: &[(&str, &str, &str)] = &[
         ("statefulset.yaml", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 5"),
         ("statefulset.yaml", "podManagementPolicy: Parallel", "podManagementPolicy: OrderedReady"),
+        ("statefulset.yaml", "type: RollingUpdate", "type: OnDelete"),
+        ("statefulset.yaml", "maxUnavailable: 1", "maxUnavailable: 2"),
+        ("statefulset.yaml", "replicas: 3", "replicas: 2"),
+        // The advertised name under another Service, or built from a variable not defined before it.
+        ("statefulset.yaml", "$(POD_NAME).dmutex-peers.", "$(POD_NAME).dmutex."),
+        ("statefulset.yaml", "value: $(POD_NAME).", "value: $(HOSTNAME)."),
+        ("statefulset.yaml", "fieldPath: metadata.name", "fieldPath: metadata.uid"),
         ("statefulset.yaml", "path: /readyz", "path: /healthz"),
         ("statefulset.yaml", "cluster.local:4318", "cluster.local:4317"),
         ("pdb.yaml", "maxUnavailable: 1", "maxUnavailable: 2"),
         ("pdb.yaml", "matchLabels:\n      app.kubernetes.io/name: dmutex", "matchLabels:\n      app: other"),
         ("configmap.yaml", "DMUTEX_BOOTSTRAP_EXPECT: \"3\"", "DMUTEX_BOOTSTRAP_EXPECT: \"4\""),
+        ("configmap.yaml", "DMUTEX_BOOTSTRAP_EXPECT: \"3\"", "DMUTEX_BOOTSTRAP_EXPECT: \"2\""),
+        ("configmap.yaml", ",dmutex-2.dmutex-peers.dmutex.svc.cluster.local:7070", ""),
         ("configmap.yaml", "DMUTEX_SUSPECT_TIMEOUT_MS: \"1500\"", "DMUTEX_SUSPECT_TIMEOUT_MS: \"100\""),
         ("configmap.yaml", "DMUTEX_SUSPECT_TIMEOUT_MS: \"1500\"", "DMUTEX_SUSPECT_TIMEOUT_MS: \"25000\""),
     ];
     let tmp = std::env::temp_dir().join(format!("dmutex-k8s-broken-{}", std::process::id()));
     for (i, (file, from, to)) in breakages.iter().enumerate() {
-        let dir = tmp.join(i.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(root().join("k8s")).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        assert!(text.contains(from), "{file} no longer contains {from:?}: update this control");
-        std::fs::write(dir.join(file), text.replacen(from, to, 1)).unwrap();
+        let dir = broken_copy(&tmp.join(i.to_string()), file, from, to);
         let broken = std::panic::catch_unwind(|| check_k8s(&dir));
         assert!(broken.is_err(), "{file}: {from:?} -> {to:?} must fail the check");
     }
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// A copy of k8s/ in `dir` with the first `from` in `file` replaced by `to`.
+fn broken_copy(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(root().join("k8s")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert!(text.contains(from), "{file} no longer contains {from:?}: update this control");
+    std::fs::write(dir.join(file), text.replacen(from, to, 1)).unwrap();
+    dir.to_path_buf()
+}
+
+/// `kubectl scale` needs no other change: pods 0, 2, 3 and 7 of the manifests as written load as the seeds
+/// 0..2 (formation set of three, each advertising its own seed entry) and joiners 3 and 7 (ids from the
+/// ordinal, beyond the seed list, each with its own advertised name).
+#[test]
+fn k8s_pods_beyond_the_seeds_advertise_their_name_and_join() {
+    let dir = root().join("k8s");
+    let seeds = [0, 1, 2].map(|i| format!("dmutex-{i}.dmutex-peers.dmutex.svc.cluster.local:7070"));
+    for ordinal in PODS {
+        let cfg = pod_config(&dir, ordinal).unwrap_or_else(|e| panic!("pod {ordinal}: {e}"));
+        assert_eq!(cfg.node_id.get(), ordinal);
+        assert_eq!(cfg.peers.iter().map(ToString::to_string).collect::<Vec<_>>(), seeds);
+        assert_eq!(cfg.bootstrap_expect, Some(3));
+        let own = format!("dmutex-{ordinal}.dmutex-peers.dmutex.svc.cluster.local:7070");
+        assert_eq!(cfg.advertise_addr.map(|a| a.to_string()), Some(own));
+        let source = if ordinal < 3 { NodeIdSource::PeerEntry } else { NodeIdSource::HostOrdinal };
+        assert_eq!(cfg.node_id_source, source, "pod {ordinal}");
+    }
+}
+
+/// The control for the test above: without `DMUTEX_ADVERTISE_ADDR`, the seeds still load but pod 3 is refused
+/// as beyond the peer list, which `check_k8s` reports.
+#[test]
+fn k8s_pod_beyond_the_seeds_without_an_advertised_address_is_refused() {
+    let tmp = std::env::temp_dir().join(format!("dmutex-k8s-no-advertise-{}", std::process::id()));
+    let entry = "            - name: DMUTEX_ADVERTISE_ADDR\n              value: \
+                 $(POD_NAME).dmutex-peers.$(POD_NAMESPACE).svc.cluster.local:7070\n";
+    let dir = broken_copy(&tmp, "statefulset.yaml", entry, "");
+    let (env, _) = pod_env(&dir, 3);
+    assert!(!env.contains_key("DMUTEX_ADVERTISE_ADDR"), "the entry was removed");
+    let seed = pod_config(&dir, 2).expect("a seed needs no advertised address");
+    assert_eq!((seed.node_id.get(), seed.advertise_addr), (2, None));
+    assert_eq!(
+        pod_config(&dir, 3).map(|c| c.node_id),
+        Err(ConfigError::NodeIdOutOfRange { id: 3, peers: 3 })
+    );
+    assert_eq!(
+        pod_config(&dir, 7).map(|c| c.node_id),
+        Err(ConfigError::NodeIdOutOfRange { id: 7, peers: 3 })
+    );
+    assert!(std::panic::catch_unwind(|| check_k8s(&dir)).is_err(), "check_k8s must refuse it");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn k8s_expansion_follows_kubernetes() {
+    let defined: BTreeMap<String, String> =
+        [("A", "x"), ("B", "y")].map(|(k, v)| (k.into(), v.into())).into();
+    assert_eq!(k8s_expand("$(A).$(B):1", &defined), "x.y:1");
+    assert_eq!(k8s_expand("$(C)-$$(A)-$", &defined), "$(C)-$(A)-$");
+    assert_eq!(k8s_expand("$(A", &defined), "$(A");
 }
 
 #[test]
@@ -330,34 +506,6 @@ fn compose_files_pair_the_otlp_endpoint_with_its_protocol() {
 fn k8s_peer_list_matches_the_statefulset() {
     let replicas = check_k8s(&root().join("k8s"));
     assert!(replicas >= 1);
-}
-
-#[test]
-fn k8s_scale_script_keeps_the_manifests_consistent() {
-    // Run the script on a copy: it rewrites k8s/ next to its own scripts/ directory.
-    let tmp = std::env::temp_dir().join(format!("dmutex-k8s-scale-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(tmp.join("scripts")).unwrap();
-    std::fs::create_dir_all(tmp.join("k8s")).unwrap();
-    std::fs::copy(root().join("scripts/k8s-scale.sh"), tmp.join("scripts/k8s-scale.sh")).unwrap();
-    for entry in std::fs::read_dir(root().join("k8s")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, tmp.join("k8s").join(path.file_name().unwrap())).unwrap();
-    }
-    for n in [5, 1, 7, 3] {
-        let out = Command::new("bash")
-            .arg(tmp.join("scripts/k8s-scale.sh"))
-            .args([n.to_string().as_str(), "--no-apply"])
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "k8s-scale.sh {n}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(check_k8s(&tmp.join("k8s")), n);
-    }
-    for bad in ["0", "x", "-1"] {
-        let out = Command::new("bash").arg(tmp.join("scripts/k8s-scale.sh")).arg(bad).output().expect("bash");
-        assert!(!out.status.success(), "k8s-scale.sh {bad} must fail");
-    }
-    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 #[test]

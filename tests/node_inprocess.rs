@@ -108,7 +108,9 @@ impl Cluster {
     /// Kills node `i`: its runtime is dropped with every task on it (no graceful shutdown, no goodbye).
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        node.stop.take();
+        // Dropping the stop sender would end `run`'s shutdown future, which is a graceful stop (a leave):
+        // a crash keeps it pending for ever.
+        std::mem::forget(node.stop.take());
         node.done.take();
         if let Some(rt) = node.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
@@ -504,11 +506,34 @@ fn join_and_leave(name: &str, seeds_only: bool) {
         assert_eq!(c.view(i), vec![0, 1, 2, 3], "node {i}'s view after the join");
     }
     round(&c, &[3, 0, 1, 2]);
+    // The view change is a flow record and is counted by cause; the gauges show the view.
+    let flow = c.get(0, "/v1/flow");
+    let joined_view = flow["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["kind"] == "VIEW" && r["detail"].as_str().is_some_and(|d| d.contains("join of 3")));
+    assert!(joined_view, "no VIEW flow record of the join: {flow}");
+    let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("metrics");
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(value("dmutex_view_members "), Some(4.0), "{metrics}");
+    assert!(value("dmutex_view_epoch ").is_some_and(|e| e >= 2.0), "{metrics}");
+    assert!(value(r#"dmutex_view_changes_total{cause="join"}"#).is_some_and(|n| n >= 1.0), "{metrics}");
     let (result, took) = c.shutdown(3);
     assert!(result.is_ok(), "{result:?}");
     assert!(took < Duration::from_secs(5), "the leave took {took:?}");
     for i in 0..3 {
         assert_eq!(c.view(i), vec![0, 1, 2], "node {i}'s view after the leave");
     }
+    let metrics = c.client.get(c.url(0, "/metrics")).send().and_then(|r| r.text()).expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(r#"dmutex_view_changes_total{cause="leave"} "#)),
+        "the leave is counted as a leave: {metrics}"
+    );
     round(&c, &[0, 1, 2]);
 }

@@ -937,3 +937,38 @@ async fn a_second_transport_on_the_same_shared_listener_is_seen_as_a_restart() {
     a.shutdown().await;
     b2.shutdown().await;
 }
+
+/// A peer that comes back after its outage grew our reconnect backoff gets our data as soon as it has dialed
+/// us, not after the backoff: its handshake on our listener cuts the backoff short. (The nemesis suite found
+/// the failure: a node restarted after a few seconds heard nothing from a member whose backoff had reached
+/// seconds, suspected it and had it excluded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_dials_us_is_redialled_at_once_whatever_the_backoff() {
+    let (la, lb) = (bind("127.0.0.121").await, bind("127.0.0.122").await);
+    let addrs = [la.local_addr().unwrap(), lb.local_addr().unwrap()];
+    let lb = Arc::new(lb);
+    let mut slow = config(0, 1, &addrs);
+    // The growth a few seconds of outage give with the default 50 ms … 5 s, at once.
+    slow.backoff_min = Duration::from_secs(20);
+    slow.backoff_max = Duration::from_secs(20);
+    let (a, a_rx) = Transport::start::<u64>(slow, la, clock());
+    let (b, b_rx) = Transport::start_shared::<u64>(config(1, 1, &addrs), lb.clone(), clock());
+    let (mut a_log, mut b_log) = (Log::new(a_rx), Log::new(b_rx));
+    a.send(NODE_1, env(1)).unwrap();
+    assert_eq!(b_log.messages(0, 1).await, vec![1]);
+    b.shutdown().await;
+    a_log.until("disconnected", |s| has(s, |e| matches!(e, Inbound::Disconnected { peer: NODE_1 }))).await;
+    // A's link now sleeps 20 s before redialling. B comes back and dials A.
+    let (b2, b2_rx) = Transport::start_shared::<u64>(config(1, 2, &addrs), lb, clock());
+    let mut b2_log = Log::new(b2_rx);
+    b2.send(NodeId::new(0), env(2)).unwrap();
+    assert_eq!(a_log.messages(1, 1).await, vec![2]);
+    let started = std::time::Instant::now();
+    let mut to_new = env(3);
+    to_new.to_incarnation = Some(SECOND_RUN);
+    a.send(NODE_1, to_new).unwrap();
+    assert_eq!(b2_log.messages(0, 1).await, vec![3]);
+    assert!(started.elapsed() < Duration::from_secs(5), "A waited out its backoff: {:?}", started.elapsed());
+    a.shutdown().await;
+    b2.shutdown().await;
+}

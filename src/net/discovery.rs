@@ -23,10 +23,11 @@
 //! nodes could settle on different sets. Always set `DMUTEX_CLUSTER_SIZE` in production; it is what makes every
 //! node wait for the same, complete set.
 //!
-//! **Scaling later.** Membership is fixed when the nodes start: a node never re-runs discovery, and a
-//! replica added by a later `--scale node=M` sees more addresses than `DMUTEX_CLUSTER_SIZE`, never settles and
-//! exits with [`DiscoveryError::Timeout`]; a removed replica is simply a peer that is down (requests that need it
-//! answer 503). There is no live join or leave. A scale change is a restart of the whole cluster with the new
+//! **Scaling later.** The size is set when the nodes start: a running node never re-runs discovery, ids are
+//! places among the sorted addresses (a new address would shift them), and a replica added by a later
+//! `--scale node=M` sees more addresses than `DMUTEX_CLUSTER_SIZE`, never settles and exits with
+//! [`DiscoveryError::Timeout`]. (A replica of the same set that restarts runs discovery again, finds its id and
+//! joins the running view; a removed one leaves it.) A scale change is a restart of the whole cluster with the new
 //! size: stop every node first, then start them all,
 //! `docker compose stop node && DMUTEX_CLUSTER_SIZE=M docker compose up -d --scale node=M --force-recreate`.
 //! Stopping first matters: a new node that starts while old ones still run could settle on a mixed set. Locks

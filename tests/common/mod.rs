@@ -159,6 +159,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node i, while it runs.
+    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM to node i and returns (exit status, time to exit).
     pub(crate) fn sigterm(&mut self, i: usize) -> (Option<i32>, Duration) {
         let Some(mut p) = self.procs[i].take() else { return (None, Duration::ZERO) };
@@ -249,6 +254,12 @@ impl Api {
         let client =
             reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
         Api { urls, client }
+    }
+
+    /// The same nodes through a client that gives up on a request after `timeout` (status 0), instead of 60 s.
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> Api {
+        let client = reqwest::blocking::Client::builder().timeout(timeout).build().expect("client");
+        Api { urls: self.urls.clone(), client }
     }
 
     /// Base URL of node i.
@@ -474,6 +485,8 @@ pub(crate) struct Proxy {
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    /// While set, every new connection is closed at once (a partition; see [`Proxy::block`]).
+    blocked: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicU64>,
 }
@@ -493,13 +506,18 @@ impl Proxy {
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
+        let blocked = Arc::new(AtomicBool::new(false));
         let (c, s, a, up) = (conns.clone(), stop.clone(), accepted.clone(), upstream.to_string());
+        let b = blocked.clone();
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok((down, _)) if b.load(Ordering::Relaxed) => {
+                        let _ = down.shutdown(Shutdown::Both);
+                    }
                     Ok((down, _)) => {
                         let _ = down.set_nonblocking(false);
-                        let (c, a, up) = (c.clone(), a.clone(), up.clone());
+                        let (c, a, up, b) = (c.clone(), a.clone(), up.clone(), b.clone());
                         let forward = move || {
                             let Ok(upc) = TcpStream::connect(&up) else { return };
                             let _ = down.set_nodelay(true);
@@ -507,6 +525,12 @@ impl Proxy {
                             a.fetch_add(1, Ordering::Relaxed);
                             {
                                 let mut g = c.lock().unwrap();
+                                // Blocked while this connection was being set up: `block` did not see it.
+                                if b.load(Ordering::Relaxed) {
+                                    let _ = down.shutdown(Shutdown::Both);
+                                    let _ = upc.shutdown(Shutdown::Both);
+                                    return;
+                                }
                                 g.push(down.try_clone().expect("clone"));
                                 g.push(upc.try_clone().expect("clone"));
                             }
@@ -529,7 +553,19 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, conns, stop, accepted }
+        Proxy { addr, conns, stop, blocked, accepted }
+    }
+
+    /// Partitions the route: drops every connection carried and closes every new one at once, until
+    /// [`Proxy::heal`].
+    pub(crate) fn block(&self) {
+        self.blocked.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+
+    /// Ends a [`Proxy::block`]: new connections are forwarded again.
+    pub(crate) fn heal(&self) {
+        self.blocked.store(false, Ordering::Relaxed);
     }
 
     /// Drops every connection currently carried (both directions, both sides).

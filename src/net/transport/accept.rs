@@ -143,8 +143,11 @@ where
         inner.emit_link_events(node, &mut st);
         r
     };
-    // A restart may have made the link give its outbound connection up.
+    // A restart may have made the link give its outbound connection up; and the peer is up: redial now.
     slot.wake.notify_one();
+    if accepted.is_ok() {
+        slot.redial.notify_one();
+    }
     let accepted = match accepted {
         Ok(a) => a,
         Err(Refusal::SaidBye) => {

@@ -136,6 +136,8 @@ where
         tokio::select! {
             biased;
             _ = stop.wait() => return,
+            // The peer dialed us (it is up, perhaps just restarted): try at once, from the smallest delay.
+            _ = slot.redial.notified() => backoff.reset(),
             _ = tokio::time::sleep(delay) => {}
         }
     }

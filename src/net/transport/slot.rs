@@ -16,6 +16,10 @@ pub(super) struct PeerSlot {
     pub(super) state: Mutex<PeerState>,
     /// Wakes the peer's link task: data was queued, the link gave its connection up, or the slot was removed.
     pub(super) wake: Notify,
+    /// Cuts the link task's reconnect backoff short: the peer just completed a handshake on our listener, so
+    /// it is up (a restarted peer must not wait out a backoff grown during its outage before our data, its
+    /// heartbeats and acks among them, reaches it).
+    pub(super) redial: Notify,
     /// Where the link task dials (read at every connect); `None`: accepted from an unknown id, not added yet.
     pub(super) addr: Mutex<Option<String>>,
     /// Set once, when the slot is removed: its link task and its accepted connection say Bye and end.
@@ -35,6 +39,7 @@ impl PeerSlot {
                 removed: false,
             }),
             wake: Notify::new(),
+            redial: Notify::new(),
             addr: Mutex::new(None),
             removed: watch::channel(false).0,
             floor,

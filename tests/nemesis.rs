@@ -1,0 +1,548 @@
+//! The nemesis suite: five real `dmutex node` processes, 30 client threads over every node and all three
+//! algorithms writing to a fencing ledger (`tests/support/ledger.rs`), and faults — `kill -9`, SIGSTOP past a
+//! lease, a partition through TCP proxies, a rolling restart, and a seeded soak mixing them. After each
+//! scenario: the ledger's checks (no overlapping accepted holds, no valid holder fenced off, tokens rising in
+//! grant order, every acquire answered by its deadline, no 503 from a node in the majority), and every node
+//! agreeing in `GET /v1/cluster`. Each scenario prints one line of figures (grants/s before, during and after
+//! the fault, the longest gap between grants on majority nodes, the p99 of acquire latency) for BENCHMARKS.md.
+//!
+//! The scenarios run one at a time (a lock in this file): five nodes and thirty clients are what two cores can
+//! carry without the timing of the membership layer being the thing under test.
+//!
+//! The soak is ignored (it takes longer than 40 s); `.ci/run` runs it
+//! (`cargo test --test nemesis soak_ -- --ignored`). (Three scenarios were ignored here with
+//! `fails:` while a node bug stood — a restarted node's first seconds without a member's data, whose reconnect
+//! backoff had grown during the outage, made it suspect a live member; fixed in the transport.)
+
+mod common;
+#[path = "support/ledger.rs"]
+mod ledger;
+#[path = "support/workload.rs"]
+mod workload;
+
+use common::{ALGORITHMS, Api, Cluster, send_signal};
+use ledger::{Journal, Ledger, Rules, Timeline, check, figures};
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use workload::{
+    ClientConfig, Mesh, Rng, StallMonitor, Workload, acquire, keepalive, release, wait_converged,
+};
+
+/// Nodes per scenario.
+const N: usize = 5;
+/// How long after a fault a view change may take before majority nodes grant again (S + L + 2 × retry with the
+/// default timing is 3.1 s), plus scheduling slack.
+const SETTLE: Duration = Duration::from_millis(3600);
+/// A wake-up of the test process this late means the machine was starved (see `Rules::stall_grace`).
+const STALL: Duration = Duration::from_millis(400);
+/// The clients' HTTP timeout: an acquire never answered (a deadline violation) costs this much, not 60 s.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the cluster must take to agree again after a fault ends.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One scenario at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Writes a line to the process's stderr directly (the test harness would capture `eprintln!`), so the figures
+/// show in every run.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A running scenario: the cluster, its clients, the ledger and the declared timeline.
+struct Scenario {
+    name: &'static str,
+    c: Cluster,
+    api: Api,
+    ledger: Arc<Ledger>,
+    t: Timeline,
+    work: Option<Workload>,
+    stalls: Option<StallMonitor>,
+    mesh: Option<Mesh>,
+    /// Scenario-specific failures, reported with the ledger's.
+    failures: Vec<String>,
+    /// How to replay (for seeded scenarios).
+    replay: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    /// Starts five nodes (behind a proxy mesh if `mesh`), waits until they agree, starts the clients and lets
+    /// them run for `baseline`.
+    fn start(name: &'static str, mesh: bool, cfg: ClientConfig, baseline: Duration) -> Scenario {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[]);
+        let mesh = mesh.then(|| Mesh::install(&mut c));
+        c.spawn_all();
+        let api = c.api().with_timeout(HTTP_TIMEOUT);
+        if let Err(e) = wait_converged(&api, &all(), CONVERGE) {
+            panic!("{name}: the fresh cluster does not agree: {e}\nlogs in {}", c.dir.display());
+        }
+        let ledger = Arc::new(Ledger::new());
+        let t = Timeline::new();
+        let stalls = Some(StallMonitor::start(STALL));
+        let work = Some(Workload::start(&api, N, &cfg, &ledger));
+        std::thread::sleep(baseline);
+        Scenario {
+            name,
+            c,
+            api,
+            ledger,
+            t,
+            work,
+            stalls,
+            mesh,
+            failures: Vec::new(),
+            replay: String::new(),
+            _serial: serial,
+        }
+    }
+
+    /// Declares `minority` (and the `frozen` among them) from now on.
+    fn declare(&mut self, minority: &[usize], frozen: &[usize], note: &str) {
+        self.t.set(minority, frozen, note);
+    }
+
+    /// Waits until every node agrees again, then declares every node in the majority.
+    fn rejoin_all(&mut self, note: &str) {
+        match wait_converged(&self.api, &all(), CONVERGE) {
+            Ok(took) => self.declare(&[], &[], &format!("{note}: all agree after {took:?}")),
+            Err(e) => self.failures.push(format!("convergence: after {note}, not within {CONVERGE:?}: {e}")),
+        }
+    }
+
+    /// Fails the scenario unless every algorithm had a grant answered by a node of `majority` within
+    /// `[from, to]`.
+    fn expect_grants(&mut self, majority: &[usize], from: Instant, to: Instant, what: &str) {
+        let j = self.ledger.journal();
+        for algorithm in ALGORITHMS {
+            let n = j
+                .acquires
+                .iter()
+                .filter(|a| a.status == 200 && a.key.0 == algorithm && majority.contains(&a.node))
+                .filter(|a| a.answered >= from && a.answered <= to)
+                .count();
+            if n == 0 {
+                self.failures.push(format!(
+                    "progress: no {algorithm} grant on majority nodes {majority:?} {what} ({:.1}–{:.1} s)",
+                    self.t.secs(from),
+                    self.t.secs(to)
+                ));
+            }
+        }
+    }
+
+    /// Stops the clients, checks convergence and the ledger, prints the figures; panics with every failure.
+    fn finish(mut self) -> Journal {
+        if let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
+            self.failures.push(format!("convergence: at the end, not within {CONVERGE:?}: {e}"));
+        }
+        // The figures end when the clients are told to stop, not when the last of them returns (one stuck in a
+        // request that is never answered returns only at the HTTP timeout).
+        let end = Instant::now();
+        if let Some(w) = self.work.take() {
+            w.stop();
+        }
+        if let Some(m) = self.stalls.take() {
+            self.t.stalls = m.stop();
+        }
+        let j = self.ledger.journal();
+        let mut failures = std::mem::take(&mut self.failures);
+        failures.extend(check(&j, &self.t, Rules::default()));
+        let line = figures(self.name, &j, &self.t, end);
+        say(&line);
+        if !failures.is_empty() {
+            let all = self.c.dir.join("failures.txt");
+            let text = format!("{}\n{}timeline:\n{}", failures.join("\n"), self.replay, self.t.describe());
+            let _ = std::fs::write(&all, text);
+            let shown: Vec<&String> = failures.iter().take(25).collect();
+            panic!(
+                "{}: {} failures (first {}; all in failures.txt):\n{}\n{}timeline:\n{}figures: {line}\nnode logs \
+                 kept in {}",
+                self.name,
+                failures.len(),
+                shown.len(),
+                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+                self.replay,
+                self.t.describe(),
+                self.c.dir.display()
+            );
+        }
+        j
+    }
+}
+
+fn all() -> Vec<usize> {
+    (0..N).collect()
+}
+
+fn env_u64(key: &str) -> Option<u64> {
+    std::env::var(key)
+        .ok()
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{key}={v:?} is not a number")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Without faults.
+
+/// Thirty clients for 5 s without a fault: every check passes, every algorithm grants on every node.
+#[test]
+fn fault_free_run_passes_every_check() {
+    let mut s = Scenario::start("fault-free", false, ClientConfig::default(), Duration::from_secs(5));
+    let (from, to) = (s.t.start, Instant::now());
+    for i in 0..N {
+        s.expect_grants(&[i], from, to, &format!("at node {i} without faults"));
+    }
+    let j = s.finish();
+    let fenced = j.writes.iter().filter(|w| !w.accepted).count();
+    assert_eq!(fenced, 0, "without faults no write is fenced off");
+    controls_on_a_real_journal(j);
+}
+
+/// Negative controls on the fault-free run's real journal: the checks have material to work on, and one
+/// broken record among thousands of good ones fails them.
+fn controls_on_a_real_journal(j: Journal) {
+    let t = Timeline::new();
+    let released: Vec<&ledger::Hold> = j.holds.iter().filter(|h| h.released_ok()).collect();
+    assert!(released.len() > 1000, "too few accepted holds to check: {}", released.len());
+    // A fake holder overlapping a real one: a copy of the first hold granted again half-way through it.
+    let mut fake = j.clone();
+    let first = released[0].clone();
+    let mut twin = first.clone();
+    twin.client = 999;
+    twin.lease = format!("{}-fake", first.lease);
+    twin.token = u64::MAX;
+    twin.granted = first.granted + (first.end().expect("released") - first.granted) / 2;
+    fake.holds.push(twin);
+    let v = ledger::check_overlaps(&fake.holds, &t);
+    assert!(v.len() == 1 && v[0].starts_with("overlap:"), "the overlapping fake holder is caught: {v:?}");
+    // A valid holder (its release answered 200 later) whose write with an older token the ledger refused.
+    let mut fake = j.clone();
+    fake.writes.push(ledger::WriteRecord {
+        client: first.client,
+        key: first.key.clone(),
+        token: first.token.saturating_sub(1),
+        lease: first.lease.clone(),
+        at: first.granted,
+        accepted: false,
+        highest_before: Some(first.token),
+    });
+    let v = ledger::check_fencing(&fake, &t);
+    assert!(v.len() == 1 && v[0].starts_with("fencing:"), "the fenced-off valid holder is caught: {v:?}");
+    assert_eq!(ledger::check_fencing(&j, &t), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (a) kill -9.
+
+/// `kill -9` node 4, 5.6 s later node 3 (three of five stay), then both restart with the same ids: the majority
+/// grants every algorithm throughout (after each view change), and the restarted nodes rejoin.
+#[test]
+fn kill_two_nodes_one_after_the_other_then_restart_both() {
+    let mut s = Scenario::start("kill9", false, ClientConfig::default(), Duration::from_secs(3));
+    s.t.phase("during");
+    let k4 = Instant::now();
+    s.declare(&[4], &[], "kill -9 node 4");
+    s.c.kill9(4);
+    std::thread::sleep(Duration::from_secs(2) + SETTLE);
+    let k3 = Instant::now();
+    s.declare(&[3, 4], &[], "kill -9 node 3");
+    s.c.kill9(3);
+    std::thread::sleep(Duration::from_secs(2) + SETTLE);
+    let back = Instant::now();
+    s.declare(&[3, 4], &[], "restart nodes 3 and 4");
+    s.c.spawn(3);
+    s.c.spawn(4);
+    s.rejoin_all("restart of 3 and 4");
+    s.t.phase("after");
+    let rejoined = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&[0, 1, 2, 3], k4 + SETTLE, k3, "with node 4 down");
+    s.expect_grants(&[0, 1, 2], k3 + SETTLE, back, "with nodes 3 and 4 down");
+    s.expect_grants(&[3, 4], rejoined, Instant::now(), "after the restarted nodes rejoined");
+    s.finish();
+}
+
+/// `kill -9` of node 1, restart with the same id, until all agree; then the same again: the majority grants
+/// throughout (after each view change) and after the second rejoin as after the first. (The soak with seed 7
+/// lost every member lease a few seconds after a node's rejoin; this is that step alone.)
+#[test]
+fn the_same_node_killed_and_restarted_twice() {
+    let mut s = Scenario::start("twice", false, ClientConfig::default(), Duration::from_secs(2));
+    s.t.phase("during");
+    for round in 1..=2 {
+        let killed = Instant::now();
+        s.declare(&[1], &[], &format!("kill -9 node 1 (round {round})"));
+        s.c.kill9(1);
+        std::thread::sleep(SETTLE + Duration::from_secs(1));
+        s.expect_grants(
+            &[0, 2, 3, 4],
+            killed + SETTLE,
+            Instant::now(),
+            &format!("with node 1 down (round {round})"),
+        );
+        s.c.spawn(1);
+        s.rejoin_all(&format!("restart of node 1 (round {round})"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    s.t.phase("after");
+    let rejoined = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&all(), rejoined, Instant::now(), "after the second rejoin");
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (b) SIGSTOP past a lease.
+
+/// Node 4's clients hold `fenced` (one lease per algorithm, TTL 1.5 s) when node 4 is stopped for 5 s: rivals
+/// through the other nodes are granted `fenced` meanwhile with larger tokens; after SIGCONT the stopped
+/// node's clients' keepalives and releases answer 409 and their writes are fenced off.
+#[test]
+fn a_stopped_nodes_client_loses_its_lease_to_a_rival_with_a_larger_token() {
+    const V: usize = 4;
+    let ttl = Duration::from_millis(1500);
+    let mut s = Scenario::start("sigstop", false, ClientConfig::default(), Duration::from_secs(3));
+    let mut victims = Vec::new();
+    for (k, algorithm) in ALGORITHMS.into_iter().enumerate() {
+        let h = acquire(&s.ledger, &s.api, 100 + k, V, algorithm, "fenced", Duration::from_secs(5), ttl);
+        let h = h.unwrap_or_else(|| panic!("the victim's {algorithm} acquire at node {V} was refused"));
+        assert!(s.ledger.write(h.client, &h.key, h.token, &h.lease), "the victim's first write");
+        victims.push(h);
+    }
+    let pid = s.c.pid(V).expect("node 4 runs");
+    s.t.phase("during");
+    s.declare(&[V], &[V], "SIGSTOP node 4");
+    let stopped = Instant::now();
+    send_signal(pid, "STOP");
+    // One rival per algorithm, each through another node, waiting long enough for the view change.
+    let rivals: Vec<_> = ALGORITHMS
+        .into_iter()
+        .enumerate()
+        .map(|(k, algorithm)| {
+            let (ledger, api) = (s.ledger.clone(), s.api.clone());
+            std::thread::spawn(move || {
+                let mut h =
+                    acquire(&ledger, &api, 200 + k, k, algorithm, "fenced", Duration::from_secs(10), ttl)?;
+                let accepted = ledger.write(h.client, &h.key, h.token, &h.lease);
+                std::thread::sleep(Duration::from_millis(5));
+                release(&api, &mut h);
+                ledger.held(h.clone());
+                Some((h, accepted))
+            })
+        })
+        .collect();
+    let rivals: Vec<_> = rivals.into_iter().map(|r| r.join().expect("rival")).collect();
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed()));
+    send_signal(pid, "CONT");
+    let continued = Instant::now();
+    s.declare(&[V], &[], "SIGCONT node 4");
+    s.t.phase("after");
+    for (victim, rival) in victims.iter_mut().zip(&rivals) {
+        let algorithm = victim.key.0.clone();
+        let ka = keepalive(&s.api, victim);
+        let wrote = s.ledger.write(victim.client, &victim.key, victim.token, &victim.lease);
+        let rel = release(&s.api, victim);
+        s.ledger.held(victim.clone());
+        say(&format!(
+            "nemesis sigstop: {algorithm}: victim token {} via node {V}: after SIGCONT keepalive {ka}, write \
+             accepted {wrote}, release {rel}; rival: {}",
+            victim.token,
+            rival.as_ref().map_or("not granted".to_string(), |(r, ok)| format!(
+                "token {} via node {} granted {:.3} s after SIGSTOP, write accepted {ok}",
+                r.token,
+                r.node,
+                (r.granted - stopped).as_secs_f64()
+            ))
+        ));
+        if ka != 409 || rel != 409 {
+            s.failures.push(format!(
+                "sigstop: {algorithm}: the stopped node's lease answered keepalive {ka}, release {rel} after \
+                 SIGCONT (expected 409 and 409)"
+            ));
+        }
+        match rival {
+            Some((r, accepted)) => {
+                if !(r.token > victim.token && *accepted && r.granted < continued) {
+                    s.failures.push(format!(
+                        "sigstop: {algorithm}: rival token {} (ledger accepted: {accepted}, granted at {:.3} s) \
+                         against the victim's {} (node continued at {:.3} s)",
+                        r.token,
+                        s.t.secs(r.granted),
+                        victim.token,
+                        s.t.secs(continued)
+                    ));
+                }
+                if wrote {
+                    s.failures
+                        .push(format!("sigstop: {algorithm}: the victim's write after SIGCONT was accepted"));
+                }
+            }
+            None => s
+                .failures
+                .push(format!("sigstop: {algorithm}: no rival was granted while node 4 was stopped")),
+        }
+    }
+    s.rejoin_all("SIGCONT of node 4");
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&[0, 1, 2, 3], stopped + SETTLE, continued, "while node 4 was stopped");
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (c) A partition.
+
+/// Nodes {0, 1} are cut off from {2, 3, 4} for 7 s through the proxy mesh, then healed: the majority side
+/// grants every algorithm, the minority answers 503 at once (once its member lease has run out), and all
+/// five agree again after the heal.
+#[test]
+fn a_minority_cut_off_answers_503_while_the_majority_grants() {
+    let mut s = Scenario::start("partition", true, ClientConfig::default(), Duration::from_secs(3));
+    s.t.phase("during");
+    let cut = Instant::now();
+    s.declare(&[0, 1], &[], "partition {0,1} | {2,3,4}");
+    s.mesh.as_ref().expect("mesh").partition(&[0, 1]);
+    std::thread::sleep(SETTLE);
+    for i in 0..N {
+        let (status, body) = s.api.get(i, "/readyz");
+        let want = if i <= 1 { 503 } else { 200 };
+        if status != want {
+            s.failures
+                .push(format!("partition: node {i}'s /readyz answered {status} {body} (expected {want})"));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(cut.elapsed()));
+    let healed = Instant::now();
+    s.mesh.as_ref().expect("mesh").heal();
+    s.declare(&[0, 1], &[], "heal");
+    s.rejoin_all("heal");
+    s.t.phase("after");
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&[2, 3, 4], cut + SETTLE, healed, "during the partition");
+    let j = s.ledger.journal();
+    let minority: Vec<_> =
+        j.acquires.iter().filter(|a| a.node <= 1 && a.sent >= cut + SETTLE && a.answered < healed).collect();
+    if minority.is_empty() {
+        s.failures.push("partition: no acquire at the minority was answered during the partition".into());
+    }
+    let refused = minority.iter().filter(|a| a.status == 503).count();
+    say(&format!(
+        "nemesis partition: {refused} of {} acquires at the minority answered 503 (sent {:?} after the cut or later)",
+        minority.len(),
+        SETTLE
+    ));
+    for a in minority {
+        let took = a.answered - a.sent;
+        if a.status != 503 || took > Duration::from_secs(1) {
+            s.failures.push(format!(
+                "partition: minority node {} answered {} after {took:?} (sent {:.3} s; expected 503 at once): {}",
+                a.node,
+                a.status,
+                s.t.secs(a.sent),
+                a.detail
+            ));
+        }
+    }
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (d) A rolling restart.
+
+/// Each node in turn: SIGTERM (it must exit 0), restart with the same id, wait until all five agree, next. The
+/// other four keep granting every algorithm.
+#[test]
+fn rolling_restart_one_node_at_a_time() {
+    let mut s = Scenario::start("rolling", false, ClientConfig::default(), Duration::from_secs(3));
+    s.t.phase("during");
+    for i in 0..N {
+        s.declare(&[i], &[], &format!("SIGTERM node {i}"));
+        let (code, took) = s.c.sigterm(i);
+        if code != Some(0) {
+            s.failures.push(format!("rolling: node {i} exited {code:?} after SIGTERM ({took:?})"));
+        }
+        s.c.spawn(i);
+        s.rejoin_all(&format!("restart of node {i}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    s.t.phase("after");
+    std::thread::sleep(Duration::from_secs(3));
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (e) The soak.
+
+/// A seeded mix of the faults above, one at a time, each healed and the cluster agreed again before the next:
+/// `kill -9` of one or two nodes, SIGSTOP of one for 0.3–6 s, a partition of one or two nodes, SIGTERM and
+/// restart. `DMUTEX_NEMESIS_SEED` replays a schedule (default: from the clock, printed) and
+/// `DMUTEX_NEMESIS_SECS` (default 120) bounds it. Takes about `DMUTEX_NEMESIS_SECS` + 20 s; `.ci/run` runs it.
+#[test]
+#[ignore = "takes about 140 s; .ci/run runs it"]
+fn soak_of_random_faults_from_a_seed() {
+    let seed = env_u64("DMUTEX_NEMESIS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() % 100_000)
+    });
+    let secs = env_u64("DMUTEX_NEMESIS_SECS").unwrap_or(120);
+    let replay = format!(
+        "replay: DMUTEX_NEMESIS_SEED={seed} DMUTEX_NEMESIS_SECS={secs} cargo test --test nemesis soak -- \
+         --ignored --nocapture\n"
+    );
+    say(&format!("nemesis soak: seed {seed}, {secs} s of faults; {replay}"));
+    let cfg = ClientConfig { seed, ..ClientConfig::default() };
+    let mut s = Scenario::start("soak", true, cfg, Duration::from_secs(3));
+    s.replay = replay;
+    let mut rng = Rng(seed);
+    let end = Instant::now() + Duration::from_secs(secs);
+    s.t.phase("during");
+    while Instant::now() < end {
+        let out = rng.millis(300, 6000);
+        let a = rng.below(N);
+        let b = (a + 1 + rng.below(N - 1)) % N;
+        match rng.below(4) {
+            0 => {
+                let two = rng.below(2) == 0;
+                let victims = if two { vec![a, b] } else { vec![a] };
+                s.declare(&victims, &[], &format!("kill -9 {victims:?} for {out:?}"));
+                victims.iter().for_each(|&v| s.c.kill9(v));
+                std::thread::sleep(out);
+                victims.iter().for_each(|&v| s.c.spawn(v));
+                s.rejoin_all(&format!("restart of {victims:?}"));
+            }
+            1 => {
+                let pid = s.c.pid(a).expect("running node");
+                s.declare(&[a], &[a], &format!("SIGSTOP node {a} for {out:?}"));
+                send_signal(pid, "STOP");
+                std::thread::sleep(out);
+                send_signal(pid, "CONT");
+                s.declare(&[a], &[], &format!("SIGCONT node {a}"));
+                s.rejoin_all(&format!("SIGCONT of node {a}"));
+            }
+            2 => {
+                let side = if rng.below(2) == 0 { vec![a, b] } else { vec![a] };
+                s.declare(&side, &[], &format!("partition {side:?} for {out:?}"));
+                s.mesh.as_ref().expect("mesh").partition(&side);
+                std::thread::sleep(out);
+                s.mesh.as_ref().expect("mesh").heal();
+                s.rejoin_all(&format!("heal of {side:?}"));
+            }
+            _ => {
+                s.declare(&[a], &[], &format!("SIGTERM node {a}, restart after {out:?}"));
+                let (code, took) = s.c.sigterm(a);
+                if code != Some(0) {
+                    s.failures.push(format!("soak: node {a} exited {code:?} after SIGTERM ({took:?})"));
+                }
+                std::thread::sleep(out);
+                s.c.spawn(a);
+                s.rejoin_all(&format!("restart of node {a}"));
+            }
+        }
+        std::thread::sleep(rng.millis(500, 2000));
+    }
+    s.t.phase("after");
+    std::thread::sleep(Duration::from_secs(3));
+    s.finish();
+}
