@@ -6,6 +6,13 @@
 //! agreeing in `GET /v1/cluster`. Each scenario prints one line of figures (grants/s before, during and after
 //! the fault, the longest gap between grants on majority nodes, the p99 of acquire latency) for BENCHMARKS.md.
 //!
+//! Two scenarios bend one node's clock (`DMUTEX_TEST_CLOCK_RATE_PPM`) against the membership layer's timing
+//! assumption, rates within `1 ± ρ` (ρ = `DMUTEX_CLOCK_DRIFT_PPM`, 1 % by default):
+//! `clock_drift_within_rho_stays_safe` cuts off a node at 0.991 that owns a probable-owner lock while a node
+//! at 1.009 is in the majority, and every check passes; `clock_drift_beyond_rho_is_caught` is the negative
+//! control: the cut-off owner runs at 0.2, keeps granting for seconds after the majority has excluded it and
+//! regenerated the lock, and the test passes only if the ledger reports the overlapping holds.
+//!
 //! The scenarios run one at a time (a lock in this file): five nodes and thirty clients are what two cores can
 //! carry without the timing of the membership layer being the thing under test.
 //!
@@ -23,6 +30,7 @@ mod workload;
 use common::{ALGORITHMS, Api, Cluster, send_signal};
 use ledger::{Journal, Ledger, Rules, Timeline, check, figures};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use workload::{
@@ -71,8 +79,22 @@ impl Scenario {
     /// Starts five nodes (behind a proxy mesh if `mesh`), waits until they agree, starts the clients and lets
     /// them run for `baseline`.
     fn start(name: &'static str, mesh: bool, cfg: ClientConfig, baseline: Duration) -> Scenario {
+        Scenario::start_with(name, mesh, cfg, baseline, &[])
+    }
+
+    /// Like [`Scenario::start`], with extra environment for some nodes (`(node, key, value)`).
+    fn start_with(
+        name: &'static str,
+        mesh: bool,
+        cfg: ClientConfig,
+        baseline: Duration,
+        node_env: &[(usize, &str, &str)],
+    ) -> Scenario {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[]);
+        for &(i, k, v) in node_env {
+            c.node_env.entry(i).or_default().push((k.to_string(), v.to_string()));
+        }
         let mesh = mesh.then(|| Mesh::install(&mut c));
         c.spawn_all();
         let api = c.api().with_timeout(HTTP_TIMEOUT);
@@ -135,7 +157,36 @@ impl Scenario {
 
     /// Stops the clients, checks convergence and the ledger, prints the figures; panics with every failure.
     fn finish(mut self) -> Journal {
-        if let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
+        let (j, failures, line) = self.verdict(true);
+        if !failures.is_empty() {
+            self.fail(&failures, &line);
+        }
+        j
+    }
+
+    /// Panics with `failures` (the first 25; all of them in `failures.txt` next to the node logs).
+    fn fail(&self, failures: &[String], line: &str) -> ! {
+        let all = self.c.dir.join("failures.txt");
+        let text = format!("{}\n{}timeline:\n{}", failures.join("\n"), self.replay, self.t.describe());
+        let _ = std::fs::write(&all, text);
+        let shown: Vec<&String> = failures.iter().take(25).collect();
+        panic!(
+            "{}: {} failures (first {}; all in failures.txt):\n{}\n{}timeline:\n{}figures: {line}\nnode logs \
+             kept in {}",
+            self.name,
+            failures.len(),
+            shown.len(),
+            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+            self.replay,
+            self.t.describe(),
+            self.c.dir.display()
+        );
+    }
+
+    /// Stops the clients, checks convergence (if `converge`) and the ledger, prints the figures; returns the
+    /// journal, every failure (the scenario's and the ledger's) and the figures line.
+    fn verdict(&mut self, converge: bool) -> (Journal, Vec<String>, String) {
+        if converge && let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
             self.failures.push(format!("convergence: at the end, not within {CONVERGE:?}: {e}"));
         }
         // The figures end when the clients are told to stop, not when the last of them returns (one stuck in a
@@ -152,24 +203,7 @@ impl Scenario {
         failures.extend(check(&j, &self.t, Rules::default()));
         let line = figures(self.name, &j, &self.t, end);
         say(&line);
-        if !failures.is_empty() {
-            let all = self.c.dir.join("failures.txt");
-            let text = format!("{}\n{}timeline:\n{}", failures.join("\n"), self.replay, self.t.describe());
-            let _ = std::fs::write(&all, text);
-            let shown: Vec<&String> = failures.iter().take(25).collect();
-            panic!(
-                "{}: {} failures (first {}; all in failures.txt):\n{}\n{}timeline:\n{}figures: {line}\nnode logs \
-                 kept in {}",
-                self.name,
-                failures.len(),
-                shown.len(),
-                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-                self.replay,
-                self.t.describe(),
-                self.c.dir.display()
-            );
-        }
-        j
+        (j, failures, line)
     }
 }
 
@@ -472,7 +506,202 @@ fn rolling_restart_one_node_at_a_time() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// (e) The soak.
+// (e) Clock rates (`DMUTEX_TEST_CLOCK_RATE_PPM`).
+
+/// The lock the clock-rate scenarios fight over (probable-owner: its owner grants without a message).
+const DRIFT_LOCK: &str = "drift";
+
+/// Clients of [`DRIFT_LOCK`] under probable-owner, one thread per node given: acquire, write, hold 80–120 ms,
+/// write again (a holder that was superseded meanwhile is refused here), release; after a refusal, back off
+/// 20–50 ms. Client ids are `500 + node`.
+struct DriftClients {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DriftClients {
+    fn start(s: &Scenario, nodes: &[usize]) -> DriftClients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = nodes
+            .iter()
+            .map(|&node| {
+                let (ledger, api, stop) = (s.ledger.clone(), s.api.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let client = 500 + node;
+                    let mut rng = Rng(0x0064_7269_6674 ^ node as u64);
+                    let (timeout, ttl) = (Duration::from_millis(5000), Duration::from_millis(3000));
+                    while !stop.load(Ordering::Relaxed) {
+                        let lock = DRIFT_LOCK;
+                        let algorithm = "probable-owner";
+                        let Some(mut h) = acquire(&ledger, &api, client, node, algorithm, lock, timeout, ttl)
+                        else {
+                            std::thread::sleep(rng.millis(20, 50));
+                            continue;
+                        };
+                        ledger.write(client, &h.key, h.token, &h.lease);
+                        std::thread::sleep(rng.millis(80, 120));
+                        ledger.write(client, &h.key, h.token, &h.lease);
+                        release(&api, &mut h);
+                        ledger.held(h);
+                    }
+                })
+            })
+            .collect();
+        DriftClients { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("drift client");
+        }
+    }
+}
+
+/// What happened to [`DRIFT_LOCK`] while node `v` was cut off (`cut` to `until`): the last grant by `v` whose
+/// release answered 200 and the first grant by another node (seconds after the cut), for the figures.
+fn drift_line(j: &Journal, v: usize, cut: Instant, until: Instant) -> String {
+    let drift =
+        |h: &&ledger::Hold| h.key.1 == DRIFT_LOCK && h.released_ok() && h.granted >= cut && h.granted < until;
+    let secs =
+        |t: Option<Instant>| t.map_or("none".to_string(), |t| format!("{:.3} s", (t - cut).as_secs_f64()));
+    let last_v = j.holds.iter().filter(drift).filter(|h| h.node == v).map(|h| h.granted).max();
+    let first_other = j.holds.iter().filter(drift).filter(|h| h.node != v).map(|h| h.granted).min();
+    let by_v = j.holds.iter().filter(drift).filter(|h| h.node == v).count();
+    format!(
+        "{DRIFT_LOCK} while cut off: node {v} granted {by_v} (released 200), the last {} after the cut; the \
+         majority's first grant {} after the cut",
+        secs(last_v),
+        secs(first_other)
+    )
+}
+
+/// Two clocks at the edge of ρ (1 %): node 4 runs at 991 000 ppm (slow: its member lease lasts longest in
+/// real time) and owns the probable-owner lock `drift` (its client acquires it first, alone) when it is cut
+/// off from the others through the proxies for 7 s; node 0, in the majority, runs at 1 009 000 ppm (fast: its
+/// wait before it agrees to exclude node 4 is the shortest in real time). Clients of `drift` on every node
+/// and the usual thirty clients keep going. Node 4 stops granting before the majority regenerates `drift`
+/// (⌊L(1−ρ)/(1+ρ)⌋ = 980 ms on a clock at 0.991 is 989 ms of real time, L + 1 ms at 1.009 is 992 ms): every
+/// ledger check passes, the majority grants every algorithm and `drift`, and node 4 reports itself unready.
+/// (With the default S = 1.5 s > L, the majority's suspicion, not its lease wait, sets when it regenerates:
+/// here node 4's last grant came 0.6–0.9 s after the cut and the majority's first 1.53 s after it, in 4 runs
+/// of 4; the 3 ms margin of the lease arithmetic itself is the model checks' and the simulator's to probe.)
+/// About 13 s.
+#[test]
+fn clock_drift_within_rho_stays_safe() {
+    const V: usize = 4;
+    let env = [(V, "DMUTEX_TEST_CLOCK_RATE_PPM", "991000"), (0, "DMUTEX_TEST_CLOCK_RATE_PPM", "1009000")];
+    let mut s = Scenario::start_with("drift-in", true, ClientConfig::default(), Duration::from_secs(2), &env);
+    let owner = DriftClients::start(&s, &[V]);
+    std::thread::sleep(Duration::from_secs(1));
+    if s.ledger.grants_by(V, "probable-owner") == 0 {
+        s.failures.push(format!("drift: node {V} granted no probable-owner lock before the cut"));
+    }
+    s.t.phase("during");
+    let cut = Instant::now();
+    s.declare(&[V], &[], "partition {4} | {0,1,2,3}; node 4 at 0.991, node 0 at 1.009");
+    s.mesh.as_ref().expect("mesh").partition(&[V]);
+    let rivals = DriftClients::start(&s, &[0, 1, 2, 3]);
+    std::thread::sleep(SETTLE);
+    let (status, body) = s.api.get(V, "/readyz");
+    if status != 503 {
+        s.failures
+            .push(format!("drift: node {V}'s /readyz answered {status} {body} while cut off (expected 503)"));
+    }
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(cut.elapsed()));
+    let healed = Instant::now();
+    s.mesh.as_ref().expect("mesh").heal();
+    s.declare(&[V], &[], "heal");
+    s.rejoin_all("heal");
+    s.t.phase("after");
+    std::thread::sleep(Duration::from_secs(2));
+    owner.stop();
+    rivals.stop();
+    s.expect_grants(&[0, 1, 2, 3], cut + SETTLE, healed, "during the partition");
+    let j = s.ledger.journal();
+    let regenerated = j.holds.iter().any(|h| {
+        h.key.1 == DRIFT_LOCK && h.node != V && h.released_ok() && h.granted > cut && h.granted < healed
+    });
+    if !regenerated {
+        s.failures.push(format!("drift: the majority never granted {DRIFT_LOCK} while node {V} was cut off"));
+    }
+    say(&format!("nemesis drift-in: {}", drift_line(&j, V, cut, healed)));
+    s.finish();
+}
+
+/// Negative control, asserted: node 4's clock runs at 200 000 ppm, far outside ρ, so its member lease of
+/// 980 ms on its clock lasts 4.9 s of real time after the heartbeat that gained it, while the others exclude it
+/// L + 1 ms after their last ack plus S = 1.5 s of silence. Node 4 owns the probable-owner lock `drift` (its
+/// client acquired it first, alone) when it is cut off through the proxies; its client keeps acquiring
+/// `drift` there (a local grant, no message) and clients on nodes 0–3 start acquiring it at the cut. The
+/// majority excludes node 4 and regenerates `drift` about 1.5–2.5 s after the cut; node 4 keeps granting until
+/// 3.9–4.9 s after it (its heartbeats go out every 200 ms of its clock, 1 s of real time, so its last acked one
+/// left up to 1 s before the cut). Every hold is 80–120 ms and node 4's client re-acquires within
+/// milliseconds, so each majority grant in that window of 1.5 s or more overlaps a node-4 hold whose release
+/// answers 200: the ledger must report `overlap:` (or `fencing:`, node 4's client refused while its lease
+/// was valid) on `drift`, and this test passes only if it does. (A slower rate would lengthen the window but
+/// its heartbeats, 2 s apart at 100 000 ppm, would exceed S and have node 4 excluded without any cut; a
+/// faster one shrinks the window toward the majority's view change.) Reliability: 5 runs of 5 here caught it,
+/// each with the majority's first grant 1.56–1.62 s and node 4's last 4.47–4.71 s after the cut, and about 120
+/// overlap and fencing violations on `drift` (plus `token order:`, which is not asserted). About 10 s.
+#[test]
+fn clock_drift_beyond_rho_is_caught() {
+    const V: usize = 4;
+    let env = [(V, "DMUTEX_TEST_CLOCK_RATE_PPM", "200000")];
+    let cfg = ClientConfig { clients: 0, ..ClientConfig::default() };
+    let mut s = Scenario::start_with("drift-out", true, cfg, Duration::ZERO, &env);
+    let owner = DriftClients::start(&s, &[V]);
+    std::thread::sleep(Duration::from_secs(2));
+    let owned = s.ledger.grants_by(V, "probable-owner");
+    s.t.phase("during");
+    let cut = Instant::now();
+    s.declare(&[V], &[], "partition {4} | {0,1,2,3}; node 4 at 0.2");
+    s.mesh.as_ref().expect("mesh").partition(&[V]);
+    let rivals = DriftClients::start(&s, &[0, 1, 2, 3]);
+    std::thread::sleep(Duration::from_secs(7));
+    let end = Instant::now();
+    owner.stop();
+    rivals.stop();
+    let (j, failures, line) = s.verdict(false);
+    say(&format!("nemesis drift-out: {}", drift_line(&j, V, cut, end)));
+    let mut rules: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for f in &failures {
+        *rules.entry(f.split(':').next().unwrap_or_default()).or_default() += 1;
+    }
+    let caught: Vec<&String> = failures
+        .iter()
+        .filter(|f| {
+            let on_drift = f.contains(&format!("probable-owner/{DRIFT_LOCK}:"));
+            let overlap = f.starts_with("overlap:")
+                && f.contains(&format!("node {V})"))
+                && (0..V).any(|i| f.contains(&format!("node {i})")));
+            let fenced = f.starts_with("fencing:") && f.contains(&format!("by client {}", 500 + V));
+            on_drift && (overlap || fenced)
+        })
+        .collect();
+    say(&format!(
+        "nemesis drift-out: the checker reported {} violations ({rules:?}), {} of them node {V}'s holds of \
+         {DRIFT_LOCK} overlapping the majority's or fenced off while valid; first: {:?}",
+        failures.len(),
+        caught.len(),
+        caught.first()
+    ));
+    if owned == 0 || caught.is_empty() {
+        let why = if owned == 0 {
+            format!("node {V} granted {DRIFT_LOCK} no time before the cut: it was not the owner")
+        } else {
+            "NEGATIVE CONTROL FAILED: node 4 granted past its real lease, yet the checker reported no overlap \
+             or fencing violation on it"
+                .to_string()
+        };
+        let mut all = vec![why];
+        all.extend(failures);
+        s.fail(&all, &line);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (f) The soak.
 
 /// A seeded mix of the faults above, one at a time, each healed and the cluster agreed again before the next:
 /// `kill -9` of one or two nodes, SIGSTOP of one for 0.3–6 s, a partition of one or two nodes, SIGTERM and

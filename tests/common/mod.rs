@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub(crate) struct Cluster {
     pub procs: Vec<Option<Child>>,
     /// Extra environment for every node.
     pub env: Vec<(String, String)>,
+    /// Extra environment for one node (after `env`, so it overrides it), e.g. a test clock rate.
+    pub node_env: BTreeMap<usize, Vec<(String, String)>>,
     /// Log directory.
     pub dir: PathBuf,
     /// Per-node peer list override (`DMUTEX_PEERS` for node i), used to route a link through a proxy.
@@ -70,6 +73,7 @@ impl Cluster {
             subnet,
             procs: (0..n).map(|_| None).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            node_env: BTreeMap::new(),
             dir,
             peers_override: None,
             api: Api::new(urls),
@@ -128,7 +132,7 @@ impl Cluster {
             .env("DMUTEX_HTTP_ADDR", format!("{}:{}", self.host(i), HTTP_PORT))
             .env("DMUTEX_CLUSTER_NAME", self.cluster_name())
             .env("DMUTEX_LOG", "info");
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().chain(self.node_env.get(&i).into_iter().flatten()) {
             cmd.env(k, v);
         }
         cmd
