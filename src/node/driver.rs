@@ -266,8 +266,9 @@ impl Node {
         }
     }
 
-    /// Housekeeping tick: waiting requests that need a peer which is down are answered 503 now rather than at
-    /// their timeout; readiness and gauges are refreshed.
+    /// Housekeeping tick: the membership layer's periodic work (formation queries, view bump, strangers),
+    /// waiting requests the node can no longer serve (no member lease) answered 503 now rather than at their
+    /// timeout; readiness and gauges refreshed.
     fn housekeeping(&mut self) {
         self.member_housekeeping();
         self.withdraw_unavailable();

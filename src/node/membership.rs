@@ -239,12 +239,13 @@ impl Node {
     /// A membership message arrived from `from`'s `incarnation`.
     pub(super) fn on_member_msg(&mut self, from: NodeId, incarnation: Incarnation, env: Envelope<NodeMsg>) {
         let NodeMsg::Member(body) = &env.body else { return };
-        self.shared
-            .metrics
-            .membership_messages
-            .inc(LinkFrameLabels { kind: body.kind(), direction: "received" });
-        match body.clone() {
-            MemberMsg::Core(msg) => {
+        let kind = body.kind();
+        self.shared.metrics.membership_messages.inc(LinkFrameLabels { kind, direction: "received" });
+        if let NodeMsg::Member(MemberMsg::Clocks(_)) = env.body {
+            return self.deliver_to_cores(from, incarnation, env);
+        }
+        match env.body {
+            NodeMsg::Member(MemberMsg::Core(msg)) => {
                 match &msg {
                     Msg::Resign { .. } => {
                         self.member.resigned.insert((from, incarnation));
@@ -257,13 +258,13 @@ impl Node {
                 }
                 self.member_event(membership::Event::Message { from, incarnation, msg });
             }
-            MemberMsg::Form(msg) => {
+            NodeMsg::Member(MemberMsg::Form(msg)) => {
                 if let membership::FormMsg::Query { addr } = &msg {
                     self.dial(from, addr);
                 }
                 self.form_event(FormEvent::Message { from, incarnation, msg })
             }
-            MemberMsg::Clocks(_) => self.deliver_to_cores(from, incarnation, env),
+            NodeMsg::Member(MemberMsg::Clocks(_)) | NodeMsg::Algo(_) => {}
         }
     }
 
@@ -312,7 +313,7 @@ impl Node {
 
     /// Releases what waited for the cores' view, in arrival order.
     fn release_held(&mut self) {
-        let Some((epoch, _)) = self.member.engines.as_ref().map(|(e, m)| (*e, m.len())) else { return };
+        let Some(epoch) = self.member.engines.as_ref().map(|(e, _)| *e) else { return };
         let (ready, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.member.held).into_iter().partition(|(_, _, env)| {
                 !matches!(env.body, NodeMsg::Member(MemberMsg::Clocks(_))) || env.epoch <= epoch
@@ -433,10 +434,7 @@ impl Node {
         );
         span.in_scope(|| tracing::info!(epoch = view.epoch.get(), cause, "view installed"));
         self.shared.push_flow(FlowRecord {
-            at_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64() * 1000.0)
-                .unwrap_or(0.0),
+            at_unix_ms: super::observe::unix_ms(),
             node: self.settings.me.get(),
             direction: Direction::Local,
             peer: None,
@@ -467,14 +465,8 @@ impl Node {
 
     /// Ends what local clients have: waiting requests answered 503, leases ended (remembered as lost).
     fn drop_clients(&mut self, why: &str) {
-        let waiting: Vec<_> =
-            self.pending.iter().filter(|(_, p)| p.withdrawn.is_none()).map(|(id, _)| *id).collect();
-        for id in waiting {
-            self.withdraw(id, ApiError::Unavailable(why.to_string()));
-        }
-        for id in self.leases.ids() {
-            self.member.remember_lost(id.clone());
-            self.end_lease(&id);
+        for lease in self.end_clients(&ApiError::Unavailable(why.to_string())) {
+            self.member.remember_lost(lease);
         }
     }
 
@@ -483,8 +475,9 @@ impl Node {
         self.member.engines.is_some() && self.member.active && self.member.core.is_active(self.now())
     }
 
-    /// Why an acquire cannot be served now (membership's part), if it cannot.
-    pub(super) fn member_unavailable(&self) -> Option<String> {
+    /// Why an acquire cannot be served now, if it cannot: no view yet, or no member lease (a peer that is
+    /// down does not count: requests wait for the view that excludes it).
+    pub(super) fn unavailable(&self) -> Option<String> {
         if let Some(why) = self.member.formation.waiting_for() {
             if self.member.core.view().is_none() {
                 return Some(why);

@@ -126,7 +126,7 @@ pub(crate) struct Observer {
 }
 
 /// Wall-clock milliseconds since the Unix epoch (flow records of different nodes are merged by it).
-fn unix_ms() -> f64 {
+pub(super) fn unix_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 

@@ -70,11 +70,6 @@ impl Node {
         self.work.push_back((algorithm, event, cause));
     }
 
-    /// Why a request for `lock` with `algorithm` cannot be served now, if it cannot.
-    pub(super) fn unavailable(&self) -> Option<String> {
-        self.member_unavailable()
-    }
-
     /// Withdraws the waiting requests that can no longer be served (they are answered 503).
     pub(super) fn withdraw_unavailable(&mut self) {
         let doomed: Vec<(RequestId, String)> = self

@@ -274,6 +274,21 @@ impl Node {
         }
     }
 
+    /// Ends what local clients have: every waiting request not yet withdrawn is withdrawn (its client hears
+    /// `why`), every lease ended (its lock released in the core). Returns the ended lease ids.
+    pub(super) fn end_clients(&mut self, why: &ApiError) -> Vec<String> {
+        let waiting: Vec<RequestId> =
+            self.pending.iter().filter(|(_, p)| p.withdrawn.is_none()).map(|(id, _)| *id).collect();
+        for id in waiting {
+            self.withdraw(id, why.clone());
+        }
+        let leases = self.leases.ids();
+        for id in &leases {
+            self.end_lease(id);
+        }
+        leases
+    }
+
     /// Withdraws a waiting request on the node's own initiative; `why` is what its client will hear.
     pub(super) fn withdraw(&mut self, id: RequestId, why: ApiError) {
         let Some(p) = self.pending.get_mut(&id) else { return };
@@ -291,13 +306,7 @@ impl Node {
         inbound: &mut mpsc::UnboundedReceiver<Inbound<NodeMsg>>,
     ) {
         self.shared.begin_shutdown();
-        let waiting: Vec<RequestId> = self.pending.keys().copied().collect();
-        for id in waiting {
-            self.withdraw(id, ApiError::ShuttingDown);
-        }
-        for id in self.leases.ids() {
-            self.end_lease(&id);
-        }
+        self.end_clients(&ApiError::ShuttingDown);
         self.run_work();
         // Anything still pending (should be nothing) is answered too.
         for (_, mut p) in std::mem::take(&mut self.pending) {

@@ -18,7 +18,7 @@ impl Node {
         if self.shared.shutting_down() {
             reasons.push("shutting down".to_string());
         }
-        if let Some(why) = self.member_unavailable() {
+        if let Some(why) = self.unavailable() {
             reasons.push(why);
         } else if !self.cores.all_joined() {
             let members = self.member.engines.as_ref().map_or(0, |(_, m)| m.len());
