@@ -20,7 +20,7 @@ pub(crate) struct Pending {
     pub(super) algorithm: Algorithm,
     pub(super) lock: String,
     reply: Option<oneshot::Sender<Result<Grant, ApiError>>>,
-    started: Instant,
+    pub(super) started: Instant,
     timeout: Duration,
     ttl: Duration,
     /// Set when the node itself withdrew the request (peer down, shutdown): the answer to give.
@@ -134,7 +134,11 @@ impl Node {
                     acquire_id: p.acquire_id.clone(),
                     otel,
                 };
-                let id = self.leases.insert(lease);
+                let owner = super::forward::LeaseOwner {
+                    node: self.settings.me,
+                    incarnation: self.settings.incarnation,
+                };
+                let id = self.leases.insert(owner, lease);
                 let grant = Grant {
                     name: lock,
                     lease: id.clone().into(),
@@ -199,7 +203,7 @@ impl Node {
     }
 
     /// The error for a lease this node does not hold (any more).
-    fn lease_gone(&self, lease: &str) -> ApiError {
+    pub(super) fn lease_gone(&self, lease: &str) -> ApiError {
         if self.member.was_lost(lease) {
             ApiError::LeaseLost(format!(
                 "lease {lease} was lost: this node lost its member lease (no majority reached), so the lock may \
