@@ -668,3 +668,28 @@ fn a_lock_query_gives_the_same_answer_from_every_node_and_no_lease_id() {
         assert_eq!(c.release(2, &lock, &g2["lease"]), 200);
     }
 }
+
+/// `"timeout_ms": "forever"` waits without a limit and is granted when the holder releases; a waiting client
+/// that goes away (its HTTP request dropped) is withdrawn from the queue instead of waiting there for ever.
+#[test]
+fn a_forever_waiter_is_granted_and_an_abandoned_one_leaves_the_queue() {
+    let c = Cluster::start("inproc-forever", 3);
+    let held = c.grant(0, "f", json!({ "algorithm": "lamport", "ttl_ms": 30000 }));
+    let impatient = reqwest::blocking::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let gone =
+        impatient.post(c.url(1, "/v1/locks/f/acquire")).json(&json!({ "timeout_ms": "forever" })).send();
+    assert!(gone.is_err(), "the impatient client gives up first: {gone:?}");
+    let deadline = Instant::now() + PATIENCE;
+    while c.get(0, "/v1/locks/f")["algorithms"]["lamport"]["queue"] != json!([]) {
+        assert!(Instant::now() < deadline, "the abandoned waiter stays queued: {}", c.get(0, "/v1/locks/f"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter = c.acquire_in_background(2, "f", json!({ "timeout_ms": "forever" }));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.release(0, "f", &held["lease"]), 200);
+    let (status, g) = join(waiter);
+    assert_eq!(status, 200, "{g}");
+    assert!(token(&g) > token(&held));
+    let (status, body) = c.post(2, "/v1/locks/f/acquire", json!({ "timeout_ms": "soon" }));
+    assert_eq!(status, 400, "{body}");
+}

@@ -154,51 +154,8 @@ impl Millis {
 /// A lock's name (UTF-8). Validated by the API layer; cores treat it as an opaque key.
 pub type LockName = String;
 
-/// Which algorithm serves a request.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
-    /// Lamport 1978: REQUEST / REPLY / RELEASE, 3(N−1) messages per entry.
-    Lamport,
-    /// Ricart–Agrawala 1981: deferred replies, 2(N−1) messages per entry.
-    RicartAgrawala,
-    /// Probable-owner locking (Li–Hudak hints, FIFO queue at the owner).
-    ProbableOwner,
-}
-
-impl Algorithm {
-    /// Every algorithm, in a stable order.
-    pub const ALL: [Algorithm; 3] = [Algorithm::Lamport, Algorithm::RicartAgrawala, Algorithm::ProbableOwner];
-
-    /// The name used in configuration, the API and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Lamport => "lamport",
-            Algorithm::RicartAgrawala => "ricart-agrawala",
-            Algorithm::ProbableOwner => "probable-owner",
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "lamport" => Ok(Algorithm::Lamport),
-            "ricart-agrawala" | "ricart_agrawala" | "ra" => Ok(Algorithm::RicartAgrawala),
-            "probable-owner" | "probable_owner" | "po" => Ok(Algorithm::ProbableOwner),
-            other => Err(format!(
-                "unknown algorithm {other:?} (expected lamport, ricart-agrawala or probable-owner)"
-            )),
-        }
-    }
-}
+/// Which algorithm serves a request (a wire-contract type: defined in the client crate).
+pub use dmutex_client::Algorithm;
 
 /// A timer a core asked for. Fires as [`Event::Timer`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -73,6 +73,8 @@ impl ApiError {
 
     /// The JSON body.
     pub(crate) fn body(&self) -> ErrorBody {
-        ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } }
+        ErrorBody {
+            error: ErrorDetail { code: self.code().to_string(), message: self.to_string(), holder: None },
+        }
     }
 }

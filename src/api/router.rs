@@ -9,7 +9,7 @@ use crate::algo::Algorithm;
 use crate::api::error::ApiError;
 use crate::api::types::{
     AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, Readiness, ReleaseBody,
-    ReleaseResponse,
+    ReleaseResponse, Timeout,
 };
 use crate::node::NodeHandle;
 use axum::body::Bytes;
@@ -99,7 +99,8 @@ pub fn waiting_router(waiting: tokio::sync::watch::Receiver<String>) -> Router {
 
 /// An error answer in the API's JSON shape for a status [`ApiError`] has no variant for.
 fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message } })).into_response()
+    (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message, holder: None } }))
+        .into_response()
 }
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> Response {
@@ -172,7 +173,7 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: AcquireBody = parse_body(body)?;
-    if b.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+    if matches!(b.timeout_ms, Some(Timeout::Ms(t)) if t > MAX_TIMEOUT_MS) {
         return Err(ApiError::BadRequest(format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
     }
     if b.ttl_ms == Some(0) {
@@ -189,7 +190,8 @@ async fn acquire(
         .acquire(AcquireRequest {
             lock: name,
             algorithm: b.algorithm,
-            timeout: b.timeout_ms.map(Duration::from_millis),
+            // "forever" waits as long as a node lets anyone wait (the node's acquire always has a deadline).
+            timeout: b.timeout_ms,
             ttl: b.ttl_ms.map(Duration::from_millis),
             lease,
         })

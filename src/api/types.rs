@@ -6,162 +6,16 @@
 //! lease, a fencing token sent as a string, informational grant fields left out).
 
 use crate::algo::{Algorithm, LockView};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-/// Names a lease in release and keepalive calls. This node's leases are strings; a server of the same API that
-/// numbers its leases gets its numbers back as numbers.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LeaseId {
-    /// A numeric lease, echoed as a JSON number.
-    Num(u64),
-    /// A string lease (every lease this node hands out).
-    Str(String),
-}
-
-impl fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LeaseId::Num(n) => write!(f, "{n}"),
-            LeaseId::Str(s) => f.write_str(s),
-        }
-    }
-}
-
-impl From<String> for LeaseId {
-    fn from(s: String) -> Self {
-        LeaseId::Str(s)
-    }
-}
-
-impl From<&str> for LeaseId {
-    fn from(s: &str) -> Self {
-        LeaseId::Str(s.to_string())
-    }
-}
-
-/// `POST /v1/locks/{name}/acquire` → 200: the lock is held under `lease` until released or expired.
-///
-/// `name`, `lease` and `fencing_token` are the contract; the other fields are informational (this node always
-/// sends them; a client accepts a grant without them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The lock's name.
-    pub name: String,
-    /// The lease to keep alive and release.
-    pub lease: LeaseId,
-    /// Strictly increasing per lock in grant order: the token a protected resource compares.
-    #[serde(deserialize_with = "number_or_numeric_string")]
-    pub fencing_token: u64,
-    /// The algorithm that granted it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<Algorithm>,
-    /// The node that granted it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<u16>,
-    /// How long the request waited for the grant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waited_ms: Option<u64>,
-    /// The lease's time to live: it expires this long after the grant or the last keepalive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-}
-
-/// A `u64` sent as a JSON number or as a string of digits.
-fn number_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrString {
-        Num(u64),
-        Str(String),
-    }
-    match NumberOrString::deserialize(d)? {
-        NumberOrString::Num(n) => Ok(n),
-        NumberOrString::Str(s) => s.parse().map_err(|_| {
-            serde::de::Error::custom(format_args!("expected a non-negative integer, got {s:?}"))
-        }),
-    }
-}
-
-/// An algorithm by any name [`Algorithm`]'s `FromStr` accepts (`ra`, `po`, any case); `null` is none.
-fn algorithm_by_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Algorithm>, D::Error> {
-    Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
-}
-
-/// The body of `POST /v1/locks/{name}/acquire`; every field falls back to the node's default when absent, and
-/// an empty body means all defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AcquireBody {
-    /// How long to wait for the lock, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// The lease's time to live, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-    /// The algorithm that serves the request.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "algorithm_by_name")]
-    pub algorithm: Option<Algorithm>,
-    /// A lease the client already has: if it holds this lock, the answer is the existing grant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<LeaseId>,
-}
-
-/// The body of `POST /v1/locks/{name}/release`. The lease is optional in the type only so that a body without
-/// one is answered with a 400 that says what is missing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReleaseBody {
-    /// The lease the grant returned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<LeaseId>,
-}
-
-/// `POST /v1/locks/{name}/release` → 200.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ReleaseResponse {
-    /// The lease that held the lock.
-    pub lease: LeaseId,
-    /// The lock released (as in the URL).
-    pub name: String,
-    /// Always `true` (a failed release is an error response).
-    pub released: bool,
-}
-
-/// The body of `POST /v1/leases/{lease}/keepalive`: `{}`. The node reads nothing from it (the lease is in the
-/// path), so any body is accepted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct KeepaliveBody {}
-
-/// `POST /v1/leases/{lease}/keepalive` → 200: the lease runs for `ttl_ms` from now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct KeepaliveResponse {
-    /// The lease kept alive (a client accepts an answer without it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<LeaseId>,
-    /// The lease's renewed time to live (a client keeps the TTL it knew when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-}
-
-/// Every error response: `{"error": {"code", "message"}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The inside of an [`ErrorBody`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `timeout` (see [`crate::api::error::ApiError::code`]).
-    pub code: String,
-    /// Human-readable explanation.
-    pub message: String,
-}
+/// The wire-contract types live in the client crate (one definition each), so that a client depends on them
+/// without the server.
+pub use dmutex_client::{
+    AcquireBody, ErrorBody, ErrorDetail, Grant, KeepaliveBody, KeepaliveResponse, LeaseId, ReleaseBody,
+    ReleaseResponse, Timeout,
+};
 
 /// An acquire as the node loop takes it: the lock from the URL and the body's values as durations.
 #[derive(Clone, Debug)]
@@ -170,8 +24,8 @@ pub struct AcquireRequest {
     pub lock: String,
     /// Algorithm (default: the node's).
     pub algorithm: Option<Algorithm>,
-    /// How long to wait (default: the node's).
-    pub timeout: Option<Duration>,
+    /// How long to wait (default: the node's); [`Timeout::Forever`] waits without a limit.
+    pub timeout: Option<Timeout>,
     /// Lease TTL (default: the node's).
     pub ttl: Option<Duration>,
     /// A lease the client already has: if it holds this lock, the existing grant is the answer.
@@ -399,64 +253,6 @@ mod tests {
     use super::*;
     use crate::api::error::ApiError;
     use serde_json::json;
-
-    #[test]
-    fn a_grant_is_sent_in_the_documented_shape() {
-        let g = Grant {
-            name: "db".into(),
-            lease: "l-1".into(),
-            fencing_token: 196_608,
-            algorithm: Some(Algorithm::RicartAgrawala),
-            node_id: Some(2),
-            waited_ms: Some(5),
-            ttl_ms: Some(1000),
-        };
-        let text = serde_json::to_string(&g).unwrap();
-        assert_eq!(
-            text,
-            r#"{"name":"db","lease":"l-1","fencing_token":196608,"algorithm":"ricart-agrawala","node_id":2,"waited_ms":5,"ttl_ms":1000}"#
-        );
-        assert_eq!(serde_json::from_str::<Grant>(&text).unwrap(), g);
-        let bad =
-            serde_json::from_value::<Grant>(json!({"name": "db", "lease": "l", "fencing_token": "soon"}));
-        assert!(bad.is_err(), "a fencing token must be an integer");
-    }
-
-    #[test]
-    fn acquire_bodies_accept_every_algorithm_name_and_nothing_unknown() {
-        let b: AcquireBody = serde_json::from_value(json!({"algorithm": "RA", "ttl_ms": 10})).unwrap();
-        assert_eq!(
-            b,
-            AcquireBody {
-                ttl_ms: Some(10),
-                algorithm: Some(Algorithm::RicartAgrawala),
-                ..Default::default()
-            }
-        );
-        let b: AcquireBody = serde_json::from_value(json!({"algorithm": null})).unwrap();
-        assert_eq!(b, AcquireBody::default());
-        let e = serde_json::from_value::<AcquireBody>(json!({"algorithm": "paxos"})).unwrap_err();
-        assert!(e.to_string().contains("unknown algorithm \"paxos\""), "{e}");
-        assert!(serde_json::from_value::<AcquireBody>(json!({"timeout_ms": 1, "colour": "red"})).is_err());
-        assert!(serde_json::from_value::<AcquireBody>(json!({"timeout_ms": "soon"})).is_err());
-    }
-
-    #[test]
-    fn release_and_keepalive_shapes() {
-        let b: ReleaseBody = serde_json::from_value(json!({"lease": 42})).unwrap();
-        assert_eq!(b.lease, Some(LeaseId::Num(42)));
-        assert_eq!(serde_json::to_value(&b).unwrap(), json!({"lease": 42}));
-        assert_eq!(serde_json::from_value::<ReleaseBody>(json!({})).unwrap().lease, None);
-        assert!(serde_json::from_value::<ReleaseBody>(json!({"lease": "l", "extra": 1})).is_err());
-        let r = ReleaseResponse { lease: "l".into(), name: "x".into(), released: true };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"lease":"l","name":"x","released":true}"#);
-
-        assert_eq!(serde_json::to_string(&KeepaliveBody {}).unwrap(), "{}");
-        let k = KeepaliveResponse { lease: Some("l".into()), ttl_ms: Some(300) };
-        assert_eq!(serde_json::to_string(&k).unwrap(), r#"{"lease":"l","ttl_ms":300}"#);
-        let k: KeepaliveResponse = serde_json::from_value(json!({"ttl_ms": 300})).unwrap();
-        assert_eq!((k.lease, k.ttl_ms), (None, Some(300)));
-    }
 
     #[test]
     fn errors_are_sent_as_code_and_message() {

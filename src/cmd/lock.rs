@@ -25,7 +25,7 @@ use crate::cmd::DEFAULT_ENDPOINT;
 use clap::Args;
 use dmutex::algo::Algorithm;
 use dmutex::api::client::Client;
-use dmutex::api::types::{AcquireBody, LeaseId};
+use dmutex::api::types::{AcquireBody, LeaseId, Timeout};
 use rustix::process::{Pid, Signal};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -204,10 +204,10 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     let req = AcquireBody {
-        timeout_ms: args.timeout.map(millis),
+        timeout_ms: args.timeout.map(Timeout::from),
         ttl_ms: args.ttl.map(millis),
         algorithm: args.algorithm,
-        lease: None,
+        ..AcquireBody::default()
     };
     let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
     let grant = tokio::select! {

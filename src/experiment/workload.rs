@@ -83,7 +83,7 @@ impl LockService for NodeHandle {
         let req = AcquireRequest {
             lock: lock.to_string(),
             algorithm: Some(algorithm),
-            timeout: Some(timeout),
+            timeout: Some(timeout.into()),
             ttl: None,
             lease: None,
         };

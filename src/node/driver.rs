@@ -280,6 +280,7 @@ impl Node {
     fn housekeeping(&mut self) {
         self.member_housekeeping();
         self.withdraw_unavailable();
+        self.withdraw_abandoned();
         self.expire_calls();
         self.update_readiness();
         self.run_work();

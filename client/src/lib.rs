@@ -1,0 +1,8 @@
+//! The client side of dmutex's HTTP API: the wire-contract types, shared with the server (one definition each).
+
+mod types;
+
+pub use types::{
+    AcquireBody, Algorithm, ErrorBody, ErrorDetail, Grant, KeepaliveBody, KeepaliveResponse, LeaseId,
+    ReleaseBody, ReleaseResponse, Timeout,
+};
