@@ -84,7 +84,13 @@ fn acquire_trace(spans: &[CollectedSpan], lock: &str, node: &str) -> Trace {
 fn check_lamport_trace(t: &Trace) {
     let dump = t.dump();
     let root = t.named("lock.acquire", None).next().unwrap_or_else(|| panic!("no root\n{dump}"));
-    assert_eq!(root.parent_span_id, None, "{dump}");
+    // The HTTP server span of the acquire call is the trace's root (no traceparent came with the call), and
+    // lock.acquire its child.
+    let http = t.parent(root).unwrap_or_else(|| panic!("lock.acquire has no HTTP parent\n{dump}"));
+    assert_eq!(http.name, "POST /v1/locks/{name}/acquire", "{dump}");
+    assert_eq!(http.parent_span_id, None, "{dump}");
+    assert_eq!(http.attr("http.route"), Some("/v1/locks/{name}/acquire"), "{dump}");
+    assert_eq!(http.attr("http.response.status_code"), Some("200"), "{dump}");
     assert_eq!(root.attr("algorithm"), Some("lamport"));
     assert_eq!(root.attr("outcome"), Some("granted"), "{dump}");
     assert!(root.attr("fencing_token").is_some() && root.attr("waited_ms").is_some(), "{dump}");
@@ -181,7 +187,18 @@ fn lamport_acquire_is_one_trace_over_http() {
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
-    hold(&c.api(), 1, "traced", "lamport");
+    // The caller's own trace: the acquire continues it (W3C traceparent), the release goes without.
+    let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let api = c.api();
+    let grant: serde_json::Value = api
+        .client()
+        .post(format!("{}/v1/locks/traced/acquire", api.url(1)))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&json!({"algorithm": "lamport"}))
+        .send()
+        .and_then(|r| r.json())
+        .expect("acquire");
+    assert_eq!(api.release(1, "traced", grant["lease"].as_str().unwrap_or_default()).0, 200, "{grant}");
     let done = |s: &[CollectedSpan]| s.iter().filter(|s| s.attr("msg.type") == Some("RELEASE")).count() >= 4;
     let spans = match rt.block_on(rx.wait_for(done, Duration::from_secs(15))) {
         Ok(s) => s,
@@ -191,6 +208,19 @@ fn lamport_acquire_is_one_trace_over_http() {
     // Node 1 acquired: relabel so the check (written for node 0) applies.
     let t = acquire_trace(&spans, "traced", "1");
     let dump = t.dump();
+    assert_eq!(t.0[0].trace_id, caller_trace, "the acquire continues the caller's trace\n{dump}");
+    let root = t.named("lock.acquire", None).next().unwrap_or_else(|| panic!("no root\n{dump}"));
+    let http = t.parent(root).unwrap_or_else(|| panic!("lock.acquire has no HTTP parent\n{dump}"));
+    assert_eq!(
+        http.parent_span_id.as_deref(),
+        Some(caller_span),
+        "the HTTP span is the caller's child\n{dump}"
+    );
+    assert_eq!(http.attr("http.request.method"), Some("POST"), "{dump}");
+    assert!(
+        t.0.iter().all(|s| s.resource.get("service.version").map(String::as_str) == Some(env!("CARGO_PKG_VERSION"))),
+        "service.version\n{dump}"
+    );
     assert_eq!(t.named("peer.send", Some("REQUEST")).count(), 2, "{dump}");
     assert!(
         t.named("peer.recv", Some("REPLY")).all(|r| r.instance() == Some("1"))

@@ -3,7 +3,9 @@
 
 pub mod client;
 pub(crate) mod error;
+pub(crate) mod observe;
 pub(crate) mod router;
 pub mod types;
 
+pub use observe::ROUTES;
 pub use router::waiting_router;

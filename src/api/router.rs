@@ -74,6 +74,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.node.shared.clone(), super::observe::observe_http))
         .with_state(state)
 }
 
@@ -194,6 +195,7 @@ async fn acquire(
             timeout: b.timeout_ms,
             ttl: b.ttl_ms.map(Duration::from_millis),
             lease,
+            parent: crate::obs::telemetry::context_of(&tracing::Span::current()),
         })
         .await?;
     Ok(Json(grant).into_response())

@@ -31,6 +31,9 @@ pub struct AcquireRequest {
     pub ttl: Option<Duration>,
     /// A lease the client already has: if it holds this lock, the existing grant is the answer.
     pub lease: Option<String>,
+    /// The trace the request belongs to (the HTTP server span, itself a child of the caller's
+    /// `traceparent`): `lock.acquire` becomes its child. `None` when traces are not exported.
+    pub parent: Option<opentelemetry::Context>,
 }
 
 /// One peer as this node sees it.

@@ -73,13 +73,14 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
         json: cfg.log_format == LogFormat::Json,
         node_id: cfg.node_id.get(),
     };
-    // With DNS discovery the node id is only known after discovery, which logs through this subscriber: name
-    // the instance by its host name (the container) instead.
+    // With DNS discovery the node id is only known after discovery, which logs through this subscriber: the
+    // resource then names the host (the container) instead of the node id.
     let otlp = OtlpSettings::from_env(tcfg.node_id).map(|o| {
         o.map(|mut o| {
             if cfg.discovery.is_some() {
+                o.node_id = None;
                 if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok()) {
-                    o.instance_id = host;
+                    o.resource_attributes.push(("host.name".into(), host));
                 }
             }
             o

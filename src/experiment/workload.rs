@@ -86,6 +86,7 @@ impl LockService for NodeHandle {
             timeout: Some(timeout.into()),
             ttl: None,
             lease: None,
+            parent: None,
         };
         NodeHandle::acquire(self, req).await.map_err(|e| e.to_string())
     }

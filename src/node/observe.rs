@@ -67,7 +67,14 @@ pub(crate) struct Status {
 pub(crate) enum Seen<'a> {
     /// A local acquire arrived: the root span of its trace, and ACQUIRE in the flow log. The returned cause
     /// carries the acquire's flow id and its root span.
-    Acquire { algorithm: Algorithm, lock: &'a str, req: RequestId, clock: LamportTs },
+    Acquire {
+        algorithm: Algorithm,
+        lock: &'a str,
+        req: RequestId,
+        clock: LamportTs,
+        /// The caller's trace (the HTTP server span), if any: `lock.acquire` is its child.
+        parent: Option<&'a opentelemetry::Context>,
+    },
     /// An acquire was answered at once, without reaching a core (shutting down, a needed peer down).
     Answered { algorithm: Algorithm, outcome: Outcome },
     /// A peer message arrived. The returned cause is its `peer.recv` span, child of the sender's.
@@ -141,7 +148,7 @@ impl Observer {
     pub(crate) fn seen(&self, what: Seen<'_>) -> Cause {
         let m = &self.shared.metrics;
         match what {
-            Seen::Acquire { algorithm, lock, req, clock } => {
+            Seen::Acquire { algorithm, lock, req, clock, parent } => {
                 // The root of this acquire's trace; without an exporter no span is built at all.
                 let span = if telemetry::exporting() {
                     tracing::info_span!(
@@ -157,6 +164,9 @@ impl Observer {
                 } else {
                     tracing::Span::none()
                 };
+                if let Some(parent) = parent {
+                    telemetry::set_parent_context(&span, parent);
+                }
                 let otel = telemetry::context_of(&span);
                 let acquire = telemetry::trace_id_of(&span).unwrap_or_else(|| {
                     format!("{}-{:x}-{}", self.me.get(), self.incarnation.get() & 0xffff, req.get())

@@ -66,7 +66,9 @@ impl Node {
         self.next_req += 1;
         let deadline = timeout.map(|t| Millis::new(self.now().get().saturating_add(millis(t).get())));
         let clock = self.cores.get(algorithm).clock();
-        let mut cause = self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock });
+        let parent = req.parent.as_ref();
+        let mut cause =
+            self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock, parent });
         let span = cause.span.take().unwrap_or_else(tracing::Span::none);
         self.pending.insert(
             id,

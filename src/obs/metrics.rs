@@ -64,6 +64,35 @@ impl LabelSet for MessageLabels {
     }
 }
 
+/// `route`: one of the API's route patterns ([`crate::api::ROUTES`]) or `other` (an unknown path).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteLabel(pub &'static str);
+
+impl LabelSet for RouteLabel {
+    fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
+        f("route", self.0);
+    }
+}
+
+/// `route`, `method`, `status`: one kind of HTTP answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HttpLabels {
+    /// The route pattern ([`RouteLabel`]).
+    pub route: &'static str,
+    /// `GET`, `POST` or `other`.
+    pub method: &'static str,
+    /// The status code.
+    pub status: u16,
+}
+
+impl LabelSet for HttpLabels {
+    fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
+        f("route", self.route);
+        f("method", self.method);
+        f("status", &self.status.to_string());
+    }
+}
+
 /// How an acquire ended (the `outcome` label).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
@@ -357,6 +386,7 @@ macro_rules! metrics {
             /// Prometheus text exposition format 0.0.4.
             pub(crate) fn render(&self) -> String {
                 let mut out = String::with_capacity(8192);
+                crate::obs::process::render(&mut out);
                 $(
                     let _ = writeln!(out, "# HELP {} {}", $name, $help);
                     let _ = writeln!(out, "# TYPE {} {}", $name, <$ty as Family>::KIND);
@@ -408,6 +438,10 @@ metrics! {
         "Time this node spent as a member without its member lease (no majority reached), in milliseconds.";
     membership_messages: Counter<LinkFrameLabels> = "dmutex_membership_messages_total",
         "Membership messages (heartbeats, acks, view changes, formation, engine handshakes), by type and direction.";
+    http_requests: Counter<HttpLabels> = "dmutex_http_requests_total",
+        "HTTP API requests answered, by route (the pattern, not the path), method and status.";
+    http_duration: Histogram<RouteLabel> = "dmutex_http_request_duration_seconds",
+        "Time from HTTP request to response, by route (an acquire's includes its wait for the lock).";
     client_forwards: Counter<LinkFrameLabels> = "dmutex_client_forwards_total",
         "Client calls served with another node's help (keepalive, release and re-acquire of a lease granted there; lock queries), by type and direction.";
 }

@@ -2,4 +2,5 @@
 
 pub mod flow;
 pub mod metrics;
+pub(crate) mod process;
 pub mod telemetry;

@@ -185,8 +185,12 @@ pub struct OtlpSettings {
     pub protocol: OtlpProtocol,
     /// `service.name`.
     pub service_name: String,
-    /// `service.instance.id` (the node id).
+    /// `service.instance.id`: a random UUID made when the process starts, unique per process as the
+    /// semantic conventions ask (two clusters, or two incarnations of one node, never collide in one backend).
     pub instance_id: String,
+    /// `dmutex.node_id`, when known at start (with DNS discovery it is not: the node is then told apart by
+    /// `host.name`).
+    pub node_id: Option<u16>,
     /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, percent-decoded), in the given order.
     pub resource_attributes: Vec<(String, String)>,
 }
@@ -199,7 +203,8 @@ impl OtlpSettings {
             endpoint: OtlpEndpoint::Url(endpoint.into()),
             protocol,
             service_name: DEFAULT_SERVICE_NAME.into(),
-            instance_id: node_id.to_string(),
+            instance_id: random_instance_id(),
+            node_id: Some(node_id),
             resource_attributes: Vec::new(),
         }
     }
@@ -236,23 +241,38 @@ impl OtlpSettings {
             endpoint,
             protocol,
             service_name,
-            instance_id: node_id.to_string(),
+            instance_id: random_instance_id(),
+            node_id: Some(node_id),
             resource_attributes,
         }))
     }
 
-    /// The resource every span carries: the configured attributes, then `service.name` and
-    /// `service.instance.id` (which win over the same keys in `OTEL_RESOURCE_ATTRIBUTES`).
+    /// The resource every span carries: the configured attributes, then `service.name`, `service.version`,
+    /// `service.instance.id` and `dmutex.node_id` (which win over the same keys in `OTEL_RESOURCE_ATTRIBUTES`).
     pub fn resource(&self) -> Resource {
-        Resource::builder_empty()
+        let builder = Resource::builder_empty()
             .with_detector(Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector))
             .with_attributes(
                 self.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
             )
             .with_service_name(self.service_name.clone())
-            .with_attribute(KeyValue::new("service.instance.id", self.instance_id.clone()))
-            .build()
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .with_attribute(KeyValue::new("service.instance.id", self.instance_id.clone()));
+        match self.node_id {
+            Some(id) => builder.with_attribute(KeyValue::new("dmutex.node_id", i64::from(id))).build(),
+            None => builder.build(),
+        }
     }
+}
+
+/// A random (version 4) UUID from the OS's generator, in its usual text form.
+fn random_instance_id() -> String {
+    use rand::{Rng, TryRngCore};
+    let mut b: [u8; 16] = rand::rngs::OsRng.unwrap_err().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// The exporter compares protocol names case-insensitively; so does this.
@@ -747,7 +767,10 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
         ]);
         assert_eq!(s.service_name, "fromattrs");
-        assert_eq!(s.instance_id, "1");
+        assert_eq!(s.instance_id.len(), 36, "a UUID: {}", s.instance_id);
+        assert_eq!(s.instance_id.as_bytes()[14], b'4', "version 4: {}", s.instance_id);
+        assert_ne!(s.instance_id, settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).instance_id);
+        assert_eq!(s.node_id, Some(1));
         assert_eq!(
             s.resource_attributes,
             vec![
@@ -757,7 +780,10 @@ mod tests {
             ]
         );
         let r = s.resource();
-        assert_eq!(r.get(&"service.instance.id".into()).map(|v| v.to_string()), Some("1".to_string()));
+        assert_eq!(r.get(&"service.instance.id".into()).map(|v| v.to_string()), Some(s.instance_id.clone()));
+        assert_eq!(r.get(&"dmutex.node_id".into()).map(|v| v.to_string()), Some("1".to_string()));
+        let version = r.get(&"service.version".into()).map(|v| v.to_string());
+        assert_eq!(version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
         assert_eq!(r.get(&"service.name".into()).map(|v| v.to_string()), Some("fromattrs".to_string()));
         let s = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),

@@ -63,9 +63,9 @@ impl CollectedSpan {
         self.attributes.get(key).map(String::as_str)
     }
 
-    /// The `service.instance.id` resource attribute (the dmutex node id).
+    /// The `dmutex.node_id` resource attribute (`service.instance.id` is a per-process UUID).
     pub(crate) fn instance(&self) -> Option<&str> {
-        self.resource.get("service.instance.id").map(String::as_str)
+        self.resource.get("dmutex.node_id").map(String::as_str)
     }
 }
 
