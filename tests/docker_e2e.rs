@@ -811,6 +811,12 @@ fn containers_end_to_end() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
     assert!(took < Duration::from_secs(10), "docker stop took {took:?}\n{}", victim_log());
+    // Where the stop's time went (signal, drain, leave, HTTP, trace flush), for the record.
+    let milestones =
+        ["termination signal", "shutting down", "left the view", "did not stop", "trace export", "stopped"];
+    for line in victim_log().lines().filter(|l| milestones.iter().any(|m| l.contains(m))) {
+        eprintln!("docker_e2e: docker stop: {}", line.split_once(' ').map_or(line, |(_, rest)| rest));
+    }
     eprintln!("docker_e2e: docker stop: exit 0 in {took:?}");
     p.down();
     let left = p.leftovers();
