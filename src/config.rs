@@ -386,8 +386,8 @@ pub enum NodeIdSource {
     PeerEntry,
     /// The trailing `-<n>` of the host name's first label (a StatefulSet pod's ordinal).
     HostOrdinal,
-    /// Not known until DNS discovery settles: the node's place among the sorted discovered addresses (the id
-    /// is 0 until then).
+    /// Not known until DNS discovery settles: from the replica's name through reverse DNS, or its place among
+    /// the sorted discovered addresses (the id is 0 until then).
     Discovery,
 }
 
@@ -690,7 +690,7 @@ impl NodeConfig {
             Some(id) => (id, NodeIdSource::Configured),
             None => match node_id_from_host(host_name, &peers) {
                 Some(found) => found,
-                // With discovery the id comes from the node's place in the discovered, sorted membership.
+                // With discovery the id comes from discovery (the replica's name, or its sorted place).
                 None if discovery_set && peers.is_empty() => (0, NodeIdSource::Discovery),
                 None => return Err(ConfigError::NodeIdUnknown { host: host_name.map(str::to_string) }),
             },

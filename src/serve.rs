@@ -21,7 +21,8 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
     let mut http_listener = Some(http_listener);
     if let Some(dmutex::config::Discovery::Dns { name, port }) = cfg.discovery.clone() {
-        // Scaled replicas (docker compose --scale): membership from DNS, ids from the sorted addresses.
+        // Scaled replicas (docker compose --scale): peers from DNS, ids from the replicas' names (or, without
+        // names, from the sorted addresses).
         let spec = dmutex::net::discovery::DnsSpec { name, port };
         tracing::info!(%spec, expected = ?cfg.bootstrap_expect, "discovering peers");
         let listener = http_listener.take().context("the HTTP listener")?;
@@ -33,15 +34,18 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
             }
         };
         http_listener = Some(listener);
-        cfg.node_id = discovered_id(&cfg, found.me, &spec)?;
+        cfg.node_id = discovered_id(&cfg, &found, &spec)?;
         cfg.node_id_source = NodeIdSource::Discovery;
-        cfg.peers = found
-            .peers
-            .iter()
-            .map(|p| p.parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("DMUTEX_DISCOVERY: discovered an unusable address: {e}"))?;
-        tracing::info!(node = found.me, peers = ?found.peers, "discovered the cluster");
+        let unusable = |e| anyhow::anyhow!("DMUTEX_DISCOVERY: discovered an unusable address: {e}");
+        cfg.peers = found.peers.iter().map(|p| p.parse()).collect::<Result<_, _>>().map_err(unusable)?;
+        if found.joins && cfg.advertise_addr.is_none() {
+            // Beyond the forming replicas: join the running view through the seeds, reachable at this address.
+            cfg.advertise_addr = Some(found.advertise.parse().map_err(unusable)?);
+        }
+        tracing::info!(
+            node = found.me, peers = ?found.peers, rule = ?found.rule, joins = found.joins,
+            "discovered the cluster"
+        );
     }
     let http_listener = http_listener.context("the HTTP listener")?;
     let peer_listener = TcpListener::bind(cfg.peer_addr)
@@ -58,22 +62,28 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node id DNS discovery gives this node (its place among the sorted addresses). A configured
-/// `DMUTEX_NODE_ID` is a promise that the id is stable: when discovery places the node elsewhere, that is an
-/// error, not a silent renumbering.
+/// The node id DNS discovery gives this node (from its replica name, or its place among the sorted
+/// addresses). A configured `DMUTEX_NODE_ID` is a promise that the id is stable: when discovery gives another
+/// one, that is an error, not a silent renumbering.
 fn discovered_id(
     cfg: &NodeConfig,
-    place: u16,
+    found: &dmutex::net::discovery::Discovered,
     spec: &dmutex::net::discovery::DnsSpec,
 ) -> anyhow::Result<NodeId> {
-    if cfg.node_id_source == NodeIdSource::Configured && cfg.node_id.get() != place {
+    use dmutex::net::discovery::IdRule;
+    if cfg.node_id_source == NodeIdSource::Configured && cfg.node_id.get() != found.me {
+        let how = match found.rule {
+            IdRule::ReplicaName => "its replica name gives it id",
+            IdRule::SortedPlace => "places this node among the sorted addresses at",
+        };
         anyhow::bail!(
-            "DMUTEX_NODE_ID: {} is configured, but DNS discovery ({spec}) places this node at {place} among the \
-             sorted addresses; with DMUTEX_DISCOVERY the id is that place (unset DMUTEX_NODE_ID)",
-            cfg.node_id.get()
+            "DMUTEX_NODE_ID: {} is configured, but DNS discovery ({spec}) {how} {}; with DMUTEX_DISCOVERY the id \
+             is that one (unset DMUTEX_NODE_ID)",
+            cfg.node_id.get(),
+            found.me
         );
     }
-    Ok(NodeId::new(place))
+    Ok(NodeId::new(found.me))
 }
 
 /// Runs DNS discovery while the HTTP port already answers: `/healthz` 200, `/readyz`, `/v1/cluster` and the
@@ -197,15 +207,22 @@ mod tests {
 
     #[test]
     fn discovery_never_renumbers_a_configured_node_id() {
-        let spec = dmutex::net::discovery::DnsSpec { name: "node".into(), port: 7070 };
+        use dmutex::net::discovery::{Discovered, DnsSpec, IdRule};
+        let spec = DnsSpec { name: "node".into(), port: 7070 };
+        let found = |me, rule| Discovered { me, peers: vec![], advertise: String::new(), rule, joins: false };
         let derived = config(&[("DMUTEX_DISCOVERY", "dns:node:7070")]);
-        assert_eq!(discovered_id(&derived, 2, &spec).unwrap(), NodeId::new(2));
+        assert_eq!(discovered_id(&derived, &found(2, IdRule::SortedPlace), &spec).unwrap(), NodeId::new(2));
         let configured = config(&[("DMUTEX_DISCOVERY", "dns:node:7070"), ("DMUTEX_NODE_ID", "1")]);
-        assert_eq!(discovered_id(&configured, 1, &spec).unwrap(), NodeId::new(1));
-        let e = discovered_id(&configured, 2, &spec).unwrap_err().to_string();
+        assert_eq!(
+            discovered_id(&configured, &found(1, IdRule::ReplicaName), &spec).unwrap(),
+            NodeId::new(1)
+        );
+        let e = discovered_id(&configured, &found(2, IdRule::SortedPlace), &spec).unwrap_err().to_string();
         assert!(
             e.starts_with("DMUTEX_NODE_ID: 1 is configured, but DNS discovery (dns:node:7070) places"),
             "{e}"
         );
+        let e = discovered_id(&configured, &found(2, IdRule::ReplicaName), &spec).unwrap_err().to_string();
+        assert!(e.contains("its replica name gives it id 2"), "{e}");
     }
 }

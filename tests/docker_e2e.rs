@@ -15,7 +15,8 @@
 //!
 //! What is checked, in order (each step prints its duration):
 //! 1. the image builds offline (`scripts/build-image.sh`, skipped with `DMUTEX_E2E_SKIP_BUILD=1`), is at most
-//!    20 MB; five replicas start and all become healthy (the image's own HEALTHCHECK) and ready (`/readyz`);
+//!    20 MB; five replicas start and all become healthy (the image's own HEALTHCHECK) and ready (`/readyz`),
+//!    each with the node id its name gives (`…_node_1` is node 0) and one view of all five;
 //! 2. concurrent clients acquire/release through every replica's HTTP API with every algorithm: holding
 //!    intervals never overlap per lock and fencing tokens increase; the built-in workload (all replicas, counter
 //!    on the shared volume) passes [`dmutex::experiment::verdict::analyze`]: no overlap, no lost update, tokens increasing;
@@ -27,7 +28,13 @@
 //! 5. `docker network disconnect` one replica: the majority side grants every algorithm, the isolated replica
 //!    nothing once its member lease ran out; clients on both sides (the isolated side through `docker exec`)
 //!    never hold the same lock at once; after reconnecting, it rejoins and every replica serves again;
-//! 6. `docker stop` exits 0 within the grace period; `docker-compose down -v` leaves no container, volume or
+//! 6. live scaling with no restart: `docker-compose up -d --no-recreate --scale node=7` adds two replicas that
+//!    take their ids from their names (`…_node_6` is node 5) and join the running view (every replica shows
+//!    the same view of 7, every algorithm grants on the new ones); `--scale node=3` then stops the four
+//!    highest-numbered replicas (graceful leaves) and the three left agree on a view of 3 and grant every
+//!    algorithm. Clients on those three hold locks throughout: nothing refused, no lease lost, no overlap;
+//!    no replica that ran before was restarted (`StartedAt`, `RestartCount`);
+//! 7. `docker stop` exits 0 within the grace period; `docker-compose down -v` leaves no container, volume or
 //!    network of the project.
 
 mod common;
@@ -130,9 +137,52 @@ impl Project {
     }
 
     fn api(&self) -> Api {
-        Api::new(
-            (0..REPLICAS).map(|i| format!("http://{}", Self::published(&self.container(i), 8080))).collect(),
-        )
+        self.api_of(REPLICAS)
+    }
+
+    /// The API of the first `n` replicas.
+    fn api_of(&self, n: usize) -> Api {
+        Api::new((0..n).map(|i| format!("http://{}", Self::published(&self.container(i), 8080))).collect())
+    }
+
+    /// `StartedAt` and `RestartCount` of replica i: the same later means the container was not restarted.
+    fn start_record(&self, i: usize) -> String {
+        ok(&mut docker(&["inspect", "-f", "{{.State.StartedAt}} {{.RestartCount}}", &self.container(i)]))
+    }
+
+    /// Waits until each of the first `n` replicas reports node id = its compose number − 1 (the id from its
+    /// name) and the same view: `n` members, ids `0..n`, one epoch. Returns the epoch.
+    fn wait_view(&self, api: &Api, n: usize, limit: Duration) -> u64 {
+        let mut seen = Vec::new();
+        let agreed = poll(limit, || {
+            seen = (0..n).map(|i| api.get(i, "/v1/cluster")).collect();
+            let ids: Vec<u64> = (0..n as u64).collect();
+            let epochs: Vec<Option<u64>> = seen
+                .iter()
+                .enumerate()
+                .map(|(i, (status, c))| {
+                    let members: Vec<u64> = c["view"]["members"]
+                        .as_array()
+                        .map(|m| m.iter().filter_map(|m| m["node_id"].as_u64()).collect())
+                        .unwrap_or_default();
+                    (*status == 200 && c["node_id"].as_u64() == Some(i as u64) && members == ids)
+                        .then(|| c["view"]["epoch"].as_u64())
+                        .flatten()
+                })
+                .collect();
+            epochs[0].is_some() && epochs.iter().all(|e| *e == epochs[0])
+        });
+        let views: Vec<String> = seen
+            .iter()
+            .map(|(s, c)| {
+                format!(
+                    "{s} node {} epoch {} members {}",
+                    c["node_id"], c["view"]["epoch"], c["view"]["members"]
+                )
+            })
+            .collect();
+        assert!(agreed, "the {n} replicas do not agree on a view of {n}: {views:#?}\n{}", self.logs());
+        seen[0].1["view"]["epoch"].as_u64().unwrap_or_default()
     }
 
     fn ip(&self, i: usize) -> String {
@@ -156,16 +206,26 @@ impl Project {
 
     /// Waits until every replica is healthy (HEALTHCHECK) and answers `/readyz` 200.
     fn wait_ready(&self, limit: Duration) -> Api {
-        let all_healthy = poll(limit, || (0..REPLICAS).all(|i| self.health(i) == "healthy"));
-        assert!(all_healthy, "not all replicas healthy: {:?}\n{}", self.healths(), self.logs());
-        let api = self.api();
-        let ready = poll(limit, || (0..REPLICAS).all(|i| api.get(i, "/readyz").0 == 200));
+        self.wait_ready_of(REPLICAS, limit)
+    }
+
+    /// [`Project::wait_ready`] for the first `n` replicas.
+    fn wait_ready_of(&self, n: usize, limit: Duration) -> Api {
+        let all_healthy = poll(limit, || (0..n).all(|i| self.health(i) == "healthy"));
+        assert!(all_healthy, "not all replicas healthy: {:?}\n{}", self.healths(n), self.logs());
+        let api = self.api_of(n);
+        let ready = poll(limit, || (0..n).all(|i| api.get(i, "/readyz").0 == 200));
         assert!(ready, "not all replicas ready\n{}", self.logs());
         api
     }
 
-    fn healths(&self) -> Vec<String> {
-        (0..REPLICAS).map(|i| self.health(i)).collect()
+    fn healths(&self, n: usize) -> Vec<String> {
+        (0..n).map(|i| self.health(i)).collect()
+    }
+
+    /// `docker-compose up -d --no-recreate --scale node=n`: adds or removes replicas, leaves the others be.
+    fn scale(&self, n: usize) {
+        ok(&mut self.compose(&["up", "-d", "--no-recreate", "--scale", &format!("node={n}")]));
     }
 
     fn down(&self) {
@@ -563,6 +623,131 @@ fn partition(p: &Project, api: &Api) {
     clients_every_algorithm(&api, "after-partition-concurrent");
 }
 
+/// The replica counts of the live-scale step: from the running 5, up to 7, then down to 3.
+const SCALED_UP: usize = 7;
+const SCALED_DOWN: usize = 3;
+
+/// Step 6: live scaling, `--scale node=7` then `--scale node=3` on the running cluster (`--no-recreate`).
+///
+/// The new replicas take their ids from their names (`…_node_6` is node 5) and join the running view; the
+/// scale-down stops the four highest-numbered replicas (SIGTERM: graceful leaves). Throughout, clients on the
+/// three replicas that stay hold every algorithm's locks: every acquire is granted (it may wait for a view
+/// change, none is refused), every release is accepted (no lease lost), no two holds overlap and tokens
+/// increase. No replica that was running before is restarted.
+fn live_scale(p: &Project) -> Api {
+    let before: Vec<String> = (0..REPLICAS).map(|i| p.start_record(i)).collect();
+    let clients_api = p.api_of(SCALED_DOWN);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let intervals = Mutex::new(Vec::<Interval>::new());
+    let api = std::thread::scope(|s| {
+        let mut clients = Vec::new();
+        for algorithm in ALGORITHMS {
+            for node in 0..SCALED_DOWN {
+                let (api, stop, intervals) = (&clients_api, &stop, &intervals);
+                clients.push(s.spawn(move || {
+                    let mut attempts = Vec::new();
+                    let mut k = node;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        k += 1;
+                        let lock = ["scale-a", "scale-b"][k % 2];
+                        attempts.push(hold_once(
+                            api,
+                            node,
+                            lock,
+                            algorithm,
+                            20_000,
+                            Duration::from_millis(20),
+                            intervals,
+                        ));
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    attempts
+                }));
+            }
+        }
+        // Whatever happens below, the clients stop (a failed assertion must not leave them running).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+
+        // Up: 5 -> 7.
+        let t = Instant::now();
+        p.scale(SCALED_UP);
+        let api = p.wait_ready_of(SCALED_UP, Duration::from_secs(90));
+        let epoch = p.wait_view(&api, SCALED_UP, Duration::from_secs(60));
+        eprintln!(
+            "docker_e2e: scale 5 -> 7: view {epoch} of 7 on every replica after {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        for (i, was) in before.iter().enumerate() {
+            assert_eq!(&p.start_record(i), was, "replica {i} restarted while scaling up");
+        }
+        for i in REPLICAS..SCALED_UP {
+            for algorithm in ALGORITHMS {
+                api.lock_once(i, "scaled-up", algorithm);
+            }
+        }
+
+        // Down: 7 -> 3.
+        let t = Instant::now();
+        p.scale(SCALED_DOWN);
+        let api = p.api_of(SCALED_DOWN);
+        let epoch = p.wait_view(&api, SCALED_DOWN, Duration::from_secs(60));
+        eprintln!(
+            "docker_e2e: scale 7 -> 3: view {epoch} of 3 on every replica after {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        for (i, was) in before.iter().enumerate().take(SCALED_DOWN) {
+            assert_eq!(&p.start_record(i), was, "replica {i} restarted while scaling down");
+        }
+        let label = format!("label=com.docker.compose.project={}", p.name);
+        let names = ok(&mut docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &label,
+            "--filter",
+            "label=com.docker.compose.service=node",
+            "--format",
+            "{{.Names}}",
+        ]));
+        let mut names: Vec<&str> = names.lines().collect();
+        names.sort_unstable();
+        let kept: Vec<String> = (0..SCALED_DOWN).map(|i| p.container(i)).collect();
+        assert_eq!(names, kept, "the scale-down must remove the highest-numbered replicas");
+        for i in 0..SCALED_DOWN {
+            for algorithm in ALGORITHMS {
+                api.lock_once(i, "scaled-down", algorithm);
+            }
+        }
+        // A little more traffic in the view of 3 before the clients stop.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let attempts: Vec<_> = clients.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
+        let refused: Vec<_> = attempts.iter().filter(|a| a.status != 200).collect();
+        assert!(
+            refused.is_empty(),
+            "acquires on the staying replicas failed while scaling: {refused:?}\n{}",
+            p.logs()
+        );
+        eprintln!("docker_e2e: scale: {} holds on the staying replicas, none refused", attempts.len());
+        api
+    });
+    let iv = intervals.into_inner().expect("intervals");
+    for algorithm in ALGORITHMS {
+        assert!(
+            iv.iter().any(|i| i.lock.starts_with(&format!("{algorithm}/"))),
+            "no {algorithm} hold while scaling"
+        );
+    }
+    check_intervals(iv).unwrap_or_else(|e| panic!("while scaling: {e}"));
+    api
+}
+
 #[test]
 #[ignore = "needs a Docker engine and docker-compose; run by .ci/run"]
 fn containers_end_to_end() {
@@ -586,7 +771,8 @@ fn containers_end_to_end() {
     let t = Instant::now();
     let p = up();
     let api = p.wait_ready(Duration::from_secs(90));
-    step("5 replicas up, healthy and ready", t);
+    let epoch = p.wait_view(&api, REPLICAS, Duration::from_secs(30));
+    step(&format!("5 replicas up, healthy and ready, ids from their names, view {epoch}"), t);
 
     // 2. API through every replica, every algorithm; the built-in workload.
     let t = Instant::now();
@@ -611,14 +797,29 @@ fn containers_end_to_end() {
     partition(&p, &api);
     step("partition and heal", t);
 
-    // 6. SIGTERM and teardown.
+    // 6. Live scaling.
+    let t = Instant::now();
+    live_scale(&p);
+    step("live scale 5 -> 7 -> 3", t);
+
+    // 7. SIGTERM and teardown.
     let t = Instant::now();
     let victim = p.container(2);
     ok(&mut docker(&["stop", "--time", "15", &victim]));
     let took = t.elapsed();
     let code = ok(&mut docker(&["inspect", "-f", "{{.State.ExitCode}}", &victim]));
     assert_eq!(code, "0", "docker stop: exit code {code}\n{}", p.logs());
-    assert!(took < Duration::from_secs(10), "docker stop took {took:?}");
+    let victim_log = || {
+        let out = run(&mut docker(&["logs", "-t", "--tail", "60", &victim]));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    assert!(took < Duration::from_secs(10), "docker stop took {took:?}\n{}", victim_log());
+    // Where the stop's time went (signal, drain, leave, HTTP, trace flush), for the record.
+    let milestones =
+        ["termination signal", "shutting down", "left the view", "did not stop", "trace export", "stopped"];
+    for line in victim_log().lines().filter(|l| milestones.iter().any(|m| l.contains(m))) {
+        eprintln!("docker_e2e: docker stop: {}", line.split_once(' ').map_or(line, |(_, rest)| rest));
+    }
     eprintln!("docker_e2e: docker stop: exit 0 in {took:?}");
     p.down();
     let left = p.leftovers();

@@ -7,7 +7,7 @@
 //! Runs in seconds; every wait is bounded, so a broken loop fails instead of hanging.
 
 use dmutex::algo::{Algorithm, Incarnation};
-use dmutex::config::{ConfigSources, NodeConfig};
+use dmutex::config::{ConfigSources, NodeConfig, NodeIdSource};
 use dmutex::node::RunConfig;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -36,6 +36,8 @@ struct Cluster {
     peers: Vec<SocketAddr>,
     nodes: Vec<TestNode>,
     client: reqwest::blocking::Client,
+    /// Whether the nodes run as if DNS discovery had given their peer lists (compose `--scale`).
+    from_dns: bool,
 }
 
 fn bind() -> TcpListener {
@@ -55,7 +57,8 @@ impl Cluster {
         let listeners: Vec<TcpListener> = (0..n).map(|_| bind()).collect();
         let peers = listeners.iter().map(|l| l.local_addr().expect("local addr")).collect();
         let client = reqwest::blocking::Client::builder().timeout(PATIENCE).build().expect("http client");
-        let mut c = Cluster { name: name.to_string(), extra, peers, nodes: Vec::new(), client };
+        let mut c =
+            Cluster { name: name.to_string(), extra, peers, nodes: Vec::new(), client, from_dns: false };
         for (i, peer_listener) in listeners.into_iter().enumerate() {
             let node = c.launch(i, peer_listener, Incarnation::new(1));
             c.nodes.push(node);
@@ -76,7 +79,13 @@ impl Cluster {
         .chain(self.extra.get(&i).into_iter().flatten().cloned())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        NodeConfig::load(&ConfigSources { overrides, ..ConfigSources::default() }).expect("node config")
+        let mut cfg =
+            NodeConfig::load(&ConfigSources { overrides, ..ConfigSources::default() }).expect("node config");
+        if self.from_dns {
+            // What `dmutex node` sets once DNS discovery gave the peer list.
+            cfg.node_id_source = NodeIdSource::Discovery;
+        }
+        cfg
     }
 
     /// Starts node `i` on its own runtime with the given peer listener and a fresh HTTP port.
@@ -692,4 +701,44 @@ fn a_forever_waiter_is_granted_and_an_abandoned_one_leaves_the_queue() {
     assert!(token(&g) > token(&held));
     let (status, body) = c.post(2, "/v1/locks/f/acquire", json!({ "timeout_ms": "soon" }));
     assert_eq!(status, 400, "{body}");
+}
+
+/// A compose replica recreated by a later `--scale` may come back at another address with the same id (its
+/// name). When the peer lists came from DNS discovery, the members dial it where it says it is (its formation
+/// query and join carry its address), so it is admitted and serves; with a configured list they would keep
+/// dialling the old address, and it would never be admitted (the wait for it to be ready would fail).
+#[test]
+fn a_member_back_at_another_address_is_dialled_there_when_the_peers_came_from_dns() {
+    let mut c = Cluster::launch_all("inproc-readdress", 3, BTreeMap::new());
+    c.from_dns = true;
+    // Relaunch all three as discovery-configured nodes (the first launch only reserved the addresses).
+    for i in 0..3 {
+        c.crash(i);
+        let listener = TcpListener::bind(c.peers[i]).expect("rebind the peer port");
+        c.nodes[i] = c.launch(i, listener, Incarnation::new(2));
+    }
+    c.wait_ready();
+    let old = c.peers[2];
+    c.crash(2);
+    let deadline = Instant::now() + PATIENCE;
+    while c.view(0) != [0, 1] {
+        assert!(Instant::now() < deadline, "node 2 was not excluded: {:?}", c.view(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Back as a new incarnation at a new address; its own (DNS) list has that address.
+    let listener = bind();
+    c.peers[2] = listener.local_addr().expect("local addr");
+    assert_ne!(c.peers[2], old);
+    c.nodes[2] = c.launch(2, listener, Incarnation::new(3));
+    c.wait_ready();
+    let cluster = c.get(0, "/v1/cluster");
+    let member = cluster["view"]["members"].as_array().and_then(|m| m.iter().find(|m| m["node_id"] == 2));
+    assert_eq!(member.map(|m| m["addr"].clone()), Some(json!(c.peers[2].to_string())), "{cluster}");
+    for algorithm in Algorithm::ALL {
+        for i in [0, 2] {
+            let lock = format!("readdress-{algorithm}");
+            let g = c.grant(i, &lock, json!({ "algorithm": algorithm, "timeout_ms": 5000 }));
+            assert_eq!(c.release(i, &lock, &g["lease"]), 200);
+        }
+    }
 }

@@ -2,41 +2,51 @@
 //!
 //! For `docker compose up --scale node=N`: every replica of a compose service answers to the service name in the
 //! engine's embedded DNS, so resolving `node` yields one address per running replica. Discovery turns that into
-//! the static membership the algorithms need:
+//! the peer list the node starts with:
 //!
-//! 1. Resolve `<name>` repeatedly (every [`DiscoveryOptions::interval`]) until the answer is *settled*: the same
-//!    address set [`DiscoveryOptions::stable_polls`] times in a row and, when `expected` is given
-//!    (`DMUTEX_CLUSTER_SIZE`), exactly `expected` addresses. Progress is logged whenever the count changes.
-//! 2. Sort the addresses. If the answer has any IPv4 address, only IPv4 addresses are kept (a dual-stack replica
-//!    must not count twice). The node id of a replica is its index in that order, so every node computes the same
-//!    ids from the same answer without talking to the others: id `i` ↔ `peers[i]`.
-//! 3. Find this node's own id: the one address in the list that belongs to this host. The host's addresses come
-//!    from [`Resolver::local_addrs`] (the system resolver uses the addresses of its own host name and the source
-//!    address the kernel picks towards each candidate, which needs no DNS at all).
+//! 1. Resolve `<name>` repeatedly (every [`DiscoveryOptions::interval`]) until the address set is *stable*: the
+//!    same set [`DiscoveryOptions::stable_polls`] times in a row. Progress is logged whenever the count changes.
+//!    If the answer has any IPv4 address, only IPv4 addresses are kept (a dual-stack replica must not count
+//!    twice).
+//! 2. Find this node's own address: the one in the answer that belongs to this host ([`Resolver::local_addrs`]:
+//!    the addresses of its own host name and the source address the kernel picks towards each candidate, which
+//!    needs no DNS at all).
+//! 3. **Ids from replica names** ([`IdRule::ReplicaName`]), when the own address has one. Compose names the
+//!    replicas `<project>_<service>_<N>` (v1) or `<project>-<service>-<N>` (v2), N = 1, 2, …, and the embedded
+//!    DNS answers a reverse (PTR) query for a replica's address with that name
+//!    (`dmutex_node_3.dmutex_default`, [`super::reverse_dns`]); the node id is `N − 1` ([`replica_index`]).
+//!    The host name is the fallback for the own name (compose sets it to the container id, so it rarely
+//!    helps). Every other address is looked up the same way: an id is a property of the replica, not of
+//!    which others happen to run, so it survives any `--scale` and every node computes the same ids. Then,
+//!    with `E` = `expected` (`DMUTEX_BOOTSTRAP_EXPECT`; without it, the number of replicas resolved):
+//!    - a replica with id `< E` forms the cluster: it waits until the replicas with ids `0..E` all resolve and
+//!      starts with them as its peers (id `i` ↔ `peers[i]`). The formation step in the node then forms view 1
+//!      with them, or joins the view that already exists (a replica that restarted, or one that a later
+//!      `--scale` brought back after a scale-down);
+//!    - a replica with id `≥ E` (added by a later `--scale node=M`) **joins the running view**, like a
+//!      Kubernetes pod beyond the seeds: its peers are the seeds (the replicas with ids `0, 1, …` up to the first
+//!      one missing, at most `E`), and it advertises its own address ([`Discovered::joins`]). The members admit
+//!      it with a view change; no running replica restarts.
 //!
-//! Assumptions: replicas have one address each on the shared network and keep it while they run (a restarted
-//! container normally gets its address back on a user-defined network, but this is not guaranteed; a replica
-//! whose address changed is a different member and needs a cluster restart, below); all replicas start within
-//! the timeout of each other.
+//!    A scale-down (`--scale node=M` with M smaller) stops the highest-numbered replicas with SIGTERM: each
+//!    leaves gracefully and the others install the view without it.
+//! 4. **Ids by sorted place** ([`IdRule::SortedPlace`], the behaviour before replica names), when the own
+//!    address has no compose name (reverse DNS answers another name or none, or does not answer at all
+//!    [`DiscoveryOptions::stable_polls`] times): wait for exactly `expected` addresses and give node id `i` to
+//!    the `i`-th sorted address. The size is then set at start: a replica added later sees more addresses than
+//!    `expected`, never settles and exits with [`DiscoveryError::Timeout`]; changing the size is a restart of
+//!    the whole cluster (stop every node first, then start them all with the new size).
 //!
-//! Without `expected` the only criterion is a stable answer, which races against replicas that start late: two
-//! nodes could settle on different sets. Always set `DMUTEX_CLUSTER_SIZE` in production; it is what makes every
-//! node wait for the same, complete set.
+//! Assumptions: replicas have one address each on the shared network while they run; compose's names are not
+//! renamed by hand; without `expected`, all forming replicas start within one stable answer of each other (two
+//! nodes could otherwise settle on different sets: always set `DMUTEX_BOOTSTRAP_EXPECT`). A replica whose
+//! address changes on restart keeps its id (its name); the others learn the new address from its join.
 //!
-//! **Scaling later.** The size is set when the nodes start: a running node never re-runs discovery, ids are
-//! places among the sorted addresses (a new address would shift them), and a replica added by a later
-//! `--scale node=M` sees more addresses than `DMUTEX_CLUSTER_SIZE`, never settles and exits with
-//! [`DiscoveryError::Timeout`]. (A replica of the same set that restarts runs discovery again, finds its id and
-//! joins the running view; a removed one leaves it.) A scale change is a restart of the whole cluster with the new
-//! size: stop every node first, then start them all,
-//! `docker compose stop node && DMUTEX_CLUSTER_SIZE=M docker compose up -d --scale node=M --force-recreate`.
-//! Stopping first matters: a new node that starts while old ones still run could settle on a mixed set. Locks
-//! held at that moment are lost (clients see their leases end).
-//!
-//! This module never decides anything from a partial answer: it returns a membership only once the answer has
-//! settled, and fails with [`DiscoveryError::Timeout`] (saying what it last saw) rather than guessing.
+//! This module never decides anything from a partial answer: it returns a membership only once the answer is
+//! stable and every address in it has an id, and fails with [`DiscoveryError::Timeout`] (saying what it last
+//! saw) rather than guessing. A malformed DNS answer is a lookup failure, never a panic.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -92,13 +102,30 @@ impl fmt::Display for DnsSpec {
     }
 }
 
+/// How discovery gave out node ids (see the module doc).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IdRule {
+    /// From each replica's compose name through reverse DNS (`<project>_<service>_<N>` → `N − 1`): stable
+    /// across `--scale`.
+    ReplicaName,
+    /// The place among the sorted addresses: no replica names, so the size is fixed at start.
+    SortedPlace,
+}
+
 /// The membership discovery settled on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Discovered {
-    /// This node's id: its index in `peers`.
+    /// This node's id.
     pub me: u16,
-    /// Every replica's peer address, `ip:port`, in node-id order (this node included, at index `me`).
+    /// Peer addresses, `ip:port`, index = node id: the forming replicas `0..E` (this node included) or, for a
+    /// joiner, its seeds (ids `0..k`, this node beyond them).
     pub peers: Vec<String>,
+    /// This node's own peer address, `ip:port` (what a joiner advertises).
+    pub advertise: String,
+    /// How the ids were given.
+    pub rule: IdRule,
+    /// Whether this node joins a running cluster (its id is beyond the forming set): `peers` are its seeds.
+    pub joins: bool,
 }
 
 /// Why discovery failed.
@@ -137,11 +164,22 @@ pub trait Resolver {
     /// This host's addresses; `candidates` are the replicas' addresses, which lets an implementation ask the
     /// kernel which source address it would use towards them.
     fn local_addrs(&self, candidates: &[IpAddr]) -> impl Future<Output = Vec<IpAddr>> + Send;
+
+    /// The name reverse DNS gives `ip`: `Ok(None)` when the server says it has none, `Err` when no usable
+    /// answer came.
+    fn name_of(&self, ip: IpAddr) -> impl Future<Output = io::Result<Option<String>>> + Send;
+
+    /// This host's name, if known.
+    fn host_name(&self) -> Option<String>;
 }
 
-/// The real resolver: the system's `getaddrinfo` (through tokio) and the kernel's routing table.
+/// The real resolver: the system's `getaddrinfo` (through tokio), the kernel's routing table, and PTR queries
+/// to the name server of `/etc/resolv.conf` ([`super::reverse_dns`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemResolver;
+
+/// How long one reverse lookup may take (two tries): the embedded DNS answers in well under a millisecond.
+const REVERSE_TIMEOUT: Duration = Duration::from_millis(400);
 
 impl Resolver for SystemResolver {
     async fn resolve(&self, name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -151,7 +189,7 @@ impl Resolver for SystemResolver {
     async fn local_addrs(&self, candidates: &[IpAddr]) -> Vec<IpAddr> {
         let mut local = BTreeSet::new();
         // The own host name resolves to the container's address (Docker writes it into /etc/hosts).
-        if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok())
+        if let Some(host) = self.host_name()
             && let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await
         {
             local.extend(addrs.map(|a| a.ip()));
@@ -170,6 +208,42 @@ impl Resolver for SystemResolver {
         }
         local.into_iter().collect()
     }
+
+    async fn name_of(&self, ip: IpAddr) -> io::Result<Option<String>> {
+        Ok(match super::reverse_dns::lookup(ip, REVERSE_TIMEOUT).await? {
+            super::reverse_dns::PtrAnswer::Name(name) => Some(name),
+            super::reverse_dns::PtrAnswer::NoName => None,
+        })
+    }
+
+    fn host_name(&self) -> Option<String> {
+        hostname::get().ok().and_then(|h| h.into_string().ok())
+    }
+}
+
+/// The compose replica number in `name`, as a node id: `<project>_<service>_<N>` (compose v1) or
+/// `<project>-<service>-<N>` (v2) in the first DNS label, N ≥ 1, gives `N − 1`. `service` is the discovery
+/// name (its first label). Anything else (another service, no project, N = 0 or with a leading zero, an id
+/// beyond `u16`) is `None`: a Kubernetes pod name (`dmutex-2`, no project) never matches, since its ordinal
+/// would mean another id.
+pub fn replica_index(name: &str, service: &str) -> Option<u16> {
+    let label = name.split('.').next()?.to_ascii_lowercase();
+    let service = service.split('.').next()?.to_ascii_lowercase();
+    if service.is_empty() {
+        return None;
+    }
+    ['_', '-'].into_iter().find_map(|sep| {
+        let (head, number) = label.rsplit_once(sep)?;
+        if number.is_empty() || number.starts_with('0') || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let project = head.strip_suffix(service.as_str())?.strip_suffix(sep)?;
+        if project.is_empty() {
+            return None;
+        }
+        let n: u32 = number.parse().ok()?;
+        u16::try_from(n - 1).ok()
+    })
 }
 
 /// Tuning of the resolve loop.
@@ -177,7 +251,8 @@ impl Resolver for SystemResolver {
 pub struct DiscoveryOptions {
     /// Pause between two lookups.
     pub interval: Duration,
-    /// How many identical answers in a row count as settled (at least 1).
+    /// How many identical answers in a row count as settled (at least 1); also how many reverse lookups of the
+    /// own address may fail before ids fall back to the sorted place.
     pub stable_polls: u32,
 }
 
@@ -189,8 +264,8 @@ impl Default for DiscoveryOptions {
 
 /// Discovers the cluster through the system resolver with default options.
 ///
-/// Resolves `spec.name` until the answer settles (and has `expected` addresses when given), then returns the
-/// sorted membership and this node's id. Fails after `timeout`. See the module doc for the rules.
+/// Resolves `spec.name` until the answer settles, then returns the peers and this node's id. Fails after
+/// `timeout`. See the module doc for the rules.
 pub async fn discover(
     spec: &DnsSpec,
     expected: Option<usize>,
@@ -208,6 +283,20 @@ pub async fn discover_with<R: Resolver>(
     options: DiscoveryOptions,
 ) -> Result<Discovered, DiscoveryError> {
     discover_reporting(resolver, spec, expected, timeout, options, |_| {}).await
+}
+
+/// This node's own id, once known: the rule and, with replica names, the id.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Own {
+    /// Not known yet (reverse DNS did not answer yet).
+    Unknown {
+        /// Reverse lookups of the own address that failed so far.
+        failures: u32,
+    },
+    /// From the replica name.
+    Named(u16),
+    /// No replica name: ids by sorted place.
+    Sorted,
 }
 
 /// [`discover_with`], telling `progress` after every lookup what it is waiting for, in words
@@ -231,6 +320,7 @@ pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
     let mut previous: Option<Vec<IpAddr>> = None;
     let mut streak = 0u32;
     let mut logged_count: Option<usize> = None;
+    let mut own = Own::Unknown { failures: 0 };
     let mut last: String;
     loop {
         match resolver.resolve(&spec.name, spec.port).await {
@@ -252,20 +342,14 @@ pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
                 }
                 if logged_count != Some(ips.len()) {
                     logged_count = Some(ips.len());
-                    match expected {
-                        Some(n) if ips.len() != n => tracing::info!(
-                            name = %spec.name, seen = ips.len(), expected = n,
-                            "discovery: waiting for {n} replicas, {} resolved", ips.len()
-                        ),
-                        _ => {
-                            tracing::info!(name = %spec.name, seen = ips.len(), "discovery: {} replicas resolved", ips.len())
-                        }
-                    }
+                    tracing::info!(name = %spec.name, seen = ips.len(), expected = ?expected, "discovery: {} replicas resolved", ips.len());
                 }
+                // With sorted places (or before the rule is known) the size must match.
+                let size_ok =
+                    |own: Own| matches!(own, Own::Named(_)) || expected.is_none_or(|n| ips.len() == n);
                 last = describe(&ips, expected);
-                let size_ok = expected.is_none_or(|n| ips.len() == n);
                 progress(&match expected {
-                    Some(n) if !size_ok => {
+                    Some(n) if !size_ok(own) => {
                         format!("waiting for {n} replicas, {} resolved: {}", ips.len(), ip_list(&ips))
                     }
                     _ => format!(
@@ -274,23 +358,22 @@ pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
                         ip_list(&ips)
                     ),
                 });
-                if size_ok && streak >= want && !ips.is_empty() {
-                    let local = resolver.local_addrs(&ips).await;
-                    match ips.iter().position(|ip| local.contains(ip)).and_then(|i| u16::try_from(i).ok()) {
-                        Some(me) => {
-                            let peers: Vec<String> =
-                                ips.iter().map(|&ip| SocketAddr::new(ip, spec.port).to_string()).collect();
-                            tracing::info!(name = %spec.name, me, peers = ?peers, "discovery: membership settled");
-                            return Ok(Discovered { me, peers });
-                        }
-                        None => {
-                            // Our own replica is not in the answer (yet): not a membership we can join.
-                            last = format!(
-                                "{last}; none of this host's addresses ({}) is among them",
-                                ip_list(&local)
+                if streak >= want && !ips.is_empty() && (size_ok(own) || own != Own::Sorted) {
+                    match settle(resolver, spec, expected, &ips, &mut own, want).await {
+                        Ok(found) => {
+                            tracing::info!(
+                                name = %spec.name, me = found.me, peers = ?found.peers, rule = ?found.rule,
+                                joins = found.joins, "discovery: membership settled"
                             );
-                            progress(&last);
-                            tracing::info!(name = %spec.name, local = ?local, "discovery: own address not resolved yet");
+                            return Ok(found);
+                        }
+                        Err(waiting) => {
+                            last = waiting;
+                            // Sorted places and the wrong count: "waiting for N replicas" above says it.
+                            if size_ok(own) {
+                                progress(&last);
+                            }
+                            tracing::debug!(name = %spec.name, "discovery: {last}");
                         }
                     }
                 }
@@ -302,6 +385,123 @@ pub async fn discover_reporting<R: Resolver, P: Fn(&str) + Sync>(
         }
         tokio::time::sleep(options.interval.min(deadline - now)).await;
     }
+}
+
+/// Tries to settle on a stable answer `ips`: the membership, or what is still missing, in words.
+async fn settle<R: Resolver>(
+    resolver: &R,
+    spec: &DnsSpec,
+    expected: Option<usize>,
+    ips: &[IpAddr],
+    own: &mut Own,
+    want: u32,
+) -> Result<Discovered, String> {
+    let local = resolver.local_addrs(ips).await;
+    let Some(&my_ip) = ips.iter().find(|ip| local.contains(ip)) else {
+        // Our own replica is not in the answer (yet): not a membership we can join.
+        return Err(format!(
+            "{}; none of this host's addresses ({}) is among them",
+            describe(ips, expected),
+            ip_list(&local)
+        ));
+    };
+    let addr = |ip: IpAddr| SocketAddr::new(ip, spec.port).to_string();
+    if let Own::Unknown { failures } = *own {
+        let from_host = || resolver.host_name().and_then(|h| replica_index(&h, &spec.name));
+        let (next, error) = match resolver.name_of(my_ip).await {
+            Ok(Some(name)) => {
+                (replica_index(&name, &spec.name).or_else(from_host).map_or(Own::Sorted, Own::Named), None)
+            }
+            Ok(None) => (from_host().map_or(Own::Sorted, Own::Named), None),
+            Err(e) => match from_host() {
+                Some(id) => (Own::Named(id), None),
+                // No name server answers at all (no DNS but /etc/hosts): not a compose network.
+                None if failures + 1 >= want => (Own::Sorted, Some(e)),
+                None => (Own::Unknown { failures: failures + 1 }, Some(e)),
+            },
+        };
+        *own = next;
+        match (next, error) {
+            (Own::Named(id), _) => tracing::info!(me = id, "discovery: node id from the replica name"),
+            (Own::Sorted, None) => tracing::info!("discovery: no replica name: ids by sorted place"),
+            (Own::Sorted, Some(e)) => {
+                tracing::info!(error = %e, "discovery: reverse DNS does not answer: ids by sorted place")
+            }
+            (Own::Unknown { .. }, e) => {
+                let e = e.map_or_else(String::new, |e| e.to_string());
+                return Err(format!(
+                    "{}; asking reverse DNS for this replica's name: {e}",
+                    describe(ips, expected)
+                ));
+            }
+        }
+    }
+    let me = match *own {
+        Own::Named(me) => me,
+        Own::Unknown { .. } | Own::Sorted => {
+            if expected.is_some_and(|n| ips.len() != n) {
+                return Err(describe(ips, expected));
+            }
+            let me = ips.iter().position(|&ip| ip == my_ip).and_then(|i| u16::try_from(i).ok());
+            let me = me.ok_or_else(|| describe(ips, expected))?;
+            let peers: Vec<String> = ips.iter().map(|&ip| addr(ip)).collect();
+            return Ok(Discovered {
+                me,
+                peers,
+                advertise: addr(my_ip),
+                rule: IdRule::SortedPlace,
+                joins: false,
+            });
+        }
+    };
+    // Every other replica's id from its name.
+    let mut ids: BTreeMap<u16, IpAddr> = BTreeMap::new();
+    ids.insert(me, my_ip);
+    for &ip in ips.iter().filter(|&&ip| ip != my_ip) {
+        let id = match resolver.name_of(ip).await {
+            Ok(Some(name)) => replica_index(&name, &spec.name).ok_or_else(|| {
+                format!("the replica at {ip} is named {name}, not <project>_{}_<N>", spec.name)
+            })?,
+            Ok(None) => return Err(format!("reverse DNS has no name for the replica at {ip} yet")),
+            Err(e) => return Err(format!("asking reverse DNS for the name of the replica at {ip}: {e}")),
+        };
+        if let Some(other) = ids.insert(id, ip) {
+            return Err(format!("two replicas at {other} and {ip} have id {id}: waiting for DNS to settle"));
+        }
+    }
+    let forming = expected.unwrap_or(ids.len());
+    let resolved = || ids.iter().map(|(id, ip)| format!("{id}: {ip}")).collect::<Vec<_>>().join(", ");
+    if usize::from(me) < forming {
+        let missing: Vec<String> = (0..forming)
+            .filter_map(|i| u16::try_from(i).ok())
+            .filter(|i| !ids.contains_key(i))
+            .map(|i| i.to_string())
+            .take(8)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "waiting for the {forming} replicas with ids 0..{forming} that form the cluster; missing ids {}; \
+                 resolved {}",
+                missing.join(", "),
+                resolved()
+            ));
+        }
+        let peers = ids.values().take(forming).map(|&ip| addr(ip)).collect();
+        return Ok(Discovered { me, peers, advertise: addr(my_ip), rule: IdRule::ReplicaName, joins: false });
+    }
+    // Beyond the forming set: join through the seeds, ids 0.. up to the first one missing.
+    let seeds: Vec<String> = (0..forming)
+        .map_while(|i| u16::try_from(i).ok().and_then(|i| ids.get(&i)))
+        .map(|&ip| addr(ip))
+        .collect();
+    if seeds.is_empty() {
+        return Err(format!(
+            "node {me} joins the running cluster through the replicas with ids 0.., but id 0 is not resolved; \
+             resolved {}",
+            resolved()
+        ));
+    }
+    Ok(Discovered { me, peers: seeds, advertise: addr(my_ip), rule: IdRule::ReplicaName, joins: true })
 }
 
 /// Sorted, deduplicated addresses; IPv4 only when there is any IPv4 address.
@@ -342,11 +542,16 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Answers from a script; the last answer repeats forever.
+    /// Answers from a script; the last answer repeats forever. Reverse DNS: `names` (an address missing there
+    /// has no name), or every reverse lookup fails (`reverse_fails`).
     struct Scripted {
         answers: Mutex<VecDeque<Result<Vec<SocketAddr>, String>>>,
         local: Vec<IpAddr>,
         lookups: AtomicUsize,
+        names: BTreeMap<IpAddr, String>,
+        reverse_fails: bool,
+        reverse_lookups: AtomicUsize,
+        host: Option<String>,
     }
 
     impl Scripted {
@@ -362,7 +567,17 @@ mod tests {
                 answers: Mutex::new(answers),
                 local: local.iter().map(|ip| ip.parse().unwrap()).collect(),
                 lookups: AtomicUsize::new(0),
+                names: BTreeMap::new(),
+                reverse_fails: false,
+                reverse_lookups: AtomicUsize::new(0),
+                host: None,
             }
+        }
+
+        /// Reverse DNS names, `(address, name)`.
+        fn named(mut self, names: &[(&str, &str)]) -> Self {
+            self.names = names.iter().map(|(ip, name)| (ip.parse().unwrap(), name.to_string())).collect();
+            self
         }
     }
 
@@ -381,6 +596,18 @@ mod tests {
 
         async fn local_addrs(&self, _candidates: &[IpAddr]) -> Vec<IpAddr> {
             self.local.clone()
+        }
+
+        async fn name_of(&self, ip: IpAddr) -> io::Result<Option<String>> {
+            self.reverse_lookups.fetch_add(1, Ordering::SeqCst);
+            if self.reverse_fails {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
+            }
+            Ok(self.names.get(&ip).cloned())
+        }
+
+        fn host_name(&self) -> Option<String> {
+            self.host.clone()
         }
     }
 
@@ -437,7 +664,10 @@ mod tests {
             d,
             Discovered {
                 me: 1,
-                peers: vec!["172.18.0.2:7070".into(), "172.18.0.9:7070".into(), "172.18.0.10:7070".into()]
+                peers: vec!["172.18.0.2:7070".into(), "172.18.0.9:7070".into(), "172.18.0.10:7070".into()],
+                advertise: "172.18.0.9:7070".into(),
+                rule: IdRule::SortedPlace,
+                joins: false,
             }
         );
     }
@@ -513,14 +743,15 @@ mod tests {
             &["fd00::2", "10.0.0.2"],
         );
         let d = discover_with(&r, &spec(), Some(2), Duration::from_secs(5), fast(1)).await.unwrap();
-        assert_eq!(d, Discovered { me: 1, peers: vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into()] });
+        assert_eq!((d.me, d.peers), (1, vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into()]));
     }
 
     #[tokio::test]
     async fn ipv6_only_addresses_are_bracketed() {
         let r = Scripted::new(vec![Ok(vec!["fd00::2", "fd00::1"])], &["fd00::1"]);
         let d = discover_with(&r, &spec(), Some(2), Duration::from_secs(5), fast(1)).await.unwrap();
-        assert_eq!(d, Discovered { me: 0, peers: vec!["[fd00::1]:7070".into(), "[fd00::2]:7070".into()] });
+        assert_eq!((d.me, d.peers), (0, vec!["[fd00::1]:7070".into(), "[fd00::2]:7070".into()]));
+        assert_eq!(d.advertise, "[fd00::1]:7070");
     }
 
     #[tokio::test]
@@ -598,6 +829,176 @@ mod tests {
             discover_with(&r, &spec(), Some(0), Duration::from_secs(1), opts).await,
             Err(DiscoveryError::InvalidSize(0))
         );
+    }
+
+    #[test]
+    fn replica_index_reads_compose_names() {
+        // v1 `<project>_<service>_<N>`, v2 `<project>-<service>-<N>`, with the network as a second label.
+        assert_eq!(replica_index("dmutex_node_1.dmutex_default", "node"), Some(0));
+        assert_eq!(replica_index("dmutex_node_3.dmutex_default.", "node"), Some(2));
+        assert_eq!(replica_index("dmutex-node-12.dmutex_default", "node"), Some(11));
+        assert_eq!(replica_index("dmutex-node-7", "node"), Some(6));
+        // Project names may hold either separator; the case of the name does not matter.
+        assert_eq!(replica_index("my-app_v2_node_4.my-app_v2_default", "node"), Some(3));
+        assert_eq!(replica_index("My-App-Node-2", "NODE"), Some(1));
+        assert_eq!(
+            replica_index("dmutexe2e123_node_5.dmutexe2e123_default", "node.dmutexe2e123_default"),
+            Some(4)
+        );
+        assert_eq!(replica_index("p_node_65536", "node"), Some(65535));
+        for other in [
+            "p_node_0",           // compose counts from 1
+            "p_node_01",          // not a number compose writes
+            "p_node_65537",       // beyond the ids
+            "p_node_99999999999", // beyond u32
+            "p_node_",            // no number
+            "p_node_x",           // not a number
+            "node_3",             // no project
+            "dmutex-2",           // a Kubernetes pod: its ordinal is another id
+            "p_otlp-sink_1",      // another service
+            "p_xnode_1",          // another service that ends like it
+            "p-node_1",           // mixed separators
+            "10-0-0-1",           // a reverse name made of the address
+            "",
+        ] {
+            assert_eq!(replica_index(other, "node"), None, "{other}");
+        }
+        assert_eq!(replica_index("p_node_1", ""), None);
+    }
+
+    /// v1 names for `addresses[i]` ↔ `p_node_<numbers[i]>`.
+    fn names<'a>(addresses: &[&'a str], numbers: &[u16]) -> Vec<(&'a str, String)> {
+        addresses.iter().zip(numbers).map(|(ip, n)| (*ip, format!("p_node_{n}.p_default"))).collect()
+    }
+
+    fn scripted_named(answer: &[&str], me: &str, numbers: &[u16]) -> Scripted {
+        let named = names(answer, numbers);
+        let pairs: Vec<(&str, &str)> = named.iter().map(|(ip, n)| (*ip, n.as_str())).collect();
+        Scripted::new(vec![Ok(answer.to_vec())], &[me]).named(&pairs)
+    }
+
+    #[tokio::test]
+    async fn ids_come_from_replica_names_not_from_address_order() {
+        // Replica 1 has the highest address: its id is still 0, and every node agrees.
+        let answer = ["10.0.0.9", "10.0.0.2", "10.0.0.5"];
+        let numbers = [1, 3, 2];
+        for (i, me) in answer.iter().enumerate() {
+            let r = scripted_named(&answer, me, &numbers);
+            let d = discover_with(&r, &spec(), Some(3), Duration::from_secs(5), fast(1)).await.unwrap();
+            assert_eq!(d.me, numbers[i] - 1);
+            assert_eq!(d.peers, vec!["10.0.0.9:7070", "10.0.0.5:7070", "10.0.0.2:7070"]);
+            assert_eq!((d.rule, d.joins), (IdRule::ReplicaName, false));
+            assert_eq!(d.advertise, format!("{me}:7070"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forming_replica_waits_for_every_forming_id_and_ignores_later_ones() {
+        // Expect 3; replicas 1, 2 and 4 run (3 not yet): replica 2 waits, naming the missing id.
+        let r = Scripted::new(
+            vec![
+                Ok(vec!["10.0.0.1", "10.0.0.2", "10.0.0.4"]),
+                Ok(vec!["10.0.0.1", "10.0.0.2", "10.0.0.4"]),
+                Ok(vec!["10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.3"]),
+            ],
+            &["10.0.0.2"],
+        )
+        .named(&[
+            ("10.0.0.1", "p_node_1.p_default"),
+            ("10.0.0.2", "p_node_2.p_default"),
+            ("10.0.0.3", "p_node_3.p_default"),
+            ("10.0.0.4", "p_node_4.p_default"),
+        ]);
+        let seen = Mutex::new(Vec::new());
+        let d = discover_reporting(&r, &spec(), Some(3), Duration::from_secs(5), fast(2), |p: &str| {
+            seen.lock().unwrap().push(p.to_string())
+        })
+        .await
+        .unwrap();
+        // More replicas than expected no longer blocks: the fourth joins on its own.
+        assert_eq!((d.me, d.joins), (1, false));
+        assert_eq!(d.peers, vec!["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7070"]);
+        let seen = seen.into_inner().unwrap();
+        assert!(
+            seen.iter().any(|p| p.contains("that form the cluster; missing ids 2;")
+                && p.contains("resolved 0: 10.0.0.1, 1: 10.0.0.2, 3: 10.0.0.4")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_beyond_the_forming_set_joins_through_the_seeds() {
+        // Scaled from 5 to 7 and back to 3, then to 6: replicas 1-3 and the new 6 run; expect 5.
+        let answer = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.16"];
+        let r = scripted_named(&answer, "10.0.0.16", &[1, 2, 3, 6]);
+        let d = discover_with(&r, &spec(), Some(5), Duration::from_secs(5), fast(1)).await.unwrap();
+        assert_eq!(
+            d,
+            Discovered {
+                me: 5,
+                peers: vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into(), "10.0.0.3:7070".into()],
+                advertise: "10.0.0.16:7070".into(),
+                rule: IdRule::ReplicaName,
+                joins: true,
+            }
+        );
+        // Seeds stop at the first missing id (replica 3, id 2, is gone): ids 0 and 1 only.
+        let answer = ["10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"];
+        let r = scripted_named(&answer, "10.0.0.7", &[1, 2, 4, 5, 6, 7]);
+        let d = discover_with(&r, &spec(), Some(3), Duration::from_secs(5), fast(1)).await.unwrap();
+        assert_eq!((d.me, d.joins), (6, true));
+        assert_eq!(d.peers, vec!["10.0.0.1:7070", "10.0.0.2:7070"]);
+    }
+
+    #[tokio::test]
+    async fn a_joiner_without_the_first_seed_waits() {
+        let answer = ["10.0.0.2", "10.0.0.6"];
+        let r = scripted_named(&answer, "10.0.0.6", &[2, 6]);
+        let err = discover_with(&r, &spec(), Some(5), Duration::from_millis(30), fast(1)).await.unwrap_err();
+        assert!(err.to_string().contains("node 5 joins the running cluster"), "{err}");
+        assert!(err.to_string().contains("id 0 is not resolved"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_a_name_or_a_duplicate_id_is_waited_for() {
+        // The own name is known, another replica's not yet (or it is not a replica of this service).
+        let r = Scripted::new(vec![Ok(vec!["10.0.0.1", "10.0.0.2"])], &["10.0.0.1"])
+            .named(&[("10.0.0.1", "p_node_1.p_default")]);
+        let err = discover_with(&r, &spec(), Some(2), Duration::from_millis(30), fast(1)).await.unwrap_err();
+        assert!(err.to_string().contains("no name for the replica at 10.0.0.2 yet"), "{err}");
+        let r = Scripted::new(vec![Ok(vec!["10.0.0.1", "10.0.0.2"])], &["10.0.0.1"])
+            .named(&[("10.0.0.1", "p_node_1.p_default"), ("10.0.0.2", "p_other_1.p_default")]);
+        let err = discover_with(&r, &spec(), Some(2), Duration::from_millis(30), fast(1)).await.unwrap_err();
+        assert!(err.to_string().contains("is named p_other_1.p_default, not <project>_node_<N>"), "{err}");
+        // A stale record of a removed container next to its successor: two addresses, one id.
+        let r = scripted_named(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], "10.0.0.1", &[1, 2, 2]);
+        let err = discover_with(&r, &spec(), Some(2), Duration::from_millis(30), fast(1)).await.unwrap_err();
+        assert!(err.to_string().contains("have id 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_host_name_is_the_fallback_for_the_own_name() {
+        let mut r = Scripted::new(vec![Ok(vec!["10.0.0.1", "10.0.0.2"])], &["10.0.0.2"])
+            .named(&[("10.0.0.1", "p_node_1.p_default")]);
+        r.host = Some("p-node-2".into());
+        let d = discover_with(&r, &spec(), Some(2), Duration::from_secs(5), fast(1)).await.unwrap();
+        assert_eq!((d.me, d.rule), (1, IdRule::ReplicaName));
+    }
+
+    #[tokio::test]
+    async fn without_reverse_dns_ids_fall_back_to_sorted_places() {
+        // Every reverse lookup fails: after stable_polls failures of the own one, ids by sorted place.
+        let mut r = Scripted::new(vec![Ok(vec!["10.0.0.2", "10.0.0.1"])], &["10.0.0.2"]);
+        r.reverse_fails = true;
+        let d = discover_with(&r, &spec(), Some(2), Duration::from_secs(5), fast(3)).await.unwrap();
+        assert_eq!((d.me, d.rule), (1, IdRule::SortedPlace));
+        assert_eq!(r.reverse_lookups.load(Ordering::SeqCst), 3);
+        // A name that is no compose name: sorted places at once, one reverse lookup.
+        let r = Scripted::new(vec![Ok(vec!["10.0.0.2", "10.0.0.1"])], &["10.0.0.1"])
+            .named(&[("10.0.0.1", "localhost")]);
+        let d = discover_with(&r, &spec(), Some(2), Duration::from_secs(5), fast(1)).await.unwrap();
+        assert_eq!((d.me, d.rule), (0, IdRule::SortedPlace));
+        assert_eq!(r.reverse_lookups.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

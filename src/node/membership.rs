@@ -549,9 +549,14 @@ impl Node {
         id.index() < self.settings.peers.len()
     }
 
-    /// Makes sure the transport dials `id` (a node outside the peer list) at `addr`.
+    /// Makes sure the transport dials `id` at `addr`, the address `id` gives for itself (in its join, its
+    /// formation query, or the view that admitted it): a node outside the peer list gets a link. A configured
+    /// one keeps its configured address (which may route through a proxy on purpose), unless the peer list is
+    /// a snapshot of DNS discovery: then a replica that came back at another address (recreated by a later
+    /// `--scale`) is dialled where it says from the next connect on. The same address again changes nothing.
     fn dial(&mut self, id: NodeId, addr: &str) {
-        if id != self.settings.me && !self.configured(id) && !addr.is_empty() {
+        let follow = !self.configured(id) || self.settings.peers_from_dns;
+        if id != self.settings.me && follow && !addr.is_empty() {
             self.transport.add_peer(id, addr.to_string());
         }
     }

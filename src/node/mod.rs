@@ -73,6 +73,9 @@ pub(crate) struct NodeSettings {
     pub advertise: String,
     /// How many of `peers` (the first ones) form view 1; the others join a running cluster.
     pub formation_size: usize,
+    /// Whether `peers` is a snapshot of DNS discovery: a configured member's own advertised address then
+    /// supersedes its entry (a compose replica recreated at another address keeps its id).
+    pub peers_from_dns: bool,
     /// Longest a graceful leave waits for the view without this node.
     pub leave_wait: Duration,
     /// The rate of the node's clock in parts per million of real time (fault tests only).
@@ -102,6 +105,7 @@ impl NodeSettings {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             formation_size: cfg.bootstrap_expect.unwrap_or(cfg.peers.len()).min(cfg.peers.len()),
+            peers_from_dns: cfg.node_id_source == crate::config::NodeIdSource::Discovery,
             leave_wait: cfg.view_change_bound(),
             clock_rate_ppm: cfg.test_clock_rate_ppm,
             default_algorithm: cfg.algorithm,
