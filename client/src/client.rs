@@ -182,7 +182,11 @@ impl Client {
             req = crate::trace::inject(req);
             match send(req).await {
                 Ok((status, bytes)) if status == StatusCode::SERVICE_UNAVAILABLE => {
-                    failures.push(format!("{url}: {}", error::from_answer(status.as_u16(), &bytes)));
+                    let why = match error::from_answer(status.as_u16(), &bytes) {
+                        Error::Unavailable { message } => message,
+                        other => other.to_string(),
+                    };
+                    failures.push(format!("{url}: {why}"));
                 }
                 Ok((status, bytes)) => {
                     self.inner.preferred.store(i, Ordering::Relaxed);
