@@ -642,7 +642,7 @@ fn sigterm_exits_promptly_and_answers_waiters() {
         })
     };
     let waiting = poll(Duration::from_secs(10), || {
-        let (s, v) = api.get(2, "/v1/locks/t");
+        let (s, v) = api.get(2, "/v1/locks/t?scope=local");
         s == 200 && v["algorithms"]["lamport"]["local_waiters"] == 1
     });
     assert!(waiting, "the client of node 2 never started waiting");
@@ -657,10 +657,14 @@ fn sigterm_exits_promptly_and_answers_waiters() {
     assert!(waited < Duration::from_secs(10), "waiter answered after {waited:?}");
     // Node 2 released its own lease on the way out and told the peers: their queues for it are empty.
     let informed = poll(Duration::from_secs(5), || {
-        let (s, v) = api.get(0, "/v1/locks/t-own");
+        let (s, v) = api.get(0, "/v1/locks/t-own?scope=local");
         s == 200 && v["algorithms"]["lamport"]["queue"].as_array().is_some_and(Vec::is_empty)
     });
-    assert!(informed, "node 0 still queues node 2's released request: {}", api.get(0, "/v1/locks/t-own").1);
+    assert!(
+        informed,
+        "node 0 still queues node 2's released request: {}",
+        api.get(0, "/v1/locks/t-own?scope=local").1
+    );
     // The others stay alive; node 0's lease is still valid.
     assert_eq!(api.get(0, "/healthz").0, 200);
     assert_eq!(api.release(0, "t", held["lease"].as_str().unwrap()).0, 200);

@@ -24,7 +24,7 @@ fn live_metrics_pass_promtool_and_agree_with_stats() {
     let (s, g) = api.acquire(2, "held", serde_json::json!({"algorithm": "lamport", "ttl_ms": 60000}));
     assert_eq!(s, 200, "{g}");
     let (s, _) = api.acquire(0, "held", serde_json::json!({"algorithm": "lamport", "timeout_ms": 50}));
-    assert_eq!(s, 408);
+    assert_eq!(s, 409);
 
     for i in 0..3 {
         let (status, text) = c.get_text(i, "/metrics");

@@ -318,8 +318,12 @@ fn keepalive_keeps_a_lease_past_its_ttl() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (status, body) = join(waiter);
-    assert_eq!(status, 408, "the waiter must time out while the lease is kept alive: {body}");
-    let info = c.get(0, "/v1/locks/kept");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("timeout")),
+        "the waiter must time out while the lease is kept alive: {body}"
+    );
+    let info = c.get(0, "/v1/locks/kept?scope=local");
     let expires = info["leases"][0]["expires_in_ms"].as_u64().unwrap_or(0);
     assert!(expires > 0 && expires <= 1000, "{info}");
     assert_eq!(c.release(0, "kept", &held["lease"]), 200);
@@ -392,7 +396,7 @@ fn graceful_shutdown_answers_waiters_releases_leases_and_returns() {
     assert!(c.client.get(c.url(0, "/healthz")).send().is_err(), "node 0's HTTP port is closed");
 }
 
-/// `GET /v1/locks/{name}` on nodes that do not hold the lock: a holder is named only when the node knows one,
+/// `GET /v1/locks/{name}?scope=local` on nodes that do not hold the lock: a holder is named only when the node knows one,
 /// and never a node that is not the holder or owner (no `holder: 0` from the probable-owner default hint).
 #[test]
 fn a_lock_view_names_a_holder_only_when_the_node_knows_it() {
@@ -401,7 +405,7 @@ fn a_lock_view_names_a_holder_only_when_the_node_knows_it() {
         let lock = format!("view-{algorithm}");
         let grant = c.grant(1, &lock, json!({ "algorithm": algorithm }));
         for i in 0..3 {
-            let info = c.get(i, &format!("/v1/locks/{lock}"));
+            let info = c.get(i, &format!("/v1/locks/{lock}?scope=local"));
             let view = &info["algorithms"][algorithm.as_str()];
             let holder = &view["holder"];
             assert!(holder.is_null() || *holder == 1, "node {i}, {algorithm}: {view}");
@@ -536,4 +540,156 @@ fn join_and_leave(name: &str, seeds_only: bool) {
         "the leave is counted as a leave: {metrics}"
     );
     round(&c, &[0, 1, 2]);
+}
+
+/// Leases through any node (the client contract): a lease granted by node 0 is kept alive through nodes 1 and
+/// 2 and released through node 2; afterwards it is unknown everywhere. A second acquire with the lease, through
+/// any node, answers the existing grant (etcd's re-entrant lock) instead of waiting on itself.
+#[test]
+fn a_lease_is_kept_alive_released_and_reacquired_through_any_node() {
+    let c = Cluster::start("inproc-anynode", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("any-{algorithm}");
+        let held = c.grant(0, &lock, json!({ "algorithm": algorithm, "ttl_ms": 5000 }));
+        let lease = held["lease"].as_str().unwrap_or_default().to_string();
+        for i in [1, 2, 0] {
+            let (status, body) = c.post(i, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+            assert_eq!((status, &body["ttl_ms"]), (200, &json!(5000)), "keepalive through node {i}: {body}");
+        }
+        let (status, again) = c.post(
+            1,
+            &format!("/v1/locks/{lock}/acquire"),
+            json!({ "algorithm": algorithm, "lease": lease }),
+        );
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(
+            (&again["fencing_token"], &again["node_id"]),
+            (&held["fencing_token"], &json!(0)),
+            "{again}"
+        );
+        let (status, body) =
+            c.post(2, "/v1/locks/other/acquire", json!({ "algorithm": algorithm, "lease": lease }));
+        assert_eq!((status, &body["error"]["code"]), (409, &json!("lease_in_use")), "{body}");
+        assert_eq!(c.release(2, &lock, &held["lease"]), 200, "release through node 2");
+        for i in 0..3 {
+            let (status, body) = c.post(i, &format!("/v1/locks/{lock}/release"), json!({ "lease": lease }));
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (409, &json!("lease_not_found")),
+                "node {i}: {body}"
+            );
+        }
+        // Released for real: the next holder, through another node, gets a larger token at once.
+        let next = c.grant(2, &lock, json!({ "algorithm": algorithm, "timeout_ms": 2000 }));
+        assert!(token(&next) > token(&held), "{next} after {held}");
+        assert_eq!(c.release(1, &lock, &next["lease"]), 200);
+    }
+}
+
+/// The granting node crashes: a keepalive through another node answers 409 `lease_lost` naming the reason,
+/// within the view-change bound (it does not wait out a timeout or answer "unknown").
+#[test]
+fn a_lease_of_a_crashed_node_is_lost_through_the_others_promptly() {
+    let mut c = Cluster::start("inproc-lostlease", 3);
+    let held = c.grant(0, "lost", json!({ "algorithm": "lamport", "ttl_ms": 30000 }));
+    let lease = held["lease"].as_str().unwrap_or_default().to_string();
+    c.crash(0);
+    let started = Instant::now();
+    let (status, body) = c.post(1, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+    let took = started.elapsed();
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("lease_lost")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("node 0"), "the reason names the granting node: {message}");
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    // Asked again once the view excludes node 0: answered at once.
+    let started = Instant::now();
+    let (status, body) = c.post(2, "/v1/locks/lost/release", json!({ "lease": lease }));
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("lease_lost")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+/// `GET /v1/locks/{name}` is the same from every node (holder, token, queue order) and `GET /v1/locks` lists
+/// the lock; no GET ever shows a lease id.
+#[test]
+fn a_lock_query_gives_the_same_answer_from_every_node_and_no_lease_id() {
+    let c = Cluster::start("inproc-query", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("q-{algorithm}");
+        let held = c.grant(1, &lock, json!({ "algorithm": algorithm, "ttl_ms": 20000 }));
+        let lease = held["lease"].as_str().unwrap_or_default().to_string();
+        let first = c.acquire_in_background(2, &lock, json!({ "algorithm": algorithm, "timeout_ms": 20000 }));
+        let queued = |n: usize| {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let state = c.get(0, &format!("/v1/locks/{lock}"));
+                let queue = &state["algorithms"][algorithm.as_str()]["queue"];
+                if queue.as_array().is_some_and(|q| q.len() == n) {
+                    return state;
+                }
+                assert!(Instant::now() < deadline, "{algorithm}: queue never reached {n}: {state}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        queued(1);
+        let second =
+            c.acquire_in_background(0, &lock, json!({ "algorithm": algorithm, "timeout_ms": 20000 }));
+        let state = queued(2);
+        let a = &state["algorithms"][algorithm.as_str()];
+        assert_eq!(a["holder"]["node_id"], 1, "{state}");
+        assert_eq!(a["holder"]["fencing_token"], held["fencing_token"], "{state}");
+        let order: Vec<u64> =
+            a["queue"].as_array().unwrap().iter().filter_map(|w| w["node_id"].as_u64()).collect();
+        assert_eq!(order, vec![2, 0], "{algorithm}: served in request order: {state}");
+        assert_eq!(state["missing"], json!([]), "{state}");
+        for i in 0..3 {
+            assert_eq!(c.get(i, &format!("/v1/locks/{lock}")), state, "node {i} answers differently");
+        }
+        let list = c.get(2, "/v1/locks");
+        let entry = list["locks"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["name"] == json!(lock) && e["algorithm"] == json!(algorithm)))
+            .unwrap_or_else(|| panic!("{lock} not listed: {list}"))
+            .clone();
+        assert_eq!((&entry["holder_node"], &entry["waiters"]), (&json!(1), &json!(2)), "{entry}");
+        for i in 0..3 {
+            for path in
+                [format!("/v1/locks/{lock}"), format!("/v1/locks/{lock}?scope=local"), "/v1/locks".into()]
+            {
+                let text = c.get(i, &path).to_string();
+                assert!(!text.contains(&lease), "node {i} {path} shows the lease id: {text}");
+            }
+        }
+        assert_eq!(c.release(0, &lock, &held["lease"]), 200);
+        let (s1, g1) = join(first);
+        assert_eq!(s1, 200, "{g1}");
+        assert_eq!(c.release(1, &lock, &g1["lease"]), 200);
+        let (s2, g2) = join(second);
+        assert_eq!(s2, 200, "{g2}");
+        assert_eq!(c.release(2, &lock, &g2["lease"]), 200);
+    }
+}
+
+/// `"timeout_ms": "forever"` waits without a limit and is granted when the holder releases; a waiting client
+/// that goes away (its HTTP request dropped) is withdrawn from the queue instead of waiting there for ever.
+#[test]
+fn a_forever_waiter_is_granted_and_an_abandoned_one_leaves_the_queue() {
+    let c = Cluster::start("inproc-forever", 3);
+    let held = c.grant(0, "f", json!({ "algorithm": "lamport", "ttl_ms": 30000 }));
+    let impatient = reqwest::blocking::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let gone =
+        impatient.post(c.url(1, "/v1/locks/f/acquire")).json(&json!({ "timeout_ms": "forever" })).send();
+    assert!(gone.is_err(), "the impatient client gives up first: {gone:?}");
+    let deadline = Instant::now() + PATIENCE;
+    while c.get(0, "/v1/locks/f")["algorithms"]["lamport"]["queue"] != json!([]) {
+        assert!(Instant::now() < deadline, "the abandoned waiter stays queued: {}", c.get(0, "/v1/locks/f"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter = c.acquire_in_background(2, "f", json!({ "timeout_ms": "forever" }));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.release(0, "f", &held["lease"]), 200);
+    let (status, g) = join(waiter);
+    assert_eq!(status, 200, "{g}");
+    assert!(token(&g) > token(&held));
+    let (status, body) = c.post(2, "/v1/locks/f/acquire", json!({ "timeout_ms": "soon" }));
+    assert_eq!(status, 400, "{body}");
 }

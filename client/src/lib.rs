@@ -64,12 +64,14 @@
 mod client;
 mod error;
 mod lock;
+mod query;
 mod trace;
 mod types;
 
 pub use client::Client;
 pub use error::Error;
 pub use lock::{LeaseLoss, LockBuilder, LockGuard};
+pub use query::{AlgoLockState, Holder, LockList, LockState, LockSummary, Waiting};
 pub use types::{
     AcquireBody, Algorithm, ErrorBody, ErrorDetail, Grant, KeepaliveBody, KeepaliveResponse, LeaseId,
     ReleaseBody, ReleaseResponse, Timeout,

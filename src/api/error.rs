@@ -3,8 +3,9 @@
 
 use crate::api::types::{ErrorBody, ErrorDetail};
 
-/// Why an API call failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why an API call failed. Serializable: a node that serves a call for another (a lease granted there) sends
+/// the other node's answer back as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApiError {
     /// The request is malformed (bad lock name, bad JSON, impossible values).
     #[error("{0}")]
@@ -25,6 +26,9 @@ pub enum ApiError {
     /// of its view): the lock may already be someone else's.
     #[error("{0}")]
     LeaseLost(String),
+    /// The lease given to acquire holds another lock (a lease covers one lock in this version).
+    #[error("{0}")]
+    LeaseInUse(String),
     /// The request was cancelled.
     #[error("request cancelled")]
     Cancelled,
@@ -41,8 +45,9 @@ impl ApiError {
     pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
-            ApiError::Timeout(_) => 408,
-            ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) => 409,
+            // Not 408: HTTP clients retry 408 on their own, a silent re-enqueue of the lock request.
+            ApiError::Timeout(_) => 409,
+            ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) | ApiError::LeaseInUse(_) => 409,
             ApiError::TooLarge => 413,
             ApiError::Cancelled => 499,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
@@ -59,6 +64,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::LeaseNotFound(_) => "lease_not_found",
             ApiError::LeaseLost(_) => "lease_lost",
+            ApiError::LeaseInUse(_) => "lease_in_use",
             ApiError::Cancelled => "cancelled",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Internal(_) => "internal",

@@ -61,6 +61,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/locks", get(locks))
         .route("/v1/locks/{name}", get(lock_info))
         .route("/v1/locks/{name}/acquire", post(acquire))
         .route("/v1/locks/{name}/release", post(release))
@@ -179,14 +180,20 @@ async fn acquire(
         return Err(ApiError::BadRequest("ttl_ms must be positive".into()));
     }
     check_algorithm(&s.algorithms, b.algorithm)?;
+    let lease = match b.lease {
+        Some(LeaseId::Str(lease)) => Some(lease),
+        Some(LeaseId::Num(_)) => return Err(ApiError::BadRequest("lease must be a string".into())),
+        None => None,
+    };
     let grant = s
         .node
         .acquire(AcquireRequest {
             lock: name,
             algorithm: b.algorithm,
             // "forever" waits as long as a node lets anyone wait (the node's acquire always has a deadline).
-            timeout: b.timeout_ms.map(|t| t.as_duration().unwrap_or(Duration::from_millis(MAX_TIMEOUT_MS))),
+            timeout: b.timeout_ms,
             ttl: b.ttl_ms.map(Duration::from_millis),
+            lease,
         })
         .await?;
     Ok(Json(grant).into_response())
@@ -218,9 +225,32 @@ async fn keepalive(State(s): State<AppState>, Path(lease): Path<String>) -> Resu
     Ok(Json(KeepaliveResponse { lease: Some(lease.into()), ttl_ms: Some(ttl_ms) }).into_response())
 }
 
-async fn lock_info(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockQuery {
+    /// `local`: what this node alone knows (its cores' views); `cluster` (default): asked of every member.
+    scope: Option<String>,
+}
+
+/// `GET /v1/locks/{name}`: the lock as the cluster knows it (the same answer from every node), or with
+/// `?scope=local` this node's own view of it. Never shows a lease id.
+async fn lock_info(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<axum::extract::Query<LockQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
-    Ok(Json(s.node.lock_info(&name).await?).into_response())
+    let axum::extract::Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    match q.scope.as_deref() {
+        None | Some("cluster") => Ok(Json(s.node.lock_state(&name).await?).into_response()),
+        Some("local") => Ok(Json(s.node.lock_info(&name).await?).into_response()),
+        Some(other) => Err(ApiError::BadRequest(format!("scope must be cluster or local, not {other:?}"))),
+    }
+}
+
+/// `GET /v1/locks`: every lock a client holds or waits for, cluster-wide.
+async fn locks(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(s.node.locks().await?).into_response())
 }
 
 async fn cluster(State(s): State<AppState>) -> Result<Response, ApiError> {

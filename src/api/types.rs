@@ -16,6 +16,7 @@ pub use dmutex_client::{
     AcquireBody, ErrorBody, ErrorDetail, Grant, KeepaliveBody, KeepaliveResponse, LeaseId, ReleaseBody,
     ReleaseResponse, Timeout,
 };
+pub use dmutex_client::{AlgoLockState, Holder, LockList, LockState, LockSummary, Waiting};
 
 /// An acquire as the node loop takes it: the lock from the URL and the body's values as durations.
 #[derive(Clone, Debug)]
@@ -24,10 +25,12 @@ pub struct AcquireRequest {
     pub lock: String,
     /// Algorithm (default: the node's).
     pub algorithm: Option<Algorithm>,
-    /// How long to wait (default: the node's).
-    pub timeout: Option<Duration>,
+    /// How long to wait (default: the node's); [`Timeout::Forever`] waits without a limit.
+    pub timeout: Option<Timeout>,
     /// Lease TTL (default: the node's).
     pub ttl: Option<Duration>,
+    /// A lease the client already has: if it holds this lock, the existing grant is the answer.
+    pub lease: Option<String>,
 }
 
 /// One peer as this node sees it.
@@ -94,11 +97,10 @@ pub struct ViewMember {
     pub connected: bool,
 }
 
-/// One lease as seen in `GET /v1/locks/{name}`.
+/// One lease held through this node, as `GET /v1/locks/{name}?scope=local` shows it. The lease id is not
+/// shown: it is the only credential needed to release the lock, so only the client it was granted to sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LeaseInfo {
-    /// Lease id.
-    pub lease: String,
     /// Algorithm.
     pub algorithm: Algorithm,
     /// Fencing token.
@@ -107,7 +109,8 @@ pub struct LeaseInfo {
     pub expires_in_ms: u64,
 }
 
-/// `GET /v1/locks/{name}`: what this node knows.
+/// `GET /v1/locks/{name}?scope=local`: what this node alone knows (its cores' views, for people watching the
+/// algorithms).
 #[derive(Clone, Debug, Serialize)]
 pub struct LockInfo {
     /// The lock asked about.

@@ -83,8 +83,9 @@ impl LockService for NodeHandle {
         let req = AcquireRequest {
             lock: lock.to_string(),
             algorithm: Some(algorithm),
-            timeout: Some(timeout),
+            timeout: Some(timeout.into()),
             ttl: None,
+            lease: None,
         };
         NodeHandle::acquire(self, req).await.map_err(|e| e.to_string())
     }

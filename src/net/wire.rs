@@ -42,8 +42,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// The protocol version spoken by this build. A Hello with another version is refused. Version 2: the postcard
 /// codec (version 1 was bincode 2) and the algorithms in the Hello. Version 3: the sender's view epoch in
-/// every [`Envelope`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// every [`Envelope`]. Version 4: the node's body carries membership messages and client calls served with
+/// another node's help beside the algorithms' messages (a node of version 3 could not decode them).
+///
+/// Nodes of different versions never connect, so a rolling update across a version change is not possible:
+/// such an update is a restart of the whole cluster (the README says so).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Default maximum body length of one frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

@@ -11,6 +11,7 @@
 
 use super::NodeSettings;
 use super::cores::Cores;
+use super::forward::{LeaseCall, QueryReply};
 use super::handle::{Command, Shared};
 use super::leases::Leases;
 use super::links::TraceLinks;
@@ -45,6 +46,8 @@ pub(crate) struct Node {
     /// Local acquires not yet answered.
     pub(super) pending: BTreeMap<RequestId, Pending>,
     pub(super) leases: Leases,
+    /// Client calls out to other nodes (forwarded lease calls, lock queries).
+    pub(super) calls: super::forward::Calls,
     pub(super) timers: super::timers::TimerTable,
     /// Every peer heard of (configured, in a view, or a joiner), by id.
     pub(super) peers: BTreeMap<crate::algo::NodeId, PeerState>,
@@ -78,6 +81,7 @@ impl Node {
             next_req: 1,
             pending: BTreeMap::new(),
             leases: Leases::default(),
+            calls: Default::default(),
             timers: Default::default(),
             peers: (0..n).map(|i| (crate::algo::NodeId::new(i as u16), PeerState::default())).collect(),
             links: TraceLinks::default(),
@@ -156,16 +160,20 @@ impl Node {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Acquire { req, reply } => self.acquire(req, reply),
+            Command::Acquire { req, reply } => match req.lease.clone() {
+                // A client that already holds the lock with this lease gets its grant back.
+                Some(lease) => self.lease_call(LeaseCall::Regrant { lock: req.lock, lease, reply }),
+                None => self.acquire(req, reply),
+            },
             Command::Release { lock, lease, reply } => {
-                let _ = reply.send(self.release(&lock, &lease));
+                self.lease_call(LeaseCall::Release { lock, lease, reply })
             }
-            Command::KeepAlive { lease, reply } => {
-                let _ = reply.send(self.keepalive(&lease));
-            }
+            Command::KeepAlive { lease, reply } => self.lease_call(LeaseCall::KeepAlive { lease, reply }),
             Command::LockInfo { lock, reply } => {
                 let _ = reply.send(self.lock_info(&lock));
             }
+            Command::LockState { lock, reply } => self.query_locks(Some(lock), QueryReply::One(reply)),
+            Command::Locks { reply } => self.query_locks(None, QueryReply::All(reply)),
             Command::Cluster { reply } => {
                 let _ = reply.send(self.cluster_info());
             }
@@ -272,6 +280,8 @@ impl Node {
     fn housekeeping(&mut self) {
         self.member_housekeeping();
         self.withdraw_unavailable();
+        self.withdraw_abandoned();
+        self.expire_calls();
         self.update_readiness();
         self.run_work();
     }

@@ -4,7 +4,9 @@
 
 use crate::algo::{Incarnation, LamportTs, NodeId};
 use crate::api::error::ApiError;
-use crate::api::types::{AcquireRequest, ClusterInfo, Grant, LockInfo, Readiness, Stats};
+use crate::api::types::{
+    AcquireRequest, ClusterInfo, Grant, LockInfo, LockList, LockState, Readiness, Stats,
+};
 use crate::obs::flow::{FlowLog, FlowRecord};
 use crate::obs::metrics::{BuildLabels, Metrics};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +20,8 @@ pub(crate) enum Command {
     Release { lock: String, lease: String, reply: oneshot::Sender<Result<(), ApiError>> },
     KeepAlive { lease: String, reply: oneshot::Sender<Result<Duration, ApiError>> },
     LockInfo { lock: String, reply: oneshot::Sender<LockInfo> },
+    LockState { lock: String, reply: oneshot::Sender<LockState> },
+    Locks { reply: oneshot::Sender<LockList> },
     Cluster { reply: oneshot::Sender<ClusterInfo> },
     Stats { reply: oneshot::Sender<Stats> },
     Shutdown { reply: oneshot::Sender<()> },
@@ -146,9 +150,19 @@ impl NodeHandle {
         self.call(|reply| Command::KeepAlive { lease: lease.to_string(), reply }).await?
     }
 
-    /// What this node knows about a lock.
+    /// What this node alone knows about a lock (its cores' views).
     pub async fn lock_info(&self, lock: &str) -> Result<LockInfo, ApiError> {
         self.call(|reply| Command::LockInfo { lock: lock.to_string(), reply }).await
+    }
+
+    /// A lock as the cluster knows it: every member of the view asked.
+    pub async fn lock_state(&self, lock: &str) -> Result<LockState, ApiError> {
+        self.call(|reply| Command::LockState { lock: lock.to_string(), reply }).await
+    }
+
+    /// Every lock held or waited for, cluster-wide.
+    pub async fn locks(&self) -> Result<LockList, ApiError> {
+        self.call(|reply| Command::Locks { reply }).await
     }
 
     /// Cluster membership as seen here.

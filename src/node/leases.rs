@@ -4,7 +4,9 @@
 //! When a lease ends is not kept here: the core owns it (the grant's lease timer, moved by keepalives, fires
 //! as [`crate::algo::Action::LeaseExpired`]), so there is one clock for a lease and it is the core's.
 
+use super::forward::LeaseOwner;
 use crate::algo::{Algorithm, FencingToken, RequestId};
+use rand::{Rng, TryRngCore};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -32,9 +34,11 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    /// Records a new lease under a fresh random id; returns the id.
-    pub(crate) fn insert(&mut self, lease: Lease) -> String {
-        let id = format!("{:032x}", rand::random::<u128>());
+    /// Records a new lease under a fresh id: `owner`'s prefix ([`LeaseOwner::prefix`]) and 128 random bits
+    /// from the OS's generator (unguessable: the id is the credential that releases the lock). Returns the id.
+    pub(crate) fn insert(&mut self, owner: LeaseOwner, lease: Lease) -> String {
+        let secret: u128 = rand::rngs::OsRng.unwrap_err().random();
+        let id = format!("{}.{secret:032x}", owner.prefix());
         self.id_of.insert(lease.req, id.clone());
         self.by_id.insert(id.clone(), lease);
         id
@@ -69,6 +73,11 @@ impl Leases {
         self.by_id.keys().cloned().collect()
     }
 
+    /// Every lease, in id order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Lease> + '_ {
+        self.by_id.values()
+    }
+
     /// The leases on `lock`, by id.
     pub(crate) fn on_lock<'a>(&'a self, lock: &'a str) -> impl Iterator<Item = (&'a str, &'a Lease)> + 'a {
         self.by_id.iter().filter(move |(_, l)| l.lock == lock).map(|(id, l)| (id.as_str(), l))
@@ -83,6 +92,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::{Incarnation, NodeId};
 
     fn lease(req: u64, lock: &str) -> Lease {
         Lease {
@@ -100,10 +110,12 @@ mod tests {
     #[test]
     fn a_lease_is_found_by_id_and_by_request_and_forgotten_by_either() {
         let mut leases = Leases::default();
-        let a = leases.insert(lease(1, "x"));
-        let b = leases.insert(lease(2, "y"));
+        let owner = LeaseOwner { node: NodeId::new(2), incarnation: Incarnation::new(9) };
+        let a = leases.insert(owner, lease(1, "x"));
+        let b = leases.insert(owner, lease(2, "y"));
         assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
+        assert_eq!(LeaseOwner::of(&a), Some(owner), "{a}");
+        assert_eq!(a.len(), "2.9.".len() + 32);
         assert_eq!(leases.get(&a).map(|l| l.req), Some(RequestId::new(1)));
         assert_eq!(leases.of_request(RequestId::new(2)).map(|l| l.lock.as_str()), Some("y"));
         assert_eq!(leases.on_lock("x").map(|(id, _)| id.to_string()).collect::<Vec<_>>(), vec![a.clone()]);

@@ -264,7 +264,7 @@ impl Node {
                 }
                 self.form_event(FormEvent::Message { from, incarnation, msg })
             }
-            NodeMsg::Member(MemberMsg::Clocks(_)) | NodeMsg::Algo(_) => {}
+            NodeMsg::Member(MemberMsg::Clocks(_)) | NodeMsg::Algo(_) | NodeMsg::Client(_) => {}
         }
     }
 
@@ -307,7 +307,7 @@ impl Node {
                 };
                 self.algo_message(from, incarnation, env);
             }
-            NodeMsg::Member(_) => {}
+            NodeMsg::Member(_) | NodeMsg::Client(_) => {}
         }
     }
 

@@ -16,6 +16,7 @@
 //!   every happening → Observer::seen (metrics, flow log, spans)                      observe.rs, links.rs
 //!   peers up/down, what arrives from them, availability (503 only without a lease)   peers.rs
 //!   lock info, cluster info, /v1/stats, readiness and gauges                         status.rs
+//!   leases through any node (forwarded to the granting node), cluster-wide lock queries   forward.rs
 //! ```
 //!
 //! Leases live in the cores (a grant's lease timer, moved by keepalives, expires there and the next holder
@@ -27,6 +28,7 @@
 
 mod cores;
 mod driver;
+mod forward;
 mod handle;
 mod leases;
 mod links;
@@ -39,6 +41,7 @@ mod run;
 mod status;
 mod timers;
 
+pub use forward::{Answer, Ask, ClientMsg, LocalLock};
 pub use handle::{NodeHandle, Shared};
 pub use msg::{MemberMsg, NodeMsg, PeerMsg};
 pub use run::{Routes, RunConfig, new_incarnation, run};

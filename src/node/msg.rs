@@ -5,6 +5,7 @@
 //! hands over) comes from [`ProtocolMessage`], which [`PeerMsg`] implements by asking the message inside:
 //! nothing here or elsewhere in the node names an algorithm's message variants.
 
+use super::forward::ClientMsg;
 use crate::algo::lamport::{Lamport, LamportMsg};
 use crate::algo::membership::{FormMsg, Msg};
 use crate::algo::probable_owner::{PoMsg, ProbableOwner};
@@ -19,6 +20,8 @@ pub enum NodeMsg {
     Algo(PeerMsg),
     /// A message of the membership layer (never counted as an algorithm message).
     Member(MemberMsg),
+    /// A client call served with another node's help ([`super::forward`]; never an algorithm message).
+    Client(ClientMsg),
 }
 
 /// What the membership layer of two nodes says to each other.

@@ -41,6 +41,7 @@ impl Node {
                 match env.body {
                     NodeMsg::Algo(_) => self.deliver_to_cores(from, incarnation, env),
                     NodeMsg::Member(_) => self.on_member_msg(from, incarnation, env),
+                    NodeMsg::Client(msg) => self.on_client_msg(from, incarnation, msg),
                 }
             }
             Inbound::Connected { peer } => {

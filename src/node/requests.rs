@@ -20,8 +20,9 @@ pub(crate) struct Pending {
     pub(super) algorithm: Algorithm,
     pub(super) lock: String,
     reply: Option<oneshot::Sender<Result<Grant, ApiError>>>,
-    started: Instant,
-    timeout: Duration,
+    pub(super) started: Instant,
+    /// How long it may wait; `None`: without a limit.
+    timeout: Option<Duration>,
     ttl: Duration,
     /// Set when the node itself withdrew the request (peer down, shutdown): the answer to give.
     pub(super) withdrawn: Option<ApiError>,
@@ -56,10 +57,14 @@ impl Node {
             let _ = reply.send(Err(ApiError::Unavailable(why)));
             return;
         }
-        let timeout = req.timeout.unwrap_or(self.settings.default_timeout);
+        // `None`: waits without a limit (the client asked for `"forever"`).
+        let timeout = match req.timeout {
+            None => Some(self.settings.default_timeout),
+            Some(t) => t.as_duration(),
+        };
         let id = RequestId::new(self.next_req);
         self.next_req += 1;
-        let deadline = Millis::new(self.now().get().saturating_add(millis(timeout).get()));
+        let deadline = timeout.map(|t| Millis::new(self.now().get().saturating_add(millis(t).get())));
         let clock = self.cores.get(algorithm).clock();
         let mut cause = self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock });
         let span = cause.span.take().unwrap_or_else(tracing::Span::none);
@@ -77,8 +82,7 @@ impl Node {
                 span,
             },
         );
-        let event =
-            Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline), ttl: Some(millis(ttl)) };
+        let event = Event::Acquire { req: id, lock: req.lock, deadline, ttl: Some(millis(ttl)) };
         self.work.push_back((algorithm, event, cause));
     }
 
@@ -134,7 +138,11 @@ impl Node {
                     acquire_id: p.acquire_id.clone(),
                     otel,
                 };
-                let id = self.leases.insert(lease);
+                let owner = super::forward::LeaseOwner {
+                    node: self.settings.me,
+                    incarnation: self.settings.incarnation,
+                };
+                let id = self.leases.insert(owner, lease);
                 let grant = Grant {
                     name: lock,
                     lease: id.clone().into(),
@@ -163,7 +171,9 @@ impl Node {
         let Some(mut p) = self.pending.remove(&req) else { return };
         let err = match (p.withdrawn.take(), reason) {
             (Some(e), _) => e,
-            (None, RejectReason::TimedOut) => ApiError::Timeout(p.timeout.as_millis() as u64),
+            (None, RejectReason::TimedOut) => {
+                ApiError::Timeout(p.timeout.map_or(0, |t| t.as_millis() as u64))
+            }
             (None, RejectReason::Cancelled) => ApiError::Cancelled,
         };
         let outcome = match &err {
@@ -199,7 +209,7 @@ impl Node {
     }
 
     /// The error for a lease this node does not hold (any more).
-    fn lease_gone(&self, lease: &str) -> ApiError {
+    pub(super) fn lease_gone(&self, lease: &str) -> ApiError {
         if self.member.was_lost(lease) {
             ApiError::LeaseLost(format!(
                 "lease {lease} was lost: this node lost its member lease (no majority reached), so the lock may \
@@ -287,6 +297,19 @@ impl Node {
             self.end_lease(id);
         }
         leases
+    }
+
+    /// Withdraws the waiting requests whose client went away (its HTTP request was dropped, e.g. the
+    /// connection closed): a request that waits without a limit would otherwise stay queued for ever, and one
+    /// with a limit would still be granted and given back for nothing.
+    pub(super) fn withdraw_abandoned(&mut self) {
+        let gone: Vec<RequestId> = (self.pending.iter())
+            .filter(|(_, p)| p.withdrawn.is_none() && p.reply.as_ref().is_some_and(|r| r.is_closed()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.withdraw(id, ApiError::Cancelled);
+        }
     }
 
     /// Withdraws a waiting request on the node's own initiative; `why` is what its client will hear.

@@ -53,8 +53,7 @@ impl Node {
         let leases = self
             .leases
             .on_lock(lock)
-            .map(|(id, l)| LeaseInfo {
-                lease: id.to_string(),
+            .map(|(_, l)| LeaseInfo {
                 algorithm: l.algorithm,
                 fencing_token: l.token.get(),
                 expires_in_ms: self

@@ -408,6 +408,8 @@ metrics! {
         "Time this node spent as a member without its member lease (no majority reached), in milliseconds.";
     membership_messages: Counter<LinkFrameLabels> = "dmutex_membership_messages_total",
         "Membership messages (heartbeats, acks, view changes, formation, engine handshakes), by type and direction.";
+    client_forwards: Counter<LinkFrameLabels> = "dmutex_client_forwards_total",
+        "Client calls served with another node's help (keepalive, release and re-acquire of a lease granted there; lock queries), by type and direction.";
 }
 
 impl Metrics {

@@ -516,14 +516,14 @@ pub(crate) fn check_deadlines(acquires: &[AcquireRecord], t: &Timeline, slack: D
 }
 
 /// The acquires at nodes that were in the majority the whole time they were in flight that answered neither
-/// 200 nor 408 (408 is a contention timeout, counted in the figures, not a violation).
+/// 200 nor 409 (409 `timeout` is a contention timeout, counted in the figures, not a violation).
 pub(crate) fn refused_at_majority<'a>(
     acquires: &'a [AcquireRecord],
     t: &'a Timeline,
 ) -> impl Iterator<Item = &'a AcquireRecord> {
     acquires
         .iter()
-        .filter(|a| a.status != 200 && a.status != 408 && t.majority_throughout(a.node, a.sent, a.answered))
+        .filter(|a| a.status != 200 && a.status != 409 && t.majority_throughout(a.node, a.sent, a.answered))
 }
 
 /// No acquire at a node that was in the majority the whole time it was in flight answered 503 or failed to
@@ -746,13 +746,13 @@ mod tests {
     fn control_a_late_answer_fails_the_deadline_check_unless_its_node_was_frozen() {
         let t0 = Instant::now();
         let mut t = timeline_at(t0);
-        let late = [acquire(t0, 2, 0, 3000, 408)];
+        let late = [acquire(t0, 2, 0, 3000, 409)];
         assert_eq!(check_deadlines(&late, &t, Duration::from_millis(500)).len(), 1);
-        assert_eq!(check_deadlines(&[acquire(t0, 2, 0, 1400, 408)], &t, Duration::from_millis(500)).len(), 0);
+        assert_eq!(check_deadlines(&[acquire(t0, 2, 0, 1400, 409)], &t, Duration::from_millis(500)).len(), 0);
         let mut stalled = timeline_at(t0);
         stalled.stalls.push((ms(t0, 100), ms(t0, 1200)));
         assert_eq!(
-            check_deadlines(&[acquire(t0, 2, 0, 2400, 408)], &stalled, Duration::from_millis(500)).len(),
+            check_deadlines(&[acquire(t0, 2, 0, 2400, 409)], &stalled, Duration::from_millis(500)).len(),
             0
         );
         assert_eq!(check_deadlines(&late, &stalled, Duration::from_millis(500)).len(), 1);
@@ -776,9 +776,9 @@ mod tests {
         let v = check_majority_serves(&answers, &t, grace);
         assert_eq!(v.len(), 1, "only node 3's 503 is a violation: {v:?}");
         assert!(v[0].contains("via node 3"), "{v:?}");
-        let later = [acquire(t0, 0, 6000, 6010, 503), acquire(t0, 3, 0, 10, 408)];
+        let later = [acquire(t0, 0, 6000, 6010, 503), acquire(t0, 3, 0, 10, 409)];
         let v = check_majority_serves(&later, &t, grace);
-        assert_eq!(v.len(), 1, "node 0 after the heal must serve; a 408 is not a violation: {v:?}");
+        assert_eq!(v.len(), 1, "node 0 after the heal must serve; a 409 timeout is not a violation: {v:?}");
         // A stall of the machine excuses a refusal that meets it or its grace, and nothing else.
         t.stalls.push((ms(t0, 5500), ms(t0, 5900)));
         assert_eq!(check_majority_serves(&later, &t, grace), Vec::<String>::new());
