@@ -19,13 +19,14 @@ enum AcquireMode {
     Grant,
     Timeout,
     Unavailable,
+    Locked,
 }
 
 #[derive(Clone, Copy, Default)]
 enum KeepaliveMode {
     #[default]
     Ok,
-    /// 409: the lease expired.
+    /// 409 `lease_not_found`: the lease expired.
     Expired,
     /// 500: the node is in trouble, the lease may still be fine.
     Failing,
@@ -57,8 +58,13 @@ async fn acquire(State(s): State<Shared>, Path(name): Path<String>, Json(body): 
             "name": name, "lease": 42, "fencing_token": 1234, "algorithm": "lamport", "node_id": 0, "waited_ms": 1
         }))
         .into_response(),
-        AcquireMode::Timeout => error(StatusCode::REQUEST_TIMEOUT, "timeout", "lock not granted within 10ms"),
+        AcquireMode::Timeout => error(StatusCode::CONFLICT, "timeout", "lock not granted within 10ms"),
         AcquireMode::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "peer 2 is unreachable"),
+        AcquireMode::Locked => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"code": "locked", "message": "job is held by node 1", "holder": 1}})),
+        )
+            .into_response(),
     }
 }
 
@@ -70,7 +76,7 @@ async fn keepalive(State(s): State<Shared>, Path(lease): Path<String>) -> Respon
     };
     match mode {
         KeepaliveMode::Ok => Json(json!({"ttl_ms": 300})).into_response(),
-        KeepaliveMode::Expired => error(StatusCode::CONFLICT, "lease_expired", "lease 42 has expired"),
+        KeepaliveMode::Expired => error(StatusCode::CONFLICT, "lease_not_found", "lease 42 has expired"),
         KeepaliveMode::Failing => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "node is busy"),
     }
 }
@@ -239,12 +245,51 @@ async fn acquire_failures_have_their_own_exit_codes() {
 
     let (ep, _) = fake_node(AcquireMode::Unavailable, KeepaliveMode::Ok).await;
     let r = run(&["lock", "--endpoint", &ep, "job", "--", "true"]).await;
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(69), "{}", r.stderr);
     assert!(r.stderr.contains("peer 2 is unreachable"), "{}", r.stderr);
 
     // Nothing listens on port 1.
     let r = run(&["lock", "--endpoint", "http://127.0.0.1:1", "job", "--", "true"]).await;
+    assert_eq!(r.code, Some(69), "{}", r.stderr);
+
+    let (ep, s) = fake_node(AcquireMode::Locked, KeepaliveMode::Ok).await;
+    let r = run(&["lock", "--endpoints", &ep, "--try", "job", "--", "true"]).await;
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(r.stderr.contains("held by node 1"), "{}", r.stderr);
+    assert_eq!(s.lock().unwrap().acquires, [("job".to_string(), json!({"wait": false}))]);
+
+    // An invalid endpoint is a refused request, not an unavailable cluster.
+    let r = run(&["lock", "--endpoints", "ftp://x", "job", "--", "true"]).await;
     assert_eq!(r.code, Some(1), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_fail_over_to_one_that_serves_and_forever_is_sent_as_such() {
+    let (busy, b) = fake_node(AcquireMode::Unavailable, KeepaliveMode::Ok).await;
+    let (ep, s) = fake_node(AcquireMode::Grant, KeepaliveMode::Ok).await;
+    let endpoints = format!("http://127.0.0.1:1,{busy}");
+    let r = run(&[
+        "lock",
+        "--endpoints",
+        &endpoints,
+        "--endpoints",
+        &ep,
+        "--timeout",
+        "forever",
+        "--ttl",
+        "300ms",
+        "job",
+        "--",
+        "sleep",
+        "0.5",
+    ])
+    .await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(b.lock().unwrap().acquires.len(), 1, "the 503 endpoint was asked once");
+    let f = s.lock().unwrap();
+    assert_eq!(f.acquires, [("job".to_string(), json!({"timeout_ms": "forever", "ttl_ms": 300}))]);
+    assert!(f.keepalives.len() >= 2, "{} keepalives", f.keepalives.len());
+    assert_eq!(f.releases.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,18 @@
 //! `dmutex lock NAME -- CMD…`: run a command while holding a cluster-wide lock.
 //!
-//! A lease holder in the shape of `flock(1)`:
+//! A lease holder in the shape of `flock(1)`, built on the client library ([`dmutex_client`]):
 //!
-//! 1. `POST /v1/locks/{name}/acquire` `{timeout_ms?, ttl_ms?, algorithm?}` → 200 `{name, lease, fencing_token,
-//!    algorithm, node_id, waited_ms}`; 408 when the wait timed out; errors are `{"error":{"code","message"}}`.
+//! 1. Acquire through the first endpoint that can serve (the next one on a connection error or 503, never
+//!    on 409): `POST /v1/locks/{name}/acquire` `{timeout_ms?, wait?, ttl_ms?, algorithm?}` → 200 `{name, lease,
+//!    fencing_token, ...}`; 409 `timeout` when the wait timed out, 409 `locked` when `--try` found it held.
 //! 2. Spawn `CMD` with `DMUTEX_LOCK`, `DMUTEX_FENCING_TOKEN` and `DMUTEX_LEASE` in its environment.
-//! 3. While it runs, `POST /v1/leases/{lease}/keepalive` → 200 `{ttl_ms}` every TTL/3 (409 or 404: the lease is
-//!    gone). When the TTL is not known (no `--ttl` and no `ttl_ms` in the grant), the first keepalive is sent at
-//!    once to learn it.
-//! 4. `POST /v1/locks/{name}/release` `{lease}` once the command has ended (409: unknown or expired lease).
+//! 3. While it runs, the guard keeps the lease alive every TTL/3 through any endpoint.
+//! 4. Release once the command has ended.
 //!
-//! Lease loss: the node answers 409/404 to a keepalive, or no keepalive has succeeded for a whole TTL. The
-//! TTL is counted from when the last successful keepalive was *sent* (the node cannot have started its new TTL
-//! earlier), and for the grant from when its answer arrived. Then the command gets SIGTERM, SIGKILL after
-//! `--grace`, and `dmutex lock` exits with [`EXIT_LEASE_LOST`]. The command may thus outlive its lease by up to
-//! the grace period plus one network delay: a lease only *bounds* overlap, the fencing token is what makes a
-//! late writer harmless.
+//! Lease loss ([`dmutex_client::LeaseLoss`]): a keepalive is answered `lease_lost` or `lease_not_found`, or none
+//! has succeeded for a whole TTL. Then the command gets SIGTERM, SIGKILL after `--grace`, and `dmutex lock` exits
+//! with [`EXIT_LEASE_LOST`]. The command may thus outlive its lease by up to the grace period plus one network
+//! delay: a lease only *bounds* overlap, the fencing token is what makes a late writer harmless.
 //!
 //! Signals: SIGINT and SIGTERM received by `dmutex lock` are forwarded to the command (only to its pid, not to
 //! its process group), and the lease is released once it has exited. A terminal's Ctrl-C reaches the command
@@ -23,35 +20,28 @@
 
 use crate::cmd::DEFAULT_ENDPOINT;
 use clap::Args;
-use dmutex::algo::Algorithm;
-use dmutex::api::client::Client;
-use dmutex::api::types::{AcquireBody, LeaseId, Timeout};
+use dmutex_client::{Algorithm, Client, Error, LockGuard, Timeout};
 use rustix::process::{Pid, Signal};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::timeout;
 
-/// `dmutex lock`: the lock could not be acquired (node unreachable or unavailable, request refused).
+/// `dmutex lock`: the lock could not be acquired (the request was refused, or the answer was not understood).
 pub(crate) const EXIT_ACQUIRE_FAILED: i32 = 1;
-/// `dmutex lock`: the acquire timed out (the node answered 408).
+/// `dmutex lock`: the acquire timed out (`--timeout`; the node answered `timeout`).
 pub(crate) const EXIT_TIMEOUT: i32 = 3;
+/// `dmutex lock --try`: the lock is held or waited for (the node answered `locked`).
+pub(crate) const EXIT_LOCKED: i32 = 4;
+/// `dmutex lock`: no endpoint could serve (unreachable, or 503 from each; BSD `EX_UNAVAILABLE`).
+pub(crate) const EXIT_UNAVAILABLE: i32 = 69;
 /// `dmutex lock`: the lease was lost while the command ran (BSD `EX_TEMPFAIL`).
 pub(crate) const EXIT_LEASE_LOST: i32 = 75;
 /// `dmutex lock`: the command exists but could not be started (as in a shell).
 pub(crate) const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// `dmutex lock`: the command was not found (as in a shell).
 pub(crate) const EXIT_NOT_FOUND: i32 = 127;
-
-/// How long the final release may take before `dmutex lock` gives up on it (the lease then simply expires).
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The TTL assumed until the node tells: shorter than any sane server default would make keepalives wasteful,
-/// and the first keepalive is sent at once anyway when the TTL is unknown.
-const ASSUMED_TTL: Duration = Duration::from_secs(15);
-/// Slack added to `--timeout` for the acquire request itself, so the node's 408 arrives before ours.
-const ACQUIRE_SLACK: Duration = Duration::from_secs(10);
 
 /// `dmutex lock`.
 #[derive(Debug, Clone, Args)]
@@ -60,29 +50,46 @@ The command runs with DMUTEX_LOCK=<name>, DMUTEX_FENCING_TOKEN=<token> and DMUTE
 environment. Pass the fencing token to whatever the lock protects: it is the only defence against a holder that
 was paused past its lease.
 
-While the command runs, the lease is kept alive every TTL/3. If the lease is lost (the node answers that it
-expired, or keepalives fail until a whole TTL has passed since the last success), the command gets SIGTERM,
-then SIGKILL after --grace. SIGINT and SIGTERM sent to `dmutex lock` are forwarded to the command; the lock is
-released when the command ends.
+Endpoints are tried in turn: the next one when an endpoint cannot be reached or answers 503, never when the
+cluster answered (locked, timeout, bad request). While the command runs, the lease is kept alive every TTL/3
+through any endpoint. If the lease is lost (a node answers that it was lost or is unknown, or keepalives fail
+until a whole TTL has passed since the last success), the command gets SIGTERM, then SIGKILL after --grace.
+SIGINT and SIGTERM sent to `dmutex lock` are forwarded to the command; the lock is released when the command
+ends.
 
 Exit status:
   the command's own status, or 128+N if it was killed by signal N
-  1    the lock could not be acquired (node unreachable, unavailable, or the request was refused)
+  1    the lock could not be acquired (the request was refused or the answer not understood)
   2    usage error
   3    the acquire timed out (--timeout)
+  4    --try: the lock is held (or waited for) by someone else
+  69   no endpoint could serve (unreachable, or unavailable: minority, not joined, shutting down)
   75   the lease was lost while the command ran; the command was terminated
   126  the command could not be started
   127  the command was not found
 
-Example:
-  dmutex lock --ttl 10s --timeout 1m backup -- ./backup.sh --full")]
+Examples:
+  dmutex lock --endpoints http://db1:8080,http://db2:8080 --ttl 10s --timeout 1m backup -- ./backup.sh --full
+  dmutex lock --try report -- ./report.sh        # exits 4 at once if report is held
+  dmutex lock --timeout forever migrate -- ./migrate.sh")]
 pub(crate) struct LockArgs {
-    /// Node HTTP endpoint.
-    #[arg(long, env = "DMUTEX_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
-    pub(crate) endpoint: String,
-    /// How long to wait for the lock (e.g. 10s, 500ms; default: the node's DMUTEX_DEFAULT_TIMEOUT_MS).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub(crate) timeout: Option<Duration>,
+    /// Node HTTP endpoints, tried in turn; comma-separated and/or repeated (--endpoint is the same flag)
+    /// [default: DMUTEX_ENDPOINT, else http://127.0.0.1:8080].
+    #[arg(
+        long,
+        visible_alias = "endpoint",
+        env = "DMUTEX_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL,URL,..."
+    )]
+    pub(crate) endpoints: Vec<String>,
+    /// How long to wait for the lock: a duration (10s, 500ms, 1m) or `forever` (default: the node's
+    /// DMUTEX_DEFAULT_TIMEOUT_MS).
+    #[arg(long, value_parser = parse_timeout, value_name = "DURATION|forever", conflicts_with = "try_lock")]
+    pub(crate) timeout: Option<Timeout>,
+    /// Try-lock: take the lock only if it is free (nobody holds or waits for it), else exit 4 at once.
+    #[arg(long = "try")]
+    pub(crate) try_lock: bool,
     /// The lease's time to live, renewed every TTL/3 while the command runs (default: the node's).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) ttl: Option<Duration>,
@@ -100,6 +107,32 @@ pub(crate) struct LockArgs {
     /// The command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub(crate) command: Vec<String>,
+}
+
+impl LockArgs {
+    /// The endpoints to use: `--endpoints` (or `DMUTEX_ENDPOINTS`), else the single `DMUTEX_ENDPOINT` the other
+    /// commands read, else [`DEFAULT_ENDPOINT`].
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        let given: Vec<String> =
+            self.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if !given.is_empty() {
+            return given;
+        }
+        match std::env::var("DMUTEX_ENDPOINT") {
+            Ok(e) if !e.trim().is_empty() => vec![e.trim().to_string()],
+            _ => vec![DEFAULT_ENDPOINT.to_string()],
+        }
+    }
+}
+
+/// A `--timeout`: `forever`, or a duration in humantime's form.
+pub(crate) fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    if text.trim().eq_ignore_ascii_case("forever") {
+        return Ok(Timeout::Forever);
+    }
+    humantime::parse_duration(text)
+        .map(Timeout::from)
+        .map_err(|e| format!("{e} (expected a duration such as 10s, 500ms, 2m, or `forever`)"))
 }
 
 /// Runs `dmutex lock`; returns the process exit code.
@@ -130,68 +163,13 @@ fn send_signal(pid: Option<u32>, sig: Signal) {
     }
 }
 
-/// Why the keepalive task gave up.
-type LossReason = String;
-
-/// Keeps `lease` alive until it is lost (then reports why) or the task is aborted.
-async fn keep_alive(
-    client: Client,
-    lease: LeaseId,
-    mut ttl: Duration,
-    mut last_ok: Instant,
-    first: Instant,
-    lost: oneshot::Sender<LossReason>,
-) {
-    let mut next = first;
-    let mut failing = false;
-    loop {
-        sleep_until(next).await;
-        let sent = Instant::now();
-        let deadline = last_ok + ttl;
-        if sent >= deadline {
-            let _ = lost.send(format!("no keepalive succeeded for {}", humantime::format_duration(ttl)));
-            return;
-        }
-        let limit = (deadline - sent).min((ttl / 3).max(Duration::from_millis(100)));
-        match timeout(limit, client.keepalive(&lease, limit)).await {
-            Ok(Ok(granted)) => {
-                last_ok = sent;
-                ttl = granted.unwrap_or(ttl);
-                next = sent + ttl / 3;
-                if failing {
-                    eprintln!("dmutex lock: keepalive succeeded again");
-                    failing = false;
-                }
-            }
-            Ok(Err(e)) if e.is_status(409) || e.is_status(404) || e.is_status(410) => {
-                let _ = lost.send(format!("the node no longer knows the lease: {e}"));
-                return;
-            }
-            other => {
-                if !failing {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {}", humantime::format_duration(limit)),
-                    };
-                    eprintln!(
-                        "dmutex lock: keepalive failed ({why}); retrying until the lease's TTL runs out"
-                    );
-                    failing = true;
-                }
-                let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                next = (Instant::now() + retry).min(last_ok + ttl);
-            }
-        }
-    }
-}
-
 /// Acquire, run the command under the lease, release. Returns the process exit code.
 async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     let name = &args.name;
     let Some((program, program_args)) = args.command.split_first() else {
         anyhow::bail!("no command given");
     };
-    let client = match Client::new(&args.endpoint) {
+    let client = match Client::new(args.endpoints()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dmutex lock: {e}");
@@ -203,53 +181,61 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let req = AcquireBody {
-        timeout_ms: args.timeout.map(Timeout::from),
-        ttl_ms: args.ttl.map(millis),
-        algorithm: args.algorithm,
-        ..AcquireBody::default()
+    let mut request = if args.try_lock { client.try_lock(name.as_str()) } else { client.lock(name.as_str()) };
+    if let Some(ttl) = args.ttl {
+        request = request.ttl(ttl);
+    }
+    if let Some(a) = args.algorithm {
+        request = request.algorithm(a);
+    }
+    request = match args.timeout {
+        Some(Timeout::Forever) => request.wait_forever(),
+        Some(Timeout::Ms(ms)) => request.timeout(Duration::from_millis(ms)),
+        None => request,
     };
-    let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
-    let grant = tokio::select! {
-        r = client.acquire(name, &req, limit) => r,
+    let guard = tokio::select! {
+        r = request.acquire() => r,
         _ = sigint.recv() => return Ok(128 + Signal::INT.as_raw()),
         _ = sigterm.recv() => return Ok(128 + Signal::TERM.as_raw()),
     };
-    let granted_at = Instant::now();
-    let grant = match grant {
+    let guard = match guard {
         Ok(g) => g,
-        Err(e) if e.is_status(408) => {
-            eprintln!("dmutex lock: timed out waiting for lock {name:?}: {e}");
-            return Ok(EXIT_TIMEOUT);
-        }
         Err(e) => {
-            eprintln!("dmutex lock: cannot acquire lock {name:?}: {e}");
-            return Ok(EXIT_ACQUIRE_FAILED);
+            let (code, what) = match &e {
+                Error::Timeout { .. } => (EXIT_TIMEOUT, "timed out waiting for"),
+                Error::Locked { .. } => (EXIT_LOCKED, "did not get (--try)"),
+                Error::Unavailable { .. } => (EXIT_UNAVAILABLE, "no endpoint could serve"),
+                _ => (EXIT_ACQUIRE_FAILED, "cannot acquire"),
+            };
+            eprintln!("dmutex lock: {what} lock {name:?}: {e}");
+            return Ok(code);
         }
     };
     if args.verbose {
+        let grant = guard.grant();
         eprintln!(
-            "dmutex lock: acquired {name:?} (lease {}, fencing token {}, algorithm {}, node {}, waited {} ms)",
+            "dmutex lock: acquired {name:?} (lease {}, fencing token {}, algorithm {}, node {}, waited {} ms, via {})",
             grant.lease,
             grant.fencing_token,
             grant.algorithm.map_or("?", Algorithm::as_str),
             grant.node_id.map_or("?".to_string(), |n| n.to_string()),
             grant.waited_ms.unwrap_or(0),
+            client.current_endpoint(),
         );
     }
 
     let mut child = match tokio::process::Command::new(program)
         .args(program_args)
         .env("DMUTEX_LOCK", name)
-        .env("DMUTEX_FENCING_TOKEN", grant.fencing_token.to_string())
-        .env("DMUTEX_LEASE", grant.lease.to_string())
+        .env("DMUTEX_FENCING_TOKEN", guard.fencing_token().to_string())
+        .env("DMUTEX_LEASE", guard.lease().to_string())
         .kill_on_drop(true)
         .spawn()
     {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dmutex lock: cannot run {program:?}: {e}");
-            release(&client, name, &grant.lease, args.verbose).await;
+            release(guard, name, args.verbose).await;
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                 EXIT_NOT_FOUND
             } else {
@@ -259,37 +245,27 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     };
     let pid = child.id();
 
-    let known_ttl = grant.ttl_ms.map(Duration::from_millis).or(args.ttl);
-    let ttl = known_ttl.unwrap_or(ASSUMED_TTL);
-    let first = if known_ttl.is_some() { granted_at + ttl / 3 } else { granted_at };
-    let (lost_tx, mut lost_rx) = oneshot::channel();
-    let keeper =
-        tokio::spawn(keep_alive(client.clone(), grant.lease.clone(), ttl, granted_at, first, lost_tx));
-
     enum Outcome {
         Exited(ExitStatus),
-        Lost(LossReason),
+        Lost(dmutex_client::LeaseLoss),
     }
     let outcome = loop {
         tokio::select! {
             status = child.wait() => break Outcome::Exited(status?),
-            reason = &mut lost_rx => {
-                break Outcome::Lost(reason.unwrap_or_else(|_| "the keepalive task failed".to_string()));
-            }
+            loss = guard.lost() => break Outcome::Lost(loss),
             _ = sigint.recv() => send_signal(pid, Signal::INT),
             _ = sigterm.recv() => send_signal(pid, Signal::TERM),
         }
     };
-    keeper.abort();
 
     match outcome {
         Outcome::Exited(status) => {
-            release(&client, name, &grant.lease, args.verbose).await;
+            release(guard, name, args.verbose).await;
             Ok(exit_code(status))
         }
-        Outcome::Lost(reason) => {
+        Outcome::Lost(loss) => {
             eprintln!(
-                "dmutex lock: LOST the lease on lock {name:?}: {reason}; terminating the command (SIGTERM, SIGKILL \
+                "dmutex lock: LOST the lease on lock {name:?}: {loss}; terminating the command (SIGTERM, SIGKILL \
                  after {})",
                 humantime::format_duration(args.grace)
             );
@@ -303,35 +279,41 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
                     child.kill().await?;
                 }
             }
-            // Best effort: if the node still has the lease (we only lost contact), free it now.
-            release(&client, name, &grant.lease, args.verbose).await;
+            // Best effort: if a node still has the lease (we only lost contact), free it now.
+            release(guard, name, args.verbose).await;
             Ok(EXIT_LEASE_LOST)
         }
     }
 }
 
 /// Releases the lock, reporting (not failing on) errors: the command's status is what the caller wants.
-async fn release(client: &Client, name: &str, lease: &LeaseId, verbose: bool) {
-    match client.release(name, lease, RELEASE_TIMEOUT).await {
+async fn release(guard: LockGuard, name: &str, verbose: bool) {
+    match guard.release().await {
         Ok(()) => {
             if verbose {
                 eprintln!("dmutex lock: released {name:?}");
             }
         }
-        Err(e) if e.is_status(409) || e.is_status(404) => {
-            eprintln!("dmutex lock: warning: the lease on {name:?} had already expired at release: {e}");
+        Err(e @ (Error::LeaseNotFound { .. } | Error::LeaseLost { .. })) => {
+            eprintln!("dmutex lock: warning: the lease on {name:?} had already ended at release: {e}");
         }
         Err(e) => eprintln!("dmutex lock: warning: could not release {name:?} (its lease will expire): {e}"),
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_durations_or_forever() {
+        assert_eq!(parse_timeout("forever"), Ok(Timeout::Forever));
+        assert_eq!(parse_timeout("1m 30s"), Ok(Timeout::Ms(90_000)));
+        assert_eq!(parse_timeout("0s"), Ok(Timeout::Ms(0)));
+        let e = parse_timeout("soon").unwrap_err();
+        assert!(e.contains("`forever`"), "{e}");
+        assert!(parse_timeout("10").is_err(), "a bare number has no unit");
+    }
 
     #[test]
     fn exit_codes_follow_the_shell() {

@@ -102,13 +102,41 @@ mod tests {
         ]) else {
             panic!("not lock")
         };
-        assert_eq!(l.endpoint, "http://n:1");
-        assert_eq!(l.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(l.endpoints, ["http://n:1"]);
+        assert_eq!(l.timeout, Some(dmutex_client::Timeout::Ms(10_000)));
         assert_eq!(l.ttl, Some(Duration::from_millis(500)));
         assert_eq!(l.algorithm, Some(Algorithm::RicartAgrawala));
         assert_eq!(l.grace, Duration::from_secs(5));
         assert_eq!(l.name, "job");
         assert_eq!(l.command, ["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn lock_takes_several_endpoints_forever_and_try() {
+        let Command::Lock(l) = parse(&[
+            "lock",
+            "--endpoints",
+            "http://a:1,http://b:1",
+            "--endpoints",
+            "c:1",
+            "--timeout",
+            "forever",
+            "job",
+            "true",
+        ]) else {
+            panic!("not lock")
+        };
+        assert_eq!(l.endpoints(), ["http://a:1", "http://b:1", "c:1"]);
+        assert_eq!(l.timeout, Some(dmutex_client::Timeout::Forever));
+        assert!(!l.try_lock);
+        let Command::Lock(l) = parse(&["lock", "--try", "--endpoint", "http://a:1", "job", "true"]) else {
+            panic!("not lock")
+        };
+        assert!(l.try_lock && l.timeout.is_none());
+        assert_eq!(l.endpoints(), ["http://a:1"]);
+        let e =
+            Cli::try_parse_from(["dmutex", "lock", "--try", "--timeout", "1s", "job", "true"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "--try and --timeout contradict each other: {e}");
     }
 
     #[test]

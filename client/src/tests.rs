@@ -1,0 +1,272 @@
+//! The client against fake nodes (axum on 127.0.0.1, port 0) that answer as told and record every call.
+
+use crate::{Client, Error, LeaseLoss};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a fake node answers an acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnAcquire {
+    Grant,
+    Unavailable,
+    Locked,
+    Timeout,
+}
+
+/// How a fake node answers a keepalive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnKeepalive {
+    Ok,
+    Unavailable,
+    LeaseLost,
+    Failing,
+}
+
+#[derive(Debug)]
+struct Fake {
+    id: u16,
+    on_acquire: OnAcquire,
+    on_keepalive: OnKeepalive,
+    acquires: Vec<(String, Value)>,
+    keepalives: Vec<String>,
+    releases: Vec<(String, Value)>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn error(status: StatusCode, error: Value) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn acquire(State(s): State<Shared>, Path(name): Path<String>, Json(body): Json<Value>) -> Response {
+    let (id, mode) = {
+        let mut f = s.lock().unwrap();
+        f.acquires.push((name.clone(), body));
+        (f.id, f.on_acquire)
+    };
+    match mode {
+        OnAcquire::Grant => Json(json!({
+            "name": name, "lease": format!("{id}.1.ab"), "fencing_token": 1000 + u64::from(id), "node_id": id,
+            "algorithm": "lamport", "waited_ms": 0, "ttl_ms": 300
+        }))
+        .into_response(),
+        OnAcquire::Unavailable => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"code": "unavailable", "message": format!("node {id} is in a minority")}),
+        ),
+        OnAcquire::Locked => {
+            error(StatusCode::CONFLICT, json!({"code": "locked", "message": "held by node 2", "holder": 2}))
+        }
+        OnAcquire::Timeout => {
+            error(StatusCode::CONFLICT, json!({"code": "timeout", "message": "timed out after 10 ms"}))
+        }
+    }
+}
+
+async fn keepalive(State(s): State<Shared>, Path(lease): Path<String>) -> Response {
+    let mode = {
+        let mut f = s.lock().unwrap();
+        f.keepalives.push(lease);
+        f.on_keepalive
+    };
+    match mode {
+        OnKeepalive::Ok => Json(json!({"ttl_ms": 300})).into_response(),
+        OnKeepalive::Unavailable => {
+            error(StatusCode::SERVICE_UNAVAILABLE, json!({"code": "shutting_down", "message": "bye"}))
+        }
+        OnKeepalive::LeaseLost => error(
+            StatusCode::CONFLICT,
+            json!({"code": "lease_lost", "message": "node 0 restarted (incarnation 2)"}),
+        ),
+        OnKeepalive::Failing => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, json!({"code": "internal", "message": "busy"}))
+        }
+    }
+}
+
+async fn release(State(s): State<Shared>, Path(name): Path<String>, Json(body): Json<Value>) -> Response {
+    let lease = body["lease"].clone();
+    s.lock().unwrap().releases.push((name.clone(), body));
+    Json(json!({"lease": lease, "name": name, "released": true})).into_response()
+}
+
+/// Starts fake node `id`; returns its endpoint and state.
+async fn fake(id: u16, on_acquire: OnAcquire, on_keepalive: OnKeepalive) -> (String, Shared) {
+    let state = Arc::new(Mutex::new(Fake {
+        id,
+        on_acquire,
+        on_keepalive,
+        acquires: Vec::new(),
+        keepalives: Vec::new(),
+        releases: Vec::new(),
+    }));
+    let app = Router::new()
+        .route("/v1/locks/{name}/acquire", post(acquire))
+        .route("/v1/locks/{name}/release", post(release))
+        .route("/v1/leases/{lease}/keepalive", post(keepalive))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/"), state)
+}
+
+/// An endpoint where nothing listens (a port that was just free).
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}/", listener.local_addr().unwrap())
+}
+
+/// Waits (bounded) until `done` holds of the fake's state.
+async fn eventually(s: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
+    for _ in 0..200 {
+        if done(&s.lock().unwrap()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 2 s: {what}; state {:?}", s.lock().unwrap());
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_skipped_and_the_live_one_remembered() {
+    let (live, s) = fake(1, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([dead_endpoint(), live.clone()]).unwrap();
+    let guard = client.lock("db").ttl(Duration::from_secs(3)).timeout(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(guard.fencing_token(), 1001);
+    assert_eq!(guard.lease().to_string(), "1.1.ab");
+    assert_eq!(guard.name(), "db");
+    assert_eq!(client.current_endpoint(), live, "the next call starts at the endpoint that answered");
+    assert_eq!(s.lock().unwrap().acquires, [("db".to_string(), json!({"timeout_ms": 2000, "ttl_ms": 3000}))]);
+    guard.release().await.unwrap();
+    assert_eq!(s.lock().unwrap().releases, [("db".to_string(), json!({"lease": "1.1.ab"}))]);
+}
+
+#[tokio::test]
+async fn a_503_moves_on_to_the_next_endpoint() {
+    let (busy, b) = fake(0, OnAcquire::Unavailable, OnKeepalive::Ok).await;
+    let (live, l) = fake(1, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([busy, live.clone()]).unwrap();
+    let guard = client.lock("db").wait_forever().await.unwrap();
+    assert_eq!(guard.grant().node_id, Some(1));
+    assert_eq!(b.lock().unwrap().acquires.len(), 1);
+    assert_eq!(l.lock().unwrap().acquires, [("db".to_string(), json!({"timeout_ms": "forever"}))]);
+    assert_eq!(client.current_endpoint(), live);
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_endpoint_unavailable_is_unavailable_naming_each() {
+    let (busy, _) = fake(0, OnAcquire::Unavailable, OnKeepalive::Ok).await;
+    let dead = dead_endpoint();
+    let client = Client::new([busy.clone(), dead.clone()]).unwrap();
+    let e = client.lock("db").await.unwrap_err();
+    let Error::Unavailable { message } = &e else { panic!("{e:?}") };
+    assert!(message.contains("node 0 is in a minority") && message.contains(&busy), "{message}");
+    assert!(message.contains(&dead), "{message}");
+}
+
+#[tokio::test]
+async fn a_409_is_the_answer_no_other_endpoint_is_asked() {
+    let (locked, _) = fake(0, OnAcquire::Locked, OnKeepalive::Ok).await;
+    let (live, l) = fake(1, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([locked.clone(), live]).unwrap();
+    let e = client.try_lock("db").await.unwrap_err();
+    assert!(matches!(e, Error::Locked { holder: Some(2) }), "{e:?}");
+    let (timeout, t) = fake(2, OnAcquire::Timeout, OnKeepalive::Ok).await;
+    let client2 = Client::new([timeout, locked]).unwrap();
+    let e = client2.lock("db").timeout(Duration::from_millis(10)).await.unwrap_err();
+    assert!(matches!(&e, Error::Timeout { message } if message.contains("10 ms")), "{e:?}");
+    assert!(l.lock().unwrap().acquires.is_empty(), "no failover on 409");
+    assert_eq!(t.lock().unwrap().acquires.len(), 1);
+}
+
+#[tokio::test]
+async fn try_lock_sends_wait_false_and_returns_a_guard_when_free() {
+    let (ep, s) = fake(3, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([ep]).unwrap();
+    let guard = client.try_lock("job").ttl(Duration::from_millis(900)).await.unwrap();
+    assert_eq!(guard.fencing_token(), 1003);
+    assert_eq!(s.lock().unwrap().acquires, [("job".to_string(), json!({"wait": false, "ttl_ms": 900}))]);
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_guard_renews_every_third_of_the_ttl_until_released() {
+    let (ep, s) = fake(0, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([ep]).unwrap();
+    // The grant says ttl_ms 300: a keepalive every 100 ms.
+    let guard = client.lock("db").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let n = s.lock().unwrap().keepalives.len();
+    assert!((5..=15).contains(&n), "{n} keepalives in 1 s");
+    assert!(s.lock().unwrap().keepalives.iter().all(|l| l == "0.1.ab"));
+    assert_eq!(guard.is_lost(), None, "several TTLs passed, the lease is still held");
+    guard.release().await.unwrap();
+    let after = s.lock().unwrap().keepalives.len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.lock().unwrap().keepalives.len(), after, "no keepalive after the release");
+    assert_eq!(s.lock().unwrap().releases.len(), 1);
+}
+
+#[tokio::test]
+async fn keepalives_go_through_any_node() {
+    let (a, sa) = fake(0, OnAcquire::Grant, OnKeepalive::Unavailable).await;
+    let (b, sb) = fake(1, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([a, b]).unwrap();
+    let guard = client.lock("db").await.unwrap();
+    assert_eq!(guard.grant().node_id, Some(0));
+    eventually(&sb, "keepalives through node 1", |f| f.keepalives.len() >= 3).await;
+    assert!(sb.lock().unwrap().keepalives.iter().all(|l| l == "0.1.ab"), "node 0's lease, through node 1");
+    assert_eq!(sa.lock().unwrap().keepalives.len(), 1, "after one 503 the client stays with node 1");
+    assert_eq!(guard.is_lost(), None);
+    guard.release().await.unwrap();
+    assert_eq!(sb.lock().unwrap().releases.len(), 1, "the release goes where the last answer came from");
+}
+
+#[tokio::test]
+async fn lost_fires_when_a_keepalive_hears_lease_lost() {
+    let (ep, s) = fake(0, OnAcquire::Grant, OnKeepalive::LeaseLost).await;
+    let client = Client::new([ep]).unwrap();
+    let guard = client.lock("db").await.unwrap();
+    let loss = tokio::time::timeout(Duration::from_secs(2), guard.lost()).await.expect("lost() fired");
+    assert_eq!(loss, LeaseLoss::Lost { message: "node 0 restarted (incarnation 2)".into() });
+    assert_eq!(guard.is_lost(), Some(loss.clone()));
+    assert_eq!(guard.lost().await, loss, "lost() keeps answering");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.lock().unwrap().keepalives.len(), 1, "no keepalive after the node said the lease is lost");
+}
+
+#[tokio::test]
+async fn lost_fires_when_no_keepalive_succeeds_for_a_ttl() {
+    let (ep, s) = fake(0, OnAcquire::Grant, OnKeepalive::Failing).await;
+    let client = Client::new([ep]).unwrap();
+    let started = tokio::time::Instant::now();
+    let guard = client.lock("db").await.unwrap();
+    let loss = tokio::time::timeout(Duration::from_secs(2), guard.lost()).await.expect("lost() fired");
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the TTL ran out");
+    let LeaseLoss::Expired { ttl, last_error } = &loss else { panic!("{loss:?}") };
+    assert_eq!(*ttl, Duration::from_millis(300));
+    assert!(last_error.contains("busy"), "{last_error}");
+    assert!(loss.to_string().starts_with("no keepalive succeeded for 300 ms"), "{loss}");
+    assert!(s.lock().unwrap().keepalives.len() >= 2, "failed keepalives are retried");
+}
+
+#[tokio::test]
+async fn dropping_the_guard_releases_the_lock() {
+    let (ep, s) = fake(0, OnAcquire::Grant, OnKeepalive::Ok).await;
+    let client = Client::new([ep]).unwrap();
+    let guard = client.lock("db").await.unwrap();
+    drop(guard);
+    eventually(&s, "the release after drop", |f| f.releases.len() == 1).await;
+    assert_eq!(s.lock().unwrap().releases, [("db".to_string(), json!({"lease": "0.1.ab"}))]);
+    let after = s.lock().unwrap().keepalives.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.lock().unwrap().keepalives.len(), after, "the keepalive task ended with the guard");
+}
