@@ -273,7 +273,12 @@ mod tests {
     #[test]
     fn acquire_body_omits_absent_fields() {
         assert_eq!(serde_json::to_string(&AcquireBody::default()).unwrap(), "{}");
-        let r = AcquireBody { timeout_ms: Some(5), ttl_ms: None, algorithm: Some(Algorithm::RicartAgrawala) };
+        let r = AcquireBody {
+            timeout_ms: Some(5),
+            ttl_ms: None,
+            algorithm: Some(Algorithm::RicartAgrawala),
+            wait: None,
+        };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"timeout_ms":5,"algorithm":"ricart-agrawala"}"#);
     }
 

@@ -25,6 +25,12 @@ pub enum ApiError {
     /// of its view): the lock may already be someone else's.
     #[error("{0}")]
     LeaseLost(String),
+    /// A try-lock (`"wait": false`, or `timeout_ms: 0`) found the lock held, or another request before it.
+    #[error("{}", locked_message(*holder))]
+    Locked {
+        /// The node that holds the lock, when known.
+        holder: Option<u16>,
+    },
     /// The request was cancelled.
     #[error("request cancelled")]
     Cancelled,
@@ -36,13 +42,20 @@ pub enum ApiError {
     Internal(String),
 }
 
+fn locked_message(holder: Option<u16>) -> String {
+    match holder {
+        Some(node) => format!("lock is held by node {node}"),
+        None => "lock is held or requested before this try".to_owned(),
+    }
+}
+
 impl ApiError {
     /// The HTTP status for this error.
     pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Timeout(_) => 408,
-            ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) => 409,
+            ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) | ApiError::Locked { .. } => 409,
             ApiError::TooLarge => 413,
             ApiError::Cancelled => 499,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
@@ -59,6 +72,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::LeaseNotFound(_) => "lease_not_found",
             ApiError::LeaseLost(_) => "lease_lost",
+            ApiError::Locked { .. } => "locked",
             ApiError::Cancelled => "cancelled",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Internal(_) => "internal",

@@ -185,6 +185,8 @@ async fn acquire(
             algorithm: b.algorithm,
             timeout: b.timeout_ms.map(Duration::from_millis),
             ttl: b.ttl_ms.map(Duration::from_millis),
+            // etcd's try-lock: `"wait": false`, and `timeout_ms: 0` as the same thing.
+            wait: b.wait != Some(false) && b.timeout_ms != Some(0),
         })
         .await?;
     Ok(Json(grant).into_response())

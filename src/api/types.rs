@@ -105,6 +105,10 @@ pub struct AcquireBody {
     /// The algorithm that serves the request.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "algorithm_by_name")]
     pub algorithm: Option<Algorithm>,
+    /// `false`: a try-lock, granted only if it need not wait, else answered 409 `locked` at once
+    /// (`timeout_ms: 0` means the same). Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
 }
 
 /// The body of `POST /v1/locks/{name}/release`. The lease is optional in the type only so that a body without
@@ -171,6 +175,8 @@ pub struct AcquireRequest {
     pub timeout: Option<Duration>,
     /// Lease TTL (default: the node's).
     pub ttl: Option<Duration>,
+    /// `false`: a try-lock ([`crate::algo::Event::TryAcquire`]); `timeout` is then not used.
+    pub wait: bool,
 }
 
 /// One peer as this node sees it.
@@ -339,7 +345,12 @@ mod tests {
         let b: AcquireBody = serde_json::from_value(json!({"algorithm": "RA", "ttl_ms": 10})).unwrap();
         assert_eq!(
             b,
-            AcquireBody { timeout_ms: None, ttl_ms: Some(10), algorithm: Some(Algorithm::RicartAgrawala) }
+            AcquireBody {
+                timeout_ms: None,
+                ttl_ms: Some(10),
+                algorithm: Some(Algorithm::RicartAgrawala),
+                wait: None
+            }
         );
         let b: AcquireBody = serde_json::from_value(json!({"algorithm": null})).unwrap();
         assert_eq!(b, AcquireBody::default());

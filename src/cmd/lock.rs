@@ -207,6 +207,7 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
         timeout_ms: args.timeout.map(millis),
         ttl_ms: args.ttl.map(millis),
         algorithm: args.algorithm,
+        wait: None,
     };
     let limit = args.timeout.map(|t| t + ACQUIRE_SLACK);
     let grant = tokio::select! {

@@ -85,6 +85,7 @@ impl LockService for NodeHandle {
             algorithm: Some(algorithm),
             timeout: Some(timeout),
             ttl: None,
+            wait: true,
         };
         NodeHandle::acquire(self, req).await.map_err(|e| e.to_string())
     }

@@ -42,8 +42,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// The protocol version spoken by this build. A Hello with another version is refused. Version 2: the postcard
 /// codec (version 1 was bincode 2) and the algorithms in the Hello. Version 3: the sender's view epoch in
-/// every [`Envelope`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// every [`Envelope`]. Version 4: try-locks (Ricart–Agrawala's `TRY_REQUEST` / `BUSY`, probable-owner's
+/// `attempt` flag and `Busy` answer).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Default maximum body length of one frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

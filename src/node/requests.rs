@@ -77,8 +77,11 @@ impl Node {
                 span,
             },
         );
-        let event =
-            Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline), ttl: Some(millis(ttl)) };
+        let event = if req.wait {
+            Event::Acquire { req: id, lock: req.lock, deadline: Some(deadline), ttl: Some(millis(ttl)) }
+        } else {
+            Event::TryAcquire { req: id, lock: req.lock, ttl: Some(millis(ttl)) }
+        };
         self.work.push_back((algorithm, event, cause));
     }
 
@@ -165,11 +168,13 @@ impl Node {
             (Some(e), _) => e,
             (None, RejectReason::TimedOut) => ApiError::Timeout(p.timeout.as_millis() as u64),
             (None, RejectReason::Cancelled) => ApiError::Cancelled,
+            (None, RejectReason::Locked { holder }) => ApiError::Locked { holder: holder.map(|h| h.get()) },
         };
         let outcome = match &err {
             ApiError::Timeout(_) => Outcome::Timeout,
             ApiError::Unavailable(_) => Outcome::Unavailable,
             ApiError::ShuttingDown => Outcome::Shutdown,
+            ApiError::Locked { .. } => Outcome::Locked,
             _ => Outcome::Cancelled,
         };
         let algorithm = p.algorithm;

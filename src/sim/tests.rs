@@ -83,6 +83,10 @@ impl Protocol for Central {
             out.push(Output::Send { to: NodeId::new(0), msg: ToyMsg::Req(lock.into()) });
         }
     }
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
+        // The toy coordinator has no try: it waits like an ordinary request.
+        self.request(lock, peers, out);
+    }
     fn release(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
         self.held.remove(lock);
         if self.greedy {
