@@ -22,12 +22,12 @@
 //! Try-locks (`*_try_*`): nodes whose one request is an `Event::TryAcquire`, against each other (every
 //! node tries at once), alone (one node tries, the others want nothing), or against an ordinary acquire.
 //! Besides mutual exclusion and rising tokens: eventually "every try answered" (granted or locked, and
-//! every ordinary request granted); for the all-try models of Lamport and Ricart–Agrawala always "at most
-//! one try wins" (total order decides: the earliest wins, and every other try is locked, whatever the
-//! interleaving) and eventually "a try wins"; for probable owner eventually "a try wins" (the owner decides;
-//! a try that reaches it after the winner released may win too, so not "at most one"); for the lone try
-//! eventually "a try on a lock nobody else wants is granted". The negative control: a protocol that grants a
-//! try without the round is caught breaking mutual exclusion.
+//! every ordinary request granted); for the all-try models eventually "a try wins", and, where the winner
+//! keeps the lock (`exclusive`), always "at most one try wins": of concurrent tries on a free lock exactly
+//! one is granted while the winner holds (a try decided after the winner released may win too: the lock
+//! was free then, which the releasing variants explore); for the lone try eventually "a try on a lock nobody
+//! else wants is granted". The negative control: a protocol that grants a try without the round is caught
+//! breaking mutual exclusion.
 //!
 //! Network assumptions (`Network::new_ordered` = reliable FIFO per directed pair):
 //! - Lamport 1978 assumes FIFO links (rule 5 reads "a later message from every process" as "every earlier
@@ -113,6 +113,8 @@ struct MutexActor<P> {
     forgetful: bool,
     /// Whether this node's requests are tries.
     trying: bool,
+    /// Whether this node's holders keep the lock for ever (no release, no lease).
+    keeps: bool,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -123,6 +125,7 @@ impl<P> Clone for MutexActor<P> {
             requests: self.requests,
             forgetful: self.forgetful,
             trying: self.trying,
+            keeps: self.keeps,
             _protocol: PhantomData,
         }
     }
@@ -141,7 +144,7 @@ impl<P: Protocol> MutexActor<P> {
                     state.holding = Some(req);
                     state.granted += 1;
                     state.last_token = Some(token);
-                    if !self.forgetful {
+                    if !self.forgetful && !self.keeps {
                         o.set_timer(ModelTimer::Release, model_timeout());
                     }
                 }
@@ -254,6 +257,7 @@ fn model_with<P: Protocol>(
             requests,
             forgetful: leases && i == 0,
             trying: false,
+            keeps: false,
             _protocol: PhantomData,
         }))
         .init_network(network)
@@ -287,8 +291,8 @@ enum Role {
     Idle,
 }
 
-/// The try-lock model: node `i` plays `roles[i]` (one request each). `exclusive`: every node tries, and the
-/// total order must let at most one of them win (Lamport, Ricart–Agrawala).
+/// The try-lock model: node `i` plays `roles[i]` (one request each). `exclusive`: holders keep the lock,
+/// and at most one try may win.
 fn try_model<P: Protocol>(roles: &[Role], network: Network<Wire<P::Msg>>, exclusive: bool) -> MutexModel<P> {
     let nodes = roles.len();
     let alone = roles.iter().filter(|r| **r == Role::Try).count() == 1 && !roles.contains(&Role::Acquire);
@@ -299,6 +303,7 @@ fn try_model<P: Protocol>(roles: &[Role], network: Network<Wire<P::Msg>>, exclus
             requests: u8::from(role != Role::Idle),
             forgetful: false,
             trying: role == Role::Try,
+            keeps: exclusive,
             _protocol: PhantomData,
         }))
         .init_network(network)
@@ -490,6 +495,11 @@ fn lamport_try_concurrent_3() {
 }
 
 #[test]
+fn lamport_try_concurrent_releasing_3() {
+    check_tries::<Lamport>(&[Try, Try, Try], false);
+}
+
+#[test]
 fn lamport_try_alone_3() {
     check_tries::<Lamport>(&[Idle, Try, Idle], false);
 }
@@ -505,6 +515,11 @@ fn ricart_agrawala_try_concurrent_3() {
 }
 
 #[test]
+fn ricart_agrawala_try_concurrent_releasing_3() {
+    check_tries::<RicartAgrawala>(&[Try, Try, Try], false);
+}
+
+#[test]
 fn ricart_agrawala_try_alone_3() {
     check_tries::<RicartAgrawala>(&[Idle, Try, Idle], false);
 }
@@ -516,6 +531,11 @@ fn ricart_agrawala_try_against_acquires_3() {
 
 #[test]
 fn probable_owner_try_concurrent_3() {
+    check_tries::<ProbableOwner>(&[Try, Try, Try], true);
+}
+
+#[test]
+fn probable_owner_try_concurrent_releasing_3() {
     check_tries::<ProbableOwner>(&[Try, Try, Try], false);
 }
 
