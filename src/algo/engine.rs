@@ -526,22 +526,24 @@ impl<P: Protocol> Engine<P> {
             match output {
                 Output::Send { to, msg } => out.push(Action::Send { to, epoch: self.peers.epoch(), msg }),
                 Output::Busy { lock, holder } => {
-                    let Some(local) = self.locks.get_mut(&lock) else { continue };
-                    match local.waiters.front() {
-                        Some(w) if w.attempt && local.requested && local.holder.is_none() => {
-                            local.requested = false;
-                            let req = w.req;
-                            local.waiters.pop_front();
-                            self.requests.remove(&req);
-                            self.stats.locked += 1;
-                            out.push(Action::Rejected { req, reason: RejectReason::Locked { holder } });
-                            // Ordinary waiters that queued behind the try now ask for themselves.
-                            repump.push(lock);
-                        }
-                        // Contract breach by the protocol (busy for a request that is no try): ignore it;
-                        // the request stays in the protocol and is served as usual.
-                        _ => tracing::error!(%lock, "protocol answered busy for no pending try; ignored"),
+                    let Some(local) = self.locks.get_mut(&lock).filter(|l| l.requested && l.holder.is_none())
+                    else {
+                        // Contract breach by the protocol (busy with no request outstanding): nothing to end.
+                        tracing::error!(%lock, "protocol answered busy for no pending request; ignored");
+                        continue;
+                    };
+                    // The protocol has withdrawn its request.
+                    local.requested = false;
+                    if let Some(w) = local.waiters.front().filter(|w| w.attempt) {
+                        let req = w.req;
+                        local.waiters.pop_front();
+                        self.requests.remove(&req);
+                        self.stats.locked += 1;
+                        out.push(Action::Rejected { req, reason: RejectReason::Locked { holder } });
                     }
+                    // Ordinary waiters that queued behind the try ask for themselves now, ordinarily (also when
+                    // the try was cancelled meanwhile and one of them had taken over its protocol request).
+                    repump.push(lock);
                 }
                 Output::Entered { lock, token } => {
                     let local = self.locks.entry(lock.clone()).or_default();

@@ -1445,6 +1445,26 @@ mod tests {
         assert_eq!(net.engines[0].stats().locked, 1);
     }
 
+    /// Engine: a try cancelled while an ordinary local waiter queued behind it hands the protocol request
+    /// over; if the try then loses, the waiter asks again ordinarily and is served after the holder.
+    #[test]
+    fn lamport_engine_a_lost_try_hands_over_to_the_ordinary_waiter_behind_it() {
+        let mut net = Net::new(2, lamport);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.try_acquire(0, 2, "a");
+        net.acquire(0, 3, "a");
+        net.handle(0, Event::Cancel { req: RequestId::new(2) });
+        net.deliver_all();
+        assert!(net.locked.is_empty(), "the cancelled try is answered Cancelled, not Locked");
+        assert_eq!(net.engines[0].local_waiters("a"), vec![RequestId::new(3)]);
+        assert!(net.engines[0].view("a").own_request.is_some(), "asked again, ordinarily");
+        net.release(1, 1);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.refused, 0);
+    }
+
     /// Try-lock over a view change: an excluded node's stale entry no longer blocks, so a try decided after
     /// the view that removed the only other requester wins.
     #[test]
