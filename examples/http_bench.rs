@@ -120,7 +120,7 @@ async fn bench() -> anyhow::Result<()> {
     println!("{:<16} {:>10} {:>10} {:>10} {:>12}", "algorithm", "p50 ms", "p99 ms", "max ms", "rounds/s");
     for algo in Algorithm::ALL {
         let lock = format!("bench-uncontended-{algo}");
-        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(10_000), ttl_ms: None };
+        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(10_000), ttl_ms: None, wait: None };
         let mut lat = Vec::with_capacity(requests);
         let t0 = Instant::now();
         for _ in 0..requests {
@@ -152,7 +152,7 @@ async fn bench() -> anyhow::Result<()> {
         let grants = Arc::new(AtomicU64::new(0));
         let changes = Arc::new(AtomicU64::new(0));
         let last_holder = Arc::new(AtomicU64::new(u64::MAX));
-        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(20_000), ttl_ms: None };
+        let body = AcquireBody { algorithm: Some(algo), timeout_ms: Some(20_000), ttl_ms: None, wait: None };
         let mut tasks = Vec::new();
         for c in 0..5usize {
             let (stop, grants, changes, last_holder) =
