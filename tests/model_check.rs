@@ -519,6 +519,14 @@ fn ricart_agrawala_try_concurrent_releasing_3() {
     check_tries::<RicartAgrawala>(&[Try, Try, Try], false);
 }
 
+/// Ricart–Agrawala's tries need no FIFO links either: `BUSY` and `REPLY` name the try they answer.
+#[test]
+fn ricart_agrawala_try_concurrent_unordered_3() {
+    let roles = [Try, Try, Try];
+    let model = try_model::<RicartAgrawala>(&roles, Network::new_unordered_nonduplicating([]), true);
+    check_model(model, roles.len(), 1, "unordered, tries [Try, Try, Try]");
+}
+
 #[test]
 fn ricart_agrawala_try_alone_3() {
     check_tries::<RicartAgrawala>(&[Idle, Try, Idle], false);
