@@ -33,6 +33,7 @@ fn config(nodes: usize, load: Load) -> SimConfig {
         cancel_prob: 0.0,
         deadline_prob: 0.0,
         lease_prob: 0.0,
+        try_prob: 0.0,
         crash: false,
         max_delay: 10,
         max_hold: 5,

@@ -19,6 +19,16 @@
 //! holder's token is larger; always "an expired holder holds nothing" checks the engine agrees, and sometimes
 //! "a lease expired" that the case is reached at all.
 //!
+//! Try-locks (`*_try_*`): nodes whose one request is an `Event::TryAcquire`, against each other (every
+//! node tries at once), alone (one node tries, the others want nothing), or against an ordinary acquire.
+//! Besides mutual exclusion and rising tokens: eventually "every try answered" (granted or locked, and
+//! every ordinary request granted); for the all-try models eventually "a try wins", and, where the winner
+//! keeps the lock (`exclusive`), always "at most one try wins": of concurrent tries on a free lock exactly
+//! one is granted while the winner holds (a try decided after the winner released may win too: the lock
+//! was free then, which the releasing variants explore); for the lone try eventually "a try on a lock nobody
+//! else wants is granted". The negative control: a protocol that grants a try without the round is caught
+//! breaking mutual exclusion.
+//!
 //! Network assumptions (`Network::new_ordered` = reliable FIFO per directed pair):
 //! - Lamport 1978 assumes FIFO links (rule 5 reads "a later message from every process" as "every earlier
 //!   REQUEST from it has arrived"); checked on an ordered network only.
@@ -34,7 +44,8 @@ use dmutex::algo::lamport::Lamport;
 use dmutex::algo::probable_owner::ProbableOwner;
 use dmutex::algo::ricart_agrawala::RicartAgrawala;
 use dmutex::algo::{
-    Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RequestId, TimerId,
+    Action, Engine, Event, FencingToken, Incarnation, Millis, NodeId, Peers, Protocol, RejectReason,
+    RequestId, TimerId,
 };
 use stateright::actor::{Actor, ActorModel, Id, Network, Out, model_timeout};
 use stateright::{Checker, Expectation, Model};
@@ -90,6 +101,8 @@ struct NodeState<P: Protocol> {
     last_token: Option<FencingToken>,
     /// Requests whose lease expired.
     expired: Vec<RequestId>,
+    /// Tries answered locked.
+    locked: u8,
 }
 
 /// The stateright actor over an [`Engine`].
@@ -98,6 +111,10 @@ struct MutexActor<P> {
     requests: u8,
     /// Whether this node's holders never release (their leases expire instead).
     forgetful: bool,
+    /// Whether this node's requests are tries.
+    trying: bool,
+    /// Whether this node's holders keep the lock for ever (no release, no lease).
+    keeps: bool,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -107,6 +124,8 @@ impl<P> Clone for MutexActor<P> {
             nodes: self.nodes,
             requests: self.requests,
             forgetful: self.forgetful,
+            trying: self.trying,
+            keeps: self.keeps,
             _protocol: PhantomData,
         }
     }
@@ -125,9 +144,13 @@ impl<P: Protocol> MutexActor<P> {
                     state.holding = Some(req);
                     state.granted += 1;
                     state.last_token = Some(token);
-                    if !self.forgetful {
+                    if !self.forgetful && !self.keeps {
                         o.set_timer(ModelTimer::Release, model_timeout());
                     }
+                }
+                Action::Rejected { reason: RejectReason::Locked { .. }, .. } => {
+                    state.locked += 1;
+                    self.next(state, o);
                 }
                 Action::Rejected { .. } => state.rejected += 1,
                 Action::LeaseExpired { req, .. } => {
@@ -147,7 +170,12 @@ impl<P: Protocol> MutexActor<P> {
         state.issued += 1;
         let req = RequestId::new(u64::from(state.issued));
         let ttl = self.forgetful.then_some(LEASE);
-        self.feed(state, Event::Acquire { req, lock: LOCK.into(), deadline: None, ttl }, o);
+        let event = if self.trying {
+            Event::TryAcquire { req, lock: LOCK.into(), ttl }
+        } else {
+            Event::Acquire { req, lock: LOCK.into(), deadline: None, ttl }
+        };
+        self.feed(state, event, o);
     }
 
     /// The script goes on once a grant ended (released or expired).
@@ -175,6 +203,7 @@ impl<P: Protocol> Actor for MutexActor<P> {
             holding: None,
             last_token: None,
             expired: Vec::new(),
+            locked: 0,
         };
         if self.requests > 0 {
             self.issue(&mut state, o);
@@ -227,6 +256,8 @@ fn model_with<P: Protocol>(
             nodes,
             requests,
             forgetful: leases && i == 0,
+            trying: false,
+            keeps: false,
             _protocol: PhantomData,
         }))
         .init_network(network)
@@ -250,6 +281,88 @@ fn model_with<P: Protocol>(
         .property(Expectation::Eventually, "every request granted", |m, s| {
             s.actor_states.iter().all(|a| a.granted == m.cfg)
         })
+}
+
+/// What a node of a try model does: one try, one ordinary acquire, or nothing.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Try,
+    Acquire,
+    Idle,
+}
+
+/// The try-lock model: node `i` plays `roles[i]` (one request each). `exclusive`: holders keep the lock,
+/// and at most one try may win.
+fn try_model<P: Protocol>(roles: &[Role], network: Network<Wire<P::Msg>>, exclusive: bool) -> MutexModel<P> {
+    let nodes = roles.len();
+    let alone = roles.iter().filter(|r| **r == Role::Try).count() == 1 && !roles.contains(&Role::Acquire);
+    let all_try = roles.iter().all(|r| *r == Role::Try);
+    let mut model = ActorModel::new(1u8, ())
+        .actors(roles.iter().map(|&role| MutexActor {
+            nodes,
+            requests: u8::from(role != Role::Idle),
+            forgetful: false,
+            trying: role == Role::Try,
+            keeps: exclusive,
+            _protocol: PhantomData,
+        }))
+        .init_network(network)
+        .property(Expectation::Always, "mutual exclusion", |_, s| {
+            s.actor_states.iter().filter(|a| a.holding.is_some()).count() <= 1
+        })
+        .property(Expectation::Always, "fencing tokens increase", |_, s| {
+            let Some((i, holder)) = s.actor_states.iter().enumerate().find(|(_, a)| a.holding.is_some())
+            else {
+                return true;
+            };
+            s.actor_states
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .all(|(_, a)| a.last_token.is_none_or(|t| Some(t) < holder.last_token))
+        })
+        .property(Expectation::Always, "no refused messages", |_, s| {
+            s.actor_states.iter().all(|a| a.engine.stats().refused == 0 && a.rejected == 0)
+        })
+        .property(Expectation::Eventually, "every try answered", |m, s| {
+            m.actors.iter().zip(&s.actor_states).all(|(actor, a)| {
+                if actor.trying {
+                    a.granted + a.locked == actor.requests
+                } else {
+                    a.granted == actor.requests
+                }
+            })
+        });
+    if alone {
+        model = model.property(
+            Expectation::Eventually,
+            "a try on a lock nobody else wants is granted",
+            |_, s| {
+                s.actor_states.iter().all(|a| a.locked == 0) && s.actor_states.iter().any(|a| a.granted == 1)
+            },
+        );
+    }
+    if all_try {
+        model = model.property(Expectation::Eventually, "a try wins", |_, s| {
+            s.actor_states.iter().any(|a| a.granted == 1)
+        });
+    }
+    if exclusive {
+        model = model.property(Expectation::Always, "at most one try wins", |_, s| {
+            s.actor_states.iter().map(|a| a.granted).sum::<u8>() <= 1
+        });
+    }
+    model
+}
+
+/// Checks a try model exhaustively.
+fn check_tries<P>(roles: &[Role], exclusive: bool)
+where
+    P: Protocol + Send + Sync + 'static,
+    P::Msg: Send + Sync + 'static,
+{
+    let name = format!("ordered, tries {roles:?}");
+    check_model(try_model::<P>(roles, ordered(), exclusive), roles.len(), 1, &name);
 }
 
 /// The lease properties on top of the others.
@@ -369,6 +482,81 @@ fn probable_owner_lease_expiry_3x1() {
     check_leases::<ProbableOwner>(3, 1, ordered(), "ordered");
 }
 
+use Role::{Acquire, Idle, Try};
+
+#[test]
+fn lamport_try_concurrent_2() {
+    check_tries::<Lamport>(&[Try, Try], true);
+}
+
+#[test]
+fn lamport_try_concurrent_3() {
+    check_tries::<Lamport>(&[Try, Try, Try], true);
+}
+
+#[test]
+fn lamport_try_concurrent_releasing_3() {
+    check_tries::<Lamport>(&[Try, Try, Try], false);
+}
+
+#[test]
+fn lamport_try_alone_3() {
+    check_tries::<Lamport>(&[Idle, Try, Idle], false);
+}
+
+#[test]
+fn lamport_try_against_an_acquire_2() {
+    check_tries::<Lamport>(&[Acquire, Try], false);
+}
+
+#[test]
+fn ricart_agrawala_try_concurrent_3() {
+    check_tries::<RicartAgrawala>(&[Try, Try, Try], true);
+}
+
+#[test]
+fn ricart_agrawala_try_concurrent_releasing_3() {
+    check_tries::<RicartAgrawala>(&[Try, Try, Try], false);
+}
+
+/// Ricart–Agrawala's tries need no FIFO links either: `BUSY` and `REPLY` name the try they answer.
+#[test]
+fn ricart_agrawala_try_concurrent_unordered_3() {
+    let roles = [Try, Try, Try];
+    let model = try_model::<RicartAgrawala>(&roles, Network::new_unordered_nonduplicating([]), true);
+    check_model(model, roles.len(), 1, "unordered, tries [Try, Try, Try]");
+}
+
+#[test]
+fn ricart_agrawala_try_alone_3() {
+    check_tries::<RicartAgrawala>(&[Idle, Try, Idle], false);
+}
+
+#[test]
+fn ricart_agrawala_try_against_acquires_3() {
+    check_tries::<RicartAgrawala>(&[Acquire, Try, Acquire], false);
+}
+
+#[test]
+fn probable_owner_try_concurrent_3() {
+    check_tries::<ProbableOwner>(&[Try, Try, Try], true);
+}
+
+#[test]
+fn probable_owner_try_concurrent_releasing_3() {
+    check_tries::<ProbableOwner>(&[Try, Try, Try], false);
+}
+
+#[test]
+fn probable_owner_try_alone_3() {
+    check_tries::<ProbableOwner>(&[Idle, Try, Idle], false);
+}
+
+#[test]
+fn probable_owner_try_against_acquires_3() {
+    check_tries::<ProbableOwner>(&[Acquire, Try, Acquire], false);
+}
+
 #[test]
 fn probable_owner_2x2() {
     check::<ProbableOwner>(2, 2, ordered(), "ordered");
@@ -420,6 +608,10 @@ mod adapter_self_check {
                 out.push(Output::Entered { lock: lock.into(), token: FencingToken::new(1) });
             }
         }
+        /// Grants a try at once, without the round of messages: the negative control of the try models.
+        fn try_request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<NoMsg>>) {
+            out.push(Output::Entered { lock: lock.into(), token: FencingToken::new(1) });
+        }
         fn release(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
         fn withdraw(&mut self, _lock: &str, _peers: &Peers, _out: &mut Vec<Output<NoMsg>>) {}
         fn on_message(
@@ -455,6 +647,12 @@ mod adapter_self_check {
     #[test]
     fn greedy_protocol_breaks_mutual_exclusion() {
         let checker = model::<Broken<true>>(2, 1, ordered()).checker().spawn_bfs().join();
+        assert!(checker.discovery("mutual exclusion").is_some());
+    }
+
+    #[test]
+    fn a_try_granted_without_the_round_breaks_mutual_exclusion() {
+        let checker = try_model::<Broken<false>>(&[Try, Try], ordered(), true).checker().spawn_bfs().join();
         assert!(checker.discovery("mutual exclusion").is_some());
     }
 

@@ -285,6 +285,56 @@ fn grant_release_and_the_next_holder_gets_a_larger_token_every_algorithm() {
     }
 }
 
+/// etcd's try-lock (issue 15; the port of `v3_lock_test.go`'s TryLock cases): on a free lock 200, on a held one
+/// 409 `locked` at once naming the holder (through another node, and through the holder's own node), and of
+/// concurrent tries on a free lock exactly one wins. `timeout_ms: 0` is the same as `"wait": false`.
+#[test]
+fn try_lock_is_granted_when_free_and_locked_at_once_when_held_every_algorithm() {
+    let c = Cluster::start("inproc-try", 3);
+    for algorithm in Algorithm::ALL {
+        let lock = format!("try-{algorithm}");
+        let first = c.grant(1, &lock, json!({ "algorithm": algorithm, "wait": false }));
+        assert_eq!(first["node_id"], 1, "{first}");
+        for (node, body) in [
+            (2, json!({ "algorithm": algorithm, "wait": false })),
+            (0, json!({ "algorithm": algorithm, "timeout_ms": 0 })),
+            (1, json!({ "algorithm": algorithm, "wait": false })),
+        ] {
+            let started = Instant::now();
+            let (status, err) = c.post(node, &format!("/v1/locks/{lock}/acquire"), body);
+            let took = started.elapsed();
+            assert_eq!(status, 409, "{algorithm}: try through node {node} while node 1 holds: {err}");
+            assert_eq!(err["error"]["code"], "locked", "{algorithm}: {err}");
+            assert_eq!(err["error"]["holder"], 1, "{algorithm}: the holder's node id: {err}");
+            let message = err["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("node 1"), "{algorithm}: the holder is named: {err}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{algorithm}: answered at once, not after a wait: {took:?}"
+            );
+        }
+        assert_eq!(c.release(1, &lock, &first["lease"]), 200);
+
+        // Concurrent tries on the free lock: exactly one 200, the others 409 `locked`.
+        let lock = format!("try-race-{algorithm}");
+        let tries: Vec<_> = (0..3)
+            .map(|i| c.acquire_in_background(i, &lock, json!({ "algorithm": algorithm, "wait": false })))
+            .collect();
+        let answers: Vec<(u16, Value)> = tries.into_iter().map(join).collect();
+        let winners: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 200).map(|(_, g)| g).collect();
+        assert_eq!(winners.len(), 1, "{algorithm}: exactly one try wins: {answers:?}");
+        for (status, body) in &answers {
+            assert!(*status == 200 || body["error"]["code"] == "locked", "{algorithm}: {status} {body}");
+        }
+        let winner = winners[0];
+        let node = winner["node_id"].as_u64().expect("node id") as usize;
+        assert_eq!(c.release(node, &lock, &winner["lease"]), 200);
+        // After the release the lock is free again for a try.
+        let again = c.grant(2, &lock, json!({ "algorithm": algorithm, "wait": false }));
+        assert_eq!(c.release(2, &lock, &again["lease"]), 200);
+    }
+}
+
 #[test]
 fn an_expired_lease_frees_the_lock_and_the_next_holder_gets_a_larger_token() {
     let c = Cluster::start("inproc-expiry", 3);

@@ -29,6 +29,13 @@
 //! still judged by the current member set (an excluded sender is refused), and views never reorder a
 //! link's messages, so FIFO per pair holds.
 //!
+//! Try-locks ([`Event::TryAcquire`]): a try for a lock this node holds, or already waits for, is answered
+//! [`RejectReason::Locked`] at once, without a message (it would wait behind the local holder or waiter).
+//! Otherwise it becomes the lock's one protocol request, issued with [`Protocol::try_request`]; the protocol
+//! answers with an entry or [`Output::Busy`], which the engine turns into the rejection (and then serves the
+//! next local waiter, if one queued behind the try meanwhile, with an ordinary request). A try waits for
+//! nothing else, except that a node that has not joined yet holds it back like any request.
+//!
 //! Must never: panic on any event, let `HashMap` order reach its output, or read a clock.
 
 use super::{
@@ -60,6 +67,8 @@ pub struct EngineStats {
     pub cancelled: u64,
     /// Requests whose deadline passed.
     pub timed_out: u64,
+    /// Try requests answered [`RejectReason::Locked`].
+    pub locked: u64,
     /// Events refused with a [`CoreError`].
     pub refused: u64,
     /// Grants whose lease ended without a release.
@@ -73,6 +82,8 @@ struct Waiter {
     deadline: Option<Millis>,
     /// The length of the lease its grant comes with.
     ttl: Option<Millis>,
+    /// A try request ([`Event::TryAcquire`]): never waits behind another request.
+    attempt: bool,
 }
 
 /// The local request in the critical section.
@@ -164,6 +175,7 @@ impl<P: Protocol> Engine<P> {
     ) -> Result<(), CoreError> {
         let result = match event {
             Event::Acquire { req, lock, deadline, ttl } => self.acquire(now, req, lock, deadline, ttl, out),
+            Event::TryAcquire { req, lock, ttl } => self.try_acquire(now, req, lock, ttl, out),
             Event::Release { req } => self.release(now, req, out),
             Event::KeepAlive { req, until } => self.keepalive(now, req, until, out),
             Event::Cancel { req } => self.abandon(now, req, RejectReason::Cancelled, out),
@@ -228,10 +240,43 @@ impl<P: Protocol> Engine<P> {
         }
         self.requests.insert(req, lock.clone());
         let local = self.locks.entry(lock.clone()).or_default();
-        local.waiters.push_back(Waiter { req, deadline, ttl });
+        local.waiters.push_back(Waiter { req, deadline, ttl, attempt: false });
         if let Some(at) = deadline {
             out.push(Action::SetTimer { timer: TimerId::Deadline(req), at });
         }
+        self.pump(now, &lock, out);
+        Ok(())
+    }
+
+    fn try_acquire(
+        &mut self,
+        now: Millis,
+        req: RequestId,
+        lock: LockName,
+        ttl: Option<Millis>,
+        out: &mut Vec<Action<P::Msg>>,
+    ) -> Result<(), CoreError> {
+        if self.requests.contains_key(&req) {
+            return Err(CoreError::DuplicateRequest(req));
+        }
+        if let Some(local) = self.locks.get(&lock)
+            && (local.holder.is_some() || !local.waiters.is_empty())
+        {
+            // It would wait behind the local holder or the local waiters: locked, without a message.
+            let me = self.peers.me();
+            let holder = if local.holder.is_some() {
+                Some(me)
+            } else {
+                // A local waiter does not hold: name the holder only if the protocol knows another one.
+                self.protocol.view(&lock).holder.filter(|&h| h != me)
+            };
+            self.stats.locked += 1;
+            out.push(Action::Rejected { req, reason: RejectReason::Locked { holder } });
+            return Ok(());
+        }
+        self.requests.insert(req, lock.clone());
+        let local = self.locks.entry(lock.clone()).or_default();
+        local.waiters.push_back(Waiter { req, deadline: None, ttl, attempt: true });
         self.pump(now, &lock, out);
         Ok(())
     }
@@ -331,6 +376,7 @@ impl<P: Protocol> Engine<P> {
         match reason {
             RejectReason::Cancelled => self.stats.cancelled += 1,
             RejectReason::TimedOut => self.stats.timed_out += 1,
+            RejectReason::Locked { .. } => self.stats.locked += 1,
         }
         out.push(Action::Rejected { req, reason });
         if local.waiters.is_empty() && local.requested {
@@ -450,9 +496,17 @@ impl<P: Protocol> Engine<P> {
     /// Issues the protocol request for `lock` if a local waiter needs one.
     fn pump(&mut self, now: Millis, lock: &str, out: &mut Vec<Action<P::Msg>>) {
         let Some(local) = self.locks.get_mut(lock) else { return };
-        if self.joined && local.holder.is_none() && !local.requested && !local.waiters.is_empty() {
+        if self.joined
+            && local.holder.is_none()
+            && !local.requested
+            && let Some(head) = local.waiters.front()
+        {
             local.requested = true;
-            self.protocol.request(lock, &self.peers, &mut self.scratch);
+            if head.attempt {
+                self.protocol.try_request(lock, &self.peers, &mut self.scratch);
+            } else {
+                self.protocol.request(lock, &self.peers, &mut self.scratch);
+            }
             self.drain(now, out);
         }
         self.forget_if_idle(lock);
@@ -467,14 +521,35 @@ impl<P: Protocol> Engine<P> {
     /// Turns protocol outputs into actions; an entry goes to the oldest local waiter (and starts its lease).
     fn drain(&mut self, now: Millis, out: &mut Vec<Action<P::Msg>>) {
         let mut outputs = std::mem::take(&mut self.scratch);
+        let mut repump: Vec<LockName> = Vec::new();
         for output in outputs.drain(..) {
             match output {
                 Output::Send { to, msg } => out.push(Action::Send { to, epoch: self.peers.epoch(), msg }),
+                Output::Busy { lock, holder } => {
+                    let Some(local) = self.locks.get_mut(&lock).filter(|l| l.requested && l.holder.is_none())
+                    else {
+                        // Contract breach by the protocol (busy with no request outstanding): nothing to end.
+                        tracing::error!(%lock, "protocol answered busy for no pending request; ignored");
+                        continue;
+                    };
+                    // The protocol has withdrawn its request.
+                    local.requested = false;
+                    if let Some(w) = local.waiters.front().filter(|w| w.attempt) {
+                        let req = w.req;
+                        local.waiters.pop_front();
+                        self.requests.remove(&req);
+                        self.stats.locked += 1;
+                        out.push(Action::Rejected { req, reason: RejectReason::Locked { holder } });
+                    }
+                    // Ordinary waiters that queued behind the try ask for themselves now, ordinarily (also when
+                    // the try was cancelled meanwhile and one of them had taken over its protocol request).
+                    repump.push(lock);
+                }
                 Output::Entered { lock, token } => {
                     let local = self.locks.entry(lock.clone()).or_default();
                     local.requested = false;
                     match local.waiters.pop_front() {
-                        Some(Waiter { req, deadline, ttl }) => {
+                        Some(Waiter { req, deadline, ttl, .. }) => {
                             let lease_until = ttl.map(|ttl| Millis::new(now.get().saturating_add(ttl.get())));
                             local.holder = Some(Holder { req, lease_until });
                             if deadline.is_some() {
@@ -504,6 +579,9 @@ impl<P: Protocol> Engine<P> {
             }
         }
         self.scratch = outputs;
+        for lock in repump {
+            self.pump(now, &lock, out);
+        }
     }
 
     /// The protocol (read-only), e.g. for its clock or counters.

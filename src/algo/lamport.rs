@@ -24,6 +24,14 @@
 //!    every request of `k` that precedes `(T, me)` has already arrived. Replies are never counted. The rule is
 //!    re-checked after every event, for every lock with a pending request, in lock-name order.
 //!
+//! Try-lock ([`Protocol::try_request`]): rule 1 as usual, and the request is decided at the moment rule 5's
+//! second condition holds (a message timestamped later than `T` from every other member): if `(T, me)` heads
+//! the queue, enter; otherwise withdraw at once (rule 3's `RELEASE`, so every queue drops it) and answer
+//! busy, naming the node at the head of the queue. At that moment every request that precedes `(T, me)` in
+//! the total order has arrived (the argument of rule 5), so the try loses exactly when an earlier request
+//! is still live: concurrent tries on a free lock grant exactly one, the earliest `(ts, node)`. Cost: the
+//! usual 3(N−1) messages, won or lost; the messages are the ordinary ones (a peer cannot tell a try).
+//!
 //! Restarts: a restarted peer knows nothing, so [`Protocol::peer_restarted`] drops its entries, forgets its
 //! `latest`, and re-sends this node's live requests to it: a pending request with its original timestamp,
 //! and a request already *entered* with timestamp 0, so that the new incarnation queues it first whatever
@@ -122,6 +130,8 @@ struct LockState {
     own: Option<LamportTs>,
     /// Whether this node is in the critical section.
     in_cs: bool,
+    /// Whether `own` is a try request: decided (enter or busy) as soon as rule 5 can decide.
+    trying: bool,
 }
 
 impl LockState {
@@ -204,22 +214,55 @@ impl Lamport {
         out.push(Output::Send { to, msg });
     }
 
-    /// Rule 5, checked for every lock with a pending request, in lock-name order.
+    /// Rule 5, checked for every lock with a pending request, in lock-name order. A try request that rule 5
+    /// can decide but that is not at the head loses: it is withdrawn (rule 3) and answered busy.
     fn check_entry(&mut self, out: &mut Vec<Output<LamportMsg>>) {
         let me = self.me;
         let peers = &self.peers;
+        let mut lost: Vec<(LockName, Option<NodeId>)> = Vec::new();
         for (lock, st) in self.locks.iter_mut() {
             let Some(t) = st.own else { continue };
-            if st.in_cs || st.queue.first() != Some(&(t, me)) {
+            if st.in_cs {
+                continue;
+            }
+            let at_head = st.queue.first() == Some(&(t, me));
+            if !at_head && !st.trying {
                 continue;
             }
             let all_later = peers.values().all(|p| p.latest > t.get());
-            if all_later {
+            if !all_later {
+                continue;
+            }
+            if at_head {
                 st.in_cs = true;
+                st.trying = false;
                 let token = FencingToken::from_ts(t, me);
                 self.last_token.insert(lock.clone(), token);
                 out.push(Output::Entered { lock: lock.clone(), token });
+            } else {
+                lost.push((lock.clone(), st.queue.first().map(|&(_, n)| n)));
             }
+        }
+        for (lock, holder) in lost {
+            self.withdraw_lost_try(&lock, out);
+            out.push(Output::Busy { lock, holder });
+        }
+    }
+
+    /// Withdraws a try that lost: rule 3 without the re-check (the caller is the check).
+    fn withdraw_lost_try(&mut self, lock: &str, out: &mut Vec<Output<LamportMsg>>) {
+        let me = self.me;
+        let Some(st) = self.locks.get_mut(lock) else { return };
+        let Some(own) = st.own.take() else { return };
+        st.trying = false;
+        st.queue.remove(&(own, me));
+        let order: Vec<NodeId> = self.peers.keys().copied().collect();
+        if st.is_empty() {
+            self.locks.remove(lock);
+        }
+        let ts = self.tick();
+        for p in order {
+            self.send(p, LamportMsg::Release { lock: lock.to_owned(), ts }, out);
         }
     }
 
@@ -244,6 +287,25 @@ impl Lamport {
         }
     }
 
+    /// Rule 1, for an ordinary or a try request.
+    fn start_request(&mut self, lock: &str, trying: bool, peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
+        let me = self.me;
+        if self.locks.get(lock).is_some_and(|st| st.own.is_some()) {
+            tracing::warn!(%lock, "request while already requesting; ignored");
+            return;
+        }
+        let t = self.tick();
+        let st = self.locks.entry(lock.to_owned()).or_default();
+        st.own = Some(t);
+        st.trying = trying;
+        st.queue.insert((t, me));
+        for p in peers.others() {
+            self.send(p, LamportMsg::Request { lock: lock.to_owned(), ts: t }, out);
+        }
+        // A one-node cluster enters at once; otherwise rule 5 cannot hold yet (T exceeds all received).
+        self.check_entry(out);
+    }
+
     /// Rule 3 (release) and withdrawal: remove the own request and tell everyone.
     fn leave(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
         let me = self.me;
@@ -256,6 +318,7 @@ impl Lamport {
             return;
         };
         st.in_cs = false;
+        st.trying = false;
         st.queue.remove(&(own, me));
         // A broadcast's order is free: the waiters hear it first, in queue order, so the RELEASE that lets the
         // next holder enter leaves before the ones that only update queues.
@@ -296,20 +359,11 @@ impl Protocol for Lamport {
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
-        let me = self.me;
-        if self.locks.get(lock).is_some_and(|st| st.own.is_some()) {
-            tracing::warn!(%lock, "request while already requesting; ignored");
-            return;
-        }
-        let t = self.tick();
-        let st = self.locks.entry(lock.to_owned()).or_default();
-        st.own = Some(t);
-        st.queue.insert((t, me));
-        for p in peers.others() {
-            self.send(p, LamportMsg::Request { lock: lock.to_owned(), ts: t }, out);
-        }
-        // A one-node cluster enters at once; otherwise rule 5 cannot hold yet (T exceeds all received).
-        self.check_entry(out);
+        self.start_request(lock, false, peers, out);
+    }
+
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
+        self.start_request(lock, true, peers, out);
     }
 
     fn release(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<LamportMsg>>) {
@@ -450,7 +504,7 @@ impl Protocol for Lamport {
 pub(crate) mod testnet {
     use crate::algo::{
         Action, Engine, Event, FencingToken, Incarnation, LamportTs, LockName, Millis, NodeId, Peers,
-        Protocol, RequestId, TimerId,
+        Protocol, RejectReason, RequestId, TimerId,
     };
     use std::collections::{BTreeMap, VecDeque};
 
@@ -479,6 +533,8 @@ pub(crate) mod testnet {
         pub grants: Vec<(usize, RequestId, LockName, FencingToken)>,
         /// Events the engines refused.
         pub refused: usize,
+        /// Every try answered locked, in order: node, request, the holder named.
+        pub locked: Vec<(usize, RequestId, Option<NodeId>)>,
         /// Deadline timers set and not cancelled: (node, request) -> when.
         pub timers: BTreeMap<(usize, RequestId), Millis>,
         /// Panic when a lock's token does not grow from one grant to the next.
@@ -507,6 +563,7 @@ pub(crate) mod testnet {
                 sent: 0,
                 grants: Vec::new(),
                 refused: 0,
+                locked: Vec::new(),
                 timers: BTreeMap::new(),
                 check_tokens: true,
                 early_hello: false,
@@ -568,7 +625,10 @@ pub(crate) mod testnet {
                     Action::CancelTimer { timer: TimerId::Deadline(req) } => {
                         self.timers.remove(&(node, *req));
                     }
-                    Action::Rejected { req, .. } => {
+                    Action::Rejected { req, reason } => {
+                        if let RejectReason::Locked { holder } = reason {
+                            self.locked.push((node, *req, *holder));
+                        }
                         self.timers.remove(&(node, *req));
                     }
                     // No acquire here asks for a lease.
@@ -583,6 +643,11 @@ pub(crate) mod testnet {
                 node,
                 Event::Acquire { req: RequestId::new(req), lock: lock.into(), deadline: None, ttl: None },
             )
+        }
+
+        /// Shorthand for a try-acquire without lease.
+        pub(crate) fn try_acquire(&mut self, node: usize, req: u64, lock: &str) -> Vec<Action<P::Msg>> {
+            self.handle(node, Event::TryAcquire { req: RequestId::new(req), lock: lock.into(), ttl: None })
         }
 
         /// Shorthand for a release.
@@ -1279,6 +1344,144 @@ mod tests {
             net.sequential_entries(2, "a");
             assert_eq!(net.sent, 2 * n * 3 * (n - 1), "n = {n}");
         }
+    }
+
+    fn locked(node: usize, req: u64, holder: Option<u16>) -> (usize, RequestId, Option<NodeId>) {
+        (node, RequestId::new(req), holder.map(NodeId::new))
+    }
+
+    /// Try-lock: on a free lock the try enters after one round (rule 5 decides), at the textbook cost.
+    #[test]
+    fn lamport_try_on_a_free_lock_enters_after_one_round() {
+        let mut net = Net::new(3, lamport);
+        net.try_acquire(0, 1, "a");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.sent, 4, "REQUEST and REPLY to and from each other node");
+        net.release(0, 1);
+        net.deliver_all();
+        assert_eq!(net.sent, 6, "3(N−1) in all");
+        assert!(net.locked.is_empty());
+    }
+
+    /// Try-lock: a held lock answers locked once rule 5 can decide, naming the queue's head; the withdrawal
+    /// (rule 3) leaves no trace in any queue.
+    #[test]
+    fn lamport_try_on_a_held_lock_is_locked_naming_the_holder() {
+        let mut net = Net::new(3, lamport);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        let before = net.sent;
+        net.try_acquire(0, 2, "a");
+        net.deliver_all();
+        assert_eq!(net.locked, vec![locked(0, 2, Some(1))]);
+        assert_eq!(net.holders("a"), vec![1]);
+        assert_eq!(net.sent - before, 6, "REQUEST, REPLY and RELEASE: 3(N−1)");
+        for e in &net.engines {
+            assert_eq!(e.view("a").queue.len(), 1, "only the holder is queued anywhere");
+        }
+        assert_eq!(net.refused, 0);
+    }
+
+    /// Try-lock: a request with an earlier timestamp, not yet entered, beats the try (total order).
+    #[test]
+    fn lamport_try_behind_an_earlier_request_is_locked() {
+        let mut net = Net::new(2, lamport);
+        net.acquire(1, 1, "a"); // (1, N1)
+        net.deliver(1, 0); // N0's clock passes 1: its try is stamped later
+        net.try_acquire(0, 2, "a");
+        net.deliver_all();
+        assert_eq!(net.locked, vec![locked(0, 2, Some(1))]);
+        assert_eq!(net.holders("a"), vec![1]);
+    }
+
+    /// Try-lock: concurrent tries on a free lock, exactly one wins: the earliest `(ts, node)`.
+    #[test]
+    fn lamport_concurrent_tries_grant_exactly_the_earliest() {
+        let mut net = Net::new(3, lamport);
+        for i in 0..3 {
+            net.try_acquire(i, 10 + i as u64, "a");
+        }
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0], "all stamped 1: node 0 breaks the tie");
+        let mut losers: Vec<usize> = net.locked.iter().map(|l| l.0).collect();
+        losers.sort_unstable();
+        assert_eq!(losers, vec![1, 2]);
+        // The winner releases; an ordinary request then enters (the lost tries left nothing behind).
+        net.release(0, 10);
+        net.deliver_all();
+        net.acquire(2, 20, "a");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![2]);
+    }
+
+    /// Engine: a try while this node holds the lock or already waits for it is locked at once, no message.
+    #[test]
+    fn lamport_engine_try_behind_a_local_holder_or_waiter_is_locked_without_a_message() {
+        let mut net = Net::new(2, lamport);
+        net.acquire(0, 1, "a");
+        net.deliver_all();
+        let before = net.sent;
+        let out = net.try_acquire(0, 2, "a");
+        assert_eq!(
+            out,
+            vec![Action::Rejected {
+                req: RequestId::new(2),
+                reason: RejectReason::Locked { holder: Some(NodeId::new(0)) }
+            }]
+        );
+        // Node 1 waits behind node 0; a try there is locked at once too, naming node 0 (its queue's head).
+        net.acquire(1, 3, "a");
+        net.deliver_all();
+        let out = net.try_acquire(1, 4, "a");
+        assert_eq!(
+            out,
+            vec![Action::Rejected {
+                req: RequestId::new(4),
+                reason: RejectReason::Locked { holder: Some(NodeId::new(0)) }
+            }]
+        );
+        assert_eq!(net.sent - before, 2, "only node 1's ordinary REQUEST and its REPLY");
+        assert_eq!(net.engines[0].stats().locked, 1);
+    }
+
+    /// Engine: a try cancelled while an ordinary local waiter queued behind it hands the protocol request
+    /// over; if the try then loses, the waiter asks again ordinarily and is served after the holder.
+    #[test]
+    fn lamport_engine_a_lost_try_hands_over_to_the_ordinary_waiter_behind_it() {
+        let mut net = Net::new(2, lamport);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.try_acquire(0, 2, "a");
+        net.acquire(0, 3, "a");
+        net.handle(0, Event::Cancel { req: RequestId::new(2) });
+        net.deliver_all();
+        assert!(net.locked.is_empty(), "the cancelled try is answered Cancelled, not Locked");
+        assert_eq!(net.engines[0].local_waiters("a"), vec![RequestId::new(3)]);
+        assert!(net.engines[0].view("a").own_request.is_some(), "asked again, ordinarily");
+        net.release(1, 1);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.refused, 0);
+    }
+
+    /// Try-lock over a view change: an excluded node's stale entry no longer blocks, so a try decided after
+    /// the view that removed the only other requester wins.
+    #[test]
+    fn lamport_try_after_the_blocking_member_is_excluded_enters() {
+        let mut net = Net::new(3, lamport);
+        net.acquire(2, 1, "a");
+        net.deliver_all();
+        net.try_acquire(0, 2, "a");
+        // Node 2 (the holder) is excluded before node 0 hears back from it.
+        let members = vec![(NodeId::new(0), Incarnation::new(0)), (NodeId::new(1), Incarnation::new(0))];
+        for i in 0..2 {
+            net.handle(i, Event::MembersChanged { epoch: 1, members: members.clone() });
+        }
+        net.deliver(0, 1);
+        net.deliver(1, 0);
+        assert_eq!(net.holders("a"), vec![0, 2], "node 2 is outside the view; node 0 entered");
+        assert!(net.locked.is_empty());
     }
 
     #[test]

@@ -182,6 +182,20 @@ pub enum Event<M> {
         /// lock is released this long after the grant ([`Action::LeaseExpired`]). `None`: held until released.
         ttl: Option<Millis>,
     },
+    /// A local client asks for `lock` only if it can have it without waiting (etcd's try-lock): granted
+    /// ([`Action::Granted`]) if no other request holds the lock or comes before this one, else rejected at
+    /// once with [`RejectReason::Locked`]. "At once" means after one round of messages for Lamport and
+    /// Ricart–Agrawala (the protocol cannot know sooner), without any message when this node already holds
+    /// the lock or has a local waiter for it. Each protocol documents what it guarantees for concurrent tries
+    /// ([`Protocol::try_request`]).
+    TryAcquire {
+        /// Names the request in later events and actions.
+        req: RequestId,
+        /// The lock wanted.
+        lock: LockName,
+        /// The lease the grant comes with, as for [`Event::Acquire`].
+        ttl: Option<Millis>,
+    },
     /// The local holder of a granted request leaves the critical section.
     Release {
         /// The granted request.
@@ -248,6 +262,7 @@ impl<M> Event<M> {
     pub fn try_map<N>(self, f: impl FnOnce(M) -> Result<N, M>) -> Result<Event<N>, M> {
         Ok(match self {
             Event::Acquire { req, lock, deadline, ttl } => Event::Acquire { req, lock, deadline, ttl },
+            Event::TryAcquire { req, lock, ttl } => Event::TryAcquire { req, lock, ttl },
             Event::Release { req } => Event::Release { req },
             Event::KeepAlive { req, until } => Event::KeepAlive { req, until },
             Event::Cancel { req } => Event::Cancel { req },
@@ -270,6 +285,12 @@ pub enum RejectReason {
     Cancelled,
     /// Its deadline passed while it waited.
     TimedOut,
+    /// An [`Event::TryAcquire`] found the lock held, or another request before it: it would have had to wait.
+    Locked {
+        /// The node holding the lock, when the answer names one (this node for a local holder; the
+        /// protocol's knowledge otherwise, `None` when the try lost to a request that does not hold yet).
+        holder: Option<NodeId>,
+    },
 }
 
 /// Output of a core, executed by its driver in order.
@@ -406,6 +427,15 @@ pub enum Output<M> {
         /// The message.
         msg: M,
     },
+    /// The try request for `lock` ([`Protocol::try_request`]) cannot be granted without waiting: the
+    /// protocol has already withdrawn it (told its peers whatever withdrawing needs). Only ever emitted for a
+    /// try request, at most once per try, and never after an [`Output::Entered`] for it.
+    Busy {
+        /// The lock.
+        lock: LockName,
+        /// The holder, when known.
+        holder: Option<NodeId>,
+    },
     /// This node may now enter the critical section of `lock` with `token`.
     Entered {
         /// The lock whose critical section this node enters; the engine grants it to its oldest local waiter.
@@ -473,6 +503,11 @@ pub trait Protocol: Clone + fmt::Debug + Eq + std::hash::Hash {
 
     /// This node wants to enter `lock`'s critical section.
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<Self::Msg>>);
+    /// Like [`Protocol::request`] (same preconditions), for a try-lock: the protocol either enters
+    /// ([`Output::Entered`]) or, as soon as it can tell that entering would mean waiting behind another
+    /// holder or an earlier request, withdraws the request itself and emits [`Output::Busy`]. A withdraw of a
+    /// try request before either is the usual [`Protocol::withdraw`].
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<Self::Msg>>);
     /// This node leaves `lock`'s critical section.
     fn release(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<Self::Msg>>);
     /// This node no longer wants `lock` (its request was cancelled before it entered).

@@ -13,6 +13,16 @@
 //!    when every other node has. A reply to an older (withdrawn) request is ignored.
 //! 4. `release`: send the deferred `REPLY`s. `withdraw` (cancelled before entry): the same, and forget `T`.
 //!
+//! Try-lock ([`Protocol::try_request`]): rule 1 with `TRY_REQUEST(T)` instead of `REQUEST(T)`. A receiver
+//! treats it as a `REQUEST` (rule 2), except that where rule 2 would defer it, it answers `BUSY(req_ts = T)`
+//! at once instead (saying whether it holds the lock) and keeps nothing deferred: the requester withdraws on
+//! the first `BUSY` (rule 4's withdraw: it sends the `REPLY`s it deferred meanwhile) and answers busy; with
+//! every `REPLY` in, it enters. `REPLY`s and `BUSY`s still on their way for a withdrawn try name its timestamp
+//! and are ignored. `BUSY` exists only for tries: an ordinary acquire costs the textbook 2(N−1) messages, and
+//! so does a try, won or lost. Concurrent tries on a free lock grant exactly one, the earliest `(ts, node)`:
+//! every other try reaches that node while it is pending (its timestamp is the lowest, so it sent its
+//! request before it could see any other) and gets `BUSY`, while every node answers the earliest with `REPLY`.
+//!
 //! Restarts: [`Protocol::peer_restarted`] drops the peer's deferred request (it died with the old
 //! incarnation) and re-sends the pending request to it if its `REPLY` is still awaited. A `REPLY` the old
 //! incarnation already gave stays valid: it was given for a request timestamped before the restart, and the
@@ -44,6 +54,24 @@ pub enum RaMsg {
         /// The request's timestamp.
         ts: LamportTs,
     },
+    /// A try request ([`Protocol::try_request`]): a `REQUEST` that is answered `BUSY` instead of deferred.
+    TryRequest {
+        /// The lock.
+        lock: LockName,
+        /// The request's timestamp.
+        ts: LamportTs,
+    },
+    /// The answer to a `TRY_REQUEST` the sender would have deferred: the try `req_ts` must not wait.
+    Busy {
+        /// The lock.
+        lock: LockName,
+        /// The sender's clock when it answered.
+        ts: LamportTs,
+        /// The timestamp of the try answered.
+        req_ts: LamportTs,
+        /// Whether the sender is in the critical section (else its own request comes first).
+        held: bool,
+    },
     /// The sender agrees that the request `req_ts` of the receiver may enter.
     Reply {
         /// The lock.
@@ -59,28 +87,36 @@ impl ProtocolMessage for RaMsg {
     fn kind(&self) -> &'static str {
         match self {
             RaMsg::Request { .. } => "REQUEST",
+            RaMsg::TryRequest { .. } => "TRY_REQUEST",
+            RaMsg::Busy { .. } => "BUSY",
             RaMsg::Reply { .. } => "REPLY",
         }
     }
 
     fn lock(&self) -> &str {
         match self {
-            RaMsg::Request { lock, .. } | RaMsg::Reply { lock, .. } => lock,
+            RaMsg::Request { lock, .. }
+            | RaMsg::TryRequest { lock, .. }
+            | RaMsg::Busy { lock, .. }
+            | RaMsg::Reply { lock, .. } => lock,
         }
     }
 
     fn timestamp(&self) -> Option<LamportTs> {
         match self {
-            RaMsg::Request { ts, .. } | RaMsg::Reply { ts, .. } => Some(*ts),
+            RaMsg::Request { ts, .. }
+            | RaMsg::TryRequest { ts, .. }
+            | RaMsg::Busy { ts, .. }
+            | RaMsg::Reply { ts, .. } => Some(*ts),
         }
     }
 
     fn is_request(&self) -> bool {
-        matches!(self, RaMsg::Request { .. })
+        matches!(self, RaMsg::Request { .. } | RaMsg::TryRequest { .. })
     }
 
     fn is_answer(&self) -> bool {
-        matches!(self, RaMsg::Reply { .. })
+        matches!(self, RaMsg::Reply { .. } | RaMsg::Busy { .. })
     }
 }
 
@@ -95,6 +131,16 @@ struct RaLock {
     awaiting: BTreeSet<NodeId>,
     /// Requests answered on release: requester and its request's timestamp.
     deferred: BTreeMap<NodeId, LamportTs>,
+    /// Whether `own` is a try request (sent as `TRY_REQUEST`, withdrawn on the first `BUSY`).
+    trying: bool,
+}
+
+impl RaLock {
+    /// The message that asks for `own`.
+    fn request_msg(&self, lock: &str) -> RaMsg {
+        let (lock, ts) = (lock.to_owned(), self.own);
+        if self.trying { RaMsg::TryRequest { lock, ts } } else { RaMsg::Request { lock, ts } }
+    }
 }
 
 /// One node's state of the Ricart–Agrawala algorithm, for every lock.
@@ -136,6 +182,23 @@ impl RicartAgrawala {
         }
     }
 
+    /// Rule 1, for an ordinary or a try request.
+    fn start_request(&mut self, lock: &str, trying: bool, peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
+        if self.locks.contains_key(lock) {
+            tracing::warn!(%lock, "request while already requesting; ignored");
+            return;
+        }
+        let own = self.tick();
+        let awaiting: BTreeSet<NodeId> = peers.others().collect();
+        let st = RaLock { own, in_cs: false, awaiting, deferred: BTreeMap::new(), trying };
+        for &to in &st.awaiting {
+            out.push(Output::Send { to, msg: st.request_msg(lock) });
+        }
+        self.locks.insert(lock.to_owned(), st);
+        // A one-node cluster enters at once.
+        self.maybe_enter(lock, out);
+    }
+
     /// Release and withdrawal: forget the request, answer every deferred one.
     fn leave(&mut self, lock: &str, out: &mut Vec<Output<RaMsg>>) {
         let Some(st) = self.locks.remove(lock) else {
@@ -166,19 +229,11 @@ impl Protocol for RicartAgrawala {
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
-        if self.locks.contains_key(lock) {
-            tracing::warn!(%lock, "request while already requesting; ignored");
-            return;
-        }
-        let t = self.tick();
-        let awaiting: BTreeSet<NodeId> = peers.others().collect();
-        for &to in &awaiting {
-            out.push(Output::Send { to, msg: RaMsg::Request { lock: lock.to_owned(), ts: t } });
-        }
-        self.locks
-            .insert(lock.to_owned(), RaLock { own: t, in_cs: false, awaiting, deferred: BTreeMap::new() });
-        // A one-node cluster enters at once.
-        self.maybe_enter(lock, out);
+        self.start_request(lock, false, peers, out);
+    }
+
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
+        self.start_request(lock, true, peers, out);
     }
 
     fn release(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<RaMsg>>) {
@@ -212,6 +267,35 @@ impl Protocol for RicartAgrawala {
                 out.push(Output::Send { to: from, msg: RaMsg::Reply { lock, ts: reply_ts, req_ts: ts } });
                 Ok(())
             }
+            RaMsg::TryRequest { lock, ts } => {
+                self.receive(from, ts)?;
+                let busy =
+                    self.locks.get_mut(&lock).filter(|st| st.in_cs || (st.own, me) < (ts, from)).map(|st| {
+                        // A re-sent try replaces nothing: it is answered, not deferred.
+                        st.deferred.remove(&from);
+                        st.in_cs
+                    });
+                let answer_ts = self.tick();
+                let msg = match busy {
+                    Some(held) => RaMsg::Busy { lock, ts: answer_ts, req_ts: ts, held },
+                    None => RaMsg::Reply { lock, ts: answer_ts, req_ts: ts },
+                };
+                out.push(Output::Send { to: from, msg });
+                Ok(())
+            }
+            RaMsg::Busy { lock, ts, req_ts, held } => {
+                self.receive(from, ts)?;
+                match self.locks.get(&lock) {
+                    Some(st) if st.own == req_ts && st.trying && !st.in_cs => {
+                        // The first BUSY decides: withdraw (answering what was deferred) and say so.
+                        self.leave(&lock, out);
+                        out.push(Output::Busy { lock, holder: held.then_some(from) });
+                    }
+                    // For a try already decided or withdrawn: stale, nothing to do.
+                    _ => {}
+                }
+                Ok(())
+            }
             RaMsg::Reply { lock, ts, req_ts } => {
                 self.receive(from, ts)?;
                 match self.locks.get_mut(&lock) {
@@ -238,7 +322,7 @@ impl Protocol for RicartAgrawala {
         for (lock, st) in self.locks.iter_mut() {
             st.deferred.remove(&peer);
             if !st.in_cs && st.awaiting.contains(&peer) {
-                out.push(Output::Send { to: peer, msg: RaMsg::Request { lock: lock.clone(), ts: st.own } });
+                out.push(Output::Send { to: peer, msg: st.request_msg(lock) });
             }
         }
     }
@@ -268,10 +352,7 @@ impl Protocol for RicartAgrawala {
                 // own requests are stamped after its handshakes, so they sort later and wait for our release).
                 if !st.in_cs {
                     st.awaiting.insert(joiner);
-                    out.push(Output::Send {
-                        to: joiner,
-                        msg: RaMsg::Request { lock: lock.clone(), ts: st.own },
-                    });
+                    out.push(Output::Send { to: joiner, msg: st.request_msg(lock) });
                 }
             }
         }
@@ -579,6 +660,109 @@ mod tests {
         assert!(!p.needs_peer("a", NodeId::new(2)) && p.needs_peer("a", NodeId::new(7)));
         // "b" had node 1's reply; it still waits for the joiner's.
         assert_eq!(recv(&mut p, 7, rep("b", 12, 2)), vec![entered("b", 2, 0)]);
+    }
+
+    fn locked(node: usize, req: u64, holder: Option<u16>) -> (usize, RequestId, Option<NodeId>) {
+        (node, RequestId::new(req), holder.map(NodeId::new))
+    }
+
+    /// Try-lock on a free lock: `TRY_REQUEST` is answered `REPLY` by everyone, the try enters; 2(N−1).
+    #[test]
+    fn ra_try_on_a_free_lock_enters_with_every_reply() {
+        let mut net = Net::new(3, ra);
+        let out = net.try_acquire(0, 1, "a");
+        assert!(
+            out.iter().all(|a| matches!(a, Action::Send { msg: RaMsg::TryRequest { .. }, .. })),
+            "{out:?}"
+        );
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.sent, 4);
+        assert!(net.locked.is_empty());
+    }
+
+    /// Try-lock on a held lock: the holder answers `BUSY` (held) at once instead of deferring, and keeps
+    /// nothing deferred: its release later sends no reply to the withdrawn try.
+    #[test]
+    fn ra_try_on_a_held_lock_is_locked_naming_the_holder() {
+        let mut net = Net::new(3, ra);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        let before = net.sent;
+        net.try_acquire(0, 2, "a");
+        net.deliver_all();
+        assert_eq!(net.locked, vec![locked(0, 2, Some(1))]);
+        assert_eq!(net.sent - before, 4, "TRY_REQUEST to each, one BUSY and one REPLY");
+        assert_eq!(net.engines[1].view("a").queue.len(), 1, "the holder deferred nothing");
+        let before = net.sent;
+        net.release(1, 1);
+        net.deliver_all();
+        assert_eq!(net.sent, before, "no REPLY owed to the withdrawn try");
+        assert_eq!(net.refused, 0);
+    }
+
+    /// Try-lock behind an earlier request that has not entered yet: `BUSY` from that requester (not held).
+    #[test]
+    fn ra_try_behind_an_earlier_request_is_locked() {
+        let mut net = Net::new(3, ra);
+        net.acquire(1, 1, "a"); // (1, N1)
+        net.deliver(1, 0); // N0 replies; its clock passes 1
+        net.try_acquire(0, 2, "a"); // stamped later than (1, N1)
+        net.deliver(0, 1); // N0's REPLY: N1 still waits for N2's
+        net.deliver(0, 1); // the TRY_REQUEST meets N1's earlier, not yet entered, request
+        net.deliver(1, 0);
+        assert_eq!(net.locked, vec![locked(0, 2, None)], "BUSY from a requester that does not hold");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![1]);
+    }
+
+    /// Try-lock, concurrent tries on a free lock: exactly one wins, the earliest `(ts, node)`.
+    #[test]
+    fn ra_concurrent_tries_grant_exactly_the_earliest() {
+        let mut net = Net::new(3, ra);
+        for i in 0..3 {
+            net.try_acquire(i, 10 + i as u64, "a");
+        }
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.locked.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2]);
+        net.release(0, 10);
+        net.deliver_all();
+        net.acquire(2, 20, "a");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![2], "the lost tries left no deferred state behind");
+        assert_eq!(net.refused, 0);
+    }
+
+    /// Try-lock: a `REPLY` that arrives after the try was withdrawn on a `BUSY` names the withdrawn
+    /// timestamp and changes nothing; the node's next (ordinary) request still waits for the holder.
+    #[test]
+    fn ra_late_reply_after_a_lost_try_is_harmless() {
+        let mut net = Net::new(3, ra);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.try_acquire(0, 2, "a");
+        net.deliver(0, 1); // the holder answers BUSY
+        net.deliver(0, 2); // node 2 answers REPLY
+        net.deliver(1, 0); // BUSY first: withdrawn
+        assert_eq!(net.locked, vec![locked(0, 2, Some(1))]);
+        net.acquire(0, 3, "a");
+        net.deliver(2, 0); // the late REPLY to the try
+        assert_eq!(net.holders("a"), vec![1], "a stale REPLY does not count for the new request");
+        net.release(1, 1);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![0]);
+        assert_eq!(net.refused, 0);
+    }
+
+    /// Ordinary acquires never cause a `BUSY`: a `REQUEST` that meets a holder is deferred as in the paper.
+    #[test]
+    fn ra_ordinary_requests_are_deferred_never_busy() {
+        let mut p = ra(NodeId::new(0), 2);
+        call(&mut p, RicartAgrawala::request, "a");
+        assert_eq!(recv(&mut p, 1, req("a", 5)), vec![]);
+        let out = recv(&mut p, 1, RaMsg::TryRequest { lock: "a".into(), ts: LamportTs::new(6) });
+        assert!(matches!(&out[..], [Output::Send { msg: RaMsg::Busy { held: false, .. }, .. }]), "{out:?}");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum ApiError {
     /// The lease given to acquire holds another lock (a lease covers one lock in this version).
     #[error("{0}")]
     LeaseInUse(String),
+    /// A try-lock (`"wait": false`, or `timeout_ms: 0`) found the lock held, or another request before it.
+    #[error("{}", locked_message(*holder))]
+    Locked {
+        /// The node that holds the lock, when known.
+        holder: Option<u16>,
+    },
     /// The request was cancelled.
     #[error("request cancelled")]
     Cancelled,
@@ -40,6 +46,13 @@ pub enum ApiError {
     Internal(String),
 }
 
+fn locked_message(holder: Option<u16>) -> String {
+    match holder {
+        Some(node) => format!("lock is held by node {node}"),
+        None => "lock is held or requested before this try".to_owned(),
+    }
+}
+
 impl ApiError {
     /// The HTTP status for this error.
     pub(crate) fn status(&self) -> u16 {
@@ -48,6 +61,7 @@ impl ApiError {
             // Not 408: HTTP clients retry 408 on their own, a silent re-enqueue of the lock request.
             ApiError::Timeout(_) => 409,
             ApiError::LeaseNotFound(_) | ApiError::LeaseLost(_) | ApiError::LeaseInUse(_) => 409,
+            ApiError::Locked { .. } => 409,
             ApiError::TooLarge => 413,
             ApiError::Cancelled => 499,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
@@ -65,6 +79,7 @@ impl ApiError {
             ApiError::LeaseNotFound(_) => "lease_not_found",
             ApiError::LeaseLost(_) => "lease_lost",
             ApiError::LeaseInUse(_) => "lease_in_use",
+            ApiError::Locked { .. } => "locked",
             ApiError::Cancelled => "cancelled",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Internal(_) => "internal",
@@ -74,7 +89,14 @@ impl ApiError {
     /// The JSON body.
     pub(crate) fn body(&self) -> ErrorBody {
         ErrorBody {
-            error: ErrorDetail { code: self.code().to_string(), message: self.to_string(), holder: None },
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                holder: match self {
+                    ApiError::Locked { holder } => *holder,
+                    _ => None,
+                },
+            },
         }
     }
 }

@@ -196,6 +196,8 @@ async fn acquire(
             ttl: b.ttl_ms.map(Duration::from_millis),
             lease,
             parent: crate::obs::telemetry::context_of(&tracing::Span::current()),
+            // etcd's try-lock: `"wait": false`, and `timeout_ms: 0` as the same thing.
+            wait: b.wait != Some(false) && b.timeout_ms != Some(Timeout::Ms(0)),
         })
         .await?;
     Ok(Json(grant).into_response())

@@ -34,6 +34,8 @@ pub struct AcquireRequest {
     /// The trace the request belongs to (the HTTP server span, itself a child of the caller's
     /// `traceparent`): `lock.acquire` becomes its child. `None` when traces are not exported.
     pub parent: Option<opentelemetry::Context>,
+    /// `false`: a try-lock ([`crate::algo::Event::TryAcquire`]); `timeout` is then not used.
+    pub wait: bool,
 }
 
 /// One peer as this node sees it.

@@ -87,6 +87,7 @@ impl LockService for NodeHandle {
             ttl: None,
             lease: None,
             parent: None,
+            wait: true,
         };
         NodeHandle::acquire(self, req).await.map_err(|e| e.to_string())
     }

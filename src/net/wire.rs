@@ -42,8 +42,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// The protocol version spoken by this build. A Hello with another version is refused. Version 2: the postcard
 /// codec (version 1 was bincode 2) and the algorithms in the Hello. Version 3: the sender's view epoch in
-/// every [`Envelope`]. Version 4: the node's body carries membership messages and client calls served with
-/// another node's help beside the algorithms' messages (a node of version 3 could not decode them).
+/// every [`Envelope`]. Version 4: try-locks (Ricart–Agrawala's `TRY_REQUEST` / `BUSY`, probable-owner's
+/// `attempt` flag and `Busy` answer), and the node's body carries membership messages and client calls served
+/// with another node's help beside the algorithms' messages (a node of version 3 could not decode them).
 ///
 /// Nodes of different versions never connect, so a rolling update across a version change is not possible:
 /// such an update is a restart of the whole cluster (the README says so).

@@ -151,6 +151,7 @@ mod tests {
             seq: 1,
             epoch: OwnershipEpoch::ZERO,
             suspect: false,
+            attempt: false,
         });
         let grant = |queue: Vec<Waiter>| {
             PeerMsg::ProbableOwner(PoMsg::Rep {
@@ -167,7 +168,7 @@ mod tests {
         let mut old_owner = TraceLinks::default();
         let cause = Cause { acquire: Some("a3".into()), ..Cause::default() };
         old_owner.received(NodeId::new(3), &env(acq, "a3"), &cause);
-        let transfer = grant(vec![Waiter { node: NodeId::new(3), seq: 1 }]);
+        let transfer = grant(vec![Waiter { node: NodeId::new(3), seq: 1, attempt: false }]);
         let mut trace = BTreeMap::new();
         old_owner.hand_over(&transfer, &mut trace);
         assert_eq!(trace.get("dmutex-waiter.3.acquire").map(String::as_str), Some("a3"));

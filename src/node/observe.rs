@@ -205,6 +205,7 @@ impl Observer {
                     Outcome::Unavailable => Some("UNAVAILABLE"),
                     Outcome::Cancelled => Some("CANCELLED"),
                     Outcome::Shutdown => Some("SHUTDOWN"),
+                    Outcome::Locked => Some("LOCKED"),
                 };
                 if let Some(kind) = kind {
                     self.local(kind, lock, algorithm, acquire, clock, None);

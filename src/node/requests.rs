@@ -84,7 +84,11 @@ impl Node {
                 span,
             },
         );
-        let event = Event::Acquire { req: id, lock: req.lock, deadline, ttl: Some(millis(ttl)) };
+        let event = if req.wait {
+            Event::Acquire { req: id, lock: req.lock, deadline, ttl: Some(millis(ttl)) }
+        } else {
+            Event::TryAcquire { req: id, lock: req.lock, ttl: Some(millis(ttl)) }
+        };
         self.work.push_back((algorithm, event, cause));
     }
 
@@ -177,11 +181,13 @@ impl Node {
                 ApiError::Timeout(p.timeout.map_or(0, |t| t.as_millis() as u64))
             }
             (None, RejectReason::Cancelled) => ApiError::Cancelled,
+            (None, RejectReason::Locked { holder }) => ApiError::Locked { holder: holder.map(|h| h.get()) },
         };
         let outcome = match &err {
             ApiError::Timeout(_) => Outcome::Timeout,
             ApiError::Unavailable(_) => Outcome::Unavailable,
             ApiError::ShuttingDown => Outcome::Shutdown,
+            ApiError::Locked { .. } => Outcome::Locked,
             _ => Outcome::Cancelled,
         };
         let algorithm = p.algorithm;

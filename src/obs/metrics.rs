@@ -108,6 +108,8 @@ pub enum Outcome {
     Shutdown,
     /// Granted after the client had gone away: released at once.
     Abandoned,
+    /// A try-lock found the lock held (or another request first) and did not wait.
+    Locked,
 }
 
 impl Outcome {
@@ -120,6 +122,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Shutdown => "shutdown",
             Outcome::Abandoned => "abandoned",
+            Outcome::Locked => "locked",
         }
     }
 }
@@ -410,7 +413,7 @@ metrics! {
         "dmutex_hold_duration_seconds", "Time a lease held its lock, by algorithm.";
     grants: Counter<AlgorithmLabel> = "dmutex_grants_total", "Locks granted to local clients, by algorithm.";
     acquire_outcomes: Counter<OutcomeLabels> = "dmutex_acquire_outcomes_total",
-        "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown, abandoned) by algorithm.";
+        "Acquire outcomes (granted, timeout, unavailable, cancelled, shutdown, abandoned, locked) by algorithm.";
     lease_expiries: Counter<AlgorithmLabel> =
         "dmutex_lease_expiries_total", "Leases released because their TTL passed without keepalive.";
     redirects: Counter<()> = "dmutex_redirects_total", "Probable-owner LOCK_REP redirects received.";

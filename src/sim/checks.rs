@@ -99,6 +99,7 @@ impl<P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'_, P, F> {
         }
         self.requests.remove(&req);
         self.holders.remove(&lock);
+        self.last_end.insert(lock, self.now);
         self.report.lease_expiries += 1;
         self.request_ended(node);
         Ok(())

@@ -14,11 +14,17 @@ pub enum SimMode {
     Cancels,
     /// Crashes and restarts and connection cuts, plus some cancels and deadlines.
     Crashes,
+    /// Try-locks among the acquires, with some cancels, deadlines and leases; no crashes. A try may be
+    /// answered locked only while another request for its lock is live (or just ended).
+    Tries,
+    /// Try-locks among the acquires, with crashes, restarts and cuts: every try must still be answered.
+    TryCrashes,
 }
 
 impl SimMode {
     /// Every mode, in a stable order.
-    pub const ALL: [SimMode; 3] = [SimMode::FaultFree, SimMode::Cancels, SimMode::Crashes];
+    pub const ALL: [SimMode; 5] =
+        [SimMode::FaultFree, SimMode::Cancels, SimMode::Crashes, SimMode::Tries, SimMode::TryCrashes];
 
     /// The name used in `DMUTEX_SIM_MODE`.
     pub fn as_str(self) -> &'static str {
@@ -26,6 +32,8 @@ impl SimMode {
             SimMode::FaultFree => "fault-free",
             SimMode::Cancels => "cancels",
             SimMode::Crashes => "crashes",
+            SimMode::Tries => "tries",
+            SimMode::TryCrashes => "try-crashes",
         }
     }
 }
@@ -43,9 +51,11 @@ impl std::str::FromStr for SimMode {
             "fault-free" | "fault_free" | "faultfree" => Ok(SimMode::FaultFree),
             "cancels" | "cancel" => Ok(SimMode::Cancels),
             "crashes" | "crash" => Ok(SimMode::Crashes),
-            other => {
-                Err(format!("unknown simulation mode {other:?} (expected fault-free, cancels or crashes)"))
-            }
+            "tries" | "try" => Ok(SimMode::Tries),
+            "try-crashes" | "try_crashes" => Ok(SimMode::TryCrashes),
+            other => Err(format!(
+                "unknown simulation mode {other:?} (expected fault-free, cancels, crashes, tries or try-crashes)"
+            )),
         }
     }
 }
@@ -76,6 +86,8 @@ pub struct SimConfig {
     pub deadline_prob: f64,
     /// Probability that a request's holder never releases: its grant carries a lease, which expires.
     pub lease_prob: f64,
+    /// Probability that a request is a try-lock ([`crate::algo::Event::TryAcquire`]; never a deadline).
+    pub try_prob: f64,
     /// Whether nodes crash and restart, and connections are cut.
     pub crash: bool,
     /// Largest message delay in ms (each message takes `1..=max_delay`).
@@ -104,10 +116,13 @@ impl SimConfig {
         let max_delay = 1 + rng.below(10);
         let max_hold = rng.below(2 * max_delay + 1);
         // Leases only with cancels: a lease draw in the other modes would change their pinned regression runs.
-        let (cancel_prob, deadline_prob, lease_prob, crash) = match mode {
-            SimMode::FaultFree => (0.0, 0.0, 0.0, false),
-            SimMode::Cancels => (0.25, 0.25, 0.2, false),
-            SimMode::Crashes => (0.1, 0.1, 0.0, true),
+        // Tries likewise only in their own modes.
+        let (cancel_prob, deadline_prob, lease_prob, crash, try_prob) = match mode {
+            SimMode::FaultFree => (0.0, 0.0, 0.0, false, 0.0),
+            SimMode::Cancels => (0.25, 0.25, 0.2, false, 0.0),
+            SimMode::Crashes => (0.1, 0.1, 0.0, true, 0.0),
+            SimMode::Tries => (0.1, 0.1, 0.1, false, 0.4),
+            SimMode::TryCrashes => (0.1, 0.1, 0.0, true, 0.3),
         };
         SimConfig {
             nodes,
@@ -116,6 +131,7 @@ impl SimConfig {
             cancel_prob,
             deadline_prob,
             lease_prob,
+            try_prob,
             crash,
             max_delay,
             max_hold,
@@ -150,8 +166,12 @@ pub struct SimReport {
     pub issued: u64,
     /// Grants (critical-section entries).
     pub grants: u64,
-    /// Requests cancelled or timed out.
+    /// Requests cancelled, timed out or (tries) answered locked.
     pub rejected: u64,
+    /// Try requests issued.
+    pub tries: u64,
+    /// Try requests answered locked.
+    pub locked: u64,
     /// Protocol messages sent (lost ones included).
     pub messages: u64,
     /// Messages by [`crate::algo::ProtocolMessage::kind`].

@@ -34,6 +34,9 @@
 //! - the engine's view of its local holder matches the grants the harness saw;
 //! - grants and rejections only for requests that are waiting; time-outs only at or after the deadline;
 //!   a cancel is answered at once;
+//! - try-locks ([`SimConfig::try_prob`]): only a try is answered locked, and (without crashes) only while
+//!   another request for its lock is live or ended within a few message delays before the try was issued
+//!   (its end may still be on its way to the deciding node); every try is answered (the end check);
 //! - leases (some holders never release, [`SimConfig::lease_prob`]): a lease expires only for its holder and
 //!   never before its TTL has passed since the grant; the next holder's token is larger (the fencing check);
 //! - the links keep their promise (no gap, no ack beyond what was sent).
@@ -147,6 +150,10 @@ struct Req {
     lease_end: Option<Millis>,
     state: ReqState,
     cancelling: bool,
+    /// A try request ([`Event::TryAcquire`]).
+    attempt: bool,
+    /// When it was issued.
+    issued: Millis,
 }
 
 struct Node<P: Protocol> {
@@ -175,6 +182,8 @@ struct Sim<'a, P: Protocol, F: Fn(NodeId, usize) -> P> {
     lock_names: Vec<String>,
     /// Every lock the workload asked for.
     used: BTreeSet<String>,
+    /// Per lock: when a request for it last ended (released, expired, rejected or lost in a crash).
+    last_end: BTreeMap<String, Millis>,
     next_req: u64,
     acquire_pending: bool,
     msgs_since_grant: u64,
@@ -225,6 +234,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
             token_witnesses: BTreeMap::new(),
             lock_names,
             used: BTreeSet::new(),
+            last_end: BTreeMap::new(),
             next_req: 1,
             acquire_pending: false,
             msgs_since_grant: 0,
@@ -420,6 +430,8 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                     lease_end: None,
                     state: ReqState::Waiting,
                     cancelling: false,
+                    attempt: false,
+                    issued: self.now,
                 };
                 self.requests.insert(req, r);
                 note!(self, "t={} node {node} PROBE {req:?} {lock}", self.now.get());
@@ -436,6 +448,7 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 }
                 if let Some(r) = self.requests.remove(&req) {
                     self.holders.remove(&r.lock);
+                    self.last_end.insert(r.lock, self.now);
                 }
                 note!(self, "t={} node {node} RELEASE {req:?}", self.now.get());
                 self.feed(node, Event::Release { req }, true)?;
@@ -521,6 +534,9 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         } else {
             None
         };
+        // Likewise only when tries are on. A try has no deadline.
+        let attempt = self.cfg.try_prob > 0.0 && self.rng.chance(self.cfg.try_prob);
+        let deadline = if attempt { None } else { deadline };
         if !self.live(node) {
             // Nobody to ask: the request is never issued (a client would get a connection error).
             return Ok(());
@@ -539,17 +555,27 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                 lease_end: None,
                 state: ReqState::Waiting,
                 cancelling: false,
+                attempt,
+                issued: self.now,
             },
         );
+        if attempt {
+            self.report.tries += 1;
+        }
         if let Some(after) = cancel_after {
             self.schedule(Millis::new(self.now.get() + after), Item::Cancel { node, req });
         }
         note!(
             self,
-            "t={} node {node} ACQUIRE {req:?} {lock} deadline {deadline:?} lease {ttl:?}",
-            self.now.get()
+            "t={} node {node} {} {req:?} {lock} deadline {deadline:?} lease {ttl:?}",
+            self.now.get(),
+            if attempt { "TRY" } else { "ACQUIRE" }
         );
-        self.feed(node, Event::Acquire { req, lock, deadline, ttl }, true)
+        if attempt {
+            self.feed(node, Event::TryAcquire { req, lock, ttl }, true)
+        } else {
+            self.feed(node, Event::Acquire { req, lock, deadline, ttl }, true)
+        }
     }
 
     /// Saturated load: the node wants the lock again as soon as its request ended.
@@ -583,10 +609,11 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         let gone: Vec<RequestId> =
             self.requests.iter().filter(|(_, r)| r.node == node).map(|(id, _)| *id).collect();
         for req in gone {
-            if let Some(r) = self.requests.remove(&req)
-                && self.holders.get(&r.lock) == Some(&(node, req))
-            {
-                self.holders.remove(&r.lock);
+            if let Some(r) = self.requests.remove(&req) {
+                if self.holders.get(&r.lock) == Some(&(node, req)) {
+                    self.holders.remove(&r.lock);
+                }
+                self.last_end.insert(r.lock, self.now);
             }
         }
         self.net.crash(self.now, node, &mut self.net_out);
@@ -666,6 +693,17 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
         }
     }
 
+    /// Whether a try could have had to wait: another request for its lock is live, or one ended so shortly
+    /// before the try was issued that its end may not have reached every node the decision reads (a few
+    /// message delays per node: probable-owner's answers travel along redirect chains).
+    fn contended(&self, req: RequestId) -> bool {
+        let Some(r) = self.requests.get(&req) else { return false };
+        let live = self.requests.iter().any(|(id, o)| *id != req && o.lock == r.lock);
+        let window = 4 * self.n() as u64 * self.cfg.max_delay.max(1);
+        let recent = self.last_end.get(&r.lock).is_some_and(|t| t.get() + window >= r.issued.get());
+        live || recent
+    }
+
     fn rejected(&mut self, node: NodeId, req: RequestId, reason: RejectReason) -> Step {
         note!(self, "    node {node} REJECTED {req:?} {reason:?}");
         let Some(r) = self.requests.get(&req) else {
@@ -685,9 +723,23 @@ impl<'a, P: Protocol, F: Fn(NodeId, usize) -> P> Sim<'a, P, F> {
                     r.deadline
                 ));
             }
+            RejectReason::Locked { .. } if !r.attempt => {
+                return Err(format!("node {node} answered {req:?} locked, but it is no try"));
+            }
+            RejectReason::Locked { holder } if !self.cfg.crash && !self.contended(req) => {
+                return Err(format!(
+                    "node {node} answered try {req:?} ({}) locked (holder {holder:?}) though no other request \
+                     for it was live since shortly before the try (issued t={})",
+                    r.lock,
+                    r.issued.get()
+                ));
+            }
+            RejectReason::Locked { .. } => self.report.locked += 1,
             _ => {}
         }
-        self.requests.remove(&req);
+        if let Some(r) = self.requests.remove(&req) {
+            self.last_end.insert(r.lock, self.now);
+        }
         self.report.rejected += 1;
         self.request_ended(node);
         Ok(())

@@ -35,6 +35,8 @@ impl ProtocolMessage for ToyMsg {
 struct Central {
     me: NodeId,
     greedy: bool,
+    /// Answers every try busy at once, lock free or not (must be caught).
+    refuses_tries: bool,
     queues: BTreeMap<String, (Option<NodeId>, VecDeque<NodeId>, u64)>,
     held: BTreeSet<String>,
 }
@@ -69,7 +71,7 @@ impl Protocol for Central {
     type Msg = ToyMsg;
     const ALGORITHM: Algorithm = Algorithm::ProbableOwner;
     fn fresh(me: NodeId, _n: usize) -> Self {
-        Central { me, greedy: false, queues: BTreeMap::new(), held: BTreeSet::new() }
+        Central { me, greedy: false, refuses_tries: false, queues: BTreeMap::new(), held: BTreeSet::new() }
     }
     fn request(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
         if self.greedy {
@@ -81,6 +83,14 @@ impl Protocol for Central {
             self.coordinate(self.me, ToyMsg::Req(lock.into()), out);
         } else {
             out.push(Output::Send { to: NodeId::new(0), msg: ToyMsg::Req(lock.into()) });
+        }
+    }
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
+        if self.refuses_tries {
+            out.push(Output::Busy { lock: lock.into(), holder: None });
+        } else {
+            // The toy coordinator has no try: it waits like an ordinary request (never answered locked).
+            self.request(lock, peers, out);
         }
     }
     fn release(&mut self, lock: &str, _peers: &Peers, out: &mut Vec<Output<ToyMsg>>) {
@@ -160,6 +170,22 @@ fn greedy_protocol_is_caught_with_seed_and_replay_command() {
     assert!(text.contains("mutual exclusion"), "{text}");
     assert!(text.contains(&format!("DMUTEX_SIM_SEED={}", v.seed)), "{text}");
     assert!(text.contains("last steps:"), "{text}");
+}
+
+/// Try-locks: the coordinator (whose tries wait) passes the try mode; one that answers every try locked,
+/// even on a free lock, is caught by "locked only while another request was live".
+#[test]
+fn a_protocol_that_refuses_tries_on_a_free_lock_is_caught() {
+    for seed in 0..100 {
+        let cfg = SimConfig::preset(SimMode::Tries, 3, seed);
+        run::<Central>(&cfg).unwrap_or_else(|v| panic!("{v}"));
+    }
+    let found = (0..200).find_map(|seed| {
+        let cfg = SimConfig::preset(SimMode::Tries, 3, seed);
+        run_with(&cfg, |me, n| Central { refuses_tries: true, ..Central::fresh(me, n) }).err()
+    });
+    let v = found.expect("refusing a try on a free lock must be caught");
+    assert!(v.to_string().contains("though no other request"), "{v}");
 }
 
 #[test]

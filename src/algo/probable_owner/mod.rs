@@ -54,6 +54,20 @@
 //!   incarnation, so a pending node follows any redirect for the lock, not only one echoing its number;
 //!   a redirect naming the node itself is waited on only if its own hint is older than the epoch named.
 //!
+//! # Try-lock
+//!
+//! A try request ([`Protocol::try_request`]) is a pending request whose `LOCK_ACQ`s carry `attempt`. It is
+//! redirected, buffered and held in rounds like any request, but it never waits in an owner's queue: when it
+//! reaches an owner (directly, by a redispatch, or merged into the queue a transfer or a regeneration brings),
+//! the owner grants it only if the lock is free and the try is the head of the queue, and otherwise answers
+//! `LOCK_REP` `Busy` (naming itself if it holds the lock, or the queue head that is served first). A pending
+//! node that wants the lock itself answers a try it would buffer `Busy` at once (the try would wait behind
+//! it). The requester forgets its request on the first `Busy` and redirects the requests it buffered to its
+//! hint. So the owner, which is in one place, decides: of concurrent tries on a free lock exactly one, the
+//! first the owner sees, is granted (a copy of a try re-sent after a restart that is granted after another
+//! copy was answered busy only leaves the token idle at the requester). One limitation: a try that re-wants
+//! a withdrawn request may be served through that request's place in a queue (it then waits like it).
+//!
 //! # Views
 //!
 //! Once a view is installed ([`Protocol::members_changed`]) the home of a lock is [`rendezvous_home`] of its
@@ -165,6 +179,10 @@ pub struct Waiter {
     pub node: NodeId,
     /// Its request number for the lock (the newest one, if it asked again).
     pub seq: u64,
+    /// A try request: granted only at the head of a free owner's queue, else answered `Busy`; never
+    /// travels in a transferred queue.
+    #[serde(default)]
+    pub attempt: bool,
 }
 
 /// A transfer of the token a node sent: to whom, addressed to which of its incarnations, opening which epoch.
@@ -198,6 +216,13 @@ pub enum RepOutcome {
         /// The incarnation the grant is for; another incarnation drops it.
         to_incarnation: Incarnation,
     },
+    /// A try request cannot be granted without waiting: the lock is held (or another request comes first).
+    /// The requester forgets the request.
+    Busy {
+        /// The holder, or the node served before the try; `None` when not known (a pending node that wants
+        /// the lock itself).
+        holder: Option<NodeId>,
+    },
     /// The sender does not own the lock; try `owner`.
     Redirect {
         /// The node the sender believes owns the lock (the home when it knows no better).
@@ -224,6 +249,9 @@ pub enum PoMsg {
         epoch: OwnershipEpoch,
         /// The requester has been redirected too often: the home should run a recovery round.
         suspect: bool,
+        /// A try request: never queued behind another request ([`RepOutcome::Busy`] instead).
+        #[serde(default)]
+        attempt: bool,
     },
     /// `LOCK_REP`: grant (ownership transfer) or redirect.
     Rep {
@@ -330,6 +358,11 @@ impl ProtocolMessage for PoMsg {
             PoMsg::Rep { outcome: RepOutcome::Redirect { owner, .. }, .. } => {
                 Some(format!("redirect to N{}", owner.get()))
             }
+            PoMsg::Rep { outcome: RepOutcome::Busy { holder }, .. } => Some(match holder {
+                Some(h) => format!("busy, held by N{}", h.get()),
+                None => "busy".to_owned(),
+            }),
+            PoMsg::Acq { attempt: true, .. } => Some("try".to_owned()),
             PoMsg::Rep { outcome: RepOutcome::Granted { epoch, queue, .. }, .. } => {
                 Some(if queue.is_empty() {
                     format!("grant epoch={epoch}")
@@ -366,6 +399,8 @@ struct Pending {
     buffered: VecDeque<Waiter>,
     /// Redirects followed since the last send to the home.
     hops: u32,
+    /// A try request ([`Protocol::try_request`]): its `LOCK_ACQ`s carry `attempt`.
+    attempt: bool,
 }
 
 /// A recovery round at the home.
@@ -444,11 +479,13 @@ impl Ctx<'_> {
     }
 }
 
-/// Adds a waiter, one entry per node: a newer request of a queued node keeps the old position.
-fn add_waiter(queue: &mut VecDeque<Waiter>, node: NodeId, seq: u64) {
-    match queue.iter_mut().find(|w| w.node == node) {
-        Some(entry) => entry.seq = entry.seq.max(seq),
-        None => queue.push_back(Waiter { node, seq }),
+/// Adds a waiter, one entry per node: a newer request of a queued node keeps the old position (and says
+/// whether it is a try).
+fn add_waiter(queue: &mut VecDeque<Waiter>, waiter: Waiter) {
+    match queue.iter_mut().find(|w| w.node == waiter.node) {
+        Some(entry) if waiter.seq >= entry.seq => *entry = waiter,
+        Some(_) => {}
+        None => queue.push_back(waiter),
     }
 }
 
@@ -527,7 +564,11 @@ impl Protocol for ProbableOwner {
     }
 
     fn request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
-        self.with_lock(lock, peers, |st, cx| st.request(cx, out));
+        self.with_lock(lock, peers, |st, cx| st.request(cx, out, false));
+    }
+
+    fn try_request(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
+        self.with_lock(lock, peers, |st, cx| st.request(cx, out, true));
     }
 
     fn release(&mut self, lock: &str, peers: &Peers, out: &mut Vec<Output<PoMsg>>) {
@@ -561,14 +602,22 @@ impl Protocol for ProbableOwner {
         let home = self.home(msg.lock());
         match msg {
             PoMsg::EpochSync { .. } => Ok(()),
-            PoMsg::Acq { lock, requester, seq, epoch, suspect } => {
+            PoMsg::Acq { lock, requester, seq, epoch, suspect, attempt } => {
                 if requester != from {
                     return Err(Self::unexpected(from, kind, "requester is not the sender"));
                 }
-                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, requester, seq, epoch, suspect));
+                let waiter = Waiter { node: requester, seq, attempt };
+                self.with_lock(&lock, peers, |st, cx| st.on_acq(cx, out, waiter, epoch, suspect));
                 Ok(())
             }
-            PoMsg::Rep { lock, seq: _, outcome } => match outcome {
+            PoMsg::Rep { lock, seq, outcome } => match outcome {
+                RepOutcome::Busy { holder } => {
+                    if holder.is_some_and(|h| !peers.contains(h)) {
+                        return Err(Self::unexpected(from, kind, "busy names a node outside the cluster"));
+                    }
+                    self.with_lock(&lock, peers, |st, cx| st.on_busy(cx, out, seq, holder));
+                    Ok(())
+                }
                 RepOutcome::Granted { epoch, queue, to_incarnation } => {
                     self.with_lock(&lock, peers, |st, cx| {
                         st.on_granted(cx, out, from, epoch, queue, to_incarnation)

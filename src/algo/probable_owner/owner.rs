@@ -40,7 +40,8 @@ impl LockState {
         }
     }
 
-    pub(super) fn request(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
+    /// This node's request (`attempt`: a try, never queued behind another request).
+    pub(super) fn request(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, attempt: bool) {
         if let Some(o) = &self.owned {
             if o.held {
                 return; // The engine never requests while entered.
@@ -50,19 +51,91 @@ impl LockState {
                 return;
             }
             // FIFO fairness: remote waiters came first.
+            let head = o.queue.front().map(|w| w.node);
             self.transfer(cx, out);
+            if attempt {
+                // The try would wait behind them.
+                out.push(Output::Busy { lock: cx.lock.to_owned(), holder: head });
+                return;
+            }
         }
         if let Some(p) = &mut self.pending {
             // A withdrawn request may still be out there, or may have been lost with a dead node's queue while
-            // nobody wanted it: want it again and ask again (a duplicate is harmless).
+            // nobody wanted it: want it again and ask again (a duplicate is harmless). A try gets a new number
+            // so that a `Busy` for an earlier try cannot end it.
+            if attempt {
+                self.req_seq += 1;
+                p.seq = self.req_seq;
+            }
             p.wants = true;
+            p.attempt = attempt;
             p.hops = 0;
             self.send_own_acq(cx, out, self.hint, false);
             return;
         }
         self.req_seq += 1;
-        self.pending = Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0 });
+        self.pending =
+            Some(Pending { seq: self.req_seq, wants: true, buffered: VecDeque::new(), hops: 0, attempt });
         self.send_own_acq(cx, out, self.hint, false);
+    }
+
+    /// Answers every try in the owner's queue that cannot be granted without waiting: all of them if the
+    /// owner holds the lock or is about to enter it (`entering`), else all but the head, which the caller
+    /// serves next. Called wherever requests join an owner's queue, so a queue never keeps a try.
+    pub(super) fn settle_tries(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, entering: bool) {
+        let Some(o) = &mut self.owned else { return };
+        if !o.queue.iter().any(|w| w.attempt) {
+            return;
+        }
+        let served_first = !(o.held || entering);
+        let holder = if served_first { o.queue.front().map(|w| w.node) } else { Some(cx.me) };
+        let mut kept = VecDeque::with_capacity(o.queue.len());
+        for (i, w) in o.queue.drain(..).enumerate() {
+            if w.attempt && !(served_first && i == 0) {
+                let outcome = RepOutcome::Busy { holder };
+                out.push(Output::Send {
+                    to: w.node,
+                    msg: PoMsg::Rep { lock: cx.lock.to_owned(), seq: w.seq, outcome },
+                });
+            } else {
+                kept.push_back(w);
+            }
+        }
+        o.queue = kept;
+    }
+
+    /// `LOCK_REP` `Busy` for this node's try `seq`: the try is over (unless it was withdrawn, it is answered
+    /// busy); the requests buffered behind it are redirected to the hint.
+    pub(super) fn on_busy(
+        &mut self,
+        cx: &Ctx<'_>,
+        out: &mut Vec<Output<PoMsg>>,
+        seq: u64,
+        holder: Option<NodeId>,
+    ) {
+        let Some(p) = self.pending.take_if(|p| p.attempt && p.seq == seq) else {
+            return; // For an earlier request, or one already decided: stale.
+        };
+        for w in p.buffered {
+            self.redirect(cx, out, w);
+        }
+        if p.wants {
+            out.push(Output::Busy { lock: cx.lock.to_owned(), holder });
+        }
+    }
+
+    /// Points `waiter` at this node's hint (at the home when the hint names the waiter or this node).
+    fn redirect(&self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, waiter: Waiter) {
+        let OwnerClaim { owner: hint, epoch } = self.hint;
+        let owner = if hint == waiter.node || hint == cx.me { cx.home } else { hint };
+        let outcome = RepOutcome::Redirect { owner, epoch };
+        cx.send(out, waiter.node, PoMsg::Rep { lock: cx.lock.to_owned(), seq: waiter.seq, outcome });
+    }
+
+    /// A try that reached a pending node that wants the lock itself: it would wait behind that request.
+    fn busy_behind_own(cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>, waiter: Waiter) {
+        let outcome = RepOutcome::Busy { holder: None };
+        cx.send(out, waiter.node, PoMsg::Rep { lock: cx.lock.to_owned(), seq: waiter.seq, outcome });
     }
 
     /// Grants to this node itself (it owns the token and it is free).
@@ -91,16 +164,17 @@ impl LockState {
         suspect: bool,
     ) {
         let Some(p) = &self.pending else { return };
-        let seq = p.seq;
+        let own = Waiter { node: cx.me, seq: p.seq, attempt: p.attempt };
         let (target, epoch) = if claim.owner == cx.me || suspect {
             (cx.home, OwnershipEpoch::ZERO)
         } else {
             (claim.owner, claim.epoch)
         };
         if target == cx.me {
-            self.at_home(cx, out, cx.me, seq, suspect);
+            self.at_home(cx, out, own, suspect);
         } else {
-            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, epoch, suspect };
+            let (seq, attempt) = (own.seq, own.attempt);
+            let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester: cx.me, seq, epoch, suspect, attempt };
             cx.send(out, target, msg);
         }
     }
@@ -110,19 +184,20 @@ impl LockState {
         &mut self,
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
-        requester: NodeId,
-        seq: u64,
+        waiter: Waiter,
         suspect: bool,
     ) {
         if let Some(r) = &mut self.round {
-            add_waiter(&mut r.waiters, requester, seq);
+            add_waiter(&mut r.waiters, waiter);
             return;
         }
+        let Waiter { node: requester, seq, attempt } = waiter;
         match self.record {
             Some(OwnerClaim { owner, epoch }) if !suspect && owner != requester && owner != cx.me => {
                 if requester == cx.me {
                     self.learn(cx, owner, epoch);
-                    let msg = PoMsg::Acq { lock: cx.lock.to_owned(), requester, seq, epoch, suspect: false };
+                    let lock = cx.lock.to_owned();
+                    let msg = PoMsg::Acq { lock, requester, seq, epoch, suspect: false, attempt };
                     cx.send(out, owner, msg);
                 } else {
                     let outcome = RepOutcome::Redirect { owner, epoch };
@@ -130,23 +205,22 @@ impl LockState {
                 }
             }
             // Unknown, suspected or pointing back at the requester or at this (non-owning) home: find out.
-            _ => self.start_round(cx, out, VecDeque::from([Waiter { node: requester, seq }])),
+            _ => self.start_round(cx, out, VecDeque::from([waiter])),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_acq(
         &mut self,
         cx: &Ctx<'_>,
         out: &mut Vec<Output<PoMsg>>,
-        requester: NodeId,
-        seq: u64,
+        waiter: Waiter,
         claim: OwnershipEpoch,
         suspect: bool,
     ) {
         if let Some(o) = &mut self.owned {
-            add_waiter(&mut o.queue, requester, seq);
-            if !o.held {
+            add_waiter(&mut o.queue, waiter);
+            self.settle_tries(cx, out, false);
+            if self.owned.as_ref().is_some_and(|o| !o.held) {
                 self.transfer(cx, out);
             }
             return;
@@ -156,10 +230,19 @@ impl LockState {
             // a request re-sent to the home after a restart must not wait behind the home's own request,
             // which may itself be buffered at that requester (a wait-for cycle nobody would break).
             match &mut self.pending {
-                Some(p) if !suspect && self.record.is_some_and(|r| r.owner == cx.me) => {
-                    add_waiter(&mut p.buffered, requester, seq);
+                // A try would wait behind our own request for the token on its way here.
+                Some(p)
+                    if !suspect
+                        && p.wants
+                        && waiter.attempt
+                        && self.record.is_some_and(|r| r.owner == cx.me) =>
+                {
+                    Self::busy_behind_own(cx, out, waiter);
                 }
-                _ => self.at_home(cx, out, requester, seq, suspect),
+                Some(p) if !suspect && self.record.is_some_and(|r| r.owner == cx.me) => {
+                    add_waiter(&mut p.buffered, waiter);
+                }
+                _ => self.at_home(cx, out, waiter, suspect),
             }
             return;
         }
@@ -168,20 +251,22 @@ impl LockState {
         {
             // The requester knows of an epoch at which we own that we have not seen: ownership may be on its
             // way here. Wait for it rather than answer from stale state. (With a hint at least that new we
-            // owned that epoch and moved on: waiting here could close a cycle of pending nodes.)
-            add_waiter(&mut p.buffered, requester, seq);
+            // owned that epoch and moved on: waiting here could close a cycle of pending nodes.) A try would
+            // wait behind our own request: busy at once.
+            if p.wants && waiter.attempt {
+                Self::busy_behind_own(cx, out, waiter);
+            } else {
+                add_waiter(&mut p.buffered, waiter);
+            }
             return;
         }
-        let OwnerClaim { owner: hint, epoch } = self.hint;
-        let owner = if hint == requester || hint == cx.me { cx.home } else { hint };
-        let outcome = RepOutcome::Redirect { owner, epoch };
-        cx.send(out, requester, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
+        self.redirect(cx, out, waiter);
     }
 
     /// Hands the token to the queue head (the caller ensures the lock is not held).
     pub(super) fn transfer(&mut self, cx: &Ctx<'_>, out: &mut Vec<Output<PoMsg>>) {
         let Some(mut o) = self.owned.take() else { return };
-        let Some(Waiter { node: to, seq }) = o.queue.pop_front() else {
+        let Some(Waiter { node: to, seq, .. }) = o.queue.pop_front() else {
             self.owned = Some(o);
             return;
         };
@@ -228,9 +313,9 @@ impl LockState {
         self.owned = Some(owned);
         let buffered = pending.as_ref().map(|p| p.buffered.iter().copied().collect()).unwrap_or_default();
         if let Some(o) = &mut self.owned {
-            for Waiter { node, seq } in queue.into_iter().chain::<Vec<_>>(buffered) {
-                if node != cx.me && cx.peers.contains(node) {
-                    add_waiter(&mut o.queue, node, seq);
+            for w in queue.into_iter().chain::<Vec<_>>(buffered) {
+                if w.node != cx.me && cx.peers.contains(w.node) {
+                    add_waiter(&mut o.queue, w);
                 }
             }
         }
@@ -244,7 +329,9 @@ impl LockState {
             cx.send(out, cx.home, msg);
         }
         let held = self.owned.as_ref().is_some_and(|o| o.held);
-        if pending.is_some_and(|p| p.wants) && !held {
+        let entering = pending.as_ref().is_some_and(|p| p.wants) && !held;
+        self.settle_tries(cx, out, entering);
+        if entering {
             self.enter(cx, out);
         } else if !held {
             // Withdrawn or a stale duplicate: keep the token idle, or pass it straight on.
@@ -274,7 +361,8 @@ impl LockState {
         if owner == cx.me {
             if cx.is_home() {
                 // A node whose hint names the home sent the home's own request back: nobody knows. Find out.
-                self.at_home(cx, out, cx.me, seq, true);
+                let own = Waiter { node: cx.me, seq, attempt: p.attempt };
+                self.at_home(cx, out, own, true);
             } else if self.hint.epoch >= epoch {
                 // The home's round saw us own at `epoch`, but we have moved on since: our own hint is fresher.
                 self.send_own_acq(cx, out, self.hint, false);

@@ -120,7 +120,7 @@ impl LockState {
         let buffered = pending.as_ref().map(|p| p.buffered.clone()).unwrap_or_default();
         for w in round.waiters.into_iter().chain(buffered) {
             if w.node != cx.me {
-                add_waiter(&mut queue, w.node, w.seq);
+                add_waiter(&mut queue, w);
             }
         }
         tracing::info!(lock = cx.lock, epoch = round.floor.get(), "ownership regenerated at the home");
@@ -129,7 +129,9 @@ impl LockState {
         self.record = Some(self.hint);
         self.record_via = None;
         self.max_epoch = self.max_epoch.max(round.floor);
-        if pending.is_some_and(|p| p.wants) {
+        let entering = pending.as_ref().is_some_and(|p| p.wants);
+        self.settle_tries(cx, out, entering);
+        if entering {
             self.enter(cx, out);
         } else {
             self.transfer(cx, out);
@@ -143,7 +145,7 @@ impl LockState {
         out: &mut Vec<Output<PoMsg>>,
         waiters: VecDeque<Waiter>,
     ) {
-        for Waiter { node, seq } in waiters {
+        for waiter @ Waiter { node, seq, .. } in waiters {
             if node == cx.me {
                 match &self.pending {
                     Some(p) if p.wants || !p.buffered.is_empty() => {
@@ -159,7 +161,7 @@ impl LockState {
                 let outcome = RepOutcome::Redirect { owner: node, epoch };
                 cx.send(out, node, PoMsg::Rep { lock: cx.lock.to_owned(), seq, outcome });
             } else {
-                self.on_acq(cx, out, node, seq, OwnershipEpoch::ZERO, false);
+                self.on_acq(cx, out, waiter, OwnershipEpoch::ZERO, false);
             }
         }
     }
@@ -207,6 +209,7 @@ impl LockState {
                     seq: 0,
                     epoch: OwnershipEpoch::ZERO,
                     suspect: true,
+                    attempt: false,
                 };
                 cx.send(out, cx.home, msg);
             }

@@ -17,11 +17,12 @@ fn acq(lock: &str, requester: u16, seq: u64, epoch: u64) -> PoMsg {
         seq,
         epoch: OwnershipEpoch(epoch),
         suspect: false,
+        attempt: false,
     }
 }
 
 fn granted(lock: &str, seq: u64, epoch: u64, queue: &[(u16, u64)]) -> PoMsg {
-    let queue = queue.iter().map(|&(n, seq)| Waiter { node: NodeId::new(n), seq }).collect();
+    let queue = queue.iter().map(|&(n, seq)| Waiter { node: NodeId::new(n), seq, attempt: false }).collect();
     PoMsg::Rep {
         lock: lock.into(),
         seq,
@@ -87,6 +88,8 @@ impl Net {
                     self.links.entry((at, to.get())).or_default().push_back((inc, msg.clone()));
                 }
                 Output::Entered { token, .. } => self.entries.push((NodeId::new(at), *token)),
+                // No test of this harness issues a try.
+                Output::Busy { .. } => {}
             }
         }
         outs
@@ -694,4 +697,98 @@ fn epochs_open_in_the_views_range_and_ask_for_a_bump_near_its_end() {
     assert!(p.wants_view_bump(&peers));
     peers.apply_view(2, &members).expect("a newer view");
     assert!(!p.wants_view_bump(&peers), "an epoch of an older view is no reason to bump again");
+}
+
+/// Try-locks through whole engines on FIFO links (the Lamport test network).
+mod try_lock {
+    use super::*;
+    use crate::algo::lamport::testnet::Net;
+    use crate::algo::{Action, RequestId};
+
+    fn locked(node: usize, req: u64, holder: Option<u16>) -> (usize, RequestId, Option<NodeId>) {
+        (node, RequestId::new(req), holder.map(NodeId::new))
+    }
+
+    /// A try on a lock nobody uses (the home's first round regenerates it) is granted.
+    #[test]
+    fn po_try_on_a_free_lock_is_granted() {
+        for requester in 0..3 {
+            let mut net = Net::new(3, ProbableOwner::fresh);
+            net.try_acquire(requester, 1, "a");
+            net.deliver_all();
+            assert_eq!(net.holders("a"), vec![requester]);
+            assert!(net.locked.is_empty());
+        }
+    }
+
+    /// A held lock: the try is redirected to the owner, which answers busy naming itself; nothing queues.
+    #[test]
+    fn po_try_on_a_held_lock_is_locked_through_redirects() {
+        let lock = lock_homed_at(0, 3);
+        let mut net = Net::new(3, ProbableOwner::fresh);
+        net.acquire(1, 1, &lock);
+        net.deliver_all();
+        assert_eq!(net.holders(&lock), vec![1]);
+        let out = net.try_acquire(2, 2, &lock);
+        assert!(
+            matches!(&out[..], [Action::Send { to, msg: PoMsg::Acq { attempt: true, .. }, .. }] if *to == NodeId::new(0)),
+            "node 2's hint is the home: {out:?}"
+        );
+        net.deliver_all();
+        assert_eq!(net.locked, vec![locked(2, 2, Some(1))]);
+        assert_eq!(net.engines[1].view(&lock).queue.len(), 0, "the owner queued nothing for the try");
+        // The holder releases: the token stays with it (nobody waits), and a new try elsewhere wins.
+        net.release(1, 1);
+        net.deliver_all();
+        net.try_acquire(0, 3, &lock);
+        net.deliver_all();
+        assert_eq!(net.holders(&lock), vec![0]);
+        assert_eq!(net.refused, 0);
+    }
+
+    /// A try behind a queued waiter is locked (it would wait), and the waiter is served as usual.
+    #[test]
+    fn po_try_behind_a_queued_waiter_is_locked() {
+        let mut net = Net::new(3, ProbableOwner::fresh);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.acquire(2, 2, "a");
+        net.deliver_all();
+        net.try_acquire(0, 3, "a");
+        net.deliver_all();
+        assert_eq!(net.locked, vec![locked(0, 3, Some(1))]);
+        net.release(1, 1);
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![2]);
+    }
+
+    /// Concurrent tries on a free lock: the owner (here the home's regeneration, then the new owner) decides,
+    /// exactly one is granted and every other is answered.
+    #[test]
+    fn po_concurrent_tries_grant_exactly_one() {
+        for n in [2usize, 3, 4] {
+            let mut net = Net::new(n, ProbableOwner::fresh);
+            for i in 0..n {
+                net.try_acquire(i, 10 + i as u64, "a");
+            }
+            net.deliver_all();
+            assert_eq!(net.holders("a").len(), 1, "n = {n}");
+            assert_eq!(net.locked.len(), n - 1, "n = {n}: every other try answered");
+            assert_eq!(net.refused, 0);
+        }
+    }
+
+    /// A try against an owner whose token is idle (the last holder released) is granted by transfer.
+    #[test]
+    fn po_try_takes_an_idle_token_from_its_owner() {
+        let mut net = Net::new(3, ProbableOwner::fresh);
+        net.acquire(1, 1, "a");
+        net.deliver_all();
+        net.release(1, 1);
+        net.deliver_all();
+        net.try_acquire(2, 2, "a");
+        net.deliver_all();
+        assert_eq!(net.holders("a"), vec![2]);
+        assert!(net.locked.is_empty());
+    }
 }
