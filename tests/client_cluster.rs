@@ -5,7 +5,7 @@
 mod common;
 
 use common::Cluster;
-use dmutex_client::{Client, Error, LeaseLoss};
+use dmutex_client::{Algorithm, Client, Error, LeaseLoss};
 use std::time::{Duration, Instant};
 
 /// Nothing listens there: connections are refused.
@@ -59,4 +59,84 @@ fn lost_fires_promptly_when_the_granting_node_is_killed() {
     assert!(matches!(loss, LeaseLoss::Lost { .. }), "{loss:?}");
     assert!(killed.elapsed() < Duration::from_secs(2), "not promptly: {:?} ({loss})", killed.elapsed());
     drop(guard);
+}
+
+/// Waits (bounded) until the cluster-wide queue of `lock` in `algorithm` holds `n` nodes' waiters, through
+/// node `node`'s `GET /v1/locks/{name}`.
+async fn queued(c: &Cluster, node: usize, lock: &str, algorithm: Algorithm, n: usize) {
+    let url = format!("{}/v1/locks/{lock}", c.url(node));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let len = state["algorithms"][algorithm.as_str()]["queue"].as_array().map_or(0, Vec::len);
+        if len == n {
+            // Let the request's messages reach every node, so the next one is ordered after it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        assert!(Instant::now() < deadline, "{algorithm}: queue never reached {n}: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ports of etcd's lock tests (`tests/integration/v3_lock_test.go`), every algorithm, through the client
+/// library on real processes: waiters on different nodes are each granted once, in the order they asked,
+/// with rising fencing tokens; a waiter that times out leaves the order of the others intact; a try-lock on the
+/// held lock fails at once naming the holder, and on the free lock succeeds.
+#[test]
+fn waiters_are_granted_once_each_in_order_and_a_timed_out_one_keeps_the_order() {
+    let c = Cluster::start("clientorder", 4, &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let clients: Vec<Client> = (0..4).map(|i| Client::new([c.url(i)]).unwrap()).collect();
+        for algorithm in Algorithm::ALL {
+            let lock = format!("order-{algorithm}");
+            let held =
+                clients[0].lock(&lock).algorithm(algorithm).ttl(Duration::from_secs(30)).await.unwrap();
+            let e = clients[1].try_lock(&lock).algorithm(algorithm).await.unwrap_err();
+            assert!(matches!(e, Error::Locked { holder: Some(0) }), "{algorithm}: {e:?}");
+            // Waiters on nodes 1, 2 and 3, one per node, in that order; the one on node 2 gives up.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut tasks = Vec::new();
+            for (k, (node, timeout)) in [(1, 20_000), (2, 700), (3, 20_000)].into_iter().enumerate() {
+                let (client, name, tx) = (clients[node].clone(), lock.clone(), tx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let lock = name;
+                    let r =
+                        client.lock(&lock).algorithm(algorithm).timeout(Duration::from_millis(timeout)).await;
+                    match r {
+                        Ok(g) => {
+                            let _ = tx.send((k, Some(g.fencing_token())));
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            g.release().await.unwrap();
+                        }
+                        Err(Error::Timeout { .. }) => {
+                            let _ = tx.send((k, None));
+                        }
+                        Err(e) => panic!("{algorithm}: waiter {k}: {e}"),
+                    }
+                }));
+                queued(&c, 0, &lock, algorithm, k + 1).await;
+            }
+            // Waiter 1 (node 2) times out while the lock is still held.
+            let (k, t) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            assert_eq!((k, t), (1, None), "{algorithm}: the impatient waiter times out first");
+            let first = held.fencing_token();
+            held.release().await.unwrap();
+            let mut order = Vec::new();
+            while order.len() < 2 {
+                let (k, t) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+                order.push((k, t.expect("granted")));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let ks: Vec<usize> = order.iter().map(|(k, _)| *k).collect();
+            assert_eq!(ks, vec![0, 2], "{algorithm}: granted in the order asked");
+            assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "{algorithm}: rising tokens {order:?}");
+            assert!(order[0].1 > first, "{algorithm}");
+            let free = clients[3].try_lock(&lock).algorithm(algorithm).await.unwrap();
+            free.release().await.unwrap();
+        }
+    });
 }
