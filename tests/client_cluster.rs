@@ -140,3 +140,45 @@ fn waiters_are_granted_once_each_in_order_and_a_timed_out_one_keeps_the_order() 
         }
     });
 }
+
+/// The client contract on real processes with plain HTTP calls: a lease granted by node 0 is kept alive through
+/// nodes 1 and 2 and released through node 2; concurrent try-locks on a free lock, one per node, give exactly
+/// one grant; `GET /v1/locks/{name}` is the same from every node and shows no lease id; after `kill -9` of the
+/// granting node a keepalive through another node answers `lease_lost` promptly.
+#[test]
+fn leases_work_through_any_node_and_die_with_the_granting_one() {
+    use serde_json::json;
+    let mut c = Cluster::start("clientanynode", 3, &[]);
+    let (s, g) = c.acquire(0, "any", json!({"ttl_ms": 10000}));
+    assert_eq!(s, 200, "{g}");
+    let lease = g["lease"].as_str().unwrap_or_default().to_string();
+    for i in [1, 2] {
+        let (s, b) = c.post(i, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+        assert_eq!(s, 200, "keepalive through node {i}: {b}");
+    }
+    let states: Vec<serde_json::Value> = (0..3).map(|i| c.get(i, "/v1/locks/any").1).collect();
+    assert_eq!(states[0]["algorithms"]["lamport"]["holder"]["node_id"], 0, "{}", states[0]);
+    assert!(states.iter().all(|s| *s == states[0]), "the same answer from every node: {states:?}");
+    assert!(states.iter().all(|s| !s.to_string().contains(&lease)), "no lease id in a GET: {states:?}");
+    assert_eq!(c.release(2, "any", &lease).0, 200, "release through node 2");
+
+    let tries: Vec<std::thread::JoinHandle<(u16, serde_json::Value)>> = (0..3)
+        .map(|i| {
+            let api = c.api();
+            std::thread::spawn(move || api.acquire(i, "race", json!({"wait": false, "ttl_ms": 10000})))
+        })
+        .collect();
+    let answers: Vec<(u16, serde_json::Value)> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<&(u16, serde_json::Value)> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(won.len(), 1, "exactly one try wins: {answers:?}");
+    assert!(answers.iter().all(|(s, b)| *s == 200 || b["error"]["code"] == "locked"), "{answers:?}");
+
+    let (s, g) = c.acquire(0, "dies", json!({"ttl_ms": 30000}));
+    assert_eq!(s, 200, "{g}");
+    let lease = g["lease"].as_str().unwrap_or_default().to_string();
+    c.kill9(0);
+    let killed = Instant::now();
+    let (s, b) = c.post(1, &format!("/v1/leases/{lease}/keepalive"), json!({}));
+    assert_eq!((s, &b["error"]["code"]), (409, &json!("lease_lost")), "{b}");
+    assert!(killed.elapsed() < Duration::from_secs(6), "promptly: {:?}", killed.elapsed());
+}
