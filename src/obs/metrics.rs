@@ -537,6 +537,6 @@ mod tests {
         for (name, kind, help) in METRICS {
             assert!(text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")), "{name}");
         }
-        assert_eq!(METRICS.len(), 24);
+        assert_eq!(METRICS.len(), 27);
     }
 }
