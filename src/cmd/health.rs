@@ -14,8 +14,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub(crate) struct HealthArgs {
     /// Node HTTP endpoint [default: http://<DMUTEX_HTTP_ADDR> with 0.0.0.0 read as 127.0.0.1 and :: as ::1,
-    /// else http://127.0.0.1:8080].
-    #[arg(long, env = "DMUTEX_ENDPOINT", value_name = "URL")]
+    /// else http://127.0.0.1:8080]. `--endpoints` is the same flag (the spelling of `dmutex lock` and
+    /// `dmutex flow`); a probe asks one node.
+    #[arg(long, visible_alias = "endpoints", env = "DMUTEX_ENDPOINT", value_name = "URL")]
     pub(crate) endpoint: Option<String>,
     /// The node's listen address, the endpoint's default (read from the environment only).
     #[arg(skip = std::env::var("DMUTEX_HTTP_ADDR").ok())]
