@@ -1,7 +1,8 @@
 //! The HTTP API as a user meets it by hand, against a real `dmutex node`: a wrong method or an unknown route
 //! answers in the API's JSON error shape (405 with `Allow`, 404), and `DMUTEX_ALGORITHMS` restricts the
 //! algorithms (each its own namespace of locks) a request may name: another one is a 400 naming the allowed
-//! ones, and a default algorithm outside the list is a configuration error (exit 2, naming the key).
+//! ones, and a default algorithm outside the list is a configuration error (exit 2, naming the key). The node
+//! serves its OpenAPI document at `/openapi.json`, byte for byte the committed docs/openapi.json.
 
 mod common;
 
@@ -80,4 +81,28 @@ fn a_default_algorithm_outside_dmutex_algorithms_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("DMUTEX_ALGORITHMS"), "the message names the key: {stderr}");
     assert!(stderr.contains("default algorithm lamport"), "{stderr}");
+}
+
+/// `GET /openapi.json` is the committed docs/openapi.json (which the unit test in src/api/openapi.rs keeps equal
+/// to the generated document), and it documents every route the node labels in its metrics.
+#[test]
+fn the_node_serves_the_committed_openapi_document_with_every_route() {
+    let c = Cluster::start("httpopenapi", 1, &[]);
+    let r = c.api().client().get(format!("{}/openapi.json", c.url(0))).send().expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let served = r.text().expect("body");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+        .expect("docs/openapi.json");
+    assert!(
+        served == committed,
+        "/openapi.json differs from docs/openapi.json; regenerate it with `DMUTEX_WRITE_OPENAPI=1 cargo test --lib \
+         openapi`"
+    );
+    let doc: Value = serde_json::from_str(&served).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in dmutex::api::ROUTES.iter().filter(|r| **r != "other") {
+        assert!(doc["paths"].get(*route).is_some(), "{route} is not in the document");
+    }
 }

@@ -60,6 +60,8 @@
 //!
 //! - `opentelemetry`: calls made while an OpenTelemetry span is current carry its W3C `traceparent`, so the
 //!   node's spans join the caller's trace (only the OpenTelemetry API crate is pulled in, not an SDK).
+//! - `openapi`: the wire types derive `utoipa::ToSchema` (the server generates its OpenAPI document, served at
+//!   `GET /openapi.json`, from them).
 
 mod client;
 mod error;

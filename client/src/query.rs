@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 /// asks every member of its view what its clients hold and wait for (each node is the truth about its own
 /// clients) and merges the answers; a member that does not answer in time is listed in `missing`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockState {
     /// The lock asked about.
     pub name: String,
@@ -25,6 +26,7 @@ pub struct LockState {
 
 /// One algorithm's lock, cluster-wide.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlgoLockState {
     /// The holder, if any client holds it.
     pub holder: Option<Holder>,
@@ -37,6 +39,7 @@ pub struct AlgoLockState {
 
 /// The holder of a lock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Holder {
     /// The node that granted the lease.
     pub node_id: u16,
@@ -48,6 +51,7 @@ pub struct Holder {
 
 /// One node's clients waiting for a lock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Waiting {
     /// The node the clients wait at.
     pub node_id: u16,
@@ -62,6 +66,7 @@ pub struct Waiting {
 
 /// `GET /v1/locks`: every lock a client holds or waits for, cluster-wide.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockList {
     /// The locks, by name and algorithm.
     pub locks: Vec<LockSummary>,
@@ -75,6 +80,7 @@ pub struct LockList {
 
 /// One lock in [`LockList`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LockSummary {
     /// The lock's name.
     pub name: String,

@@ -13,6 +13,7 @@ use std::time::Duration;
 /// Which algorithm serves a request.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Algorithm {
     /// Lamport 1978: REQUEST / REPLY / RELEASE, 3(N−1) messages per entry.
     Lamport,
@@ -60,6 +61,7 @@ impl std::str::FromStr for Algorithm {
 /// are strings; a server of the same API that numbers its leases gets its numbers back as numbers.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LeaseId {
     /// A numeric lease, echoed as a JSON number.
     Num(u64),
@@ -93,6 +95,7 @@ impl From<&str> for LeaseId {
 /// `name`, `lease` and `fencing_token` are the contract; the other fields are informational (dmutex always
 /// sends them; a client accepts a grant without them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     /// The lock's name.
     pub name: String,
@@ -203,10 +206,37 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
+/// `timeout_ms` is a number or `"forever"` (the hand-written serde above): a `oneOf` of the two, which derive
+/// cannot express.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Timeout {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+        let ms = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .description(Some("wait at most this many milliseconds (0: the same as \"wait\": false)"));
+        let forever = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([FOREVER]))
+            .description(Some("wait without a limit"));
+        OneOfBuilder::new()
+            .item(ms)
+            .item(forever)
+            .description(Some("How long an acquire may wait: milliseconds, or \"forever\"."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Timeout {}
+
 /// The body of `POST /v1/locks/{name}/acquire`; every field falls back to the node's default when absent, and
 /// an empty body means all defaults. Unknown fields are refused (400).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AcquireBody {
     /// How long to wait for the lock (default: the node's `DMUTEX_DEFAULT_TIMEOUT_MS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +247,8 @@ pub struct AcquireBody {
     /// The lease's time to live, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
-    /// The algorithm that serves the request.
+    /// The algorithm that serves the request (also accepted: `ra`, `po`, `ricart_agrawala`, `probable_owner`,
+    /// any case).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "algorithm_by_name")]
     pub algorithm: Option<Algorithm>,
     /// An existing lease: one that already holds this lock gets its grant back (re-entrant acquire).
@@ -229,6 +260,7 @@ pub struct AcquireBody {
 /// one is answered with a 400 that says what is missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseBody {
     /// The lease the grant returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,6 +269,7 @@ pub struct ReleaseBody {
 
 /// `POST /v1/locks/{name}/release` → 200.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseResponse {
     /// The lease that held the lock.
     pub lease: LeaseId,
@@ -249,10 +282,12 @@ pub struct ReleaseResponse {
 /// The body of `POST /v1/leases/{lease}/keepalive`: `{}`. The node reads nothing from it (the lease is in the
 /// path), so any body is accepted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeepaliveBody {}
 
 /// `POST /v1/leases/{lease}/keepalive` → 200: the lease runs for `ttl_ms` from now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeepaliveResponse {
     /// The lease kept alive (a client accepts an answer without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,6 +299,7 @@ pub struct KeepaliveResponse {
 
 /// Every error response: `{"error": {"code", "message", ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
@@ -271,6 +307,7 @@ pub struct ErrorBody {
 
 /// The inside of an [`ErrorBody`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `timeout` (the codes are the contract; see the crate documentation).
     pub code: String,

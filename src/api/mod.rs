@@ -4,6 +4,7 @@
 pub mod client;
 pub(crate) mod error;
 pub(crate) mod observe;
+pub(crate) mod openapi;
 pub(crate) mod router;
 pub mod types;
 

@@ -2,14 +2,16 @@
 //! they hold no lock state themselves.
 //!
 //! Errors are always `{"error":{"code","message"}}` with a proper status: 400 bad input (also an algorithm
-//! this cluster does not serve), 404 no such endpoint, 405 wrong method (with `Allow`), 408 timeout,
-//! 409 unknown/expired lease, 413 body too large, 503 unavailable or shutting down.
+//! this cluster does not serve), 404 no such endpoint, 405 wrong method (with `Allow`), 409 a lock or lease
+//! outcome (`timeout`, `locked`, `lease_not_found`, `lease_lost`, `lease_in_use`), 413 body too large, 503
+//! unavailable or shutting down. Each handler's `#[utoipa::path]` documents its answers in the OpenAPI
+//! document (src/api/openapi.rs, `GET /openapi.json`).
 
 use crate::algo::Algorithm;
 use crate::api::error::ApiError;
 use crate::api::types::{
-    AcquireBody, AcquireRequest, ErrorBody, ErrorDetail, KeepaliveResponse, LeaseId, Readiness, ReleaseBody,
-    ReleaseResponse, Timeout,
+    AcquireBody, AcquireRequest, ClusterInfo, ErrorBody, ErrorDetail, Grant, KeepaliveBody,
+    KeepaliveResponse, LeaseId, LockList, Readiness, ReleaseBody, ReleaseResponse, Stats, Timeout,
 };
 use crate::node::NodeHandle;
 use axum::body::Bytes;
@@ -70,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/flow", get(flow))
         .route("/v1/workload", get(workload))
+        .route("/openapi.json", get(openapi_json))
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_endpoint)
@@ -126,16 +129,35 @@ fn check_algorithm(allowed: &[Algorithm], asked: Option<Algorithm>) -> Result<()
     }
 }
 
+/// `GET /openapi.json`: the document generated once per process.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    description = "This OpenAPI 3.1 document (also committed as docs/openapi.json).",
+    responses((status = 200, description = "The document.", body = serde_json::Value)))]
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::api::openapi::json()).into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    description = "Liveness: the process answers.",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = crate::api::openapi::Health)))]
 async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    description = "Readiness: whether the node can grant (a member of its view holding its member lease).",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready; `reasons` says why.", body = Readiness)))]
 async fn readyz(State(s): State<AppState>) -> Response {
     let r = s.node.shared.readiness();
     let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(r)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "observability",
+    description = "Prometheus metrics in the text exposition format.",
+    responses((status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.node.shared.metrics.render()).into_response()
 }
@@ -167,6 +189,15 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+#[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks",
+    description = "Acquire a lock: waits up to `timeout_ms` (or forever), or with `\"wait\": false` (or `timeout_ms: 0`) tries once. An empty body means all defaults. With the `lease` of a grant that holds this lock, answers that grant again (re-entrant).",
+    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters.")),
+    request_body(content = Option<AcquireBody>, description = "All fields optional; unknown fields are refused (400)."),
+    responses(
+        (status = 200, description = "Granted: the lock is held under `lease` until released or expired.", body = Grant),
+        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody),
+        (status = 409, description = "`timeout` (waited `timeout_ms`), `locked` (try-lock failed; `holder`: the holding node or null), `lease_not_found` (the given lease is unknown or expired), `lease_lost` (the given lease ended without its client releasing it), `lease_in_use` (the given lease holds another lock).", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is larger than 16 KiB.", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn acquire(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -203,6 +234,15 @@ async fn acquire(
     Ok(Json(grant).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/locks/{name}/release", tag = "locks",
+    description = "Release a lock held under `lease`; works through any node.",
+    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters.")),
+    request_body(content = ReleaseBody, description = "`{\"lease\": \"...\"}`: the lease the grant returned (required)."),
+    responses(
+        (status = 200, description = "Released.", body = ReleaseResponse),
+        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody),
+        (status = 409, description = "`lease_not_found` (unknown, expired or released lease, or it does not hold this lock) or `lease_lost` (the lease ended without its client releasing it; the message says why).", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is larger than 16 KiB.", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn release(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -223,6 +263,14 @@ async fn release(
 }
 
 /// The body is not read: the lease is in the path, and clients send `{}` or nothing.
+#[utoipa::path(post, path = "/v1/leases/{lease}/keepalive", tag = "locks",
+    description = "Renew a lease for its TTL from now; works through any node. The body is not read (send `{}` or nothing).",
+    params(("lease" = String, Path, description = "The lease id from the grant (opaque).")),
+    request_body(content = Option<KeepaliveBody>, description = "Ignored."),
+    responses(
+        (status = 200, description = "Renewed.", body = KeepaliveResponse),
+        (status = 409, description = "`lease_not_found` (unknown, expired or released lease) or `lease_lost` (the lease ended without its client releasing it; the message says why).", body = ErrorBody),
+        (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn keepalive(State(s): State<AppState>, Path(lease): Path<String>) -> Result<Response, ApiError> {
     let ttl = s.node.keepalive(&lease).await?;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -238,6 +286,12 @@ struct LockQuery {
 
 /// `GET /v1/locks/{name}`: the lock as the cluster knows it (the same answer from every node), or with
 /// `?scope=local` this node's own view of it. Never shows a lease id.
+#[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks",
+    description = "The lock as the cluster knows it (the same answer from every node), or with `scope=local` this node's own view. Never shows a lease id.",
+    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters."), ("scope" = Option<crate::api::openapi::Scope>, Query, description = "`cluster` (default): asked of every member; `local`: this node's cores' views.")),
+    responses(
+        (status = 200, description = "`LockState` (scope `cluster`) or `LockInfo` (scope `local`).", body = crate::api::openapi::LockAnswer),
+        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn lock_info(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -253,14 +307,26 @@ async fn lock_info(
 }
 
 /// `GET /v1/locks`: every lock a client holds or waits for, cluster-wide.
+#[utoipa::path(get, path = "/v1/locks", tag = "locks",
+    description = "Every lock a client holds or waits for, cluster-wide.",
+    responses((status = 200, description = "The locks.", body = LockList), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn locks(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.locks().await?).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    description = "This node, its view, its peers and its clocks.",
+    responses(
+        (status = 200, description = "The node's view of the cluster.", body = ClusterInfo),
+        (status = 503, description = "A node still waiting for its replicas (DNS discovery) answers `Readiness` saying what it waits for; a node shutting down answers `shutting_down`.", body = crate::api::openapi::NotRunning),
+        (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn cluster(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.cluster().await?).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/stats", tag = "observability",
+    description = "Message and grant counts in the original programs' form.",
+    responses((status = 200, description = "The counts.", body = Stats), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
 async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.stats().await?).into_response())
 }
@@ -274,6 +340,15 @@ struct FlowQuery {
 }
 
 /// `GET /v1/flow?lock=NAME[&acquire=ID][&limit=N]`: this node's recent flow records (see [`crate::obs::flow`]).
+#[utoipa::path(get, path = "/v1/flow", tag = "observability",
+    description = "This node's recent flow records (messages and local events), oldest first.",
+    params(
+        ("lock" = Option<String>, Query, description = "Only records of this lock."),
+        ("acquire" = Option<String>, Query, description = "Only records of this acquire (its trace id)."),
+        ("limit" = Option<usize>, Query, description = "At most this many records (capped at the node's buffer size).")),
+    responses(
+        (status = 200, description = "`{\"node\", \"records\": [...]}`.", body = crate::obs::flow::FlowResponse),
+        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody)))]
 async fn flow(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
@@ -287,6 +362,11 @@ async fn flow(
     Ok(Json(crate::obs::flow::FlowResponse { node: s.node.shared.me.get(), records }).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/workload", tag = "observability",
+    description = "The built-in workload's status, when one is configured.",
+    responses(
+        (status = 200, description = "The workload's status (free-form).", body = serde_json::Value),
+        (status = 404, description = "`not_found`: no workload is configured on this node.", body = ErrorBody)))]
 async fn workload(State(s): State<AppState>) -> Response {
     match &s.workload {
         Some(f) => Json(f()).into_response(),

@@ -39,7 +39,7 @@ pub struct AcquireRequest {
 }
 
 /// One peer as this node sees it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     /// Node id.
     pub node: u16,
@@ -56,7 +56,7 @@ pub struct PeerInfo {
 }
 
 /// `GET /v1/cluster`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ClusterInfo {
     /// This node.
     pub node_id: u16,
@@ -81,7 +81,7 @@ pub struct ClusterInfo {
 }
 
 /// A view as `GET /v1/cluster` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewInfo {
     /// The view's epoch (rises by one per view change).
     pub epoch: u64,
@@ -90,7 +90,7 @@ pub struct ViewInfo {
 }
 
 /// One member of a view.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewMember {
     /// Node id.
     pub node_id: u16,
@@ -137,7 +137,7 @@ pub struct AlgoLockInfo {
 }
 
 /// `GET /readyz`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// Whether the node can grant.
     pub ready: bool,
@@ -146,7 +146,7 @@ pub struct Readiness {
 }
 
 /// `GET /v1/stats`: the results in the original programs' form. Fields absent in a stored report read as their defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Stats {
     /// This node.
