@@ -20,7 +20,8 @@ pub enum NodeMsg {
     Algo(PeerMsg),
     /// A message of the membership layer (never counted as an algorithm message).
     Member(MemberMsg),
-    /// A client call served with another node's help ([`super::forward`]; never an algorithm message).
+    /// A client call served with another node's help (lease calls forwarded to the granting node, lock
+    /// queries; never an algorithm message).
     Client(ClientMsg),
 }
 
