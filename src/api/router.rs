@@ -173,6 +173,14 @@ pub(crate) fn validate_lock_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A lease named in a body: this node's leases are strings, so a number cannot name one.
+fn lease_string(lease: LeaseId) -> Result<String, ApiError> {
+    match lease {
+        LeaseId::Str(lease) => Ok(lease),
+        LeaseId::Num(_) => Err(ApiError::BadRequest("lease must be a string".into())),
+    }
+}
+
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -212,11 +220,7 @@ async fn acquire(
         return Err(ApiError::BadRequest("ttl_ms must be positive".into()));
     }
     check_algorithm(&s.algorithms, b.algorithm)?;
-    let lease = match b.lease {
-        Some(LeaseId::Str(lease)) => Some(lease),
-        Some(LeaseId::Num(_)) => return Err(ApiError::BadRequest("lease must be a string".into())),
-        None => None,
-    };
+    let lease = b.lease.map(lease_string).transpose()?;
     let grant = s
         .node
         .acquire(AcquireRequest {
@@ -250,14 +254,9 @@ async fn release(
 ) -> Result<Response, ApiError> {
     validate_lock_name(&name)?;
     let b: ReleaseBody = parse_body(body)?;
-    let lease = match b.lease {
-        Some(LeaseId::Str(lease)) => lease,
-        // This node's leases are strings: a number cannot name one.
-        Some(LeaseId::Num(_)) => return Err(ApiError::BadRequest("lease must be a string".into())),
-        None => {
-            return Err(ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()));
-        }
-    };
+    let lease = b.lease.map(lease_string).transpose()?;
+    let lease =
+        lease.ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
     s.node.release(&name, &lease).await?;
     Ok(Json(ReleaseResponse { lease: lease.into(), name, released: true }).into_response())
 }

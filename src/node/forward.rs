@@ -165,6 +165,18 @@ enum Reply {
     Query { lock: Option<String>, reports: BTreeMap<NodeId, Vec<LocalLock>>, reply: QueryReply },
 }
 
+impl Reply {
+    /// Answers a lease call's client with `err` (a query is answered by `finish_query` only).
+    fn fail(self, err: ApiError) {
+        match self {
+            Reply::KeepAlive(tx) => drop(tx.send(Err(err))),
+            Reply::Release(tx) => drop(tx.send(Err(err))),
+            Reply::Regrant { reply, .. } => drop(reply.send(Err(err))),
+            Reply::Query { .. } => {}
+        }
+    }
+}
+
 /// The two shapes of a lock query's answer.
 pub(crate) enum QueryReply {
     One(oneshot::Sender<LockState>),
@@ -175,8 +187,6 @@ pub(crate) enum QueryReply {
 struct Call {
     /// The nodes whose answers are awaited, with the incarnation asked.
     waiting: BTreeMap<NodeId, Incarnation>,
-    /// Everyone asked (queries), in order.
-    asked: BTreeSet<NodeId>,
     deadline: Instant,
     epoch: Option<u64>,
     reply: Reply,
@@ -209,41 +219,29 @@ impl Node {
     /// A keepalive, release or re-acquire with a lease: served here if this node granted the lease, else
     /// forwarded to the node that did.
     pub(super) fn lease_call(&mut self, call: LeaseCall) {
-        let lease = match &call {
-            LeaseCall::KeepAlive { lease, .. }
-            | LeaseCall::Release { lease, .. }
-            | LeaseCall::Regrant { lease, .. } => lease.clone(),
-        };
-        let owner = LeaseOwner::of(&lease);
-        let here = owner.is_none_or(|o| o.node == self.settings.me);
-        if here {
-            match call {
-                LeaseCall::KeepAlive { lease, reply } => drop(reply.send(self.keepalive(&lease))),
-                LeaseCall::Release { lock, lease, reply } => drop(reply.send(self.release(&lock, &lease))),
-                LeaseCall::Regrant { lock, lease, reply } => drop(reply.send(self.regrant(&lock, &lease))),
+        let (lease, ask, reply) = match call {
+            LeaseCall::KeepAlive { lease, reply } => {
+                (lease.clone(), Ask::KeepAlive { lease }, Reply::KeepAlive(reply))
             }
-            return;
-        }
-        let owner = owner.expect("checked above");
-        if let Some(why) = self.owner_gone(owner) {
-            let err = ApiError::LeaseLost(format!("lease {lease} was lost: {why}"));
-            match call {
-                LeaseCall::KeepAlive { reply, .. } => drop(reply.send(Err(err))),
-                LeaseCall::Release { reply, .. } => drop(reply.send(Err(err))),
-                LeaseCall::Regrant { reply, .. } => drop(reply.send(Err(err))),
-            }
-            return;
-        }
-        let (ask, reply) = match call {
-            LeaseCall::KeepAlive { lease, reply } => (Ask::KeepAlive { lease }, Reply::KeepAlive(reply)),
             LeaseCall::Release { lock, lease, reply } => {
-                (Ask::Release { lock, lease: lease.clone() }, Reply::Release(reply))
+                (lease.clone(), Ask::Release { lock, lease }, Reply::Release(reply))
             }
             LeaseCall::Regrant { lock, lease, reply } => (
+                lease.clone(),
                 Ask::Regrant { lock: lock.clone(), lease: lease.clone() },
                 Reply::Regrant { lock, lease, reply },
             ),
         };
+        // A lease of this node, or of no node (an id of another shape: unknown here as everywhere).
+        let Some(owner) = LeaseOwner::of(&lease).filter(|o| o.node != self.settings.me) else {
+            let answer = self.answer(ask);
+            self.finish_lease_call(reply, Ok(answer), self.settings.me);
+            return;
+        };
+        if let Some(why) = self.owner_gone(owner) {
+            reply.fail(ApiError::LeaseLost(format!("lease {lease} was lost: {why}")));
+            return;
+        }
         let deadline = Instant::now() + self.settings.leave_wait;
         let waiting = BTreeMap::from([(owner.node, owner.incarnation)]);
         self.open_call(waiting, deadline, reply, ask);
@@ -331,8 +329,7 @@ impl Node {
         self.calls.next += 1;
         let id = self.calls.next;
         let epoch = self.member.epoch().map(|e| e.get());
-        let asked = waiting.keys().copied().collect();
-        let call = Call { waiting, asked, deadline, epoch, reply };
+        let call = Call { waiting, deadline, epoch, reply };
         let targets: Vec<NodeId> = call.waiting.keys().copied().collect();
         self.calls.open.insert(id, call);
         for to in targets {
@@ -375,49 +372,22 @@ impl Node {
         }
     }
 
-    /// Serves a peer's call as if its client had called this node.
+    /// Serves a call as if a client had made it here: a peer's forwarded call, or this node's own client's for
+    /// a lease of this node. The lease table decides (an id of another incarnation is never in it).
     fn answer(&mut self, ask: Ask) -> Answer {
-        let refused = |e: ApiError| Answer::Refused(e);
-        match ask {
-            Ask::KeepAlive { lease } if self.granted_here(&lease) => match self.keepalive(&lease) {
-                Ok(ttl) => Answer::KeptAlive { ttl_ms: ttl.as_millis() as u64 },
-                Err(e) => refused(e),
-            },
-            Ask::Release { lock, lease } if self.granted_here(&lease) => match self.release(&lock, &lease) {
-                Ok(()) => Answer::Released,
-                Err(e) => refused(e),
-            },
-            Ask::Regrant { lock, lease } if self.granted_here(&lease) => match self.regrant(&lock, &lease) {
-                Ok(g) => Answer::Regranted {
-                    fencing_token: g.fencing_token,
-                    algorithm: g.algorithm.unwrap_or(self.settings.default_algorithm),
-                    ttl_ms: g.ttl_ms.unwrap_or(0),
-                },
-                Err(e) => refused(e),
-            },
-            Ask::KeepAlive { lease } | Ask::Release { lease, .. } | Ask::Regrant { lease, .. } => {
-                refused(self.not_granted_here(&lease))
+        let answer = match ask {
+            Ask::KeepAlive { lease } => {
+                self.keepalive(&lease).map(|ttl| Answer::KeptAlive { ttl_ms: ttl.as_millis() as u64 })
             }
-            Ask::Locks { lock } => Answer::Locks(self.local_locks(lock.as_deref())),
-        }
-    }
-
-    /// Whether `lease` names this incarnation of this node.
-    fn granted_here(&self, lease: &str) -> bool {
-        LeaseOwner::of(lease)
-            .is_some_and(|o| o.node == self.settings.me && o.incarnation == self.settings.incarnation)
-    }
-
-    /// The answer to a forwarded call for a lease this incarnation did not grant.
-    fn not_granted_here(&self, lease: &str) -> ApiError {
-        match LeaseOwner::of(lease) {
-            Some(o) if o.node == self.settings.me => ApiError::LeaseLost(format!(
-                "lease {lease} was lost: node {} that granted it restarted (incarnation {} is gone)",
-                o.node.get(),
-                o.incarnation.get()
-            )),
-            _ => ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired")),
-        }
+            Ask::Release { lock, lease } => self.release(&lock, &lease).map(|()| Answer::Released),
+            Ask::Regrant { lock, lease } => self.regrant(&lock, &lease).map(|g| Answer::Regranted {
+                fencing_token: g.fencing_token,
+                algorithm: g.algorithm.unwrap_or(self.settings.default_algorithm),
+                ttl_ms: g.ttl_ms.unwrap_or(0),
+            }),
+            Ask::Locks { lock } => Ok(Answer::Locks(self.local_locks(lock.as_deref()))),
+        };
+        answer.unwrap_or_else(Answer::Refused)
     }
 
     /// A peer answered call `id`.
@@ -479,12 +449,9 @@ impl Node {
                     ttl_ms: Some(ttl_ms),
                 }));
             }
-            (Reply::KeepAlive(tx), answer) => drop(tx.send(Err(refusal(answer, lost, unexpected)))),
-            (Reply::Release(tx), answer) => drop(tx.send(Err(refusal(answer, lost, unexpected)))),
-            (Reply::Regrant { reply, .. }, answer) => {
-                drop(reply.send(Err(refusal(answer, lost, unexpected))))
-            }
-            (Reply::Query { .. }, _) => {}
+            (reply, Ok(Answer::Refused(e))) => reply.fail(e),
+            (reply, Ok(_)) => reply.fail(unexpected()),
+            (reply, Err(why)) => reply.fail(lost(&why)),
         }
     }
 
@@ -500,7 +467,6 @@ impl Node {
         let Reply::Query { lock, reports, reply } = call.reply else { return };
         let missing: Vec<u16> = call.waiting.keys().map(|n| n.get()).collect();
         let answered: Vec<u16> = reports.keys().map(|n| n.get()).collect();
-        let _ = call.asked;
         match reply {
             QueryReply::One(tx) => {
                 let name = lock.unwrap_or_default();
@@ -567,12 +533,7 @@ impl Node {
                         "node {} that granted the lease did not answer within {wait} ms; nothing changed, retry",
                         owner.get()
                     ));
-                    match reply {
-                        Reply::KeepAlive(tx) => drop(tx.send(Err(err))),
-                        Reply::Release(tx) => drop(tx.send(Err(err))),
-                        Reply::Regrant { reply, .. } => drop(reply.send(Err(err))),
-                        Reply::Query { .. } => {}
-                    }
+                    reply.fail(err);
                 }
             }
         }
@@ -628,19 +589,6 @@ impl Node {
                 }
             })
             .collect()
-    }
-}
-
-/// The error a refused (or failed) lease call gives its client.
-fn refusal(
-    answer: Result<Answer, String>,
-    lost: impl Fn(&str) -> ApiError,
-    unexpected: impl Fn() -> ApiError,
-) -> ApiError {
-    match answer {
-        Ok(Answer::Refused(e)) => e,
-        Ok(_) => unexpected(),
-        Err(why) => lost(&why),
     }
 }
 

@@ -223,6 +223,14 @@ impl Node {
                 "lease {lease} was lost: this node lost its member lease (no majority reached), so the lock may \
                  be held by someone else now"
             ))
+        } else if let Some(o) = super::forward::LeaseOwner::of(lease)
+            .filter(|o| o.node == self.settings.me && o.incarnation != self.settings.incarnation)
+        {
+            ApiError::LeaseLost(format!(
+                "lease {lease} was lost: node {} that granted it restarted (incarnation {} is gone)",
+                o.node.get(),
+                o.incarnation.get()
+            ))
         } else {
             ApiError::LeaseNotFound(format!("lease {lease} is unknown or expired"))
         }
