@@ -56,6 +56,15 @@ pub const KEYS: &[&str] = &[
     "cluster_name",
     "cluster_secret",
     "cluster_secret_file",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "peer_tls_cert",
+    "peer_tls_key",
+    "peer_tls_ca",
+    "api_tokens_file",
+    "metrics_auth",
+    "credentials_reload_ms",
     "log",
     "log_format",
     "max_frame_bytes",
@@ -90,6 +99,8 @@ pub(crate) const DEFAULTS: &[(&str, &str)] = &[
     ("algorithms", "lamport,ricart-agrawala,probable-owner"),
     ("lamport_ack_elision", "false"),
     ("cluster_name", "dmutex"),
+    ("metrics_auth", "open"),
+    ("credentials_reload_ms", "10000"),
     ("log", "info"),
     ("log_format", "text"),
     ("max_frame_bytes", "1048576"),
@@ -391,6 +402,69 @@ pub enum NodeIdSource {
     Discovery,
 }
 
+/// Who may read `/metrics` when API tokens are configured.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum MetricsAuth {
+    /// Anyone (a Prometheus scrape needs no token): the default.
+    #[default]
+    Open,
+    /// Only a token with the `read` scope.
+    Read,
+}
+
+impl FromStr for MetricsAuth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "open" => Ok(MetricsAuth::Open),
+            "read" => Ok(MetricsAuth::Read),
+            other => Err(format!("unknown value {other:?} (expected open or read)")),
+        }
+    }
+}
+
+/// TLS for the HTTP API (`DMUTEX_TLS_CERT`, `DMUTEX_TLS_KEY`, optional `DMUTEX_TLS_CLIENT_CA`): PEM files,
+/// re-read when they change. Only the paths live here; the files are parsed where they are used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    /// The server certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Mutual TLS between peers (`DMUTEX_PEER_TLS_CERT`, `DMUTEX_PEER_TLS_KEY`, `DMUTEX_PEER_TLS_CA`): this node's
+/// certificate and key, and the cluster CA every peer's certificate must chain to. PEM files, re-read when
+/// they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTls {
+    /// This node's certificate chain (leaf first); its SANs must name the host of its peer-list entry.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The cluster CA bundle.
+    pub ca: PathBuf,
+}
+
+/// Transport security and API access control. Everything is off by default (the local demo).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SecurityConfig {
+    /// HTTPS for the API, if configured.
+    pub api_tls: Option<ApiTls>,
+    /// Mutual TLS on peer links, if configured.
+    pub peer_tls: Option<PeerTls>,
+    /// Bearer tokens with scopes (`DMUTEX_API_TOKENS_FILE`: `<token> <scope>[,<scope>…]` per line, `#`
+    /// comments); `None`: the API needs no token.
+    pub api_tokens_file: Option<PathBuf>,
+    /// Whether `/metrics` needs a `read` token (only meaningful with tokens).
+    pub metrics_auth: MetricsAuth,
+    /// How often certificate and token files are checked for changes (`DMUTEX_CREDENTIALS_RELOAD_MS`).
+    pub credentials_reload: Duration,
+}
+
 /// The built-in workload a node can run against its own cluster (used by `dmutex cluster` and the demos).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadConfig {
@@ -439,6 +513,8 @@ pub struct NodeConfig {
     pub cluster_name: String,
     /// The shared secret authenticating peer handshakes, if any.
     pub cluster_secret: Option<Secret>,
+    /// TLS on the API and the peer links, API tokens.
+    pub security: SecurityConfig,
     /// The log filter (`tracing_subscriber::EnvFilter` syntax).
     pub log: String,
     /// The log output format.
@@ -607,6 +683,67 @@ impl Raw {
         self.parsed::<Algorithm>(key)
     }
 
+    /// A path that must name a readable file (its contents are parsed where it is used).
+    fn file(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(path) = self.string(key)? else { return Ok(None) };
+        let path = PathBuf::from(path);
+        match std::fs::File::open(&path) {
+            Ok(_) if path.is_file() => Ok(Some(path)),
+            Ok(_) => Err(ConfigError::invalid(key, format!("{} is not a file", path.display()))),
+            Err(e) => Err(ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// The TLS and token settings: each group is all set or not at all, and every file readable.
+    fn security(&self) -> Result<SecurityConfig, ConfigError> {
+        let (cert, key, client_ca) =
+            (self.file("tls_cert")?, self.file("tls_key")?, self.file("tls_client_ca")?);
+        let api_tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(ApiTls { cert, key, client_ca }),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid("tls_key", "missing: DMUTEX_TLS_CERT is set"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid("tls_cert", "missing: DMUTEX_TLS_KEY is set"));
+            }
+            (None, None) if client_ca.is_some() => {
+                return Err(ConfigError::invalid(
+                    "tls_client_ca",
+                    "client certificates need HTTPS: set DMUTEX_TLS_CERT and DMUTEX_TLS_KEY too",
+                ));
+            }
+            (None, None) => None,
+        };
+        let peer = [
+            ("peer_tls_cert", self.file("peer_tls_cert")?),
+            ("peer_tls_key", self.file("peer_tls_key")?),
+            ("peer_tls_ca", self.file("peer_tls_ca")?),
+        ];
+        let peer_tls = match peer {
+            [(_, Some(cert)), (_, Some(key)), (_, Some(ca))] => Some(PeerTls { cert, key, ca }),
+            [(_, None), (_, None), (_, None)] => None,
+            _ => {
+                let missing: Vec<&str> = peer.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+                let names: Vec<String> = missing.iter().map(|k| env_name(k)).collect();
+                return Err(ConfigError::invalid(
+                    missing[0],
+                    format!("peer TLS needs its certificate, key and CA: missing {}", names.join(", ")),
+                ));
+            }
+        };
+        let credentials_reload = self.millis("credentials_reload_ms")?.unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&credentials_reload) {
+            return Err(ConfigError::invalid("credentials_reload_ms", "must be between 100 and 3600000"));
+        }
+        Ok(SecurityConfig {
+            api_tls,
+            peer_tls,
+            api_tokens_file: self.file("api_tokens_file")?,
+            metrics_auth: self.parsed("metrics_auth")?.unwrap_or_default(),
+            credentials_reload,
+        })
+    }
+
     /// A list of strings: an array, or one comma-separated string (empty entries skipped).
     fn list(&self, key: &str, what: &str) -> Result<Option<Vec<String>>, ConfigError> {
         let Some(v) = self.value(key) else { return Ok(None) };
@@ -737,6 +874,7 @@ impl NodeConfig {
             }
             (None, None) => None,
         };
+        let security = raw.security()?;
         let workload = WorkloadConfig {
             iterations: raw.number("workload_iterations")?.unwrap_or(0),
             cs: raw.millis("workload_cs_ms")?.unwrap_or(Duration::from_millis(10)),
@@ -763,6 +901,7 @@ impl NodeConfig {
             lamport_ack_elision: raw.boolean("lamport_ack_elision")?.unwrap_or(false),
             cluster_name: raw.string("cluster_name")?.unwrap_or_else(|| "dmutex".into()),
             cluster_secret: secret,
+            security,
             log: raw.string("log")?.unwrap_or_else(|| "info".into()),
             log_format: raw.parsed("log_format")?.unwrap_or_default(),
             max_frame_bytes: raw.number("max_frame_bytes")?.unwrap_or(1 << 20),
@@ -1573,6 +1712,49 @@ mod tests {
         let path = empty.0.to_str().unwrap().to_string();
         let e = load(&with(&[("DMUTEX_CLUSTER_SECRET_FILE", &path)])).unwrap_err();
         assert_eq!(e.key(), "DMUTEX_CLUSTER_SECRET");
+    }
+
+    #[test]
+    fn security_groups_are_all_or_nothing_and_files_must_exist() {
+        let c = load(&three()).unwrap();
+        assert_eq!(
+            c.security,
+            SecurityConfig { credentials_reload: Duration::from_secs(10), ..Default::default() }
+        );
+        let (cert, key, ca) =
+            (TempFile::new("cert.pem", "c"), TempFile::new("key.pem", "k"), TempFile::new("ca.pem", "a"));
+        let p = |f: &TempFile| f.0.to_str().unwrap().to_string();
+        let (cert_p, key_p, ca_p) = (p(&cert), p(&key), p(&ca));
+        let c = load(&with(&[
+            ("DMUTEX_TLS_CERT", &cert_p),
+            ("DMUTEX_TLS_KEY", &key_p),
+            ("DMUTEX_PEER_TLS_CERT", &cert_p),
+            ("DMUTEX_PEER_TLS_KEY", &key_p),
+            ("DMUTEX_PEER_TLS_CA", &ca_p),
+            ("DMUTEX_API_TOKENS_FILE", &ca_p),
+            ("DMUTEX_METRICS_AUTH", "read"),
+            ("DMUTEX_CREDENTIALS_RELOAD_MS", "500"),
+        ]))
+        .unwrap();
+        let s = &c.security;
+        assert_eq!(s.api_tls, Some(ApiTls { cert: cert.0.clone(), key: key.0.clone(), client_ca: None }));
+        assert_eq!(s.peer_tls, Some(PeerTls { cert: cert.0.clone(), key: key.0.clone(), ca: ca.0.clone() }));
+        assert_eq!((s.metrics_auth, s.credentials_reload), (MetricsAuth::Read, Duration::from_millis(500)));
+        let key_of = |pairs: &[(&str, &str)]| load(&with(pairs)).unwrap_err().key().to_string();
+        assert_eq!(key_of(&[("DMUTEX_TLS_CERT", &cert_p)]), "DMUTEX_TLS_KEY");
+        assert_eq!(key_of(&[("DMUTEX_TLS_KEY", &key_p)]), "DMUTEX_TLS_CERT");
+        assert_eq!(key_of(&[("DMUTEX_TLS_CLIENT_CA", &ca_p)]), "DMUTEX_TLS_CLIENT_CA");
+        assert_eq!(
+            key_of(&[("DMUTEX_TLS_CERT", "/nonexistent/cert.pem"), ("DMUTEX_TLS_KEY", &key_p)]),
+            "DMUTEX_TLS_CERT"
+        );
+        assert_eq!(
+            key_of(&[("DMUTEX_PEER_TLS_CERT", &cert_p), ("DMUTEX_PEER_TLS_CA", &ca_p)]),
+            "DMUTEX_PEER_TLS_KEY"
+        );
+        assert_eq!(key_of(&[("DMUTEX_API_TOKENS_FILE", "/tmp")]), "DMUTEX_API_TOKENS_FILE");
+        assert_eq!(key_of(&[("DMUTEX_METRICS_AUTH", "none")]), "DMUTEX_METRICS_AUTH");
+        assert_eq!(key_of(&[("DMUTEX_CREDENTIALS_RELOAD_MS", "5")]), "DMUTEX_CREDENTIALS_RELOAD_MS");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!                                                      and membership/: views, Paxos per epoch, leases)
 //!                                                 ▲
 //!                               sim/ (the deterministic simulator drives the same cores and links)
-//!            obs/ (metrics, traces, flow records) and config are used by node, net and api
+//!            obs/ (metrics, traces, flow records), config and tls (the crypto provider, PEM loading,
+//!            credentials re-read on change) are used by node, net and api
 //! ```
 //!
 //! Who may import whom (kept by the code; a new import that breaks it is a design change):
@@ -19,6 +20,7 @@
 //! - `sim` imports `algo` (and the sans-I/O link of `net`), nothing that does I/O.
 //! - `net` imports `algo`'s id types; `node` imports `algo`, `net`, `obs`, `api`'s types and `config`;
 //!   `api` talks to `node` through its command channel.
+//! - `tls` imports nothing of this crate (its users count its reloads).
 //! - `experiment` and the binary's `cmd` sit on top: nothing in the library imports them.
 
 pub mod algo;
@@ -29,3 +31,4 @@ pub mod net;
 pub mod node;
 pub mod obs;
 pub mod sim;
+pub mod tls;

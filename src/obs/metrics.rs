@@ -179,6 +179,22 @@ impl LabelSet for LinkFrameLabels {
     }
 }
 
+/// `what`, `result`: a reload of credential files (certificates, tokens).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReloadLabels {
+    /// Which credentials (`api_certificate`, `peer_certificate`, `api_tokens`).
+    pub what: &'static str,
+    /// `ok`, or `failed` (the old credentials stay in use).
+    pub result: &'static str,
+}
+
+impl LabelSet for ReloadLabels {
+    fn each(&self, f: &mut dyn FnMut(&'static str, &str)) {
+        f("what", self.what);
+        f("result", self.result);
+    }
+}
+
 /// `cause`: why a view changed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CauseLabel(pub &'static str);
@@ -447,6 +463,8 @@ metrics! {
         "Time from HTTP request to response, by route (an acquire's includes its wait for the lock).";
     client_forwards: Counter<LinkFrameLabels> = "dmutex_client_forwards_total",
         "Client calls served with another node's help (keepalive, release and re-acquire of a lease granted there; lock queries), by type and direction.";
+    credential_reloads: Counter<ReloadLabels> = "dmutex_credential_reloads_total",
+        "Credential files (certificates, API tokens) re-read after they changed, by what and result (failed: the old ones stay in use).";
 }
 
 impl Metrics {
@@ -537,6 +555,6 @@ mod tests {
         for (name, kind, help) in METRICS {
             assert!(text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")), "{name}");
         }
-        assert_eq!(METRICS.len(), 27);
+        assert_eq!(METRICS.len(), 28);
     }
 }
