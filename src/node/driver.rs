@@ -45,6 +45,9 @@ pub(crate) struct Node {
     pub(super) next_req: u64,
     /// Local acquires not yet answered.
     pub(super) pending: BTreeMap<RequestId, Pending>,
+    /// Local acquires with no request in a core: admitted, or granted, while the node was without its member
+    /// lease but expected it back; they ask their core when it is back ([`Node::unpark`]).
+    pub(super) parked: Vec<Pending>,
     pub(super) leases: Leases,
     /// Client calls out to other nodes (forwarded lease calls, lock queries).
     pub(super) calls: super::forward::Calls,
@@ -80,6 +83,7 @@ impl Node {
             started: Instant::now(),
             next_req: 1,
             pending: BTreeMap::new(),
+            parked: Vec::new(),
             leases: Leases::default(),
             calls: Default::default(),
             timers: Default::default(),

@@ -56,6 +56,9 @@ pub(crate) enum Exit {
     },
 }
 
+/// What waiting clients hear when their node lost its member lease for good.
+const NO_MAJORITY: &str = "this node lost its member lease: it does not reach a majority of its view";
+
 /// The membership layer's state in the node.
 pub(crate) struct MemberLayer {
     pub(super) core: Membership,
@@ -81,8 +84,10 @@ pub(crate) struct MemberLayer {
     /// Lease ids ended because the member lease was lost, oldest first.
     lost: VecDeque<String>,
     lost_set: BTreeSet<String>,
-    /// Since when this member has been without its member lease.
+    /// Since when this member has been without its member lease (for the time-without-majority counter).
     no_majority_since: Option<Instant>,
+    /// When the member lease was last lost (`None` while held, and before it was first gained).
+    lease_lost_at: Option<Instant>,
     /// Nodes outside the peer list, and when they were last heard from.
     pub(super) strangers: BTreeMap<NodeId, Instant>,
 }
@@ -114,6 +119,7 @@ impl MemberLayer {
             lost: VecDeque::new(),
             lost_set: BTreeSet::new(),
             no_majority_since: None,
+            lease_lost_at: None,
             strangers: BTreeMap::new(),
         })
     }
@@ -377,6 +383,10 @@ impl Node {
             self.cores = super::cores::Cores::in_view(&self.settings, epoch, &list);
         }
         self.member.engines = Some((epoch, members));
+        if !self.member.active {
+            // Cores in a view but no lease yet: it counts as lost from now (bounds the wait for it).
+            self.member.lease_lost_at.get_or_insert_with(Instant::now);
+        }
         let clocks = self.cores.clocks();
         for to in hello_to {
             self.send_member(to, MemberMsg::Clocks(clocks));
@@ -452,15 +462,34 @@ impl Node {
     }
 
     /// The member lease was gained or lost.
+    ///
+    /// Losing it ends every local lease at once (once a view excludes this node, their locks may be granted
+    /// elsewhere). Waiting requests hold nothing, so they are only answered 503 when the lease is not
+    /// expected back ([`Node::may_recover`]): a node that still hears a majority is most likely inside a view
+    /// change (acceptors stop acking while they decide one), and its clients wait for the lease to return,
+    /// bounded by the view-change bound ([`Node::member_housekeeping`] answers them after it).
     fn set_active(&mut self, active: bool) {
         self.member.active = active;
         self.shared.metrics.member_lease.set((), if active { 1.0 } else { 0.0 });
         if active {
+            self.member.lease_lost_at = None;
             tracing::info!("member lease held: granting");
+            self.unpark();
             return;
         }
-        tracing::warn!("member lease lost: no majority of the view reached; not granting");
-        self.drop_clients("this node lost its member lease: it does not reach a majority of its view");
+        self.member.lease_lost_at = Some(Instant::now());
+        for lease in self.end_leases() {
+            self.member.remember_lost(lease);
+        }
+        if self.may_recover() {
+            tracing::warn!(
+                "member lease lost while a majority of the view is heard (a view change?): not granting; \
+                 waiting requests wait for it to return"
+            );
+        } else {
+            tracing::warn!("member lease lost: no majority of the view reached; not granting");
+            self.withdraw_waiting(&ApiError::Unavailable(NO_MAJORITY.into()));
+        }
     }
 
     /// Ends what local clients have: waiting requests answered 503, leases ended (remembered as lost).
@@ -468,6 +497,17 @@ impl Node {
         for lease in self.end_clients(&ApiError::Unavailable(why.to_string())) {
             self.member.remember_lost(lease);
         }
+    }
+
+    /// Whether a member without its member lease should expect it back soon, so that acquires wait instead
+    /// of being answered 503: it runs cores in a view, hears a majority of that view
+    /// ([`Membership::hears_majority`]), is not shutting down, and lost the lease less than the view-change
+    /// bound ago.
+    pub(super) fn may_recover(&self) -> bool {
+        self.member.engines.is_some()
+            && !self.shared.shutting_down()
+            && self.member.lease_lost_at.is_none_or(|t| t.elapsed() < self.settings.leave_wait)
+            && self.member.core.hears_majority(self.now())
     }
 
     /// Whether the node may hand out a grant now.
@@ -486,7 +526,7 @@ impl Node {
         match (self.member.core.view(), &self.member.engines) {
             (None, _) => Some("not a member yet: asking the cluster to admit this node".into()),
             (Some(v), None) => Some(format!("not a member of view {}: asking to be admitted", v.epoch.get())),
-            (Some(v), Some(_)) if !self.may_grant() => Some(format!(
+            (Some(v), Some(_)) if !self.may_grant() && !self.may_recover() => Some(format!(
                 "no member lease: this node does not reach a majority ({} of {}) of view {}",
                 v.majority(),
                 v.members.len(),

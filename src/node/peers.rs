@@ -82,5 +82,7 @@ impl Node {
         for (id, why) in doomed {
             self.withdraw(id, ApiError::Unavailable(why));
         }
+        let why = self.unavailable().map(ApiError::Unavailable);
+        self.check_parked(why.as_ref());
     }
 }

@@ -23,6 +23,10 @@ pub(crate) struct Pending {
     pub(super) started: Instant,
     /// How long it may wait; `None`: without a limit.
     timeout: Option<Duration>,
+    /// Its deadline on the node's clock (`None`: without a limit).
+    deadline: Option<Millis>,
+    /// An ordinary acquire (it waits), not a try.
+    wait: bool,
     ttl: Duration,
     /// Set when the node itself withdrew the request (peer down, shutdown): the answer to give.
     pub(super) withdrawn: Option<ApiError>,
@@ -30,6 +34,11 @@ pub(crate) struct Pending {
     acquire_id: String,
     /// The `lock.acquire` root span (a disabled span when not exporting); ends at the outcome.
     span: tracing::Span,
+}
+
+/// The answer to a request whose deadline passed.
+fn timed_out(p: &Pending) -> ApiError {
+    ApiError::Timeout(p.timeout.map_or(0, |t| t.as_millis() as u64))
 }
 
 fn millis(d: Duration) -> Millis {
@@ -70,20 +79,25 @@ impl Node {
         let mut cause =
             self.observer.seen(Seen::Acquire { algorithm, lock: &req.lock, req: id, clock, parent });
         let span = cause.span.take().unwrap_or_else(tracing::Span::none);
-        self.pending.insert(
-            id,
-            Pending {
-                algorithm,
-                lock: req.lock.clone(),
-                reply: Some(reply),
-                started: Instant::now(),
-                timeout,
-                ttl,
-                withdrawn: None,
-                acquire_id: cause.acquire.clone().unwrap_or_default(),
-                span,
-            },
-        );
+        let p = Pending {
+            algorithm,
+            lock: req.lock.clone(),
+            reply: Some(reply),
+            started: Instant::now(),
+            timeout,
+            deadline,
+            wait: req.wait,
+            ttl,
+            withdrawn: None,
+            acquire_id: cause.acquire.clone().unwrap_or_default(),
+            span,
+        };
+        if req.wait && !self.may_grant() {
+            // Admitted without a member lease: the lease is expected back (`unavailable` said so).
+            self.parked.push(p);
+            return;
+        }
+        self.pending.insert(id, p);
         let event = if req.wait {
             Event::Acquire { req: id, lock: req.lock, deadline, ttl: Some(millis(ttl)) }
         } else {
@@ -108,7 +122,13 @@ impl Node {
         };
         if !self.may_grant() {
             // The driver rule: a node without its member lease never hands out a grant. The lock goes back
-            // at once and the client hears why.
+            // at once; where the lease is expected back (a view change under way), the request asks again
+            // and waits on, else the client hears why.
+            self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
+            if p.wait && p.withdrawn.is_none() && self.may_recover() {
+                self.parked.push(p);
+                return;
+            }
             let why = self.unavailable().unwrap_or_else(|| "no member lease".into());
             self.observer.seen(Seen::Ended {
                 algorithm,
@@ -122,7 +142,6 @@ impl Node {
             if let Some(reply) = p.reply.take() {
                 let _ = reply.send(Err(p.withdrawn.take().unwrap_or(ApiError::Unavailable(why))));
             }
-            self.work.push_back((algorithm, Event::Release { req }, cause.kept()));
             return;
         }
         let waited = p.started.elapsed();
@@ -177,12 +196,51 @@ impl Node {
         let Some(mut p) = self.pending.remove(&req) else { return };
         let err = match (p.withdrawn.take(), reason) {
             (Some(e), _) => e,
-            (None, RejectReason::TimedOut) => {
-                ApiError::Timeout(p.timeout.map_or(0, |t| t.as_millis() as u64))
-            }
+            (None, RejectReason::TimedOut) => timed_out(&p),
             (None, RejectReason::Cancelled) => ApiError::Cancelled,
             (None, RejectReason::Locked { holder }) => ApiError::Locked { holder: holder.map(|h| h.get()) },
         };
+        self.finish(p, err);
+    }
+
+    /// The member lease is back: every parked request asks its core (a new request, at the back of the
+    /// queue), with its own deadline.
+    pub(super) fn unpark(&mut self) {
+        for p in std::mem::take(&mut self.parked) {
+            let req = RequestId::new(self.next_req);
+            self.next_req += 1;
+            let (algorithm, lock, deadline, ttl) =
+                (p.algorithm, p.lock.clone(), p.deadline, Some(millis(p.ttl)));
+            let cause = Cause {
+                acquire: Some(p.acquire_id.clone()),
+                otel: telemetry::context_of(&p.span),
+                span: None,
+            };
+            self.pending.insert(req, p);
+            self.work.push_back((algorithm, Event::Acquire { req, lock, deadline, ttl }, cause));
+        }
+    }
+
+    /// Housekeeping of the parked requests: past their deadline → timeout; client gone → dropped; the lease
+    /// no longer expected back → `why`.
+    pub(super) fn check_parked(&mut self, why: Option<&ApiError>) {
+        let now = self.now();
+        for p in std::mem::take(&mut self.parked) {
+            if p.reply.as_ref().is_none_or(|r| r.is_closed()) {
+                self.finish(p, ApiError::Cancelled);
+            } else if p.deadline.is_some_and(|d| d <= now) {
+                let err = timed_out(&p);
+                self.finish(p, err);
+            } else if let Some(why) = why {
+                self.finish(p, why.clone());
+            } else {
+                self.parked.push(p);
+            }
+        }
+    }
+
+    /// Answers a request that is in no core (any more) with `err`.
+    fn finish(&mut self, mut p: Pending, err: ApiError) {
         let outcome = match &err {
             ApiError::Timeout(_) => Outcome::Timeout,
             ApiError::Unavailable(_) => Outcome::Unavailable,
@@ -303,11 +361,22 @@ impl Node {
     /// Ends what local clients have: every waiting request not yet withdrawn is withdrawn (its client hears
     /// `why`), every lease ended (its lock released in the core). Returns the ended lease ids.
     pub(super) fn end_clients(&mut self, why: &ApiError) -> Vec<String> {
+        self.withdraw_waiting(why);
+        self.end_leases()
+    }
+
+    /// Withdraws every waiting request not yet withdrawn (parked ones included); its client hears `why`.
+    pub(super) fn withdraw_waiting(&mut self, why: &ApiError) {
+        self.check_parked(Some(why));
         let waiting: Vec<RequestId> =
             self.pending.iter().filter(|(_, p)| p.withdrawn.is_none()).map(|(id, _)| *id).collect();
         for id in waiting {
             self.withdraw(id, why.clone());
         }
+    }
+
+    /// Ends every lease (its lock released in the core); returns their ids.
+    pub(super) fn end_leases(&mut self) -> Vec<String> {
         let leases = self.leases.ids();
         for id in &leases {
             self.end_lease(id);

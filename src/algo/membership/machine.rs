@@ -183,6 +183,25 @@ impl Membership {
         self.active && !self.leaving && self.lease_until.is_some_and(|u| now < u)
     }
 
+    /// Whether this node heard from a majority of its view (itself counted) in the last `max(L/2, 2·heartbeat)`
+    /// before `now`. For a driver whose member lease lapsed: hearing a majority means a view change among
+    /// reachable members is under way and the lease is likely back soon; not hearing one means this node is
+    /// the one cut off. A hint about liveness only: nothing safe depends on it.
+    pub fn hears_majority(&self, now: Millis) -> bool {
+        let Some(view) = self.view.as_ref().filter(|_| self.is_member()) else { return false };
+        let window = Millis::new((self.cfg.lease.get() / 2).max(self.cfg.heartbeat.get().saturating_mul(2)));
+        let heard = (view.members.values())
+            .filter(|m| {
+                m.id == self.me.id
+                    || self
+                        .last_heard
+                        .get(&m.id)
+                        .is_some_and(|&(inc, t)| inc == m.incarnation && later(t, window) > now)
+            })
+            .count();
+        heard >= view.majority()
+    }
+
     /// The end of the member lease on the local clock, if one was gained.
     pub fn lease_until(&self) -> Option<Millis> {
         self.lease_until

@@ -384,6 +384,27 @@ fn minority_cannot_install_a_view() {
 }
 
 #[test]
+fn hears_majority_tells_the_cut_off_node_from_the_majority_within_half_a_lease() {
+    let mut c = Cluster::bootstrap(5);
+    c.run_until(500);
+    assert!((0..5).all(|i| c.nodes[&id(i)].hears_majority(ms(500))));
+    for i in [0, 1] {
+        c.cut.insert(id(i));
+    }
+    // Window max(L/2, 2·heartbeat) = 500 ms: at 850 the cut-off pair last heard the others (heartbeats every
+    // 100 ms, so after 400) and still counts them; at 1001 it does not, while the three others go on hearing
+    // each other.
+    c.run_until(850);
+    assert!(c.nodes[&id(0)].hears_majority(ms(850)));
+    c.run_until(1001);
+    assert!(!c.nodes[&id(0)].hears_majority(ms(1001)) && !c.nodes[&id(1)].hears_majority(ms(1001)));
+    assert!((2..5).all(|i| c.nodes[&id(i)].hears_majority(ms(1001))));
+    // A node outside any view hears nobody.
+    let loner = Membership::new(cfg(), member(9, 0)).unwrap();
+    assert!(!loner.hears_majority(ms(0)));
+}
+
+#[test]
 fn bootstrap_installs_view_1_without_a_round() {
     let list: Vec<Member> = (0..3).map(|i| member(i, 0)).collect();
     let mut n = Membership::new(cfg(), member(1, 0)).unwrap();

@@ -61,6 +61,8 @@ pub(super) enum Item {
     Acquire,
     /// A holder leaves the critical section.
     Release { id: NodeId, serial: u64, algo: Algorithm, req: RequestId },
+    /// The grace after process `serial` of `id` lost its member lease while hearing a majority.
+    LeaseGrace { id: NodeId, serial: u64 },
 }
 
 /// One live process.
@@ -376,6 +378,7 @@ impl MemberSim {
             }
             Item::Acquire => self.random_acquire(),
             Item::Release { id, serial, algo, req } => self.release(id, serial, algo, req),
+            Item::LeaseGrace { id, serial } => self.lease_grace(id, serial),
         }
     }
 
@@ -488,6 +491,9 @@ impl MemberSim {
                 note!(self, "{id} active {active}");
                 if !active && self.cfg.engines {
                     self.lost_lease(id)?;
+                }
+                if active && self.cfg.engines {
+                    self.unpark(id)?;
                 }
             }
             Action::Left => self.exit(id),

@@ -16,9 +16,13 @@
 //!   process whose engines exist go straight to the engine, which holds newer ones itself.
 //! - Partitions delay engine messages (the real links resend after a reconnect) instead of dropping them;
 //!   messages to a dead process are lost.
-//! - [`membership::Action::Active`]`(false)`: waiting local requests are cancelled ([`Event::Cancel`]) and
-//!   local holders released. An acquire at a process that is not active is refused. A grant that arrives
-//!   while the process is not active is released at once and never reaches the client.
+//! - [`membership::Action::Active`]`(false)`: local holders are released. Waiting local requests are
+//!   cancelled ([`Event::Cancel`]) unless the process still hears a majority of its view
+//!   ([`membership::Membership::hears_majority`]): then they wait, and are cancelled only if the process is
+//!   still not active `S + L + 2·retry` later (the node's view-change bound). An acquire at a process that is
+//!   not active is refused. A grant that arrives while the process is not active is released at once and
+//!   never reaches the client; if the process hears a majority, the request is parked and asks again (a new
+//!   request id, at the back of the queue) when the process acts again.
 //! - A probable-owner engine that asks for a view bump gets [`membership::Event::Renew`].
 //!
 //! Checked after every step: per algorithm and lock at most one holder whose grant is valid on its own
@@ -193,6 +197,9 @@ pub(super) struct Orphan {
 pub(super) struct Mutex {
     next_req: u64,
     pub(super) reqs: BTreeMap<(Algorithm, RequestId), Req>,
+    /// Requests whose grant came while their process did not act: no engine request, they ask again when
+    /// the process acts again (or are dropped at the grace check).
+    parked: Vec<(Algorithm, Req)>,
     orphans: Vec<Orphan>,
     last_token: BTreeMap<(Algorithm, String), FencingToken>,
     /// Per unordered pair of processes (id and incarnation): when their engine connection was torn down.
@@ -353,10 +360,16 @@ impl MemberSim {
         let local = p.clock.local(self.now);
         if !self.acting(id, p, local) {
             // The driver rule: a node that may not act never hands out a grant.
+            let again = p.core.hears_majority(local);
             note!(self, "{id} {algo} grant of {lock} while not active: released at once");
             self.report.mutex.inactive_grants += 1;
-            self.mutex.reqs.remove(&(algo, req));
-            return self.engine_event(id, algo, Event::Release { req });
+            let Some(old) = self.mutex.reqs.remove(&(algo, req)) else { return Ok(()) };
+            self.engine_event(id, algo, Event::Release { req })?;
+            if again {
+                note!(self, "{id} {algo} {req:?} parked until the member lease is back");
+                self.mutex.parked.push((algo, old));
+            }
+            return Ok(());
         }
         if let Some(&last) = self.mutex.last_token.get(&(algo, lock.clone()))
             && token <= last
@@ -440,13 +453,17 @@ impl MemberSim {
         self.engine_event(id, algo, Event::Release { req })
     }
 
-    /// [`membership::Action::Active`]`(false)`: cancel the waiting local requests, release the holders.
+    /// [`membership::Action::Active`]`(false)`: release the holders; cancel the waiting local requests unless
+    /// the process hears a majority (then they wait, until the grace check).
     pub(super) fn lost_lease(&mut self, id: NodeId) -> Step {
-        let Some(serial) = self.procs.get(&id).map(|p| p.serial) else { return Ok(()) };
+        let Some(p) = self.procs.get(&id) else { return Ok(()) };
+        let serial = p.serial;
+        let waits = p.core.hears_majority(p.clock.local(self.now));
         let mine: Vec<((Algorithm, RequestId), ReqState)> =
             self.mutex.reqs.iter().filter(|(_, r)| r.serial == serial).map(|(&k, r)| (k, r.state)).collect();
         for ((algo, req), state) in mine {
             match state {
+                ReqState::Waiting if waits => {}
                 ReqState::Waiting => self.engine_event(id, algo, Event::Cancel { req })?,
                 ReqState::Held { .. } if self.cfg.mutant == super::Mutant::KeepGrants => {}
                 ReqState::Held { .. } => {
@@ -454,6 +471,56 @@ impl MemberSim {
                     self.engine_event(id, algo, Event::Release { req })?;
                 }
             }
+        }
+        if waits {
+            let m = &self.cfg.membership;
+            let grace = m.suspect_after.get() + m.lease.get() + 2 * m.retry.get();
+            self.schedule(self.now + grace, Item::LeaseGrace { id, serial });
+        }
+        Ok(())
+    }
+
+    /// The grace after a lost lease is over: if process `serial` of `id` still does not act, its waiting
+    /// requests are cancelled.
+    pub(super) fn lease_grace(&mut self, id: NodeId, serial: u64) -> Step {
+        let Some(p) = self.procs.get_mut(&id).filter(|p| p.serial == serial) else { return Ok(()) };
+        if p.paused {
+            p.backlog.push_back(Item::LeaseGrace { id, serial });
+            return Ok(());
+        }
+        let p = &self.procs[&id];
+        if p.engines.is_none() || self.acting(id, p, p.clock.local(self.now)) {
+            return Ok(());
+        }
+        let waiting: Vec<(Algorithm, RequestId)> = (self.mutex.reqs.iter())
+            .filter(|(_, r)| r.serial == serial && r.state == ReqState::Waiting)
+            .map(|(&k, _)| k)
+            .collect();
+        for (algo, req) in waiting {
+            note!(self, "{id} {algo} {req:?} cancelled: the member lease did not come back");
+            self.engine_event(id, algo, Event::Cancel { req })?;
+        }
+        self.mutex.parked.retain(|(_, r)| r.serial != serial);
+        Ok(())
+    }
+
+    /// Process `id` acts again: its parked requests ask again, each as a new request.
+    pub(super) fn unpark(&mut self, id: NodeId) -> Step {
+        let Some(serial) = self.procs.get(&id).filter(|p| p.engines.is_some()).map(|p| p.serial) else {
+            return Ok(());
+        };
+        let live: Vec<u64> = self.procs.values().map(|p| p.serial).collect();
+        self.mutex.parked.retain(|(_, r)| live.contains(&r.serial));
+        let (mine, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.mutex.parked).into_iter().partition(|(_, r)| r.serial == serial);
+        self.mutex.parked = others;
+        for (algo, old) in mine {
+            self.mutex.next_req += 1;
+            let req = RequestId::new(self.mutex.next_req);
+            let (lock, ttl) = (old.lock.clone(), old.ttl);
+            note!(self, "{id} {algo} asks again for {lock} as {req:?}");
+            self.mutex.reqs.insert((algo, req), Req { state: ReqState::Waiting, ..old });
+            self.engine_event(id, algo, Event::Acquire { req, lock, deadline: None, ttl: Some(ttl) })?;
         }
         Ok(())
     }
