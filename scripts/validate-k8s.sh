@@ -32,11 +32,45 @@ KV="$VENV/bin/kubernetes-validate"
 cd "$ROOT"
 # kustomization.yaml is kustomize's own config, not a Kubernetes resource.
 mapfile -t MANIFESTS < <(find k8s -name '*.yaml' ! -name 'kustomization.yaml' | sort)
+# k8s-secure/ is an overlay of k8s/: a patch (not a whole object) and cert-manager resources (custom kinds
+# the Kubernetes schemas do not have). Its StatefulSet: the overlay's StatefulSet: k8s/statefulset.yaml with k8s-secure/statefulset-tls.yaml merged the way
+# kustomize's strategic merge does for these fields (maps merged, containers/env/volumes/volumeMounts merged
+# by name), so a wrong field name or type in the patch fails like one in the base.
+SECURE="$(mktemp "${TMPDIR:-/tmp}/dmutex-k8s-secure.XXXXXX.yaml")"
+"$VENV/bin/python" - k8s/statefulset.yaml k8s-secure/statefulset-tls.yaml > "$SECURE" <<'PY'
+import sys, yaml
+base = yaml.safe_load(open(sys.argv[1]))
+patch = yaml.safe_load(open(sys.argv[2]))
+def merge(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k, v in b.items():
+            a[k] = merge(a[k], v) if k in a else v
+        return a
+    if isinstance(a, list) and isinstance(b, list) and all(isinstance(x, dict) and "name" in x for x in a + b):
+        by = {x["name"]: x for x in a}
+        for x in b:
+            if x["name"] in by:
+                merge(by[x["name"]], x)
+            else:
+                a.append(x)
+        return a
+    return b
+assert (base["kind"], base["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"]), "patch target"
+print(yaml.safe_dump(merge(base, patch)))
+PY
+MANIFESTS+=("$SECURE")
 RENDERED=""
+RENDERED_SECURE=""
+trap 'rm -f "$RENDERED" "$RENDERED_SECURE" "${SECURE:-}"' EXIT
 if command -v kubectl >/dev/null; then
     RENDERED="$(mktemp "${TMPDIR:-/tmp}/dmutex-k8s.XXXXXX.yaml")"
-    trap 'rm -f "$RENDERED"' EXIT
     kubectl kustomize k8s > "$RENDERED"
+    # The secure overlay as kustomize renders it, without the cert-manager resources (custom kinds).
+    RENDERED_SECURE="$(mktemp "${TMPDIR:-/tmp}/dmutex-k8s-secure-rendered.XXXXXX.yaml")"
+    kubectl kustomize k8s-secure | "$VENV/bin/python" -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d and not d["apiVersion"].startswith("cert-manager.io/")]
+print(yaml.safe_dump_all(docs))' > "$RENDERED_SECURE"
 fi
 for version in $K8S_VERSIONS; do
     echo "==> Kubernetes $version: ${MANIFESTS[*]}"
@@ -44,6 +78,8 @@ for version in $K8S_VERSIONS; do
     if [[ -n "$RENDERED" ]]; then
         echo "==> Kubernetes $version: kubectl kustomize k8s/"
         "$KV" --quiet --strict --kubernetes-version "$version" "$RENDERED"
+        echo "==> Kubernetes $version: kubectl kustomize k8s-secure/ (cert-manager resources left out)"
+        "$KV" --quiet --strict --kubernetes-version "$version" "$RENDERED_SECURE"
     fi
 done
 echo "==> all manifests valid for Kubernetes $K8S_VERSIONS"

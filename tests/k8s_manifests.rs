@@ -579,3 +579,122 @@ fn compose_and_k8s_pass_the_allowed_algorithms() {
     let data = &find(&docs, "ConfigMap", "dmutex-config")["data"];
     check_algorithms("k8s ConfigMap", data["DMUTEX_ALGORITHM"].as_str(), data["DMUTEX_ALGORITHMS"].as_str());
 }
+
+/// The secure overlay (`k8s-secure/`) fits together: every credential file the node is pointed at lies in a
+/// mounted volume that provides it (the API certificate's Secret made by a Certificate of this overlay, the
+/// per-pod peer certificate from the cert-manager CSI driver signed by this overlay's CA issuer, the tokens
+/// Secret); each peer certificate names exactly the pod's own advertised peer host (so it cannot claim
+/// another node's id) and the API certificate names the client Service; the keys are the node's; probes use
+/// HTTPS and stay on the open paths; the namespace agrees with the base.
+#[test]
+fn k8s_secure_overlay_points_the_node_at_the_credentials_it_mounts() {
+    let dir = root().join("k8s-secure");
+    let k = load(&dir.join("kustomization.yaml")).remove(0);
+    let (base_namespace, base) = kustomization(&root().join("k8s"));
+    assert_eq!(str_of(&k["namespace"], "namespace"), base_namespace);
+    let certs = load(&dir.join("certificates.yaml"));
+    let patch = load(&dir.join("statefulset-tls.yaml")).remove(0);
+    let pod = &patch["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env: BTreeMap<&str, &str> = (c["env"].as_vec().unwrap().iter())
+        .map(|e| (str_of(&e["name"], "env name"), str_of(&e["value"], "env value")))
+        .collect();
+    let mounts: Vec<(&str, &str)> = (c["volumeMounts"].as_vec().unwrap().iter())
+        .map(|m| (str_of(&m["name"], "mount name"), str_of(&m["mountPath"], "mountPath")))
+        .collect();
+    let volume = |name: &str| {
+        pod["volumes"].as_vec().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).cloned()
+    };
+    let certificate_secrets: Vec<&str> = (certs.iter())
+        .filter(|d| d["kind"].as_str() == Some("Certificate"))
+        .map(|d| str_of(&d["spec"]["secretName"], "secretName"))
+        .collect();
+    let issuers: Vec<&str> = (certs.iter())
+        .filter(|d| d["kind"].as_str() == Some("Issuer"))
+        .map(|d| str_of(&d["metadata"]["name"], "issuer"))
+        .collect();
+    let files = [
+        ("DMUTEX_TLS_CERT", "tls.crt"),
+        ("DMUTEX_TLS_KEY", "tls.key"),
+        ("DMUTEX_PEER_TLS_CERT", "tls.crt"),
+        ("DMUTEX_PEER_TLS_KEY", "tls.key"),
+        ("DMUTEX_PEER_TLS_CA", "ca.crt"),
+        ("DMUTEX_API_TOKENS_FILE", "tokens"),
+    ];
+    for (var, file) in files {
+        let key = var.trim_start_matches("DMUTEX_").to_ascii_lowercase();
+        assert!(dmutex::config::KEYS.contains(&key.as_str()), "{var} is no configuration key");
+        let path = Path::new(env.get(var).unwrap_or_else(|| panic!("{var} is not set")));
+        assert_eq!(path.file_name().unwrap(), file, "{var}: the volume provides {file}");
+        let (name, _) = *mounts
+            .iter()
+            .find(|(_, at)| path.parent() == Some(Path::new(at)))
+            .unwrap_or_else(|| panic!("{var}={} is in no mounted volume", path.display()));
+        let v = volume(name).unwrap_or_else(|| panic!("volume {name} is not defined"));
+        if let Some(secret) = v["secret"]["secretName"].as_str() {
+            let made_here = certificate_secrets.contains(&secret);
+            assert!(made_here || secret == "dmutex-api-tokens", "{var}: Secret {secret} comes from nowhere");
+        } else {
+            let csi = &v["csi"];
+            assert_eq!(csi["driver"].as_str(), Some("csi.cert-manager.io"), "{var}: volume {name}");
+            let attrs = &csi["volumeAttributes"];
+            assert!(issuers.contains(&str_of(&attrs["csi.cert-manager.io/issuer-name"], "issuer")), "{var}");
+            assert!(str_of(&attrs["csi.cert-manager.io/key-usages"], "usages").contains("client auth"));
+            // The peer certificate names the pod's own advertised host, nothing else.
+            let sts = find(&base, "StatefulSet", "dmutex");
+            let base_env = sts["spec"]["template"]["spec"]["containers"][0]["env"].as_vec().unwrap();
+            let advertise =
+                base_env.iter().find(|e| e["name"].as_str() == Some("DMUTEX_ADVERTISE_ADDR")).unwrap();
+            let host = str_of(&advertise["value"], "advertise").rsplit_once(':').unwrap().0;
+            let names = str_of(&attrs["csi.cert-manager.io/dns-names"], "dns-names");
+            assert_eq!(names.replace("${", "$(").replace('}', ")"), host, "peer certificate names");
+        }
+    }
+    let api = find(&certs, "Certificate", "dmutex-api");
+    let names: Vec<&str> =
+        api["spec"]["dnsNames"].as_vec().unwrap().iter().map(|n| str_of(n, "dnsName")).collect();
+    find(&base, "Service", "dmutex");
+    assert!(names.contains(&format!("dmutex.{base_namespace}.svc").as_str()), "{names:?}");
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"].as_str(), Some("HTTPS"), "{probe}");
+    }
+    assert_eq!(env.get("DMUTEX_METRICS_AUTH"), Some(&"open"), "the annotated scrape carries no token");
+}
+
+/// The compose security override points the node at files `scripts/dev-certs.sh` writes, in the directory it
+/// mounts, with keys the node knows; and `docker-compose config` accepts the pair of files where compose is
+/// installed.
+#[test]
+fn compose_secure_override_uses_the_files_dev_certs_makes() {
+    let overlay = load(&root().join("docker-compose.secure.yml")).remove(0);
+    let volumes = overlay["services"]["node"]["volumes"].as_vec().unwrap();
+    let mount = volumes.iter().filter_map(Yaml::as_str).find_map(|v| v.rsplit(':').nth(1)).unwrap();
+    // What the script writes (where openssl is installed; tests/dev_certs.rs checks the contents).
+    let made = tempfile::tempdir().unwrap();
+    let ran = std::process::Command::new("bash")
+        .arg(root().join("scripts/dev-certs.sh"))
+        .arg(made.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for (var, file) in [
+        ("DMUTEX_TLS_CERT", "api.crt"),
+        ("DMUTEX_TLS_KEY", "api.key"),
+        ("DMUTEX_API_TOKENS_FILE", "tokens"),
+        ("DMUTEX_CLUSTER_SECRET_FILE", "cluster-secret"),
+    ] {
+        let key = var.trim_start_matches("DMUTEX_").to_ascii_lowercase();
+        assert!(dmutex::config::KEYS.contains(&key.as_str()), "{var}");
+        assert_eq!(compose_node_var(&overlay, var), Some(format!("{mount}/{file}").as_str()), "{var}");
+        assert!(!ran || made.path().join(file).is_file(), "scripts/dev-certs.sh does not write {file}");
+    }
+    let base = load(&root().join("docker-compose.yml")).remove(0);
+    assert!(compose_node_var(&base, "DMUTEX_CLUSTER_SECRET").is_none(), "the base sets no secret of its own");
+    if std::process::Command::new("docker-compose").arg("version").output().is_ok() {
+        let out = std::process::Command::new("docker-compose")
+            .current_dir(root())
+            .args(["-f", "docker-compose.yml", "-f", "docker-compose.secure.yml", "config", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
