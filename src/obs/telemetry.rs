@@ -815,6 +815,43 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_follow_the_specification_variables() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces-ca.pem"),
+        ]);
+        assert_eq!(
+            s.tls.certificate,
+            Some(("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", PathBuf::from("/traces-ca.pem")))
+        );
+        assert_eq!(s.tls.client, None);
+        let err = |vars: &[(&str, &str)]| OtlpSettings::from_lookup(1, lookup(vars)).unwrap_err().to_string();
+        let e = err(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+        ]);
+        assert!(e.starts_with("invalid OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=\"/client.pem\""), "{e}");
+        let e = err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://c:4318")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_collector_ca_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let mut s = OtlpSettings::new("https://c:4317", OtlpProtocol::Grpc, 0);
+        s.tls.certificate = Some(("OTEL_EXPORTER_OTLP_CERTIFICATE", bad.clone()));
+        let e = build_tracer_provider(&s).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {}", bad.display())), "{e}");
+        // Without a CA file an https collector is trusted by the built-in roots: the exporter builds.
+        assert!(build_tracer_provider(&OtlpSettings::new("https://c:4317", OtlpProtocol::Grpc, 0)).is_ok());
+    }
+
+    #[test]
     fn no_endpoint_means_no_exporter() {
         assert_eq!(OtlpSettings::from_lookup(3, lookup(&[("OTEL_SERVICE_NAME", "x")])).ok(), Some(None));
     }
