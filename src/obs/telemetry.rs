@@ -214,10 +214,13 @@ pub struct OtlpSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct OtlpTls {
     /// The CA bundle and the variable that named it.
-    pub certificate: Option<(&'static str, PathBuf)>,
+    pub certificate: Option<NamedFile>,
     /// The client certificate chain and its key, and the variables that named them.
-    pub client: Option<((&'static str, PathBuf), (&'static str, PathBuf))>,
+    pub client: Option<(NamedFile, NamedFile)>,
 }
+
+/// A file and the variable that named it (for errors).
+pub type NamedFile = (&'static str, PathBuf);
 
 impl OtlpTls {
     fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
