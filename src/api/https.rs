@@ -158,7 +158,7 @@ pub struct HandshakeStats {
     pub in_flight: u64,
 }
 
-/// A TLS listener for [`axum::serve`]: accepts TCP and handshakes in the background (see the module doc).
+/// A TLS listener for [`axum::serve()`]: accepts TCP and handshakes in the background (see the module doc).
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,

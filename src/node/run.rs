@@ -146,7 +146,7 @@ impl Lives {
     }
 }
 
-/// Serves `app` on `listener` until `stopped` resolves (then drains, as [`axum::serve`] does).
+/// Serves `app` on `listener` until `stopped` resolves (then drains, as [`axum::serve()`] does).
 fn spawn_server<L>(
     listener: L,
     app: Router,
