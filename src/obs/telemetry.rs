@@ -13,7 +13,12 @@
 //! - a misspelt protocol or sampler is a startup error: the crates log a warning and fall back to a default;
 //! - `OTEL_RESOURCE_ATTRIBUTES` values are percent-decoded, as the specification says (the SDK's detector
 //!   does not); `service.name` defaults to `dmutex` (`OTEL_SERVICE_NAME` wins, then the attribute);
-//!   `service.instance.id` is the node id.
+//!   `service.instance.id` is the node id;
+//! - an `https://` collector over OTLP/gRPC is trusted through the Mozilla roots, or only through the CA
+//!   bundle in `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, with an optional client certificate
+//!   (`OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE` / `_CLIENT_KEY`) ([`OtlpTls`]); the exporter's own
+//!   TLS default trusts nothing. OTLP/HTTP to `https://` is a startup error: that exporter is built without
+//!   TLS (its reqwest 0.13 `rustls` feature would pull aws-lc-rs).
 //!
 //! Invariants:
 //! - Exporting never blocks the caller: finished spans go to the SDK's batch processor, a bounded queue
