@@ -6,6 +6,7 @@
 use anyhow::Context as _;
 use axum::routing::get;
 use dmutex::algo::NodeId;
+use dmutex::api::https::{HttpsConfig, TlsListener};
 use dmutex::config::{NodeConfig, NodeIdSource};
 use dmutex::experiment::runner::WorkloadResponse;
 use dmutex::experiment::workload::{WorkloadConfig, WorkloadReport, WorkloadStatus, run_workload};
@@ -14,8 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Runs a node until a termination signal, then shuts it down gracefully.
-pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
+/// Runs a node until a termination signal, then shuts it down gracefully. `https`: the API's TLS
+/// configuration, loaded from `cfg.security.api_tls` by the caller (`None`: plain HTTP).
+pub(crate) async fn run_node(mut cfg: NodeConfig, https: Option<HttpsConfig>) -> anyhow::Result<()> {
+    if let Some(https) = &https {
+        // Checked from the start, also while discovery runs.
+        https.watch(cfg.security.credentials_reload);
+    }
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
@@ -27,7 +33,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         tracing::info!(%spec, expected = ?cfg.bootstrap_expect, "discovering peers");
         let listener = http_listener.take().context("the HTTP listener")?;
         let (found, listener) = tokio::select! {
-            r = discover_serving(&spec, cfg.bootstrap_expect, listener) => r?,
+            r = discover_serving(&spec, cfg.bootstrap_expect, listener, https.clone()) => r?,
             signal = termination_signal() => {
                 tracing::info!(signal, "termination signal during discovery");
                 return Ok(());
@@ -52,7 +58,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("DMUTEX_PEER_ADDR: cannot listen on {}", cfg.peer_addr))?;
     let routes = workload_routes(&cfg);
-    let config = RunConfig { routes, ..RunConfig::new(cfg) };
+    let config = RunConfig { routes, https, ..RunConfig::new(cfg) };
     let signal = async {
         let signal = termination_signal().await;
         tracing::info!(signal, "termination signal");
@@ -93,6 +99,7 @@ async fn discover_serving(
     spec: &dmutex::net::discovery::DnsSpec,
     expected: Option<usize>,
     listener: TcpListener,
+    https: Option<HttpsConfig>,
 ) -> anyhow::Result<(dmutex::net::discovery::Discovered, TcpListener)> {
     use dmutex::net::discovery::{DiscoveryOptions, SystemResolver, discover_reporting};
     let listener = listener.into_std().context("the HTTP listener")?;
@@ -101,11 +108,16 @@ async fn discover_serving(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let app = dmutex::api::waiting_router(reason);
-        let _ = axum::serve(serving, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = match https {
+            Some(https) => match TlsListener::new(serving, https) {
+                Ok(tls) => axum::serve(tls, app).with_graceful_shutdown(stopped).await,
+                Err(e) => Err(e),
+            },
+            None => axum::serve(serving, app).with_graceful_shutdown(stopped).await,
+        };
     });
     let found = discover_reporting(
         &SystemResolver,

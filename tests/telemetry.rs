@@ -95,6 +95,52 @@ async fn http_one_trace_with_parent_link_across_a_peer_message() {
     one_trace_across_two_nodes(OtlpProtocol::HttpProtobuf).await;
 }
 
+/// OTLP/gRPC to an `https://` collector whose certificate comes from a test CA: with the CA named as
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` the span arrives; with the built-in (Mozilla) roots the handshake fails and
+/// the export is counted as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_to_an_https_collector_trusts_the_configured_ca() {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let rx = OtlpReceiver::start_tls(&cert.pem(), &key.serialize_pem()).await.expect("TLS receiver");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let endpoint = rx.grpc_endpoint().replacen("http://", "https://", 1);
+
+    let export_one = |settings: OtlpSettings| async move {
+        let (provider, counters) = build_tracer_provider(&settings).expect("provider");
+        tracing::subscriber::with_default(Registry::default().with(otel_layer(&provider)), || {
+            let span = tracing::info_span!("lock.acquire", lock = "tls");
+            let _entered = span.enter();
+        });
+        let _ = shutdown_provider(provider, SHUTDOWN_TIMEOUT).await;
+        counters.snapshot()
+    };
+    let mut trusting = OtlpSettings::new(endpoint.clone(), OtlpProtocol::Grpc, 0);
+    trusting.tls.certificate = Some(("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.clone()));
+    let stats = export_one(trusting).await;
+    assert_eq!((stats.ended, stats.exported), (1, 1), "{stats:?}");
+    let spans = rx.wait_for(|s| !s.is_empty(), Duration::from_secs(5)).await.expect("the span arrives");
+    assert_eq!(spans[0].transport, Transport::Grpc);
+
+    let stats = export_one(OtlpSettings::new(endpoint, OtlpProtocol::Grpc, 0)).await;
+    assert_eq!(
+        (stats.ended, stats.exported),
+        (1, 0),
+        "the test CA is not among the built-in roots: {stats:?}"
+    );
+    assert_eq!(rx.spans().len(), 1);
+}
+
 async fn dead_collector_costs_nothing(protocol: OtlpProtocol) {
     // A port that was just bound and released: connections are refused.
     let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub(crate) mod error;
+pub mod https;
 pub(crate) mod observe;
 pub(crate) mod openapi;
 pub(crate) mod router;

@@ -66,6 +66,15 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
             return e.exit_code();
         }
     };
+    // The API's certificate files are parsed here, not by the configuration: a bad one is a configuration
+    // error all the same (exit 2, naming the DMUTEX_TLS_* key).
+    let https = match cfg.security.api_tls.as_ref().map(dmutex::api::https::HttpsConfig::load).transpose() {
+        Ok(https) => https,
+        Err(e) => {
+            eprintln!("dmutex node: invalid configuration: {e}");
+            return 2;
+        }
+    };
     // Logs and (when OTEL_EXPORTER_OTLP_ENDPOINT is set) the OTLP trace pipeline; inside the runtime, which
     // the gRPC exporter needs.
     let tcfg = TelemetryConfig {
@@ -96,7 +105,7 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
     for var in unknown {
         tracing::warn!(variable = %var, "ignoring unknown DMUTEX_* variable");
     }
-    let code = match crate::serve::run_node(cfg).await {
+    let code = match crate::serve::run_node(cfg, https).await {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("node failed: {e:#}");

@@ -446,6 +446,11 @@ impl Cluster {
             let child = Command::new(binary)
                 .arg("node")
                 .envs(node_env(args, algorithm, id, addrs, cluster_name, files.counter, files.start))
+                // The experiment's nodes serve plain HTTP on loopback, which this client speaks: an API
+                // certificate in the caller's environment (a TLS-enabled container) is not theirs.
+                .env_remove("DMUTEX_TLS_CERT")
+                .env_remove("DMUTEX_TLS_KEY")
+                .env_remove("DMUTEX_TLS_CLIENT_CA")
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(file)

@@ -8,9 +8,11 @@ use super::handle::{Command, NodeHandle, Shared};
 use super::membership::Exit;
 use super::msg::NodeMsg;
 use crate::algo::Incarnation;
+use crate::api::https::{HttpsConfig, TlsListener};
 use crate::api::router::{AppState, router};
 use crate::config::NodeConfig;
 use crate::net::transport::{Transport, TransportConfig, TransportHandle};
+use crate::obs::metrics::ReloadLabels;
 use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
@@ -36,12 +38,16 @@ pub struct RunConfig {
     pub incarnation: Incarnation,
     /// Endpoints the caller adds (the built-in workload's); they take precedence over the API's.
     pub routes: Option<Routes>,
+    /// The API's TLS configuration, already loaded (`dmutex node` loads it before it starts, to exit with
+    /// the configuration error). `None`: [`run`] loads it from `node.security.api_tls` if that is set, else
+    /// the API is plain HTTP.
+    pub https: Option<HttpsConfig>,
 }
 
 impl RunConfig {
     /// A configuration for a fresh start: a new incarnation, no extra endpoints.
     pub fn new(node: NodeConfig) -> Self {
-        RunConfig { node, incarnation: new_incarnation(), routes: None }
+        RunConfig { node, incarnation: new_incarnation(), routes: None, https: None }
     }
 }
 
@@ -140,8 +146,35 @@ impl Lives {
     }
 }
 
+/// Serves `app` on `listener` until `stopped` resolves (then drains, as [`axum::serve()`] does).
+fn spawn_server<L>(
+    listener: L,
+    app: Router,
+    stopped: oneshot::Receiver<()>,
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    tokio::spawn(async move { server.await })
+}
+
+/// The API's TLS configuration: the one given, else the one the node configuration names (loaded now).
+fn https_of(given: Option<HttpsConfig>, cfg: &NodeConfig) -> std::io::Result<Option<HttpsConfig>> {
+    match (given, &cfg.security.api_tls) {
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(files)) => HttpsConfig::load(files)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Runs one node: starts the transport on `peer_listener`, the node loop, and the HTTP API on
-/// `http_listener`; when `shutdown` resolves, shuts down gracefully (refuses new acquires, answers waiters,
+/// `http_listener` (HTTPS when the configuration has `security.api_tls`); when `shutdown` resolves, shuts down gracefully (refuses new acquires, answers waiters,
 /// releases leases, tells peers, within `shutdown_grace`), then stops the HTTP server.
 ///
 /// Returns an error only if the HTTP server failed (the node is shut down first). Must be called inside a
@@ -152,7 +185,8 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let RunConfig { node: cfg, incarnation, routes } = config;
+    let RunConfig { node: cfg, incarnation, routes, https } = config;
+    let https = https_of(https, &cfg)?;
     let settings = NodeSettings::from_config(&cfg, incarnation);
     let me = settings.me;
     tracing::info!(
@@ -161,6 +195,7 @@ pub async fn run(
         peers = ?settings.peers,
         peer_addr = ?peer_listener.local_addr().ok(),
         http_addr = ?http_listener.local_addr().ok(),
+        api_scheme = if https.is_some() { "https" } else { "http" },
         algorithm = %cfg.algorithm,
         "dmutex node starting"
     );
@@ -181,10 +216,19 @@ pub async fn run(
         None => api,
     };
     let (stop_http, stopped) = oneshot::channel::<()>();
-    let server = axum::serve(http_listener, app).with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
-    let mut server_task = AbortOnDrop(tokio::spawn(async move { server.await }));
+    let server = match https {
+        Some(https) => {
+            let metrics = shared.clone();
+            https.on_reload(move |ok| {
+                let result = if ok { "ok" } else { "failed" };
+                metrics.metrics.credential_reloads.inc(ReloadLabels { what: "api_certificate", result });
+            });
+            https.watch(cfg.security.credentials_reload);
+            spawn_server(TlsListener::new(http_listener, https)?, app, stopped)
+        }
+        None => spawn_server(http_listener, app, stopped),
+    };
+    let mut server_task = AbortOnDrop(server);
 
     let mut failed = None;
     tokio::select! {

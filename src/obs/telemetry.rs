@@ -13,7 +13,12 @@
 //! - a misspelt protocol or sampler is a startup error: the crates log a warning and fall back to a default;
 //! - `OTEL_RESOURCE_ATTRIBUTES` values are percent-decoded, as the specification says (the SDK's detector
 //!   does not); `service.name` defaults to `dmutex` (`OTEL_SERVICE_NAME` wins, then the attribute);
-//!   `service.instance.id` is the node id.
+//!   `service.instance.id` is the node id;
+//! - an `https://` collector over OTLP/gRPC is trusted through the Mozilla roots, or only through the CA
+//!   bundle in `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, with an optional client certificate
+//!   (`OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE` / `_CLIENT_KEY`) ([`OtlpTls`]); the exporter's own
+//!   TLS default trusts nothing. OTLP/HTTP to `https://` is a startup error: that exporter is built without
+//!   TLS (its reqwest 0.13 `rustls` feature would pull aws-lc-rs).
 //!
 //! Invariants:
 //! - Exporting never blocks the caller: finished spans go to the SDK's batch processor, a bounded queue
@@ -46,6 +51,7 @@ use opentelemetry_sdk::trace::{
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -120,6 +126,14 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built (bad endpoint, missing TLS support, …).
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A TLS file for the collector connection (`OTEL_EXPORTER_OTLP_*CERTIFICATE`, `_CLIENT_KEY`) is unusable.
+    #[error("{var}: {error}")]
+    TlsFile {
+        /// The variable that names the file.
+        var: &'static str,
+        /// The file and what is wrong with it.
+        error: String,
+    },
     /// A global tracing subscriber was already installed.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInitialised(String),
@@ -193,6 +207,84 @@ pub struct OtlpSettings {
     pub node_id: Option<u16>,
     /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, percent-decoded), in the given order.
     pub resource_attributes: Vec<(String, String)>,
+    /// TLS files for an `https://` collector (the specification's `OTEL_EXPORTER_OTLP_*CERTIFICATE`
+    /// variables).
+    pub tls: OtlpTls,
+}
+
+/// TLS towards an `https://` collector (OTLP/gRPC), from the specification's variables (the signal-specific
+/// one wins): `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, a PEM CA bundle that replaces the built-in Mozilla
+/// roots; `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE` and `_CLIENT_KEY`, a client certificate for
+/// collectors that require one. The files are read when the exporter is built (at start).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OtlpTls {
+    /// The CA bundle and the variable that named it.
+    pub certificate: Option<NamedFile>,
+    /// The client certificate chain and its key, and the variables that named them.
+    pub client: Option<(NamedFile, NamedFile)>,
+}
+
+/// A file and the variable that named it (for errors).
+pub type NamedFile = (&'static str, PathBuf);
+
+impl OtlpTls {
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
+        let pick = |traces: &'static str, generic: &'static str| {
+            get(traces)
+                .map(|v| (traces, PathBuf::from(v)))
+                .or_else(|| get(generic).map(|v| (generic, PathBuf::from(v))))
+        };
+        let certificate = pick("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE");
+        let cert =
+            pick("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE");
+        let key = pick("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY");
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some((var, path)), None) | (None, Some((var, path))) => {
+                return Err(TelemetryError::InvalidSetting {
+                    var,
+                    value: path.display().to_string(),
+                    reason: "a client certificate needs both OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and \
+                             OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                });
+            }
+        };
+        Ok(OtlpTls { certificate, client })
+    }
+
+    fn is_set(&self) -> bool {
+        self.certificate.is_some() || self.client.is_some()
+    }
+
+    /// The tonic TLS configuration: the CA bundle if given (else the Mozilla roots), the client certificate
+    /// if given; each file checked with the crate's PEM loader so that an error names it.
+    fn tonic_config(
+        &self,
+    ) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, TelemetryError> {
+        use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+        let file = |var: &'static str, path: &Path, check: &dyn Fn() -> Result<(), crate::tls::TlsError>| {
+            check().map_err(|e| TelemetryError::TlsFile { var, error: e.to_string() })?;
+            std::fs::read(path).map_err(|e| TelemetryError::TlsFile {
+                var,
+                error: format!("{}: cannot read: {e}", path.display()),
+            })
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.certificate {
+            Some((var, path)) => {
+                let pem = file(var, path, &|| crate::tls::load_ca(path).map(drop))?;
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => config.with_webpki_roots(),
+        };
+        if let Some(((cvar, cert), (kvar, key))) = &self.client {
+            let cert_pem = file(cvar, cert, &|| crate::tls::load_certs(cert).map(drop))?;
+            let key_pem = file(kvar, key, &|| crate::tls::load_key_pair(cert, key).map(drop))?;
+            config = config.identity(Identity::from_pem(cert_pem, key_pem));
+        }
+        Ok(config)
+    }
 }
 
 impl OtlpSettings {
@@ -206,6 +298,7 @@ impl OtlpSettings {
             instance_id: random_instance_id(),
             node_id: Some(node_id),
             resource_attributes: Vec::new(),
+            tls: OtlpTls::default(),
         }
     }
 
@@ -232,6 +325,22 @@ impl OtlpSettings {
             (None, None) => OtlpProtocol::DEFAULT,
         };
         check_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
+        let tls = OtlpTls::from_lookup(get)?;
+        let https = match &endpoint {
+            OtlpEndpoint::Env { value, .. } | OtlpEndpoint::Url(value) => is_https(value),
+        };
+        if https && protocol == OtlpProtocol::HttpProtobuf {
+            let (var, value) = match &endpoint {
+                OtlpEndpoint::Env { var, value } => (*var, value.clone()),
+                OtlpEndpoint::Url(value) => (ENDPOINT_VAR, value.clone()),
+            };
+            return Err(TelemetryError::InvalidSetting {
+                var,
+                value,
+                reason: "an https:// collector needs OTEL_EXPORTER_OTLP_PROTOCOL=grpc (this build's OTLP/HTTP \
+                         exporter has no TLS)",
+            });
+        }
         let resource_attributes =
             get("OTEL_RESOURCE_ATTRIBUTES").map(|s| parse_resource_attributes(&s)).unwrap_or_default();
         let service_name = get("OTEL_SERVICE_NAME")
@@ -244,6 +353,7 @@ impl OtlpSettings {
             instance_id: random_instance_id(),
             node_id: Some(node_id),
             resource_attributes,
+            tls,
         }))
     }
 
@@ -263,6 +373,11 @@ impl OtlpSettings {
             None => builder.build(),
         }
     }
+}
+
+/// Whether an endpoint URL asks for TLS.
+fn is_https(url: &str) -> bool {
+    url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"))
 }
 
 /// A random (version 4) UUID from the OS's generator, in its usual text form.
@@ -462,7 +577,15 @@ pub fn build_tracer_provider(
     // The transport is chosen here, not by the exporter's own default, which depends on its cargo features.
     let exporter = match settings.protocol {
         OtlpProtocol::Grpc => {
-            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            use opentelemetry_otlp::WithTonicConfig as _;
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            let https = match &settings.endpoint {
+                OtlpEndpoint::Env { value, .. } | OtlpEndpoint::Url(value) => is_https(value),
+            };
+            // The exporter's own TLS default has no trust anchors at all: always say which ones.
+            if https || settings.tls.is_set() {
+                builder = builder.with_tls_config(settings.tls.tonic_config()?);
+            }
             match url {
                 Some(url) => builder.with_endpoint(url).build()?,
                 None => builder.build()?,
@@ -697,6 +820,43 @@ mod tests {
         let vars: BTreeMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| vars.get(k).cloned()
+    }
+
+    #[test]
+    fn tls_settings_follow_the_specification_variables() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces-ca.pem"),
+        ]);
+        assert_eq!(
+            s.tls.certificate,
+            Some(("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", PathBuf::from("/traces-ca.pem")))
+        );
+        assert_eq!(s.tls.client, None);
+        let err = |vars: &[(&str, &str)]| OtlpSettings::from_lookup(1, lookup(vars)).unwrap_err().to_string();
+        let e = err(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+        ]);
+        assert!(e.starts_with("invalid OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=\"/client.pem\""), "{e}");
+        let e = err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://c:4318")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_collector_ca_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let mut s = OtlpSettings::new("https://c:4317", OtlpProtocol::Grpc, 0);
+        s.tls.certificate = Some(("OTEL_EXPORTER_OTLP_CERTIFICATE", bad.clone()));
+        let e = build_tracer_provider(&s).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {}", bad.display())), "{e}");
+        // Without a CA file an https collector is trusted by the built-in roots: the exporter builds.
+        assert!(build_tracer_provider(&OtlpSettings::new("https://c:4317", OtlpProtocol::Grpc, 0)).is_ok());
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl Cluster {
         self.api.clone()
     }
 
+    /// Talks to the nodes through `api` from now on (e.g. HTTPS URLs and a client that trusts a test CA);
+    /// readiness is then polled through it too.
+    pub(crate) fn use_api(&mut self, api: Api) {
+        self.api = api;
+    }
+
     /// The `dmutex node` command for node i (environment set, not started).
     pub(crate) fn command(&self, i: usize) -> Command {
         let peers = match &self.peers_override {
@@ -257,6 +263,11 @@ impl Api {
     pub(crate) fn new(urls: Vec<String>) -> Api {
         let client =
             reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+        Api { urls, client }
+    }
+
+    /// A client for the given base URLs through `client` (e.g. one that trusts a test CA).
+    pub(crate) fn with_client(urls: Vec<String>, client: reqwest::blocking::Client) -> Api {
         Api { urls, client }
     }
 

@@ -178,12 +178,27 @@ impl Drop for OtlpReceiver {
 impl OtlpReceiver {
     /// Starts both servers on 127.0.0.1, ports chosen by the OS.
     pub(crate) async fn start() -> std::io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`OtlpReceiver::start`], the gRPC server speaking TLS with this certificate and key (PEM).
+    pub(crate) async fn start_tls(cert: &str, key: &str) -> std::io::Result<Self> {
+        Self::start_with(Some(tonic::transport::Identity::from_pem(cert, key))).await
+    }
+
+    async fn start_with(tls: Option<tonic::transport::Identity>) -> std::io::Result<Self> {
         let store: Store = Arc::default();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        let grpc = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(std::io::Error::other)?;
+        }
+        let grpc = builder
             .add_service(TraceServiceServer::new(GrpcService { store: store.clone() }))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener));
         let app = Router::new().route("/v1/traces", post(http_export)).with_state(store.clone());
