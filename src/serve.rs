@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 /// Runs a node until a termination signal, then shuts it down gracefully.
 pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
+    // Loaded before anything runs, so that a bad tokens file is a configuration error (exit 2) at once.
+    let auth = dmutex::api::auth::ApiAuth::from_config(&cfg.security)?;
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
@@ -52,7 +54,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("DMUTEX_PEER_ADDR: cannot listen on {}", cfg.peer_addr))?;
     let routes = workload_routes(&cfg);
-    let config = RunConfig { routes, ..RunConfig::new(cfg) };
+    let config = RunConfig { routes, auth, ..RunConfig::new(cfg) };
     let signal = async {
         let signal = termination_signal().await;
         tracing::info!(signal, "termination signal");
