@@ -127,8 +127,8 @@ fn each_scope_opens_its_routes_only_and_probes_and_metrics_stay_open() {
     let lease = g["lease"].as_str().unwrap().to_string();
     let (s, _, b) = call("POST", &format!("{u1}/v1/leases/{lease}/keepalive"), Some(LOCKER), None);
     assert_eq!(s, 200, "{b}");
-    let (s, _, b) = call("POST", &format!("{u1}/v1/locks/db/keepalive"), Some(READER), None);
-    assert_eq!(s, 403, "a lock route's shape needs lock even where it is no route: {b}");
+    let (s, _, b) = call("POST", &format!("{u1}/v1/locks/db/keepalive"), None, None);
+    assert_eq!(s, 401, "no route: still no answer without a token: {b}");
 
     // read: every read route, also the cluster-wide lock query that asks every member.
     for path in [
@@ -159,11 +159,21 @@ fn each_scope_opens_its_routes_only_and_probes_and_metrics_stay_open() {
     let (s, _, _) = call("GET", &format!("{u0}/v1/stats"), Some(EVERYTHING), None);
     assert_eq!(s, 200);
 
-    // Refusals are counted like any answer; no token appears in the metrics or the logs.
-    let (_, _, _) = call("GET", &format!("{u0}/metrics"), None, None);
+    // Refusals by the API's router are counted like any answer (acquire, cluster, openapi.json and the unknown
+    // path: 401; acquire, cluster, stats: 403; the workload's route is not observed); no token appears in the
+    // metrics or the logs.
     let text = client().get(format!("{u0}/metrics")).send().unwrap().text().unwrap();
-    assert!(metric_sum(&text, "dmutex_http_requests_total", &[("status", "401")]) >= 5.0, "{text}");
-    assert!(metric_sum(&text, "dmutex_http_requests_total", &[("status", "403")]) >= 4.0);
+    // (By hand: `metric_sum` cuts the labels at the `}` of a route such as `/v1/locks/{name}/acquire`.)
+    let refused = |status: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("dmutex_http_requests_total{") && l.contains(&format!("status=\"{status}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(refused("401"), 4.0, "{text}");
+    assert_eq!(refused("403"), 3.0, "{text}");
     for secret in [LOCKER, READER, ADMIN, EVERYTHING, "nobody-0123456789abcdef"] {
         assert!(!text.contains(secret));
         for i in 0..2 {
@@ -336,26 +346,37 @@ fn https_healthz(addr: std::net::SocketAddr, cert: &rcgen::Certificate, key: &rc
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let mut buf = [0u8; 4096];
-                    let _ = tls.read(&mut buf).await;
-                    let body = "{\"status\":\"ok\"}";
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tls.write_all(answer.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                });
-            }
+            let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { axum::Json(json!({"status": "ok"})) }));
+            axum::serve(TlsListener { tcp, acceptor }, app).await.unwrap();
         });
     });
+}
+
+/// A TLS listener for `axum::serve` (handshakes inline: enough for one probe at a time).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await
+            {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 #[test]

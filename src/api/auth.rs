@@ -176,9 +176,9 @@ impl Tokens {
             let (token, scopes) = match content.split_once(char::is_whitespace) {
                 Some((t, s)) => (t, s.trim()),
                 None => {
-                    return Err(
-                        bad("a token without scopes (expected `<token> <scope>[,<scope>...]`)".into()),
-                    );
+                    return Err(bad(
+                        "a token without scopes (expected `<token> <scope>[,<scope>...]`)".into()
+                    ));
                 }
             };
             if !token.chars().all(token_char) {

@@ -104,7 +104,14 @@ pub(crate) async fn run(args: &HealthArgs) -> i32 {
             1
         }
         Err(e) => {
-            eprintln!("dmutex health: {e}");
+            // The causes too: reqwest's own message is only "error sending request".
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("dmutex health: {text}");
             1
         }
     }
