@@ -1,7 +1,7 @@
 //! API bearer tokens (`DMUTEX_API_TOKENS_FILE`): who may call what.
 //!
 //! The file holds one token per line, `<token> <scope>[,<scope>…]`; `#` starts a comment, blank lines are
-//! ignored. Scopes, by route pattern ([`super::observe::route_of`], so the check and the metrics agree):
+//! ignored. Scopes, by route pattern (`observe::route_of`, so the check and the metrics agree):
 //!
 //! | scope | routes |
 //! |---|---|
