@@ -22,6 +22,8 @@ pub(crate) async fn run_node(mut cfg: NodeConfig, https: Option<HttpsConfig>) ->
         // Checked from the start, also while discovery runs.
         https.watch(cfg.security.credentials_reload);
     }
+    // Loaded before anything runs, so that a bad tokens file is a configuration error (exit 2) at once.
+    let auth = dmutex::api::auth::ApiAuth::from_config(&cfg.security)?;
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("DMUTEX_HTTP_ADDR: cannot listen on {}", cfg.http_addr))?;
@@ -58,7 +60,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig, https: Option<HttpsConfig>) ->
         .await
         .with_context(|| format!("DMUTEX_PEER_ADDR: cannot listen on {}", cfg.peer_addr))?;
     let routes = workload_routes(&cfg);
-    let config = RunConfig { routes, https, ..RunConfig::new(cfg) };
+    let config = RunConfig { routes, https, auth, ..RunConfig::new(cfg) };
     let signal = async {
         let signal = termination_signal().await;
         tracing::info!(signal, "termination signal");

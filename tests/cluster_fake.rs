@@ -210,6 +210,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         sweep: vec![],
         lamport_ack_elision: false,
         start: StartMode::Together,
+        token: None,
     }
 }
 

@@ -2,16 +2,20 @@
 //!
 //! Failover follows the contract: a node answers 503 only when the request holds nothing and waits nowhere,
 //! and a refused connection never reached a node, so both are safe to try on the next endpoint. A 409 or 400
-//! is the cluster's answer and is returned as it is. An acquire whose connection broke after it was sent is
+//! is the cluster's answer and is returned as it is, and so are a 401 or 403 (a missing, unknown or
+//! insufficient token is the same mistake at every node of a cluster that shares its tokens file). An acquire whose connection broke after it was sent is
 //! not repeated elsewhere (the node may be granting it); keepalive and release are, since repeating them is
 //! harmless.
 
 use crate::error::{self, Error};
 use crate::lock::LockBuilder;
 use crate::types::{AcquireBody, Grant, KeepaliveBody, KeepaliveResponse, LeaseId, ReleaseBody};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,6 +28,157 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to an acquire's `timeout` for the HTTP exchange, so that the node's own `timeout` answer arrives first.
 const ACQUIRE_SLACK: Duration = Duration::from_secs(10);
+
+/// Where a [`ClientBuilder`]'s CA bundle comes from.
+#[derive(Clone)]
+enum CaSource {
+    Pem(Vec<u8>),
+    File(PathBuf),
+}
+
+/// The settings of a [`Client`] (from [`Client::builder`]): endpoints, a bearer token, a CA bundle.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), dmutex_client::Error> {
+/// let token = std::env::var("DMUTEX_TOKEN").unwrap_or_default();
+/// let client = dmutex_client::Client::builder(["https://dmutex-0.dmutex:8443", "https://dmutex-1.dmutex:8443"])
+///     .with_token(token)
+///     .with_ca_file("/etc/dmutex/ca.crt")
+///     .build()?;
+/// let guard = client.lock("nightly-backup").await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use = "a ClientBuilder does nothing until build() is called"]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    token: Option<String>,
+    ca: Option<CaSource>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token.
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ca",
+                &self.ca.as_ref().map(|c| match c {
+                    CaSource::Pem(_) => "PEM".to_string(),
+                    CaSource::File(p) => p.display().to_string(),
+                }),
+            )
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Sends `Authorization: Bearer <token>` with every call (a token of the node's `DMUTEX_API_TOKENS_FILE`;
+    /// locks need the `lock` scope). Surrounding whitespace (a file's final newline) is ignored. Over `http://`
+    /// the token crosses the network in clear text: use `https://` endpoints beyond a trusted network.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts exactly the CA certificates of this PEM bundle for `https://` endpoints: they replace the
+    /// built-in web roots (as `curl --cacert` does).
+    pub fn with_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.ca = Some(CaSource::Pem(pem.as_ref().to_vec()));
+        self
+    }
+
+    /// [`ClientBuilder::with_ca_pem`] with the bundle read from `path` (when [`ClientBuilder::build`] runs).
+    pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.ca = Some(CaSource::File(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// The client. Fails with [`Error::InvalidEndpoint`] for an endpoint that is not an http(s) base URL (or
+    /// none), and [`Error::InvalidSettings`] for a token that cannot be a header value or a CA bundle that
+    /// cannot be read or holds no usable certificate.
+    pub fn build(self) -> Result<Client, Error> {
+        let endpoints = self.endpoints.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoint given".into(),
+            });
+        }
+        let mut http = reqwest::Client::builder()
+            // The nodes are local or in-cluster: a proxy configured for the outside world must not capture them.
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        if let Some(token) = &self.token {
+            http = http.default_headers(bearer_header(token)?);
+        }
+        if let Some(ca) = &self.ca {
+            http = http.use_preconfigured_tls(tls_config(ca)?);
+        }
+        let http = http.build().map_err(|e| Error::InvalidSettings {
+            what: "the HTTP client".into(),
+            reason: error_chain(&e),
+        })?;
+        Ok(Client { inner: Arc::new(Inner { http, endpoints, preferred: AtomicUsize::new(0) }) })
+    }
+}
+
+/// The `Authorization` header of `token`, marked sensitive (never shown in debug output).
+fn bearer_header(token: &str) -> Result<HeaderMap, Error> {
+    let invalid = |reason: &str| Error::InvalidSettings { what: "the token".into(), reason: reason.into() };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("contains whitespace or control characters"));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| invalid("is not a valid header value"))?;
+    value.set_sensitive(true);
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, value);
+    Ok(headers)
+}
+
+/// A TLS configuration that trusts exactly the CA certificates of `ca` (ring provider, HTTP/1.1).
+fn tls_config(ca: &CaSource) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let (what, pem) = match ca {
+        CaSource::Pem(pem) => ("the CA bundle".to_string(), pem.clone()),
+        CaSource::File(path) => {
+            let what = format!("the CA bundle {}", path.display());
+            match std::fs::read(path) {
+                Ok(pem) => (what, pem),
+                Err(e) => return Err(Error::InvalidSettings { what, reason: format!("cannot read: {e}") }),
+            }
+        }
+    };
+    let invalid = |reason: String| Error::InvalidSettings { what: what.clone(), reason };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no certificate (expected -----BEGIN CERTIFICATE-----)".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| invalid(format!("not a usable CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // This client speaks HTTP/1.1 only (reqwest without its http2 feature).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
 
 /// Whether a call may be repeated on the next endpoint after its request was sent without an answer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -56,30 +211,41 @@ struct Inner {
 }
 
 impl Client {
-    /// A client of the nodes at `endpoints` (`http://host:port`, optionally with a path prefix; `host:port`
-    /// alone means http). Calls go to the endpoint that answered last and move on to the next one when an
-    /// endpoint cannot be reached or answers 503.
+    /// A client of the nodes at `endpoints` (`http://host:port` or `https://host:port`, optionally with a path
+    /// prefix; `host:port` alone means http), without a token, trusting the built-in web roots for HTTPS.
+    /// Calls go to the endpoint that answered last and move on to the next one when an endpoint cannot be
+    /// reached or answers 503. [`Client::builder`] sets a token and a CA bundle.
     pub fn new<I, S>(endpoints: I) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let endpoints =
-            endpoints.into_iter().map(|e| parse_endpoint(e.as_ref())).collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(Error::InvalidEndpoint {
-                endpoint: String::new(),
-                reason: "no endpoint given".into(),
-            });
+        Client::builder(endpoints).build()
+    }
+
+    /// The settings of a client of the nodes at `endpoints`: a bearer token
+    /// ([`ClientBuilder::with_token`]), the CA bundle HTTPS endpoints must chain to
+    /// ([`ClientBuilder::with_ca_pem`], [`ClientBuilder::with_ca_file`]).
+    ///
+    /// ```
+    /// let pem = b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    /// let e = dmutex_client::Client::builder(["https://10.0.0.1:8443"])
+    ///     .with_token("0123456789abcdef0123")
+    ///     .with_ca_pem(pem)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(e, dmutex_client::Error::InvalidSettings { .. }), "{e}");
+    /// ```
+    pub fn builder<I, S>(endpoints: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(|e| e.as_ref().to_string()).collect(),
+            token: None,
+            ca: None,
         }
-        let http = reqwest::Client::builder()
-            // The nodes are local or in-cluster: a proxy configured for the outside world must not capture them.
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()
-            .map_err(|e| Error::InvalidEndpoint { endpoint: String::new(), reason: e.to_string() })?;
-        Ok(Client { inner: Arc::new(Inner { http, endpoints, preferred: AtomicUsize::new(0) }) })
     }
 
     /// The endpoints, in the order given.

@@ -52,6 +52,20 @@ pub enum Error {
         /// The node's explanation.
         message: String,
     },
+    /// 401 `unauthorized`: the call carries no bearer token, or one the node does not know
+    /// ([`crate::ClientBuilder::with_token`]). Not retried on another endpoint.
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// The node's explanation.
+        message: String,
+    },
+    /// 403 `forbidden`: the token is valid but lacks the scope the call needs (the message names it, e.g.
+    /// `lock`). Not retried on another endpoint.
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// The node's explanation, naming the missing scope.
+        message: String,
+    },
     /// Any other error answer (404, 405, 413, 500, or a code this client does not know).
     #[error("{message} (HTTP {status}, {code})")]
     Server {
@@ -78,6 +92,15 @@ pub enum Error {
         /// The URL requested.
         url: String,
         /// What did not decode.
+        reason: String,
+    },
+    /// A token or CA bundle given to [`crate::ClientBuilder`] cannot be used: a token that cannot be a header
+    /// value, a CA bundle that cannot be read or holds no usable certificate.
+    #[error("invalid client settings: {what}: {reason}")]
+    InvalidSettings {
+        /// The setting (`the token`, `the CA bundle <path>`); never the token itself.
+        what: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// An endpoint given to [`crate::Client::new`] is not an http(s) base URL, or none was given.
@@ -129,6 +152,10 @@ pub(crate) fn from_answer(status: u16, body: &[u8]) -> Error {
         "lease_not_found" => Error::LeaseNotFound { message },
         "lease_in_use" => Error::LeaseInUse { message },
         "bad_request" => Error::BadRequest { message },
+        "unauthorized" => Error::Unauthorized { message },
+        "forbidden" => Error::Forbidden { message },
+        _ if status == 401 => Error::Unauthorized { message },
+        _ if status == 403 => Error::Forbidden { message },
         _ if status == 503 => Error::Unavailable { message },
         _ if status == 400 => Error::BadRequest { message },
         _ => Error::Server { status, code, message },
@@ -159,6 +186,14 @@ mod tests {
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
         let e = from_answer(400, br#"{"error":{"code":"bad_request","message":"no"}}"#);
         assert!(matches!(e, Error::BadRequest { .. }), "{e:?}");
+        let e = from_answer(401, br#"{"error":{"code":"unauthorized","message":"needs a token"}}"#);
+        assert!(matches!(&e, Error::Unauthorized { message } if message == "needs a token"), "{e:?}");
+        assert_eq!(e.to_string(), "unauthorized: needs a token");
+        let e = from_answer(403, br#"{"error":{"code":"forbidden","message":"needs the lock scope"}}"#);
+        assert!(matches!(&e, Error::Forbidden { message } if message.contains("lock scope")), "{e:?}");
+        // A proxy's own refusal, without the API's body: the status decides.
+        assert!(matches!(from_answer(401, b"go away"), Error::Unauthorized { .. }));
+        assert!(matches!(from_answer(403, b""), Error::Forbidden { .. }));
     }
 
     #[test]

@@ -34,7 +34,23 @@
 //!
 //! Every call starts at the endpoint that answered last and moves on to the next one on a connection error or
 //! a 503: a node answers 503 only when the request holds nothing and waits nowhere, so trying elsewhere is
-//! safe. A 409 or 400 is the cluster's answer and is never retried on another endpoint.
+//! safe. A 409 or 400 is the cluster's answer and is never retried on another endpoint; neither is a 401 or
+//! 403 (the nodes of a cluster share their tokens file, so another node would refuse the same token).
+//!
+//! # HTTPS and tokens
+//!
+//! [`Client::builder`] sets a bearer token (sent as `Authorization: Bearer …` with every call; lock calls
+//! need a token with the `lock` scope) and the CA bundle `https://` endpoints must chain to (it replaces the
+//! built-in web roots, like `curl --cacert`):
+//!
+//! ```no_run
+//! # fn f() -> Result<(), dmutex_client::Error> {
+//! let client = dmutex_client::Client::builder(["https://10.0.0.1:8443", "https://10.0.0.2:8443"])
+//!     .with_token(std::env::var("DMUTEX_TOKEN").unwrap_or_default())
+//!     .with_ca_file("/etc/dmutex/ca.crt")
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 //!
 //! # Statuses and codes
 //!
@@ -51,6 +67,8 @@
 //! | 409 | `lease_in_use` | the lease given to acquire holds another lock | [`Error::LeaseInUse`] |
 //! | 503 | `unavailable`, `shutting_down` | this node cannot serve now (minority, not joined, shutting down); the client tries the next endpoint | [`Error::Unavailable`] once every endpoint failed |
 //! | 400 | `bad_request` | malformed request, unknown field, algorithm not served | [`Error::BadRequest`] |
+//! | 401 | `unauthorized` | no bearer token, or one the node does not know (`WWW-Authenticate: Bearer`) | [`Error::Unauthorized`] |
+//! | 403 | `forbidden` | the token lacks the scope the call needs (the message names it) | [`Error::Forbidden`] |
 //! | 404, 405, 413, 500 | `not_found`, `method_not_allowed`, `payload_too_large`, `internal` | | [`Error::Server`] |
 //!
 //! No status used for a lock outcome is one that common HTTP clients retry by themselves (408, 429, other 5xx),
@@ -70,7 +88,7 @@ mod query;
 mod trace;
 mod types;
 
-pub use client::Client;
+pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use lock::{LeaseLoss, LockBuilder, LockGuard};
 pub use query::{AlgoLockState, Holder, LockList, LockState, LockSummary, Waiting};

@@ -270,3 +270,186 @@ async fn dropping_the_guard_releases_the_lock() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.lock().unwrap().keepalives.len(), after, "the keepalive task ended with the guard");
 }
+
+/// The token a guarded fake node takes for lock calls, and one it knows without the `lock` scope.
+const LOCK_TOKEN: &str = "lock-token-0123456789abcdef";
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+
+/// A fake node that checks `Authorization` as a node with API tokens does: 401 without a known token, 403 for
+/// the read-only one; counts the acquires that reached it.
+fn guarded(calls: Arc<Mutex<usize>>) -> Router {
+    let acquire = move |headers: axum::http::HeaderMap, Path(name): Path<String>| {
+        let calls = calls.clone();
+        async move {
+            *calls.lock().unwrap() += 1;
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if auth == format!("Bearer {LOCK_TOKEN}") {
+                Json(json!({"name": name, "lease": "0.1.ab", "fencing_token": 7, "ttl_ms": 60000}))
+                    .into_response()
+            } else if auth == format!("Bearer {READ_TOKEN}") {
+                error(
+                    StatusCode::FORBIDDEN,
+                    json!({"code": "forbidden", "message": "/v1/locks/{name}/acquire needs a token with the lock scope"}),
+                )
+            } else {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"code": "unauthorized", "message": "/v1/locks/{name}/acquire needs a bearer token"}),
+                );
+                r.headers_mut().insert("www-authenticate", "Bearer realm=\"dmutex\"".parse().unwrap());
+                r
+            }
+        }
+    };
+    let release =
+        |Json(body): Json<Value>| async move { Json(json!({"lease": body["lease"], "released": true})) };
+    Router::new()
+        .route("/v1/locks/{name}/acquire", post(acquire))
+        .route("/v1/locks/{name}/release", post(release))
+        .route("/v1/leases/{lease}/keepalive", post(|| async { Json(json!({"ttl_ms": 60000})) }))
+}
+
+async fn serve_plain(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn the_token_is_sent_and_401_and_403_are_typed_answers_not_retried_elsewhere() {
+    let (first, second) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+    let endpoints = [serve_plain(guarded(first.clone())).await, serve_plain(guarded(second.clone())).await];
+    let e = Client::new(&endpoints).unwrap().lock("db").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Unauthorized { message } if message.contains("needs a bearer token")),
+        "{e:?}"
+    );
+    let e =
+        Client::builder(&endpoints).with_token("wrong-token-0123456789").build().unwrap().lock("db").await;
+    assert!(matches!(e, Err(Error::Unauthorized { .. })), "{e:?}");
+    let e = Client::builder(&endpoints).with_token(READ_TOKEN).build().unwrap().lock("db").await.unwrap_err();
+    assert!(matches!(&e, Error::Forbidden { message } if message.contains("lock scope")), "{e:?}");
+    assert_eq!(e.to_string(), "forbidden: /v1/locks/{name}/acquire needs a token with the lock scope");
+    assert_eq!(
+        (*first.lock().unwrap(), *second.lock().unwrap()),
+        (3, 0),
+        "401/403 are not retried elsewhere"
+    );
+    // A token read from a file keeps its final newline: it is trimmed.
+    let builder = Client::builder(&endpoints).with_token(format!("{LOCK_TOKEN}\n"));
+    assert!(!format!("{builder:?}").contains(LOCK_TOKEN), "{builder:?}");
+    let client = builder.build().unwrap();
+    assert!(!format!("{client:?}").contains(LOCK_TOKEN), "{client:?}");
+    let guard = client.lock("db").await.unwrap();
+    assert_eq!(guard.fencing_token(), 7);
+    guard.release().await.unwrap();
+}
+
+#[test]
+fn tokens_and_ca_bundles_that_cannot_work_are_refused_at_build() {
+    for token in ["", "  \n", "two words", "tab\there"] {
+        let e = Client::builder(["http://a:1"]).with_token(token).build().unwrap_err();
+        assert!(matches!(&e, Error::InvalidSettings { what, .. } if what == "the token"), "{token:?}: {e:?}");
+        assert!(!e.to_string().contains("words"), "the token is never shown: {e}");
+    }
+    let e = Client::builder(["https://a:1"]).with_ca_pem("no certificate here").build().unwrap_err();
+    assert!(e.to_string().contains("holds no certificate"), "{e}");
+    let e = Client::builder(["https://a:1"]).with_ca_file("/nonexistent/ca.pem").build().unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/ca.pem") && e.to_string().contains("cannot read"), "{e}");
+}
+
+/// HTTPS against an in-test server: a CA made here, a server certificate for `localhost` it signed.
+mod https {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::TlsAcceptor;
+
+    /// A TLS listener for `axum::serve` (handshakes inline: enough for one client at a time).
+    struct TlsListener {
+        tcp: tokio::net::TcpListener,
+        acceptor: TlsAcceptor,
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = std::net::SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+                if let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await
+                {
+                    return (tls, addr);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    /// A CA: its PEM and its issuer.
+    fn ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), rcgen::Issuer::new(params, key))
+    }
+
+    /// Serves `app` over HTTPS on 127.0.0.1 with a `localhost` certificate from `issuer`.
+    async fn serve(app: Router, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![der], key)
+                .unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let listener = TlsListener { tcp, acceptor: TlsAcceptor::from(Arc::new(config)) };
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("https://localhost:{port}/")
+    }
+
+    #[tokio::test]
+    async fn https_works_with_the_given_ca_and_fails_with_another_or_the_web_roots() {
+        let (ca_pem, issuer) = ca("dmutex test CA");
+        let (other_pem, _) = ca("another CA");
+        let endpoint = serve(guarded(Arc::new(Mutex::new(0))), &issuer).await;
+        let client =
+            Client::builder([&endpoint]).with_token(LOCK_TOKEN).with_ca_pem(&ca_pem).build().unwrap();
+        let guard = client.lock("db").await.unwrap();
+        assert_eq!(guard.fencing_token(), 7);
+        guard.release().await.unwrap();
+        // The CA from a file, as `dmutex lock --cacert` gives it.
+        let dir = std::env::temp_dir().join(format!("dmutex-client-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, &ca_pem).unwrap();
+        let client = Client::builder([&endpoint]).with_token(LOCK_TOKEN).with_ca_file(&file).build().unwrap();
+        client.lock("db").await.unwrap().release().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Another CA, or the built-in web roots (the given CA replaces them; here nothing else could work).
+        for client in [
+            Client::builder([&endpoint]).with_token(LOCK_TOKEN).with_ca_pem(&other_pem).build().unwrap(),
+            Client::builder([&endpoint]).with_token(LOCK_TOKEN).build().unwrap(),
+        ] {
+            let e = client.lock("db").await.unwrap_err();
+            let Error::Unavailable { message } = &e else { panic!("{e:?}") };
+            assert!(message.to_lowercase().contains("certificate"), "{message}");
+        }
+    }
+}

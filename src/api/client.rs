@@ -3,16 +3,20 @@
 //!
 //! It speaks the types of [`crate::api::types`]; every non-2xx answer becomes [`ClientError::Api`] with the
 //! code and message of the node's `{"error":{"code","message"}}` body (or the raw body from something else).
-//! Connection settings are made once in [`Client::new`]; [`Client::at`] reuses them (and the connection pool)
-//! for another node.
+//! Connection settings are made once in [`Client::new`] (or [`Client::with_security`]: a bearer token, the CA
+//! bundle or the one pinned certificate an `https://` node must present); [`Client::at`] reuses them (and the
+//! connection pool) for another node.
 
 use crate::api::types::{
     AcquireBody, ErrorBody, Grant, KeepaliveBody, KeepaliveResponse, LeaseId, ReleaseBody, Stats,
 };
 use crate::obs::flow::FlowResponse;
 use reqwest::{StatusCode, Url};
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connecting to a node may take.
@@ -20,6 +24,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle connection is kept for the next request (reqwest's default, stated because a client that
 /// polls or keeps a lease alive relies on reusing its connection).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Whom an `https://` node's certificate must satisfy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// The built-in web roots (reqwest's default).
+    #[default]
+    WebRoots,
+    /// A chain to one of the CA certificates of this PEM bundle, for the endpoint's host name (`--cacert`).
+    Ca(PathBuf),
+    /// Exactly the first certificate of this PEM file, whatever names it holds (the node's own
+    /// `DMUTEX_TLS_CERT`, for `dmutex health` on `127.0.0.1` beside the node); the handshake signature is still
+    /// verified against its key.
+    Pinned(PathBuf),
+}
+
+/// How a client authenticates the node, and itself: [`Client::with_security`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    pub token: Option<String>,
+    /// Whom an `https://` node's certificate must satisfy.
+    pub trust: Trust,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Security")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
 
 /// An error talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +67,14 @@ pub enum ClientError {
         /// The endpoint as given.
         endpoint: String,
         /// Why it was rejected.
+        reason: String,
+    },
+    /// A token or certificate file given to [`Client::with_security`] cannot be used.
+    #[error("{what}: {reason}")]
+    InvalidSettings {
+        /// The setting (the token, or the certificate file).
+        what: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// The node answered with an error status.
@@ -82,17 +127,44 @@ impl Client {
     /// http). Requests have no overall time limit unless [`Client::with_timeout`] sets one or the call passes
     /// its own.
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
+        Client::with_security(endpoint, &Security::default())
+    }
+
+    /// [`Client::new`] with a bearer token and whom to trust for `https://` (see [`Security`]).
+    pub fn with_security(endpoint: &str, security: &Security) -> Result<Self, ClientError> {
         let base = parse_endpoint(endpoint)?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             // The node is local or in-cluster: a proxy configured for the outside world must not capture it.
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()
-            .map_err(|e| ClientError::InvalidEndpoint {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        if let Some(token) = &security.token {
+            http = http.default_headers(bearer_header(token)?);
+        }
+        match &security.trust {
+            Trust::WebRoots => {}
+            Trust::Ca(path) => {
+                let roots = crate::tls::load_ca(path).map_err(invalid_file)?;
+                let config = client_config().with_root_certificates(roots).with_no_client_auth();
+                http = http.use_preconfigured_tls(http1(config));
+            }
+            Trust::Pinned(path) => {
+                let cert = crate::tls::load_certs(path).map_err(invalid_file)?.swap_remove(0);
+                let verifier = Arc::new(Pinned {
+                    cert,
+                    algorithms: crate::tls::provider().signature_verification_algorithms,
+                });
+                let config = client_config()
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
+                http = http.use_preconfigured_tls(http1(config));
+            }
+        }
+        let http = http.build().map_err(|e| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Client { http, base, timeout: None })
     }
 
@@ -213,6 +285,90 @@ impl Client {
     /// `GET /v1/flow?lock=NAME`: the node's recent flow records of `lock`.
     pub async fn flow(&self, lock: &str) -> Result<FlowResponse, ClientError> {
         self.get_json(&["v1", "flow"], &[("lock", lock)]).await
+    }
+}
+
+/// A TLS client configuration's first steps: the ring provider, rustls's safe protocol versions.
+fn client_config() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
+}
+
+/// `config` offering HTTP/1.1, the only version this client speaks (reqwest without `http2`).
+fn http1(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+fn invalid_file(e: crate::tls::TlsError) -> ClientError {
+    ClientError::InvalidSettings { what: e.path.display().to_string(), reason: e.what }
+}
+
+/// The `Authorization` header of `token`, marked sensitive (never shown in debug output).
+fn bearer_header(token: &str) -> Result<reqwest::header::HeaderMap, ClientError> {
+    let invalid =
+        |reason: &str| ClientError::InvalidSettings { what: "the token".into(), reason: reason.into() };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("contains whitespace or control characters"));
+    }
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| invalid("is not a valid header value"))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
+/// Trusts exactly one end-entity certificate (byte for byte), whatever names it holds and whoever issued it;
+/// the handshake's signature is verified against that certificate's key as usual, so only the holder of its
+/// private key passes.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -44,6 +44,12 @@ pub enum ApiError {
     /// Something unexpected inside the node.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request carries no bearer token, or one the node does not know (`DMUTEX_API_TOKENS_FILE`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request's token does not have the scope its endpoint needs (the message names it).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 fn locked_message(holder: Option<u16>) -> String {
@@ -66,6 +72,8 @@ impl ApiError {
             ApiError::Cancelled => 499,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
             ApiError::Internal(_) => 500,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
         }
     }
 
@@ -83,6 +91,8 @@ impl ApiError {
             ApiError::Cancelled => "cancelled",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Internal(_) => "internal",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 

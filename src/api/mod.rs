@@ -1,6 +1,7 @@
 //! The HTTP API: request/response types, the error type every endpoint answers with, the axum router and
 //! the client that speaks to it.
 
+pub mod auth;
 pub mod client;
 pub(crate) mod error;
 pub mod https;

@@ -27,6 +27,8 @@ An unknown path answers 404 `not_found`, a wrong method 405 `method_not_allowed`
 |---|---|---|
 | 200 | | success (a grant: `Grant`) |
 | 400 | `bad_request` | malformed request, unknown field, algorithm not served |
+| 401 | `unauthorized` | no bearer token, or one the node does not know (only with `DMUTEX_API_TOKENS_FILE`) |
+| 403 | `forbidden` | the token does not have the scope the operation needs (the message names it) |
 | 404 | `not_found` | no such endpoint (or no workload configured) |
 | 405 | `method_not_allowed` | wrong method; `Allow` lists the right ones |
 | 409 | `timeout` | waited `timeout_ms` and was not granted |
@@ -59,7 +61,7 @@ No status used for a lock outcome is one that common HTTP clients retry by thems
         super::router::flow,
         super::router::workload,
     ),
-    modifiers(&MethodNotAllowed),
+    modifiers(&MethodNotAllowed, &BearerTokens),
     // Query parameters' schemas are not collected from the paths: `Scope` is listed here.
     components(schemas(ErrorBody, dmutex_client::ErrorDetail, dmutex_client::Algorithm, dmutex_client::Timeout, Scope)),
     tags(
@@ -87,6 +89,61 @@ impl utoipa::Modify for MethodNotAllowed {
         for item in doc.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.post].into_iter().flatten() {
                 op.responses.responses.insert("405".into(), response.clone().into());
+            }
+        }
+    }
+}
+
+/// Adds the bearer security scheme and, on every operation that needs a token when `DMUTEX_API_TOKENS_FILE`
+/// is set, its requirement (the scope as the role name, as OpenAPI 3.1 allows) and the 401/403 answers.
+/// `/metrics` needs one only with `DMUTEX_METRICS_AUTH=read`: its requirement is optional (`{}` or bearer).
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use crate::api::auth::{Need, need_of};
+        use crate::config::MetricsAuth;
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token of the node's DMUTEX_API_TOKENS_FILE (`<token> <scope>[,<scope>...]` per line), sent as                  `Authorization: Bearer <token>`. Without that file the API needs no token. Scopes: `lock`                  (acquire, release, keepalive), `read` (lock, cluster and flow state, stats, this document;                  /metrics with DMUTEX_METRICS_AUTH=read), `admin` (/v1/workload). /healthz and /readyz never                  need one.",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let (scope, optional) = match (need_of(path, MetricsAuth::Open), need_of(path, MetricsAuth::Read))
+            {
+                (Need::Scope(s), _) => (s, false),
+                (Need::Open, Need::Scope(s)) => (s, true),
+                _ => continue,
+            };
+            let when = if optional { " (only with DMUTEX_METRICS_AUTH=read)" } else { "" };
+            let unauthorized = error(&format!(
+                "`unauthorized`: no bearer token, or one the node does not know{when}; `WWW-Authenticate: Bearer`."
+            ));
+            let forbidden =
+                error(&format!("`forbidden`: the token does not have the `{scope}` scope{when}."));
+            let mut security = vec![SecurityRequirement::new("bearer", [scope.as_str()])];
+            if optional {
+                security.insert(0, SecurityRequirement::default());
+            }
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                op.security = Some(security.clone());
+                op.responses.responses.insert("401".into(), unauthorized.clone().into());
+                op.responses.responses.insert("403".into(), forbidden.clone().into());
             }
         }
     }
@@ -228,6 +285,33 @@ mod tests {
             "#/components/schemas/ErrorBody"
         );
         assert!(doc["components"]["schemas"]["ErrorDetail"]["properties"]["holder"].is_object());
+    }
+
+    /// Every operation that needs a token says which scope and answers 401 and 403; the probes need none.
+    #[test]
+    fn protected_operations_name_their_scope_and_answer_401_and_403() {
+        let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (path, method, scope) in [
+            ("/v1/locks/{name}/acquire", "post", "lock"),
+            ("/v1/leases/{lease}/keepalive", "post", "lock"),
+            ("/v1/locks/{name}", "get", "read"),
+            ("/v1/flow", "get", "read"),
+            ("/openapi.json", "get", "read"),
+            ("/v1/workload", "get", "admin"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert_eq!(op["security"], serde_json::json!([{"bearer": [scope]}]), "{path}");
+            assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object(), "{path}");
+        }
+        assert_eq!(
+            doc["paths"]["/metrics"]["get"]["security"],
+            serde_json::json!([{}, {"bearer": ["read"]}])
+        );
+        for probe in ["/healthz", "/readyz"] {
+            let op = &doc["paths"][probe]["get"];
+            assert!(op.get("security").is_none() && op["responses"].get("401").is_none(), "{probe}");
+        }
     }
 
     /// Every `$ref` names a schema of the document (a query parameter's schema is not collected by itself).

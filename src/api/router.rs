@@ -55,11 +55,13 @@ pub(crate) struct AppState {
     pub workload: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// The algorithms a request may name (`DMUTEX_ALGORITHMS`); another one is refused with 400.
     pub algorithms: Vec<Algorithm>,
+    /// The API tokens (`DMUTEX_API_TOKENS_FILE`), if any: then every route but the probes needs one.
+    pub auth: Option<Arc<crate::api::auth::ApiAuth>>,
 }
 
 /// The router. Tests mount it on a listener they bound themselves.
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -76,7 +78,15 @@ pub(crate) fn router(state: AppState) -> Router {
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_endpoint)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Inside the observation: refused requests are counted (401, 403) like any other answer.
+    let routes = match &state.auth {
+        Some(auth) => {
+            routes.layer(axum::middleware::from_fn_with_state(auth.clone(), super::auth::authorize))
+        }
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(state.node.shared.clone(), super::observe::observe_http))
         .with_state(state)
 }

@@ -103,6 +103,10 @@ pub(crate) struct ClusterArgs {
     /// sent to its sender (fewer than 3(N−1) messages per entry under contention).
     #[arg(long)]
     pub(crate) lamport_ack_elision: bool,
+    /// `DMUTEX_TOKEN` (read from the environment only): sent with the runner's calls to its nodes, for nodes
+    /// that inherit a `DMUTEX_API_TOKENS_FILE` (the token needs the read and admin scopes).
+    #[arg(skip = std::env::var("DMUTEX_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(crate::cmd::Secret))]
+    pub(crate) token: Option<crate::cmd::Secret>,
 }
 
 /// Runs `dmutex cluster`: 0 if every experiment passed its verdict, else 1.
@@ -121,6 +125,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> i32 {
         sweep: args.sweep.clone(),
         lamport_ack_elision: args.lamport_ack_elision,
         start: args.start,
+        token: args.token.as_ref().map(|t| t.0.trim().to_string()),
     };
     match run_cluster(&cargs).await {
         Ok(true) => 0,

@@ -17,6 +17,9 @@ them from every endpoint, picks the latest acquire of the lock that entered the 
 one named by --acquire: a trace id, or node-incarnation-request when no tracing backend is configured),
 merges them by time and prints a sequence diagram.
 
+With API tokens on the nodes, set DMUTEX_TOKEN (or --token-file) to a token with the read scope; for https://
+endpoints signed by a private CA, give the CA bundle with --cacert (DMUTEX_CACERT).
+
 Example:
   dmutex flow --endpoints http://127.0.0.1:8080,http://127.0.0.2:8080,http://127.0.0.3:8080 --lock db")]
 pub(crate) struct FlowArgs {
@@ -38,6 +41,9 @@ pub(crate) struct FlowArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = FlowFormat::Mermaid)]
     pub(crate) format: FlowFormat,
+    /// The CA bundle and the token (a token needs the read scope).
+    #[command(flatten)]
+    pub(crate) security: crate::cmd::ClientSecurityArgs,
 }
 
 /// Output of `dmutex flow`.
@@ -67,15 +73,24 @@ pub(crate) async fn run(args: &FlowArgs) -> i32 {
 async fn diagram(args: &FlowArgs) -> anyhow::Result<String> {
     let mut all = Vec::new();
     let mut first: Option<Client> = None;
+    let security = args.security.security().map_err(anyhow::Error::msg)?;
     for endpoint in &args.endpoints {
         let base = endpoint.trim().trim_end_matches('/');
         let client = match &first {
-            None => Client::new(base).map(|c| c.with_timeout(FLOW_TIMEOUT)),
+            None => Client::with_security(base, &security).map(|c| c.with_timeout(FLOW_TIMEOUT)),
             Some(c) => c.at(base),
         }
         .with_context(|| format!("endpoint {base:?}"))?;
         let body = match client.flow(&args.lock).await {
             Ok(body) => body,
+            Err(ClientError::Api { status: status @ (401 | 403), message, .. }) => {
+                let hint = if status == 401 {
+                    "set DMUTEX_TOKEN or --token-file"
+                } else {
+                    "the token needs the read scope"
+                };
+                anyhow::bail!("GET {base}/v1/flow: HTTP {status}: {message} ({hint})");
+            }
             Err(ClientError::Api { status, .. }) => {
                 let status =
                     reqwest::StatusCode::from_u16(status).map_or(status.to_string(), |s| s.to_string());

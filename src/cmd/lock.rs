@@ -18,7 +18,7 @@
 //! its process group), and the lease is released once it has exited. A terminal's Ctrl-C reaches the command
 //! directly too (same process group), so an interactive command sees SIGINT twice.
 
-use crate::cmd::DEFAULT_ENDPOINT;
+use crate::cmd::{ClientSecurityArgs, DEFAULT_ENDPOINT};
 use clap::Args;
 use dmutex_client::{Algorithm, Client, Error, LockGuard, Timeout};
 use rustix::process::{Pid, Signal};
@@ -36,6 +36,8 @@ pub(crate) const EXIT_TIMEOUT: i32 = 3;
 pub(crate) const EXIT_LOCKED: i32 = 4;
 /// `dmutex lock`: no endpoint could serve (unreachable, or 503 from each; BSD `EX_UNAVAILABLE`).
 pub(crate) const EXIT_UNAVAILABLE: i32 = 69;
+/// `dmutex lock`: the node refused the token: none, unknown, or without the `lock` scope (BSD `EX_NOPERM`).
+pub(crate) const EXIT_NO_PERMISSION: i32 = 77;
 /// `dmutex lock`: the lease was lost while the command ran (BSD `EX_TEMPFAIL`).
 pub(crate) const EXIT_LEASE_LOST: i32 = 75;
 /// `dmutex lock`: the command exists but could not be started (as in a shell).
@@ -57,6 +59,10 @@ until a whole TTL has passed since the last success), the command gets SIGTERM, 
 SIGINT and SIGTERM sent to `dmutex lock` are forwarded to the command; the lock is released when the command
 ends.
 
+With API tokens on the nodes (DMUTEX_API_TOKENS_FILE), set DMUTEX_TOKEN (or --token-file) to a token with the
+lock scope; it is never taken from the command line. For https:// endpoints signed by a private CA, give the
+CA bundle with --cacert (DMUTEX_CACERT).
+
 Exit status:
   the command's own status, or 128+N if it was killed by signal N
   1    the lock could not be acquired (the request was refused or the answer not understood)
@@ -65,6 +71,7 @@ Exit status:
   4    --try: the lock is held (or waited for) by someone else
   69   no endpoint could serve (unreachable, or unavailable: minority, not joined, shutting down)
   75   the lease was lost while the command ran; the command was terminated
+  77   the node refused the token (none, unknown, or without the lock scope)
   126  the command could not be started
   127  the command was not found
 
@@ -102,6 +109,9 @@ pub(crate) struct LockArgs {
     /// Print acquire and release details on stderr.
     #[arg(short, long)]
     pub(crate) verbose: bool,
+    /// The CA bundle and the token.
+    #[command(flatten)]
+    pub(crate) security: ClientSecurityArgs,
     /// The lock's name.
     pub(crate) name: String,
     /// The command and its arguments (after `--`).
@@ -169,7 +179,21 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
     let Some((program, program_args)) = args.command.split_first() else {
         anyhow::bail!("no command given");
     };
-    let client = match Client::new(args.endpoints()) {
+    let token = match args.security.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dmutex lock: {e}");
+            return Ok(EXIT_ACQUIRE_FAILED);
+        }
+    };
+    let mut builder = Client::builder(args.endpoints());
+    if let Some(token) = token {
+        builder = builder.with_token(token);
+    }
+    if let Some(ca) = &args.security.cacert {
+        builder = builder.with_ca_file(ca);
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dmutex lock: {e}");
@@ -205,9 +229,24 @@ async fn lock(args: &LockArgs) -> anyhow::Result<i32> {
                 Error::Timeout { .. } => (EXIT_TIMEOUT, "timed out waiting for"),
                 Error::Locked { .. } => (EXIT_LOCKED, "did not get (--try)"),
                 Error::Unavailable { .. } => (EXIT_UNAVAILABLE, "no endpoint could serve"),
+                Error::Unauthorized { .. } | Error::Forbidden { .. } => {
+                    (EXIT_NO_PERMISSION, "may not acquire")
+                }
                 _ => (EXIT_ACQUIRE_FAILED, "cannot acquire"),
             };
-            eprintln!("dmutex lock: {what} lock {name:?}: {e}");
+            let hint = match &e {
+                Error::Unauthorized { .. }
+                    if args.security.token_env.is_none() && args.security.token_file.is_none() =>
+                {
+                    " (set DMUTEX_TOKEN, or --token-file, to a token with the lock scope)"
+                }
+                Error::Unauthorized { .. } => {
+                    " (the token given is not in the node's DMUTEX_API_TOKENS_FILE)"
+                }
+                Error::Forbidden { .. } => " (the token needs the lock scope)",
+                _ => "",
+            };
+            eprintln!("dmutex lock: {what} lock {name:?}: {e}{hint}");
             return Ok(code);
         }
     };

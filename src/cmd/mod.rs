@@ -12,9 +12,69 @@ pub(crate) mod lock;
 pub(crate) mod node;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 /// The default node HTTP endpoint for the client commands.
 pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// A bearer token read from the environment: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How the client commands reach a node: the CA bundle `https://` endpoints must chain to, and the bearer
+/// token (from the environment or a file, never from the command line, where `ps` shows it to everyone).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ClientSecurityArgs {
+    /// CA bundle (PEM) that https:// endpoints must chain to; replaces the built-in web roots, like curl
+    /// --cacert.
+    #[arg(long, env = "DMUTEX_CACERT", value_name = "PATH")]
+    pub(crate) cacert: Option<PathBuf>,
+    /// Read the API bearer token from this file (e.g. a mounted Kubernetes Secret) [default: the DMUTEX_TOKEN
+    /// variable].
+    #[arg(long, env = "DMUTEX_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// `DMUTEX_TOKEN` (read from the environment only).
+    #[arg(skip = std::env::var("DMUTEX_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(Secret))]
+    pub(crate) token_env: Option<Secret>,
+}
+
+impl ClientSecurityArgs {
+    /// The token to send: the `--token-file`'s content (trimmed), else `DMUTEX_TOKEN`, else none.
+    pub(crate) fn token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(self.token_env.as_ref().map(|t| t.0.trim().to_string()));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: cannot read: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("--token-file {}: the file is empty", path.display()));
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "--token-file {}: holds more than one word (expected the token alone)",
+                path.display()
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
+
+    /// The settings of the binary's own HTTP client ([`dmutex::api::client`]).
+    pub(crate) fn security(&self) -> Result<dmutex::api::client::Security, String> {
+        use dmutex::api::client::{Security, Trust};
+        let trust = match &self.cacert {
+            Some(path) => Trust::Ca(path.clone()),
+            None => Trust::WebRoots,
+        };
+        Ok(Security { token: self.token()?, trust })
+    }
+}
 
 /// dmutex: distributed mutual exclusion (Lamport, Ricart–Agrawala, probable-owner) on a real cluster.
 #[derive(Debug, Parser)]
@@ -189,5 +249,49 @@ mod tests {
         assert!(h.ready);
         assert_eq!(h.endpoint.as_deref(), Some("http://x:9"));
         assert_eq!(h.endpoint().as_deref(), Ok("http://x:9"), "--endpoint wins over DMUTEX_HTTP_ADDR");
+    }
+
+    #[test]
+    fn client_commands_take_a_ca_and_a_token_file_but_no_token_flag() {
+        let Command::Lock(l) = parse(&["lock", "--cacert", "/ca.pem", "--token-file", "/tok", "job", "true"])
+        else {
+            panic!("not lock")
+        };
+        assert_eq!(l.security.cacert.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(l.security.token_file.as_deref(), Some(std::path::Path::new("/tok")));
+        let Command::Flow(f) = parse(&["flow", "--endpoints", "http://a:1", "--lock", "x", "--cacert", "/c"])
+        else {
+            panic!("not flow")
+        };
+        assert_eq!(f.security.cacert.as_deref(), Some(std::path::Path::new("/c")));
+        let Command::Health(h) = parse(&["health", "--cacert", "/c", "--token-file", "/t"]) else {
+            panic!("not health")
+        };
+        assert!(h.security.cacert.is_some() && h.security.token_file.is_some());
+        for cmd in [["lock", "--token"], ["flow", "--token"], ["health", "--token"]] {
+            assert!(Cli::try_parse_from(std::iter::once("dmutex").chain(cmd)).is_err(), "{cmd:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_trimmed_or_the_environment_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-file-0123456789\n").unwrap();
+        let mut args = ClientSecurityArgs {
+            token_env: Some(Secret("from-the-env-0123456789".into())),
+            ..Default::default()
+        };
+        assert_eq!(args.token().unwrap().as_deref(), Some("from-the-env-0123456789"));
+        assert!(!format!("{args:?}").contains("from-the-env"), "{args:?}");
+        args.token_file = Some(file.clone());
+        assert_eq!(args.token().unwrap().as_deref(), Some("from-the-file-0123456789"), "the file wins");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(args.token().unwrap_err().contains("empty"));
+        std::fs::write(&file, "abc lock\n").unwrap();
+        assert!(args.token().unwrap_err().contains("more than one word"));
+        args.token_file = Some(dir.path().join("missing"));
+        assert!(args.token().unwrap_err().contains("cannot read"));
+        assert_eq!(ClientSecurityArgs::default().token().unwrap(), None);
     }
 }

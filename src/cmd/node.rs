@@ -2,7 +2,7 @@
 //! termination signal, then flushes the traces.
 
 use clap::Args;
-use dmutex::config::{ConfigSources, LogFormat, NodeConfig};
+use dmutex::config::{ConfigError, ConfigSources, LogFormat, NodeConfig};
 use dmutex::obs::telemetry::{OtlpSettings, TelemetryConfig};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,6 +107,12 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
     }
     let code = match crate::serve::run_node(cfg, https).await {
         Ok(()) => 0,
+        // A credential file that does not load: a configuration error, named by its key.
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            tracing::error!("invalid configuration: {e:#}");
+            eprintln!("dmutex node: invalid configuration: {e:#}");
+            e.downcast_ref::<ConfigError>().map_or(2, ConfigError::exit_code)
+        }
         Err(e) => {
             tracing::error!("node failed: {e:#}");
             eprintln!("dmutex node: {e:#}");

@@ -30,7 +30,7 @@
 //! delete the logs of a run that failed (their location is printed instead).
 
 use crate::algo::Algorithm;
-use crate::api::client::{Client, ClientError};
+use crate::api::client::{Client, ClientError, Security};
 use crate::api::types::Stats;
 use crate::experiment::charts::SweepPoint;
 use crate::experiment::error::ExperimentError;
@@ -130,6 +130,9 @@ pub struct ClusterArgs {
     pub lamport_ack_elision: bool,
     /// When the nodes' workloads start.
     pub start: StartMode,
+    /// The bearer token the runner's HTTP calls carry (`DMUTEX_TOKEN`): needed when the nodes require API
+    /// tokens (a `DMUTEX_API_TOKENS_FILE` they inherit); it needs the `read` and `admin` scopes.
+    pub token: Option<String>,
 }
 
 /// The body of `GET /v1/workload`.
@@ -461,7 +464,11 @@ impl Cluster {
             let endpoint = format!("http://{http}");
             let node_api = match &api {
                 Some(first) => first.at(&endpoint)?,
-                None => api.insert(Client::new(&endpoint)?.with_timeout(HTTP_TIMEOUT)).clone(),
+                None => {
+                    let security = Security { token: args.token.clone(), ..Security::default() };
+                    api.insert(Client::with_security(&endpoint, &security)?.with_timeout(HTTP_TIMEOUT))
+                        .clone()
+                }
             };
             cluster.nodes.push(NodeProc { id, http, api: node_api, log, child });
         }
@@ -750,6 +757,7 @@ mod tests {
             sweep: vec![],
             lamport_ack_elision: true,
             start: StartMode::Together,
+            token: None,
         };
         let counter = Path::new("/tmp/x/counter");
         let env: BTreeMap<_, _> = node_env(

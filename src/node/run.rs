@@ -8,6 +8,7 @@ use super::handle::{Command, NodeHandle, Shared};
 use super::membership::Exit;
 use super::msg::NodeMsg;
 use crate::algo::Incarnation;
+use crate::api::auth::ApiAuth;
 use crate::api::https::{HttpsConfig, TlsListener};
 use crate::api::router::{AppState, router};
 use crate::config::NodeConfig;
@@ -42,12 +43,15 @@ pub struct RunConfig {
     /// the configuration error). `None`: [`run`] loads it from `node.security.api_tls` if that is set, else
     /// the API is plain HTTP.
     pub https: Option<HttpsConfig>,
+    /// The API tokens, already loaded (so that a bad file is the caller's configuration error); `None`:
+    /// [`run`] loads them from `node.security` itself, if configured.
+    pub auth: Option<Arc<ApiAuth>>,
 }
 
 impl RunConfig {
     /// A configuration for a fresh start: a new incarnation, no extra endpoints.
     pub fn new(node: NodeConfig) -> Self {
-        RunConfig { node, incarnation: new_incarnation(), routes: None, https: None }
+        RunConfig { node, incarnation: new_incarnation(), routes: None, https: None, auth: None }
     }
 }
 
@@ -185,8 +189,13 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let RunConfig { node: cfg, incarnation, routes, https } = config;
+    let RunConfig { node: cfg, incarnation, routes, https, auth } = config;
     let https = https_of(https, &cfg)?;
+    let auth = match auth {
+        Some(auth) => Some(auth),
+        None => ApiAuth::from_config(&cfg.security)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+    };
     let settings = NodeSettings::from_config(&cfg, incarnation);
     let me = settings.me;
     tracing::info!(
@@ -210,10 +219,22 @@ pub async fn run(
     let lives = Lives { cfg: cfg.clone(), listener, shared: shared.clone(), current };
     let mut node_task = AbortOnDrop(tokio::spawn(lives.run(settings, commands)));
 
-    let api = router(AppState { node: handle.clone(), workload: None, algorithms: cfg.algorithms.clone() });
-    let app = match routes {
-        Some(routes) => routes(&handle).fallback_service(api),
-        None => api,
+    if let Some(auth) = &auth {
+        auth.watch(shared.clone());
+    }
+    let api = router(AppState {
+        node: handle.clone(),
+        workload: None,
+        algorithms: cfg.algorithms.clone(),
+        auth: auth.clone(),
+    });
+    let app = match (routes, &auth) {
+        // The caller's endpoints need the token their route needs too (the API's router checks its own).
+        (Some(routes), Some(auth)) => routes(&handle)
+            .layer(axum::middleware::from_fn_with_state(auth.clone(), crate::api::auth::authorize))
+            .fallback_service(api),
+        (Some(routes), None) => routes(&handle).fallback_service(api),
+        (None, _) => api,
     };
     let (stop_http, stopped) = oneshot::channel::<()>();
     let server = match https {
