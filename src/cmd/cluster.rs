@@ -103,6 +103,10 @@ pub(crate) struct ClusterArgs {
     /// sent to its sender (fewer than 3(N−1) messages per entry under contention).
     #[arg(long)]
     pub(crate) lamport_ack_elision: bool,
+    /// Mutual TLS on the peer links: generates a throwaway CA and a certificate per node (for its loopback
+    /// address) in the run's directory and starts every node with DMUTEX_PEER_TLS_CERT/KEY/CA.
+    #[arg(long)]
+    pub(crate) peer_tls: bool,
 }
 
 /// Runs `dmutex cluster`: 0 if every experiment passed its verdict, else 1.
@@ -121,6 +125,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> i32 {
         sweep: args.sweep.clone(),
         lamport_ack_elision: args.lamport_ack_elision,
         start: args.start,
+        peer_tls: args.peer_tls,
     };
     match run_cluster(&cargs).await {
         Ok(true) => 0,
