@@ -258,7 +258,8 @@ async fn refuse<T: Serialize>(
     detail: &str,
 ) {
     Counters::by_key(&inner.counters.refused, counted_as);
-    warn!(%remote, reason = reason.as_str(), %detail, "refused peer connection");
+    // `reason`: as counted; `told`: what the dialer is told (the wire has no TLS reasons).
+    warn!(%remote, reason = counted_as, told = reason.as_str(), %detail, "refused peer connection");
     let frame: Frame<T> = Frame::Refuse { reason };
     let sent = timeout(Duration::from_secs(1), async {
         writer.write_frame(&frame).await?;
