@@ -125,9 +125,9 @@ where
                         warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
                     }
                 } else if let TransportError::Tls { reason, detail } = &e {
-                    Counters::by_key(&inner.counters.refused_by_peer, *reason);
+                    Counters::by_key(&inner.counters.refused_by_peer, reason);
                     let addr = lock(&slot.addr).clone().unwrap_or_default();
-                    if let Some(suppressed) = inner.log_gate(false, *reason) {
+                    if let Some(suppressed) = inner.log_gate(false, reason) {
                         warn!(%peer, %addr, reason, %detail, suppressed, "peer TLS handshake failed");
                     }
                 } else if matches!(e, TransportError::BadWelcomeMac | TransportError::WrongPeer { .. }) {

@@ -637,6 +637,9 @@ fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
 const ACK_DELAY_MS: u64 = 5;
 /// Acknowledge at once when this many frames are unacknowledged.
 const ACK_EVERY: u64 = 256;
+/// When a warning was last logged, and how many were left out since.
+type LogGate = (Option<Instant>, u64);
+
 /// At most one warning per this interval about TLS failures of one reason (see `Inner::log_gate`).
 const TLS_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Most frames written between two looks at acks and commands.
@@ -670,7 +673,7 @@ struct Inner<T> {
     origin: Instant,
     /// When a warning about TLS failures was last logged, per side (accepting?) and reason, and how many were
     /// not logged since (see [`Inner::log_gate`]).
-    tls_log: Mutex<BTreeMap<(bool, &'static str), (Option<Instant>, u64)>>,
+    tls_log: Mutex<BTreeMap<(bool, &'static str), LogGate>>,
 }
 
 /// Counters shared by the tasks (the links count resends, duplicates and discards themselves).
