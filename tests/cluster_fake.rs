@@ -209,6 +209,7 @@ fn args(bin: PathBuf, out: PathBuf, http_port: u16) -> ClusterArgs {
         binary: Some(bin),
         sweep: vec![],
         lamport_ack_elision: false,
+        peer_tls: false,
         start: StartMode::Together,
         token: None,
     }

@@ -107,6 +107,10 @@ pub(crate) struct ClusterArgs {
     /// that inherit a `DMUTEX_API_TOKENS_FILE` (the token needs the read and admin scopes).
     #[arg(skip = std::env::var("DMUTEX_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(crate::cmd::Secret))]
     pub(crate) token: Option<crate::cmd::Secret>,
+    /// Mutual TLS on the peer links: generates a throwaway CA and a certificate per node (for its loopback
+    /// address) in the run's directory and starts every node with DMUTEX_PEER_TLS_CERT/KEY/CA.
+    #[arg(long)]
+    pub(crate) peer_tls: bool,
 }
 
 /// Runs `dmutex cluster`: 0 if every experiment passed its verdict, else 1.
@@ -126,6 +130,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> i32 {
         lamport_ack_elision: args.lamport_ack_elision,
         start: args.start,
         token: args.token.as_ref().map(|t| t.0.trim().to_string()),
+        peer_tls: args.peer_tls,
     };
     match run_cluster(&cargs).await {
         Ok(true) => 0,

@@ -105,6 +105,12 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
     for var in unknown {
         tracing::warn!(variable = %var, "ignoring unknown DMUTEX_* variable");
     }
+    // Credential files are read at start (the configuration only checked they are readable): a file that
+    // does not load is a configuration error, named by its key.
+    if let Err(e) = dmutex::net::peer_tls::PeerTls::from_config(&cfg.security) {
+        eprintln!("dmutex node: invalid configuration: {e}");
+        return 2;
+    }
     let code = match crate::serve::run_node(cfg, https).await {
         Ok(()) => 0,
         // A credential file that does not load: a configuration error, named by its key.

@@ -133,6 +133,9 @@ pub struct ClusterArgs {
     /// The bearer token the runner's HTTP calls carry (`DMUTEX_TOKEN`): needed when the nodes require API
     /// tokens (a `DMUTEX_API_TOKENS_FILE` they inherit); it needs the `read` and `admin` scopes.
     pub token: Option<String>,
+    /// Mutual TLS on the peer links: a throwaway CA and a certificate per node (for its address) are
+    /// generated in the run's directory and given to every node (`DMUTEX_PEER_TLS_*`).
+    pub peer_tls: bool,
 }
 
 /// The body of `GET /v1/workload`.
@@ -438,6 +441,18 @@ impl Cluster {
             start_file: files.start.map(Path::to_path_buf),
         };
         let dir = files.dir;
+        let tls_dir = dir.join("peer-tls");
+        let ca = match args.peer_tls {
+            false => None,
+            true => {
+                std::fs::create_dir_all(&tls_dir)
+                    .map_err(ExperimentError::io(format!("creating {}", tls_dir.display())))?;
+                let ca = crate::net::peer_tls::ThrowawayCa::new(cluster_name).map_err(|e| {
+                    ExperimentError::InvalidArgs(format!("cannot generate the peer TLS CA: {e}"))
+                })?;
+                Some(ca)
+            }
+        };
         // One client for all nodes: every request bounded by HTTP_TIMEOUT, one connection pool.
         let mut api: Option<Client> = None;
         for (id, addr) in addrs.iter().enumerate() {
@@ -446,9 +461,19 @@ impl Cluster {
                 .map_err(ExperimentError::io(format!("creating {}", log.display())))?;
             let stdout =
                 file.try_clone().map_err(ExperimentError::io(format!("opening {} twice", log.display())))?;
+            let mut env = node_env(args, algorithm, id, addrs, cluster_name, files.counter, files.start);
+            if let Some(ca) = &ca {
+                let host = addr.to_string();
+                let (cert, key, ca) = ca.write(&tls_dir, &format!("node-{id}"), &[host.as_str()]).map_err(
+                    ExperimentError::io(format!("writing certificates into {}", tls_dir.display())),
+                )?;
+                env.push(("DMUTEX_PEER_TLS_CERT", cert.display().to_string()));
+                env.push(("DMUTEX_PEER_TLS_KEY", key.display().to_string()));
+                env.push(("DMUTEX_PEER_TLS_CA", ca.display().to_string()));
+            }
             let child = Command::new(binary)
                 .arg("node")
-                .envs(node_env(args, algorithm, id, addrs, cluster_name, files.counter, files.start))
+                .envs(env)
                 // The experiment's nodes serve plain HTTP on loopback, which this client speaks: an API
                 // certificate in the caller's environment (a TLS-enabled container) is not theirs.
                 .env_remove("DMUTEX_TLS_CERT")
@@ -756,6 +781,7 @@ mod tests {
             binary: None,
             sweep: vec![],
             lamport_ack_elision: true,
+            peer_tls: false,
             start: StartMode::Together,
             token: None,
         };

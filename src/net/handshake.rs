@@ -10,12 +10,12 @@
 
 use super::transport::{Counters, TransportError};
 use crate::algo::{Algorithm, Incarnation, LamportTs, NodeId};
+use crate::net::stream::{PeerRead, PeerWrite};
 use crate::net::wire::{
     self, Frame, FrameReader, FrameWriter, Nonce, PROTOCOL_VERSION, RefuseReason, WireError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// This node's side of every handshake.
 pub(super) struct Handshake<'a> {
@@ -66,6 +66,8 @@ pub(super) enum AcceptFail {
     /// An unknown id over the bound on unknown slots: tell the dialer `unknown_node`, count it as
     /// `unknown_node_limit`.
     UnknownLimit(String),
+    /// Tell the dialer this reason, count it under this key (e.g. `tls_wrong_identity`).
+    Counted(RefuseReason, &'static str, String),
     /// Nothing to tell (closed before saying anything, socket error).
     Silent(String),
 }
@@ -75,8 +77,8 @@ fn names(algorithms: &[Algorithm]) -> String {
     algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
 }
 
-type Reader = FrameReader<OwnedReadHalf>;
-type Writer = FrameWriter<OwnedWriteHalf>;
+type Reader = FrameReader<PeerRead>;
+type Writer = FrameWriter<PeerWrite>;
 
 impl Handshake<'_> {
     /// Acceptor: sends the challenge, reads and checks the Hello.
@@ -98,6 +100,12 @@ impl Handshake<'_> {
             Ok(None) => return Err(AcceptFail::Silent("closed before hello".into())),
             Err(e) => {
                 return Err(match e.refuse_reason() {
+                    // The dialer started a TLS handshake on a connection this node speaks plainly.
+                    Some(reason) if reader.buffered().starts_with(&[0x16, 0x03]) => AcceptFail::Counted(
+                        reason,
+                        "tls_unexpected",
+                        "the dialer speaks TLS, this node has no peer TLS (DMUTEX_PEER_TLS_*)".into(),
+                    ),
                     Some(reason) => AcceptFail::Refuse(reason, e.to_string()),
                     None => AcceptFail::Silent(e.to_string()),
                 });

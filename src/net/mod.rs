@@ -6,6 +6,8 @@
 pub mod discovery;
 mod handshake;
 pub(crate) mod link;
+pub mod peer_tls;
 pub mod reverse_dns;
+pub(crate) mod stream;
 pub mod transport;
 pub mod wire;

@@ -391,6 +391,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.inner
     }
 
+    /// The bytes received and not yet taken as a frame.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Whether a complete frame (valid or not) is already buffered, so reading it will not wait.
     pub fn has_buffered_frame(&self) -> bool {
         match self.buf.get(..LEN_PREFIX) {

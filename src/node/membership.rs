@@ -257,6 +257,9 @@ impl Node {
                         self.member.resigned.insert((from, incarnation));
                     }
                     Msg::Join { member } if member.id == from => {
+                        if !self.vouched(from, &member.addr) {
+                            return;
+                        }
                         // A node outside the peer list asks to be admitted: answer it at the address it gives.
                         self.dial(from, &member.addr);
                     }
@@ -266,6 +269,9 @@ impl Node {
             }
             NodeMsg::Member(MemberMsg::Form(msg)) => {
                 if let membership::FormMsg::Query { addr } = &msg {
+                    if !self.vouched(from, addr) {
+                        return;
+                    }
                     self.dial(from, addr);
                 }
                 self.form_event(FormEvent::Message { from, incarnation, msg })
@@ -582,6 +588,23 @@ impl Node {
         let seeds =
             (0..self.settings.peers.len()).map(|i| NodeId::new(i as u16)).filter(|&id| id != me).collect();
         self.member_event(membership::Event::JoinRequested { seeds });
+    }
+
+    /// With peer TLS, whether a node outside the peer list that gives `addr` as its address presented a
+    /// certificate for that host; if not, its message is dropped (logged, and counted as dropped peer input
+    /// with reason `tls_wrong_identity`). Configured peers were checked at their handshake.
+    fn vouched(&mut self, from: NodeId, addr: &str) -> bool {
+        if self.configured(from) {
+            return true;
+        }
+        match self.transport.check_identity(from, addr) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(peer = %from, %addr, %why, "ignoring a node that claims an address its TLS certificate does not name");
+                self.observer.seen(super::observe::Seen::Dropped { reason: "tls_wrong_identity" });
+                false
+            }
+        }
     }
 
     /// Whether `id` is in the configured peer list (a seed: its link stays for the node's life).

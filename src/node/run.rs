@@ -90,6 +90,8 @@ struct Lives {
     listener: Arc<TcpListener>,
     shared: Arc<Shared>,
     current: Arc<std::sync::Mutex<Option<TransportHandle<NodeMsg>>>>,
+    /// Mutual TLS on peer links (shared by every incarnation's transport), if configured.
+    peer_tls: Option<Arc<crate::net::peer_tls::PeerTls>>,
 }
 
 impl Lives {
@@ -111,6 +113,7 @@ impl Lives {
             // Nodes outside the peer list may join: their handshakes are taken (bounded by the transport) and
             // the membership layer decides whether they are admitted.
             tcfg.accept_unknown = true;
+            tcfg.tls = self.peer_tls.clone();
             let (transport, inbound) = Transport::start_shared::<NodeMsg>(
                 tcfg,
                 self.listener.clone(),
@@ -210,13 +213,24 @@ pub async fn run(
     );
 
     let shared = Shared::new(me, incarnation);
+    let peer_tls = crate::net::peer_tls::PeerTls::from_config(&cfg.security)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if let Some(tls) = &peer_tls {
+        let counted = shared.clone();
+        tls.on_reload(move |ok| {
+            let result = if ok { "ok" } else { "failed" };
+            counted.metrics.credential_reloads.inc(ReloadLabels { what: "peer_certificate", result });
+        });
+        tls.watch(cfg.security.credentials_reload);
+        tracing::info!("mutual TLS on peer links");
+    }
     let listener = Arc::new(peer_listener);
     let current = Arc::new(std::sync::Mutex::new(None::<TransportHandle<NodeMsg>>));
     let stop_transport = StopTransport(current.clone());
 
     let (tx, commands) = mpsc::channel(1024);
     let handle = NodeHandle::new(tx, shared.clone());
-    let lives = Lives { cfg: cfg.clone(), listener, shared: shared.clone(), current };
+    let lives = Lives { cfg: cfg.clone(), listener, shared: shared.clone(), current, peer_tls };
     let mut node_task = AbortOnDrop(tokio::spawn(lives.run(settings, commands)));
 
     if let Some(auth) = &auth {

@@ -6,14 +6,16 @@ use super::{Counters, Inbound, Inner, PeerSlot, SHUTDOWN_FLUSH, Stop, lock, stop
 use crate::algo::{Incarnation, Millis, NodeId};
 use crate::net::handshake::{AcceptFail, Hello};
 use crate::net::link::{DataError, Delivery, Generation, Refusal};
+use crate::net::peer_tls::{self, PeerTls};
+use crate::net::stream::{self, PeerRead, PeerWrite};
 use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason, WireError};
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -63,14 +65,35 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    // TLS, then the handshake, both within one handshake timeout.
+    let deadline = Instant::now() + inner.cfg.handshake_timeout;
+    let (r, w, cert) = match &inner.cfg.tls {
+        None => {
+            let (r, w) = stream::plain(stream);
+            (r, w, None)
+        }
+        Some(tls) => match accept_tls(tls, stream, deadline, inner.cfg.handshake_timeout).await {
+            Ok((s, cert)) => {
+                let (r, w) = stream::tls(s);
+                (r, w, Some(cert))
+            }
+            Err(TlsFail::Refuse(reason, detail)) => return inner.refused_tls(remote, reason, &detail),
+            Err(TlsFail::Silent(detail)) => {
+                debug!(%remote, %detail, "incoming connection closed before TLS");
+                return;
+            }
+        },
+    };
     let mut reader = FrameReader::new(r, inner.cfg.max_frame);
     let mut writer = FrameWriter::new(w, inner.cfg.max_frame);
-    let hs = timeout(inner.cfg.handshake_timeout, accept(&inner, &mut reader, &mut writer)).await;
+    let hs = tokio::time::timeout_at(deadline, accept(&inner, &mut reader, &mut writer, cert.as_ref())).await;
     let accepted = match hs {
         Ok(Ok(a)) => a,
         Ok(Err(AcceptFail::Refuse(reason, detail))) => {
             let key = reason.as_str();
+            return refuse(&inner, &mut reader, &mut writer, remote, (reason, key), &detail).await;
+        }
+        Ok(Err(AcceptFail::Counted(reason, key, detail))) => {
             return refuse(&inner, &mut reader, &mut writer, remote, (reason, key), &detail).await;
         }
         Ok(Err(AcceptFail::UnknownLimit(detail))) => {
@@ -90,12 +113,70 @@ where
     serve_data(&inner, reader, writer, remote, accepted).await;
 }
 
+/// Why an inbound TLS handshake failed.
+enum TlsFail {
+    /// Count and log it under this reason.
+    Refuse(&'static str, String),
+    /// Closed before saying anything: nothing to count.
+    Silent(String),
+}
+
+/// The first byte of a TLS handshake record (a ClientHello starts with it).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The acceptor's TLS handshake, verifying the dialer's chain against the cluster CA (a client certificate is
+/// required); answers the stream and the dialer's end-entity certificate, whose name [`accept`] checks.
+async fn accept_tls(
+    tls: &PeerTls,
+    stream: TcpStream,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(tokio_rustls::TlsStream<TcpStream>, CertificateDer<'static>), TlsFail> {
+    // A dialer without TLS sends nothing (our handshake has the acceptor speak first) or, if it is not a
+    // dmutex node, something that is no TLS record: tell that apart from a failed TLS handshake.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => {
+            let detail = format!(
+                "no TLS handshake within {limit:?}: the dialer does not speak TLS (DMUTEX_PEER_TLS_* not set there?)"
+            );
+            return Err(TlsFail::Refuse("tls_required", detail));
+        }
+        Ok(Ok(0)) => return Err(TlsFail::Silent("closed before TLS".into())),
+        Ok(Err(e)) => return Err(TlsFail::Silent(e.to_string())),
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+            let detail = format!(
+                "the dialer's first byte 0x{:02x} starts no TLS handshake: a plaintext peer, or garbage",
+                first[0]
+            );
+            return Err(TlsFail::Refuse("tls_required", detail));
+        }
+        Ok(Ok(_)) => {}
+    }
+    let s = match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let (reason, detail) = peer_tls::classify(&e, "dialer");
+            return Err(TlsFail::Refuse(reason, detail));
+        }
+        Err(_) => return Err(TlsFail::Refuse("tls_handshake", format!("TLS handshake took over {limit:?}"))),
+    };
+    let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+    match cert {
+        Some(cert) => Ok((tokio_rustls::TlsStream::Server(s), cert)),
+        None => Err(TlsFail::Refuse("tls_bad_certificate", "the dialer presented no certificate".into())),
+    }
+}
+
 /// The acceptor's handshake: checks, then the table admits the id (its slot, or a new one for an unknown id),
-/// then the link decides about the incarnation, then the Welcome.
+/// then, with TLS, the dialer's certificate must name the host of that id's address (a slot without an address
+/// yet is checked when it gets one: [`super::TransportHandle::add_peer`]), then the link decides about the
+/// incarnation, then the Welcome.
 async fn accept<T>(
     inner: &Inner<T>,
-    reader: &mut FrameReader<OwnedReadHalf>,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    reader: &mut FrameReader<PeerRead>,
+    writer: &mut FrameWriter<PeerWrite>,
+    cert: Option<&CertificateDer<'static>>,
 ) -> Result<Accepted, AcceptFail>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -124,6 +205,13 @@ where
             return Err(AcceptFail::UnknownLimit(format!("node {node}: already {max} unknown peers")));
         }
     };
+    if let Some(cert) = cert
+        && let Some(addr) = lock(&slot.addr).clone()
+        && let Err(why) = peer_tls::names_host(cert, &addr)
+    {
+        let detail = format!("claims to be node {node} (at {addr}): {why}");
+        return Err(AcceptFail::Counted(RefuseReason::UnknownNode, "tls_wrong_identity", detail));
+    }
     if slot.below_floor(hello.incarnation) {
         // A removed member comes back only as a new incarnation (see the module doc).
         return Err(stale(node));
@@ -139,6 +227,7 @@ where
             st.last_seen = Some(SystemTime::now());
             // Dropping the previous sender stops the previous reader of this peer.
             st.replace = Some(replace);
+            st.accepted_cert = cert.cloned();
         }
         inner.emit_link_events(node, &mut st);
         r
@@ -162,14 +251,15 @@ where
 
 async fn refuse<T: Serialize>(
     inner: &Inner<T>,
-    reader: &mut FrameReader<OwnedReadHalf>,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    reader: &mut FrameReader<PeerRead>,
+    writer: &mut FrameWriter<PeerWrite>,
     remote: SocketAddr,
     (reason, counted_as): (RefuseReason, &'static str),
     detail: &str,
 ) {
     Counters::by_key(&inner.counters.refused, counted_as);
-    warn!(%remote, reason = reason.as_str(), %detail, "refused peer connection");
+    // `reason`: as counted; `told`: what the dialer is told (the wire has no TLS reasons).
+    warn!(%remote, reason = counted_as, told = reason.as_str(), %detail, "refused peer connection");
     let frame: Frame<T> = Frame::Refuse { reason };
     let sent = timeout(Duration::from_secs(1), async {
         writer.write_frame(&frame).await?;
@@ -198,8 +288,8 @@ async fn refuse<T: Serialize>(
 /// Reads a peer's data stream into its link: delivers in order, drops duplicates, acks cumulatively.
 async fn serve_data<T>(
     inner: &Inner<T>,
-    mut reader: FrameReader<OwnedReadHalf>,
-    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut reader: FrameReader<PeerRead>,
+    mut writer: FrameWriter<PeerWrite>,
     remote: SocketAddr,
     acc: Accepted,
 ) where
@@ -336,7 +426,7 @@ async fn serve_data<T>(
 /// Writes an ack; `false` if the connection failed.
 async fn send_ack<T: Serialize>(
     inner: &Inner<T>,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut FrameWriter<PeerWrite>,
     remote: SocketAddr,
     peer: NodeId,
     seq: u64,

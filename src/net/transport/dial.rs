@@ -6,7 +6,9 @@ use super::{
 };
 use crate::algo::{Incarnation, LamportTs, NodeId};
 use crate::net::link::ConnId;
-use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason};
+use crate::net::peer_tls;
+use crate::net::stream::{self, PeerRead, PeerWrite};
+use crate::net::wire::{Frame, FrameReader, FrameWriter, RefuseReason, WireError};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -62,8 +63,8 @@ struct Idle {
 }
 
 struct Established {
-    writer: FrameWriter<OwnedWriteHalf>,
-    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<PeerWrite>,
+    reader: FrameReader<PeerRead>,
     incarnation: Incarnation,
     clock: LamportTs,
     received: u64,
@@ -123,6 +124,12 @@ where
                     } else {
                         warn!(%peer, reason = reason.as_str(), "peer refused our handshake");
                     }
+                } else if let TransportError::Tls { reason, detail } = &e {
+                    Counters::by_key(&inner.counters.refused_by_peer, reason);
+                    let addr = lock(&slot.addr).clone().unwrap_or_default();
+                    if let Some(suppressed) = inner.log_gate(false, reason) {
+                        warn!(%peer, %addr, reason, %detail, suppressed, "peer TLS handshake failed");
+                    }
                 } else if matches!(e, TransportError::BadWelcomeMac | TransportError::WrongPeer { .. }) {
                     warn!(%peer, error = %e, "abandoned handshake");
                 } else {
@@ -172,11 +179,29 @@ where
         return Err(last);
     };
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    // TLS, then our handshake, both within one handshake timeout.
+    let deadline = Instant::now() + limit;
+    let (r, w) = match &inner.cfg.tls {
+        None => stream::plain(stream),
+        Some(tls) => {
+            let name = peer_tls::server_name(&addr)
+                .map_err(|detail| TransportError::Tls { reason: "tls_bad_address", detail })?;
+            match tokio::time::timeout_at(deadline, tls.connector().connect(name, stream)).await {
+                Ok(Ok(s)) => stream::tls(tokio_rustls::TlsStream::Client(s)),
+                Ok(Err(e)) => {
+                    let (reason, detail) = peer_tls::classify(&e, "acceptor");
+                    return Err(TransportError::Tls { reason, detail });
+                }
+                Err(_) => return Err(TransportError::Timeout),
+            }
+        }
+    };
     let mut reader = FrameReader::new(r, inner.cfg.max_frame);
     let mut writer = FrameWriter::new(w, inner.cfg.max_frame);
     let hs = inner.handshake();
-    match timeout(limit, hs.dial::<T>(peer, (inner.clock)(), &mut reader, &mut writer)).await {
+    let shook =
+        tokio::time::timeout_at(deadline, hs.dial::<T>(peer, (inner.clock)(), &mut reader, &mut writer));
+    match shook.await {
         Ok(Ok(w)) => Ok(Established {
             writer,
             reader,
@@ -185,13 +210,19 @@ where
             received: w.received,
             remote,
         }),
+        // With TLS 1.3 the acceptor checks our certificate after our side of the TLS handshake is done: its
+        // refusal (an alert) arrives on the first read.
+        Ok(Err(TransportError::Wire(WireError::Io(e)))) if peer_tls::rustls_error(&e).is_some() => {
+            let (reason, detail) = peer_tls::classify(&e, "acceptor");
+            Err(TransportError::Tls { reason, detail })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(TransportError::Timeout),
     }
 }
 
 /// Reads acks and Bye from an outbound connection.
-async fn read_acks<T>(mut reader: FrameReader<OwnedReadHalf>, events: mpsc::UnboundedSender<AckEvent>)
+async fn read_acks<T>(mut reader: FrameReader<PeerRead>, events: mpsc::UnboundedSender<AckEvent>)
 where
     T: DeserializeOwned,
 {
@@ -283,7 +314,7 @@ async fn drive<T>(
     inner: &Inner<T>,
     slot: &PeerSlot,
     conn: ConnId,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut FrameWriter<PeerWrite>,
     events: &mut mpsc::UnboundedReceiver<AckEvent>,
     stop: &mut Stop,
     remote: SocketAddr,
@@ -443,7 +474,7 @@ async fn graceful_close<T>(
     inner: &Inner<T>,
     slot: &PeerSlot,
     conn: ConnId,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut FrameWriter<PeerWrite>,
     events: &mut mpsc::UnboundedReceiver<AckEvent>,
     kind: StopKind,
 ) where

@@ -64,6 +64,18 @@
 //! [`TransportCounters::refused`]; the node stays healthy. Bad frames on established connections are counted
 //! in `bad_frames`.
 //!
+//! Peer TLS ([`TransportConfig::tls`], see [`crate::net::peer_tls`]): the TLS handshake runs right after the
+//! TCP connect or accept, and the handshake above runs inside it (the MACs keep working with or without TLS);
+//! both are bounded by one `handshake_timeout`. What TLS refuses is counted by reason next to the others:
+//! `tls_required` (the dialer sent nothing within the timeout, or no TLS record: a plaintext peer, garbage),
+//! `tls_bad_certificate` (a chain that does not verify against the cluster CA — another CA, expired, none —
+//! or the dialer refused ours), `tls_handshake` (any other TLS failure), `tls_wrong_identity` (a valid
+//! certificate that is not valid for the host of the address of the node the Hello names; a node accepted
+//! from an unknown id is checked when its address is given, and its connection closed then) and, on a node
+//! without peer TLS, `tls_unexpected` (the dialer started TLS). Failures before the Hello can tell the dialer
+//! nothing and emit no [`Inbound::Refused`]; their warnings are rate-limited (one per second and reason). The
+//! dialer counts what it sees in [`TransportCounters::refused_by_peer`] under the same `tls_…` names.
+//!
 //! This module never panics on network input and never blocks the caller: [`TransportHandle::send`] only
 //! encodes and enqueues.
 
@@ -75,6 +87,7 @@ mod table;
 use crate::algo::{Algorithm, Incarnation, LamportTs, Millis, NodeId};
 use crate::net::handshake::Handshake;
 use crate::net::link::{LinkConfig, LinkEvent, LinkStats};
+use crate::net::peer_tls::{self, PeerTls};
 use crate::net::wire::{self, Envelope, RefuseReason, WireError};
 use bytes::Bytes;
 use serde::Serialize;
@@ -138,6 +151,8 @@ pub struct TransportConfig {
     /// An outbound link that wrote nothing for this long sends a keepalive (answered by the acceptor); a
     /// connection that carried no frame for [`TransportConfig::dead_after`] is closed (and redialled).
     pub keepalive: Duration,
+    /// Mutual TLS on every peer connection (see [`crate::net::peer_tls`]); `None`: plain TCP.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl TransportConfig {
@@ -160,6 +175,7 @@ impl TransportConfig {
             backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(1),
+            tls: None,
         }
     }
 
@@ -320,6 +336,14 @@ pub enum TransportError {
     /// The connection closed.
     #[error("connection closed")]
     Closed,
+    /// The TLS handshake failed, or the acceptor refused our certificate.
+    #[error("{detail}")]
+    Tls {
+        /// The refusal reason (`tls_…`, as counted).
+        reason: &'static str,
+        /// What happened.
+        detail: String,
+    },
 }
 
 /// Starts transports (see [`Transport::start`]).
@@ -383,6 +407,7 @@ impl Transport {
             shutdown: shutdown_tx,
             tasks: Mutex::new(Vec::new()),
             origin: Instant::now(),
+            tls_log: Mutex::new(BTreeMap::new()),
         });
         for slot in initial {
             dial::spawn_link(&inner, slot);
@@ -470,6 +495,7 @@ where
             Added::Me => {}
             Added::New(slot) | Added::Addressed(slot) => {
                 info!(peer = %id, %addr, "peer added");
+                let _ = inner.vet_accepted(&slot, &addr);
                 *lock(&slot.addr) = Some(addr);
                 dial::spawn_link(inner, slot);
             }
@@ -477,10 +503,29 @@ where
                 let mut current = lock(&slot.addr);
                 if current.as_deref() != Some(addr.as_str()) {
                     info!(peer = %id, %addr, "peer address changed");
+                    let _ = inner.vet_accepted(&slot, &addr);
                     *current = Some(addr);
                 }
             }
         }
+    }
+
+    /// With peer TLS: whether the certificate of `id`'s current inbound connection is valid for the host of
+    /// `addr` (a joiner's messages name the address it is to be dialled at: a node with a cluster certificate
+    /// for one host must not join as another). If not, that connection is closed and counted as
+    /// `tls_wrong_identity`. Without peer TLS there is nothing to check: `Ok`.
+    pub fn check_identity(&self, id: NodeId, addr: &str) -> Result<(), String> {
+        let inner = &self.inner;
+        if inner.cfg.tls.is_none() {
+            return Ok(());
+        }
+        let Some(slot) = inner.table().get(id).cloned() else {
+            return Err(format!("node {id} has no connection to this node"));
+        };
+        if lock(&slot.state).accepted_cert.is_none() {
+            return Err(format!("node {id} has no inbound connection with a certificate"));
+        }
+        inner.vet_accepted(&slot, addr)
     }
 
     /// Removes peer `id`: drops what is queued for it, stops its link task and closes its connections with
@@ -592,6 +637,11 @@ fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
 const ACK_DELAY_MS: u64 = 5;
 /// Acknowledge at once when this many frames are unacknowledged.
 const ACK_EVERY: u64 = 256;
+/// When a warning was last logged, and how many were left out since.
+type LogGate = (Option<Instant>, u64);
+
+/// At most one warning per this interval about TLS failures of one reason (see `Inner::log_gate`).
+const TLS_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Most frames written between two looks at acks and commands.
 const WRITE_BATCH: usize = 512;
 
@@ -621,6 +671,9 @@ struct Inner<T> {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The origin of the links' clock.
     origin: Instant,
+    /// When a warning about TLS failures was last logged, per side (accepting?) and reason, and how many were
+    /// not logged since (see [`Inner::log_gate`]).
+    tls_log: Mutex<BTreeMap<(bool, &'static str), LogGate>>,
 }
 
 /// Counters shared by the tasks (the links count resends, duplicates and discards themselves).
@@ -699,6 +752,50 @@ impl<T> Inner<T> {
     fn unencodable(&self, peer: NodeId, e: &WireError) {
         Counters::bump(&self.counters.dropped_unencodable);
         error!(%peer, error = %e, "dropping a message that cannot be sent");
+    }
+
+    /// Whether to log a TLS failure now: at most one line per second per side and reason, so a peer or a
+    /// scanner that keeps failing cannot flood the log. `Some(n)`: log, saying `n` were left out since.
+    fn log_gate(&self, accepting: bool, reason: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        let mut log = lock(&self.tls_log);
+        let entry = log.entry((accepting, reason)).or_insert((None, 0));
+        if entry.0.is_none_or(|t| now.duration_since(t) >= TLS_LOG_EVERY) {
+            let suppressed = entry.1;
+            *entry = (Some(now), 0);
+            Some(suppressed)
+        } else {
+            entry.1 += 1;
+            None
+        }
+    }
+
+    /// An inbound connection refused before or during TLS (nothing can be told on the wire): counted by
+    /// reason, logged (rate-limited), closed.
+    fn refused_tls(&self, remote: SocketAddr, reason: &'static str, detail: &str) {
+        Counters::by_key(&self.counters.refused, reason);
+        if let Some(suppressed) = self.log_gate(true, reason) {
+            warn!(%remote, reason, %detail, suppressed, "refused peer connection");
+        }
+    }
+
+    /// With peer TLS, when `slot` gets address `addr`: the certificate its inbound connection presented must
+    /// be valid for that host (a slot accepted from an unknown id had no address to check it against); if
+    /// not, that connection is closed, counted and logged as `tls_wrong_identity`.
+    fn vet_accepted(&self, slot: &PeerSlot, addr: &str) -> Result<(), String> {
+        if self.cfg.tls.is_none() {
+            return Ok(());
+        }
+        let mut st = lock(&slot.state);
+        let Some(cert) = &st.accepted_cert else { return Ok(()) };
+        let Err(why) = peer_tls::names_host(cert, addr) else { return Ok(()) };
+        st.accepted_cert = None;
+        // Dropping the sender stops the reader of that connection.
+        st.replace = None;
+        drop(st);
+        Counters::by_key(&self.counters.refused, "tls_wrong_identity");
+        warn!(peer = %slot.id, %addr, %why, "closing the peer's inbound connection: its certificate does not name its address");
+        Err(why)
     }
 
     fn handshake(&self) -> Handshake<'_> {

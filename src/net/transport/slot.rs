@@ -5,6 +5,7 @@ use super::{Inner, lock, stopped};
 use crate::algo::{Incarnation, NodeId};
 use crate::net::link::{Addressed, Link, LinkConfig};
 use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
 use std::sync::Mutex;
 use std::time::SystemTime;
 use tokio::sync::{Notify, oneshot, watch};
@@ -36,6 +37,7 @@ impl PeerSlot {
                 link: Link::new(id, link_cfg),
                 last_seen: None,
                 replace: None,
+                accepted_cert: None,
                 removed: false,
             }),
             wake: Notify::new(),
@@ -62,6 +64,9 @@ pub(super) struct PeerState {
     pub(super) last_seen: Option<SystemTime>,
     /// Dropping it tells the reader of the peer's current connection that a newer one replaced it.
     pub(super) replace: Option<oneshot::Sender<()>>,
+    /// With peer TLS: the certificate of the peer's current inbound connection (checked against the slot's
+    /// address when it gets one or changes it).
+    pub(super) accepted_cert: Option<CertificateDer<'static>>,
     /// The slot was removed: nothing more is queued or emitted.
     pub(super) removed: bool,
 }
