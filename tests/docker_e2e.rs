@@ -762,7 +762,9 @@ fn containers_end_to_end() {
     }
     let size: u64 =
         ok(&mut docker(&["image", "inspect", "--format", "{{.Size}}", IMAGE])).parse().expect("size");
-    assert!(size <= 20_000_000, "{IMAGE} is {size} bytes (> 20 MB)");
+    // 13 MB before TLS; the TLS stack (rustls and ring, the bundled Mozilla roots, the HTTP/2 server for ALPN
+    // h2, OTLP over TLS, rcgen for `dmutex cluster --peer-tls`) brought it to about 22 MB.
+    assert!(size <= 25_000_000, "{IMAGE} is {size} bytes (> 25 MB)");
     let help = ok(&mut docker(&["run", "--rm", IMAGE, "--help"]));
     assert!(help.contains("node"), "{help}");
     build_sink_image();
