@@ -15,7 +15,7 @@
 //!
 //! What is checked, in order (each step prints its duration):
 //! 1. the image builds offline (`scripts/build-image.sh`, skipped with `DMUTEX_E2E_SKIP_BUILD=1`), is at most
-//!    20 MB; five replicas start and all become healthy (the image's own HEALTHCHECK) and ready (`/readyz`),
+//!    25 MB; five replicas start and all become healthy (the image's own HEALTHCHECK) and ready (`/readyz`),
 //!    each with the node id its name gives (`…_node_1` is node 0) and one view of all five;
 //! 2. concurrent clients acquire/release through every replica's HTTP API with every algorithm: holding
 //!    intervals never overlap per lock and fencing tokens increase; the built-in workload (all replicas, counter
