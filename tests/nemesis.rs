@@ -68,6 +68,9 @@ struct Scenario {
     work: Option<Workload>,
     stalls: Option<StallMonitor>,
     mesh: Option<Mesh>,
+    /// The nodes that must agree (in `GET /v1/cluster`) after a fault and at the end: every node, unless the
+    /// scenario scales the cluster.
+    nodes: Vec<usize>,
     /// Scenario-specific failures, reported with the ledger's.
     failures: Vec<String>,
     /// How to replay (for seeded scenarios).
@@ -115,6 +118,7 @@ impl Scenario {
             work,
             stalls,
             mesh,
+            nodes: all(),
             failures: Vec::new(),
             replay: String::new(),
             _serial: serial,
@@ -128,7 +132,7 @@ impl Scenario {
 
     /// Waits until every node agrees again, then declares every node in the majority.
     fn rejoin_all(&mut self, note: &str) {
-        match wait_converged(&self.api, &all(), CONVERGE) {
+        match wait_converged(&self.api, &self.nodes, CONVERGE) {
             Ok(took) => self.declare(&[], &[], &format!("{note}: all agree after {took:?}")),
             Err(e) => self.failures.push(format!("convergence: after {note}, not within {CONVERGE:?}: {e}")),
         }
@@ -186,7 +190,7 @@ impl Scenario {
     /// Stops the clients, checks convergence (if `converge`) and the ledger, prints the figures; returns the
     /// journal, every failure (the scenario's and the ledger's) and the figures line.
     fn verdict(&mut self, converge: bool) -> (Journal, Vec<String>, String) {
-        if converge && let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
+        if converge && let Err(e) = wait_converged(&self.api, &self.nodes, CONVERGE) {
             self.failures.push(format!("convergence: at the end, not within {CONVERGE:?}: {e}"));
         }
         // The figures end when the clients are told to stop, not when the last of them returns (one stuck in a
@@ -701,7 +705,213 @@ fn clock_drift_beyond_rho_is_caught() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// (f) The soak.
+// (f) Live scaling.
+
+/// The nodes the scaling scenario forms its cluster with; nodes `BASE..N` join it live and leave it again.
+const BASE: usize = 3;
+/// Client ids of the clients on the joined nodes (above every other scenario's).
+const JOINER_CLIENTS: usize = 1000;
+
+impl Scenario {
+    /// Starts nodes `0..BASE` as the cluster (`DMUTEX_BOOTSTRAP_EXPECT` = `BASE`, their peer list only
+    /// themselves), waits until they agree, starts the clients on them and lets them run for `baseline`.
+    /// Nodes `BASE..N` are described, not started: joiners beyond the peer list, with the three as seeds and
+    /// their own peer address in `DMUTEX_ADVERTISE_ADDR` (declared outside the majority until they join).
+    fn start_small(name: &'static str, cfg: ClientConfig, baseline: Duration) -> Scenario {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let bootstrap = BASE.to_string();
+        let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[("DMUTEX_BOOTSTRAP_EXPECT", &bootstrap)]);
+        let seeds = (0..BASE).map(|i| c.peer_addr(i)).collect::<Vec<_>>().join(",");
+        c.peers_override = Some(vec![seeds; N]);
+        for i in BASE..N {
+            let advertise = c.peer_addr(i);
+            c.node_env.entry(i).or_default().push(("DMUTEX_ADVERTISE_ADDR".into(), advertise));
+        }
+        for i in 0..BASE {
+            c.spawn(i);
+        }
+        c.wait_ready(Duration::from_secs(30));
+        let api = c.api().with_timeout(HTTP_TIMEOUT);
+        let nodes: Vec<usize> = (0..BASE).collect();
+        if let Err(e) = wait_converged(&api, &nodes, CONVERGE) {
+            panic!("{name}: the fresh cluster of {BASE} does not agree: {e}\nlogs in {}", c.dir.display());
+        }
+        let ledger = Arc::new(Ledger::new());
+        let mut t = Timeline::new();
+        let outside: Vec<usize> = (BASE..N).collect();
+        t.set(&outside, &[], format!("cluster of {BASE}; nodes {outside:?} not started"));
+        let stalls = Some(StallMonitor::start(STALL));
+        let work = Some(Workload::start(&api, BASE, &cfg, &ledger));
+        std::thread::sleep(baseline);
+        Scenario {
+            name,
+            c,
+            api,
+            ledger,
+            t,
+            work,
+            stalls,
+            mesh: None,
+            nodes,
+            failures: Vec::new(),
+            replay: String::new(),
+            _serial: serial,
+        }
+    }
+
+    /// The node ids in node `i`'s installed view (empty if it does not answer).
+    fn view_of(&self, i: usize) -> Vec<usize> {
+        let (_, v) = self.api.get(i, "/v1/cluster");
+        v["view"]["members"]
+            .as_array()
+            .map(|ms| ms.iter().filter_map(|m| m["node_id"].as_u64()).map(|n| n as usize).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERMs node `i` (a graceful leave; it must exit 0), then waits until `rest` agree on a view of
+    /// exactly them. Returns a description of the times it took, as the test saw them.
+    fn leave(&mut self, i: usize, rest: &[usize]) -> String {
+        let (code, exited) = self.c.sigterm(i);
+        if code != Some(0) {
+            self.failures.push(format!("scale: node {i} exited {code:?} after SIGTERM ({exited:?})"));
+        }
+        self.nodes = rest.to_vec();
+        match wait_converged(&self.api, rest, CONVERGE) {
+            Ok(then) => format!(
+                "leave of {i}: exit 0 after {:.0} ms, view of {} agreed {:.0} ms later",
+                exited.as_secs_f64() * 1000.0,
+                rest.len(),
+                then.as_secs_f64() * 1000.0
+            ),
+            Err(e) => {
+                self.failures
+                    .push(format!("convergence: after the leave of node {i}, not within {CONVERGE:?}: {e}"));
+                format!("leave of {i}: exit after {exited:?}, no agreement")
+            }
+        }
+    }
+}
+
+/// Live scaling 3 → 5 → 3 under the workload: three nodes form the cluster (bootstrap expect 3) with the thirty
+/// clients on them; nodes 3 and 4 are started together as live joiners beyond the peer list (the three as
+/// seeds, `DMUTEX_ADVERTISE_ADDR`) until all five agree on the view of five; twelve more clients on nodes 3
+/// and 4 must be granted every algorithm (tokens rising, like every grant); then node 4 and, once the four
+/// agree, node 3 are SIGTERMed: each leave is graceful (exit 0, its clients' acquires answered by their
+/// deadline — with 503 `shutting_down` or 409 by the leaving node itself, which is declared outside the majority
+/// from its SIGTERM on, like the rolling restart's), and the nodes that stay never answer 503 and grant every
+/// algorithm throughout. Prints when each join and leave was seen. About 25 s.
+#[test]
+fn live_scaling_from_three_to_five_and_back_to_three() {
+    let cfg = ClientConfig::default();
+    let mut s = Scenario::start_small("scale-3-5-3", cfg.clone(), Duration::from_secs(3));
+    let base: Vec<usize> = (0..BASE).collect();
+    s.t.phase("during");
+    let joining = Instant::now();
+    for i in BASE..N {
+        s.c.spawn(i);
+    }
+    // When node 0's view first lists each joiner, then when all five agree.
+    let mut seen: Vec<Option<Duration>> = vec![None; N - BASE];
+    common::poll(CONVERGE, || {
+        let view = s.view_of(0);
+        for (k, at) in seen.iter_mut().enumerate() {
+            if at.is_none() && view.contains(&(BASE + k)) {
+                *at = Some(joining.elapsed());
+            }
+        }
+        seen.iter().all(Option::is_some)
+    });
+    s.nodes = all();
+    let agreed = match wait_converged(&s.api, &all(), CONVERGE) {
+        Ok(_) => joining.elapsed(),
+        Err(e) => {
+            s.failures.push(format!("scale: the view of {N} was not agreed within {CONVERGE:?}: {e}"));
+            s.finish();
+            return;
+        }
+    };
+    let five = Instant::now();
+    s.declare(&[], &[], format!("view of {N}: nodes {BASE}..{N} joined").as_str());
+    // Six clients on each joined node (two per algorithm), stopped once their node has left.
+    let mut joiners: std::collections::BTreeMap<usize, Workload> = (BASE..N)
+        .map(|i| {
+            let more = ClientConfig { clients: 6, ..cfg.clone() };
+            let first = JOINER_CLIENTS + 100 * (i - BASE);
+            (i, Workload::start_on(&s.api, &[i], first, &more, &s.ledger))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let grants_at_five =
+        s.ledger.journal().acquires.iter().filter(|a| a.status == 200 && a.answered >= five).count();
+    let at_five = five.elapsed();
+    for i in 0..N {
+        s.expect_grants(&[i], five, Instant::now(), &format!("at node {i} in the view of {N}"));
+    }
+    // Node 4 leaves, then node 3.
+    let mut leaves = Vec::new();
+    let mut left = Vec::new();
+    let mut rest: Vec<usize> = all();
+    for i in (BASE..N).rev() {
+        left.push(i);
+        rest.retain(|&j| j != i);
+        let sigterm = Instant::now();
+        s.declare(&left, &[], &format!("SIGTERM node {i} (graceful leave)"));
+        leaves.push(s.leave(i, &rest));
+        if let Some(w) = joiners.remove(&i) {
+            w.stop();
+        }
+        // What the leaving node's own clients were answered from the SIGTERM on: the acquires it had in hand
+        // then were answered by the node (a 503 `shutting_down`, or a grant just before), never dropped.
+        let j = s.ledger.journal();
+        let mut answers: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for a in j.acquires.iter().filter(|a| a.node == i && a.answered >= sigterm) {
+            let what = match a.status {
+                0 => "no connection".to_string(),
+                200 => "200".to_string(),
+                _ => a.detail.split(':').next().unwrap_or_default().to_string(),
+            };
+            *answers.entry(what).or_default() += 1;
+            if a.status == 0 && a.sent < sigterm {
+                s.failures.push(format!(
+                    "scale: node {i}'s leave dropped an acquire sent before its SIGTERM: {}/{} (client {}, sent \
+                     {:.3} s): {}",
+                    a.key.0,
+                    a.key.1,
+                    a.client,
+                    s.t.secs(a.sent),
+                    a.detail
+                ));
+            }
+        }
+        leaves.push(format!("node {i}'s clients answered {answers:?} from its SIGTERM on"));
+        let settled = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        s.expect_grants(&rest, settled, Instant::now(), &format!("after the leave of node {i}"));
+    }
+    s.t.phase("after");
+    let after = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&base, after, Instant::now(), &format!("back at {BASE}"));
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    say(&format!(
+        "nemesis {}: joins of {BASE}..{N} started together: node 0's view listed {} after the start; all {N} \
+         agreed after {}; {grants_at_five} grants in {:.1} s at {N} ({:.0} grants/s); {}",
+        s.name,
+        seen.iter()
+            .enumerate()
+            .map(|(k, d)| format!("node {} {}", BASE + k, d.map_or("never".to_string(), ms)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ms(agreed),
+        at_five.as_secs_f64(),
+        grants_at_five as f64 / at_five.as_secs_f64(),
+        leaves.join("; ")
+    ));
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (g) The soak.
 
 /// A seeded mix of the faults above, one at a time, each healed and the cluster agreed again before the next:
 /// `kill -9` of one or two nodes, SIGSTOP of one for 0.3–6 s, a partition of one or two nodes, SIGTERM and
