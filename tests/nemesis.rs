@@ -1,6 +1,7 @@
 //! The nemesis suite: five real `dmutex node` processes, 30 client threads over every node and all three
 //! algorithms writing to a fencing ledger (`tests/support/ledger.rs`), and faults — `kill -9`, SIGSTOP past a
-//! lease, a partition through TCP proxies, a rolling restart, and a seeded soak mixing them. After each
+//! lease, a partition through TCP proxies, a rolling restart, live scaling 3 → 5 → 3 (two joiners beyond the
+//! peer list, then their graceful leaves), and a seeded soak mixing them. After each
 //! scenario: the ledger's checks (no overlapping accepted holds, no valid holder fenced off, tokens rising in
 //! grant order, every acquire answered by its deadline, no 503 from a node in the majority), and every node
 //! agreeing in `GET /v1/cluster`. Each scenario prints one line of figures (grants/s before, during and after
@@ -93,21 +94,59 @@ impl Scenario {
         baseline: Duration,
         node_env: &[(usize, &str, &str)],
     ) -> Scenario {
+        Scenario::launch(name, mesh, cfg, baseline, node_env, N, N)
+    }
+
+    /// Like [`Scenario::start_with`] with `slots` nodes described of which the first `base` form the cluster
+    /// (peer list: those, behind the proxy mesh if `mesh`; `DMUTEX_BOOTSTRAP_EXPECT` = `base` when there are
+    /// more slots) and run the clients. Nodes `base..slots` are not started: they are live joiners beyond the
+    /// peer list, with the `base` nodes' own addresses as seeds and theirs in `DMUTEX_ADVERTISE_ADDR` (outside
+    /// the mesh), declared outside the majority until the scenario says otherwise.
+    fn launch(
+        name: &'static str,
+        mesh: bool,
+        cfg: ClientConfig,
+        baseline: Duration,
+        node_env: &[(usize, &str, &str)],
+        base: usize,
+        slots: usize,
+    ) -> Scenario {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[]);
+        let bootstrap = base.to_string();
+        let env: &[(&str, &str)] =
+            if slots > base { &[("DMUTEX_BOOTSTRAP_EXPECT", &bootstrap)] } else { &[] };
+        let mut c = Cluster::new(&format!("nemesis-{name}"), slots, env);
         for &(i, k, v) in node_env {
             c.node_env.entry(i).or_default().push((k.to_string(), v.to_string()));
         }
-        let mesh = mesh.then(|| Mesh::install(&mut c));
-        c.spawn_all();
+        let mesh = mesh.then(|| Mesh::install_first(&mut c, base));
+        if slots > base {
+            let seeds = (0..base).map(|i| c.peer_addr(i)).collect::<Vec<_>>().join(",");
+            let mut lists = c.peers_override.take().unwrap_or_else(|| vec![seeds.clone(); base]);
+            lists.resize(slots, seeds);
+            c.peers_override = Some(lists);
+            for i in base..slots {
+                let advertise = c.peer_addr(i);
+                c.node_env.entry(i).or_default().push(("DMUTEX_ADVERTISE_ADDR".into(), advertise));
+            }
+        }
+        for i in 0..base {
+            c.spawn(i);
+        }
+        c.wait_ready(Duration::from_secs(30));
         let api = c.api().with_timeout(HTTP_TIMEOUT);
-        if let Err(e) = wait_converged(&api, &all(), CONVERGE) {
+        let nodes: Vec<usize> = (0..base).collect();
+        if let Err(e) = wait_converged(&api, &nodes, CONVERGE) {
             panic!("{name}: the fresh cluster does not agree: {e}\nlogs in {}", c.dir.display());
         }
         let ledger = Arc::new(Ledger::new());
-        let t = Timeline::new();
+        let mut t = Timeline::new();
+        if slots > base {
+            let outside: Vec<usize> = (base..slots).collect();
+            t.set(&outside, &[], format!("cluster of {base}; nodes {outside:?} not started"));
+        }
         let stalls = Some(StallMonitor::start(STALL));
-        let work = Some(Workload::start(&api, N, &cfg, &ledger));
+        let work = Some(Workload::start(&api, base, &cfg, &ledger));
         std::thread::sleep(baseline);
         Scenario {
             name,
@@ -118,7 +157,7 @@ impl Scenario {
             work,
             stalls,
             mesh,
-            nodes: all(),
+            nodes,
             failures: Vec::new(),
             replay: String::new(),
             _serial: serial,
@@ -713,52 +752,6 @@ const BASE: usize = 3;
 const JOINER_CLIENTS: usize = 1000;
 
 impl Scenario {
-    /// Starts nodes `0..BASE` as the cluster (`DMUTEX_BOOTSTRAP_EXPECT` = `BASE`, their peer list only
-    /// themselves), waits until they agree, starts the clients on them and lets them run for `baseline`.
-    /// Nodes `BASE..N` are described, not started: joiners beyond the peer list, with the three as seeds and
-    /// their own peer address in `DMUTEX_ADVERTISE_ADDR` (declared outside the majority until they join).
-    fn start_small(name: &'static str, cfg: ClientConfig, baseline: Duration) -> Scenario {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let bootstrap = BASE.to_string();
-        let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[("DMUTEX_BOOTSTRAP_EXPECT", &bootstrap)]);
-        let seeds = (0..BASE).map(|i| c.peer_addr(i)).collect::<Vec<_>>().join(",");
-        c.peers_override = Some(vec![seeds; N]);
-        for i in BASE..N {
-            let advertise = c.peer_addr(i);
-            c.node_env.entry(i).or_default().push(("DMUTEX_ADVERTISE_ADDR".into(), advertise));
-        }
-        for i in 0..BASE {
-            c.spawn(i);
-        }
-        c.wait_ready(Duration::from_secs(30));
-        let api = c.api().with_timeout(HTTP_TIMEOUT);
-        let nodes: Vec<usize> = (0..BASE).collect();
-        if let Err(e) = wait_converged(&api, &nodes, CONVERGE) {
-            panic!("{name}: the fresh cluster of {BASE} does not agree: {e}\nlogs in {}", c.dir.display());
-        }
-        let ledger = Arc::new(Ledger::new());
-        let mut t = Timeline::new();
-        let outside: Vec<usize> = (BASE..N).collect();
-        t.set(&outside, &[], format!("cluster of {BASE}; nodes {outside:?} not started"));
-        let stalls = Some(StallMonitor::start(STALL));
-        let work = Some(Workload::start(&api, BASE, &cfg, &ledger));
-        std::thread::sleep(baseline);
-        Scenario {
-            name,
-            c,
-            api,
-            ledger,
-            t,
-            work,
-            stalls,
-            mesh: None,
-            nodes,
-            failures: Vec::new(),
-            replay: String::new(),
-            _serial: serial,
-        }
-    }
-
     /// The node ids in node `i`'s installed view (empty if it does not answer).
     fn view_of(&self, i: usize) -> Vec<usize> {
         let (_, v) = self.api.get(i, "/v1/cluster");
@@ -803,7 +796,7 @@ impl Scenario {
 #[test]
 fn live_scaling_from_three_to_five_and_back_to_three() {
     let cfg = ClientConfig::default();
-    let mut s = Scenario::start_small("scale-3-5-3", cfg.clone(), Duration::from_secs(3));
+    let mut s = Scenario::launch("scale-3-5-3", false, cfg.clone(), Duration::from_secs(3), &[], BASE, N);
     let base: Vec<usize> = (0..BASE).collect();
     s.t.phase("during");
     let joining = Instant::now();
@@ -915,7 +908,10 @@ fn live_scaling_from_three_to_five_and_back_to_three() {
 
 /// A seeded mix of the faults above, one at a time, each healed and the cluster agreed again before the next:
 /// `kill -9` of one or two nodes, SIGSTOP of one for 0.3–6 s, a partition of one or two nodes, SIGTERM and
-/// restart. `DMUTEX_NEMESIS_SEED` replays a schedule (default: from the clock, printed) and
+/// restart; and once, before one of the first three faults, a scale step (node 5 joins live beyond the peer
+/// list, its clients are granted, it leaves with SIGTERM; drawn from its own generator, so a seed's faults are
+/// the ones it drew before the step existed). `DMUTEX_NEMESIS_SEED` replays a schedule (default: from the
+/// clock, printed) and
 /// `DMUTEX_NEMESIS_SECS` (default 120) bounds it. Takes about `DMUTEX_NEMESIS_SECS` + 20 s; `.ci/run` runs it.
 #[test]
 #[ignore = "takes about 140 s; .ci/run runs it"]
@@ -932,12 +928,21 @@ fn soak_of_random_faults_from_a_seed() {
     );
     say(&format!("nemesis soak: seed {seed}, {secs} s of faults; {replay}"));
     let cfg = ClientConfig { seed, ..ClientConfig::default() };
-    let mut s = Scenario::start("soak", true, cfg, Duration::from_secs(3));
+    let mut s = Scenario::launch("soak", true, cfg.clone(), Duration::from_secs(3), &[], N, N + 1);
     s.replay = replay;
     let mut rng = Rng(seed);
+    // The scale step draws from its own generator, so a seed's schedule of faults is the same with it.
+    let mut scale_rng = Rng(seed ^ 0x7363_616c_6500);
+    let scale_round = scale_rng.below(3);
     let end = Instant::now() + Duration::from_secs(secs);
     s.t.phase("during");
+    let mut round = 0;
     while Instant::now() < end {
+        if round == scale_round {
+            soak_scale_step(&mut s, scale_rng.millis(1000, 6000), &cfg);
+            std::thread::sleep(scale_rng.millis(500, 2000));
+        }
+        round += 1;
         let out = rng.millis(300, 6000);
         let a = rng.below(N);
         let b = (a + 1 + rng.below(N - 1)) % N;
@@ -984,4 +989,42 @@ fn soak_of_random_faults_from_a_seed() {
     s.t.phase("after");
     std::thread::sleep(Duration::from_secs(3));
     s.finish();
+}
+
+/// The soak's scale step, once per soak before one of its first three faults: node 5 (beyond the peer list)
+/// joins live, three clients on it (one per algorithm) run for `out` and must be granted every algorithm, then
+/// node 5 leaves with SIGTERM (exit 0) and the five agree again.
+fn soak_scale_step(s: &mut Scenario, out: Duration, cfg: &ClientConfig) {
+    const J: usize = N;
+    s.declare(&[J], &[], &format!("node {J} joins live, leaves after {out:?}"));
+    s.nodes = (0..=J).collect();
+    let started = Instant::now();
+    s.c.spawn(J);
+    s.rejoin_all(&format!("join of node {J}"));
+    let joined = Instant::now();
+    let more = ClientConfig { clients: 3, ..cfg.clone() };
+    let clients = Workload::start_on(&s.api, &[J], 2 * JOINER_CLIENTS, &more, &s.ledger);
+    std::thread::sleep(out);
+    s.expect_grants(&[J], joined, Instant::now(), &format!("at node {J} after its join"));
+    s.declare(&[J], &[], &format!("SIGTERM node {J} (graceful leave)"));
+    let (code, took) = s.c.sigterm(J);
+    if code != Some(0) {
+        s.failures.push(format!("soak: node {J} exited {code:?} after SIGTERM ({took:?})"));
+    }
+    clients.stop();
+    s.nodes = all();
+    let exited = Instant::now();
+    s.rejoin_all(&format!("leave of node {J}"));
+    s.declare(&[J], &[], &format!("node {J} left"));
+    let grants = (0..ALGORITHMS.len()).map(|k| s.ledger.grants_by(J, ALGORITHMS[k])).collect::<Vec<_>>();
+    say(&format!(
+        "nemesis soak: scale step at {:.1} s: node {J} joined, all {} agreed {:.0} ms after its start; grants on \
+         it {grants:?} ({ALGORITHMS:?}) in {out:?}; SIGTERM: exit {code:?} after {:.0} ms, the five agreed {:.0} \
+         ms later",
+        s.t.secs(started),
+        N + 1,
+        (joined - started).as_secs_f64() * 1000.0,
+        took.as_secs_f64() * 1000.0,
+        exited.elapsed().as_secs_f64() * 1000.0
+    ));
 }

@@ -224,7 +224,12 @@ pub(crate) struct Mesh {
 impl Mesh {
     /// Starts the proxies (on `127.a.b.(10 + n·i + j)`) and routes the cluster's peer lists through them.
     pub(crate) fn install(c: &mut Cluster) -> Mesh {
-        let n = c.len();
+        Mesh::install_first(c, c.len())
+    }
+
+    /// Like [`Mesh::install`] for the first `n` nodes only (the peer lists of those `n`; nodes beyond them,
+    /// live joiners, reach the others directly).
+    pub(crate) fn install_first(c: &mut Cluster, n: usize) -> Mesh {
         let proxies: Vec<Vec<Option<Proxy>>> = (0..n)
             .map(|i| {
                 (0..n)
