@@ -789,10 +789,12 @@ impl Scenario {
 /// clients on them; nodes 3 and 4 are started together as live joiners beyond the peer list (the three as
 /// seeds, `DMUTEX_ADVERTISE_ADDR`) until all five agree on the view of five; twelve more clients on nodes 3
 /// and 4 must be granted every algorithm (tokens rising, like every grant); then node 4 and, once the four
-/// agree, node 3 are SIGTERMed: each leave is graceful (exit 0, its clients' acquires answered by their
-/// deadline — with 503 `shutting_down` or 409 by the leaving node itself, which is declared outside the majority
-/// from its SIGTERM on, like the rolling restart's), and the nodes that stay never answer 503 and grant every
-/// algorithm throughout. Prints when each join and leave was seen. About 25 s.
+/// agree, node 3 are SIGTERMed: each leave is graceful (exit 0; the acquires its clients had sent before the
+/// SIGTERM answered by the node itself — 503 `shutting_down`, or a grant just before — never dropped, all by
+/// their deadline; the leaving node is declared outside the majority from its SIGTERM on, like the rolling
+/// restart's, so its 503s and its refused connections after the exit are no violation), and the nodes that
+/// stay never answer 503 and grant every algorithm throughout. Prints when each join and leave was seen (the
+/// joins from the joiners' spawn, the leaves from the SIGTERM). About 15 s.
 #[test]
 fn live_scaling_from_three_to_five_and_back_to_three() {
     let cfg = ClientConfig::default();
