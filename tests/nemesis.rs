@@ -1,6 +1,7 @@
 //! The nemesis suite: five real `dmutex node` processes, 30 client threads over every node and all three
 //! algorithms writing to a fencing ledger (`tests/support/ledger.rs`), and faults — `kill -9`, SIGSTOP past a
-//! lease, a partition through TCP proxies, a rolling restart, and a seeded soak mixing them. After each
+//! lease, a partition through TCP proxies, a rolling restart, live scaling 3 → 5 → 3 (two joiners beyond the
+//! peer list, then their graceful leaves), and a seeded soak mixing them. After each
 //! scenario: the ledger's checks (no overlapping accepted holds, no valid holder fenced off, tokens rising in
 //! grant order, every acquire answered by its deadline, no 503 from a node in the majority), and every node
 //! agreeing in `GET /v1/cluster`. Each scenario prints one line of figures (grants/s before, during and after
@@ -68,6 +69,9 @@ struct Scenario {
     work: Option<Workload>,
     stalls: Option<StallMonitor>,
     mesh: Option<Mesh>,
+    /// The nodes that must agree (in `GET /v1/cluster`) after a fault and at the end: every node, unless the
+    /// scenario scales the cluster.
+    nodes: Vec<usize>,
     /// Scenario-specific failures, reported with the ledger's.
     failures: Vec<String>,
     /// How to replay (for seeded scenarios).
@@ -90,21 +94,59 @@ impl Scenario {
         baseline: Duration,
         node_env: &[(usize, &str, &str)],
     ) -> Scenario {
+        Scenario::launch(name, mesh, cfg, baseline, node_env, N, N)
+    }
+
+    /// Like [`Scenario::start_with`] with `slots` nodes described of which the first `base` form the cluster
+    /// (peer list: those, behind the proxy mesh if `mesh`; `DMUTEX_BOOTSTRAP_EXPECT` = `base` when there are
+    /// more slots) and run the clients. Nodes `base..slots` are not started: they are live joiners beyond the
+    /// peer list, with the `base` nodes' own addresses as seeds and theirs in `DMUTEX_ADVERTISE_ADDR` (outside
+    /// the mesh), declared outside the majority until the scenario says otherwise.
+    fn launch(
+        name: &'static str,
+        mesh: bool,
+        cfg: ClientConfig,
+        baseline: Duration,
+        node_env: &[(usize, &str, &str)],
+        base: usize,
+        slots: usize,
+    ) -> Scenario {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let mut c = Cluster::new(&format!("nemesis-{name}"), N, &[]);
+        let bootstrap = base.to_string();
+        let env: &[(&str, &str)] =
+            if slots > base { &[("DMUTEX_BOOTSTRAP_EXPECT", &bootstrap)] } else { &[] };
+        let mut c = Cluster::new(&format!("nemesis-{name}"), slots, env);
         for &(i, k, v) in node_env {
             c.node_env.entry(i).or_default().push((k.to_string(), v.to_string()));
         }
-        let mesh = mesh.then(|| Mesh::install(&mut c));
-        c.spawn_all();
+        let mesh = mesh.then(|| Mesh::install_first(&mut c, base));
+        if slots > base {
+            let seeds = (0..base).map(|i| c.peer_addr(i)).collect::<Vec<_>>().join(",");
+            let mut lists = c.peers_override.take().unwrap_or_else(|| vec![seeds.clone(); base]);
+            lists.resize(slots, seeds);
+            c.peers_override = Some(lists);
+            for i in base..slots {
+                let advertise = c.peer_addr(i);
+                c.node_env.entry(i).or_default().push(("DMUTEX_ADVERTISE_ADDR".into(), advertise));
+            }
+        }
+        for i in 0..base {
+            c.spawn(i);
+        }
+        c.wait_ready(Duration::from_secs(30));
         let api = c.api().with_timeout(HTTP_TIMEOUT);
-        if let Err(e) = wait_converged(&api, &all(), CONVERGE) {
+        let nodes: Vec<usize> = (0..base).collect();
+        if let Err(e) = wait_converged(&api, &nodes, CONVERGE) {
             panic!("{name}: the fresh cluster does not agree: {e}\nlogs in {}", c.dir.display());
         }
         let ledger = Arc::new(Ledger::new());
-        let t = Timeline::new();
+        let mut t = Timeline::new();
+        if slots > base {
+            let outside: Vec<usize> = (base..slots).collect();
+            t.set(&outside, &[], format!("cluster of {base}; nodes {outside:?} not started"));
+        }
         let stalls = Some(StallMonitor::start(STALL));
-        let work = Some(Workload::start(&api, N, &cfg, &ledger));
+        let work = Some(Workload::start(&api, base, &cfg, &ledger));
         std::thread::sleep(baseline);
         Scenario {
             name,
@@ -115,6 +157,7 @@ impl Scenario {
             work,
             stalls,
             mesh,
+            nodes,
             failures: Vec::new(),
             replay: String::new(),
             _serial: serial,
@@ -128,7 +171,7 @@ impl Scenario {
 
     /// Waits until every node agrees again, then declares every node in the majority.
     fn rejoin_all(&mut self, note: &str) {
-        match wait_converged(&self.api, &all(), CONVERGE) {
+        match wait_converged(&self.api, &self.nodes, CONVERGE) {
             Ok(took) => self.declare(&[], &[], &format!("{note}: all agree after {took:?}")),
             Err(e) => self.failures.push(format!("convergence: after {note}, not within {CONVERGE:?}: {e}")),
         }
@@ -186,7 +229,7 @@ impl Scenario {
     /// Stops the clients, checks convergence (if `converge`) and the ledger, prints the figures; returns the
     /// journal, every failure (the scenario's and the ledger's) and the figures line.
     fn verdict(&mut self, converge: bool) -> (Journal, Vec<String>, String) {
-        if converge && let Err(e) = wait_converged(&self.api, &all(), CONVERGE) {
+        if converge && let Err(e) = wait_converged(&self.api, &self.nodes, CONVERGE) {
             self.failures.push(format!("convergence: at the end, not within {CONVERGE:?}: {e}"));
         }
         // The figures end when the clients are told to stop, not when the last of them returns (one stuck in a
@@ -701,11 +744,176 @@ fn clock_drift_beyond_rho_is_caught() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// (f) The soak.
+// (f) Live scaling.
+
+/// The nodes the scaling scenario forms its cluster with; nodes `BASE..N` join it live and leave it again.
+const BASE: usize = 3;
+/// Client ids of the clients on the joined nodes (above every other scenario's).
+const JOINER_CLIENTS: usize = 1000;
+
+impl Scenario {
+    /// The node ids in node `i`'s installed view (empty if it does not answer).
+    fn view_of(&self, i: usize) -> Vec<usize> {
+        let (_, v) = self.api.get(i, "/v1/cluster");
+        v["view"]["members"]
+            .as_array()
+            .map(|ms| ms.iter().filter_map(|m| m["node_id"].as_u64()).map(|n| n as usize).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERMs node `i` (a graceful leave; it must exit 0), then waits until `rest` agree on a view of
+    /// exactly them. Returns a description of the times it took, as the test saw them.
+    fn leave(&mut self, i: usize, rest: &[usize]) -> String {
+        let (code, exited) = self.c.sigterm(i);
+        if code != Some(0) {
+            self.failures.push(format!("scale: node {i} exited {code:?} after SIGTERM ({exited:?})"));
+        }
+        self.nodes = rest.to_vec();
+        match wait_converged(&self.api, rest, CONVERGE) {
+            Ok(then) => format!(
+                "leave of {i}: exit 0 after {:.0} ms, view of {} agreed {:.0} ms later",
+                exited.as_secs_f64() * 1000.0,
+                rest.len(),
+                then.as_secs_f64() * 1000.0
+            ),
+            Err(e) => {
+                self.failures
+                    .push(format!("convergence: after the leave of node {i}, not within {CONVERGE:?}: {e}"));
+                format!("leave of {i}: exit after {exited:?}, no agreement")
+            }
+        }
+    }
+}
+
+/// Live scaling 3 → 5 → 3 under the workload: three nodes form the cluster (bootstrap expect 3) with the thirty
+/// clients on them; nodes 3 and 4 are started together as live joiners beyond the peer list (the three as
+/// seeds, `DMUTEX_ADVERTISE_ADDR`) until all five agree on the view of five; twelve more clients on nodes 3
+/// and 4 must be granted every algorithm (tokens rising, like every grant); then node 4 and, once the four
+/// agree, node 3 are SIGTERMed: each leave is graceful (exit 0; the acquires its clients had sent before the
+/// SIGTERM answered by the node itself — 503 `shutting_down`, or a grant just before — never dropped, all by
+/// their deadline; the leaving node is declared outside the majority from its SIGTERM on, like the rolling
+/// restart's, so its 503s and its refused connections after the exit are no violation), and the nodes that
+/// stay never answer 503 and grant every algorithm throughout. Prints when each join and leave was seen (the
+/// joins from the joiners' spawn, the leaves from the SIGTERM). About 15 s.
+#[test]
+fn live_scaling_from_three_to_five_and_back_to_three() {
+    let cfg = ClientConfig::default();
+    let mut s = Scenario::launch("scale-3-5-3", false, cfg.clone(), Duration::from_secs(3), &[], BASE, N);
+    let base: Vec<usize> = (0..BASE).collect();
+    s.t.phase("during");
+    let joining = Instant::now();
+    for i in BASE..N {
+        s.c.spawn(i);
+    }
+    // When node 0's view first lists each joiner, then when all five agree.
+    let mut seen: Vec<Option<Duration>> = vec![None; N - BASE];
+    common::poll(CONVERGE, || {
+        let view = s.view_of(0);
+        for (k, at) in seen.iter_mut().enumerate() {
+            if at.is_none() && view.contains(&(BASE + k)) {
+                *at = Some(joining.elapsed());
+            }
+        }
+        seen.iter().all(Option::is_some)
+    });
+    s.nodes = all();
+    let agreed = match wait_converged(&s.api, &all(), CONVERGE) {
+        Ok(_) => joining.elapsed(),
+        Err(e) => {
+            s.failures.push(format!("scale: the view of {N} was not agreed within {CONVERGE:?}: {e}"));
+            s.finish();
+            return;
+        }
+    };
+    let five = Instant::now();
+    s.declare(&[], &[], format!("view of {N}: nodes {BASE}..{N} joined").as_str());
+    // Six clients on each joined node (two per algorithm), stopped once their node has left.
+    let mut joiners: std::collections::BTreeMap<usize, Workload> = (BASE..N)
+        .map(|i| {
+            let more = ClientConfig { clients: 6, ..cfg.clone() };
+            let first = JOINER_CLIENTS + 100 * (i - BASE);
+            (i, Workload::start_on(&s.api, &[i], first, &more, &s.ledger))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let grants_at_five =
+        s.ledger.journal().acquires.iter().filter(|a| a.status == 200 && a.answered >= five).count();
+    let at_five = five.elapsed();
+    for i in 0..N {
+        s.expect_grants(&[i], five, Instant::now(), &format!("at node {i} in the view of {N}"));
+    }
+    // Node 4 leaves, then node 3.
+    let mut leaves = Vec::new();
+    let mut left = Vec::new();
+    let mut rest: Vec<usize> = all();
+    for i in (BASE..N).rev() {
+        left.push(i);
+        rest.retain(|&j| j != i);
+        let sigterm = Instant::now();
+        s.declare(&left, &[], &format!("SIGTERM node {i} (graceful leave)"));
+        leaves.push(s.leave(i, &rest));
+        if let Some(w) = joiners.remove(&i) {
+            w.stop();
+        }
+        // What the leaving node's own clients were answered from the SIGTERM on: the acquires it had in hand
+        // then were answered by the node (a 503 `shutting_down`, or a grant just before), never dropped.
+        let j = s.ledger.journal();
+        let mut answers: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for a in j.acquires.iter().filter(|a| a.node == i && a.answered >= sigterm) {
+            let what = match a.status {
+                0 => "no connection".to_string(),
+                200 => "200".to_string(),
+                _ => a.detail.split(':').next().unwrap_or_default().to_string(),
+            };
+            *answers.entry(what).or_default() += 1;
+            if a.status == 0 && a.sent < sigterm {
+                s.failures.push(format!(
+                    "scale: node {i}'s leave dropped an acquire sent before its SIGTERM: {}/{} (client {}, sent \
+                     {:.3} s): {}",
+                    a.key.0,
+                    a.key.1,
+                    a.client,
+                    s.t.secs(a.sent),
+                    a.detail
+                ));
+            }
+        }
+        leaves.push(format!("node {i}'s clients answered {answers:?} from its SIGTERM on"));
+        let settled = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        s.expect_grants(&rest, settled, Instant::now(), &format!("after the leave of node {i}"));
+    }
+    s.t.phase("after");
+    let after = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    s.expect_grants(&base, after, Instant::now(), &format!("back at {BASE}"));
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    say(&format!(
+        "nemesis {}: joins of {BASE}..{N} started together: node 0's view listed {} after the start; all {N} \
+         agreed after {}; {grants_at_five} grants in {:.1} s at {N} ({:.0} grants/s); {}",
+        s.name,
+        seen.iter()
+            .enumerate()
+            .map(|(k, d)| format!("node {} {}", BASE + k, d.map_or("never".to_string(), ms)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ms(agreed),
+        at_five.as_secs_f64(),
+        grants_at_five as f64 / at_five.as_secs_f64(),
+        leaves.join("; ")
+    ));
+    s.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (g) The soak.
 
 /// A seeded mix of the faults above, one at a time, each healed and the cluster agreed again before the next:
 /// `kill -9` of one or two nodes, SIGSTOP of one for 0.3–6 s, a partition of one or two nodes, SIGTERM and
-/// restart. `DMUTEX_NEMESIS_SEED` replays a schedule (default: from the clock, printed) and
+/// restart; and once, before one of the first three faults, a scale step (node 5 joins live beyond the peer
+/// list, its clients are granted, it leaves with SIGTERM; drawn from its own generator, so a seed's faults are
+/// the ones it drew before the step existed). `DMUTEX_NEMESIS_SEED` replays a schedule (default: from the
+/// clock, printed) and
 /// `DMUTEX_NEMESIS_SECS` (default 120) bounds it. Takes about `DMUTEX_NEMESIS_SECS` + 20 s; `.ci/run` runs it.
 #[test]
 #[ignore = "takes about 140 s; .ci/run runs it"]
@@ -722,12 +930,21 @@ fn soak_of_random_faults_from_a_seed() {
     );
     say(&format!("nemesis soak: seed {seed}, {secs} s of faults; {replay}"));
     let cfg = ClientConfig { seed, ..ClientConfig::default() };
-    let mut s = Scenario::start("soak", true, cfg, Duration::from_secs(3));
+    let mut s = Scenario::launch("soak", true, cfg.clone(), Duration::from_secs(3), &[], N, N + 1);
     s.replay = replay;
     let mut rng = Rng(seed);
+    // The scale step draws from its own generator, so a seed's schedule of faults is the same with it.
+    let mut scale_rng = Rng(seed ^ 0x7363_616c_6500);
+    let scale_round = scale_rng.below(3);
     let end = Instant::now() + Duration::from_secs(secs);
     s.t.phase("during");
+    let mut round = 0;
     while Instant::now() < end {
+        if round == scale_round {
+            soak_scale_step(&mut s, scale_rng.millis(1000, 6000), &cfg);
+            std::thread::sleep(scale_rng.millis(500, 2000));
+        }
+        round += 1;
         let out = rng.millis(300, 6000);
         let a = rng.below(N);
         let b = (a + 1 + rng.below(N - 1)) % N;
@@ -774,4 +991,42 @@ fn soak_of_random_faults_from_a_seed() {
     s.t.phase("after");
     std::thread::sleep(Duration::from_secs(3));
     s.finish();
+}
+
+/// The soak's scale step, once per soak before one of its first three faults: node 5 (beyond the peer list)
+/// joins live, three clients on it (one per algorithm) run for `out` and must be granted every algorithm, then
+/// node 5 leaves with SIGTERM (exit 0) and the five agree again.
+fn soak_scale_step(s: &mut Scenario, out: Duration, cfg: &ClientConfig) {
+    const J: usize = N;
+    s.declare(&[J], &[], &format!("node {J} joins live, leaves after {out:?}"));
+    s.nodes = (0..=J).collect();
+    let started = Instant::now();
+    s.c.spawn(J);
+    s.rejoin_all(&format!("join of node {J}"));
+    let joined = Instant::now();
+    let more = ClientConfig { clients: 3, ..cfg.clone() };
+    let clients = Workload::start_on(&s.api, &[J], 2 * JOINER_CLIENTS, &more, &s.ledger);
+    std::thread::sleep(out);
+    s.expect_grants(&[J], joined, Instant::now(), &format!("at node {J} after its join"));
+    s.declare(&[J], &[], &format!("SIGTERM node {J} (graceful leave)"));
+    let (code, took) = s.c.sigterm(J);
+    if code != Some(0) {
+        s.failures.push(format!("soak: node {J} exited {code:?} after SIGTERM ({took:?})"));
+    }
+    clients.stop();
+    s.nodes = all();
+    let exited = Instant::now();
+    s.rejoin_all(&format!("leave of node {J}"));
+    s.declare(&[J], &[], &format!("node {J} left"));
+    let grants = (0..ALGORITHMS.len()).map(|k| s.ledger.grants_by(J, ALGORITHMS[k])).collect::<Vec<_>>();
+    say(&format!(
+        "nemesis soak: scale step at {:.1} s: node {J} joined, all {} agreed {:.0} ms after its start; grants on \
+         it {grants:?} ({ALGORITHMS:?}) in {out:?}; SIGTERM: exit {code:?} after {:.0} ms, the five agreed {:.0} \
+         ms later",
+        s.t.secs(started),
+        N + 1,
+        (joined - started).as_secs_f64() * 1000.0,
+        took.as_secs_f64() * 1000.0,
+        exited.elapsed().as_secs_f64() * 1000.0
+    ));
 }

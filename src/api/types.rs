@@ -43,7 +43,7 @@ pub struct AcquireRequest {
 pub struct PeerInfo {
     /// Node id.
     pub node: u16,
-    /// Configured address.
+    /// Configured address (a node beyond the configured list: the address its view entry holds).
     pub address: String,
     /// Whether the link is up.
     pub connected: bool,

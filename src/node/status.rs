@@ -77,11 +77,10 @@ impl Node {
     pub(super) fn cluster_info(&self) -> ClusterInfo {
         let status = self.transport.status();
         let now = SystemTime::now();
-        let peers = self
-            .settings
-            .peers
-            .iter()
-            .enumerate()
+        let members = self.member.core.view().map(|v| v.members.values().map(|m| (m.id, m.addr.clone())));
+        let listed = listed_peers(&self.settings, members.into_iter().flatten());
+        let peers = listed
+            .into_iter()
             .map(|(i, addr)| {
                 let me = i == self.settings.me.index();
                 let st = self.peers.get(&NodeId::new(i as u16));
@@ -165,5 +164,70 @@ impl Node {
             lamport_clock: self.shared.clock().get(),
             lamport_ack_elision: self.cores.lamport_ack_elision(),
         }
+    }
+}
+
+/// The nodes `GET /v1/cluster` lists under `peers` (`(id, address)` in id order): every configured peer, then
+/// the nodes beyond the configured list — this node itself, when it joined from beyond it (at its advertised
+/// address), and every member of `view` beyond it (a live joiner, at the address the view holds for it).
+fn listed_peers(
+    settings: &super::NodeSettings,
+    view: impl Iterator<Item = (NodeId, String)>,
+) -> Vec<(usize, String)> {
+    let mut listed: BTreeMap<usize, String> = settings.peers.iter().cloned().enumerate().collect();
+    listed.entry(settings.me.index()).or_insert_with(|| settings.advertise.clone());
+    for (id, addr) in view {
+        listed.entry(id.index()).or_insert(addr);
+    }
+    listed.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::Incarnation;
+    use crate::config::{ConfigSources, NodeConfig};
+
+    fn settings(me: u16, peers: &str, advertise: Option<&str>) -> super::super::NodeSettings {
+        let mut env = BTreeMap::from([
+            ("DMUTEX_NODE_ID".to_string(), me.to_string()),
+            ("DMUTEX_PEERS".to_string(), peers.to_string()),
+        ]);
+        if let Some(a) = advertise {
+            env.insert("DMUTEX_ADVERTISE_ADDR".to_string(), a.to_string());
+        }
+        let sources = ConfigSources { env, host_name: None, config_file: None, overrides: BTreeMap::new() };
+        let cfg = NodeConfig::load(&sources).expect("config");
+        super::super::NodeSettings::from_config(&cfg, Incarnation::new(1))
+    }
+
+    /// `peers` is "every node, this one included": a live joiner beyond the configured list is listed by the
+    /// nodes whose view holds it, and by itself, at its advertised address (it used to be missing from both).
+    #[test]
+    fn peers_lists_every_view_member_and_this_node_beyond_the_configured_list() {
+        let seeds = "10.0.0.1:7070,10.0.0.2:7070,10.0.0.3:7070";
+        let view = |ids: &[u16]| {
+            ids.iter().map(|&i| (NodeId::new(i), format!("10.0.0.{}:7070", i + 1))).collect::<Vec<_>>()
+        };
+        let addrs =
+            |l: Vec<(usize, String)>| l.into_iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>();
+        // A seed before any join: the configured list, unchanged.
+        assert_eq!(
+            addrs(listed_peers(&settings(0, seeds, None), view(&[0, 1, 2]).into_iter())),
+            ["0=10.0.0.1:7070", "1=10.0.0.2:7070", "2=10.0.0.3:7070"]
+        );
+        // A seed whose view holds two joiners lists them after the configured peers.
+        assert_eq!(
+            addrs(listed_peers(&settings(0, seeds, None), view(&[0, 1, 2, 3, 4]).into_iter())),
+            ["0=10.0.0.1:7070", "1=10.0.0.2:7070", "2=10.0.0.3:7070", "3=10.0.0.4:7070", "4=10.0.0.5:7070"]
+        );
+        // A joiner lists itself at its advertised address even before it is in a view.
+        assert_eq!(
+            addrs(listed_peers(&settings(3, seeds, Some("10.0.0.4:7070")), std::iter::empty())),
+            ["0=10.0.0.1:7070", "1=10.0.0.2:7070", "2=10.0.0.3:7070", "3=10.0.0.4:7070"]
+        );
+        // A configured peer keeps its configured address, even where the view holds another.
+        let moved = vec![(NodeId::new(1), "10.9.9.9:7070".to_string())];
+        assert_eq!(addrs(listed_peers(&settings(0, seeds, None), moved.into_iter()))[1], "1=10.0.0.2:7070");
     }
 }

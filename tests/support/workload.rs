@@ -40,7 +40,7 @@ impl Rng {
 /// How the clients behave.
 #[derive(Clone, Debug)]
 pub(crate) struct ClientConfig {
-    /// Client threads; client `j` asks node `j % n` for algorithm `(j / n) % 3`.
+    /// Client threads; client `j` asks node `j % n` for algorithm `(j / n) % 3` (see [`Workload::start_on`]).
     pub clients: usize,
     /// Lock names each client picks from at random.
     pub locks: Vec<String>,
@@ -73,12 +73,26 @@ pub(crate) struct Workload {
 impl Workload {
     /// Starts `cfg.clients` client threads against `n` nodes, recording into `ledger`.
     pub(crate) fn start(api: &Api, n: usize, cfg: &ClientConfig, ledger: &Arc<Ledger>) -> Workload {
+        Workload::start_on(api, &(0..n).collect::<Vec<_>>(), 0, cfg, ledger)
+    }
+
+    /// Starts `cfg.clients` client threads against `nodes` (the k-th client asks `nodes[k % len]` for
+    /// algorithm `(k / len) % 3`), with client ids from `first` on, recording into `ledger`.
+    pub(crate) fn start_on(
+        api: &Api,
+        nodes: &[usize],
+        first: usize,
+        cfg: &ClientConfig,
+        ledger: &Arc<Ledger>,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
+        let n = nodes.len();
         let threads = (0..cfg.clients)
-            .map(|j| {
+            .map(|k| {
                 let (api, cfg, ledger, stop) = (api.clone(), cfg.clone(), ledger.clone(), stop.clone());
-                let node = j % n;
-                let algorithm = ALGORITHMS[(j / n) % ALGORITHMS.len()];
+                let j = first + k;
+                let node = nodes[k % n];
+                let algorithm = ALGORITHMS[(k / n) % ALGORITHMS.len()];
                 let rng = Rng(cfg.seed ^ (0x6e65_6d65_0000 + j as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
                 std::thread::spawn(move || client(j, &api, node, algorithm, &cfg, rng, &ledger, &stop))
             })
@@ -210,7 +224,12 @@ pub(crate) struct Mesh {
 impl Mesh {
     /// Starts the proxies (on `127.a.b.(10 + n·i + j)`) and routes the cluster's peer lists through them.
     pub(crate) fn install(c: &mut Cluster) -> Mesh {
-        let n = c.len();
+        Mesh::install_first(c, c.len())
+    }
+
+    /// Like [`Mesh::install`] for the first `n` nodes only (the peer lists of those `n`; nodes beyond them,
+    /// live joiners, reach the others directly).
+    pub(crate) fn install_first(c: &mut Cluster, n: usize) -> Mesh {
         let proxies: Vec<Vec<Option<Proxy>>> = (0..n)
             .map(|i| {
                 (0..n)
