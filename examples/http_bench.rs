@@ -3,13 +3,18 @@
 //! lock) for every algorithm, plus the idle RSS of a node. Requests go through `dmutex::api::client::Client`,
 //! the client `dmutex lock` uses.
 //!
+//! With `--https` the nodes serve their API over HTTPS (`DMUTEX_TLS_CERT`/`DMUTEX_TLS_KEY`: a certificate for
+//! each node's address from a throwaway CA written to a temporary directory) and the clients trust that CA;
+//! everything else is the same, so the two runs' figures compare (the first line says which it was).
+//!
 //! ```sh
-//! cargo build --release && cargo run --release --example http_bench -- [--nodes 3] [--requests 2000] [--secs 5]
+//! cargo build --release && cargo run --release --example http_bench -- [--nodes 3] [--requests 2000] [--secs 5] [--https]
 //! ```
 
 use dmutex::algo::Algorithm;
-use dmutex::api::client::Client;
+use dmutex::api::client::{Client, Security, Trust};
 use dmutex::api::types::{AcquireBody, Timeout};
+use dmutex::net::peer_tls::ThrowawayCa;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,8 +44,9 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn url(i: usize) -> String {
-    format!("http://{SUBNET}.{}:{HTTP_PORT}", i + 1)
+/// Node `i`'s address (its own loopback IP, which its certificate names with `--https`).
+fn host(i: usize) -> String {
+    format!("{SUBNET}.{}", i + 1)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -71,31 +77,45 @@ async fn bench() -> anyhow::Result<()> {
     let n = arg("--nodes", 3) as usize;
     let requests = arg("--requests", 2000) as usize;
     let secs = arg("--secs", 5);
+    let https = std::env::args().any(|a| a == "--https");
+    let (build, cargo_flag) = if cfg!(debug_assertions) { ("debug", "") } else { ("release", " --release") };
     let exe = std::env::current_exe()?;
     let binary = exe.parent().and_then(|p| p.parent()).map(|p| p.join("dmutex")).expect("target dir");
     anyhow::ensure!(
         binary.exists(),
-        "build the binary first: cargo build --release ({} missing)",
+        "build the binary first: cargo build{cargo_flag} ({} missing)",
         binary.display()
     );
-    let peers: Vec<String> = (0..n).map(|i| format!("{SUBNET}.{}:{PEER_PORT}", i + 1)).collect();
+    // With --https: the certificates (the directory lives until the nodes are stopped) and the clients' trust.
+    let certs = tempfile::tempdir()?;
+    let ca = https.then(|| ThrowawayCa::new("dmutex http_bench CA")).transpose()?;
+    let scheme = if https { "https" } else { "http" };
+    let url = |i: usize| format!("{scheme}://{}:{HTTP_PORT}", host(i));
+    let peers: Vec<String> = (0..n).map(|i| format!("{}:{PEER_PORT}", host(i))).collect();
+    let mut security = Security::default();
     let mut nodes = Nodes(Vec::new());
     for i in 0..n {
-        nodes.0.push(
-            Command::new(&binary)
-                .arg("node")
-                .env("DMUTEX_NODE_ID", i.to_string())
-                .env("DMUTEX_PEERS", peers.join(","))
-                .env("DMUTEX_PEER_ADDR", &peers[i])
-                .env("DMUTEX_HTTP_ADDR", format!("{SUBNET}.{}:{HTTP_PORT}", i + 1))
-                .env("DMUTEX_CLUSTER_NAME", "bench")
-                .env("DMUTEX_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
+        let mut node = Command::new(&binary);
+        node.arg("node")
+            .env("DMUTEX_NODE_ID", i.to_string())
+            .env("DMUTEX_PEERS", peers.join(","))
+            .env("DMUTEX_PEER_ADDR", &peers[i])
+            .env("DMUTEX_HTTP_ADDR", format!("{}:{HTTP_PORT}", host(i)))
+            .env("DMUTEX_CLUSTER_NAME", "bench")
+            .env("DMUTEX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(ca) = &ca {
+            let (cert, key, ca_file) = ca.write(certs.path(), &format!("node-{i}"), &[&host(i)])?;
+            node.env("DMUTEX_TLS_CERT", cert).env("DMUTEX_TLS_KEY", key);
+            security.trust = Trust::Ca(ca_file);
+        }
+        nodes.0.push(node.spawn()?);
     }
-    let client = Client::new(&url(0))?.with_timeout(REQUEST_TIMEOUT);
+    // Every client: the same settings, its own connection pool.
+    let client_of =
+        |i: usize| Client::with_security(&url(i), &security).map(|c| c.with_timeout(REQUEST_TIMEOUT));
+    let client = client_of(0)?;
     let start = Instant::now();
     for i in 0..n {
         let node = client.at(&url(i))?;
@@ -109,7 +129,8 @@ async fn bench() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle: Vec<u64> = nodes.0.iter().filter_map(|c| rss_kib(c.id())).collect();
-    println!("cluster: {n} nodes on {SUBNET}.1..{n}, release build");
+    let api = if https { "API over HTTPS (throwaway CA, rustls)" } else { "API over plain HTTP" };
+    println!("cluster: {n} nodes on {SUBNET}.1..{n}, {build} build, {api}");
     println!(
         "idle RSS per node: {:?} KiB (max {:.1} MiB)",
         idle,
@@ -167,7 +188,7 @@ async fn bench() -> anyhow::Result<()> {
                 (stop.clone(), grants.clone(), changes.clone(), last_holder.clone());
             let (lock, body) = (lock.clone(), body.clone());
             // Its own client, so its own connection, as a separate process would have.
-            let client = Client::new(&url(c % n))?.with_timeout(REQUEST_TIMEOUT);
+            let client = client_of(c % n)?;
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while !stop.load(Ordering::Relaxed) {

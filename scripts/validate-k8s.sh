@@ -16,17 +16,9 @@ VALIDATOR_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 K8S_VERSIONS="${K8S_VERSIONS:-$VALIDATOR_VERSION 1.31.0}"
 VENV="${K8S_VALIDATE_VENV:-$ROOT/target/k8s-validate-venv}"
 
-if [[ ! -x "$VENV/bin/kubernetes-validate" ]]; then
-    echo "==> installing kubernetes-validate $VALIDATOR_VERSION into $VENV"
-    # Exit 75 (EX_TEMPFAIL) when the tool cannot be installed (no PyPI): callers tell that from a bad manifest.
-    if ! python3 -m venv "$VENV" \
-        || ! "$VENV/bin/pip" install --quiet --disable-pip-version-check --timeout 30 \
-            "kubernetes-validate==$VALIDATOR_VERSION"; then
-        rm -rf "$VENV"
-        echo "error: cannot install kubernetes-validate $VALIDATOR_VERSION (is PyPI reachable?)" >&2
-        exit 75
-    fi
-fi
+# shellcheck source=scripts/lib/venv.sh
+source "$ROOT/scripts/lib/venv.sh"
+venv_tool "$VENV" kubernetes-validate "$VALIDATOR_VERSION" kubernetes-validate
 KV="$VENV/bin/kubernetes-validate"
 
 cd "$ROOT"

@@ -9,17 +9,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VALIDATOR_VERSION="${OPENAPI_SPEC_VALIDATOR_VERSION:-0.7.2}"
 VENV="${OPENAPI_VALIDATE_VENV:-$ROOT/target/openapi-validate-venv}"
 
-if [[ ! -x "$VENV/bin/openapi-spec-validator" ]]; then
-    echo "==> installing openapi-spec-validator $VALIDATOR_VERSION into $VENV"
-    # Exit 75 (EX_TEMPFAIL) when the tool cannot be installed (no PyPI): callers tell that from a bad document.
-    if ! python3 -m venv "$VENV" \
-        || ! "$VENV/bin/pip" install --quiet --disable-pip-version-check --timeout 30 \
-            "openapi-spec-validator==$VALIDATOR_VERSION"; then
-        rm -rf "$VENV"
-        echo "error: cannot install openapi-spec-validator $VALIDATOR_VERSION (is PyPI reachable?)" >&2
-        exit 75
-    fi
-fi
+# shellcheck source=scripts/lib/venv.sh
+source "$ROOT/scripts/lib/venv.sh"
+venv_tool "$VENV" openapi-spec-validator "$VALIDATOR_VERSION" openapi-spec-validator
 
 cd "$ROOT"
 echo "==> openapi-spec-validator docs/openapi.json"

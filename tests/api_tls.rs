@@ -1,4 +1,4 @@
-//! HTTPS on the API against real `dmutex node` processes, with a test CA made here (rcgen): acquire and
+//! HTTPS on the API against real `dmutex node` processes, with a test CA made here (`ThrowawayCa`): acquire and
 //! release over HTTPS; a client that trusts another CA fails the handshake; with `DMUTEX_TLS_CLIENT_CA`, a
 //! client without a certificate (or with one from another CA) is refused and one with a CA-issued certificate
 //! is served; a certificate replaced on disk is served to new connections without a restart (and counted in
@@ -9,6 +9,7 @@
 mod common;
 
 use common::{Api, Cluster, poll};
+use dmutex::net::peer_tls::{ThrowawayCa, Usage};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -18,50 +19,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A test CA.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
+/// A test CA named `name`.
+fn test_ca(name: &str) -> ThrowawayCa {
+    ThrowawayCa::new(name).unwrap()
 }
 
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    /// A leaf certificate and its key (PEM) for `san`, with `serial`; a client or a server certificate.
-    fn leaf(&self, san: &str, serial: u64, client: bool) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![san.to_string()]).unwrap();
-        params.serial_number = Some(rcgen::SerialNumber::from(serial));
-        params.distinguished_name.push(rcgen::DnType::CommonName, san);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, &self.pem).unwrap();
-        path
-    }
+/// A leaf certificate and its key (PEM) for `san` from `ca`, with `serial`; a client or a server certificate.
+fn leaf(ca: &ThrowawayCa, san: &str, serial: u64, client: bool) -> (String, String) {
+    ca.issue_with(&[san], if client { Usage::Client } else { Usage::Server }, Some(serial)).unwrap()
 }
 
 /// A blocking client that trusts `ca` only, optionally presenting a client certificate.
-fn client(ca: &Ca, identity: Option<&(String, String)>) -> reqwest::blocking::Client {
+fn client(ca: &ThrowawayCa, identity: Option<&(String, String)>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap());
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).unwrap());
     if let Some((cert, key)) = identity {
         b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
     }
@@ -70,9 +43,9 @@ fn client(ca: &Ca, identity: Option<&(String, String)>) -> reqwest::blocking::Cl
 
 /// A one-node cluster serving HTTPS with a certificate for its address from `ca` (serial 1); `env` adds
 /// settings. Not started.
-fn tls_node(test: &str, ca: &Ca, env: &[(&str, &str)]) -> (Cluster, PathBuf, PathBuf) {
+fn tls_node(test: &str, ca: &ThrowawayCa, env: &[(&str, &str)]) -> (Cluster, PathBuf, PathBuf) {
     let mut c = Cluster::new(test, 1, env);
-    let (cert, key) = ca.leaf(&c.host(0), 1, false);
+    let (cert, key) = leaf(ca, &c.host(0), 1, false);
     let (cert_path, key_path) = (c.dir.join("api.crt"), c.dir.join("api.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
@@ -92,9 +65,13 @@ fn api_addr(c: &Cluster) -> String {
 }
 
 /// A raw TLS client (rustls) trusting `ca`, offering `alpn`.
-fn raw_tls(c: &Cluster, ca: &Ca, alpn: &[&[u8]]) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn raw_tls(
+    c: &Cluster,
+    ca: &ThrowawayCa,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    roots.add(CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).unwrap()).unwrap();
     let mut config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -114,7 +91,7 @@ fn raw_tls(c: &Cluster, ca: &Ca, alpn: &[&[u8]]) -> rustls::StreamOwned<rustls::
 }
 
 /// The leaf certificate node 0 serves to a new connection (DER).
-fn served_leaf(c: &Cluster, ca: &Ca) -> Vec<u8> {
+fn served_leaf(c: &Cluster, ca: &ThrowawayCa) -> Vec<u8> {
     let tls = raw_tls(c, ca, &[b"http/1.1"]);
     tls.conn.peer_certificates().expect("a server certificate")[0].to_vec()
 }
@@ -141,7 +118,7 @@ fn transport_error(r: reqwest::Result<reqwest::blocking::Response>) -> String {
 
 #[test]
 fn https_acquire_release_and_a_client_of_another_ca_fails() {
-    let ca = Ca::new("dmutex test CA");
+    let ca = test_ca("dmutex test CA");
     let (mut c, _, _) = tls_node("apitls-basic", &ca, &[]);
     c.spawn_all();
     let api = c.api();
@@ -152,7 +129,7 @@ fn https_acquire_release_and_a_client_of_another_ca_fails() {
     assert_eq!(api.get(0, "/v1/locks/held").0, 200);
     assert_eq!(api.release(0, "held", &lease).0, 200);
 
-    let stranger = client(&Ca::new("another CA"), None);
+    let stranger = client(&test_ca("another CA"), None);
     let e = transport_error(stranger.get(format!("{}/healthz", https_url(&c))).send());
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     // Plain HTTP to the TLS port gets no HTTP answer.
@@ -165,7 +142,7 @@ fn https_acquire_release_and_a_client_of_another_ca_fails() {
 
 #[test]
 fn alpn_offers_h2_and_serves_it() {
-    let ca = Ca::new("dmutex test CA");
+    let ca = test_ca("dmutex test CA");
     let (mut c, _, _) = tls_node("apitls-alpn", &ca, &[]);
     c.spawn_all();
     let mut h1 = raw_tls(&c, &ca, &[b"http/1.1"]);
@@ -187,11 +164,12 @@ fn alpn_offers_h2_and_serves_it() {
 
 #[test]
 fn client_certificates_are_required_with_a_client_ca() {
-    let (ca, clients) = (Ca::new("dmutex test CA"), Ca::new("dmutex clients CA"));
+    let (ca, clients) = (test_ca("dmutex test CA"), test_ca("dmutex clients CA"));
     let (mut c, _, _) = tls_node("apitls-mtls", &ca, &[]);
-    let client_ca = clients.write(&c.dir, "clients.crt");
+    let client_ca = c.dir.join("clients.crt");
+    std::fs::write(&client_ca, clients.ca_pem()).unwrap();
     c.env.push(("DMUTEX_TLS_CLIENT_CA".into(), client_ca.display().to_string()));
-    let member = clients.leaf("backup-job", 7, true);
+    let member = leaf(&clients, "backup-job", 7, true);
     c.use_api(Api::with_client(vec![https_url(&c)], client(&ca, Some(&member))));
     c.spawn_all();
     c.api().lock_once(0, "job", "ricart-agrawala");
@@ -200,14 +178,14 @@ fn client_certificates_are_required_with_a_client_ca() {
     let anonymous = client(&ca, None);
     let e = transport_error(anonymous.get(&url).send());
     assert!(!e.is_empty());
-    let outsider = Ca::new("someone else").leaf("backup-job", 8, true);
+    let outsider = leaf(&test_ca("someone else"), "backup-job", 8, true);
     transport_error(client(&ca, Some(&outsider)).get(&url).send());
     assert_eq!(c.api().get(0, "/healthz").0, 200, "the member is still served");
 }
 
 #[test]
 fn a_replaced_certificate_is_served_without_a_restart() {
-    let ca = Ca::new("dmutex test CA");
+    let ca = test_ca("dmutex test CA");
     let (mut c, cert_path, key_path) =
         tls_node("apitls-reload", &ca, &[("DMUTEX_CREDENTIALS_RELOAD_MS", "200")]);
     c.spawn_all();
@@ -221,7 +199,7 @@ fn a_replaced_certificate_is_served_without_a_restart() {
     let pid = c.pid(0);
 
     // The new pair, written as Kubernetes does it: whole files renamed into place.
-    let (cert, key) = ca.leaf(&c.host(0), 2, false);
+    let (cert, key) = leaf(&ca, &c.host(0), 2, false);
     let (tmp_cert, tmp_key) = (c.dir.join("new.crt"), c.dir.join("new.key"));
     std::fs::write(&tmp_cert, &cert).unwrap();
     std::fs::write(&tmp_key, &key).unwrap();
@@ -246,7 +224,7 @@ fn a_replaced_certificate_is_served_without_a_restart() {
 
 #[test]
 fn garbage_plaintext_and_stalled_handshakes_do_not_stop_the_node() {
-    let ca = Ca::new("dmutex test CA");
+    let ca = test_ca("dmutex test CA");
     let (mut c, _, _) = tls_node("apitls-abuse", &ca, &[]);
     c.spawn_all();
     let addr = api_addr(&c);
@@ -292,11 +270,11 @@ fn garbage_plaintext_and_stalled_handshakes_do_not_stop_the_node() {
 
 #[test]
 fn a_bad_pem_file_is_a_configuration_error_naming_its_key() {
-    let ca = Ca::new("dmutex test CA");
+    let ca = test_ca("dmutex test CA");
     let (c, cert, key) = tls_node("apitls-badpem", &ca, &[]);
     let garbage = c.dir.join("garbage.pem");
     std::fs::write(&garbage, "this is not PEM\n").unwrap();
-    let (_, other_key) = ca.leaf("other", 9, false);
+    let (_, other_key) = leaf(&ca, "other", 9, false);
     let mismatched = c.dir.join("other.key");
     std::fs::write(&mismatched, other_key).unwrap();
     let cases: [(&str, &Path, &str); 4] = [

@@ -8,10 +8,12 @@
 mod common;
 
 use common::{Cluster, HTTP_PORT, metric_sum, poll};
+use dmutex::api::https::{HttpsConfig, TlsListener};
+use dmutex::config::ApiTls;
+use dmutex::net::peer_tls::ThrowawayCa;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 const LOCKER: &str = "locker-token-0123456789abcdef";
@@ -326,21 +328,11 @@ fn dmutex_lock_and_flow_send_the_token_and_say_clearly_when_it_is_missing() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// An HTTPS server on `addr` answering `/healthz` with `cert`/`key` (the node's HTTPS is another change; this
-/// stands in for it), on its own runtime thread.
-fn https_healthz(addr: std::net::SocketAddr, cert: &rcgen::Certificate, key: &rcgen::KeyPair) {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+/// An HTTPS server on `addr` answering `/healthz` with the certificate and key in `cert`/`key`: the node's own
+/// TLS listener without a node, on its own runtime thread.
+fn https_healthz(addr: std::net::SocketAddr, cert: &Path, key: &Path) {
+    let files = ApiTls { cert: cert.to_path_buf(), key: key.to_path_buf(), client_ca: None };
+    let config = HttpsConfig::load(&files).unwrap();
     let listener = std::net::TcpListener::bind(addr).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -349,60 +341,33 @@ fn https_healthz(addr: std::net::SocketAddr, cert: &rcgen::Certificate, key: &rc
             let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
             let app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { axum::Json(json!({"status": "ok"})) }));
-            axum::serve(TlsListener { tcp, acceptor }, app).await.unwrap();
+            axum::serve(TlsListener::new(tcp, config).unwrap(), app).await.unwrap();
         });
     });
-}
-
-/// A TLS listener for `axum::serve` (handshakes inline: enough for one probe at a time).
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
-            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await
-            {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
 }
 
 #[test]
 fn dmutex_health_pins_the_nodes_own_certificate_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     // A CA and a node certificate that names the node's DNS name only, not 127.0.0.1.
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dmutex-0.dmutex.svc".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let (cert_file, ca_file, other_file) =
-        (dir.path().join("node.crt"), dir.path().join("ca.crt"), dir.path().join("other.crt"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let other = rcgen::generate_simple_self_signed(vec!["dmutex-0.dmutex.svc".to_string()]).unwrap();
-    std::fs::write(&other_file, other.cert.pem()).unwrap();
+    let ca = ThrowawayCa::new("dmutex test CA").unwrap();
+    let (cert, key) = ca.issue(&["dmutex-0.dmutex.svc"]).unwrap();
+    let (cert_file, key_file, ca_file, other_file) = (
+        dir.path().join("node.crt"),
+        dir.path().join("node.key"),
+        dir.path().join("ca.crt"),
+        dir.path().join("other.crt"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    // The same name, another key (and another CA).
+    let (other, _) = ThrowawayCa::new("another CA").unwrap().issue(&["dmutex-0.dmutex.svc"]).unwrap();
+    std::fs::write(&other_file, other).unwrap();
 
     let host = common::subnet_for("tokhealth") + ".1";
     let addr: std::net::SocketAddr = format!("{host}:{HTTP_PORT}").parse().unwrap();
-    https_healthz(addr, &cert, &key);
+    https_healthz(addr, &cert_file, &key_file);
     let health = |env: &[(&str, &Path)], args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmutex"));
         cmd.arg("health").args(args).env("DMUTEX_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}"));

@@ -5,6 +5,7 @@
 #[path = "support/otlp.rs"]
 mod otlp;
 
+use dmutex::net::peer_tls::ThrowawayCa;
 use dmutex::obs::telemetry::{
     self, OtlpProtocol, OtlpSettings, SHUTDOWN_TIMEOUT, TelemetryConfig, build_tracer_provider, otel_layer,
     shutdown_provider,
@@ -100,20 +101,12 @@ async fn http_one_trace_with_parent_link_across_a_peer_message() {
 /// the export is counted as failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_to_an_https_collector_trusts_the_configured_ca() {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let rx = OtlpReceiver::start_tls(&cert.pem(), &key.serialize_pem()).await.expect("TLS receiver");
+    let ca = ThrowawayCa::new("dmutex test CA").unwrap();
+    let (cert, key) = ca.issue(&["127.0.0.1"]).unwrap();
+    let rx = OtlpReceiver::start_tls(&cert, &key).await.expect("TLS receiver");
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("collector-ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
     let endpoint = rx.grpc_endpoint().replacen("http://", "https://", 1);
 
     let export_one = |settings: OtlpSettings| async move {

@@ -12,6 +12,7 @@ use crate::api::types::{
 };
 use crate::obs::flow::FlowResponse;
 use reqwest::{StatusCode, Url};
+use rustls::DigitallySignedStruct as Dss;
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -324,6 +325,9 @@ fn bearer_header(token: &str) -> Result<reqwest::header::HeaderMap, ClientError>
     Ok(headers)
 }
 
+/// What [`Pinned`] answers for a handshake signature.
+type SignatureCheck = Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>;
+
 /// Trusts exactly one end-entity certificate (byte for byte), whatever names it holds and whoever issued it;
 /// the handshake's signature is verified against that certificate's key as usual, so only the holder of its
 /// private key passes.
@@ -349,22 +353,14 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    // The handshake's signature: checked as usual, against the pinned certificate's key (rustls's checks of
+    // each TLS version with the provider's algorithms).
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &Dss) -> SignatureCheck {
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &Dss) -> SignatureCheck {
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

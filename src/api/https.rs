@@ -283,37 +283,21 @@ async fn accept_error(e: std::io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::peer_tls::{ThrowawayCa, Usage};
     use axum::serve::Listener as _;
     use rustls::pki_types::{CertificateDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    struct Ca {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        pem: String,
+    fn ca(name: &str) -> ThrowawayCa {
+        ThrowawayCa::new(name).unwrap()
     }
 
-    fn ca(name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    /// A client or a server certificate for `san` from `ca`, and its key (PEM).
+    fn leaf(ca: &ThrowawayCa, san: &str, client: bool) -> (String, String) {
+        ca.issue_with(&[san], if client { Usage::Client } else { Usage::Server }, None).unwrap()
     }
 
-    fn leaf(ca: &Ca, san: &str, client: bool) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![san.to_string()]).unwrap();
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn files(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> ApiTls {
+    fn files(dir: &Path, ca: &ThrowawayCa, client_ca: Option<&ThrowawayCa>) -> ApiTls {
         let (cert, key) = leaf(ca, "127.0.0.1", false);
         let files = ApiTls {
             cert: dir.join("server.crt"),
@@ -323,14 +307,14 @@ mod tests {
         std::fs::write(&files.cert, cert).unwrap();
         std::fs::write(&files.key, key).unwrap();
         if let (Some(path), Some(c)) = (&files.client_ca, client_ca) {
-            std::fs::write(path, &c.pem).unwrap();
+            std::fs::write(path, c.ca_pem()).unwrap();
         }
         files
     }
 
-    fn client(ca: &Ca, identity: Option<(String, String)>) -> tokio_rustls::TlsConnector {
+    fn client(ca: &ThrowawayCa, identity: Option<(String, String)>) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+        roots.add(CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).unwrap()).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()

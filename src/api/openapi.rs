@@ -78,16 +78,12 @@ struct MethodNotAllowed;
 
 impl utoipa::Modify for MethodNotAllowed {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let response = ResponseBuilder::new()
-            .description(
-                "`method_not_allowed`: the path does not take this method; the `Allow` header lists the ones it \
-                 takes.",
-            )
-            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
-            .build();
+        let response = error_response(
+            "`method_not_allowed`: the path does not take this method; the `Allow` header lists the ones it \
+             takes.",
+        );
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for op in operations(item) {
                 op.responses.responses.insert("405".into(), response.clone().into());
             }
         }
@@ -104,7 +100,6 @@ impl utoipa::Modify for BearerTokens {
         use crate::api::auth::{Need, need_of};
         use crate::config::MetricsAuth;
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
@@ -114,15 +109,6 @@ impl utoipa::Modify for BearerTokens {
         doc.components
             .get_or_insert_with(Default::default)
             .add_security_scheme("bearer", SecurityScheme::Http(scheme));
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
-                )
-                .build()
-        };
         for (path, item) in doc.paths.paths.iter_mut() {
             let (scope, optional) = match (need_of(path, MetricsAuth::Open), need_of(path, MetricsAuth::Read))
             {
@@ -131,22 +117,42 @@ impl utoipa::Modify for BearerTokens {
                 _ => continue,
             };
             let when = if optional { " (only with DMUTEX_METRICS_AUTH=read)" } else { "" };
-            let unauthorized = error(&format!(
+            let unauthorized = error_response(&format!(
                 "`unauthorized`: no bearer token, or one the node does not know{when}; `WWW-Authenticate: Bearer`."
             ));
             let forbidden =
-                error(&format!("`forbidden`: the token does not have the `{scope}` scope{when}."));
+                error_response(&format!("`forbidden`: the token does not have the `{scope}` scope{when}."));
             let mut security = vec![SecurityRequirement::new("bearer", [scope.as_str()])];
             if optional {
                 security.insert(0, SecurityRequirement::default());
             }
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for op in operations(item) {
                 op.security = Some(security.clone());
                 op.responses.responses.insert("401".into(), unauthorized.clone().into());
                 op.responses.responses.insert("403".into(), forbidden.clone().into());
             }
         }
     }
+}
+
+/// An error answer (an `ErrorBody` as JSON) described by `description`, for the modifiers to add to
+/// operations.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+        )
+        .build()
+}
+
+/// The operations of a path (the API uses GET and POST only).
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.post].into_iter().flatten()
 }
 
 /// The document as pretty JSON with a final newline (the exact bytes of docs/openapi.json).

@@ -32,6 +32,28 @@ pub(crate) const MAX_LOCK_NAME: usize = 256;
 /// Longest acquire timeout a client may ask for.
 pub(crate) const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
+// The OpenAPI descriptions several operations share (`#[utoipa::path]` below).
+/// The `name` path parameter of the lock routes.
+const LOCK_NAME: &str = "The lock: 1 to 256 bytes of UTF-8 without control characters.";
+/// 400, for every operation that reads a body or a lock name.
+const BAD_REQUEST: &str = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).";
+/// 413, for the operations that read a body.
+const TOO_LARGE: &str = "`payload_too_large`: the body is larger than 16 KiB.";
+/// 503, for the operations that need a running node.
+const UNAVAILABLE: &str = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.";
+/// 500.
+const INTERNAL: &str = "`internal`: something unexpected inside the node.";
+
+/// The 503 and 500 of every operation that needs a running node, for `#[utoipa::path]`'s `responses`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "documentation only: the handlers answer these as `ApiError`s")]
+enum NodeErrors {
+    #[response(status = 503, description = UNAVAILABLE)]
+    Unavailable(ErrorBody),
+    #[response(status = 500, description = INTERNAL)]
+    Internal(ErrorBody),
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -207,22 +229,31 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// What acquire and release start with: the lock name checked, then the JSON body parsed (empty: all
+/// defaults), so a bad name is refused before the body is looked at.
+fn lock_request<T: for<'de> Deserialize<'de> + Default>(
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    validate_lock_name(name)?;
+    parse_body(body)
+}
+
 #[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks",
     description = "Acquire a lock: waits up to `timeout_ms` (or forever), or with `\"wait\": false` (or `timeout_ms: 0`) tries once. An empty body means all defaults. With the `lease` of a grant that holds this lock, answers that grant again (re-entrant).",
-    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters.")),
+    params(("name" = String, Path, description = LOCK_NAME)),
     request_body(content = Option<AcquireBody>, description = "All fields optional; unknown fields are refused (400)."),
     responses(
         (status = 200, description = "Granted: the lock is held under `lease` until released or expired.", body = Grant),
-        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody),
+        (status = 400, description = BAD_REQUEST, body = ErrorBody),
         (status = 409, description = "`timeout` (waited `timeout_ms`), `locked` (try-lock failed; `holder`: the holding node or null), `lease_not_found` (the given lease is unknown or expired), `lease_lost` (the given lease ended without its client releasing it), `lease_in_use` (the given lease holds another lock).", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body is larger than 16 KiB.", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+        (status = 413, description = TOO_LARGE, body = ErrorBody), NodeErrors))]
 async fn acquire(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    validate_lock_name(&name)?;
-    let b: AcquireBody = parse_body(body)?;
+    let b: AcquireBody = lock_request(&name, body)?;
     if matches!(b.timeout_ms, Some(Timeout::Ms(t)) if t > MAX_TIMEOUT_MS) {
         return Err(ApiError::BadRequest(format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
     }
@@ -250,20 +281,19 @@ async fn acquire(
 
 #[utoipa::path(post, path = "/v1/locks/{name}/release", tag = "locks",
     description = "Release a lock held under `lease`; works through any node.",
-    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters.")),
+    params(("name" = String, Path, description = LOCK_NAME)),
     request_body(content = ReleaseBody, description = "`{\"lease\": \"...\"}`: the lease the grant returned (required)."),
     responses(
         (status = 200, description = "Released.", body = ReleaseResponse),
-        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody),
+        (status = 400, description = BAD_REQUEST, body = ErrorBody),
         (status = 409, description = "`lease_not_found` (unknown, expired or released lease, or it does not hold this lock) or `lease_lost` (the lease ended without its client releasing it; the message says why).", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body is larger than 16 KiB.", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+        (status = 413, description = TOO_LARGE, body = ErrorBody), NodeErrors))]
 async fn release(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    validate_lock_name(&name)?;
-    let b: ReleaseBody = parse_body(body)?;
+    let b: ReleaseBody = lock_request(&name, body)?;
     let lease = b.lease.map(lease_string).transpose()?;
     let lease =
         lease.ok_or_else(|| ApiError::BadRequest("body must name the lease: {\"lease\": \"...\"}".into()))?;
@@ -279,7 +309,7 @@ async fn release(
     responses(
         (status = 200, description = "Renewed.", body = KeepaliveResponse),
         (status = 409, description = "`lease_not_found` (unknown, expired or released lease) or `lease_lost` (the lease ended without its client releasing it; the message says why).", body = ErrorBody),
-        (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+        NodeErrors))]
 async fn keepalive(State(s): State<AppState>, Path(lease): Path<String>) -> Result<Response, ApiError> {
     let ttl = s.node.keepalive(&lease).await?;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -297,10 +327,10 @@ struct LockQuery {
 /// `?scope=local` this node's own view of it. Never shows a lease id.
 #[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks",
     description = "The lock as the cluster knows it (the same answer from every node), or with `scope=local` this node's own view. Never shows a lease id.",
-    params(("name" = String, Path, description = "The lock: 1 to 256 bytes of UTF-8 without control characters."), ("scope" = Option<crate::api::openapi::Scope>, Query, description = "`cluster` (default): asked of every member; `local`: this node's cores' views.")),
+    params(("name" = String, Path, description = LOCK_NAME), ("scope" = Option<crate::api::openapi::Scope>, Query, description = "`cluster` (default): asked of every member; `local`: this node's cores' views.")),
     responses(
         (status = 200, description = "`LockState` (scope `cluster`) or `LockInfo` (scope `local`).", body = crate::api::openapi::LockAnswer),
-        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+        (status = 400, description = BAD_REQUEST, body = ErrorBody), NodeErrors))]
 async fn lock_info(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -318,7 +348,7 @@ async fn lock_info(
 /// `GET /v1/locks`: every lock a client holds or waits for, cluster-wide.
 #[utoipa::path(get, path = "/v1/locks", tag = "locks",
     description = "Every lock a client holds or waits for, cluster-wide.",
-    responses((status = 200, description = "The locks.", body = LockList), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+    responses((status = 200, description = "The locks.", body = LockList), NodeErrors))]
 async fn locks(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.locks().await?).into_response())
 }
@@ -328,14 +358,14 @@ async fn locks(State(s): State<AppState>) -> Result<Response, ApiError> {
     responses(
         (status = 200, description = "The node's view of the cluster.", body = ClusterInfo),
         (status = 503, description = "A node still waiting for its replicas (DNS discovery) answers `Readiness` saying what it waits for; a node shutting down answers `shutting_down`.", body = crate::api::openapi::NotRunning),
-        (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+        (status = 500, description = INTERNAL, body = ErrorBody)))]
 async fn cluster(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.cluster().await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "observability",
     description = "Message and grant counts in the original programs' form.",
-    responses((status = 200, description = "The counts.", body = Stats), (status = 503, description = "`unavailable` or `shutting_down`: this node cannot serve now (minority, not joined, shutting down); the request holds nothing and waits nowhere, so another endpoint may be tried.", body = ErrorBody), (status = 500, description = "`internal`: something unexpected inside the node.", body = ErrorBody)))]
+    responses((status = 200, description = "The counts.", body = Stats), NodeErrors))]
 async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(s.node.stats().await?).into_response())
 }
@@ -357,7 +387,7 @@ struct FlowQuery {
         ("limit" = Option<usize>, Query, description = "At most this many records (capped at the node's buffer size).")),
     responses(
         (status = 200, description = "`{\"node\", \"records\": [...]}`.", body = crate::obs::flow::FlowResponse),
-        (status = 400, description = "`bad_request`: malformed request (bad lock name, bad JSON, unknown field, impossible value, algorithm not served).", body = ErrorBody)))]
+        (status = 400, description = BAD_REQUEST, body = ErrorBody)))]
 async fn flow(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<FlowQuery>, axum::extract::rejection::QueryRejection>,

@@ -163,11 +163,27 @@ impl ThrowawayCa {
     /// A node certificate for `hosts` (IP addresses become IP SANs, names DNS SANs), usable as TLS server
     /// and client, and its private key: `(certificate PEM, key PEM)`.
     pub fn issue(&self, hosts: &[&str]) -> Result<(String, String), rcgen::Error> {
+        self.issue_with(hosts, Usage::ServerAndClient, None)
+    }
+
+    /// [`ThrowawayCa::issue`] for `usage` only and, if given, with serial number `serial` (otherwise rcgen
+    /// derives one from the key): for tests that tell certificates apart or need a client-only one.
+    pub fn issue_with(
+        &self,
+        hosts: &[&str],
+        usage: Usage,
+        serial: Option<u64>,
+    ) -> Result<(String, String), rcgen::Error> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose as E, KeyPair, KeyUsagePurpose as K};
         let mut params = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, hosts.first().copied().unwrap_or("dmutex"));
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params.key_usages = vec![K::DigitalSignature];
-        params.extended_key_usages = vec![E::ServerAuth, E::ClientAuth];
+        params.extended_key_usages = match usage {
+            Usage::ServerAndClient => vec![E::ServerAuth, E::ClientAuth],
+            Usage::Server => vec![E::ServerAuth],
+            Usage::Client => vec![E::ClientAuth],
+        };
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -191,6 +207,17 @@ impl ThrowawayCa {
         }
         Ok((c, k, a))
     }
+}
+
+/// What a certificate from [`ThrowawayCa::issue_with`] may be used for (its extended key usage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// TLS server and client: a node's certificate ([`ThrowawayCa::issue`]).
+    ServerAndClient,
+    /// TLS server only.
+    Server,
+    /// TLS client only.
+    Client,
 }
 
 /// The host of a `host:port` peer address (brackets around an IPv6 literal), as a TLS server name.
