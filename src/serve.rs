@@ -16,8 +16,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Runs a node until a termination signal, then shuts it down gracefully. `https`: the API's TLS
-/// configuration, loaded from `cfg.security.api_tls` by the caller (`None`: plain HTTP).
-pub(crate) async fn run_node(mut cfg: NodeConfig, https: Option<HttpsConfig>) -> anyhow::Result<()> {
+/// configuration, loaded from `cfg.security.api_tls` by the caller (`None`: plain HTTP). `node_id`: told the
+/// node id when DNS discovery gives it (the trace resource's `dmutex.node_id` from then on).
+pub(crate) async fn run_node(
+    mut cfg: NodeConfig,
+    https: Option<HttpsConfig>,
+    node_id: dmutex::obs::telemetry::LateNodeId,
+) -> anyhow::Result<()> {
     if let Some(https) = &https {
         // Checked from the start, also while discovery runs.
         https.watch(cfg.security.credentials_reload);
@@ -43,6 +48,7 @@ pub(crate) async fn run_node(mut cfg: NodeConfig, https: Option<HttpsConfig>) ->
         };
         http_listener = Some(listener);
         cfg.node_id = discovered_id(&cfg, &found, &spec)?;
+        node_id.set(cfg.node_id.get());
         cfg.node_id_source = NodeIdSource::Discovery;
         let unusable = |e| anyhow::anyhow!("DMUTEX_DISCOVERY: discovered an unusable address: {e}");
         cfg.peers = found.peers.iter().map(|p| p.parse()).collect::<Result<_, _>>().map_err(unusable)?;

@@ -1,7 +1,11 @@
 //! `dmutex node` with DNS discovery, as a real process: the HTTP port answers while discovery still waits for
 //! its replicas (`/healthz` 200; `/readyz`, `/v1/cluster` and the lock calls 503 saying what it waits for), and
 //! the node starts once discovery settles. `localhost` stands in for the compose service name: it resolves to
-//! one IPv4 address, which is this host's own.
+//! one IPv4 address, which is this host's own. With traces exported, the spans' resource carries the node id
+//! discovery gave (`dmutex.node_id`) as well as `host.name`.
+
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use serde_json::Value;
 use std::net::TcpListener;
@@ -29,9 +33,15 @@ impl Drop for Node {
 }
 
 fn start(cluster_size: usize) -> Node {
+    start_with(cluster_size, &[])
+}
+
+/// [`start`] with extra environment.
+fn start_with(cluster_size: usize, env: &[(&str, &str)]) -> Node {
     let (peer, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_dmutex"))
         .arg("node")
+        .envs(env.iter().copied())
         .env("DMUTEX_DISCOVERY", format!("dns:localhost:{peer}"))
         .env("DMUTEX_CLUSTER_SIZE", cluster_size.to_string())
         .env("DMUTEX_PEER_ADDR", format!("127.0.0.1:{peer}"))
@@ -103,4 +113,40 @@ fn the_node_starts_when_discovery_settles() {
         .send()
         .expect("acquire");
     assert_eq!(grant.status(), 200);
+}
+
+/// DNS discovery gives the node id only after start (the trace pipeline is already up): the spans still carry
+/// it on their resource (`dmutex.node_id`), next to `host.name`.
+#[test]
+fn spans_carry_the_node_id_discovery_gave() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rx = rt.block_on(otlp::OtlpReceiver::start()).expect("receiver");
+    let endpoint = rx.http_endpoint();
+    let node =
+        start_with(1, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    poll(&node, "/readyz", |s, _| s == 200);
+    let grant = client()
+        .post(format!("{}/v1/locks/traced/acquire", node.http))
+        .json(&serde_json::json!({"timeout_ms": 5000}))
+        .send()
+        .expect("acquire");
+    assert_eq!(grant.status(), 200);
+    let acquired = |s: &[otlp::CollectedSpan]| s.iter().any(|s| s.name == "lock.acquire");
+    let spans = match rt.block_on(rx.wait_for(acquired, PATIENCE)) {
+        Ok(s) => s,
+        Err(s) => panic!("no lock.acquire span: {s:#?}"),
+    };
+    let after: Vec<&otlp::CollectedSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "lock.acquire" || s.name == "membership.view_change" || s.name.starts_with("POST")
+        })
+        .collect();
+    assert!(after.len() >= 3, "{after:#?}");
+    for s in after {
+        assert_eq!(s.instance(), Some("0"), "dmutex.node_id of {}: {:?}", s.name, s.resource);
+        assert!(s.resource.get("host.name").is_some_and(|h| !h.is_empty()), "{:?}", s.resource);
+        assert_eq!(s.resource.get("service.instance.id").map(String::len), Some(36), "{:?}", s.resource);
+    }
 }

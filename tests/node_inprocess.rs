@@ -216,6 +216,52 @@ impl Cluster {
         r.json().unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// `GET path` of node `i`: the status and the body as text (whatever its type).
+    fn get_text(&self, i: usize, path: &str) -> (u16, String) {
+        let r = self.client.get(self.url(i, path)).send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.text().unwrap_or_else(|e| panic!("GET {path}: {e}")))
+    }
+
+    /// Every GET the API serves, made concrete for `lock`: the operations of node `i`'s own OpenAPI document
+    /// (generated from the router's handlers; it must list exactly the GET routes of [`dmutex::api::ROUTES`]),
+    /// each path parameter filled in, each with no query and with each of its query parameters on its own.
+    fn every_get(&self, i: usize, lock: &str) -> Vec<String> {
+        let doc = self.get(i, "/openapi.json");
+        let flow = self.get(i, &format!("/v1/flow?lock={lock}"));
+        let acquire_id = flow["records"]
+            .as_array()
+            .and_then(|r| r.iter().find_map(|r| r["trace_id"].as_str()))
+            .unwrap_or("0-1")
+            .to_string();
+        let paths = doc["paths"].as_object().expect("paths in /openapi.json");
+        let gets: Vec<(&String, &Value)> =
+            paths.iter().filter_map(|(p, ops)| ops.get("get").map(|op| (p, op))).collect();
+        let patterns: std::collections::BTreeSet<&str> = gets.iter().map(|(p, _)| p.as_str()).collect();
+        let posts = ["/v1/locks/{name}/acquire", "/v1/locks/{name}/release", "/v1/leases/{lease}/keepalive"];
+        let routes: std::collections::BTreeSet<&str> =
+            dmutex::api::ROUTES.iter().copied().filter(|r| *r != "other" && !posts.contains(r)).collect();
+        assert_eq!(patterns, routes, "the document's GET operations are the router's GET routes");
+        let mut out = Vec::new();
+        for (pattern, op) in gets {
+            let path = pattern.replace("{name}", lock);
+            assert!(!path.contains('{'), "a path parameter this test does not fill in: {pattern}");
+            out.push(path.clone());
+            for param in op["parameters"].as_array().into_iter().flatten().filter(|p| p["in"] == "query") {
+                let name = param["name"].as_str().unwrap_or_default();
+                let values: Vec<String> = match name {
+                    "scope" => vec!["local".into(), "cluster".into()],
+                    "lock" => vec![lock.to_string()],
+                    "acquire" => vec![acquire_id.clone()],
+                    "limit" => vec!["1000".into()],
+                    other => panic!("a query parameter this test does not fill in: {pattern}?{other}"),
+                };
+                out.extend(values.into_iter().map(|v| format!("{path}?{name}={v}")));
+            }
+        }
+        out
+    }
+
     /// Acquires `lock` on node `i` and expects a grant.
     fn grant(&self, i: usize, lock: &str, body: Value) -> Value {
         let (status, g) = self.post(i, &format!("/v1/locks/{lock}/acquire"), body);
@@ -668,7 +714,8 @@ fn a_lease_of_a_crashed_node_is_lost_through_the_others_promptly() {
 }
 
 /// `GET /v1/locks/{name}` is the same from every node (holder, token, queue order) and `GET /v1/locks` lists
-/// the lock; no GET ever shows a lease id.
+/// the lock; no GET ever shows a lease id: every GET the API serves (taken from the node's OpenAPI document,
+/// checked against the router's routes, each query parameter tried) is scanned while the lease is held.
 #[test]
 fn a_lock_query_gives_the_same_answer_from_every_node_and_no_lease_id() {
     let c = Cluster::start("inproc-query", 3);
@@ -716,6 +763,21 @@ fn a_lock_query_gives_the_same_answer_from_every_node_and_no_lease_id() {
             {
                 let text = c.get(i, &path).to_string();
                 assert!(!text.contains(&lease), "node {i} {path} shows the lease id: {text}");
+            }
+        }
+        // Nor any other GET the API serves (cluster, stats, flow, metrics, the OpenAPI document, health, …):
+        // the lease id, or its secret part alone, appears in none while the lease is held.
+        let secret = lease.rsplit('.').next().unwrap_or_default().to_string();
+        assert!(secret.len() >= 16, "a lease id ends with its secret: {lease}");
+        for i in 0..3 {
+            let paths = c.every_get(i, &lock);
+            assert!(paths.len() >= 14, "{paths:?}");
+            for path in paths {
+                let (status, text) = c.get_text(i, &path);
+                let expected = if path == "/v1/workload" { 404 } else { 200 };
+                assert_eq!(status, expected, "node {i} GET {path}: {text}");
+                assert!(!text.contains(&lease), "node {i} {path} shows the lease id: {text}");
+                assert!(!text.contains(&secret), "node {i} {path} shows the lease's secret: {text}");
             }
         }
         assert_eq!(c.release(0, &lock, &held["lease"]), 200);

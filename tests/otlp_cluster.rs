@@ -2,7 +2,9 @@
 //! Lamport acquire is one trace with spans from all three nodes whose parent links follow REQUEST → REPLY and
 //! the RELEASE fan-out (over gRPC when asked for, flushed by SIGTERM, and over OTLP/HTTP, the default); a
 //! redirected probable-owner acquire's trace shows the redirect hop; without an endpoint nothing is sent; a
-//! dead collector does not slow acquires. The standard `OTEL_*` variables the OpenTelemetry crates read
+//! dead collector does not slow acquires; a client application's own span (OpenTelemetry SDK, the
+//! `dmutex-client` library injecting `traceparent`) is the parent of the nodes' server spans; every view change
+//! (bootstrap, leave, join) is a `membership.view_change` span. The standard `OTEL_*` variables the OpenTelemetry crates read
 //! themselves (headers, the sampler, the generic endpoint's `/v1/traces`) are checked here, end to end.
 
 mod common;
@@ -389,4 +391,229 @@ fn a_dead_collector_does_not_slow_acquires() {
     let (code, took) = c.sigterm(0);
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_secs(8), "SIGTERM took {took:?}");
+}
+
+/// A client's own trace, end to end: the test is the client application, with the OpenTelemetry SDK (a tracer
+/// provider exporting over OTLP/HTTP to the same receiver as the nodes). Inside its span, the `dmutex-client`
+/// library acquires and releases (injecting `traceparent` itself); the receiver then holds the client's span
+/// and, in the same trace, each call's server span as its child, with `lock.acquire` and the peer messages
+/// under the acquire's.
+#[test]
+fn a_clients_own_span_is_the_parent_of_the_nodes_spans() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_otlp::WithExportConfig as _;
+    let rt = runtime();
+    let rx = receiver(&rt);
+    let endpoint = rx.http_endpoint();
+    let c = Cluster::start(
+        "otlp-client",
+        3,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    // The application's own pipeline (built outside the runtime: the blocking HTTP client makes its own).
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(rx.http_traces_url())
+        .build()
+        .unwrap_or_else(|e| panic!("exporter: {e}"));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder_empty().with_service_name("backup-job").build())
+        .build();
+    let tracer = provider.tracer("otlp_cluster");
+    let span = tracer.span_builder("nightly-backup").with_kind(SpanKind::Client).start(&tracer);
+    let cx = opentelemetry::Context::new().with_span(span);
+    let client = dmutex_client::Client::new([c.url(1), c.url(0), c.url(2)]).unwrap_or_else(|e| panic!("{e}"));
+    let work = async {
+        let guard = client
+            .lock("client-traced")
+            .algorithm(dmutex_client::Algorithm::Lamport)
+            .ttl(Duration::from_secs(30))
+            .timeout(Duration::from_secs(10))
+            .await?;
+        guard.release().await
+    };
+    if let Err(e) = rt.block_on(work.with_context(cx.clone())) {
+        panic!("acquire and release: {e}\n{}", c.logs());
+    }
+    cx.span().end();
+    if let Err(e) = provider.force_flush() {
+        panic!("the client's flush: {e}");
+    }
+    let (client_trace, client_span) = {
+        let sc = cx.span().span_context().clone();
+        (sc.trace_id().to_string(), sc.span_id().to_string())
+    };
+    let done = |s: &[CollectedSpan]| {
+        let t = Trace::of(s, &client_trace);
+        t.0.iter().any(|s| s.span_id == client_span)
+            && t.named("POST /v1/locks/{name}/release", None).count() == 1
+            && t.named("peer.recv", Some("RELEASE")).count() >= 2
+    };
+    let spans = match rt.block_on(rx.wait_for(done, Duration::from_secs(15))) {
+        Ok(s) => s,
+        Err(s) => panic!("spans missing: {s:#?}\n{}", c.logs()),
+    };
+    if let Err(e) = provider.shutdown() {
+        panic!("the client's shutdown: {e}");
+    }
+    let t = Trace::of(&spans, &client_trace);
+    let dump = t.dump();
+    let mine = t.0.iter().find(|s| s.span_id == client_span).unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(mine.name, "nightly-backup", "{dump}");
+    assert_eq!(mine.parent_span_id, None, "the client's span is the root\n{dump}");
+    assert_eq!(mine.resource.get("service.name").map(String::as_str), Some("backup-job"), "{dump}");
+    for (name, route, lock_path) in [
+        ("POST /v1/locks/{name}/acquire", "/v1/locks/{name}/acquire", "/v1/locks/client-traced/acquire"),
+        ("POST /v1/locks/{name}/release", "/v1/locks/{name}/release", "/v1/locks/client-traced/release"),
+    ] {
+        let calls: Vec<_> = t.named(name, None).collect();
+        assert_eq!(calls.len(), 1, "one {name} server span\n{dump}");
+        let http = calls[0];
+        assert_eq!(
+            http.parent_span_id.as_deref(),
+            Some(client_span.as_str()),
+            "{name}: the server span is the client span's child\n{dump}"
+        );
+        assert_eq!(http.attr("http.request.method"), Some("POST"), "{dump}");
+        assert_eq!(http.attr("http.route"), Some(route), "{dump}");
+        assert_eq!(http.attr("http.response.status_code"), Some("200"), "{dump}");
+        assert_eq!(http.attr("url.path"), Some(lock_path), "{dump}");
+        assert_eq!(http.instance(), Some("1"), "the client's first endpoint served it\n{dump}");
+    }
+    let http = t.named("POST /v1/locks/{name}/acquire", None).next().unwrap_or_else(|| panic!("{dump}"));
+    let root = t.named("lock.acquire", None).next().unwrap_or_else(|| panic!("no lock.acquire\n{dump}"));
+    assert_eq!(
+        root.parent_span_id.as_ref(),
+        Some(&http.span_id),
+        "lock.acquire under the server span\n{dump}"
+    );
+    assert_eq!(root.attr("lock"), Some("client-traced"), "{dump}");
+    assert_eq!(root.attr("outcome"), Some("granted"), "{dump}");
+    // The peer messages the acquire caused are in the client's trace too, from every node.
+    assert_eq!(t.named("peer.recv", Some("REQUEST")).count(), 2, "{dump}");
+    let nodes: std::collections::BTreeSet<&str> = t.0.iter().filter_map(CollectedSpan::instance).collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), vec!["0", "1", "2"], "{dump}");
+    // Every span but the client's is dmutex's, with its version on the resource.
+    for s in t.0.iter().filter(|s| s.span_id != client_span) {
+        assert_eq!(s.resource.get("service.name").map(String::as_str), Some("dmutex"), "{dump}");
+        assert_eq!(
+            s.resource.get("service.version").map(String::as_str),
+            Some(env!("CARGO_PKG_VERSION")),
+            "service.version\n{dump}"
+        );
+    }
+}
+
+/// The `membership.view_change` span of every view a node installs: at bootstrap one per
+/// node (epoch 1, every member, cause `bootstrap`), and when a node leaves (SIGTERM) and comes back as a new
+/// process, the survivors' `leave of 2` and `join of 2` views and the newcomer's own `join`, each with its
+/// epoch, members (`id#incarnation`), proposer and whether this node accepted it.
+#[test]
+fn view_changes_are_spans_with_epoch_members_cause_and_proposer() {
+    let rt = runtime();
+    let rx = receiver(&rt);
+    let endpoint = rx.http_endpoint();
+    let mut c = Cluster::start(
+        "otlp-views",
+        3,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let views = |s: &[CollectedSpan]| -> Vec<CollectedSpan> {
+        s.iter().filter(|s| s.name == "membership.view_change").cloned().collect()
+    };
+    let dump = |v: &[CollectedSpan]| -> String {
+        v.iter().map(|s| format!("node={:?} {:?}\n", s.instance(), s.attributes)).collect()
+    };
+    let bootstrapped =
+        |s: &[CollectedSpan]| views(s).iter().filter(|v| v.attr("cause") == Some("bootstrap")).count() >= 3;
+    let spans = match rt.block_on(rx.wait_for(bootstrapped, Duration::from_secs(15))) {
+        Ok(s) => s,
+        Err(s) => panic!("no bootstrap views: {}\n{}", dump(&views(&s)), c.logs()),
+    };
+    let boot: Vec<CollectedSpan> = views(&spans);
+    let text = dump(&boot);
+    assert_eq!(boot.len(), 3, "one bootstrap view per node\n{text}");
+    let members = boot[0].attr("members").unwrap_or_default().to_string();
+    let ids: Vec<&str> = members.split(' ').map(|m| m.split('#').next().unwrap_or("")).collect();
+    assert_eq!(ids, ["0", "1", "2"], "members as id#incarnation: {members}");
+    assert!(
+        members.split(' ').all(|m| m.split_once('#').is_some_and(|(_, i)| i.parse::<u64>().is_ok())),
+        "{members}"
+    );
+    for v in &boot {
+        assert_eq!(v.attr("epoch"), Some("1"), "{text}");
+        assert_eq!(v.attr("cause"), Some("bootstrap"), "{text}");
+        assert_eq!(v.attr("members"), Some(members.as_str()), "every node installs the same view\n{text}");
+        assert_eq!(v.attr("node"), v.instance(), "{text}");
+        // Installed from the configured list, not decided by a ballot: nobody proposed it.
+        assert_eq!((v.attr("accepted_here"), v.attr("proposer")), (Some("false"), Some("unknown")), "{text}");
+    }
+    let nodes: std::collections::BTreeSet<&str> = boot.iter().filter_map(CollectedSpan::instance).collect();
+    assert_eq!(nodes.len(), 3, "{text}");
+
+    // Node 2 leaves and comes back as a new process (a new incarnation): a join.
+    let (code, _) = c.sigterm(2);
+    assert_eq!(code, Some(0), "{}", c.logs());
+    c.spawn(2);
+    c.wait_ready(Duration::from_secs(30));
+    let joined = |s: &[CollectedSpan]| {
+        let v = views(s);
+        v.iter().any(|v| v.instance() == Some("2") && v.attr("cause") == Some("join"))
+            && v.iter().any(|v| {
+                v.instance() == Some("0") && v.attr("cause").is_some_and(|c| c.contains("join of 2"))
+            })
+    };
+    let spans = match rt.block_on(rx.wait_for(joined, Duration::from_secs(20))) {
+        Ok(s) => s,
+        Err(s) => panic!("no join views: {}\n{}", dump(&views(&s)), c.logs()),
+    };
+    let all = views(&spans);
+    let text = dump(&all);
+    let epoch = |v: &CollectedSpan| v.attr("epoch").and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+    let newcomer = all
+        .iter()
+        .find(|v| v.instance() == Some("2") && v.attr("cause") == Some("join"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let welcomed = all
+        .iter()
+        .find(|v| v.instance() == Some("0") && v.attr("cause").is_some_and(|c| c.contains("join of 2")))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(epoch(newcomer) > 1, "{text}");
+    assert_eq!(epoch(newcomer), epoch(welcomed), "the same view on both sides\n{text}");
+    assert_eq!(newcomer.attr("members"), welcomed.attr("members"), "{text}");
+    let new_members = welcomed.attr("members").unwrap_or_default();
+    assert!(new_members.split(' ').any(|m| m.starts_with("2#")), "{text}");
+    assert!(
+        !new_members.split(' ').any(|m| members.split(' ').any(|old| old == m && old.starts_with("2#"))),
+        "node 2 is in the new view as a new incarnation\n{text}"
+    );
+    assert!(
+        all.iter()
+            .any(|v| v.instance() == Some("0") && v.attr("cause").is_some_and(|c| c.contains("leave of 2")))
+            || welcomed.attr("cause").is_some_and(|c| c.contains("leave of 2")),
+        "the survivors saw node 2 leave\n{text}"
+    );
+    // The survivors (the acceptors: both are needed for a majority of two) accepted the join's ballot; the
+    // newcomer, not yet a member, only learnt the decision.
+    assert_eq!(welcomed.attr("accepted_here"), Some("true"), "{text}");
+    assert_eq!(
+        (newcomer.attr("accepted_here"), newcomer.attr("proposer")),
+        (Some("false"), Some("unknown")),
+        "{text}"
+    );
+    for v in &all {
+        check_proposer(v, &text);
+    }
+}
+
+/// A view's proposer: a node id when this node accepted the view's ballot, `unknown` otherwise.
+fn check_proposer(v: &CollectedSpan, text: &str) {
+    match v.attr("accepted_here") {
+        Some("true") => assert!(v.attr("proposer").is_some_and(|p| p.parse::<u16>().is_ok()), "{text}"),
+        Some("false") => assert_eq!(v.attr("proposer"), Some("unknown"), "{text}"),
+        other => panic!("accepted_here {other:?}\n{text}"),
+    }
 }

@@ -77,7 +77,9 @@
 //! # Features
 //!
 //! - `opentelemetry`: calls made while an OpenTelemetry span is current carry its W3C `traceparent`, so the
-//!   node's spans join the caller's trace (only the OpenTelemetry API crate is pulled in, not an SDK).
+//!   node's spans join the caller's trace (only the OpenTelemetry API crate is pulled in, not an SDK). That is
+//!   the acquire and the release awaited inside the span; a guard's keepalives run in its own background task,
+//!   outside the caller's span, and carry none.
 //! - `openapi`: the wire types derive `utoipa::ToSchema` (the server generates its OpenAPI document, served at
 //!   `GET /openapi.json`, from them).
 

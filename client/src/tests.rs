@@ -453,3 +453,66 @@ mod https {
         }
     }
 }
+
+/// The `[dependencies]` of this crate's manifest: (name, the rest of its line).
+fn normal_dependencies(manifest: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+        } else if inside && !line.is_empty() && !line.starts_with('#') {
+            if let Some((name, spec)) = line.split_once('=') {
+                out.push((name.trim().to_string(), spec.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Every package reachable from `roots` through the `dependencies` of the workspace's Cargo.lock (by name,
+/// over every version: an over-approximation of the normal dependency tree — the lock holds no dev-dependencies
+/// of registry packages).
+fn reachable(lock: &str, roots: &[String]) -> std::collections::BTreeSet<String> {
+    let mut deps: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for block in lock.split("[[package]]").skip(1) {
+        let name =
+            block.lines().find_map(|l| l.strip_prefix("name = ")).unwrap_or_default().trim_matches('"');
+        let list =
+            block.split("dependencies = [").nth(1).and_then(|d| d.split(']').next()).unwrap_or_default();
+        let names = list.split(',').filter_map(|d| d.trim().trim_matches('"').split(' ').next());
+        deps.entry(name.to_string()).or_default().extend(names.filter(|n| !n.is_empty()).map(str::to_string));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<String> = roots.to_vec();
+    while let Some(n) = todo.pop() {
+        if seen.insert(n.clone()) {
+            todo.extend(deps.get(&n).into_iter().flatten().cloned());
+        }
+    }
+    seen
+}
+
+/// The client's normal dependency tree holds no OpenTelemetry SDK, exporter or bridge, even with every feature:
+/// `opentelemetry` (the API crate only) is optional and off by default. Its tests enable it through a
+/// dev-dependency only (Cargo.toml).
+#[test]
+fn the_normal_dependency_tree_holds_no_opentelemetry_sdk() {
+    let manifest = include_str!("../Cargo.toml");
+    let deps = normal_dependencies(manifest);
+    let names: Vec<String> = deps.iter().map(|(n, _)| n.replace('_', "-")).collect();
+    assert!(
+        names.contains(&"reqwest".to_string()) && names.contains(&"opentelemetry".to_string()),
+        "{names:?}"
+    );
+    let (_, api) = deps.iter().find(|(n, _)| n == "opentelemetry").unwrap();
+    assert!(api.contains("optional = true") && api.contains("default-features = false"), "{api}");
+    assert!(!manifest.contains("default = ["), "no default features");
+    let lock = include_str!("../../Cargo.lock");
+    let roots: Vec<String> = deps.iter().map(|(n, _)| n.clone()).collect();
+    let tree = reachable(lock, &roots);
+    assert!(tree.contains("opentelemetry") && tree.contains("hyper"), "the walk works: {tree:?}");
+    for sdk in ["opentelemetry_sdk", "opentelemetry-otlp", "opentelemetry-proto", "tracing-opentelemetry"] {
+        assert!(!tree.contains(sdk), "{sdk} is in the client's normal dependency tree");
+    }
+}

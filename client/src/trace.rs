@@ -37,7 +37,14 @@ fn traceparent(cx: &opentelemetry::Context) -> Option<(String, String)> {
 #[cfg(all(test, feature = "opentelemetry"))]
 mod tests {
     use super::*;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Uri};
+    use axum::response::{IntoResponse as _, Response};
+    use axum::routing::post;
+    use axum::{Json, Router};
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn the_current_span_becomes_a_traceparent() {
@@ -53,5 +60,64 @@ mod tests {
         let (parent, state) = traceparent(&cx).unwrap();
         assert_eq!(parent, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(state, "");
+    }
+
+    /// What a fake node saw of one call: the path, `traceparent` and `tracestate`.
+    type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
+
+    async fn record(State(seen): State<Seen>, uri: Uri, headers: HeaderMap) -> Response {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        seen.lock().unwrap().push((uri.path().to_string(), header("traceparent"), header("tracestate")));
+        if uri.path().ends_with("/acquire") {
+            Json(json!({"name": "db", "lease": "1.1.ab", "fencing_token": 7, "node_id": 1, "ttl_ms": 60000}))
+        } else {
+            Json(json!({"released": true}))
+        }
+        .into_response()
+    }
+
+    /// The calls the library makes (acquire through a guard, release, the raw acquire) carry the current
+    /// OpenTelemetry span's context on the wire, and nothing when no span is current.
+    #[tokio::test]
+    async fn calls_made_inside_a_span_carry_its_traceparent_on_the_wire() {
+        use crate::{AcquireBody, Client};
+        use opentelemetry::context::FutureExt as _;
+        let seen = Seen::default();
+        let app = Router::new().fallback(post(record)).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = Client::new([format!("http://{addr}/")]).unwrap();
+
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "x1")]).unwrap(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let traced = {
+            let client = client.clone();
+            async move {
+                let guard = client.lock("db").acquire().await.unwrap();
+                guard.release().await.unwrap();
+            }
+        };
+        traced.with_context(cx).await;
+        let _ = client.acquire("db", &AcquireBody::default()).await.unwrap();
+
+        let parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string());
+        let state = Some("vendor=x1".to_string());
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                ("/v1/locks/db/acquire".to_string(), parent.clone(), state.clone()),
+                ("/v1/locks/db/release".to_string(), parent, state),
+                ("/v1/locks/db/acquire".to_string(), None, None),
+            ],
+            "inside the span: its context; outside: no header"
+        );
     }
 }

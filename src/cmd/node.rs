@@ -83,7 +83,8 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
         node_id: cfg.node_id.get(),
     };
     // With DNS discovery the node id is only known after discovery, which logs through this subscriber: the
-    // resource then names the host (the container) instead of the node id.
+    // resource names the host (the container) from the start, and the node id (`dmutex.node_id`) from the
+    // moment discovery gives it (`run_node` sets it on the guard's handle).
     let otlp = OtlpSettings::from_env(tcfg.node_id).map(|o| {
         o.map(|mut o| {
             if cfg.discovery.is_some() {
@@ -111,7 +112,7 @@ pub(crate) async fn run(args: &NodeArgs) -> i32 {
         eprintln!("dmutex node: invalid configuration: {e}");
         return 2;
     }
-    let code = match crate::serve::run_node(cfg, https).await {
+    let code = match crate::serve::run_node(cfg, https, guard.late_node_id()).await {
         Ok(()) => 0,
         // A credential file that does not load: a configuration error, named by its key.
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {

@@ -13,7 +13,8 @@
 //! - a misspelt protocol or sampler is a startup error: the crates log a warning and fall back to a default;
 //! - `OTEL_RESOURCE_ATTRIBUTES` values are percent-decoded, as the specification says (the SDK's detector
 //!   does not); `service.name` defaults to `dmutex` (`OTEL_SERVICE_NAME` wins, then the attribute);
-//!   `service.instance.id` is the node id;
+//!   `service.instance.id` is a random UUID per process and `dmutex.node_id` the node id — with DNS discovery,
+//!   where the id is learnt after start, from then on ([`TelemetryGuard::set_node_id`]), `host.name` before;
 //! - an `https://` collector over OTLP/gRPC is trusted through the Mozilla roots, or only through the CA
 //!   bundle in `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, with an optional client certificate
 //!   (`OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE` / `_CLIENT_KEY`) ([`OtlpTls`]); the exporter's own
@@ -52,8 +53,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -98,7 +99,8 @@ pub struct TelemetryConfig {
     pub log: String,
     /// JSON log lines instead of text.
     pub json: bool,
-    /// This node's id: `service.instance.id` of every span.
+    /// This node's id: `dmutex.node_id` on the resource of every span (`service.instance.id` is a random
+    /// UUID per process).
     pub node_id: u16,
 }
 
@@ -202,8 +204,8 @@ pub struct OtlpSettings {
     /// `service.instance.id`: a random UUID made when the process starts, unique per process as the
     /// semantic conventions ask (two clusters, or two incarnations of one node, never collide in one backend).
     pub instance_id: String,
-    /// `dmutex.node_id`, when known at start (with DNS discovery it is not: the node is then told apart by
-    /// `host.name`).
+    /// `dmutex.node_id`, when known at start. With DNS discovery it is not: the resource then names
+    /// `host.name`, and gets `dmutex.node_id` once discovery gave the id ([`TelemetryGuard::set_node_id`]).
     pub node_id: Option<u16>,
     /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, percent-decoded), in the given order.
     pub resource_attributes: Vec<(String, String)>,
@@ -532,32 +534,104 @@ impl SpanProcessor for CountingProcessor {
     }
 }
 
-/// Counts export outcomes behind the batch processor.
-#[derive(Debug)]
-struct CountingExporter {
-    inner: opentelemetry_otlp::SpanExporter,
-    counters: SpanCounters,
+/// A node id learnt after the trace pipeline started (DNS discovery): set once, read by the exporter, which
+/// adds it to the resource (`dmutex.node_id`) of every batch it sends from then on.
+#[derive(Clone, Debug, Default)]
+pub struct LateNodeId(Arc<OnceLock<u16>>);
+
+impl LateNodeId {
+    /// Records the id; a second call keeps the first id (a node's id does not change while it runs).
+    pub fn set(&self, id: u16) {
+        let _ = self.0.set(id);
+    }
+
+    /// The id, once set.
+    pub fn get(&self) -> Option<u16> {
+        self.0.get().copied()
+    }
 }
 
-impl SpanExporter for CountingExporter {
+/// `resource` with `dmutex.node_id` (replacing one it had).
+fn with_node_id(resource: &Resource, id: u16) -> Resource {
+    Resource::builder_empty()
+        .with_attributes(resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+        .with_attribute(KeyValue::new("dmutex.node_id", i64::from(id)))
+        .build()
+}
+
+/// Counts export outcomes behind the batch processor, and puts a node id learnt late ([`LateNodeId`]) on the
+/// resource of the exports that follow.
+///
+/// The inner exporter sits behind an async mutex only so that the resource can be changed from `export`
+/// (`&self`); the batch processor calls `export`, `force_flush` and `shutdown` one at a time from its own
+/// thread, so the lock is never contended.
+#[derive(Debug)]
+struct CountingExporter<E = opentelemetry_otlp::SpanExporter> {
+    inner: tokio::sync::Mutex<E>,
+    counters: SpanCounters,
+    /// The resource the provider gave (`set_resource`), to extend once the node id is known.
+    resource: Option<Resource>,
+    late: LateNodeId,
+    /// Whether the late node id is on the inner exporter's resource already.
+    late_applied: AtomicBool,
+}
+
+impl<E: SpanExporter> CountingExporter<E> {
+    fn new(inner: E, counters: SpanCounters, late: LateNodeId) -> Self {
+        CountingExporter {
+            inner: tokio::sync::Mutex::new(inner),
+            counters,
+            resource: None,
+            late,
+            late_applied: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on the inner exporter, which is free unless an export is running (the SDK never overlaps them).
+    fn with_inner(&self, f: impl FnOnce(&E) -> OTelSdkResult) -> OTelSdkResult {
+        match self.inner.try_lock() {
+            Ok(inner) => f(&inner),
+            Err(_) => {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("an export is running".into()))
+            }
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let result = self.inner.export(batch).await;
+        let mut inner = self.inner.lock().await;
+        if let (Some(id), Some(resource)) = (self.late.get(), &self.resource)
+            && !self.late_applied.swap(true, Ordering::Relaxed)
+        {
+            inner.set_resource(&with_node_id(resource, id));
+        }
+        let result = inner.export(batch).await;
+        drop(inner);
         let counter = if result.is_ok() { &self.counters.0.exported } else { &self.counters.0.export_failed };
         counter.fetch_add(n, Ordering::Relaxed);
         result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        self.with_inner(|inner| inner.shutdown_with_timeout(timeout))
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        self.with_inner(SpanExporter::force_flush)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        self.resource = Some(resource.clone());
+        let resource = match self.late.get() {
+            Some(id) => {
+                *self.late_applied.get_mut() = true;
+                with_node_id(resource, id)
+            }
+            None => resource.clone(),
+        };
+        self.inner.get_mut().set_resource(&resource);
     }
 }
 
@@ -569,6 +643,15 @@ impl SpanExporter for CountingExporter {
 /// sampler; the batch processor its queue size and delays (`OTEL_BSP_*`, defaults 2,048 spans and 5 s).
 pub fn build_tracer_provider(
     settings: &OtlpSettings,
+) -> Result<(SdkTracerProvider, SpanCounters), TelemetryError> {
+    build_tracer_provider_with(settings, LateNodeId::default())
+}
+
+/// [`build_tracer_provider`] with a node id that may be learnt later: once `late` is set, every export
+/// carries it on its resource as `dmutex.node_id`.
+pub fn build_tracer_provider_with(
+    settings: &OtlpSettings,
+    late: LateNodeId,
 ) -> Result<(SdkTracerProvider, SpanCounters), TelemetryError> {
     let url = match &settings.endpoint {
         OtlpEndpoint::Url(url) => Some(url.clone()),
@@ -602,7 +685,7 @@ pub fn build_tracer_provider(
         }
     };
     let counters = SpanCounters::default();
-    let exporter = CountingExporter { inner: exporter, counters: counters.clone() };
+    let exporter = CountingExporter::new(exporter, counters.clone(), late);
     // The batch processor exports from its own thread, outside the runtime: hence the blocking HTTP client
     // (`reqwest-blocking-client` in Cargo.toml, where the reason is written down).
     let processor = BatchSpanProcessor::builder(exporter).build();
@@ -644,9 +727,22 @@ where
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
     counters: SpanCounters,
+    late_node_id: LateNodeId,
 }
 
 impl TelemetryGuard {
+    /// The node id, learnt after start (DNS discovery): from now on every export carries it on its
+    /// resource as `dmutex.node_id` (also for spans that ended before and were still queued). A no-op without
+    /// an exporter, or after a first call.
+    pub fn set_node_id(&self, id: u16) {
+        self.late_node_id.set(id);
+    }
+
+    /// A handle for [`TelemetryGuard::set_node_id`] to give to whatever learns the id.
+    pub fn late_node_id(&self) -> LateNodeId {
+        self.late_node_id.clone()
+    }
+
     /// Whether an OTLP exporter is configured.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
@@ -703,7 +799,8 @@ pub fn init_with(
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt: Box<dyn Layer<Registry> + Send + Sync> =
         if cfg.json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
-    let pipeline = otlp.as_ref().map(build_tracer_provider).transpose()?;
+    let late_node_id = LateNodeId::default();
+    let pipeline = otlp.as_ref().map(|o| build_tracer_provider_with(o, late_node_id.clone())).transpose()?;
     let otel = pipeline.as_ref().map(|(provider, _)| otel_layer(provider));
     tracing_subscriber::registry()
         .with(fmt)
@@ -723,7 +820,7 @@ pub fn init_with(
         Some((p, c)) => (Some(p), c),
         None => (None, SpanCounters::default()),
     };
-    Ok(TelemetryGuard { provider, counters })
+    Ok(TelemetryGuard { provider, counters, late_node_id })
 }
 
 struct MapInjector<'a>(&'a mut BTreeMap<String, String>);
@@ -1019,5 +1116,110 @@ mod tests {
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid() && sc.is_remote());
         assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    /// What an exporter was given: per export, the batch size and its resource's `dmutex.node_id`,
+    /// `host.name` and `service.name`.
+    type Exports = Arc<std::sync::Mutex<Vec<(usize, [Option<String>; 3])>>>;
+
+    /// An exporter that records what it exports and under which resource.
+    #[derive(Debug, Default)]
+    struct Recording {
+        resource: Option<Resource>,
+        exports: Exports,
+    }
+
+    impl SpanExporter for Recording {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let attr = |k: &'static str| {
+                self.resource.as_ref().and_then(|r| r.get(&k.into())).map(|v| v.to_string())
+            };
+            let seen = [attr("dmutex.node_id"), attr("host.name"), attr("service.name")];
+            self.exports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((batch.len(), seen));
+            Ok(())
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.resource = Some(resource.clone());
+        }
+    }
+
+    /// Settings as `dmutex node` makes them with DNS discovery: no node id at start, `host.name` instead.
+    fn discovery_settings() -> OtlpSettings {
+        let mut s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
+        s.node_id = None;
+        s.resource_attributes.push(("host.name".into(), "dmutex-2".into()));
+        s
+    }
+
+    #[test]
+    fn a_node_id_learnt_late_is_on_the_resource_of_every_export_from_then_on() {
+        let s = discovery_settings();
+        assert_eq!(s.resource().get(&"dmutex.node_id".into()), None, "unknown at start");
+        let exports = Exports::default();
+        let late = LateNodeId::default();
+        let mut exporter = CountingExporter::new(
+            Recording { resource: None, exports: exports.clone() },
+            SpanCounters::default(),
+            late.clone(),
+        );
+        exporter.set_resource(&s.resource());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(exporter.export(Vec::new())).unwrap();
+        late.set(2);
+        rt.block_on(exporter.export(Vec::new())).unwrap();
+        late.set(5);
+        rt.block_on(exporter.export(Vec::new())).unwrap();
+        let (host, name) = (Some("dmutex-2".to_string()), Some("dmutex".to_string()));
+        assert_eq!(
+            *exports.lock().unwrap(),
+            [
+                (0, [None, host.clone(), name.clone()]),
+                (0, [Some("2".to_string()), host.clone(), name.clone()]),
+                (0, [Some("2".to_string()), host, name]),
+            ],
+            "the id once known, the other attributes kept; a node's id does not change"
+        );
+        exporter.force_flush().unwrap();
+        exporter.shutdown().unwrap();
+    }
+
+    /// Through a tracer provider and its batch processor, as `dmutex node` builds them: spans exported before
+    /// discovery lack the id, spans after it carry it; a known id is there from the start.
+    #[test]
+    fn the_providers_resource_gets_the_late_node_id() {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        for (s, learnt, expected) in [
+            (discovery_settings(), Some(3), [None, Some("3".to_string())]),
+            (
+                settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+                None,
+                [Some("1".to_string()), Some("1".to_string())],
+            ),
+        ] {
+            let exports = Exports::default();
+            let late = LateNodeId::default();
+            let exporter = CountingExporter::new(
+                Recording { resource: None, exports: exports.clone() },
+                SpanCounters::default(),
+                late.clone(),
+            );
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+                .with_resource(s.resource())
+                .build();
+            let tracer = provider.tracer("test");
+            tracer.start("before").end();
+            provider.force_flush().unwrap();
+            if let Some(id) = learnt {
+                late.set(id);
+            }
+            tracer.start("after").end();
+            provider.force_flush().unwrap();
+            provider.shutdown().unwrap();
+            let ids: Vec<Option<String>> =
+                exports.lock().unwrap().iter().filter(|(n, _)| *n > 0).map(|(_, r)| r[0].clone()).collect();
+            assert_eq!(ids, expected, "{s:?}");
+        }
     }
 }

@@ -387,19 +387,44 @@ pub(crate) fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64
         }
         let Some(rest) = line.strip_prefix(name) else { continue };
         let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-            let Some((l, v)) = r.split_once('}') else { continue };
+            let Some((l, v)) = split_labels(r) else { continue };
             (l, v)
         } else if rest.starts_with(' ') {
-            ("", rest)
+            (Vec::new(), rest)
         } else {
             continue; // another metric with this prefix
         };
-        let matches = filter.iter().all(|(k, v)| labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        let matches = filter.iter().all(|(k, v)| labels.iter().any(|p| *p == format!("{k}=\"{v}\"")));
         if matches {
             sum += value.trim().parse::<f64>().unwrap_or(0.0);
         }
     }
     sum
+}
+
+/// The `k="v"` pairs of a sample's label set (`r` starts after its `{`) and the rest of the line after the
+/// closing `}`. Quote-aware: a value may hold `}` or `,` (a route label such as `/v1/locks/{name}`).
+fn split_labels(r: &str) -> Option<(Vec<&str>, &str)> {
+    let (mut pairs, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, ch) in r.char_indices() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                pairs.push(&r[start..i]);
+                start = i + 1;
+            }
+            '}' if !quoted => {
+                if i > start {
+                    pairs.push(&r[start..i]);
+                }
+                return Some((pairs, &r[i + 1..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Polls `f` every 20 ms until it returns true or `limit` passes; returns whether it did.
