@@ -133,12 +133,16 @@ async fn accept_tls(
     limit: Duration,
 ) -> Result<(tokio_rustls::TlsStream<TcpStream>, CertificateDer<'static>), TlsFail> {
     // A dialer without TLS sends nothing (our handshake has the acceptor speak first) or, if it is not a
-    // dmutex node, something that is no TLS record: tell that apart from a failed TLS handshake.
+    // dmutex node, something that is no TLS record: tell that apart from a failed TLS handshake. A TLS dialer
+    // sends its ClientHello at once, so silence for half the handshake timeout is enough to tell; waiting the
+    // whole timeout would race the plaintext dialer's own timeout, and a dialer that hangs up first goes
+    // uncounted (seen as a flaky `tls_required` count in tests/peer_mtls.rs).
+    let silence = limit / 2;
     let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline.min(Instant::now() + silence), stream.peek(&mut first)).await {
         Err(_) => {
             let detail = format!(
-                "no TLS handshake within {limit:?}: the dialer does not speak TLS (DMUTEX_PEER_TLS_* not set there?)"
+                "no TLS handshake within {silence:?}: the dialer does not speak TLS (DMUTEX_PEER_TLS_* not set there?)"
             );
             return Err(TlsFail::Refuse("tls_required", detail));
         }

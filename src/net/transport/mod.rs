@@ -67,7 +67,8 @@
 //! Peer TLS ([`TransportConfig::tls`], see [`crate::net::peer_tls`]): the TLS handshake runs right after the
 //! TCP connect or accept, and the handshake above runs inside it (the MACs keep working with or without TLS);
 //! both are bounded by one `handshake_timeout`. What TLS refuses is counted by reason next to the others:
-//! `tls_required` (the dialer sent nothing within the timeout, or no TLS record: a plaintext peer, garbage),
+//! `tls_required` (the dialer sent nothing within half the timeout — a TLS dialer speaks at once, a plaintext
+//! dmutex dialer waits for our challenge —, or no TLS record: a plaintext peer, garbage),
 //! `tls_bad_certificate` (a chain that does not verify against the cluster CA — another CA, expired, none —
 //! or the dialer refused ours), `tls_handshake` (any other TLS failure), `tls_wrong_identity` (a valid
 //! certificate that is not valid for the host of the address of the node the Hello names; a node accepted
