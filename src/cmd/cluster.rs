@@ -67,7 +67,11 @@ pub(crate) struct ClusterArgs {
     /// Critical sections each node enters (at least 1).
     #[arg(long, default_value_t = 10, value_name = "K", value_parser = at_least_one)]
     pub(crate) iterations: u64,
-    /// Time spent inside each critical section, in milliseconds [default: 0].
+    /// Time spent inside each critical section, written like every duration of the CLI (`0s`, `5ms`, `1s`)
+    /// [default: 0].
+    #[arg(long, value_parser = whole_milliseconds, value_name = "DURATION", conflicts_with = "cs_ms")]
+    pub(crate) cs: Option<u64>,
+    /// The same in milliseconds, the original programs' spelling (`--cs-ms 5` is `--cs 5ms`).
     #[arg(long, value_name = "MS")]
     pub(crate) cs_ms: Option<u64>,
     /// When the nodes' workloads start: "together" at one instant once every node is ready, so all contend
@@ -113,12 +117,21 @@ pub(crate) struct ClusterArgs {
     pub(crate) peer_tls: bool,
 }
 
+/// A duration in whole milliseconds (the workload sleeps in milliseconds): `1500us` is refused, not rounded.
+fn whole_milliseconds(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{s}: the critical section is timed in whole milliseconds"));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| format!("{s}: too long"))
+}
+
 /// Runs `dmutex cluster`: 0 if every experiment passed its verdict, else 1.
 pub(crate) async fn run(args: &ClusterArgs) -> i32 {
     let cargs = runner::ClusterArgs {
         nodes: args.nodes,
         iterations: u32::try_from(args.iterations).unwrap_or(u32::MAX),
-        cs_ms: args.cs_ms.unwrap_or(0),
+        cs_ms: args.cs.or(args.cs_ms).unwrap_or(0),
         algorithms: args.algorithm.algorithms(),
         subnet: args.subnet.clone(),
         peer_port: args.peer_port,

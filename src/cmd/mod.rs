@@ -227,6 +227,13 @@ mod tests {
         assert_eq!(c.sweep, [3, 5, 7]);
         assert!(c.keep);
         assert_eq!(c.start, dmutex::experiment::runner::StartMode::Together);
+        let Command::Cluster(c) = parse(&["cluster", "--cs", "1s"]) else { panic!("not cluster") };
+        assert_eq!((c.cs, c.cs_ms), (Some(1000), None));
+        let Command::Cluster(c) = parse(&["cluster", "--cs-ms", "5"]) else { panic!("not cluster") };
+        assert_eq!((c.cs, c.cs_ms), (None, Some(5)));
+        assert!(Cli::try_parse_from(["dmutex", "cluster", "--cs", "5ms", "--cs-ms", "5"]).is_err());
+        assert!(Cli::try_parse_from(["dmutex", "cluster", "--cs", "1500us"]).is_err());
+        assert!(Cli::try_parse_from(["dmutex", "cluster", "--cs", "soon"]).is_err());
         let Command::Cluster(c) = parse(&["cluster", "--start", "staggered"]) else { panic!("not cluster") };
         assert_eq!(c.start, dmutex::experiment::runner::StartMode::Staggered);
     }
